@@ -1,0 +1,271 @@
+//! Command-line interface: flags and environment variables, validated into a server config.
+//!
+//! Every flag can also be set through the environment variable named in `--help`, which is how
+//! containers and service managers usually configure it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::engine::EngineConfig;
+use crate::engine::codec::{EncoderSettings, OpusApplication};
+use crate::engine::jitter::JitterConfig;
+use crate::server::pool::PoolConfig;
+use crate::server::{ServerConfig, Settings};
+
+/// Real-time Opus audio mixer: every participant in a room hears everyone but themselves.
+#[derive(Debug, Parser)]
+#[command(name = "mixer", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the mixer server.
+    Serve(ServeArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `mixer serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on for WebSocket clients and GET /healthz.
+    #[arg(long, env = "MIXER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Mixer threads; 0 means one per CPU core.
+    #[arg(long, env = "MIXER_THREADS", default_value_t = 0)]
+    pub mixer_threads: usize,
+
+    /// Rooms the server holds at most.
+    #[arg(long, env = "MIXER_MAX_ROOMS", default_value_t = 10_000)]
+    pub max_rooms: usize,
+
+    /// Participants one room holds at most.
+    #[arg(long, env = "MIXER_MAX_PARTICIPANTS", default_value_t = 256)]
+    pub max_participants: usize,
+
+    /// Simultaneous connections at most; further ones get HTTP 503.
+    #[arg(long, env = "MIXER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Audio a client's send queue holds, in ms; beyond it the oldest frames are dropped.
+    #[arg(long, env = "MIXER_SEND_QUEUE_MS", default_value_t = 200)]
+    pub send_queue_ms: u64,
+
+    /// A client that reads nothing for this long (its queue overflowing all the time) is
+    /// disconnected as a slow consumer, in ms.
+    #[arg(long, env = "MIXER_SLOW_CLIENT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub slow_client_timeout_ms: u64,
+
+    /// How often the server sends WebSocket pings, in ms.
+    #[arg(long, env = "MIXER_PING_INTERVAL_MS", default_value_t = 10_000)]
+    pub ping_interval_ms: u64,
+
+    /// A client that sends nothing, not even a pong, for this long is disconnected, in ms.
+    #[arg(long, env = "MIXER_PING_TIMEOUT_MS", default_value_t = 30_000)]
+    pub ping_timeout_ms: u64,
+
+    /// Time allowed for the HTTP request and WebSocket handshake, in ms.
+    #[arg(long, env = "MIXER_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+
+    /// Largest WebSocket message accepted, in bytes; larger ones close the connection (1009).
+    #[arg(long, env = "MIXER_MAX_MESSAGE_BYTES", default_value_t = 65_536)]
+    pub max_message_bytes: usize,
+
+    /// Smallest jitter-buffer playout delay, in ms (a multiple of 20).
+    #[arg(long, env = "MIXER_JITTER_MIN_MS", default_value_t = 20)]
+    pub jitter_min_ms: u32,
+
+    /// Largest jitter-buffer playout delay, in ms (a multiple of 20).
+    #[arg(long, env = "MIXER_JITTER_MAX_MS", default_value_t = 200)]
+    pub jitter_max_ms: u32,
+
+    /// Opus mode for the mixes the server encodes: voip, audio or lowdelay (CELT only).
+    #[arg(long, env = "MIXER_OPUS_APPLICATION", default_value = "lowdelay")]
+    pub opus_application: OpusApplication,
+
+    /// Opus bitrate of the mixes, in bits per second.
+    #[arg(long, env = "MIXER_OPUS_BITRATE", default_value_t = 48_000)]
+    pub opus_bitrate: u32,
+
+    /// Opus encoder complexity of the mixes, 0 (cheapest) to 10.
+    #[arg(long, env = "MIXER_OPUS_COMPLEXITY", default_value_t = 5)]
+    pub opus_complexity: u8,
+
+    /// How long shutdown waits for clients to close, in ms.
+    #[arg(long, env = "MIXER_SHUTDOWN_GRACE_MS", default_value_t = 2_000)]
+    pub shutdown_grace_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "MIXER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's EnvFilter syntax (e.g. "info" or "mixer=debug").
+    #[arg(long, env = "MIXER_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// A flag value that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A value that must be positive was zero.
+    #[error("--{flag} must be greater than zero")]
+    Zero {
+        /// The flag.
+        flag: &'static str,
+    },
+    /// A jitter delay that is not a multiple of the 20 ms frame, or min above max.
+    #[error("jitter delays must be multiples of 20 ms with 20 <= min <= max <= 1000 (got min {min}, max {max})")]
+    JitterDelays {
+        /// --jitter-min-ms.
+        min: u32,
+        /// --jitter-max-ms.
+        max: u32,
+    },
+    /// The ping timeout does not exceed the ping interval.
+    #[error("--ping-timeout-ms ({timeout}) must be larger than --ping-interval-ms ({interval})")]
+    PingTimeout {
+        /// --ping-timeout-ms.
+        timeout: u64,
+        /// --ping-interval-ms.
+        interval: u64,
+    },
+    /// The message limit cannot hold one audio frame.
+    #[error("--max-message-bytes must be at least {min} to hold one audio frame (got {got})")]
+    MessageLimit {
+        /// The minimum.
+        min: usize,
+        /// What was given.
+        got: usize,
+    },
+    /// Bad Opus settings.
+    #[error("{0}")]
+    Encoder(String),
+}
+
+impl ServeArgs {
+    /// Validates the flags into the server's configuration.
+    pub fn to_config(&self) -> Result<ServerConfig, ConfigError> {
+        let nonzero = |value: u64, flag: &'static str| {
+            if value == 0 { Err(ConfigError::Zero { flag }) } else { Ok(value) }
+        };
+        nonzero(self.max_rooms as u64, "max-rooms")?;
+        nonzero(self.max_participants as u64, "max-participants")?;
+        nonzero(self.max_connections as u64, "max-connections")?;
+        nonzero(self.send_queue_ms, "send-queue-ms")?;
+        nonzero(self.slow_client_timeout_ms, "slow-client-timeout-ms")?;
+        nonzero(self.ping_interval_ms, "ping-interval-ms")?;
+        nonzero(self.handshake_timeout_ms, "handshake-timeout-ms")?;
+        if self.ping_timeout_ms <= self.ping_interval_ms {
+            return Err(ConfigError::PingTimeout {
+                timeout: self.ping_timeout_ms,
+                interval: self.ping_interval_ms,
+            });
+        }
+        let (min, max) = (self.jitter_min_ms, self.jitter_max_ms);
+        if min % 20 != 0 || max % 20 != 0 || min < 20 || min > max || max > 1000 {
+            return Err(ConfigError::JitterDelays { min, max });
+        }
+        if self.max_message_bytes < mixer_protocol::MAX_AUDIO_FRAME {
+            return Err(ConfigError::MessageLimit {
+                min: mixer_protocol::MAX_AUDIO_FRAME,
+                got: self.max_message_bytes,
+            });
+        }
+        let encoder = EncoderSettings {
+            application: self.opus_application,
+            bitrate: self.opus_bitrate,
+            complexity: self.opus_complexity,
+        };
+        encoder.validate().map_err(|e| ConfigError::Encoder(e.to_string()))?;
+        let threads = match self.mixer_threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        };
+        let jitter = JitterConfig {
+            min_delay_frames: min / 20,
+            max_delay_frames: max / 20,
+            ..JitterConfig::default()
+        };
+        let frames = |ms: u64| usize::try_from(ms.div_ceil(20)).unwrap_or(usize::MAX).max(1);
+        Ok(ServerConfig {
+            settings: Settings {
+                send_queue_frames: frames(self.send_queue_ms),
+                slow_client_drops: u32::try_from(frames(self.slow_client_timeout_ms)).unwrap_or(u32::MAX),
+                ping_interval: Duration::from_millis(self.ping_interval_ms),
+                ping_timeout: Duration::from_millis(self.ping_timeout_ms),
+                handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+                max_message_bytes: self.max_message_bytes,
+                max_connections: self.max_connections,
+                shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            },
+            pool: PoolConfig {
+                threads,
+                max_rooms: self.max_rooms,
+                engine: EngineConfig {
+                    encoder,
+                    jitter,
+                    max_participants: self.max_participants,
+                    ..EngineConfig::default()
+                },
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut full = vec!["mixer", "serve"];
+        full.extend_from_slice(args);
+        Cli::try_parse_from(full).map(|cli| match cli.command {
+            Command::Serve(args) => args,
+        })
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let config = parse(&[]).expect("parse").to_config().expect("valid");
+        assert_eq!(config.settings.send_queue_frames, 10);
+        assert_eq!(config.settings.slow_client_drops, 250);
+        assert!(config.pool.threads >= 1);
+        assert_eq!(config.pool.engine.jitter.max_delay_frames, 10);
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_flag_named() {
+        let err = parse(&["--jitter-min-ms", "30"]).expect("parse").to_config().expect_err("invalid");
+        assert!(err.to_string().contains("min 30"), "{err}");
+        let err = parse(&["--ping-timeout-ms", "5000"]).expect("parse").to_config().expect_err("invalid");
+        assert!(matches!(err, ConfigError::PingTimeout { .. }));
+        let err = parse(&["--opus-complexity", "12"]).expect("parse").to_config().expect_err("invalid");
+        assert!(err.to_string().contains("complexity 12"), "{err}");
+        let err = parse(&["--max-rooms", "0"]).expect("parse").to_config().expect_err("invalid");
+        assert_eq!(err, ConfigError::Zero { flag: "max-rooms" });
+        assert!(parse(&["--opus-application", "speech"]).is_err());
+        assert!(parse(&["--listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,491 @@
+//! The sans-IO mixing engine.
+//!
+//! A [`Room`] owns everything needed to mix one room: a jitter buffer and Opus decoder per
+//! talker, an Opus encoder and limiter per participant, the mix bus and the tick clock. It never
+//! reads the clock, never touches a socket and never spawns: time and packets come in as
+//! arguments, encoded frames and events come out. That is what lets the simulation tests run ten
+//! minutes of a room in about a second on a virtual clock, through the same code as production.
+//!
+//! # Contract
+//!
+//! ```text
+//! room = Room::new(config, now)
+//! loop {
+//!     on a packet from participant p (arrival time t):  room.handle_audio(p, frame, t)
+//!     on join / leave:                                  room.add_participant(..) / remove_participant(..)
+//!     when now >= room.poll_timeout():                  room.handle_timeout(now)   // one tick
+//!         then drain:  while let Some(tx) = room.poll_transmit() { send tx.header + tx.payload to tx.to }
+//!                      while let Some(ev) = room.poll_event()    { act on it }
+//!         and repeat while room.poll_timeout() <= now (catch-up, see the clock module)
+//! }
+//! ```
+//!
+//! `handle_timeout` runs at most one tick per call, and each tick leaves exactly one frame per
+//! participant to drain. A frame not drained before the next tick is replaced (and counted in
+//! [`ParticipantStats::frames_overwritten`]); the shell drains after every call.
+//!
+//! # One tick
+//!
+//! 1. Every talker's jitter buffer decides what plays now: a packet, a concealed frame (Opus PLC
+//!    or in-band FEC from the next packet), two frames merged to shed delay, or silence.
+//!    Silence costs nothing: the participant is not decoded and not summed.
+//! 2. The decoded frames are summed into the bus.
+//! 3. Each participant's output is the bus minus its own decoded frame (mix-minus: its own voice
+//!    is absent, not merely quieter); listeners and silent talkers get the bus as it is.
+//! 4. Each output passes a look-ahead peak limiter, then is Opus-encoded with the participant's
+//!    own encoder, stamped with that participant's continuous sequence number and timestamp.
+//!
+//! Nothing in a steady-state tick allocates: all buffers are sized when a participant joins.
+
+pub mod clock;
+pub mod codec;
+pub mod jitter;
+pub mod limiter;
+pub mod mix;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use mixer_protocol::{
+    AudioFrame, AudioHeader, AudioLevel, FRAME_MS, FRAME_SAMPLES, Flags, MAX_OPUS_PACKET, Mode,
+};
+
+use self::clock::TickClock;
+use self::codec::{CodecError, EncoderSettings};
+use self::jitter::{ArrivingPacket, InsertOutcome, JitterBuffer, JitterConfig, JitterStats, Playout};
+use self::limiter::{Limiter, LimiterConfig};
+
+/// The server-wide id of one participant (one joined connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParticipantId(pub u32);
+
+impl std::fmt::Display for ParticipantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The duration of one frame and one mix tick.
+pub const FRAME: Duration = Duration::from_millis(FRAME_MS as u64);
+
+/// Below this RMS an output frame is marked as carrying no voice activity (about -60 dBFS).
+const VOICE_RMS_THRESHOLD: f32 = 0.001;
+
+/// Everything that tunes a room.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How outgoing mixes are encoded.
+    pub encoder: EncoderSettings,
+    /// Jitter-buffer tuning for every talker.
+    pub jitter: JitterConfig,
+    /// Output limiter.
+    pub limiter: LimiterConfig,
+    /// Late ticks still run when the room is behind by fewer than this many ticks; beyond it
+    /// they are skipped (see the clock module).
+    pub max_catch_up_ticks: u32,
+    /// Participants a room holds at most.
+    pub max_participants: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            encoder: EncoderSettings::default(),
+            jitter: JitterConfig::default(),
+            limiter: LimiterConfig::default(),
+            max_catch_up_ticks: 5,
+            max_participants: 256,
+        }
+    }
+}
+
+/// Why the engine refused a call.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The id is already in this room.
+    #[error("participant {0} is already in the room")]
+    AlreadyJoined(ParticipantId),
+    /// The id is not in this room.
+    #[error("participant {0} is not in the room")]
+    UnknownParticipant(ParticipantId),
+    /// The room is at its participant limit.
+    #[error("room is full ({0} participants)")]
+    RoomFull(usize),
+    /// Audio from a participant in listen mode, which is never mixed.
+    #[error("participant {0} joined in listen mode; its audio is not mixed")]
+    ListenOnly(ParticipantId),
+    /// Building a codec failed.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// One encoded frame for one participant, borrowed from the room until the next call.
+#[derive(Debug)]
+pub struct Transmit<'a> {
+    /// Who receives it.
+    pub to: ParticipantId,
+    /// The header for this listener's stream (its own sequence and timestamp).
+    pub header: AudioHeader,
+    /// One Opus packet.
+    pub payload: &'a [u8],
+}
+
+impl Transmit<'_> {
+    /// The frame as it goes on the wire: header followed by the Opus packet.
+    pub fn frame(&self) -> AudioFrame<'_> {
+        AudioFrame { header: self.header, payload: self.payload }
+    }
+}
+
+/// Something the shell may want to act on or report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A participant's packet failed to decode (it was concealed instead). Reported once per
+    /// run of failures, not per packet.
+    DecodeFailed {
+        /// Whose packet.
+        participant: ParticipantId,
+    },
+    /// Encoding a participant's mix failed; that participant got no frame this tick.
+    EncodeFailed {
+        /// Whose mix.
+        participant: ParticipantId,
+    },
+    /// The caller was so late that ticks were skipped instead of run.
+    TicksSkipped {
+        /// How many.
+        count: u64,
+    },
+}
+
+/// Plain counters for one participant; the shell copies them into metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParticipantStats {
+    /// Jitter-buffer counters (received, late, lost, concealed, ...), copied at snapshot time.
+    pub jitter: JitterStats,
+    /// Packets that failed to decode.
+    pub decode_errors: u64,
+    /// Frames decoded (including concealment and merges).
+    pub frames_decoded: u64,
+    /// Frames encoded and handed out.
+    pub frames_out: u64,
+    /// Frames replaced before the shell drained them.
+    pub frames_overwritten: u64,
+    /// Output frames in which the limiter reduced the gain.
+    pub frames_limited: u64,
+    /// Encoder failures.
+    pub encode_errors: u64,
+}
+
+/// Plain counters for a room.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomStats {
+    /// Ticks run.
+    pub ticks: u64,
+    /// Ticks skipped by the catch-up policy.
+    pub ticks_skipped: u64,
+    /// Talkers that contributed audio, summed over ticks (divide by ticks for the average).
+    pub contributions: u64,
+}
+
+/// One participant's codec state and buffers, all sized at join.
+struct Participant {
+    id: ParticipantId,
+    mode: Mode,
+    jitter: JitterBuffer,
+    decoder: opus::Decoder,
+    encoder: opus::Encoder,
+    limiter: Limiter,
+    /// This tick's decoded contribution (valid when `contributing`).
+    decoded: Box<[f32]>,
+    /// Second decode target for merges.
+    scratch: Box<[f32]>,
+    /// This tick's output mix.
+    output: Box<[f32]>,
+    encoded: Box<[u8]>,
+    encoded_len: usize,
+    pending: Option<AudioHeader>,
+    contributing: bool,
+    decode_failing: bool,
+    out_sequence: u16,
+    out_timestamp: u32,
+    sent_first: bool,
+    stats: ParticipantStats,
+}
+
+impl Participant {
+    fn new(id: ParticipantId, mode: Mode, config: &EngineConfig) -> Result<Self, CodecError> {
+        Ok(Participant {
+            id,
+            mode,
+            jitter: JitterBuffer::new(config.jitter.clone()),
+            decoder: codec::decoder()?,
+            encoder: config.encoder.build()?,
+            limiter: Limiter::new(config.limiter),
+            decoded: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
+            scratch: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
+            output: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
+            encoded: vec![0; MAX_OPUS_PACKET].into_boxed_slice(),
+            encoded_len: 0,
+            pending: None,
+            contributing: false,
+            decode_failing: false,
+            out_sequence: 0,
+            out_timestamp: 0,
+            sent_first: false,
+            stats: ParticipantStats::default(),
+        })
+    }
+
+    fn snapshot(&self) -> ParticipantStats {
+        ParticipantStats { jitter: self.jitter.stats().clone(), ..self.stats.clone() }
+    }
+
+    /// Runs the jitter buffer and decoder for this tick; returns whether `decoded` holds audio.
+    fn pull(&mut self, now: Instant, events: &mut VecDeque<Event>) -> bool {
+        if self.mode != Mode::Talk {
+            return false;
+        }
+        let decoder = &mut self.decoder;
+        let decoded = &mut self.decoded;
+        let ok = match self.jitter.pop(now) {
+            Playout::Silence => return false,
+            Playout::Packet(packet) => decode_into(decoder, packet, false, decoded),
+            Playout::Conceal { fec_from: Some(next) } => decode_into(decoder, next, true, decoded),
+            Playout::Conceal { fec_from: None } => decode_into(decoder, &[], false, decoded),
+            Playout::Merge(first, second) => {
+                let a = decode_into(decoder, first, false, &mut self.scratch);
+                let b = decode_into(decoder, second, false, decoded);
+                if a && b {
+                    mix::crossfade_into(&self.scratch, decoded);
+                    self.stats.frames_decoded += 1;
+                }
+                a && b
+            }
+        };
+        self.stats.frames_decoded += 1;
+        if ok {
+            self.decode_failing = false;
+        } else {
+            // A packet that passed the shell's checks and still fails to decode: conceal it so
+            // the room hears a smooth gap, and report it once per run of failures.
+            self.stats.decode_errors += 1;
+            if !self.decode_failing {
+                events.push_back(Event::DecodeFailed { participant: self.id });
+            }
+            self.decode_failing = true;
+            if !decode_into(&mut self.decoder, &[], false, &mut self.decoded) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Limits and encodes `output` into this participant's pending frame.
+    fn encode_output(&mut self, skipped: u64, events: &mut VecDeque<Event>) {
+        let report = self.limiter.process(&mut self.output);
+        if report.min_gain < 1.0 {
+            self.stats.frames_limited += 1;
+        }
+        // Skipped ticks are a gap in media time, not lost frames: advance the timestamp only.
+        self.out_timestamp = self
+            .out_timestamp
+            .wrapping_add((FRAME_SAMPLES as u32).wrapping_mul(skipped as u32));
+        if self.pending.take().is_some() {
+            self.stats.frames_overwritten += 1;
+        }
+        match self.encoder.encode_float(&self.output, &mut self.encoded) {
+            Ok(len) => {
+                let rms = mix::rms(&self.output);
+                self.encoded_len = len;
+                self.pending = Some(AudioHeader {
+                    flags: Flags::default().with_marker(!self.sent_first),
+                    sequence: self.out_sequence,
+                    timestamp: self.out_timestamp,
+                    level: AudioLevel::from_rms(rms > VOICE_RMS_THRESHOLD, rms),
+                });
+                self.sent_first = true;
+                self.out_sequence = self.out_sequence.wrapping_add(1);
+                self.stats.frames_out += 1;
+            }
+            Err(_) => {
+                self.stats.encode_errors += 1;
+                events.push_back(Event::EncodeFailed { participant: self.id });
+            }
+        }
+        self.out_timestamp = self.out_timestamp.wrapping_add(FRAME_SAMPLES as u32);
+    }
+}
+
+/// Decodes one packet (or conceals, for an empty one) into exactly one 20 ms frame.
+fn decode_into(decoder: &mut opus::Decoder, packet: &[u8], fec: bool, out: &mut [f32]) -> bool {
+    match decoder.decode_float(packet, out, fec) {
+        Ok(n) if n == out.len() => true,
+        _ => {
+            out.fill(0.0);
+            false
+        }
+    }
+}
+
+/// One room's mixer: participants, their codecs and jitter buffers, and the mix clock.
+pub struct Room {
+    config: EngineConfig,
+    clock: TickClock,
+    participants: Vec<Participant>,
+    index: HashMap<ParticipantId, usize>,
+    bus: Box<[f32]>,
+    transmit_cursor: usize,
+    events: VecDeque<Event>,
+    stats: RoomStats,
+}
+
+impl Room {
+    /// An empty room whose first tick is due at `now`.
+    pub fn new(config: EngineConfig, now: Instant) -> Room {
+        let capacity = config.max_participants.min(1024);
+        Room {
+            clock: TickClock::new(now, FRAME, config.max_catch_up_ticks),
+            participants: Vec::with_capacity(capacity),
+            index: HashMap::with_capacity(capacity),
+            bus: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
+            transmit_cursor: 0,
+            events: VecDeque::with_capacity(64),
+            stats: RoomStats::default(),
+            config,
+        }
+    }
+
+    /// Adds a participant. Talkers get a jitter buffer and decoder; everyone gets an encoder.
+    pub fn add_participant(&mut self, id: ParticipantId, mode: Mode) -> Result<(), EngineError> {
+        if self.index.contains_key(&id) {
+            return Err(EngineError::AlreadyJoined(id));
+        }
+        if self.participants.len() >= self.config.max_participants {
+            return Err(EngineError::RoomFull(self.config.max_participants));
+        }
+        let participant = Participant::new(id, mode, &self.config)?;
+        self.index.insert(id, self.participants.len());
+        self.participants.push(participant);
+        Ok(())
+    }
+
+    /// Removes a participant; returns its final counters, or `None` if it was not here.
+    pub fn remove_participant(&mut self, id: ParticipantId) -> Option<ParticipantStats> {
+        let position = self.index.remove(&id)?;
+        let removed = self.participants.remove(position);
+        for (i, p) in self.participants.iter().enumerate().skip(position) {
+            self.index.insert(p.id, i);
+        }
+        if self.transmit_cursor > position {
+            self.transmit_cursor -= 1;
+        }
+        Some(removed.snapshot())
+    }
+
+    /// Queues one packet from a talker into its jitter buffer. `arrival` is when it reached the
+    /// server, which drives the jitter estimate.
+    pub fn handle_audio(
+        &mut self,
+        id: ParticipantId,
+        frame: AudioFrame<'_>,
+        arrival: Instant,
+    ) -> Result<InsertOutcome, EngineError> {
+        let position = *self.index.get(&id).ok_or(EngineError::UnknownParticipant(id))?;
+        let participant = &mut self.participants[position];
+        if participant.mode != Mode::Talk {
+            return Err(EngineError::ListenOnly(id));
+        }
+        let packet = ArrivingPacket {
+            sequence: frame.header.sequence,
+            timestamp: frame.header.timestamp,
+            voice_activity: frame.header.level.voice_activity(),
+            level_dbov: frame.header.level.level_dbov(),
+            payload: frame.payload,
+        };
+        Ok(participant.jitter.insert(packet, arrival))
+    }
+
+    /// When [`Room::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Instant {
+        self.clock.deadline()
+    }
+
+    /// Runs the next tick if it is due at `now` (at most one per call).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(advance) = self.clock.advance(now) else {
+            return;
+        };
+        if advance.skipped > 0 {
+            self.stats.ticks_skipped += advance.skipped;
+            self.events.push_back(Event::TicksSkipped { count: advance.skipped });
+        }
+        self.tick(now, advance.skipped);
+    }
+
+    fn tick(&mut self, now: Instant, skipped: u64) {
+        self.stats.ticks += 1;
+        self.transmit_cursor = 0;
+        self.bus.fill(0.0);
+        for participant in &mut self.participants {
+            participant.contributing = participant.pull(now, &mut self.events);
+            if participant.contributing {
+                mix::accumulate(&mut self.bus, &participant.decoded);
+                self.stats.contributions += 1;
+            }
+        }
+        for participant in &mut self.participants {
+            if participant.contributing {
+                mix::mix_minus(&mut participant.output, &self.bus, &participant.decoded);
+            } else {
+                participant.output.copy_from_slice(&self.bus);
+            }
+            participant.encode_output(skipped, &mut self.events);
+        }
+    }
+
+    /// The next frame to send, if any; drain until `None` after every tick.
+    pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
+        while self.transmit_cursor < self.participants.len() {
+            let i = self.transmit_cursor;
+            self.transmit_cursor += 1;
+            if let Some(header) = self.participants[i].pending.take() {
+                let p = &self.participants[i];
+                return Some(Transmit { to: p.id, header, payload: &p.encoded[..p.encoded_len] });
+            }
+        }
+        None
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Counters for one participant (a snapshot, merged with its jitter-buffer counters).
+    pub fn participant_stats(&self, id: ParticipantId) -> Option<ParticipantStats> {
+        let participant = &self.participants[*self.index.get(&id)?];
+        Some(participant.snapshot())
+    }
+
+    /// Jitter-buffer state of a talker: (target delay, buffered frames).
+    pub fn jitter_state(&self, id: ParticipantId) -> Option<(Duration, usize)> {
+        let participant = &self.participants[*self.index.get(&id)?];
+        Some((participant.jitter.target_delay(), participant.jitter.buffered_frames()))
+    }
+
+    /// Room counters.
+    pub fn stats(&self) -> &RoomStats {
+        &self.stats
+    }
+
+    /// Participants in the room.
+    pub fn len(&self) -> usize {
+        self.participants.len()
+    }
+
+    /// Whether the room has no participants.
+    pub fn is_empty(&self) -> bool {
+        self.participants.is_empty()
+    }
+}

@@ -1,0 +1,413 @@
+//! One client connection: HTTP routing, the WebSocket session, and its reader and writer.
+//!
+//! The reader (this task) parses what the client sends and forwards audio to the client's mixer
+//! thread; a separate writer task drains the client's [`Outbox`] into the socket and sends
+//! keepalive pings. Neither ever blocks a mixer thread or another client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use mixer_protocol::{
+    AudioFrame, ClientMessage, ErrorCode, FRAME_SAMPLES, LeaveReason, MAX_AUDIO_FRAME,
+    MAX_CONTROL_MESSAGE, Mode, SAMPLE_RATE, ServerMessage, parse_client_message,
+};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
+use tracing::{debug, info};
+
+use super::http::{self, Prefixed, Route};
+use super::outbox::{Closed, Outbox, Outgoing};
+use super::pool::{Joiner, Membership, MixerPool};
+use super::Settings;
+
+type Ws = WebSocketStream<Prefixed<TcpStream>>;
+
+/// What a connection task needs from the server.
+#[derive(Debug)]
+pub struct Context {
+    /// Server settings.
+    pub settings: Settings,
+    /// The mixer threads.
+    pub pool: MixerPool,
+}
+
+/// Serves one accepted TCP connection until it ends.
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    context: Arc<Context>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let settings = &context.settings;
+    let head = tokio::time::timeout(settings.handshake_timeout, http::read_head(&mut stream)).await;
+    let (bytes, route) = match head {
+        Ok(Ok(head)) => head,
+        Ok(Err(error)) => {
+            debug!(%peer, %error, "connection closed before a request");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "no request within the handshake timeout");
+            return;
+        }
+    };
+    let reply = match route {
+        Route::WebSocket => None,
+        Route::Health => Some(("200 OK", "ok\n")),
+        Route::NotFound => Some(("404 Not Found", "not found: WebSocket clients connect to /\n")),
+        Route::BadRequest => Some(("400 Bad Request", "bad request\n")),
+    };
+    if let Some((status, body)) = reply {
+        let _ = http::respond(&mut stream, status, body).await;
+        return;
+    }
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(settings.max_message_bytes))
+        .max_frame_size(Some(settings.max_message_bytes));
+    let upgrade = tokio_tungstenite::accept_async_with_config(Prefixed::new(bytes, stream), Some(ws_config));
+    let ws = match tokio::time::timeout(settings.handshake_timeout, upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(error)) => {
+            debug!(%peer, %error, "WebSocket handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "WebSocket handshake timed out");
+            return;
+        }
+    };
+    debug!(%peer, "WebSocket connected");
+    Session::new(peer, context.clone()).run(ws, shutdown).await;
+}
+
+/// A token bucket that lets a talker send in real time with bursts (a TCP stall releases a
+/// backlog at once) but not faster than real time for long.
+#[derive(Debug)]
+struct RateLimit {
+    tokens: f64,
+    capacity: f64,
+    per_second: f64,
+    last: Option<Instant>,
+}
+
+impl RateLimit {
+    fn new(capacity: f64, per_second: f64) -> RateLimit {
+        RateLimit { tokens: capacity, capacity, per_second, last: None }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        if let Some(last) = self.last {
+            let refill = now.saturating_duration_since(last).as_secs_f64() * self.per_second;
+            self.tokens = (self.tokens + refill).min(self.capacity);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Sends each error code at most once per second per connection, so a misbehaving client gets
+/// told without the server amplifying its flood.
+#[derive(Debug, Default)]
+struct ErrorThrottle {
+    last: Vec<(ErrorCode, Instant)>,
+}
+
+impl ErrorThrottle {
+    fn allow(&mut self, code: ErrorCode, now: Instant) -> bool {
+        match self.last.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, at)) if now.saturating_duration_since(*at) < Duration::from_secs(1) => false,
+            Some((_, at)) => {
+                *at = now;
+                true
+            }
+            None => {
+                self.last.push((code, now));
+                true
+            }
+        }
+    }
+}
+
+/// Why the session loop ended.
+enum End {
+    /// The client closed or the socket failed.
+    Disconnected,
+    /// Nothing arrived within the ping timeout.
+    TimedOut,
+    /// The client fell too far behind.
+    SlowConsumer,
+    /// The server is shutting down.
+    Shutdown,
+    /// A protocol violation that leaves the stream unusable.
+    Fatal,
+}
+
+struct Session {
+    peer: SocketAddr,
+    context: Arc<Context>,
+    outbox: Arc<Outbox>,
+    membership: Option<Membership>,
+    mode: Mode,
+    rate: RateLimit,
+    errors: ErrorThrottle,
+}
+
+impl Session {
+    fn new(peer: SocketAddr, context: Arc<Context>) -> Session {
+        let settings = &context.settings;
+        let outbox = Arc::new(Outbox::new(settings.send_queue_frames, settings.slow_client_drops));
+        // One second of burst, and 10 % over real time sustained (clock drift, catch-up).
+        let frames_per_second = f64::from(SAMPLE_RATE) / FRAME_SAMPLES as f64;
+        Session {
+            peer,
+            context,
+            outbox,
+            membership: None,
+            mode: Mode::Talk,
+            rate: RateLimit::new(frames_per_second, frames_per_second * 1.1),
+            errors: ErrorThrottle::default(),
+        }
+    }
+
+    async fn run(mut self, ws: Ws, mut shutdown: watch::Receiver<bool>) {
+        let settings = self.context.settings.clone();
+        let (sink, mut stream) = ws.split();
+        let mut writer = tokio::spawn(write_loop(sink, self.outbox.clone(), settings.ping_interval));
+        let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
+        let mut last_seen = Instant::now();
+        let end = loop {
+            tokio::select! {
+                message = stream.next() => {
+                    let now = Instant::now();
+                    last_seen = now;
+                    match message {
+                        Some(Ok(message)) => {
+                            if let Some(end) = self.on_message(message, now) {
+                                break end;
+                            }
+                        }
+                        Some(Err(error)) => break self.on_read_error(error),
+                        None => break End::Disconnected,
+                    }
+                }
+                _ = housekeeping.tick() => {
+                    if self.outbox.closed() == Some(Closed::SlowConsumer) {
+                        break End::SlowConsumer;
+                    }
+                    if last_seen.elapsed() > settings.ping_timeout {
+                        self.send_error(ErrorCode::PingTimeout, format!(
+                            "nothing received for {} s (not even a pong); closing",
+                            settings.ping_timeout.as_secs()
+                        ));
+                        self.outbox.close(Closed::Close { code: 1008, reason: "ping timeout" });
+                        break End::TimedOut;
+                    }
+                }
+                _ = &mut writer => break if self.outbox.closed() == Some(Closed::SlowConsumer) {
+                    End::SlowConsumer
+                } else {
+                    End::Disconnected
+                },
+                _ = shutdown.changed() => {
+                    self.send_error(ErrorCode::ShuttingDown, "server is shutting down");
+                    self.outbox.close(Closed::Close { code: 1001, reason: "server shutting down" });
+                    break End::Shutdown;
+                }
+            }
+        };
+        let reason = match end {
+            End::Disconnected | End::Fatal => LeaveReason::Disconnected,
+            End::TimedOut => LeaveReason::TimedOut,
+            End::SlowConsumer => LeaveReason::SlowConsumer,
+            End::Shutdown => LeaveReason::ServerShutdown,
+        };
+        if let Some(membership) = self.membership.take() {
+            info!(peer = %self.peer, participant = %membership.id(), room = membership.room(),
+                  ?reason, dropped_frames = self.outbox.dropped(), "connection ended");
+            membership.leave(reason);
+        }
+        self.outbox.close(Closed::Close { code: 1000, reason: "bye" });
+        // Give the writer a moment to flush the error and close frame, then cut the socket.
+        if tokio::time::timeout(Duration::from_secs(1), &mut writer).await.is_err() {
+            writer.abort();
+        }
+    }
+
+    fn send_error(&mut self, code: ErrorCode, message: impl Into<String>) {
+        if self.errors.allow(code, Instant::now()) {
+            self.outbox.push_control(ServerMessage::error(code, message).to_json());
+        }
+    }
+
+    fn on_read_error(&mut self, error: WsError) -> End {
+        match error {
+            WsError::Capacity(error) => {
+                self.send_error(ErrorCode::MessageTooLarge, format!(
+                    "{error}; the limit is {} bytes",
+                    self.context.settings.max_message_bytes
+                ));
+                self.outbox.close(Closed::Close { code: 1009, reason: "message too large" });
+                End::Fatal
+            }
+            WsError::Protocol(error) => {
+                debug!(peer = %self.peer, %error, "WebSocket protocol error");
+                self.outbox.close(Closed::Close { code: 1002, reason: "protocol error" });
+                End::Fatal
+            }
+            WsError::Utf8(_) => {
+                self.send_error(ErrorCode::BadMessage, "text frame is not valid UTF-8");
+                self.outbox.close(Closed::Close { code: 1007, reason: "invalid UTF-8" });
+                End::Fatal
+            }
+            error => {
+                debug!(peer = %self.peer, %error, "connection lost");
+                End::Disconnected
+            }
+        }
+    }
+
+    fn on_message(&mut self, message: Message, now: Instant) -> Option<End> {
+        match message {
+            Message::Text(text) => self.on_text(text.as_str()),
+            Message::Binary(bytes) => self.on_audio(bytes, now),
+            Message::Close(_) => return Some(End::Disconnected),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+        None
+    }
+
+    fn on_text(&mut self, text: &str) {
+        if text.len() > MAX_CONTROL_MESSAGE {
+            self.send_error(ErrorCode::MessageTooLarge, format!(
+                "control message of {} bytes exceeds {MAX_CONTROL_MESSAGE}",
+                text.len()
+            ));
+            return;
+        }
+        let message = match parse_client_message(text) {
+            Ok(message) => message,
+            Err(error) => return self.send_error(error.code(), error.to_string()),
+        };
+        match message {
+            ClientMessage::Join(request) => {
+                if self.membership.is_some() {
+                    return self.send_error(ErrorCode::AlreadyJoined, "this connection already joined a room; send leave first");
+                }
+                if let Err(error) = request.validate() {
+                    return self.send_error(error.code(), error.to_string());
+                }
+                let joiner =
+                    Joiner { name: request.name.clone(), mode: request.mode, outbox: self.outbox.clone() };
+                match self.context.pool.join(&request.room, joiner) {
+                    Ok(membership) => {
+                        self.mode = request.mode;
+                        self.membership = Some(membership);
+                    }
+                    Err(refused) => self.send_error(refused.code(), refused.to_string()),
+                }
+            }
+            ClientMessage::Leave => match self.membership.take() {
+                Some(membership) => membership.leave(LeaveReason::Left),
+                None => self.send_error(ErrorCode::NotJoined, "leave before join"),
+            },
+            ClientMessage::Ping { id } => {
+                self.outbox.push_control(ServerMessage::Pong { id }.to_json());
+            }
+        }
+    }
+
+    fn on_audio(&mut self, bytes: Bytes, now: Instant) {
+        let Some(membership) = &self.membership else {
+            return self.send_error(ErrorCode::NotJoined, "audio before join; send join first");
+        };
+        if bytes.len() > MAX_AUDIO_FRAME {
+            return self.send_error(ErrorCode::FrameTooLarge, format!(
+                "audio frame of {} bytes exceeds {MAX_AUDIO_FRAME} (9-byte header + 1275-byte Opus packet)",
+                bytes.len()
+            ));
+        }
+        let frame = match AudioFrame::parse(&bytes) {
+            Ok(frame) => frame,
+            Err(error) => return self.send_error(error.code(), error.to_string()),
+        };
+        if self.mode == Mode::Listen {
+            return self.send_error(ErrorCode::ListenOnly, "joined in listen mode; audio is ignored");
+        }
+        match opus::packet::get_nb_samples(frame.payload, SAMPLE_RATE) {
+            Ok(n) if n == FRAME_SAMPLES => {}
+            Ok(n) => {
+                return self.send_error(ErrorCode::InvalidOpus, format!(
+                    "Opus packet holds {n} samples ({} ms); this server takes 20 ms frames ({FRAME_SAMPLES} samples)",
+                    n * 1000 / SAMPLE_RATE as usize
+                ));
+            }
+            Err(error) => {
+                return self.send_error(ErrorCode::InvalidOpus, format!("not a valid Opus packet: {error}"));
+            }
+        }
+        if !self.rate.allow(now) {
+            return self.send_error(ErrorCode::RateLimited, "audio arrives faster than real time; excess frames dropped");
+        }
+        // Dropping here only happens when the mixer is far behind this one participant.
+        let _ = membership.send_audio(bytes, now);
+    }
+}
+
+async fn write_loop(mut sink: SplitSink<Ws, Message>, outbox: Arc<Outbox>, ping_interval: Duration) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    let mut batch = Vec::new();
+    loop {
+        let mut send_ping = false;
+        tokio::select! {
+            _ = outbox.wait() => {}
+            _ = ping.tick() => send_ping = true,
+        }
+        let closed = outbox.drain(&mut batch);
+        if send_ping && sink.feed(Message::Ping(Bytes::new())).await.is_err() {
+            return;
+        }
+        for item in batch.drain(..) {
+            let message = match item {
+                Outgoing::Audio(bytes) => Message::Binary(bytes),
+                Outgoing::Control(text) => Message::text(text),
+            };
+            if sink.feed(message).await.is_err() {
+                return;
+            }
+        }
+        let (code, reason) = match closed {
+            None => {
+                if sink.flush().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Some(Closed::SlowConsumer) => {
+                let message = ServerMessage::error(
+                    ErrorCode::SlowConsumer,
+                    "you read audio too slowly and fell behind; disconnecting",
+                );
+                let _ = sink.feed(Message::text(message.to_json())).await;
+                (1008, "slow consumer")
+            }
+            Some(Closed::Close { code, reason }) => (code, reason),
+        };
+        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        return;
+    }
+}

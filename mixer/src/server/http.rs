@@ -1,0 +1,188 @@
+//! The tiny bit of HTTP the server speaks before a WebSocket upgrade.
+//!
+//! One port serves both the WebSocket endpoint and plain `GET /healthz`. The connection's request
+//! head is read first; plain requests are answered here, upgrades are handed to tungstenite with
+//! the bytes already read replayed in front of the socket ([`Prefixed`]).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Largest request head accepted (request line plus headers).
+pub const MAX_HEAD: usize = 8 * 1024;
+
+/// What the request head asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A WebSocket upgrade on `/`.
+    WebSocket,
+    /// `GET /healthz`.
+    Health,
+    /// A path this server does not serve.
+    NotFound,
+    /// Not a parseable HTTP/1.x request.
+    BadRequest,
+}
+
+/// Reads the request head; returns the bytes read (head and anything after it) and the route.
+pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(Vec<u8>, Route)> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before request"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = find_head_end(&buf) {
+            let route = route(&buf[..end]);
+            return Ok((buf, route));
+        }
+        if buf.len() > MAX_HEAD {
+            return Ok((buf, Route::BadRequest));
+        }
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// Decides the route from a complete request head.
+pub fn route(head: &[u8]) -> Route {
+    let Ok(text) = std::str::from_utf8(head) else { return Route::BadRequest };
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Route::BadRequest;
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Route::BadRequest;
+    }
+    let path = target.split('?').next().unwrap_or_default();
+    let upgrade = lines.any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("upgrade")
+                && value.trim().eq_ignore_ascii_case("websocket")
+        })
+    });
+    match (method, path, upgrade) {
+        ("GET", "/", true) => Route::WebSocket,
+        ("GET", "/healthz", _) => Route::Health,
+        _ => Route::NotFound,
+    }
+}
+
+/// Writes a complete plain-text HTTP response and closes the write side.
+pub async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, status: &str, body: &str) -> io::Result<()> {
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// A stream that first yields bytes already read from it, then reads on.
+#[derive(Debug)]
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    position: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    /// Replays `prefix` before reading from `inner`.
+    pub fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
+        Prefixed { prefix, position: 0, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.position < self.prefix.len() {
+            let rest = &self.prefix[self.position..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.position += n;
+            if self.position == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.position = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_requests() {
+        let ws = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        assert_eq!(route(ws), Route::WebSocket);
+        assert_eq!(route(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), Route::Health);
+        assert_eq!(route(b"GET /healthz?x=1 HTTP/1.0\r\n\r\n"), Route::Health);
+        assert_eq!(route(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Route::NotFound);
+        assert_eq!(route(b"POST /healthz HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(route(b"hello\r\n\r\n"), Route::BadRequest);
+        assert_eq!(route(b"\xff\xfe\r\n\r\n"), Route::BadRequest);
+    }
+
+    #[tokio::test]
+    async fn prefixed_replays_then_reads_on() {
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(b"world").await.expect("write");
+        drop(a);
+        let mut s = Prefixed::new(b"hello ".to_vec(), b);
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn read_head_keeps_bytes_after_the_head() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        a.write_all(b"GET /healthz HTTP/1.1\r\n\r\nextra").await.expect("write");
+        let (bytes, route) = read_head(&mut b).await.expect("head");
+        assert_eq!(route, Route::Health);
+        assert!(bytes.ends_with(b"extra"));
+    }
+}

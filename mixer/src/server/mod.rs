@@ -1,0 +1,138 @@
+//! The tokio shell around the engine: accepts connections, runs mixer threads, shuts down.
+//!
+//! ```text
+//!  client ──ws──▶ connection task (reader) ──Command (bounded per participant)──▶ mixer thread
+//!                                                                                  │ Room engines
+//!  client ◀──ws── writer task ◀── Outbox (bounded, drop-oldest) ◀──────────────────┘
+//! ```
+//!
+//! Connections run on the tokio runtime; mixing runs on its own threads (see [`pool`]). The only
+//! links between them are the command channel into a mixer thread and each client's outbox,
+//! and neither ever makes the mixer wait.
+
+pub mod connection;
+pub mod http;
+pub mod outbox;
+pub mod pool;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use self::pool::{MixerPool, PoolConfig};
+
+/// Connection-level settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Audio frames a client's send queue holds before the oldest is dropped.
+    pub send_queue_frames: usize,
+    /// Audio frames dropped in a row (client not reading at all) before it is disconnected.
+    pub slow_client_drops: u32,
+    /// How often the server pings each client.
+    pub ping_interval: Duration,
+    /// A client that sends nothing (not even a pong) for this long is disconnected.
+    pub ping_timeout: Duration,
+    /// Time allowed for the HTTP request and WebSocket handshake.
+    pub handshake_timeout: Duration,
+    /// Largest WebSocket message or frame accepted.
+    pub max_message_bytes: usize,
+    /// Simultaneous connections at most.
+    pub max_connections: usize,
+    /// How long shutdown waits for connections to close.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            send_queue_frames: 10,
+            slow_client_drops: 250,
+            ping_interval: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            max_message_bytes: 64 * 1024,
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Everything [`run`] needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Connection settings.
+    pub settings: Settings,
+    /// Mixer threads and engine settings.
+    pub pool: PoolConfig,
+}
+
+/// Serves WebSocket clients on `listener` until `shutdown` completes, then closes every
+/// connection (telling clients why) and stops the mixer threads.
+///
+/// Taking the listener and the shutdown signal as arguments lets tests bind port 0 and stop the
+/// server when they are done.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let pool = MixerPool::start(config.pool.clone()).context("starting mixer threads")?;
+    let context = Arc::new(connection::Context { settings: config.settings.clone(), pool: pool.clone() });
+    let slots = Arc::new(Semaphore::new(config.settings.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    info!(address = %listener.local_addr()?, threads = config.pool.threads, "mixer listening");
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Usually out of file descriptors: back off instead of spinning.
+                        warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    warn!(%peer, "connection limit reached; refusing");
+                    connections.spawn(async move {
+                        let mut stream = stream;
+                        let _ = http::respond(&mut stream, "503 Service Unavailable", "server full\n").await;
+                    });
+                    continue;
+                };
+                let context = context.clone();
+                let stop = stop_rx.clone();
+                connections.spawn(async move {
+                    connection::serve(stream, peer, context, stop).await;
+                    drop(permit);
+                });
+                while connections.try_join_next().is_some() {}
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    info!(connections = connections.len(), "shutting down");
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(config.settings.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(remaining = connections.len(), "connections still open after the grace period; aborting them");
+        connections.shutdown().await;
+    }
+    tokio::task::spawn_blocking(move || pool.shutdown()).await.context("stopping mixer threads")?;
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! The bounded per-connection send queue between the mixer threads and a connection's writer.
+//!
+//! The mixer never waits on a client. It pushes each frame here and moves on; if the client has
+//! not taken the previous frames, the oldest audio frame is dropped (and counted) to make room.
+//! The client loses its own stale audio, nobody else is delayed and memory stays bounded. A
+//! client that keeps falling behind — `slow_limit` audio frames dropped with no drain in between
+//! — is marked slow, and its connection closes it with a reason.
+//!
+//! Control messages (roster changes, errors) are never dropped for audio: they have their own
+//! lane, which is also bounded; overflowing it marks the client slow too.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+/// Control messages that may wait in one outbox before the client is considered slow.
+const CONTROL_CAPACITY: usize = 256;
+
+/// One item for a connection's writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// A binary audio frame (header + Opus).
+    Audio(Bytes),
+    /// A JSON control message.
+    Control(String),
+}
+
+/// Why an outbox stopped accepting items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// The client did not keep up; the writer sends `slow_consumer` and closes with 1008.
+    SlowConsumer,
+    /// The connection is going away; the writer sends what is queued, then this close frame.
+    Close {
+        /// WebSocket close code.
+        code: u16,
+        /// Close reason text.
+        reason: &'static str,
+    },
+}
+
+/// What happened to a pushed audio frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued behind fewer than `capacity` frames.
+    Queued,
+    /// Queued, and the oldest queued frame was dropped to make room.
+    DroppedOldest,
+    /// Not queued: the outbox is closed.
+    Closed,
+}
+
+#[derive(Debug)]
+struct State {
+    audio: VecDeque<Bytes>,
+    control: VecDeque<String>,
+    dropped_in_a_row: u32,
+    closed: Option<Closed>,
+}
+
+/// A bounded, drop-oldest queue with a wake-up for the writer task.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    capacity: usize,
+    slow_limit: u32,
+    dropped: AtomicU64,
+}
+
+impl Outbox {
+    /// An outbox holding at most `capacity` audio frames; `slow_limit` consecutive drops without
+    /// the writer draining mark the client slow.
+    pub fn new(capacity: usize, slow_limit: u32) -> Outbox {
+        Outbox {
+            state: Mutex::new(State {
+                audio: VecDeque::with_capacity(capacity.max(1)),
+                control: VecDeque::new(),
+                dropped_in_a_row: 0,
+                closed: None,
+            }),
+            notify: Notify::new(),
+            capacity: capacity.max(1),
+            slow_limit: slow_limit.max(1),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every critical
+        // section is a few VecDeque calls), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues an audio frame, dropping the oldest one if the queue is full.
+    pub fn push_audio(&self, frame: Bytes) -> Pushed {
+        let result = {
+            let mut state = self.lock();
+            if state.closed.is_some() {
+                return Pushed::Closed;
+            }
+            let mut result = Pushed::Queued;
+            if state.audio.len() >= self.capacity {
+                state.audio.pop_front();
+                state.dropped_in_a_row += 1;
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                result = Pushed::DroppedOldest;
+                if state.dropped_in_a_row >= self.slow_limit {
+                    state.closed = Some(Closed::SlowConsumer);
+                }
+            }
+            state.audio.push_back(frame);
+            result
+        };
+        self.notify.notify_one();
+        result
+    }
+
+    /// Queues a control message; returns false if the outbox is closed.
+    pub fn push_control(&self, message: String) -> bool {
+        {
+            let mut state = self.lock();
+            if state.closed.is_some() {
+                return false;
+            }
+            if state.control.len() >= CONTROL_CAPACITY {
+                state.closed = Some(Closed::SlowConsumer);
+            } else {
+                state.control.push_back(message);
+            }
+        }
+        self.notify.notify_one();
+        true
+    }
+
+    /// Moves everything queued into `into` (control first, then audio in order) and returns
+    /// whether the outbox has been closed.
+    pub fn drain(&self, into: &mut Vec<Outgoing>) -> Option<Closed> {
+        let mut state = self.lock();
+        into.extend(state.control.drain(..).map(Outgoing::Control));
+        into.extend(state.audio.drain(..).map(Outgoing::Audio));
+        state.dropped_in_a_row = 0;
+        state.closed
+    }
+
+    /// Waits until something is queued or the outbox closes.
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Stops accepting items; wakes the writer.
+    pub fn close(&self, why: Closed) {
+        {
+            let mut state = self.lock();
+            state.closed.get_or_insert(why);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Whether and why the outbox is closed.
+    pub fn closed(&self) -> Option<Closed> {
+        self.lock().closed
+    }
+
+    /// Audio frames dropped so far because the client was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: u8) -> Bytes {
+        Bytes::from(vec![n])
+    }
+
+    #[test]
+    fn drops_oldest_audio_when_full_and_keeps_newest() {
+        let outbox = Outbox::new(3, 100);
+        for n in 0..5 {
+            outbox.push_audio(frame(n));
+        }
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain(&mut out), None);
+        assert_eq!(out, vec![2, 3, 4].into_iter().map(|n| Outgoing::Audio(frame(n))).collect::<Vec<_>>());
+        assert_eq!(outbox.dropped(), 2);
+    }
+
+    #[test]
+    fn control_is_never_dropped_for_audio_and_comes_first() {
+        let outbox = Outbox::new(1, 100);
+        outbox.push_audio(frame(1));
+        assert!(outbox.push_control("hello".into()));
+        outbox.push_audio(frame(2));
+        let mut out = Vec::new();
+        outbox.drain(&mut out);
+        assert_eq!(out, vec![Outgoing::Control("hello".into()), Outgoing::Audio(frame(2))]);
+    }
+
+    #[test]
+    fn consecutive_drops_without_drain_mark_the_client_slow() {
+        let outbox = Outbox::new(2, 5);
+        for n in 0..6 {
+            outbox.push_audio(frame(n));
+        }
+        // 4 drops so far; a drain resets the streak.
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain(&mut out), None);
+        for n in 0..7 {
+            outbox.push_audio(frame(n));
+        }
+        assert_eq!(outbox.closed(), Some(Closed::SlowConsumer));
+        assert_eq!(outbox.push_audio(frame(9)), Pushed::Closed);
+        assert!(!outbox.push_control("late".into()));
+    }
+}

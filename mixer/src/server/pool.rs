@@ -1,0 +1,513 @@
+//! Mixer threads and the room directory.
+//!
+//! Mixing runs on dedicated OS threads, not on the tokio runtime: a busy network cannot delay a
+//! tick, and a long tick cannot stall socket I/O. Each room lives on exactly one mixer thread,
+//! which owns its [`Room`] engine outright (no locks on the mix path). New rooms go to the thread
+//! with the fewest rooms. A thread with no rooms blocks on its command channel and uses no CPU;
+//! otherwise it sleeps until the earliest tick deadline of its rooms or the next command.
+//!
+//! Connections talk to mixer threads over an unbounded channel whose audio share is bounded per
+//! participant: each participant may have at most `MAX_IN_FLIGHT` audio packets queued towards
+//! its mixer thread, the rest are dropped and counted. So a flooding client cannot grow memory or
+//! crowd out anyone else's audio, and control commands (join, leave) are never lost.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+use bytes::Bytes;
+use mixer_protocol::{
+    AudioFormat, AudioFrame, ErrorCode, LeaveReason, Mode, ParticipantInfo, ServerMessage,
+};
+use tracing::{debug, info, warn};
+
+use super::outbox::{Closed, Outbox, Pushed};
+use crate::engine::{EngineConfig, EngineError, Event, ParticipantId, Room};
+
+/// Audio packets one participant may have queued towards its mixer thread.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Why a join was refused before it reached a room.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinRefused {
+    /// The room is at its participant limit.
+    #[error("room {room:?} is full ({limit} participants)")]
+    RoomFull {
+        /// The room asked for.
+        room: String,
+        /// Its limit.
+        limit: usize,
+    },
+    /// The server is at its room limit.
+    #[error("server has reached its limit of {limit} rooms")]
+    TooManyRooms {
+        /// The limit.
+        limit: usize,
+    },
+    /// The mixer pool has shut down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+impl JoinRefused {
+    /// The protocol error code for this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            JoinRefused::RoomFull { .. } => ErrorCode::RoomFull,
+            JoinRefused::TooManyRooms { .. } => ErrorCode::ServerFull,
+            JoinRefused::ShuttingDown => ErrorCode::ShuttingDown,
+        }
+    }
+}
+
+/// Limits the pool enforces.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Mixer threads to run.
+    pub threads: usize,
+    /// Rooms at most, server-wide.
+    pub max_rooms: usize,
+    /// Engine settings for every room (includes the per-room participant limit).
+    pub engine: EngineConfig,
+}
+
+/// Counters shared by all mixer threads, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Audio packets accepted into jitter buffers.
+    pub audio_in: AtomicU64,
+    /// Audio packets dropped before the mixer because the participant had too many in flight.
+    pub audio_in_dropped: AtomicU64,
+    /// Frames queued to clients.
+    pub audio_out: AtomicU64,
+    /// Frames dropped from full client queues.
+    pub audio_out_dropped: AtomicU64,
+    /// Ticks run, all rooms.
+    pub ticks: AtomicU64,
+    /// Ticks skipped because a mixer thread fell too far behind.
+    pub ticks_skipped: AtomicU64,
+}
+
+/// The participant's side of a room membership; leaving (or dropping it) removes the participant.
+#[derive(Debug)]
+pub struct Membership {
+    pool: Arc<Shared>,
+    room: Arc<str>,
+    thread: usize,
+    id: ParticipantId,
+    in_flight: Arc<AtomicUsize>,
+    left: bool,
+}
+
+impl Membership {
+    /// This participant's id.
+    pub fn id(&self) -> ParticipantId {
+        self.id
+    }
+
+    /// The room's name.
+    pub fn room(&self) -> &str {
+        &self.room
+    }
+
+    /// Forwards one validated audio frame. Returns false if it was dropped because too many of
+    /// this participant's packets are already waiting for the mixer.
+    pub fn send_audio(&self, frame: Bytes, arrival: Instant) -> bool {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.pool.stats.audio_in_dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let command = Command::Audio { participant: self.id, frame, arrival };
+        if self.pool.threads[self.thread].send(command).is_err() {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Leaves the room, telling the others why.
+    pub fn leave(mut self, reason: LeaveReason) {
+        self.leave_inner(reason);
+    }
+
+    fn leave_inner(&mut self, reason: LeaveReason) {
+        if std::mem::replace(&mut self.left, true) {
+            return;
+        }
+        let mut directory = self.pool.directory.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = directory.rooms.get_mut(&self.room) {
+            entry.members -= 1;
+            if entry.members == 0 {
+                directory.rooms.remove(&self.room);
+                directory.rooms_per_thread[self.thread] -= 1;
+            }
+        }
+        // Sent under the directory lock so it is ordered before any later join of this room.
+        let _ = self.pool.threads[self.thread].send(Command::Leave { participant: self.id, reason });
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        // A connection task that ends without leaving (an error, a panic) still frees its seat.
+        self.leave_inner(LeaveReason::Disconnected);
+    }
+}
+
+/// A participant about to join, as the mixer thread needs it.
+#[derive(Debug)]
+pub struct Joiner {
+    /// Display name.
+    pub name: String,
+    /// Talk or listen.
+    pub mode: Mode,
+    /// Where the mixer sends this participant's frames and messages.
+    pub outbox: Arc<Outbox>,
+}
+
+/// Handle to the running mixer threads.
+#[derive(Debug, Clone)]
+pub struct MixerPool {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    threads: Vec<mpsc::Sender<Command>>,
+    handles: Mutex<Vec<thread::JoinHandle<()>>>,
+    directory: Mutex<Directory>,
+    next_id: AtomicU32,
+    max_rooms: usize,
+    max_participants: usize,
+    stats: Arc<PoolStats>,
+}
+
+#[derive(Debug)]
+struct Directory {
+    rooms: HashMap<Arc<str>, DirectoryEntry>,
+    rooms_per_thread: Vec<usize>,
+    shut_down: bool,
+}
+
+#[derive(Debug)]
+struct DirectoryEntry {
+    thread: usize,
+    members: usize,
+}
+
+#[derive(Debug)]
+enum Command {
+    Join { room: Arc<str>, id: ParticipantId, joiner: Joiner, in_flight: Arc<AtomicUsize> },
+    Leave { participant: ParticipantId, reason: LeaveReason },
+    Audio { participant: ParticipantId, frame: Bytes, arrival: Instant },
+    Shutdown,
+}
+
+impl MixerPool {
+    /// Starts `config.threads` mixer threads.
+    pub fn start(config: PoolConfig) -> std::io::Result<MixerPool> {
+        let count = config.threads.max(1);
+        let stats = Arc::new(PoolStats::default());
+        let mut senders = Vec::with_capacity(count);
+        let mut handles = Vec::with_capacity(count);
+        for index in 0..count {
+            let (tx, rx) = mpsc::channel();
+            let mut worker = MixerThread {
+                rx,
+                engine: config.engine.clone(),
+                rooms: HashMap::new(),
+                where_is: HashMap::new(),
+                stats: stats.clone(),
+            };
+            let handle =
+                thread::Builder::new().name(format!("mixer-{index}")).spawn(move || worker.run())?;
+            senders.push(tx);
+            handles.push(handle);
+        }
+        Ok(MixerPool {
+            shared: Arc::new(Shared {
+                threads: senders,
+                handles: Mutex::new(handles),
+                directory: Mutex::new(Directory {
+                    rooms: HashMap::new(),
+                    rooms_per_thread: vec![0; count],
+                    shut_down: false,
+                }),
+                next_id: AtomicU32::new(1),
+                max_rooms: config.max_rooms,
+                max_participants: config.engine.max_participants,
+                stats,
+            }),
+        })
+    }
+
+    /// Reserves a seat in `room` (creating it if needed) and hands the joiner to its mixer thread,
+    /// which answers with `joined` and tells the others.
+    pub fn join(&self, room: &str, joiner: Joiner) -> Result<Membership, JoinRefused> {
+        let shared = &self.shared;
+        let mut directory = shared.directory.lock().unwrap_or_else(|p| p.into_inner());
+        if directory.shut_down {
+            return Err(JoinRefused::ShuttingDown);
+        }
+        let existing = directory.rooms.get_key_value(room).map(|(name, _)| name.clone());
+        let (room, thread) = match existing.and_then(|name| {
+            let entry = directory.rooms.get_mut(&name)?;
+            Some((name, entry))
+        }) {
+            Some((name, entry)) => {
+                if entry.members >= shared.max_participants {
+                    return Err(JoinRefused::RoomFull {
+                        room: room.to_owned(),
+                        limit: shared.max_participants,
+                    });
+                }
+                entry.members += 1;
+                (name, entry.thread)
+            }
+            None => {
+                if directory.rooms.len() >= shared.max_rooms {
+                    return Err(JoinRefused::TooManyRooms { limit: shared.max_rooms });
+                }
+                let thread = (0..directory.rooms_per_thread.len())
+                    .min_by_key(|&t| directory.rooms_per_thread[t])
+                    .unwrap_or(0);
+                directory.rooms_per_thread[thread] += 1;
+                let name: Arc<str> = Arc::from(room);
+                directory.rooms.insert(name.clone(), DirectoryEntry { thread, members: 1 });
+                (name, thread)
+            }
+        };
+        let id = ParticipantId(shared.next_id.fetch_add(1, Ordering::Relaxed));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let command =
+            Command::Join { room: room.clone(), id, joiner, in_flight: in_flight.clone() };
+        if shared.threads[thread].send(command).is_err() {
+            return Err(JoinRefused::ShuttingDown);
+        }
+        drop(directory);
+        Ok(Membership { pool: shared.clone(), room, thread, id, in_flight, left: false })
+    }
+
+    /// Rooms that currently exist.
+    pub fn room_count(&self) -> usize {
+        self.shared.directory.lock().unwrap_or_else(|p| p.into_inner()).rooms.len()
+    }
+
+    /// Shared counters.
+    pub fn stats(&self) -> &Arc<PoolStats> {
+        &self.shared.stats
+    }
+
+    /// Refuses further joins, stops every mixer thread and waits for them.
+    pub fn shutdown(&self) {
+        self.shared.directory.lock().unwrap_or_else(|p| p.into_inner()).shut_down = true;
+        for sender in &self.shared.threads {
+            let _ = sender.send(Command::Shutdown);
+        }
+        let handles =
+            std::mem::take(&mut *self.shared.handles.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in handles {
+            if handle.join().is_err() {
+                warn!("a mixer thread panicked");
+            }
+        }
+    }
+}
+
+struct Member {
+    name: String,
+    mode: Mode,
+    outbox: Arc<Outbox>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+struct RoomSlot {
+    engine: Room,
+    members: HashMap<ParticipantId, Member>,
+}
+
+impl RoomSlot {
+    fn broadcast(&self, except: ParticipantId, message: &ServerMessage) {
+        let json = message.to_json();
+        for (id, member) in &self.members {
+            if *id != except {
+                member.outbox.push_control(json.clone());
+            }
+        }
+    }
+}
+
+struct MixerThread {
+    rx: mpsc::Receiver<Command>,
+    engine: EngineConfig,
+    rooms: HashMap<Arc<str>, RoomSlot>,
+    where_is: HashMap<ParticipantId, Arc<str>>,
+    stats: Arc<PoolStats>,
+}
+
+impl MixerThread {
+    fn run(&mut self) {
+        loop {
+            let deadline = self.rooms.values().map(|slot| slot.engine.poll_timeout()).min();
+            // The mixer threads are the one place that reads the clock for the engine.
+            let received = match deadline {
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(deadline) => {
+                    self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                }
+            };
+            match received {
+                Ok(command) => {
+                    if !self.handle(command) {
+                        return;
+                    }
+                    // Take everything else already queued before mixing.
+                    while let Ok(command) = self.rx.try_recv() {
+                        if !self.handle(command) {
+                            return;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            self.run_due_ticks(Instant::now());
+        }
+    }
+
+    /// Applies one command; returns false on shutdown.
+    fn handle(&mut self, command: Command) -> bool {
+        match command {
+            Command::Audio { participant, frame, arrival } => self.audio(participant, &frame, arrival),
+            Command::Join { room, id, joiner, in_flight } => self.join(room, id, joiner, in_flight),
+            Command::Leave { participant, reason } => self.leave(participant, reason),
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn audio(&mut self, participant: ParticipantId, frame: &[u8], arrival: Instant) {
+        let Some(slot) = self.where_is.get(&participant).and_then(|r| self.rooms.get_mut(r)) else {
+            return;
+        };
+        if let Some(member) = slot.members.get(&participant) {
+            member.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        // The connection validated the frame already; parse again to borrow its parts.
+        let Ok(frame) = AudioFrame::parse(frame) else { return };
+        match slot.engine.handle_audio(participant, frame, arrival) {
+            Ok(_) => {
+                self.stats.audio_in.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(EngineError::ListenOnly(_)) | Err(EngineError::UnknownParticipant(_)) => {}
+            Err(error) => debug!(%participant, %error, "audio not accepted"),
+        }
+    }
+
+    fn join(&mut self, room: Arc<str>, id: ParticipantId, joiner: Joiner, in_flight: Arc<AtomicUsize>) {
+        let now = Instant::now();
+        let engine = &self.engine;
+        let slot = self.rooms.entry(room.clone()).or_insert_with(|| RoomSlot {
+            engine: Room::new(engine.clone(), now),
+            members: HashMap::new(),
+        });
+        if let Err(error) = slot.engine.add_participant(id, joiner.mode) {
+            warn!(%room, participant = %id, %error, "join failed in the engine");
+            let code = match error {
+                EngineError::RoomFull(_) => ErrorCode::RoomFull,
+                _ => ErrorCode::Internal,
+            };
+            joiner.outbox.push_control(ServerMessage::error(code, error.to_string()).to_json());
+            joiner.outbox.close(Closed::Close { code: 1011, reason: "join failed" });
+            if slot.members.is_empty() {
+                self.rooms.remove(&room);
+            }
+            return;
+        }
+        let info = ParticipantInfo { id: id.0, name: joiner.name.clone(), mode: joiner.mode };
+        let others: Vec<ParticipantInfo> = slot
+            .members
+            .iter()
+            .map(|(other, m)| ParticipantInfo { id: other.0, name: m.name.clone(), mode: m.mode })
+            .collect();
+        let joined = ServerMessage::Joined {
+            participant_id: id.0,
+            room: room.to_string(),
+            participants: others,
+            format: AudioFormat::opus_48k_mono_20ms(),
+        };
+        joiner.outbox.push_control(joined.to_json());
+        slot.broadcast(id, &ServerMessage::ParticipantJoined { participant: info });
+        info!(%room, participant = %id, name = %joiner.name, mode = ?joiner.mode, "joined");
+        slot.members.insert(
+            id,
+            Member { name: joiner.name, mode: joiner.mode, outbox: joiner.outbox, in_flight },
+        );
+        self.where_is.insert(id, room);
+    }
+
+    fn leave(&mut self, participant: ParticipantId, reason: LeaveReason) {
+        let Some(room) = self.where_is.remove(&participant) else { return };
+        let Some(slot) = self.rooms.get_mut(&room) else { return };
+        let stats = slot.engine.remove_participant(participant);
+        slot.members.remove(&participant);
+        slot.broadcast(participant, &ServerMessage::ParticipantLeft {
+            participant_id: participant.0,
+            reason,
+        });
+        info!(%room, %participant, ?reason, ?stats, "left");
+        if slot.members.is_empty() {
+            debug!(%room, "room closed");
+            self.rooms.remove(&room);
+        }
+    }
+
+    fn run_due_ticks(&mut self, now: Instant) {
+        let mut frame = Vec::with_capacity(mixer_protocol::MAX_AUDIO_FRAME);
+        for (room, slot) in &mut self.rooms {
+            while slot.engine.poll_timeout() <= now {
+                slot.engine.handle_timeout(now);
+                self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+                while let Some(transmit) = slot.engine.poll_transmit() {
+                    let Some(member) = slot.members.get(&transmit.to) else { continue };
+                    frame.clear();
+                    transmit.frame().write_to(&mut frame);
+                    match member.outbox.push_audio(Bytes::copy_from_slice(&frame)) {
+                        Pushed::Queued => {
+                            self.stats.audio_out.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Pushed::DroppedOldest => {
+                            self.stats.audio_out.fetch_add(1, Ordering::Relaxed);
+                            self.stats.audio_out_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Pushed::Closed => {}
+                    }
+                }
+                while let Some(event) = slot.engine.poll_event() {
+                    match event {
+                        Event::DecodeFailed { participant } => {
+                            if let Some(member) = slot.members.get(&participant) {
+                                let message = ServerMessage::error(
+                                    ErrorCode::InvalidOpus,
+                                    "an audio packet failed to decode as Opus and was concealed",
+                                );
+                                member.outbox.push_control(message.to_json());
+                            }
+                        }
+                        Event::EncodeFailed { participant } => {
+                            warn!(%room, %participant, "Opus encode failed");
+                        }
+                        Event::TicksSkipped { count } => {
+                            self.stats.ticks_skipped.fetch_add(count, Ordering::Relaxed);
+                            warn!(%room, count, "mixer fell behind; ticks skipped");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

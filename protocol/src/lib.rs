@@ -1,0 +1,15 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+pub mod audio;
+pub mod control;
+
+pub use audio::{
+    AUDIO_HEADER_LEN, AudioError, AudioFrame, AudioHeader, AudioLevel, FRAME_MS, FRAME_SAMPLES,
+    Flags, MAX_AUDIO_FRAME, MAX_OPUS_PACKET, PROTOCOL_VERSION, SAMPLE_RATE,
+};
+pub use control::{
+    AudioFormat, ClientMessage, ControlError, ErrorCode, JoinRequest, LeaveReason,
+    MAX_CONTROL_MESSAGE, MAX_NAME_CHARS, MAX_ROOM_LEN, MAX_TOKEN_LEN, Mode, ParticipantInfo,
+    ServerMessage, close_code, parse_client_message, parse_server_message,
+};
