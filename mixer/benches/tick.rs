@@ -1,1 +1,235 @@
-fn main() {}
+//! What one mix tick costs on this machine, per participant, and where the time goes.
+//!
+//! Run it with `cargo bench -p mixer --bench tick` (about a minute and a half; add a filter such
+//! as `-- room_tick` to run one group). Every packet and frame is prepared before the timed loops,
+//! so they time only the work a tick does.
+//!
+//! - `opus_decode`: decoding one 20 ms mono 48 kHz packet from a talker (speech-like harmonics
+//!   encoded as a client would: VOIP, 32 kb/s, complexity 9) with `decode_float`. A tick does this
+//!   once per talker that is talking.
+//! - `opus_encode/<setting>`: encoding one 960-sample mix frame. A tick does this once per
+//!   participant, talkers and listeners alike. `default` is the server's
+//!   [`EncoderSettings::default`] (CELT-only low-delay, 48 kb/s, complexity 5); the others are
+//!   there to show what a different `--encoder-*` choice would cost.
+//! - `mix/quiet`, `mix/loud`: one participant's share of the mixing kernels: adding its frame to
+//!   the bus, its mix-minus, and its limiter. `quiet` stays under the ceiling and takes the
+//!   limiter's fast path; `loud` needs gain reduction on every frame. Each iteration also resets
+//!   the bus with a 960-sample copy, which stands in for the tick's own `bus.fill(0.0)`.
+//! - `room_tick/N`: a whole [`Room`] tick with N talkers all talking, on a virtual clock: one
+//!   packet into every jitter buffer, `handle_timeout`, and draining every frame with
+//!   `poll_transmit` and `poll_event`. The time shown is per tick.
+//!
+//! Reading the throughput lines: every group counts participants as its elements, so criterion's
+//! `thrpt` is participant-frames per second of one core. For `room_tick/N` the per-participant
+//! cost is the tick time divided by N, and since each participant needs 50 frames a second,
+//! `thrpt / 50` is how many participants one core could mix in real time in rooms of that size
+//! (before the server's own I/O). Roughly, a tick of N talkers costs N decodes + N encodes + N
+//! mix shares, which the other groups let you check.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use mixer::engine::codec::{self, EncoderSettings, OpusApplication};
+use mixer::engine::limiter::{Limiter, LimiterConfig};
+use mixer::engine::mix::{self, accumulate, mix_minus};
+use mixer::engine::{EngineConfig, FRAME, ParticipantId, Room};
+use mixer_protocol::{
+    AudioFrame, AudioHeader, AudioLevel, FRAME_SAMPLES, Flags, MAX_OPUS_PACKET, Mode, SAMPLE_RATE,
+};
+
+/// Frames of audio pre-encoded per talker (2 s); the benches cycle through them.
+const CLIP_FRAMES: usize = 100;
+
+/// How a client encodes its uplink.
+const CLIENT_ENCODER: EncoderSettings = EncoderSettings {
+    application: OpusApplication::Voip,
+    bitrate: 32_000,
+    complexity: 9,
+};
+
+/// A speech-like test signal: a harmonic series on a gliding fundamental, shaped by a 4 Hz
+/// syllable envelope, plus a little noise. `voice` picks the fundamental so talkers differ.
+fn speech_like(voice: usize, frames: usize, peak: f32) -> Vec<f32> {
+    let rate = SAMPLE_RATE as f32;
+    let f0_base = 100.0 + 23.0 * (voice % 8) as f32;
+    let mut noise_state = 0x9e37_79b9_u32.wrapping_add(voice as u32);
+    let mut phase = 0.0f32;
+    let mut samples = Vec::with_capacity(frames * FRAME_SAMPLES);
+    for n in 0..frames * FRAME_SAMPLES {
+        let t = n as f32 / rate;
+        let f0 = f0_base * (1.0 + 0.08 * (2.0 * std::f32::consts::PI * 0.7 * t).sin());
+        phase = (phase + f0 / rate).fract();
+        let mut s = 0.0;
+        for k in 1..=12 {
+            // Harmonics fall off like a voiced glottal source, with a bump near 700 Hz.
+            let freq = f0 * k as f32;
+            let formant = 1.0 + 2.0 * (-((freq - 700.0) / 300.0).powi(2)).exp();
+            s += formant / k as f32 * (2.0 * std::f32::consts::PI * phase * k as f32).sin();
+        }
+        let envelope = 0.55 + 0.45 * (2.0 * std::f32::consts::PI * 4.0 * t + voice as f32).sin();
+        noise_state = noise_state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let noise = (noise_state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+        samples.push(envelope * s + 0.05 * noise);
+    }
+    let max = samples.iter().fold(0.0f32, |m, s| m.max(s.abs()));
+    for s in &mut samples {
+        *s *= peak / max;
+    }
+    samples
+}
+
+/// One talker's uplink, encoded the way a client would: `(level, packet)` per frame.
+fn encode_clip(voice: usize) -> Vec<(AudioLevel, Vec<u8>)> {
+    let mut encoder = CLIENT_ENCODER.build().expect("client encoder settings are valid");
+    let mut out = vec![0u8; MAX_OPUS_PACKET];
+    speech_like(voice, CLIP_FRAMES, 0.3)
+        .chunks_exact(FRAME_SAMPLES)
+        .map(|frame| {
+            let len = encoder.encode_float(frame, &mut out).expect("encoding a clip frame");
+            (AudioLevel::from_rms(true, mix::rms(frame)), out[..len].to_vec())
+        })
+        .collect()
+}
+
+fn bench_opus_decode(c: &mut Criterion) {
+    let clip = encode_clip(0);
+    let mut decoder = codec::decoder().expect("decoder");
+    let mut pcm = vec![0.0f32; FRAME_SAMPLES];
+    let mut i = 0;
+    let mut group = c.benchmark_group("opus_decode");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("voip_32k", |b| {
+        b.iter(|| {
+            let n = decoder
+                .decode_float(black_box(&clip[i].1), &mut pcm, false)
+                .expect("decoding a valid packet");
+            i = (i + 1) % clip.len();
+            black_box(n)
+        })
+    });
+    group.finish();
+}
+
+fn bench_opus_encode(c: &mut Criterion) {
+    // A mix of three talkers, as a participant in a small room would get.
+    let mut mix_frames = speech_like(1, CLIP_FRAMES, 0.3);
+    for voice in [2, 3] {
+        accumulate(&mut mix_frames, &speech_like(voice, CLIP_FRAMES, 0.3));
+    }
+    let lowdelay = |complexity| EncoderSettings {
+        application: OpusApplication::LowDelay,
+        bitrate: 48_000,
+        complexity,
+    };
+    let voip = |complexity| EncoderSettings {
+        application: OpusApplication::Voip,
+        bitrate: 32_000,
+        complexity,
+    };
+    let settings = [
+        ("default", EncoderSettings::default()),
+        ("voip_32k_c9", voip(9)),
+        ("voip_32k_c5", voip(5)),
+        ("lowdelay_48k_c10", lowdelay(10)),
+        ("lowdelay_48k_c0", lowdelay(0)),
+    ];
+    let mut out = vec![0u8; MAX_OPUS_PACKET];
+    let mut group = c.benchmark_group("opus_encode");
+    group.throughput(Throughput::Elements(1));
+    for (name, setting) in settings {
+        let mut encoder = setting.build().expect("benchmark encoder settings are valid");
+        let mut frames = mix_frames.chunks_exact(FRAME_SAMPLES).cycle();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let frame = frames.next().expect("a cycled non-empty clip never ends");
+                black_box(encoder.encode_float(black_box(frame), &mut out).expect("encoding"))
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_mix(c: &mut Criterion) {
+    let own = speech_like(0, 1, 0.3);
+    let mut group = c.benchmark_group("mix");
+    group.throughput(Throughput::Elements(1));
+    // The rest of the room peaks at 0.6 (under the -1 dBFS ceiling) or 2.0 (6 dB over it).
+    for (name, others_peak) in [("quiet", 0.6), ("loud", 2.0)] {
+        let others = speech_like(1, 1, others_peak);
+        let mut bus = vec![0.0f32; FRAME_SAMPLES];
+        let mut out = vec![0.0f32; FRAME_SAMPLES];
+        let mut limiter = Limiter::new(LimiterConfig::default());
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                bus.copy_from_slice(black_box(&others));
+                accumulate(&mut bus, black_box(&own));
+                mix_minus(&mut out, &bus, &own);
+                black_box(limiter.process(&mut out))
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_room_tick(c: &mut Criterion) {
+    let mut group = c.benchmark_group("room_tick");
+    for talkers in [2usize, 5, 10, 20] {
+        let clips: Vec<_> = (0..talkers).map(encode_clip).collect();
+        let t0 = Instant::now();
+        let mut room = Room::new(EngineConfig::default(), t0);
+        for id in 0..talkers {
+            room.add_participant(ParticipantId(id as u32), Mode::Talk).expect("room has space");
+        }
+        let mut now = t0;
+        let mut tick = 0usize;
+        // Feeds every talker its next packet, arriving just before the tick, then runs the tick
+        // and drains it. One packet in and one frame out per talker keeps the buffers steady.
+        let mut step = || {
+            for (id, clip) in clips.iter().enumerate() {
+                let (level, payload) = &clip[tick % clip.len()];
+                let header = AudioHeader {
+                    flags: Flags::default().with_marker(tick == 0),
+                    sequence: tick as u16,
+                    timestamp: (tick as u32).wrapping_mul(FRAME_SAMPLES as u32),
+                    level: *level,
+                };
+                let frame = AudioFrame { header, payload };
+                let outcome = room.handle_audio(ParticipantId(id as u32), frame, now);
+                black_box(outcome.expect("a talker in the room"));
+            }
+            room.handle_timeout(now);
+            let mut bytes = 0;
+            while let Some(transmit) = room.poll_transmit() {
+                bytes += transmit.payload.len();
+            }
+            while let Some(event) = room.poll_event() {
+                black_box(event);
+            }
+            tick += 1;
+            now += FRAME;
+            black_box(bytes)
+        };
+        // Past the start-up: jitter buffers playing, limiters and encoders settled.
+        for _ in 0..100 {
+            step();
+        }
+        group.throughput(Throughput::Elements(talkers as u64));
+        group.bench_function(BenchmarkId::from_parameter(talkers), |b| b.iter(&mut step));
+    }
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_opus_decode, bench_opus_encode, bench_mix, bench_room_tick
+}
+criterion_main!(benches);

@@ -30,6 +30,22 @@
 //!   packets are merged into one frame. Quiet packets are merged early, loud ones only when the
 //!   backlog is large. This absorbs a sender clock faster than ours and drains the burst after a
 //!   TCP stall, so latency never grows without bound.
+//!
+//! Decisions worth knowing (each is explained where it is made):
+//!
+//! - Restart detection: a packet more than `capacity` frames ahead of the play
+//!   point *or behind it* is a new stream ([`InsertOutcome::Reset`]); 1 to `capacity` behind is
+//!   [`InsertOutcome::Late`]. A restart drops the transit history too, since the new stream's
+//!   timestamps are unrelated; its target starts again at the floor.
+//! - Extended sequence numbers keep the wire number in their low 16 bits and never repeat: a
+//!   restart moves to the next 2^16 epoch.
+//! - Late packets are measured (not stored): they are the evidence that the target is too low.
+//! - A merge needs both packets quiet, unless the backlog is large, because it drops 20 ms of
+//!   whatever both carry.
+//! - The target is not chased upwards mid-spurt (no NetEq "preemptive expand"): the delay grows
+//!   only through expands on an empty buffer and is re-anchored at the next talk spurt.
+//! - [`JitterBuffer::buffered_frames`] counts holes, because a missing frame still costs a frame
+//!   of playout; [`JitterBuffer::held_packets`] does not.
 
 use std::time::{Duration, Instant};
 
@@ -202,7 +218,7 @@ pub struct JitterBuffer {
 }
 
 /// One stored packet.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Slot {
     /// Extended sequence number; meaningful only while `occupied`.
     ext: u64,
@@ -212,6 +228,17 @@ struct Slot {
     len: usize,
     arrival: Option<Instant>,
     data: [u8; MAX_PAYLOAD],
+}
+
+impl std::fmt::Debug for Slot {
+    /// Leaves out the payload bytes, which would drown the rest.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("ext", &self.ext)
+            .field("occupied", &self.occupied)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Slot {
@@ -700,4 +727,1050 @@ pub fn opus_has_lbrr(packet: &[u8]) -> bool {
         _ => false,
     };
     silk_20ms && (first >> 6) & 1 == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const FRAME: Duration = Duration::from_millis(20);
+    const FRAME_TS: u32 = 960;
+
+    /// What one tick produced; packets are named by the sequence number in their payload.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Out {
+        Silence,
+        Packet(u16),
+        Conceal(Option<u16>),
+        Merge(u16, u16),
+    }
+
+    /// One tick of a simulation: its output and the buffer state after it.
+    #[derive(Debug, Clone, Copy)]
+    struct Tick {
+        at: Duration,
+        out: Out,
+        buffered: usize,
+        target: u32,
+    }
+
+    /// One packet of a simulated sender and when it reaches the server.
+    #[derive(Debug, Clone, Copy)]
+    struct Send {
+        seq: u16,
+        ts: u32,
+        sent: Duration,
+        arrives: Duration,
+        loud: bool,
+        lbrr: bool,
+    }
+
+    /// A 4-byte test packet: a TOC byte, a SILK header byte, then the sequence number. Packets
+    /// with LBRR use SILK wideband 20 ms mono (config 9) with the VAD and LBRR bits set; the
+    /// others use CELT fullband 20 ms mono (config 31), which never carries LBRR.
+    fn payload(seq: u16, lbrr: bool) -> [u8; 4] {
+        let [lo, hi] = seq.to_le_bytes();
+        if lbrr {
+            [9 << 3, 0b1100_0000, lo, hi]
+        } else {
+            [31 << 3, 0, lo, hi]
+        }
+    }
+
+    fn name(bytes: &[u8]) -> u16 {
+        assert_eq!(bytes.len(), 4, "test payloads are 4 bytes");
+        u16::from_le_bytes([bytes[2], bytes[3]])
+    }
+
+    fn out(playout: Playout<'_>) -> Out {
+        match playout {
+            Playout::Silence => Out::Silence,
+            Playout::Packet(p) => Out::Packet(name(p)),
+            Playout::Conceal { fec_from } => Out::Conceal(fec_from.map(name)),
+            Playout::Merge(a, b) => Out::Merge(name(a), name(b)),
+        }
+    }
+
+    fn insert(jb: &mut JitterBuffer, t0: Instant, send: &Send) -> InsertOutcome {
+        let bytes = payload(send.seq, send.lbrr);
+        let packet = ArrivingPacket {
+            sequence: send.seq,
+            timestamp: send.ts,
+            voice_activity: send.loud,
+            level_dbov: if send.loud { 20 } else { 70 },
+            payload: &bytes,
+        };
+        jb.insert(packet, t0 + send.arrives)
+    }
+
+    /// Ticks every 20 ms from `phase`, inserting each packet whose arrival time has come (a packet
+    /// arriving at a tick's instant is inserted before that tick). Returns the ticks and the
+    /// insert outcomes in arrival order.
+    fn run(
+        jb: &mut JitterBuffer,
+        sends: &[Send],
+        ticks: usize,
+        phase: Duration,
+    ) -> (Vec<Tick>, Vec<(u16, InsertOutcome)>) {
+        let t0 = Instant::now();
+        let mut sends = sends.to_vec();
+        sends.sort_by_key(|s| s.arrives);
+        let mut pending = sends.iter().peekable();
+        let mut outcomes = Vec::new();
+        let mut result = Vec::with_capacity(ticks);
+        for k in 0..ticks {
+            let at = phase + FRAME * u32::try_from(k).expect("tick count fits u32");
+            while let Some(send) = pending.next_if(|s| s.arrives <= at) {
+                outcomes.push((send.seq, insert(jb, t0, send)));
+            }
+            let out = out(jb.pop(t0 + at));
+            result.push(Tick {
+                at,
+                out,
+                buffered: jb.buffered_frames(),
+                target: jb.target_frames(),
+            });
+        }
+        (result, outcomes)
+    }
+
+    /// `n` loud packets without LBRR, sent every `period_ns` from time 0, arriving `base` later.
+    fn stream(
+        n: usize,
+        first_seq: u16,
+        first_ts: u32,
+        period_ns: u64,
+        base: Duration,
+    ) -> Vec<Send> {
+        (0..n)
+            .map(|i| {
+                let sent = Duration::from_nanos(period_ns * i as u64);
+                Send {
+                    seq: first_seq.wrapping_add(i as u16),
+                    ts: first_ts.wrapping_add(FRAME_TS.wrapping_mul(i as u32)),
+                    sent,
+                    arrives: sent + base,
+                    loud: true,
+                    lbrr: false,
+                }
+            })
+            .collect()
+    }
+
+    const PERIOD_NS: u64 = 20_000_000;
+
+    fn outs(ticks: &[Tick]) -> Vec<Out> {
+        ticks.iter().map(|t| t.out).collect()
+    }
+
+    fn packets(range: std::ops::Range<u16>) -> Vec<Out> {
+        range.map(Out::Packet).collect()
+    }
+
+    /// splitmix64: a tiny deterministic PRNG for reproducible network jitter.
+    struct SplitMix64(u64);
+
+    impl SplitMix64 {
+        fn next_u64(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        /// Uniform in `0..bound` (bound > 0).
+        fn below(&mut self, bound: u64) -> u64 {
+            self.next_u64() % bound
+        }
+    }
+
+    /// Adds a TCP-like delay: each packet gets `extra(i)` on top of its arrival, but can never
+    /// overtake the packet before it.
+    fn delay_in_order(sends: &mut [Send], mut extra: impl FnMut(usize) -> Duration) {
+        let mut previous = Duration::ZERO;
+        for (i, send) in sends.iter_mut().enumerate() {
+            send.arrives = (send.arrives + extra(i)).max(previous);
+            previous = send.arrives;
+        }
+    }
+
+    fn config(min_delay_frames: u32) -> JitterConfig {
+        JitterConfig {
+            min_delay_frames,
+            ..JitterConfig::default()
+        }
+    }
+
+    #[test]
+    fn steady_stream_plays_every_packet_once_at_the_floor() {
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        let sends = stream(500, 1000, 77, PERIOD_NS, Duration::from_millis(7));
+        let (ticks, outcomes) = run(&mut jb, &sends, 505, Duration::from_millis(10));
+        assert!(outcomes.iter().all(|(_, o)| *o == InsertOutcome::Accepted));
+        let outs = outs(&ticks);
+        assert_eq!(outs[..500], packets(1000..1500)[..]);
+        // The stream ends: max_expand_frames concealed frames, then idle.
+        assert_eq!(
+            outs[500..],
+            [
+                Out::Conceal(None),
+                Out::Conceal(None),
+                Out::Conceal(None),
+                Out::Silence,
+                Out::Silence
+            ]
+        );
+        assert!(ticks[..500].iter().all(|t| t.target == 1));
+        assert_eq!(jb.target_delay(), FRAME);
+        let stats = jb.stats();
+        assert_eq!((stats.received, stats.played), (500, 500));
+        assert_eq!((stats.lost, stats.merged, stats.late), (0, 0, 0));
+        assert_eq!((stats.expanded, stats.underruns), (3, 1));
+        assert!(jb.is_idle());
+    }
+
+    #[test]
+    fn reordering_within_the_target_plays_in_order() {
+        // Floor of 3 frames; every even packet is overtaken by the odd one after it.
+        let mut jb = JitterBuffer::new(config(3));
+        let mut sends = stream(400, 0, 0, PERIOD_NS, Duration::from_millis(5));
+        for send in sends.iter_mut().filter(|s| s.seq % 2 == 0) {
+            send.arrives += Duration::from_millis(25);
+        }
+        let (ticks, outcomes) = run(&mut jb, &sends, 410, Duration::from_millis(15));
+        assert!(outcomes.iter().all(|(_, o)| *o == InsertOutcome::Accepted));
+        let played: Vec<Out> = outs(&ticks)
+            .into_iter()
+            .filter(|o| matches!(o, Out::Packet(_)))
+            .collect();
+        assert_eq!(played, packets(0..400));
+        let stats = jb.stats();
+        assert_eq!((stats.lost, stats.late, stats.fec_recovered), (0, 0, 0));
+        // The 25 ms of reordering raised the target above the floor.
+        assert_eq!(ticks[300].target, 3 + 2);
+    }
+
+    #[test]
+    fn duplicates_are_dropped() {
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        let mut sends = stream(100, 7, 0, PERIOD_NS, Duration::from_millis(7));
+        let copies: Vec<Send> = sends
+            .iter()
+            .map(|s| Send {
+                arrives: s.arrives + Duration::from_millis(1),
+                ..*s
+            })
+            .collect();
+        sends.extend(copies);
+        let (ticks, outcomes) = run(&mut jb, &sends, 100, Duration::from_millis(10));
+        assert_eq!(outs(&ticks), packets(7..107));
+        let duplicates = outcomes
+            .iter()
+            .filter(|(_, o)| *o == InsertOutcome::Duplicate)
+            .count();
+        assert_eq!(duplicates, 100);
+        assert_eq!(jb.stats().duplicates, 100);
+        assert_eq!(jb.stats().played, 100);
+    }
+
+    #[test]
+    fn late_packets_are_dropped() {
+        // Packet 10 is 100 ms late; the others are on time.
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        let mut sends = stream(30, 0, 0, PERIOD_NS, Duration::from_millis(7));
+        sends[10].arrives += Duration::from_millis(100);
+        let (ticks, outcomes) = run(&mut jb, &sends, 30, Duration::from_millis(10));
+        let outs = outs(&ticks);
+        // Empty buffer at its tick: expand; one tick later packet 11 proves it lost.
+        assert_eq!(
+            outs[8..14],
+            [
+                Out::Packet(8),
+                Out::Packet(9),
+                Out::Conceal(None),
+                Out::Conceal(None),
+                Out::Packet(11),
+                Out::Packet(12)
+            ]
+        );
+        assert!(outcomes.contains(&(10, InsertOutcome::Late)));
+        let stats = jb.stats();
+        assert_eq!((stats.late, stats.lost, stats.expanded), (1, 1, 1));
+        assert_eq!(
+            stats.played, 28,
+            "packets 0..30 without 10 and the last still queued"
+        );
+    }
+
+    #[test]
+    fn single_loss_conceals_with_plc_or_fec() {
+        for lbrr in [false, true] {
+            // A floor of two frames keeps the next packet queued when a frame goes missing.
+            let mut jb = JitterBuffer::new(config(2));
+            let mut sends = stream(40, 0, 0, PERIOD_NS, Duration::from_millis(7));
+            sends.iter_mut().for_each(|s| s.lbrr = lbrr);
+            sends.remove(10);
+            let (ticks, _) = run(&mut jb, &sends, 40, Duration::from_millis(10));
+            let outs = outs(&ticks);
+            let at = outs
+                .iter()
+                .position(|o| *o == Out::Packet(9))
+                .expect("packet 9 plays");
+            let fec = if lbrr { Some(11) } else { None };
+            assert_eq!(
+                outs[at..at + 4],
+                [
+                    Out::Packet(9),
+                    Out::Conceal(fec),
+                    Out::Packet(11),
+                    Out::Packet(12)
+                ]
+            );
+            let stats = jb.stats();
+            assert_eq!(stats.lost, u64::from(!lbrr));
+            assert_eq!(stats.fec_recovered, u64::from(lbrr));
+            assert_eq!(stats.expanded, 0);
+        }
+    }
+
+    #[test]
+    fn burst_loss_conceals_each_frame_and_recovers_the_last_from_fec() {
+        let mut jb = JitterBuffer::new(config(4));
+        let mut sends = stream(40, 0, 0, PERIOD_NS, Duration::from_millis(7));
+        sends.iter_mut().for_each(|s| s.lbrr = true);
+        sends.retain(|s| !(10..13).contains(&s.seq));
+        let (ticks, _) = run(&mut jb, &sends, 40, Duration::from_millis(10));
+        let outs = outs(&ticks);
+        let at = outs
+            .iter()
+            .position(|o| *o == Out::Packet(9))
+            .expect("packet 9 plays");
+        assert_eq!(
+            outs[at..at + 5],
+            [
+                Out::Packet(9),
+                Out::Conceal(None),
+                Out::Conceal(None),
+                Out::Conceal(Some(13)),
+                Out::Packet(13)
+            ]
+        );
+        let stats = jb.stats();
+        assert_eq!((stats.lost, stats.fec_recovered, stats.expanded), (2, 1, 0));
+    }
+
+    #[test]
+    fn burst_loss_on_a_shallow_buffer_expands_then_conceals() {
+        // With the next packets not yet here, the buffer cannot tell loss from delay: it expands
+        // (no sequence consumed) until a later packet arrives, then conceals the missing frames.
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        let mut sends = stream(40, 0, 0, PERIOD_NS, Duration::from_millis(7));
+        sends.retain(|s| !(10..12).contains(&s.seq));
+        let (ticks, _) = run(&mut jb, &sends, 40, Duration::from_millis(10));
+        let outs = outs(&ticks);
+        assert_eq!(
+            outs[9..15],
+            [
+                Out::Packet(9),
+                Out::Conceal(None),
+                Out::Conceal(None),
+                Out::Conceal(None),
+                Out::Conceal(None),
+                Out::Packet(12)
+            ]
+        );
+        let stats = jb.stats();
+        assert_eq!((stats.expanded, stats.lost, stats.underruns), (2, 2, 0));
+    }
+
+    #[test]
+    fn sequence_and_timestamp_wrap_around_seamlessly() {
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        let first_ts = u32::MAX - 50 * FRAME_TS;
+        let sends = stream(100, 65_500, first_ts, PERIOD_NS, Duration::from_millis(7));
+        let (ticks, outcomes) = run(&mut jb, &sends, 100, Duration::from_millis(10));
+        assert!(outcomes.iter().all(|(_, o)| *o == InsertOutcome::Accepted));
+        let expected: Vec<Out> = (0..100u16)
+            .map(|i| Out::Packet(65_500u16.wrapping_add(i)))
+            .collect();
+        assert_eq!(outs(&ticks), expected);
+        assert!(
+            ticks.iter().all(|t| t.target == 1),
+            "no jitter across the wraps"
+        );
+        assert_eq!(jb.stats().resets, 0);
+        assert_eq!(
+            jb.next_sequence().map(|s| s as u16),
+            Some(65_500u16.wrapping_add(100))
+        );
+    }
+
+    #[test]
+    fn talk_spurts_end_in_silence_and_resume_at_the_target() {
+        // 30 spurts of one second, separated by one second of DTX silence (sequence numbers
+        // continue, timestamps jump), with 0-30 ms of in-order network jitter.
+        let mut rng = SplitMix64(7);
+        let spurts = 30;
+        let mut sends = Vec::new();
+        for spurt in 0..spurts {
+            for i in 0..50u32 {
+                let frame = spurt * 100 + i;
+                let sent = FRAME * frame;
+                sends.push(Send {
+                    seq: (spurt * 50 + i) as u16,
+                    ts: FRAME_TS * frame,
+                    sent,
+                    arrives: sent + Duration::from_millis(10),
+                    loud: true,
+                    lbrr: false,
+                });
+            }
+        }
+        delay_in_order(&mut sends, |_| Duration::from_millis(rng.below(31)));
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        let (ticks, _) = run(&mut jb, &sends, spurts as usize * 100, Duration::ZERO);
+
+        // Every spurt ends with exactly max_expand_frames concealed frames, then silence.
+        let outs = outs(&ticks);
+        let mut ends = 0;
+        for (k, window) in outs.windows(5).enumerate() {
+            if window[4] == Out::Silence && window[3] != Out::Silence {
+                ends += 1;
+                assert_eq!(
+                    window[1..4],
+                    [Out::Conceal(None); 3],
+                    "spurt end at tick {k}"
+                );
+                assert!(matches!(window[0], Out::Packet(_)));
+            }
+        }
+        assert_eq!(ends, spurts);
+        assert_eq!(jb.stats().underruns, u64::from(spurts));
+        assert_eq!(jb.stats().lost, 0);
+
+        // Mouth-to-mix latency of each spurt's first packet: re-anchored, so it does not grow.
+        let sent: std::collections::HashMap<u16, Duration> =
+            sends.iter().map(|s| (s.seq, s.sent)).collect();
+        let first_latency: Vec<Duration> = (0..spurts)
+            .map(|spurt| {
+                let seq = (spurt * 50) as u16;
+                let tick = ticks
+                    .iter()
+                    .find(|t| t.out == Out::Packet(seq))
+                    .expect("first packet of every spurt plays");
+                tick.at - sent[&seq]
+            })
+            .collect();
+        let max = first_latency.iter().max().copied().unwrap_or_default();
+        let later = &first_latency[5..];
+        assert!(
+            max <= Duration::from_millis(10 + 30 + 20 + 80),
+            "{first_latency:?}"
+        );
+        let spread = later.iter().max().copied().unwrap_or_default()
+            - later.iter().min().copied().unwrap_or_default();
+        assert!(spread <= Duration::from_millis(60), "{first_latency:?}");
+    }
+
+    #[test]
+    fn jitter_spike_raises_the_target_then_it_shrinks_back() {
+        // 20 s of clean stream; between 5 s and 6 s the network adds 0-60 ms of in-order jitter.
+        let mut rng = SplitMix64(42);
+        let mut sends = stream(1000, 0, 0, PERIOD_NS, Duration::from_millis(7));
+        delay_in_order(&mut sends, |i| {
+            if (250..300).contains(&i) {
+                Duration::from_millis(rng.below(61))
+            } else {
+                Duration::ZERO
+            }
+        });
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        let (ticks, _) = run(&mut jb, &sends, 1010, Duration::from_millis(10));
+        let target_at = |secs: f64| ticks[(secs * 50.0) as usize].target;
+        assert_eq!(target_at(4.9), 1);
+        let peak = ticks[250..320].iter().map(|t| t.target).max().unwrap_or(0);
+        assert!(peak >= 3, "peak target {peak} frames");
+        assert!(target_at(7.0) >= 3, "still raised 1 s after the spike");
+        // The window (128 packets, 2.56 s) has forgotten the spike 3 s after it ended.
+        assert_eq!(target_at(9.0), 1);
+        assert_eq!(target_at(19.0), 1);
+        assert_eq!(jb.stats().played + jb.stats().lost, 1000);
+    }
+
+    /// Ten simulated minutes with a sender clock `ppm` parts per million fast (or slow, if
+    /// negative): a fast clock sends its 20 ms frames a little more often than every 20 ms.
+    fn drift(ppm: i64, loud: bool) -> (JitterBuffer, Vec<Tick>, usize) {
+        let period_ns = (PERIOD_NS as i64 - PERIOD_NS as i64 * ppm / 1_000_000) as u64;
+        let n = 30_000;
+        let mut sends = stream(n, 12_345, 999, period_ns, Duration::from_millis(7));
+        sends.iter_mut().for_each(|s| s.loud = loud);
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        let (ticks, outcomes) = run(&mut jb, &sends, n + 100, Duration::from_millis(10));
+        assert!(outcomes.iter().all(|(_, o)| *o == InsertOutcome::Accepted));
+        (jb, ticks, n)
+    }
+
+    #[test]
+    fn sender_clock_fast_is_shed_by_merges() {
+        // +0.1 %: one extra packet every 20 s, 30 in ten minutes.
+        let (jb, ticks, n) = drift(1000, false);
+        let stats = jb.stats();
+        assert_eq!(stats.played, n as u64);
+        assert_eq!((stats.lost, stats.underruns), (0, 1));
+        assert!((24..=31).contains(&stats.merged), "merged {}", stats.merged);
+        // The drift is a 2.5 ms slope over the window: at most one frame on the target.
+        assert!(ticks.iter().all(|t| t.target <= 2));
+        let max_buffered = ticks.iter().map(|t| t.buffered).max().unwrap_or(0);
+        assert!(max_buffered <= 2 + 2, "max buffered {max_buffered}");
+        // Merges come about every 20 s (1000 ticks) once the backlog has built up.
+        let merges: Vec<usize> = ticks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| matches!(t.out, Out::Merge(..)))
+            .map(|(k, _)| k)
+            .collect();
+        for pair in merges.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!((900..=1100).contains(&gap), "merges at {merges:?}");
+        }
+    }
+
+    #[test]
+    fn sender_clock_fast_and_loud_stays_bounded() {
+        let (jb, ticks, n) = drift(1000, true);
+        let stats = jb.stats();
+        assert_eq!(stats.played, n as u64);
+        assert!((20..=31).contains(&stats.merged), "merged {}", stats.merged);
+        let max_buffered = ticks.iter().map(|t| t.buffered).max().unwrap_or(0);
+        assert!(max_buffered <= 2 + 4, "max buffered {max_buffered}");
+    }
+
+    #[test]
+    fn sender_clock_slow_is_absorbed_by_expands() {
+        // -0.1 %: one packet short every 20 s.
+        let (jb, ticks, n) = drift(-1000, true);
+        let stats = jb.stats();
+        assert_eq!(stats.played, n as u64);
+        assert_eq!((stats.lost, stats.merged), (0, 0));
+        // One expand per missing packet, plus the three at the end of the stream.
+        assert!(
+            (27..=34).contains(&stats.expanded),
+            "expanded {}",
+            stats.expanded
+        );
+        assert_eq!(stats.underruns, 1, "only at the end of the stream");
+        let max_buffered = ticks.iter().map(|t| t.buffered).max().unwrap_or(0);
+        assert!(max_buffered <= 2 + 1, "max buffered {max_buffered}");
+    }
+
+    #[test]
+    fn stream_restart_resets_the_buffer() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        let mut ms = 0;
+        let mut feed = |jb: &mut JitterBuffer, seq: u16, ts: u32| {
+            ms += 20;
+            let bytes = payload(seq, false);
+            let packet = ArrivingPacket {
+                sequence: seq,
+                timestamp: ts,
+                voice_activity: true,
+                level_dbov: 10,
+                payload: &bytes,
+            };
+            let outcome = jb.insert(packet, t0 + Duration::from_millis(ms));
+            (outcome, out(jb.pop(t0 + Duration::from_millis(ms + 1))))
+        };
+        for i in 0..50u16 {
+            assert_eq!(
+                feed(&mut jb, 100 + i, u32::from(i) * FRAME_TS),
+                (InsertOutcome::Accepted, Out::Packet(100 + i))
+            );
+        }
+        // A new stream far ahead, with unrelated timestamps.
+        assert_eq!(
+            feed(&mut jb, 40_000, 123_456_789),
+            (InsertOutcome::Reset, Out::Packet(40_000))
+        );
+        for i in 1..50u16 {
+            let ts = 123_456_789 + u32::from(i) * FRAME_TS;
+            assert_eq!(
+                feed(&mut jb, 40_000 + i, ts),
+                (InsertOutcome::Accepted, Out::Packet(40_000 + i))
+            );
+        }
+        // A restart just behind the play point (more than a buffer behind) resets too.
+        assert_eq!(
+            feed(&mut jb, 39_000, 5),
+            (InsertOutcome::Reset, Out::Packet(39_000))
+        );
+        assert_eq!(jb.stats().resets, 2);
+        assert_eq!(
+            jb.target_delay(),
+            FRAME,
+            "the new stream's jitter starts afresh"
+        );
+        assert_eq!(jb.stats().lost + jb.stats().late, 0);
+    }
+
+    #[test]
+    fn overflow_drops_the_oldest() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig {
+            capacity: 8,
+            ..JitterConfig::default()
+        });
+        let outcomes: Vec<InsertOutcome> = (0..12u16)
+            .map(|seq| {
+                let send = Send {
+                    seq,
+                    ts: u32::from(seq) * FRAME_TS,
+                    sent: Duration::ZERO,
+                    arrives: FRAME * u32::from(seq),
+                    loud: true,
+                    lbrr: false,
+                };
+                insert(&mut jb, t0, &send)
+            })
+            .collect();
+        assert_eq!(outcomes[..8], [InsertOutcome::Accepted; 8]);
+        assert_eq!(outcomes[8..], [InsertOutcome::Overflow; 4]);
+        assert_eq!(jb.stats().overflow_dropped, 4);
+        assert_eq!((jb.buffered_frames(), jb.held_packets()), (8, 8));
+        // Playback starts at the oldest survivor; the backlog is merged away.
+        assert_eq!(out(jb.pop(t0 + FRAME * 12)), Out::Merge(4, 5));
+        // Packets older than the survivors are now late.
+        let send = Send {
+            seq: 3,
+            ts: 3 * FRAME_TS,
+            sent: Duration::ZERO,
+            arrives: FRAME * 12,
+            loud: true,
+            lbrr: false,
+        };
+        assert_eq!(insert(&mut jb, t0, &send), InsertOutcome::Late);
+    }
+
+    #[test]
+    fn overflow_while_playing_moves_the_play_point() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig {
+            capacity: 8,
+            ..JitterConfig::default()
+        });
+        let send = |seq: u16| Send {
+            seq,
+            ts: u32::from(seq) * FRAME_TS,
+            sent: Duration::ZERO,
+            arrives: FRAME * u32::from(seq),
+            loud: true,
+            lbrr: false,
+        };
+        assert_eq!(insert(&mut jb, t0, &send(0)), InsertOutcome::Accepted);
+        assert_eq!(out(jb.pop(t0 + FRAME / 2)), Out::Packet(0));
+        // Frame 1 is missing; 2..=9 fill the buffer; 10 needs frame 2's slot window.
+        for seq in 2..=8 {
+            assert_eq!(insert(&mut jb, t0, &send(seq)), InsertOutcome::Accepted);
+        }
+        assert_eq!(insert(&mut jb, t0, &send(9)), InsertOutcome::Overflow);
+        assert_eq!(jb.next_sequence().map(|s| s as u16), Some(2));
+        assert_eq!(insert(&mut jb, t0, &send(10)), InsertOutcome::Overflow);
+        assert_eq!(jb.stats().overflow_dropped, 1);
+        assert_eq!(jb.buffered_frames(), 8);
+        assert_eq!(out(jb.pop(t0 + FRAME * 10)), Out::Merge(3, 4));
+    }
+
+    #[test]
+    fn idle_starts_at_the_target_level_or_after_the_target_delay() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(config(3));
+        let send = |seq: u16, at_ms: u64| Send {
+            seq,
+            ts: u32::from(seq) * FRAME_TS,
+            sent: Duration::ZERO,
+            arrives: Duration::from_millis(at_ms),
+            loud: true,
+            lbrr: false,
+        };
+        // A lone packet waits until it has been held for the target delay (60 ms).
+        insert(&mut jb, t0, &send(0, 0));
+        assert_eq!(out(jb.pop(t0 + FRAME)), Out::Silence);
+        assert_eq!(out(jb.pop(t0 + FRAME * 2)), Out::Silence);
+        assert!(jb.is_idle());
+        assert_eq!(out(jb.pop(t0 + FRAME * 3)), Out::Packet(0));
+        assert!(!jb.is_idle());
+
+        // Three packets at once reach the target level and start at once.
+        jb.reset();
+        for seq in 0..3 {
+            insert(&mut jb, t0, &send(seq, 100 + 20 * u64::from(seq)));
+        }
+        assert_eq!(out(jb.pop(t0 + Duration::from_millis(140))), Out::Packet(0));
+    }
+
+    #[test]
+    fn invalid_payloads_are_counted_and_do_not_start_a_stream() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        let oversized = [0u8; MAX_PAYLOAD + 1];
+        for bytes in [&[][..], &oversized[..]] {
+            let packet = ArrivingPacket {
+                sequence: 9,
+                timestamp: 0,
+                voice_activity: true,
+                level_dbov: 0,
+                payload: bytes,
+            };
+            assert_eq!(jb.insert(packet, t0), InsertOutcome::Invalid);
+        }
+        assert_eq!(jb.stats().invalid, 2);
+        assert_eq!(jb.held_packets(), 0);
+        let largest = [0xf8u8; MAX_PAYLOAD];
+        let packet = ArrivingPacket {
+            sequence: 30_000,
+            timestamp: 0,
+            voice_activity: true,
+            level_dbov: 0,
+            payload: &largest,
+        };
+        assert_eq!(jb.insert(packet, t0), InsertOutcome::Accepted);
+        assert_eq!(jb.pop(t0), Playout::Packet(&largest[..]));
+        assert_eq!(jb.stats().received, 3);
+    }
+
+    #[test]
+    fn reset_forgets_the_stream_but_keeps_the_counters() {
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        let sends = stream(10, 500, 0, PERIOD_NS, Duration::from_millis(7));
+        run(&mut jb, &sends, 5, Duration::from_millis(10));
+        jb.reset();
+        assert!(jb.is_idle());
+        assert_eq!((jb.held_packets(), jb.buffered_frames()), (0, 0));
+        assert_eq!(jb.next_sequence(), None);
+        assert_eq!(jb.stats().played, 5);
+        // Any sequence number starts the next stream without counting a restart.
+        let sends = stream(3, 20, 0, PERIOD_NS, Duration::ZERO);
+        let (ticks, outcomes) = run(&mut jb, &sends, 3, Duration::ZERO);
+        assert!(outcomes.iter().all(|(_, o)| *o == InsertOutcome::Accepted));
+        assert_eq!(outs(&ticks), packets(20..23));
+        assert_eq!(jb.stats().resets, 0);
+    }
+
+    #[test]
+    fn out_of_range_config_is_clamped() {
+        let jb = JitterBuffer::new(JitterConfig {
+            frame: Duration::ZERO,
+            min_delay_frames: 50,
+            max_delay_frames: 2,
+            capacity: 0,
+            max_expand_frames: 0,
+            window: 0,
+        });
+        let config = jb.config();
+        assert_eq!(config.frame, Duration::from_micros(1));
+        assert_eq!((config.capacity, config.window), (1, 1));
+        assert_eq!((config.min_delay_frames, config.max_delay_frames), (1, 1));
+    }
+
+    #[test]
+    fn lbrr_flag_is_read_only_from_single_20ms_mono_silk_frames() {
+        let lbrr = 0b0100_0000;
+        let toc = |config: u8| config << 3;
+        // SILK-only 20 ms: NB, MB, WB (configs 1, 5, 9), with and without the LBRR bit.
+        for config in [1, 5, 9] {
+            assert!(opus_has_lbrr(&[toc(config), lbrr]), "config {config}");
+            assert!(opus_has_lbrr(&[toc(config), 0xff, 0x00]), "config {config}");
+            assert!(!opus_has_lbrr(&[toc(config), 0b1000_0000]), "VAD only");
+            assert!(!opus_has_lbrr(&[toc(config), 0b0011_1111]), "low bits only");
+        }
+        // SILK-only 10, 40 and 60 ms frames are not checked.
+        for config in [0, 2, 3, 4, 6, 7, 8, 10, 11] {
+            assert!(!opus_has_lbrr(&[toc(config), 0xff]), "config {config}");
+        }
+        // Hybrid: 13 and 15 are 20 ms; 12 and 14 are 10 ms.
+        assert!(opus_has_lbrr(&[toc(13), lbrr]));
+        assert!(opus_has_lbrr(&[toc(15), lbrr]));
+        assert!(!opus_has_lbrr(&[toc(12), 0xff]));
+        assert!(!opus_has_lbrr(&[toc(14), 0xff]));
+        // CELT-only never carries LBRR.
+        for config in 16..=31 {
+            assert!(!opus_has_lbrr(&[toc(config), 0xff]), "config {config}");
+        }
+        // Stereo, or more than one frame (codes 1-3), is not the simple case.
+        assert!(!opus_has_lbrr(&[toc(9) | 0x04, 0xff]));
+        for code in 1..=3 {
+            assert!(!opus_has_lbrr(&[toc(9) | code, 0xff, 0xff]));
+        }
+        // Too short.
+        assert!(!opus_has_lbrr(&[]));
+        assert!(!opus_has_lbrr(&[toc(9)]));
+    }
+
+    /// One step of a property test.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Insert a packet: sequence and timestamp relative to the previous insert, or absolute.
+        Insert {
+            seq: SeqChoice,
+            ts: TsChoice,
+            voice_activity: bool,
+            level_dbov: u8,
+            len: usize,
+        },
+        Pop,
+        /// Move the clock forward by this many ms.
+        Advance(u16),
+        /// Set the clock to this many ms after the start, possibly backwards.
+        Jump(u32),
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum SeqChoice {
+        Step(i16),
+        Absolute(u16),
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum TsChoice {
+        Step(i32),
+        Absolute(u32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let seq = prop_oneof![
+            8 => (-5i16..=8).prop_map(SeqChoice::Step),
+            2 => (-80i16..=80).prop_map(SeqChoice::Step),
+            1 => any::<u16>().prop_map(SeqChoice::Absolute),
+        ];
+        let ts = prop_oneof![
+            8 => Just(TsChoice::Step(960)),
+            2 => (-20_000i32..=20_000).prop_map(TsChoice::Step),
+            1 => any::<u32>().prop_map(TsChoice::Absolute),
+        ];
+        let len = prop_oneof![
+            8 => 4usize..=40,
+            1 => Just(0usize),
+            1 => 1usize..=3,
+            1 => (MAX_PAYLOAD - 2)..=(MAX_PAYLOAD + 3),
+        ];
+        prop_oneof![
+            6 => (seq, ts, any::<bool>(), any::<u8>(), len).prop_map(
+                |(seq, ts, voice_activity, level_dbov, len)| Op::Insert {
+                    seq,
+                    ts,
+                    voice_activity,
+                    level_dbov,
+                    len,
+                }
+            ),
+            4 => Just(Op::Pop),
+            3 => (0u16..=60).prop_map(Op::Advance),
+            1 => (0u32..=600_000).prop_map(Op::Jump),
+        ]
+    }
+
+    fn arbitrary_config() -> impl Strategy<Value = JitterConfig> {
+        (
+            prop_oneof![Just(1usize), Just(2), Just(4), Just(8), Just(64)],
+            prop_oneof![Just(0usize), Just(1), Just(16), Just(128)],
+            0u32..=4,
+            0u32..=12,
+            0u32..=4,
+            prop_oneof![Just(Duration::ZERO), Just(Duration::from_millis(20))],
+        )
+            .prop_map(|(capacity, window, min, max, expand, frame)| JitterConfig {
+                frame,
+                min_delay_frames: min,
+                max_delay_frames: max,
+                capacity,
+                max_expand_frames: expand,
+                window,
+            })
+    }
+
+    /// The bytes of test packet `id` (unique for `len >= 4`): the id, then a filler.
+    fn body(id: u32, len: usize) -> Vec<u8> {
+        let mut bytes: Vec<u8> = id
+            .to_le_bytes()
+            .into_iter()
+            .chain(std::iter::repeat(0x5a))
+            .take(len)
+            .collect();
+        if len < 4 {
+            bytes.fill(0xee);
+        }
+        bytes
+    }
+
+    /// What the model knows about one inserted packet.
+    struct Inserted {
+        seq: u16,
+        bytes: Vec<u8>,
+        accepted: bool,
+        returned: bool,
+    }
+
+    /// Checks one returned payload against the model and marks it returned. Returns its wire
+    /// sequence number if the payload identifies the packet (short ones do not).
+    fn check_returned(model: &mut [Inserted], bytes: &[u8]) -> Result<Option<u16>, TestCaseError> {
+        if bytes.len() < 4 {
+            // Short payloads are not unique; they must at least be one that was accepted.
+            prop_assert!(
+                model.iter().any(|p| p.accepted && p.bytes == bytes),
+                "short payload {:?} never accepted",
+                bytes
+            );
+            return Ok(None);
+        }
+        let id = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        let Some(packet) = model.get_mut(id) else {
+            return Err(TestCaseError::fail(format!("unknown payload id {id}")));
+        };
+        prop_assert_eq!(&packet.bytes[..], bytes, "payload {} corrupted", id);
+        prop_assert!(packet.accepted, "payload {} was never accepted", id);
+        prop_assert!(!packet.returned, "payload {} returned twice", id);
+        packet.returned = true;
+        Ok(Some(packet.seq))
+    }
+
+    fn run_ops(config: JitterConfig, ops: &[Op]) -> Result<(), TestCaseError> {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(config);
+        let capacity = jb.config().capacity;
+        let mut now = t0;
+        let mut model: Vec<Inserted> = Vec::new();
+        let (mut seq, mut ts) = (0u16, 0u32);
+        let mut last_played: Option<u64> = None;
+        let mut counts = JitterStats::default();
+        for op in ops {
+            match *op {
+                Op::Insert {
+                    seq: s,
+                    ts: t,
+                    voice_activity,
+                    level_dbov,
+                    len,
+                } => {
+                    seq = match s {
+                        SeqChoice::Step(step) => seq.wrapping_add_signed(step),
+                        SeqChoice::Absolute(a) => a,
+                    };
+                    ts = match t {
+                        TsChoice::Step(step) => ts.wrapping_add_signed(step),
+                        TsChoice::Absolute(a) => a,
+                    };
+                    let id = u32::try_from(model.len()).expect("few ops");
+                    let bytes = body(id, len);
+                    let packet = ArrivingPacket {
+                        sequence: seq,
+                        timestamp: ts,
+                        voice_activity,
+                        level_dbov,
+                        payload: &bytes,
+                    };
+                    let outcome = jb.insert(packet, now);
+                    counts.received += 1;
+                    let valid = (1..=MAX_PAYLOAD).contains(&len);
+                    prop_assert_eq!(outcome == InsertOutcome::Invalid, !valid);
+                    match outcome {
+                        InsertOutcome::Duplicate => counts.duplicates += 1,
+                        InsertOutcome::Late => counts.late += 1,
+                        InsertOutcome::Invalid => counts.invalid += 1,
+                        _ => {}
+                    }
+                    let accepted = matches!(
+                        outcome,
+                        InsertOutcome::Accepted | InsertOutcome::Reset | InsertOutcome::Overflow
+                    );
+                    if outcome == InsertOutcome::Reset {
+                        // A restart empties the buffer down to the new stream's first packet.
+                        prop_assert!(jb.buffered_frames() == 1);
+                    }
+                    model.push(Inserted {
+                        seq,
+                        bytes,
+                        accepted,
+                        returned: false,
+                    });
+                }
+                Op::Pop => {
+                    let playout = jb.pop(now);
+                    let played: Vec<Option<u16>> = match playout {
+                        Playout::Silence | Playout::Conceal { fec_from: None } => Vec::new(),
+                        Playout::Conceal {
+                            fec_from: Some(next),
+                        } => {
+                            prop_assert!(opus_has_lbrr(next));
+                            if next.len() >= 4 {
+                                let id = u32::from_le_bytes([next[0], next[1], next[2], next[3]]);
+                                let packet = &model[id as usize];
+                                prop_assert!(packet.accepted && !packet.returned);
+                            }
+                            Vec::new()
+                        }
+                        Playout::Packet(p) => vec![check_returned(&mut model, p)?],
+                        Playout::Merge(a, b) => vec![
+                            check_returned(&mut model, a)?,
+                            check_returned(&mut model, b)?,
+                        ],
+                    };
+                    if !played.is_empty() {
+                        let next = jb
+                            .next_sequence()
+                            .expect("a played stream has a play point");
+                        let first = next - played.len() as u64;
+                        for (k, seq) in played.iter().enumerate() {
+                            let ext = first + k as u64;
+                            if let Some(seq) = *seq {
+                                prop_assert_eq!(
+                                    ext as u16,
+                                    seq,
+                                    "extended number matches the wire"
+                                );
+                            }
+                            prop_assert!(last_played.is_none_or(|last| ext > last));
+                            last_played = Some(ext);
+                        }
+                    }
+                }
+                Op::Advance(ms) => now += Duration::from_millis(u64::from(ms)),
+                Op::Jump(ms) => now = t0 + Duration::from_millis(u64::from(ms)),
+            }
+            prop_assert!(jb.buffered_frames() <= capacity);
+            prop_assert!(jb.held_packets() <= jb.buffered_frames());
+            prop_assert!(jb.target_frames() <= jb.config().max_delay_frames);
+            prop_assert!(jb.target_frames() >= jb.config().min_delay_frames);
+        }
+        let stats = jb.stats();
+        prop_assert_eq!(stats.received, counts.received);
+        prop_assert_eq!(stats.duplicates, counts.duplicates);
+        prop_assert_eq!(stats.late, counts.late);
+        prop_assert_eq!(stats.invalid, counts.invalid);
+        let returned = model.iter().filter(|p| p.returned).count() as u64;
+        let short = model.iter().filter(|p| p.bytes.len() < 4).count() as u64;
+        prop_assert!(stats.played >= returned && stats.played <= returned + short);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_traffic_never_breaks_the_invariants(
+            ops in prop::collection::vec(op(), 1..400),
+        ) {
+            run_ops(JitterConfig::default(), &ops)?;
+        }
+
+        #[test]
+        fn arbitrary_config_and_traffic_never_break_the_invariants(
+            config in arbitrary_config(),
+            ops in prop::collection::vec(op(), 1..300),
+        ) {
+            run_ops(config, &ops)?;
+        }
+    }
 }

@@ -48,6 +48,14 @@ pub fn crossfade_into(from: &[f32], to: &mut [f32]) {
     }
 }
 
+/// Fades a frame from full level to silence with a raised-cosine ramp.
+pub fn fade_out(frame: &mut [f32]) {
+    let step = std::f32::consts::PI / frame.len().max(1) as f32;
+    for (i, sample) in frame.iter_mut().enumerate() {
+        *sample *= 0.5 + 0.5 * (step * (i as f32 + 0.5)).cos();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +88,14 @@ mod tests {
         let got = rms(&sine);
         assert!((got - amp / 2f32.sqrt()).abs() < 1e-3, "rms {got}");
         assert_eq!(rms(&[]), 0.0);
+    }
+
+    #[test]
+    fn fade_out_goes_from_full_to_silence() {
+        let mut frame = vec![1.0f32; 960];
+        fade_out(&mut frame);
+        assert!(frame[0] > 0.99 && frame[959] < 0.01);
+        assert!(frame.windows(2).all(|w| w[1] <= w[0]));
     }
 
     #[test]

@@ -334,6 +334,9 @@ pub struct Room {
     clock: TickClock,
     participants: Vec<Participant>,
     index: HashMap<ParticipantId, usize>,
+    /// Talkers removed since the last tick while they were audible: they contribute one more
+    /// concealed frame faded to silence, so a leave is not a click in everyone else's mix.
+    departing: Vec<Participant>,
     bus: Box<[f32]>,
     transmit_cursor: usize,
     events: VecDeque<Event>,
@@ -348,6 +351,7 @@ impl Room {
             clock: TickClock::new(now, FRAME, config.max_catch_up_ticks),
             participants: Vec::with_capacity(capacity),
             index: HashMap::with_capacity(capacity),
+            departing: Vec::with_capacity(4),
             bus: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
             transmit_cursor: 0,
             events: VecDeque::with_capacity(64),
@@ -380,7 +384,11 @@ impl Room {
         if self.transmit_cursor > position {
             self.transmit_cursor -= 1;
         }
-        Some(removed.snapshot())
+        let stats = removed.snapshot();
+        if removed.contributing {
+            self.departing.push(removed);
+        }
+        Some(stats)
     }
 
     /// Queues one packet from a talker into its jitter buffer. `arrival` is when it reached the
@@ -432,6 +440,13 @@ impl Room {
             if participant.contributing {
                 mix::accumulate(&mut self.bus, &participant.decoded);
                 self.stats.contributions += 1;
+            }
+        }
+        for mut gone in self.departing.drain(..) {
+            // Opus concealment continues the last sound naturally; the fade takes it to zero.
+            if decode_into(&mut gone.decoder, &[], false, &mut gone.decoded) {
+                mix::fade_out(&mut gone.decoded);
+                mix::accumulate(&mut self.bus, &gone.decoded);
             }
         }
         for participant in &mut self.participants {

@@ -119,8 +119,9 @@ impl RateLimit {
     }
 }
 
-/// Sends each error code at most once per second per connection, so a misbehaving client gets
-/// told without the server amplifying its flood.
+/// Sends each audio-path error code at most once per second per connection: audio arrives 50
+/// times a second, and a misbehaving client should be told without the server amplifying its
+/// flood. Control-message errors answer every message.
 #[derive(Debug, Default)]
 struct ErrorThrottle {
     last: Vec<(ErrorCode, Instant)>,
@@ -144,7 +145,9 @@ impl ErrorThrottle {
 
 /// Why the session loop ended.
 enum End {
-    /// The client closed or the socket failed.
+    /// The client sent a close frame.
+    ClientClosed,
+    /// The socket failed or closed without a close frame.
     Disconnected,
     /// Nothing arrived within the ping timeout.
     TimedOut,
@@ -230,6 +233,7 @@ impl Session {
             }
         };
         let reason = match end {
+            End::ClientClosed => LeaveReason::Left,
             End::Disconnected | End::Fatal => LeaveReason::Disconnected,
             End::TimedOut => LeaveReason::TimedOut,
             End::SlowConsumer => LeaveReason::SlowConsumer,
@@ -248,8 +252,12 @@ impl Session {
     }
 
     fn send_error(&mut self, code: ErrorCode, message: impl Into<String>) {
+        self.outbox.push_control(ServerMessage::error(code, message).to_json());
+    }
+
+    fn send_audio_error(&mut self, code: ErrorCode, message: impl Into<String>) {
         if self.errors.allow(code, Instant::now()) {
-            self.outbox.push_control(ServerMessage::error(code, message).to_json());
+            self.send_error(code, message);
         }
     }
 
@@ -284,7 +292,7 @@ impl Session {
         match message {
             Message::Text(text) => self.on_text(text.as_str()),
             Message::Binary(bytes) => self.on_audio(bytes, now),
-            Message::Close(_) => return Some(End::Disconnected),
+            Message::Close(_) => return Some(End::ClientClosed),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
         None
@@ -332,35 +340,35 @@ impl Session {
 
     fn on_audio(&mut self, bytes: Bytes, now: Instant) {
         let Some(membership) = &self.membership else {
-            return self.send_error(ErrorCode::NotJoined, "audio before join; send join first");
+            return self.send_audio_error(ErrorCode::NotJoined, "audio before join; send join first");
         };
         if bytes.len() > MAX_AUDIO_FRAME {
-            return self.send_error(ErrorCode::FrameTooLarge, format!(
+            return self.send_audio_error(ErrorCode::FrameTooLarge, format!(
                 "audio frame of {} bytes exceeds {MAX_AUDIO_FRAME} (9-byte header + 1275-byte Opus packet)",
                 bytes.len()
             ));
         }
         let frame = match AudioFrame::parse(&bytes) {
             Ok(frame) => frame,
-            Err(error) => return self.send_error(error.code(), error.to_string()),
+            Err(error) => return self.send_audio_error(error.code(), error.to_string()),
         };
         if self.mode == Mode::Listen {
-            return self.send_error(ErrorCode::ListenOnly, "joined in listen mode; audio is ignored");
+            return self.send_audio_error(ErrorCode::ListenOnly, "joined in listen mode; audio is ignored");
         }
         match opus::packet::get_nb_samples(frame.payload, SAMPLE_RATE) {
             Ok(n) if n == FRAME_SAMPLES => {}
             Ok(n) => {
-                return self.send_error(ErrorCode::InvalidOpus, format!(
+                return self.send_audio_error(ErrorCode::InvalidOpus, format!(
                     "Opus packet holds {n} samples ({} ms); this server takes 20 ms frames ({FRAME_SAMPLES} samples)",
                     n * 1000 / SAMPLE_RATE as usize
                 ));
             }
             Err(error) => {
-                return self.send_error(ErrorCode::InvalidOpus, format!("not a valid Opus packet: {error}"));
+                return self.send_audio_error(ErrorCode::InvalidOpus, format!("not a valid Opus packet: {error}"));
             }
         }
         if !self.rate.allow(now) {
-            return self.send_error(ErrorCode::RateLimited, "audio arrives faster than real time; excess frames dropped");
+            return self.send_audio_error(ErrorCode::RateLimited, "audio arrives faster than real time; excess frames dropped");
         }
         // Dropping here only happens when the mixer is far behind this one participant.
         let _ = membership.send_audio(bytes, now);

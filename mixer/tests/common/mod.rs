@@ -1,0 +1,320 @@
+//! Test helpers shared by the simulation and end-to-end tests: signal sources, a tone detector,
+//! click and onset detection, Opus talkers and listeners, and a seeded network emulator.
+#![allow(dead_code, missing_docs)]
+
+use std::collections::BinaryHeap;
+use std::cmp::Reverse;
+use std::time::Duration;
+
+use mixer_protocol::{AudioFrame, AudioHeader, AudioLevel, FRAME_SAMPLES, Flags, SAMPLE_RATE};
+
+pub const FS: f32 = SAMPLE_RATE as f32;
+
+/// splitmix64: tiny, seeded, good enough for test randomness.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.unit() < p
+    }
+}
+
+/// A continuous-phase sine source that can be switched on and off (bursts) without clicks at
+/// the joints, with a 5 ms ramp.
+#[derive(Debug, Clone)]
+pub struct Tone {
+    pub freq: f32,
+    pub amp: f32,
+    sample: u64,
+    gain: f32,
+}
+
+impl Tone {
+    pub fn new(freq: f32, amp: f32) -> Tone {
+        Tone { freq, amp, sample: 0, gain: 1.0 }
+    }
+
+    /// Fills one frame; `on` selects tone or silence (ramped).
+    pub fn frame(&mut self, on: bool) -> Vec<f32> {
+        let target = if on { 1.0 } else { 0.0 };
+        let step = 1.0 / (0.005 * FS);
+        (0..FRAME_SAMPLES)
+            .map(|_| {
+                if self.gain < target {
+                    self.gain = (self.gain + step).min(target);
+                } else if self.gain > target {
+                    self.gain = (self.gain - step).max(target);
+                }
+                let t = self.sample as f64 / f64::from(SAMPLE_RATE);
+                self.sample += 1;
+                self.amp
+                    * self.gain
+                    * (2.0 * std::f64::consts::PI * f64::from(self.freq) * t).sin() as f32
+            })
+            .collect()
+    }
+}
+
+/// Amplitude of `freq` in `samples` (Goertzel), so a full-scale sine reads about 1.0.
+pub fn tone_amplitude(samples: &[f32], freq: f32) -> f32 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let n = samples.len();
+    // Hann window keeps leakage from neighbouring tones well below the 40 dB we test for.
+    let w = 2.0 * std::f64::consts::PI * f64::from(freq) / f64::from(SAMPLE_RATE);
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    let mut window_sum = 0.0f64;
+    for (i, &x) in samples.iter().enumerate() {
+        let hann = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / (n - 1).max(1) as f64).cos();
+        window_sum += hann;
+        let s0 = f64::from(x) * hann + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    (2.0 * power.max(0.0).sqrt() / window_sum) as f32
+}
+
+/// Level of `freq` in dB relative to full scale amplitude.
+pub fn tone_db(samples: &[f32], freq: f32) -> f32 {
+    20.0 * tone_amplitude(samples, freq).max(1e-9).log10()
+}
+
+/// Largest sample-to-sample step, for click detection. A sine of amplitude A at f never steps
+/// more than 2*pi*f*A/48000; a click (a gap, a discontinuity) shows as a much larger step.
+pub fn max_step(samples: &[f32]) -> f32 {
+    samples.windows(2).map(|w| (w[1] - w[0]).abs()).fold(0.0, f32::max)
+}
+
+/// The largest step a sum of these tones can make on its own.
+pub fn tone_step_bound(tones: &[(f32, f32)]) -> f32 {
+    tones.iter().map(|(f, a)| 2.0 * std::f32::consts::PI * f * a / FS).sum()
+}
+
+/// Sample indices where `freq` switches from absent to present (5 ms blocks, Goertzel).
+pub fn onsets(samples: &[f32], freq: f32, threshold: f32) -> Vec<usize> {
+    let block = 240;
+    let mut out = Vec::new();
+    let mut on = false;
+    for (k, chunk) in samples.chunks(block).enumerate() {
+        let present = tone_amplitude(chunk, freq) > threshold;
+        if present && !on {
+            out.push(k * block);
+        }
+        on = present;
+    }
+    out
+}
+
+/// A client-side talker: tone source, Opus encoder (VOIP with in-band FEC, as a phone would
+/// send) and the wire header counters.
+pub struct Talker {
+    pub tone: Tone,
+    pub encoder: opus::Encoder,
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub first: bool,
+    buf: Vec<u8>,
+}
+
+impl Talker {
+    pub fn new(freq: f32, amp: f32) -> Talker {
+        let mut encoder =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+                .expect("encoder");
+        encoder.set_bitrate(opus::Bitrate::Bits(32_000)).expect("bitrate");
+        encoder.set_inband_fec(true).expect("fec");
+        encoder.set_packet_loss_perc(10).expect("loss");
+        Talker {
+            tone: Tone::new(freq, amp),
+            encoder,
+            sequence: 0,
+            timestamp: 0,
+            first: true,
+            buf: vec![0; 1275],
+        }
+    }
+
+    /// Encodes the next 20 ms (tone on or off) into a complete wire frame.
+    pub fn next_frame(&mut self, on: bool) -> Vec<u8> {
+        let pcm = self.tone.frame(on);
+        let len = self.encoder.encode_float(&pcm, &mut self.buf).expect("encode");
+        let header = AudioHeader {
+            flags: Flags::default().with_marker(self.first),
+            sequence: self.sequence,
+            timestamp: self.timestamp,
+            level: AudioLevel::from_rms(on, if on { self.tone.amp * 0.707 } else { 0.0 }),
+        };
+        self.first = false;
+        self.sequence = self.sequence.wrapping_add(1);
+        self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+        AudioFrame { header, payload: &self.buf[..len] }.to_vec()
+    }
+
+    /// Skips `frames` frames of media time without sending (DTX / a pause).
+    pub fn pause(&mut self, frames: u32) {
+        for _ in 0..frames {
+            self.tone.frame(false);
+        }
+        self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32 * frames);
+    }
+}
+
+/// A client-side listener: decodes what the server sends and checks its sequence numbers.
+pub struct Listener {
+    pub decoder: opus::Decoder,
+    pub pcm: Vec<f32>,
+    pub frames: usize,
+    pub sequence_gaps: usize,
+    last_sequence: Option<u16>,
+    buf: Vec<f32>,
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Listener {
+            decoder: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).expect("decoder"),
+            pcm: Vec::new(),
+            frames: 0,
+            sequence_gaps: 0,
+            last_sequence: None,
+            buf: vec![0.0; FRAME_SAMPLES],
+        }
+    }
+}
+
+impl Listener {
+    pub fn receive(&mut self, header: AudioHeader, payload: &[u8]) {
+        if let Some(last) = self.last_sequence {
+            if header.sequence != last.wrapping_add(1) {
+                self.sequence_gaps += 1;
+            }
+        }
+        self.last_sequence = Some(header.sequence);
+        let n = self.decoder.decode_float(payload, &mut self.buf, false).expect("server sent valid Opus");
+        assert_eq!(n, FRAME_SAMPLES, "server frames are 20 ms");
+        self.pcm.extend_from_slice(&self.buf);
+        self.frames += 1;
+    }
+
+    pub fn receive_wire(&mut self, bytes: &[u8]) {
+        let frame = AudioFrame::parse(bytes).expect("server frame parses");
+        self.receive(frame.header, frame.payload);
+    }
+
+    /// Decoded audio between two times since the first frame.
+    pub fn window(&self, from: Duration, to: Duration) -> &[f32] {
+        let a = ((from.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize).min(self.pcm.len());
+        let b = ((to.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize).min(self.pcm.len());
+        &self.pcm[a..b]
+    }
+}
+
+/// Network conditions for one direction of one client.
+#[derive(Debug, Clone)]
+pub struct NetemConfig {
+    pub latency: Duration,
+    /// Extra delay, uniform in [0, jitter].
+    pub jitter: Duration,
+    pub loss: f64,
+    /// A head-of-line stall like a TCP retransmission: packets sent in [from, to) are all
+    /// delivered together at `to` (plus latency).
+    pub stall: Option<(Duration, Duration)>,
+    /// Probability that a loss continues to the next packet (burst loss, Gilbert-style).
+    pub burst: f64,
+    pub duplicate: f64,
+}
+
+impl Default for NetemConfig {
+    fn default() -> Self {
+        NetemConfig {
+            latency: Duration::from_millis(10),
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            stall: None,
+            burst: 0.0,
+            duplicate: 0.0,
+        }
+    }
+}
+
+/// A seeded network emulator: packets go in with a send time and come out in arrival order.
+pub struct Netem {
+    pub config: NetemConfig,
+    rng: Rng,
+    in_loss_burst: bool,
+    queue: BinaryHeap<Reverse<(Duration, u64, Vec<u8>)>>,
+    counter: u64,
+    pub sent: u64,
+    pub lost: u64,
+}
+
+impl Netem {
+    pub fn new(config: NetemConfig, seed: u64) -> Netem {
+        Netem {
+            config,
+            rng: Rng(seed),
+            in_loss_burst: false,
+            queue: BinaryHeap::new(),
+            counter: 0,
+            sent: 0,
+            lost: 0,
+        }
+    }
+
+    pub fn send(&mut self, at: Duration, packet: Vec<u8>) {
+        self.sent += 1;
+        let lose = if self.in_loss_burst {
+            self.rng.chance(self.config.burst)
+        } else {
+            self.rng.chance(self.config.loss)
+        };
+        self.in_loss_burst = lose;
+        if lose {
+            self.lost += 1;
+            return;
+        }
+        let copies = if self.rng.chance(self.config.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let jitter = self.config.jitter.mul_f64(self.rng.unit());
+            let mut arrival = at + self.config.latency + jitter;
+            if let Some((from, to)) = self.config.stall {
+                if at >= from && at < to {
+                    arrival = arrival.max(to + self.config.latency);
+                }
+            }
+            self.counter += 1;
+            self.queue.push(Reverse((arrival, self.counter, packet.clone())));
+        }
+    }
+
+    /// The next packet that has arrived by `now`.
+    pub fn poll(&mut self, now: Duration) -> Option<(Duration, Vec<u8>)> {
+        if self.queue.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
+            self.queue.pop().map(|Reverse((at, _, p))| (at, p))
+        } else {
+            None
+        }
+    }
+
+    /// When the next packet arrives, if any is in flight.
+    pub fn next_arrival(&self) -> Option<Duration> {
+        self.queue.peek().map(|Reverse((at, _, _))| *at)
+    }
+}

@@ -1,0 +1,393 @@
+//! End-to-end tests against the real server on a loopback port, with real WebSocket clients.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{Listener, Talker, tone_db};
+use futures_util::{SinkExt, StreamExt};
+use mixer::cli::{Cli, Command};
+use mixer::server::ServerConfig;
+use mixer_protocol::{
+    AudioFormat, ClientMessage, ErrorCode, JoinRequest, LeaveReason, Mode, ServerMessage,
+    parse_server_message,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct TestServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    async fn start(extra: &[&str]) -> TestServer {
+        let mut args = vec!["mixer", "serve", "--mixer-threads", "2"];
+        args.extend_from_slice(extra);
+        let Command::Serve(serve) = <Cli as clap::Parser>::parse_from(args).command;
+        let config: ServerConfig = serve.to_config().expect("valid config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(mixer::server::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        TestServer { addr, stop: Some(stop), task }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("server stops in time")
+            .expect("server task")
+            .expect("server result");
+    }
+}
+
+async fn connect(server: &TestServer) -> Client {
+    let (ws, _) = tokio_tungstenite::connect_async(server.url()).await.expect("connect");
+    ws
+}
+
+fn join_message(room: &str, name: &str, mode: Mode) -> Message {
+    Message::text(
+        ClientMessage::Join(JoinRequest {
+            room: room.into(),
+            name: name.into(),
+            token: None,
+            mode,
+            format: AudioFormat::opus_48k_mono_20ms(),
+        })
+        .to_json(),
+    )
+}
+
+/// Reads until a control message arrives (skipping audio), with a timeout.
+async fn next_control(ws: &mut Client) -> ServerMessage {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(left, ws.next())
+            .await
+            .expect("a control message within 5 s")
+            .expect("stream open")
+            .expect("no error");
+        if let Message::Text(text) = message {
+            return parse_server_message(text.as_str()).expect("server JSON parses");
+        }
+    }
+}
+
+async fn expect_error(ws: &mut Client, code: ErrorCode) -> String {
+    match next_control(ws).await {
+        ServerMessage::Error { code: got, message } => {
+            assert_eq!(got, code, "message: {message}");
+            message
+        }
+        other => panic!("expected error {code}, got {other:?}"),
+    }
+}
+
+async fn join(server: &TestServer, room: &str, name: &str, mode: Mode) -> (Client, u32) {
+    let mut ws = connect(server).await;
+    ws.send(join_message(room, name, mode)).await.expect("send join");
+    match next_control(&mut ws).await {
+        ServerMessage::Joined { participant_id, room: joined_room, format, .. } => {
+            assert_eq!(joined_room, room);
+            assert_eq!(format, AudioFormat::opus_48k_mono_20ms());
+            (ws, participant_id)
+        }
+        other => panic!("expected joined, got {other:?}"),
+    }
+}
+
+/// What one client heard.
+struct Heard {
+    listener: Listener,
+    roster: Vec<ServerMessage>,
+}
+
+/// Runs one client for `duration`: sends its tone (if any) every 20 ms on an absolute schedule
+/// and decodes everything it receives.
+async fn run_client(mut ws: Client, tone: Option<f32>, duration: Duration) -> Heard {
+    let mut talker = tone.map(|f| Talker::new(f, 0.2));
+    let mut heard = Heard { listener: Listener::default(), roster: Vec::new() };
+    let start = tokio::time::Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if start.elapsed() >= duration {
+                    break;
+                }
+                if let Some(t) = talker.as_mut() {
+                    ws.send(Message::binary(t.next_frame(true))).await.expect("send audio");
+                }
+            }
+            message = ws.next() => match message {
+                Some(Ok(Message::Binary(bytes))) => heard.listener.receive_wire(&bytes),
+                Some(Ok(Message::Text(text))) => {
+                    heard.roster.push(parse_server_message(text.as_str()).expect("json"));
+                }
+                Some(Ok(_)) => {}
+                other => panic!("connection ended early: {other:?}"),
+            },
+        }
+    }
+    let _ = ws.close(None).await;
+    heard
+}
+
+const TONES: [f32; 4] = [400.0, 650.0, 1000.0, 1500.0];
+const OTHER_ROOM_TONE: f32 = 2200.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_talkers_hear_each_other_not_themselves_listener_hears_all_rooms_isolated() {
+    let server = TestServer::start(&[]).await;
+    let mut clients = Vec::new();
+    for (i, _) in TONES.iter().enumerate() {
+        clients.push(join(&server, "choir", &format!("singer{i}"), Mode::Talk).await.0);
+    }
+    let (listener, _) = join(&server, "choir", "audience", Mode::Listen).await;
+    let (other_talker, _) = join(&server, "elsewhere", "solo", Mode::Talk).await;
+    let (other_listener, _) = join(&server, "elsewhere", "fan", Mode::Listen).await;
+
+    let duration = Duration::from_secs(4);
+    let mut tasks = Vec::new();
+    for (ws, tone) in clients.into_iter().zip(TONES) {
+        tasks.push(tokio::spawn(run_client(ws, Some(tone), duration)));
+    }
+    let listener_task = tokio::spawn(run_client(listener, None, duration));
+    let other_talker_task = tokio::spawn(run_client(other_talker, Some(OTHER_ROOM_TONE), duration));
+    let other_listener_task = tokio::spawn(run_client(other_listener, None, duration));
+
+    let mut heard = Vec::new();
+    for task in tasks {
+        heard.push(task.await.expect("client"));
+    }
+    let audience = listener_task.await.expect("listener");
+    let solo = other_talker_task.await.expect("other talker");
+    let fan = other_listener_task.await.expect("other listener");
+
+    let window = |h: &Heard| h.listener.window(Duration::from_millis(1500), Duration::from_millis(3800)).to_vec();
+    for (i, h) in heard.iter().enumerate() {
+        let pcm = window(h);
+        assert!(pcm.len() > 48_000, "client {i} received only {} frames", h.listener.frames);
+        let own = tone_db(&pcm, TONES[i]);
+        let others: Vec<f32> = TONES.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, f)| tone_db(&pcm, *f)).collect();
+        let weakest = others.iter().copied().fold(f32::MAX, f32::min);
+        assert!(weakest > -22.0, "client {i} hears the others too quietly: {others:?}");
+        assert!(own < weakest - 40.0, "client {i} hears itself at {own:.1} dB vs others {others:?}");
+        assert!(tone_db(&pcm, OTHER_ROOM_TONE) < weakest - 40.0, "client {i} hears the other room");
+        assert_eq!(h.listener.sequence_gaps, 0, "client {i} lost server frames");
+    }
+    let pcm = window(&audience);
+    for f in TONES {
+        assert!(tone_db(&pcm, f) > -22.0, "listener misses {f} Hz: {:.1} dB", tone_db(&pcm, f));
+    }
+    assert!(tone_db(&pcm, OTHER_ROOM_TONE) < -70.0);
+    // The second room: its listener hears its talker only; its talker hears nothing at all.
+    let fan_pcm = window(&fan);
+    assert!(tone_db(&fan_pcm, OTHER_ROOM_TONE) > -22.0);
+    for f in TONES {
+        assert!(tone_db(&fan_pcm, f) < -70.0, "room leak: {f} Hz at {:.1} dB", tone_db(&fan_pcm, f));
+    }
+    let solo_pcm = window(&solo);
+    let solo_peak = solo_pcm.iter().fold(0.0f32, |m, s| m.max(s.abs()));
+    assert!(solo_peak < 0.001, "alone in a room, the talker must hear silence, got peak {solo_peak}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roster_messages_and_abrupt_disconnect() {
+    let server = TestServer::start(&[]).await;
+    let (mut alice, alice_id) = join(&server, "ops", "alice", Mode::Talk).await;
+    let mut bob = connect(&server).await;
+    bob.send(join_message("ops", "bob", Mode::Listen)).await.expect("send");
+    let bob_id = match next_control(&mut bob).await {
+        ServerMessage::Joined { participant_id, participants, .. } => {
+            assert_eq!(participants.len(), 1);
+            assert_eq!(participants[0].id, alice_id);
+            assert_eq!(participants[0].name, "alice");
+            assert_eq!(participants[0].mode, Mode::Talk);
+            participant_id
+        }
+        other => panic!("{other:?}"),
+    };
+    match next_control(&mut alice).await {
+        ServerMessage::ParticipantJoined { participant } => {
+            assert_eq!((participant.id, participant.name.as_str(), participant.mode), (bob_id, "bob", Mode::Listen));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Bob vanishes without a close handshake: the TCP connection is simply dropped.
+    drop(bob);
+    let started = Instant::now();
+    match next_control(&mut alice).await {
+        ServerMessage::ParticipantLeft { participant_id, reason } => {
+            assert_eq!(participant_id, bob_id);
+            assert_eq!(reason, LeaveReason::Disconnected);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // A clean leave is reported as such.
+    let (mut carol, carol_id) = join(&server, "ops", "carol", Mode::Listen).await;
+    let _ = next_control(&mut alice).await; // carol joined
+    carol.send(Message::text(r#"{"type":"leave"}"#)).await.expect("send");
+    match next_control(&mut alice).await {
+        ServerMessage::ParticipantLeft { participant_id, reason } => {
+            assert_eq!((participant_id, reason), (carol_id, LeaveReason::Left));
+        }
+        other => panic!("{other:?}"),
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peer_is_dropped_by_ping_timeout_and_room_is_told() {
+    let server = TestServer::start(&["--ping-interval-ms", "200", "--ping-timeout-ms", "600"]).await;
+    let (mut alice, _) = join(&server, "r", "alice", Mode::Listen).await;
+    let (silent, silent_id) = join(&server, "r", "zombie", Mode::Listen).await;
+    let _ = next_control(&mut alice).await; // zombie joined
+    // The zombie never reads again, so it never answers pings. Alice keeps reading (and so
+    // answers pings automatically).
+    let left = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let ServerMessage::ParticipantLeft { participant_id, reason } = next_control(&mut alice).await {
+                return (participant_id, reason);
+            }
+        }
+    })
+    .await
+    .expect("zombie removed within 5 s");
+    assert_eq!(left, (silent_id, LeaveReason::TimedOut));
+    drop(silent);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_typed_errors_and_never_disturbs_the_room() {
+    let server = TestServer::start(&[]).await;
+    // A well-behaved pair in the room whose audio must keep flowing throughout.
+    let (bystander, _) = join(&server, "lobby", "bystander", Mode::Listen).await;
+    let (talker, _) = join(&server, "lobby", "talker", Mode::Talk).await;
+    let bystander_task = tokio::spawn(run_client(bystander, None, Duration::from_secs(3)));
+    let talker_task = tokio::spawn(run_client(talker, Some(650.0), Duration::from_secs(3)));
+
+    let mut bad = connect(&server).await;
+    // Before join.
+    bad.send(Message::binary(Talker::new(300.0, 0.2).next_frame(true))).await.expect("send");
+    expect_error(&mut bad, ErrorCode::NotJoined).await;
+    bad.send(Message::text("this is not json")).await.expect("send");
+    expect_error(&mut bad, ErrorCode::BadMessage).await;
+    bad.send(Message::text(r#"{"type":"dance"}"#)).await.expect("send");
+    expect_error(&mut bad, ErrorCode::UnknownType).await;
+    bad.send(Message::text(r#"{"type":"join","room":"lobby","name":"x"}"#)).await.expect("send");
+    expect_error(&mut bad, ErrorCode::BadMessage).await;
+    bad.send(Message::text(r#"{"type":"join","room":"lobby","name":"x","format":{"codec":"pcm","sample_rate":44100,"channels":2,"frame_ms":10}}"#)).await.expect("send");
+    let message = expect_error(&mut bad, ErrorCode::UnsupportedFormat).await;
+    assert!(message.contains("pcm"), "the message names what was asked: {message}");
+    bad.send(Message::text(r#"{"type":"join","room":"no spaces!","name":"x","format":{"codec":"opus","sample_rate":48000,"channels":1,"frame_ms":20}}"#)).await.expect("send");
+    expect_error(&mut bad, ErrorCode::InvalidRoom).await;
+    bad.send(Message::text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(5000)))).await.expect("send");
+    expect_error(&mut bad, ErrorCode::MessageTooLarge).await;
+    bad.send(Message::text(r#"{"type":"leave"}"#)).await.expect("send");
+    expect_error(&mut bad, ErrorCode::NotJoined).await;
+    // Join properly, then send broken audio.
+    bad.send(join_message("lobby", "mallory", Mode::Talk)).await.expect("send");
+    assert!(matches!(next_control(&mut bad).await, ServerMessage::Joined { .. }));
+    bad.send(join_message("lobby", "mallory", Mode::Talk)).await.expect("send");
+    expect_error(&mut bad, ErrorCode::AlreadyJoined).await;
+    bad.send(Message::binary(vec![1u8, 0, 0])).await.expect("send");
+    expect_error(&mut bad, ErrorCode::BadAudioHeader).await;
+    bad.send(Message::binary(vec![7u8, 0, 0, 1, 0, 0, 0, 0, 0x7f, 0xf8])).await.expect("send");
+    expect_error(&mut bad, ErrorCode::UnsupportedVersion).await;
+    let mut garbage = vec![1u8, 0, 0, 2, 0, 0, 3, 192, 0x7f];
+    garbage.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x00]);
+    bad.send(Message::binary(garbage)).await.expect("send");
+    expect_error(&mut bad, ErrorCode::InvalidOpus).await;
+    let mut too_big = vec![1u8, 0, 0, 3, 0, 0, 0, 0, 0x7f];
+    too_big.extend(std::iter::repeat_n(0u8, 2000));
+    bad.send(Message::binary(too_big)).await.expect("send");
+    expect_error(&mut bad, ErrorCode::FrameTooLarge).await;
+    // Still connected and served after all of that.
+    bad.send(Message::text(r#"{"type":"ping","id":42}"#)).await.expect("send");
+    assert_eq!(next_control(&mut bad).await, ServerMessage::Pong { id: Some(42) });
+    // A message over the WebSocket limit is the one thing that closes the connection.
+    bad.send(Message::binary(vec![0u8; 70_000])).await.expect("send");
+    expect_error(&mut bad, ErrorCode::MessageTooLarge).await;
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match bad.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(close, Some(1009));
+
+    let heard = bystander_task.await.expect("bystander");
+    let _ = talker_task.await.expect("talker");
+    // The bystander kept receiving a continuous stream and heard the talker, not the garbage.
+    assert!(heard.listener.frames >= 130, "only {} frames in 3 s", heard.listener.frames);
+    assert_eq!(heard.listener.sequence_gaps, 0);
+    let pcm = heard.listener.window(Duration::from_millis(1000), Duration::from_millis(2800));
+    assert!(tone_db(pcm, 650.0) > -22.0);
+    assert!(tone_db(pcm, 300.0) < -60.0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_unknown_paths_over_plain_http() {
+    let server = TestServer::start(&[]).await;
+    for (path, status) in [("/healthz", "200"), ("/nope", "404"), ("/", "404")] {
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        assert!(response.starts_with(&format!("HTTP/1.1 {status}")), "{path}: {response}");
+        if path == "/healthz" {
+            assert!(response.ends_with("ok\n"));
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_clients_why() {
+    let server = TestServer::start(&[]).await;
+    let (mut alice, _) = join(&server, "r", "alice", Mode::Listen).await;
+    let shutdown = tokio::spawn(server.shutdown());
+    expect_error(&mut alice, ErrorCode::ShuttingDown).await;
+    let close = loop {
+        match alice.next().await {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            _ => break None,
+        }
+    };
+    assert_eq!(close, Some(1001));
+    shutdown.await.expect("shutdown");
+}
