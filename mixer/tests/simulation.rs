@@ -370,7 +370,7 @@ fn a_fast_sender_clock_does_not_grow_the_delay() {
     // 180 s at +0.1 % is 9 extra frames; they must have been shed.
     assert!(stats.jitter.merged >= 5, "{stats:?}");
     let max = delays.iter().skip(2).max().expect("onsets");
-    assert!(*max < Duration::from_millis(100), "delay reached {max:?}");
+    assert!(*max < Duration::from_millis(60), "delay reached {max:?}");
     assert!(buffered <= 4, "buffer holds {buffered} frames");
 }
 
@@ -379,7 +379,7 @@ fn a_slow_sender_clock_is_absorbed_without_growing_gaps() {
     let (delays, stats, buffered) = drift_run(0.999);
     assert!(stats.jitter.expanded >= 5, "{stats:?}");
     let max = delays.iter().skip(2).max().expect("onsets");
-    assert!(*max < Duration::from_millis(100), "delay reached {max:?}");
+    assert!(*max < Duration::from_millis(60), "delay reached {max:?}");
     assert!(buffered <= 4, "buffer holds {buffered} frames");
 }
 

@@ -63,10 +63,15 @@ const MAX_WINDOW: usize = 8192;
 const JITTER_PERCENTILE: usize = 95;
 /// A packet this quiet (in -dBov) or quieter, or without voice activity, may be merged away.
 const QUIET_LEVEL_DBOV: u8 = 50;
-/// Backlog above the target (in frames) tolerated before quiet packets are merged. The slack of
-/// one frame is hysteresis: a single expand does not trigger a merge straight away.
-const MERGE_SLACK_FRAMES: u64 = 1;
-/// Backlog above the target (in frames) beyond which even loud packets are merged.
+/// Ticks over which the lowest buffer level is observed before deciding that delay is surplus.
+/// Judging the floor of the level over a second, rather than its value at one tick, ignores
+/// the ups and downs that jitter and the tick phase cause and sees only a lasting backlog (a
+/// sender clock faster than ours, or the tail of a burst).
+const LEVEL_WINDOW_TICKS: u32 = 50;
+/// Surplus frames at which even loud packets are merged (a lasting backlog in continuous speech).
+const MERGE_FORCE_SURPLUS: u64 = 2;
+/// Instantaneous backlog above the target (in frames) beyond which loud packets are merged at
+/// once (after a stall released a burst).
 const MERGE_FORCE_FRAMES: u64 = 3;
 
 /// Tuning knobs; [`Default`] gives the documented values.
@@ -207,6 +212,12 @@ pub struct JitterBuffer {
     playing: bool,
     /// Consecutive expands on an empty buffer.
     expands: u32,
+    /// Lowest number of frames queued behind the played one during the current level window.
+    level_floor: u64,
+    /// Ticks observed in the current level window.
+    level_ticks: u32,
+    /// Frames of delay found to be surplus, to be shed by merging.
+    surplus: u64,
     target_frames: u32,
     /// Ring of relative transit times, µs.
     transit: Box<[i64]>,
@@ -291,6 +302,9 @@ impl JitterBuffer {
             next: None,
             playing: false,
             expands: 0,
+            level_floor: u64::MAX,
+            level_ticks: 0,
+            surplus: 0,
             target_frames: config.min_delay_frames,
             transit_len: 0,
             transit_pos: 0,
@@ -372,6 +386,8 @@ impl JitterBuffer {
             self.next = self.lowest_held();
             self.playing = true;
             self.expands = 0;
+            self.surplus = 0;
+            self.reset_level();
         }
         let Some(next) = self.next else {
             // Unreachable (playing implies a play point); fall back to idle rather than panic.
@@ -383,14 +399,18 @@ impl JitterBuffer {
             self.expands = 0;
             // Frames queued behind this packet, holes included: a hole costs a frame too.
             let beyond = self.seq_high.saturating_sub(next);
+            self.observe_level(beyond);
             let excess = beyond.saturating_sub(u64::from(self.target_frames));
             // Cross-fading two frames into one loses 20 ms of signal, so it waits for two quiet
-            // packets unless the backlog is large (after a stall or a burst).
-            if excess > MERGE_SLACK_FRAMES
+            // packets unless the surplus lasts or the backlog is large (after a stall or burst).
+            if (self.surplus > 0 || excess > MERGE_FORCE_FRAMES)
                 && let Some(second) = self.held_at(next + 1)
                 && ((self.slots[index].is_quiet() && self.slots[second].is_quiet())
+                    || self.surplus >= MERGE_FORCE_SURPLUS
                     || excess > MERGE_FORCE_FRAMES)
             {
+                self.surplus = self.surplus.saturating_sub(1);
+                self.reset_level();
                 self.release(index);
                 self.release(second);
                 self.next = Some(next + 2);
@@ -405,6 +425,7 @@ impl JitterBuffer {
             return Playout::Packet(self.slots[index].payload());
         }
 
+        self.reset_level();
         if self.held > 0 {
             // A later packet is here, so this frame is lost (or later than the whole buffer).
             self.expands = 0;
@@ -603,6 +624,9 @@ impl JitterBuffer {
         self.next = None;
         self.playing = false;
         self.expands = 0;
+        self.surplus = 0;
+        self.level_floor = u64::MAX;
+        self.level_ticks = 0;
         self.transit_len = 0;
         self.transit_pos = 0;
         self.target_frames = self.config.min_delay_frames;
@@ -660,7 +684,29 @@ impl JitterBuffer {
         self.update_target();
     }
 
-    /// Target = ceil(p95 of transit above the window minimum / frame) + floor, clamped.
+    /// Tracks the lowest backlog over a window of ticks; at the end of each window, whatever
+    /// the floor held above the target becomes surplus to shed.
+    fn observe_level(&mut self, beyond: u64) {
+        self.level_floor = self.level_floor.min(beyond);
+        self.level_ticks += 1;
+        if self.level_ticks >= LEVEL_WINDOW_TICKS {
+            // With target T, the packet played has waited about T frames when T - 1 more are
+            // queued behind it; a floor above that, held for a whole window, is delay no packet
+            // needed.
+            let wanted = u64::from(self.target_frames.saturating_sub(1));
+            self.surplus = self.level_floor.saturating_sub(wanted);
+            self.reset_level();
+        }
+    }
+
+    fn reset_level(&mut self) {
+        self.level_floor = u64::MAX;
+        self.level_ticks = 0;
+    }
+
+    /// Target = ceil((p95 of transit above the window minimum - frame/4) / frame) + floor,
+    /// clamped. Jitter under a quarter frame (clock drift across the window, scheduling noise)
+    /// is absorbed by the tick phase and does not cost a whole frame of delay.
     fn update_target(&mut self) {
         let n = self.transit_len;
         let (min_frames, max_frames) = (self.config.min_delay_frames, self.config.max_delay_frames);
@@ -679,7 +725,8 @@ impl JitterBuffer {
         let rank = (n * JITTER_PERCENTILE).div_ceil(100).max(1) - 1;
         let (_, jitter_us, _) = values.select_nth_unstable(rank);
         let jitter_us = u64::try_from(*jitter_us).unwrap_or(0);
-        let frames = u32::try_from(jitter_us.div_ceil(self.frame_us)).unwrap_or(u32::MAX);
+        let frames = u32::try_from(jitter_us.saturating_sub(self.frame_us / 4).div_ceil(self.frame_us))
+            .unwrap_or(u32::MAX);
         self.target_frames = frames
             .saturating_add(min_frames)
             .clamp(min_frames, max_frames);
@@ -949,8 +996,9 @@ mod tests {
         assert_eq!(played, packets(0..400));
         let stats = jb.stats();
         assert_eq!((stats.lost, stats.late, stats.fec_recovered), (0, 0, 0));
-        // The 25 ms of reordering raised the target above the floor.
-        assert_eq!(ticks[300].target, 3 + 2);
+        // The 25 ms of reordering raised the target above the floor: (25 - 5) ms of jitter
+        // beyond the quarter-frame allowance is one more frame.
+        assert_eq!(ticks[300].target, 3 + 1);
     }
 
     #[test]
