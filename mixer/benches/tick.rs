@@ -68,7 +68,9 @@ fn speech_like(voice: usize, frames: usize, peak: f32) -> Vec<f32> {
             s += formant / k as f32 * (2.0 * std::f32::consts::PI * phase * k as f32).sin();
         }
         let envelope = 0.55 + 0.45 * (2.0 * std::f32::consts::PI * 4.0 * t + voice as f32).sin();
-        noise_state = noise_state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        noise_state = noise_state
+            .wrapping_mul(1_664_525)
+            .wrapping_add(1_013_904_223);
         let noise = (noise_state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
         samples.push(envelope * s + 0.05 * noise);
     }
@@ -81,13 +83,20 @@ fn speech_like(voice: usize, frames: usize, peak: f32) -> Vec<f32> {
 
 /// One talker's uplink, encoded the way a client would: `(level, packet)` per frame.
 fn encode_clip(voice: usize) -> Vec<(AudioLevel, Vec<u8>)> {
-    let mut encoder = CLIENT_ENCODER.build().expect("client encoder settings are valid");
+    let mut encoder = CLIENT_ENCODER
+        .build()
+        .expect("client encoder settings are valid");
     let mut out = vec![0u8; MAX_OPUS_PACKET];
     speech_like(voice, CLIP_FRAMES, 0.3)
         .chunks_exact(FRAME_SAMPLES)
         .map(|frame| {
-            let len = encoder.encode_float(frame, &mut out).expect("encoding a clip frame");
-            (AudioLevel::from_rms(true, mix::rms(frame)), out[..len].to_vec())
+            let len = encoder
+                .encode_float(frame, &mut out)
+                .expect("encoding a clip frame");
+            (
+                AudioLevel::from_rms(true, mix::rms(frame)),
+                out[..len].to_vec(),
+            )
         })
         .collect()
 }
@@ -138,12 +147,18 @@ fn bench_opus_encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("opus_encode");
     group.throughput(Throughput::Elements(1));
     for (name, setting) in settings {
-        let mut encoder = setting.build().expect("benchmark encoder settings are valid");
+        let mut encoder = setting
+            .build()
+            .expect("benchmark encoder settings are valid");
         let mut frames = mix_frames.chunks_exact(FRAME_SAMPLES).cycle();
         group.bench_function(name, |b| {
             b.iter(|| {
                 let frame = frames.next().expect("a cycled non-empty clip never ends");
-                black_box(encoder.encode_float(black_box(frame), &mut out).expect("encoding"))
+                black_box(
+                    encoder
+                        .encode_float(black_box(frame), &mut out)
+                        .expect("encoding"),
+                )
             })
         });
     }
@@ -179,7 +194,8 @@ fn bench_room_tick(c: &mut Criterion) {
         let t0 = Instant::now();
         let mut room = Room::new(EngineConfig::default(), t0);
         for id in 0..talkers {
-            room.add_participant(ParticipantId(id as u32), Mode::Talk).expect("room has space");
+            room.add_participant(ParticipantId(id as u32), Mode::Talk)
+                .expect("room has space");
         }
         let mut now = t0;
         let mut tick = 0usize;

@@ -71,6 +71,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MIXER_SLOW_CLIENT_TIMEOUT_MS", default_value_t = 5_000)]
     pub slow_client_timeout_ms: u64,
 
+    /// Kernel send buffer per client socket, in bytes; 0 keeps the OS default (which can grow to
+    /// megabytes, that is minutes of audio a slow client would lag behind before any drop).
+    #[arg(long, env = "MIXER_SOCKET_SEND_BUFFER", default_value_t = 32_768)]
+    pub socket_send_buffer: usize,
+
     /// How often the server sends WebSocket pings, in ms.
     #[arg(long, env = "MIXER_PING_INTERVAL_MS", default_value_t = 10_000)]
     pub ping_interval_ms: u64,
@@ -130,7 +135,9 @@ pub enum ConfigError {
         flag: &'static str,
     },
     /// A jitter delay that is not a multiple of the 20 ms frame, or min above max.
-    #[error("jitter delays must be multiples of 20 ms with 20 <= min <= max <= 1000 (got min {min}, max {max})")]
+    #[error(
+        "jitter delays must be multiples of 20 ms with 20 <= min <= max <= 1000 (got min {min}, max {max})"
+    )]
     JitterDelays {
         /// --jitter-min-ms.
         min: u32,
@@ -162,7 +169,11 @@ impl ServeArgs {
     /// Validates the flags into the server's configuration.
     pub fn to_config(&self) -> Result<ServerConfig, ConfigError> {
         let nonzero = |value: u64, flag: &'static str| {
-            if value == 0 { Err(ConfigError::Zero { flag }) } else { Ok(value) }
+            if value == 0 {
+                Err(ConfigError::Zero { flag })
+            } else {
+                Ok(value)
+            }
         };
         nonzero(self.max_rooms as u64, "max-rooms")?;
         nonzero(self.max_participants as u64, "max-participants")?;
@@ -192,9 +203,13 @@ impl ServeArgs {
             bitrate: self.opus_bitrate,
             complexity: self.opus_complexity,
         };
-        encoder.validate().map_err(|e| ConfigError::Encoder(e.to_string()))?;
+        encoder
+            .validate()
+            .map_err(|e| ConfigError::Encoder(e.to_string()))?;
         let threads = match self.mixer_threads {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             n => n,
         };
         let jitter = JitterConfig {
@@ -202,16 +217,23 @@ impl ServeArgs {
             max_delay_frames: max / 20,
             ..JitterConfig::default()
         };
-        let frames = |ms: u64| usize::try_from(ms.div_ceil(20)).unwrap_or(usize::MAX).max(1);
+        let frames = |ms: u64| {
+            usize::try_from(ms.div_ceil(20))
+                .unwrap_or(usize::MAX)
+                .max(1)
+        };
         Ok(ServerConfig {
             settings: Settings {
                 send_queue_frames: frames(self.send_queue_ms),
-                slow_client_drops: u32::try_from(frames(self.slow_client_timeout_ms)).unwrap_or(u32::MAX),
+                slow_client_drops: u32::try_from(frames(self.slow_client_timeout_ms))
+                    .unwrap_or(u32::MAX),
                 ping_interval: Duration::from_millis(self.ping_interval_ms),
                 ping_timeout: Duration::from_millis(self.ping_timeout_ms),
                 handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
                 max_message_bytes: self.max_message_bytes,
                 max_connections: self.max_connections,
+                socket_send_buffer: (self.socket_send_buffer > 0)
+                    .then_some(self.socket_send_buffer),
                 shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             },
             pool: PoolConfig {
@@ -251,13 +273,25 @@ mod tests {
 
     #[test]
     fn bad_values_are_rejected_with_the_flag_named() {
-        let err = parse(&["--jitter-min-ms", "30"]).expect("parse").to_config().expect_err("invalid");
+        let err = parse(&["--jitter-min-ms", "30"])
+            .expect("parse")
+            .to_config()
+            .expect_err("invalid");
         assert!(err.to_string().contains("min 30"), "{err}");
-        let err = parse(&["--ping-timeout-ms", "5000"]).expect("parse").to_config().expect_err("invalid");
+        let err = parse(&["--ping-timeout-ms", "5000"])
+            .expect("parse")
+            .to_config()
+            .expect_err("invalid");
         assert!(matches!(err, ConfigError::PingTimeout { .. }));
-        let err = parse(&["--opus-complexity", "12"]).expect("parse").to_config().expect_err("invalid");
+        let err = parse(&["--opus-complexity", "12"])
+            .expect("parse")
+            .to_config()
+            .expect_err("invalid");
         assert!(err.to_string().contains("complexity 12"), "{err}");
-        let err = parse(&["--max-rooms", "0"]).expect("parse").to_config().expect_err("invalid");
+        let err = parse(&["--max-rooms", "0"])
+            .expect("parse")
+            .to_config()
+            .expect_err("invalid");
         assert_eq!(err, ConfigError::Zero { flag: "max-rooms" });
         assert!(parse(&["--opus-application", "speech"]).is_err());
         assert!(parse(&["--listen", "nowhere"]).is_err());

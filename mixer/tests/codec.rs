@@ -10,10 +10,20 @@ use mixer::engine::jitter::opus_has_lbrr;
 #[test]
 fn lbrr_detection_agrees_with_libopus_fec_decoding() {
     let mut flagged_total = 0;
-    for (freq, bitrate) in [(650.0f32, 32_000), (650.0, 64_000), (200.0, 24_000), (3000.0, 16_000)] {
+    for (freq, bitrate) in [
+        (650.0f32, 32_000),
+        (650.0, 64_000),
+        (200.0, 24_000),
+        (3000.0, 16_000),
+    ] {
         let mut talker = common::Talker::new(freq, 0.2);
-        talker.encoder.set_bitrate(opus::Bitrate::Bits(bitrate)).expect("bitrate");
-        let packets: Vec<Vec<u8>> = (0..150).map(|_| talker.next_frame(true)[9..].to_vec()).collect();
+        talker
+            .encoder
+            .set_bitrate(opus::Bitrate::Bits(bitrate))
+            .expect("bitrate");
+        let packets: Vec<Vec<u8>> = (0..150)
+            .map(|_| talker.next_frame(true)[9..].to_vec())
+            .collect();
         for i in 10..packets.len() - 1 {
             let mut plc = opus::Decoder::new(48_000, opus::Channels::Mono).expect("decoder");
             let mut fec = opus::Decoder::new(48_000, opus::Channels::Mono).expect("decoder");
@@ -23,14 +33,18 @@ fn lbrr_detection_agrees_with_libopus_fec_decoding() {
                 fec.decode_float(p, &mut b, false).expect("decode");
             }
             plc.decode_float(&[], &mut a, false).expect("plc");
-            fec.decode_float(&packets[i + 1], &mut b, true).expect("fec");
+            fec.decode_float(&packets[i + 1], &mut b, true)
+                .expect("fec");
             let used_fec = a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-6);
             let flagged = opus_has_lbrr(&packets[i + 1]);
             assert_eq!(flagged, used_fec, "packet {i} at {freq} Hz / {bitrate} b/s");
             flagged_total += usize::from(flagged);
         }
     }
-    assert!(flagged_total > 20, "too few FEC packets to prove anything: {flagged_total}");
+    assert!(
+        flagged_total > 20,
+        "too few FEC packets to prove anything: {flagged_total}"
+    );
 }
 
 #[test]

@@ -40,7 +40,11 @@ impl TestServer {
         let task = tokio::spawn(mixer::server::run(config, listener, async move {
             let _ = stopped.await;
         }));
-        TestServer { addr, stop: Some(stop), task }
+        TestServer {
+            addr,
+            stop: Some(stop),
+            task,
+        }
     }
 
     fn url(&self) -> String {
@@ -60,7 +64,9 @@ impl TestServer {
 }
 
 async fn connect(server: &TestServer) -> Client {
-    let (ws, _) = tokio_tungstenite::connect_async(server.url()).await.expect("connect");
+    let (ws, _) = tokio_tungstenite::connect_async(server.url())
+        .await
+        .expect("connect");
     ws
 }
 
@@ -105,9 +111,16 @@ async fn expect_error(ws: &mut Client, code: ErrorCode) -> String {
 
 async fn join(server: &TestServer, room: &str, name: &str, mode: Mode) -> (Client, u32) {
     let mut ws = connect(server).await;
-    ws.send(join_message(room, name, mode)).await.expect("send join");
+    ws.send(join_message(room, name, mode))
+        .await
+        .expect("send join");
     match next_control(&mut ws).await {
-        ServerMessage::Joined { participant_id, room: joined_room, format, .. } => {
+        ServerMessage::Joined {
+            participant_id,
+            room: joined_room,
+            format,
+            ..
+        } => {
             assert_eq!(joined_room, room);
             assert_eq!(format, AudioFormat::opus_48k_mono_20ms());
             (ws, participant_id)
@@ -126,7 +139,10 @@ struct Heard {
 /// and decodes everything it receives.
 async fn run_client(mut ws: Client, tone: Option<f32>, duration: Duration) -> Heard {
     let mut talker = tone.map(|f| Talker::new(f, 0.2));
-    let mut heard = Heard { listener: Listener::default(), roster: Vec::new() };
+    let mut heard = Heard {
+        listener: Listener::default(),
+        roster: Vec::new(),
+    };
     let start = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     loop {
@@ -161,7 +177,11 @@ async fn four_talkers_hear_each_other_not_themselves_listener_hears_all_rooms_is
     let server = TestServer::start(&[]).await;
     let mut clients = Vec::new();
     for (i, _) in TONES.iter().enumerate() {
-        clients.push(join(&server, "choir", &format!("singer{i}"), Mode::Talk).await.0);
+        clients.push(
+            join(&server, "choir", &format!("singer{i}"), Mode::Talk)
+                .await
+                .0,
+        );
     }
     let (listener, _) = join(&server, "choir", "audience", Mode::Listen).await;
     let (other_talker, _) = join(&server, "elsewhere", "solo", Mode::Talk).await;
@@ -184,32 +204,65 @@ async fn four_talkers_hear_each_other_not_themselves_listener_hears_all_rooms_is
     let solo = other_talker_task.await.expect("other talker");
     let fan = other_listener_task.await.expect("other listener");
 
-    let window = |h: &Heard| h.listener.window(Duration::from_millis(1500), Duration::from_millis(3800)).to_vec();
+    let window = |h: &Heard| {
+        h.listener
+            .window(Duration::from_millis(1500), Duration::from_millis(3800))
+            .to_vec()
+    };
     for (i, h) in heard.iter().enumerate() {
         let pcm = window(h);
-        assert!(pcm.len() > 48_000, "client {i} received only {} frames", h.listener.frames);
+        assert!(
+            pcm.len() > 48_000,
+            "client {i} received only {} frames",
+            h.listener.frames
+        );
         let own = tone_db(&pcm, TONES[i]);
-        let others: Vec<f32> = TONES.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, f)| tone_db(&pcm, *f)).collect();
+        let others: Vec<f32> = TONES
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, f)| tone_db(&pcm, *f))
+            .collect();
         let weakest = others.iter().copied().fold(f32::MAX, f32::min);
-        assert!(weakest > -22.0, "client {i} hears the others too quietly: {others:?}");
-        assert!(own < weakest - 40.0, "client {i} hears itself at {own:.1} dB vs others {others:?}");
-        assert!(tone_db(&pcm, OTHER_ROOM_TONE) < weakest - 40.0, "client {i} hears the other room");
+        assert!(
+            weakest > -22.0,
+            "client {i} hears the others too quietly: {others:?}"
+        );
+        assert!(
+            own < weakest - 40.0,
+            "client {i} hears itself at {own:.1} dB vs others {others:?}"
+        );
+        assert!(
+            tone_db(&pcm, OTHER_ROOM_TONE) < weakest - 40.0,
+            "client {i} hears the other room"
+        );
         assert_eq!(h.listener.sequence_gaps, 0, "client {i} lost server frames");
     }
     let pcm = window(&audience);
     for f in TONES {
-        assert!(tone_db(&pcm, f) > -22.0, "listener misses {f} Hz: {:.1} dB", tone_db(&pcm, f));
+        assert!(
+            tone_db(&pcm, f) > -22.0,
+            "listener misses {f} Hz: {:.1} dB",
+            tone_db(&pcm, f)
+        );
     }
     assert!(tone_db(&pcm, OTHER_ROOM_TONE) < -70.0);
     // The second room: its listener hears its talker only; its talker hears nothing at all.
     let fan_pcm = window(&fan);
     assert!(tone_db(&fan_pcm, OTHER_ROOM_TONE) > -22.0);
     for f in TONES {
-        assert!(tone_db(&fan_pcm, f) < -70.0, "room leak: {f} Hz at {:.1} dB", tone_db(&fan_pcm, f));
+        assert!(
+            tone_db(&fan_pcm, f) < -70.0,
+            "room leak: {f} Hz at {:.1} dB",
+            tone_db(&fan_pcm, f)
+        );
     }
     let solo_pcm = window(&solo);
     let solo_peak = solo_pcm.iter().fold(0.0f32, |m, s| m.max(s.abs()));
-    assert!(solo_peak < 0.001, "alone in a room, the talker must hear silence, got peak {solo_peak}");
+    assert!(
+        solo_peak < 0.001,
+        "alone in a room, the talker must hear silence, got peak {solo_peak}"
+    );
     server.shutdown().await;
 }
 
@@ -218,9 +271,15 @@ async fn roster_messages_and_abrupt_disconnect() {
     let server = TestServer::start(&[]).await;
     let (mut alice, alice_id) = join(&server, "ops", "alice", Mode::Talk).await;
     let mut bob = connect(&server).await;
-    bob.send(join_message("ops", "bob", Mode::Listen)).await.expect("send");
+    bob.send(join_message("ops", "bob", Mode::Listen))
+        .await
+        .expect("send");
     let bob_id = match next_control(&mut bob).await {
-        ServerMessage::Joined { participant_id, participants, .. } => {
+        ServerMessage::Joined {
+            participant_id,
+            participants,
+            ..
+        } => {
             assert_eq!(participants.len(), 1);
             assert_eq!(participants[0].id, alice_id);
             assert_eq!(participants[0].name, "alice");
@@ -231,7 +290,10 @@ async fn roster_messages_and_abrupt_disconnect() {
     };
     match next_control(&mut alice).await {
         ServerMessage::ParticipantJoined { participant } => {
-            assert_eq!((participant.id, participant.name.as_str(), participant.mode), (bob_id, "bob", Mode::Listen));
+            assert_eq!(
+                (participant.id, participant.name.as_str(), participant.mode),
+                (bob_id, "bob", Mode::Listen)
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -239,19 +301,41 @@ async fn roster_messages_and_abrupt_disconnect() {
     drop(bob);
     let started = Instant::now();
     match next_control(&mut alice).await {
-        ServerMessage::ParticipantLeft { participant_id, reason } => {
+        ServerMessage::ParticipantLeft {
+            participant_id,
+            reason,
+        } => {
             assert_eq!(participant_id, bob_id);
             assert_eq!(reason, LeaveReason::Disconnected);
         }
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(2));
-    // A clean leave is reported as such.
+    // Closing the WebSocket cleanly counts as leaving.
+    let (mut dave, dave_id) = join(&server, "ops", "dave", Mode::Listen).await;
+    let _ = next_control(&mut alice).await; // dave joined
+    dave.close(None).await.expect("close");
+    match next_control(&mut alice).await {
+        ServerMessage::ParticipantLeft {
+            participant_id,
+            reason,
+        } => {
+            assert_eq!((participant_id, reason), (dave_id, LeaveReason::Left));
+        }
+        other => panic!("{other:?}"),
+    }
+    // So does an explicit leave.
     let (mut carol, carol_id) = join(&server, "ops", "carol", Mode::Listen).await;
     let _ = next_control(&mut alice).await; // carol joined
-    carol.send(Message::text(r#"{"type":"leave"}"#)).await.expect("send");
+    carol
+        .send(Message::text(r#"{"type":"leave"}"#))
+        .await
+        .expect("send");
     match next_control(&mut alice).await {
-        ServerMessage::ParticipantLeft { participant_id, reason } => {
+        ServerMessage::ParticipantLeft {
+            participant_id,
+            reason,
+        } => {
             assert_eq!((participant_id, reason), (carol_id, LeaveReason::Left));
         }
         other => panic!("{other:?}"),
@@ -261,7 +345,8 @@ async fn roster_messages_and_abrupt_disconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_peer_is_dropped_by_ping_timeout_and_room_is_told() {
-    let server = TestServer::start(&["--ping-interval-ms", "200", "--ping-timeout-ms", "600"]).await;
+    let server =
+        TestServer::start(&["--ping-interval-ms", "200", "--ping-timeout-ms", "600"]).await;
     let (mut alice, _) = join(&server, "r", "alice", Mode::Listen).await;
     let (silent, silent_id) = join(&server, "r", "zombie", Mode::Listen).await;
     let _ = next_control(&mut alice).await; // zombie joined
@@ -269,7 +354,11 @@ async fn silent_peer_is_dropped_by_ping_timeout_and_room_is_told() {
     // answers pings automatically).
     let left = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            if let ServerMessage::ParticipantLeft { participant_id, reason } = next_control(&mut alice).await {
+            if let ServerMessage::ParticipantLeft {
+                participant_id,
+                reason,
+            } = next_control(&mut alice).await
+            {
                 return (participant_id, reason);
             }
         }
@@ -292,31 +381,62 @@ async fn bad_input_gets_typed_errors_and_never_disturbs_the_room() {
 
     let mut bad = connect(&server).await;
     // Before join.
-    bad.send(Message::binary(Talker::new(300.0, 0.2).next_frame(true))).await.expect("send");
+    bad.send(Message::binary(Talker::new(300.0, 0.2).next_frame(true)))
+        .await
+        .expect("send");
     expect_error(&mut bad, ErrorCode::NotJoined).await;
-    bad.send(Message::text("this is not json")).await.expect("send");
+    bad.send(Message::text("this is not json"))
+        .await
+        .expect("send");
     expect_error(&mut bad, ErrorCode::BadMessage).await;
-    bad.send(Message::text(r#"{"type":"dance"}"#)).await.expect("send");
+    bad.send(Message::text(r#"{"type":"dance"}"#))
+        .await
+        .expect("send");
     expect_error(&mut bad, ErrorCode::UnknownType).await;
-    bad.send(Message::text(r#"{"type":"join","room":"lobby","name":"x"}"#)).await.expect("send");
+    bad.send(Message::text(
+        r#"{"type":"join","room":"lobby","name":"x"}"#,
+    ))
+    .await
+    .expect("send");
     expect_error(&mut bad, ErrorCode::BadMessage).await;
     bad.send(Message::text(r#"{"type":"join","room":"lobby","name":"x","format":{"codec":"pcm","sample_rate":44100,"channels":2,"frame_ms":10}}"#)).await.expect("send");
     let message = expect_error(&mut bad, ErrorCode::UnsupportedFormat).await;
-    assert!(message.contains("pcm"), "the message names what was asked: {message}");
+    assert!(
+        message.contains("pcm"),
+        "the message names what was asked: {message}"
+    );
     bad.send(Message::text(r#"{"type":"join","room":"no spaces!","name":"x","format":{"codec":"opus","sample_rate":48000,"channels":1,"frame_ms":20}}"#)).await.expect("send");
     expect_error(&mut bad, ErrorCode::InvalidRoom).await;
-    bad.send(Message::text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(5000)))).await.expect("send");
+    bad.send(Message::text(format!(
+        r#"{{"type":"ping","pad":"{}"}}"#,
+        "x".repeat(5000)
+    )))
+    .await
+    .expect("send");
     expect_error(&mut bad, ErrorCode::MessageTooLarge).await;
-    bad.send(Message::text(r#"{"type":"leave"}"#)).await.expect("send");
+    bad.send(Message::text(r#"{"type":"leave"}"#))
+        .await
+        .expect("send");
     expect_error(&mut bad, ErrorCode::NotJoined).await;
     // Join properly, then send broken audio.
-    bad.send(join_message("lobby", "mallory", Mode::Talk)).await.expect("send");
-    assert!(matches!(next_control(&mut bad).await, ServerMessage::Joined { .. }));
-    bad.send(join_message("lobby", "mallory", Mode::Talk)).await.expect("send");
+    bad.send(join_message("lobby", "mallory", Mode::Talk))
+        .await
+        .expect("send");
+    assert!(matches!(
+        next_control(&mut bad).await,
+        ServerMessage::Joined { .. }
+    ));
+    bad.send(join_message("lobby", "mallory", Mode::Talk))
+        .await
+        .expect("send");
     expect_error(&mut bad, ErrorCode::AlreadyJoined).await;
-    bad.send(Message::binary(vec![1u8, 0, 0])).await.expect("send");
+    bad.send(Message::binary(vec![1u8, 0, 0]))
+        .await
+        .expect("send");
     expect_error(&mut bad, ErrorCode::BadAudioHeader).await;
-    bad.send(Message::binary(vec![7u8, 0, 0, 1, 0, 0, 0, 0, 0x7f, 0xf8])).await.expect("send");
+    bad.send(Message::binary(vec![7u8, 0, 0, 1, 0, 0, 0, 0, 0x7f, 0xf8]))
+        .await
+        .expect("send");
     expect_error(&mut bad, ErrorCode::UnsupportedVersion).await;
     let mut garbage = vec![1u8, 0, 0, 2, 0, 0, 3, 192, 0x7f];
     garbage.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x00]);
@@ -327,10 +447,17 @@ async fn bad_input_gets_typed_errors_and_never_disturbs_the_room() {
     bad.send(Message::binary(too_big)).await.expect("send");
     expect_error(&mut bad, ErrorCode::FrameTooLarge).await;
     // Still connected and served after all of that.
-    bad.send(Message::text(r#"{"type":"ping","id":42}"#)).await.expect("send");
-    assert_eq!(next_control(&mut bad).await, ServerMessage::Pong { id: Some(42) });
+    bad.send(Message::text(r#"{"type":"ping","id":42}"#))
+        .await
+        .expect("send");
+    assert_eq!(
+        next_control(&mut bad).await,
+        ServerMessage::Pong { id: Some(42) }
+    );
     // A message over the WebSocket limit is the one thing that closes the connection.
-    bad.send(Message::binary(vec![0u8; 70_000])).await.expect("send");
+    bad.send(Message::binary(vec![0u8; 70_000]))
+        .await
+        .expect("send");
     expect_error(&mut bad, ErrorCode::MessageTooLarge).await;
     let close = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -348,9 +475,15 @@ async fn bad_input_gets_typed_errors_and_never_disturbs_the_room() {
     let heard = bystander_task.await.expect("bystander");
     let _ = talker_task.await.expect("talker");
     // The bystander kept receiving a continuous stream and heard the talker, not the garbage.
-    assert!(heard.listener.frames >= 130, "only {} frames in 3 s", heard.listener.frames);
+    assert!(
+        heard.listener.frames >= 130,
+        "only {} frames in 3 s",
+        heard.listener.frames
+    );
     assert_eq!(heard.listener.sequence_gaps, 0);
-    let pcm = heard.listener.window(Duration::from_millis(1000), Duration::from_millis(2800));
+    let pcm = heard
+        .listener
+        .window(Duration::from_millis(1000), Duration::from_millis(2800));
     assert!(tone_db(pcm, 650.0) > -22.0);
     assert!(tone_db(pcm, 300.0) < -60.0);
     server.shutdown().await;
@@ -367,7 +500,10 @@ async fn healthz_and_unknown_paths_over_plain_http() {
             .expect("write");
         let mut response = String::new();
         stream.read_to_string(&mut response).await.expect("read");
-        assert!(response.starts_with(&format!("HTTP/1.1 {status}")), "{path}: {response}");
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {response}"
+        );
         if path == "/healthz" {
             assert!(response.ends_with("ok\n"));
         }
@@ -390,4 +526,85 @@ async fn shutdown_tells_clients_why() {
     };
     assert_eq!(close, Some(1001));
     shutdown.await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_without_hurting_the_room() {
+    // A high mix bitrate fills the stalled client's socket buffers within a second or two.
+    let server = TestServer::start(&[
+        "--opus-bitrate",
+        "510000",
+        "--send-queue-ms",
+        "100",
+        "--slow-client-timeout-ms",
+        "1000",
+    ])
+    .await;
+    let (mut watcher, _) = join(&server, "busy", "watcher", Mode::Listen).await;
+    // The stalled client: a tiny receive buffer, joins, then never reads again.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let stream = socket.connect(server.addr).await.expect("connect");
+    let (mut stalled, _) =
+        tokio_tungstenite::client_async(server.url(), MaybeTlsStream::Plain(stream))
+            .await
+            .expect("handshake");
+    stalled
+        .send(join_message("busy", "sleepy", Mode::Talk))
+        .await
+        .expect("join");
+    let stalled_id = match next_control(&mut stalled).await {
+        ServerMessage::Joined { participant_id, .. } => participant_id,
+        other => panic!("{other:?}"),
+    };
+    let (talker, _) = join(&server, "busy", "talker", Mode::Talk).await;
+    let talker_task = tokio::spawn(run_client(talker, Some(1000.0), Duration::from_secs(6)));
+    // The stalled client keeps sending audio (so it is not a ping timeout) but reads nothing.
+    let sender = tokio::spawn(async move {
+        let mut t = Talker::new(300.0, 0.2);
+        let mut ticker = tokio::time::interval(Duration::from_millis(20));
+        for _ in 0..300 {
+            ticker.tick().await;
+            if stalled
+                .send(Message::binary(t.next_frame(true)))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut frames = 0usize;
+    let mut gaps = Listener::default();
+    let left = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match watcher.next().await {
+                Some(Ok(Message::Binary(bytes))) => {
+                    frames += 1;
+                    gaps.receive_wire(&bytes);
+                }
+                Some(Ok(Message::Text(text))) => {
+                    if let Ok(ServerMessage::ParticipantLeft {
+                        participant_id,
+                        reason,
+                    }) = parse_server_message(text.as_str())
+                        && participant_id == stalled_id
+                    {
+                        return reason;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("watcher lost its connection: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the stalled client is disconnected within 15 s");
+    assert_eq!(left, LeaveReason::SlowConsumer);
+    // Meanwhile the watcher was served without a single missing frame.
+    assert!(frames > 20, "watcher got {frames} frames");
+    assert_eq!(gaps.sequence_gaps, 0);
+    sender.abort();
+    let _ = talker_task.await;
+    server.shutdown().await;
 }

@@ -86,7 +86,7 @@ struct Uplink {
 }
 
 impl Uplink {
-    fn new(talker: usize) -> Uplink {
+    fn new(talker: usize, amplitude: f32) -> Uplink {
         let client = EncoderSettings {
             application: OpusApplication::Voip,
             bitrate: 32_000,
@@ -100,10 +100,12 @@ impl Uplink {
                 let pcm: Vec<f32> = (0..FRAME_SAMPLES)
                     .map(|i| {
                         let t = (frame * FRAME_SAMPLES + i) as f32 / 48_000.0;
-                        0.3 * (2.0 * std::f32::consts::PI * freq * t).sin()
+                        amplitude * (2.0 * std::f32::consts::PI * freq * t).sin()
                     })
                     .collect();
-                let len = encoder.encode_float(&pcm, &mut out).expect("encoding a tone");
+                let len = encoder
+                    .encode_float(&pcm, &mut out)
+                    .expect("encoding a tone");
                 out[..len].to_vec()
             })
             .collect();
@@ -130,21 +132,37 @@ fn steady_state_ticks_do_not_allocate() {
     const WARM_UP_TICKS: usize = 100;
     const COUNTED_TICKS: usize = 200;
 
-    let uplinks: Vec<Uplink> = (0..TALKERS).map(Uplink::new).collect();
+    // Talker 0 is loud enough that the others' mixes need limiting.
+    let uplinks: Vec<Uplink> = (0..TALKERS)
+        .map(|t| Uplink::new(t, if t == 0 { 0.9 } else { 0.3 }))
+        .collect();
     let t0 = Instant::now();
     let mut room = Room::new(EngineConfig::default(), t0);
     for id in 0..TALKERS {
-        room.add_participant(ParticipantId(id as u32), Mode::Talk).expect("room has space");
+        room.add_participant(ParticipantId(id as u32), Mode::Talk)
+            .expect("room has space");
     }
-    room.add_participant(LISTENER, Mode::Listen).expect("room has space");
+    room.add_participant(LISTENER, Mode::Listen)
+        .expect("room has space");
 
     let mut frames_out = 0usize;
     let mut events = 0usize;
     let mut step = |tick: usize| {
         let now = t0 + FRAME * tick as u32;
+        // Not only the easy path: talker 1 loses a packet now and then (concealment) and talker
+        // 2's packets arrive in pairs, one of them 20 ms late (jitter estimation and a deeper
+        // buffer). Talkers 0 and 3 arrive on time.
         for (id, uplink) in uplinks.iter().enumerate() {
-            room.handle_audio(ParticipantId(id as u32), uplink.frame(tick), now)
-                .expect("a talker in the room");
+            let sent: &[usize] = match id {
+                1 if tick % 25 == 7 => &[],
+                2 if tick.is_multiple_of(2) => &[],
+                2 => &[tick - 1, tick],
+                _ => &[tick],
+            };
+            for &seq in sent {
+                room.handle_audio(ParticipantId(id as u32), uplink.frame(seq), now)
+                    .expect("a talker in the room");
+            }
         }
         room.handle_timeout(now);
         while let Some(transmit) = room.poll_transmit() {
@@ -168,9 +186,22 @@ fn steady_state_ticks_do_not_allocate() {
     // Every tick gave every participant a frame, so the counted ticks did real work.
     assert_eq!(frames_out, (WARM_UP_TICKS + COUNTED_TICKS) * (TALKERS + 1));
     assert_eq!(events, 0, "a clean run raises no events");
+    let stats = |id| room.participant_stats(id).expect("participant present");
     for id in 0..TALKERS {
-        let stats = room.participant_stats(ParticipantId(id as u32)).expect("talker present");
-        assert!(stats.frames_decoded >= COUNTED_TICKS as u64, "talker {id}: {stats:?}");
+        let stats = stats(ParticipantId(id as u32));
+        assert!(
+            stats.frames_decoded >= COUNTED_TICKS as u64,
+            "talker {id}: {stats:?}"
+        );
     }
-    assert_eq!(allocations, 0, "{COUNTED_TICKS} steady-state ticks allocated {allocations} times");
+    assert!(
+        stats(ParticipantId(1)).jitter.lost > 0,
+        "{:?}",
+        stats(ParticipantId(1))
+    );
+    assert!(stats(LISTENER).frames_limited > 0, "{:?}", stats(LISTENER));
+    assert_eq!(
+        allocations, 0,
+        "{COUNTED_TICKS} steady-state ticks allocated {allocations} times"
+    );
 }

@@ -72,27 +72,48 @@ impl Sim {
         }
     }
 
-    fn add_talker(&mut self, id: u32, freq: f32, net: NetemConfig, pattern: Pattern) -> ParticipantId {
+    fn add_talker(
+        &mut self,
+        id: u32,
+        freq: f32,
+        net: NetemConfig,
+        pattern: Pattern,
+    ) -> ParticipantId {
         let id = ParticipantId(id);
         self.room.add_participant(id, Mode::Talk).expect("join");
-        self.talkers.insert(id, SimTalker {
-            talker: Talker::new(freq, AMP),
-            net: Netem::new(net, u64::from(id.0) * 7919 + 1),
-            pattern,
-            speed: 1.0,
-            next_send: self.now + Duration::from_micros(3_700 * u64::from(id.0 % 5)),
-            frames_sent: 0,
-            onsets_sent: Vec::new(),
-            active: true,
-        });
-        self.listeners.insert(id, SimListener { listener: Listener::default(), first_frame_at: None });
+        self.talkers.insert(
+            id,
+            SimTalker {
+                talker: Talker::new(freq, AMP),
+                net: Netem::new(net, u64::from(id.0) * 7919 + 1),
+                pattern,
+                speed: 1.0,
+                next_send: self.now + Duration::from_micros(3_700 * u64::from(id.0 % 5)),
+                frames_sent: 0,
+                onsets_sent: Vec::new(),
+                active: true,
+            },
+        );
+        self.listeners.insert(
+            id,
+            SimListener {
+                listener: Listener::default(),
+                first_frame_at: None,
+            },
+        );
         id
     }
 
     fn add_listener(&mut self, id: u32) -> ParticipantId {
         let id = ParticipantId(id);
         self.room.add_participant(id, Mode::Listen).expect("join");
-        self.listeners.insert(id, SimListener { listener: Listener::default(), first_frame_at: None });
+        self.listeners.insert(
+            id,
+            SimListener {
+                listener: Listener::default(),
+                first_frame_at: None,
+            },
+        );
         id
     }
 
@@ -114,9 +135,21 @@ impl Sim {
     /// Advances virtual time to `end`, processing sends, arrivals and ticks in time order.
     fn run_until(&mut self, end: Duration) {
         loop {
-            let next_send = self.talkers.values().filter(|t| t.active).map(|t| t.next_send).min();
-            let next_arrival = self.talkers.values().filter_map(|t| t.net.next_arrival()).min();
-            let next = [Some(self.next_tick), next_send, next_arrival].into_iter().flatten().min();
+            let next_send = self
+                .talkers
+                .values()
+                .filter(|t| t.active)
+                .map(|t| t.next_send)
+                .min();
+            let next_arrival = self
+                .talkers
+                .values()
+                .filter_map(|t| t.net.next_arrival())
+                .min();
+            let next = [Some(self.next_tick), next_send, next_arrival]
+                .into_iter()
+                .flatten()
+                .min();
             let Some(next) = next.filter(|n| *n <= end) else {
                 self.now = end;
                 return;
@@ -128,7 +161,9 @@ impl Sim {
                         continue;
                     }
                     let frame = AudioFrame::parse(&packet).expect("own frames parse");
-                    self.room.handle_audio(*id, frame, self.t0 + at).expect("accepted");
+                    self.room
+                        .handle_audio(*id, frame, self.t0 + at)
+                        .expect("accepted");
                 }
                 if t.active && t.next_send <= self.now {
                     send_one(t, self.now);
@@ -152,7 +187,9 @@ impl Sim {
     fn delays(&self, from: ParticipantId, to: ParticipantId) -> Vec<Duration> {
         let talker = &self.talkers[&from];
         let listener = &self.listeners[&to];
-        let Some(start) = listener.first_frame_at else { return Vec::new() };
+        let Some(start) = listener.first_frame_at else {
+            return Vec::new();
+        };
         let heard = onsets(&listener.listener.pcm, talker.talker.tone.freq, AMP * 0.3);
         heard
             .into_iter()
@@ -177,7 +214,7 @@ fn send_one(t: &mut SimTalker, now: Duration) {
     };
     let starts = match t.pattern {
         Pattern::Continuous => k == 0,
-        Pattern::Spurts { on, off } | Pattern::Bursts { on, off } => k % (on + off) == 0,
+        Pattern::Spurts { on, off } | Pattern::Bursts { on, off } => k.is_multiple_of(on + off),
     };
     if starts {
         t.onsets_sent.push(now);
@@ -198,7 +235,10 @@ fn secs(s: f64) -> Duration {
 
 /// Asserts `pcm` holds each of `present` at a healthy level and none of `absent`.
 fn assert_hears(pcm: &[f32], present: &[f32], absent: &[f32], who: &str) {
-    let loudest = present.iter().map(|f| tone_db(pcm, *f)).fold(f32::MIN, f32::max);
+    let loudest = present
+        .iter()
+        .map(|f| tone_db(pcm, *f))
+        .fold(f32::MIN, f32::max);
     for f in present {
         let db = tone_db(pcm, *f);
         // A 0.2 tone is -14 dBFS; allow codec and limiter loss.
@@ -206,7 +246,10 @@ fn assert_hears(pcm: &[f32], present: &[f32], absent: &[f32], who: &str) {
     }
     for f in absent {
         let db = tone_db(pcm, *f);
-        assert!(db < loudest - 40.0, "{who} must not hear {f} Hz: {db:.1} dB vs {loudest:.1} dB");
+        assert!(
+            db < loudest - 40.0,
+            "{who} must not hear {f} Hz: {db:.1} dB vs {loudest:.1} dB"
+        );
     }
 }
 
@@ -216,18 +259,39 @@ const FREQS: [f32; 4] = [400.0, 650.0, 1000.0, 1500.0];
 fn four_talkers_hear_each_other_but_not_themselves_and_a_listener_hears_all() {
     let mut sim = Sim::new();
     let ids: Vec<_> = (0..4)
-        .map(|i| sim.add_talker(i + 1, FREQS[i as usize], NetemConfig::default(), Pattern::Continuous))
+        .map(|i| {
+            sim.add_talker(
+                i + 1,
+                FREQS[i as usize],
+                NetemConfig::default(),
+                Pattern::Continuous,
+            )
+        })
         .collect();
     let listener = sim.add_listener(9);
     sim.run_until(secs(4.0));
     for (i, id) in ids.iter().enumerate() {
         let pcm = sim.heard(*id).window(secs(1.0), secs(3.9));
-        let others: Vec<f32> = FREQS.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, f)| *f).collect();
+        let others: Vec<f32> = FREQS
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, f)| *f)
+            .collect();
         assert_hears(pcm, &others, &[FREQS[i]], &format!("talker {i}"));
         let bound = tone_step_bound(&others.iter().map(|f| (*f, AMP)).collect::<Vec<_>>());
-        assert!(max_step(pcm) < bound * 1.5 + 0.02, "click in talker {i}'s mix: {} vs {bound}", max_step(pcm));
+        assert!(
+            max_step(pcm) < bound * 1.5 + 0.02,
+            "click in talker {i}'s mix: {} vs {bound}",
+            max_step(pcm)
+        );
     }
-    assert_hears(sim.heard(listener).window(secs(1.0), secs(3.9)), &FREQS, &[], "listener");
+    assert_hears(
+        sim.heard(listener).window(secs(1.0), secs(3.9)),
+        &FREQS,
+        &[],
+        "listener",
+    );
     for id in ids {
         let stats = sim.room.participant_stats(id).expect("stats");
         assert_eq!(stats.jitter.lost, 0);
@@ -254,46 +318,76 @@ fn jitter_reordering_and_duplicates_are_absorbed() {
     let pcm = sim.heard(b).window(secs(5.0), secs(19.0));
     assert_hears(pcm, &[400.0], &[1000.0], "b");
     let (target, _) = sim.room.jitter_state(a).expect("talker");
-    assert!(target >= Duration::from_millis(60), "target {target:?} should cover the jitter");
+    assert!(
+        target >= Duration::from_millis(60),
+        "target {target:?} should cover the jitter"
+    );
     // Smooth after adaptation: no gaps or clicks in the last 14 s.
-    assert!(max_step(pcm) < tone_step_bound(&[(400.0, AMP)]) * 1.5 + 0.02, "click: {}", max_step(pcm));
+    assert!(
+        max_step(pcm) < tone_step_bound(&[(400.0, AMP)]) * 1.5 + 0.02,
+        "click: {}",
+        max_step(pcm)
+    );
 }
 
 #[test]
 fn loss_bursts_are_concealed_and_fec_recovers_single_losses() {
     let mut sim = Sim::new();
-    let net = NetemConfig { loss: 0.05, burst: 0.3, ..NetemConfig::default() };
+    let net = NetemConfig {
+        loss: 0.05,
+        burst: 0.3,
+        ..NetemConfig::default()
+    };
     let a = sim.add_talker(1, 650.0, net, Pattern::Continuous);
     let b = sim.add_listener(2);
     sim.run_until(secs(30.0));
     let stats = sim.room.participant_stats(a).expect("stats");
     let sent_lost = sim.talkers[&a].net.lost;
-    assert!(sent_lost > 50, "the network should have lost packets: {sent_lost}");
+    assert!(
+        sent_lost > 50,
+        "the network should have lost packets: {sent_lost}"
+    );
     // A steady tone gives libopus little reason to spend bits on LBRR, so only a few packets
     // carry FEC (the codec test checks the detection itself); the ones that did were used.
     assert!(stats.jitter.fec_recovered > 0, "{stats:?}");
-    assert!(stats.jitter.lost + stats.jitter.fec_recovered + stats.jitter.expanded >= sent_lost / 2, "{stats:?}");
+    assert!(
+        stats.jitter.lost + stats.jitter.fec_recovered + stats.jitter.expanded >= sent_lost / 2,
+        "{stats:?}"
+    );
     // The tone stays present throughout, at a level close to the clean one.
     let pcm = sim.heard(b).window(secs(1.0), secs(29.0));
     assert!(tone_db(pcm, 650.0) > -18.0, "{} dB", tone_db(pcm, 650.0));
-    assert_eq!(sim.heard(b).sequence_gaps, 0, "the server's own stream has no gaps");
+    assert_eq!(
+        sim.heard(b).sequence_gaps,
+        0,
+        "the server's own stream has no gaps"
+    );
 }
 
 #[test]
 fn late_packets_are_dropped_and_counted() {
     let mut sim = Sim::new();
     // Every packet 10 ms late except a few that take 300 ms: far beyond the 200 ms ceiling.
-    let net = NetemConfig { stall: Some((secs(5.0), secs(5.4))), ..NetemConfig::default() };
+    let net = NetemConfig {
+        stall: Some((secs(5.0), secs(5.4))),
+        ..NetemConfig::default()
+    };
     let a = sim.add_talker(1, 400.0, net, Pattern::Continuous);
     let b = sim.add_listener(2);
     sim.run_until(secs(12.0));
     let stats = sim.room.participant_stats(a).expect("stats");
-    assert!(stats.jitter.late > 0 || stats.jitter.merged > 0, "{stats:?}");
+    assert!(
+        stats.jitter.late > 0 || stats.jitter.merged > 0,
+        "{stats:?}"
+    );
     // Delay does not stay inflated by the stall: after it, the tone is back with low delay.
     let pcm = sim.heard(b).window(secs(8.0), secs(11.9));
     assert_hears(pcm, &[400.0], &[], "listener after the stall");
     let (target, buffered) = sim.room.jitter_state(a).expect("state");
-    assert!(buffered <= 12, "buffer holds {buffered} frames, target {target:?}");
+    assert!(
+        buffered <= 12,
+        "buffer holds {buffered} frames, target {target:?}"
+    );
 }
 
 #[test]
@@ -310,7 +404,11 @@ fn sequence_and_timestamp_wrap_around_plays_seamlessly() {
     assert_eq!(stats.jitter.resets, 0, "{stats:?}");
     let pcm = sim.heard(b).window(secs(0.5), secs(3.9));
     assert_hears(pcm, &[1000.0], &[], "listener across the wrap");
-    assert!(max_step(pcm) < tone_step_bound(&[(1000.0, AMP)]) * 1.5 + 0.02, "click at wrap: {}", max_step(pcm));
+    assert!(
+        max_step(pcm) < tone_step_bound(&[(1000.0, AMP)]) * 1.5 + 0.02,
+        "click at wrap: {}",
+        max_step(pcm)
+    );
 }
 
 #[test]
@@ -325,43 +423,85 @@ fn joining_and_leaving_mid_stream_changes_who_is_heard_without_clicks() {
     let heard = sim.heard(a);
     // A's output starts at t=0: before C joined, while C was in, after C left.
     assert!(tone_db(heard.window(secs(0.5), secs(1.9)), 1500.0) < -60.0);
-    assert_hears(heard.window(secs(2.5), secs(3.9)), &[1500.0], &[400.0], "a while c is in");
-    assert!(tone_db(heard.window(secs(4.2), secs(5.9)), 1500.0) < -60.0, "c still heard after leaving");
+    assert_hears(
+        heard.window(secs(2.5), secs(3.9)),
+        &[1500.0],
+        &[400.0],
+        "a while c is in",
+    );
+    assert!(
+        tone_db(heard.window(secs(4.2), secs(5.9)), 1500.0) < -60.0,
+        "c still heard after leaving"
+    );
     // C's own output, while it was in, is A only.
-    assert_hears(sim.heard(c).window(secs(0.5), secs(1.9)), &[400.0], &[1500.0], "c");
-    assert!(max_step(heard.window(secs(0.5), secs(5.9))) < tone_step_bound(&[(1500.0, AMP)]) * 2.0 + 0.05);
+    assert_hears(
+        sim.heard(c).window(secs(0.5), secs(1.9)),
+        &[400.0],
+        &[1500.0],
+        "c",
+    );
+    assert!(
+        max_step(heard.window(secs(0.5), secs(5.9)))
+            < tone_step_bound(&[(1500.0, AMP)]) * 2.0 + 0.05
+    );
 }
 
 #[test]
 fn talk_spurts_play_silence_between_and_do_not_grow_the_delay() {
     let mut sim = Sim::new();
-    let net = NetemConfig { jitter: Duration::from_millis(15), ..NetemConfig::default() };
+    let net = NetemConfig {
+        jitter: Duration::from_millis(15),
+        ..NetemConfig::default()
+    };
     // 1 s of speech, 1 s of nothing sent, 30 times.
     let a = sim.add_talker(1, 650.0, net, Pattern::Spurts { on: 50, off: 50 });
     let b = sim.add_listener(2);
     sim.run_until(secs(60.0));
     let delays = sim.delays(a, b);
-    assert!(delays.len() >= 28, "expected ~30 onsets, got {}", delays.len());
+    assert!(
+        delays.len() >= 28,
+        "expected ~30 onsets, got {}",
+        delays.len()
+    );
     let first = delays[1];
     let last = *delays.last().expect("onsets");
-    assert!(last <= first + Duration::from_millis(25), "delay grew from {first:?} to {last:?}");
+    assert!(
+        last <= first + Duration::from_millis(25),
+        "delay grew from {first:?} to {last:?}"
+    );
     assert!(last < Duration::from_millis(120), "delay {last:?}");
     // Between spurts the listener hears silence, not a frozen or looping frame.
     let gap = sim.heard(b).window(secs(51.3), secs(51.9));
-    assert!(tone_db(gap, 650.0) < -50.0, "tone during a pause: {} dB", tone_db(gap, 650.0));
+    assert!(
+        tone_db(gap, 650.0) < -50.0,
+        "tone during a pause: {} dB",
+        tone_db(gap, 650.0)
+    );
     let stats = sim.room.participant_stats(a).expect("stats");
-    assert!(stats.jitter.underruns >= 25, "each pause ends a spurt: {stats:?}");
+    assert!(
+        stats.jitter.underruns >= 25,
+        "each pause ends a spurt: {stats:?}"
+    );
 }
 
 fn drift_run(speed: f64) -> (Vec<Duration>, mixer::engine::ParticipantStats, usize) {
     let mut sim = Sim::new();
     // Tone bursts with silent frames in between, so onsets can be timed while the stream never stops.
-    let a = sim.add_talker(1, 1000.0, NetemConfig::default(), Pattern::Bursts { on: 25, off: 25 });
+    let a = sim.add_talker(
+        1,
+        1000.0,
+        NetemConfig::default(),
+        Pattern::Bursts { on: 25, off: 25 },
+    );
     sim.talker(a).speed = speed;
     let b = sim.add_listener(2);
     sim.run_until(secs(180.0));
     let (_, buffered) = sim.room.jitter_state(a).expect("state");
-    (sim.delays(a, b), sim.room.participant_stats(a).expect("stats"), buffered)
+    (
+        sim.delays(a, b),
+        sim.room.participant_stats(a).expect("stats"),
+        buffered,
+    )
 }
 
 #[test]
@@ -386,9 +526,11 @@ fn a_slow_sender_clock_is_absorbed_without_growing_gaps() {
 #[test]
 fn a_jitter_spike_raises_the_delay_which_then_shrinks_back() {
     let mut sim = Sim::new();
-    let mut net = NetemConfig::default();
     // A 300 ms stall at t = 10 s (a TCP retransmission), otherwise a clean link.
-    net.stall = Some((secs(10.0), secs(10.3)));
+    let net = NetemConfig {
+        stall: Some((secs(10.0), secs(10.3))),
+        ..NetemConfig::default()
+    };
     let a = sim.add_talker(1, 1000.0, net, Pattern::Bursts { on: 25, off: 25 });
     let b = sim.add_listener(2);
     sim.run_until(secs(9.0));
@@ -397,12 +539,21 @@ fn a_jitter_spike_raises_the_delay_which_then_shrinks_back() {
     let (during, _) = sim.room.jitter_state(a).expect("state");
     sim.run_until(secs(30.0));
     let (after, buffered) = sim.room.jitter_state(a).expect("state");
-    assert!(during > before, "target should rise: {before:?} -> {during:?}");
-    assert!(after <= before + Duration::from_millis(20), "target should shrink back: {after:?}");
+    assert!(
+        during > before,
+        "target should rise: {before:?} -> {during:?}"
+    );
+    assert!(
+        after <= before + Duration::from_millis(20),
+        "target should shrink back: {after:?}"
+    );
     assert!(buffered <= 4, "{buffered} frames still buffered");
     let delays = sim.delays(a, b);
     let late = delays.iter().rev().take(5).max().expect("onsets");
-    assert!(*late < Duration::from_millis(100), "delay after recovery {late:?}");
+    assert!(
+        *late < Duration::from_millis(100),
+        "delay after recovery {late:?}"
+    );
 }
 
 #[test]
@@ -410,11 +561,23 @@ fn a_jitter_spike_raises_the_delay_which_then_shrinks_back() {
 fn print_delays() {
     for speed in [1.0, 1.001, 0.999] {
         let mut sim = Sim::new();
-        let a = sim.add_talker(1, 1000.0, NetemConfig::default(), Pattern::Bursts { on: 25, off: 25 });
+        let a = sim.add_talker(
+            1,
+            1000.0,
+            NetemConfig::default(),
+            Pattern::Bursts { on: 25, off: 25 },
+        );
         sim.talker(a).speed = speed;
         let b = sim.add_listener(2);
         sim.run_until(secs(60.0));
         let d = sim.delays(a, b);
-        println!("speed {speed}: n={} first {:?} mid {:?} last {:?} max {:?}", d.len(), d[1], d[d.len() / 2], d[d.len() - 1], d.iter().max());
+        println!(
+            "speed {speed}: n={} first {:?} mid {:?} last {:?} max {:?}",
+            d.len(),
+            d[1],
+            d[d.len() / 2],
+            d[d.len() - 1],
+            d.iter().max()
+        );
     }
 }

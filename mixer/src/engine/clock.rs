@@ -92,7 +92,13 @@ mod tests {
         for k in 0..1000u32 {
             let now = t0 + P * k + Duration::from_millis(7);
             let adv = clock.advance(now).expect("due");
-            assert_eq!(adv, TickAdvance { index: u64::from(k), skipped: 0 });
+            assert_eq!(
+                adv,
+                TickAdvance {
+                    index: u64::from(k),
+                    skipped: 0
+                }
+            );
             assert_eq!(clock.deadline(), t0 + P * (k + 1));
         }
     }
@@ -124,7 +130,13 @@ mod tests {
         clock.advance(t0);
         let now = t0 + P * 50 + Duration::from_millis(5);
         let adv = clock.advance(now).expect("due");
-        assert_eq!(adv, TickAdvance { index: 50, skipped: 49 });
+        assert_eq!(
+            adv,
+            TickAdvance {
+                index: 50,
+                skipped: 49
+            }
+        );
         assert!(clock.advance(now).is_none());
         assert_eq!(clock.deadline(), t0 + P * 51);
     }

@@ -113,8 +113,11 @@ impl EncoderSettings {
     /// Builds a configured mono 48 kHz encoder.
     pub fn build(&self) -> Result<opus::Encoder, CodecError> {
         self.validate()?;
-        let mut encoder =
-            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, self.application.to_opus())?;
+        let mut encoder = opus::Encoder::new(
+            SAMPLE_RATE,
+            opus::Channels::Mono,
+            self.application.to_opus(),
+        )?;
         encoder.set_bitrate(opus::Bitrate::Bits(self.bitrate as i32))?;
         encoder.set_complexity(i32::from(self.complexity))?;
         encoder.set_vbr(true)?;
@@ -135,7 +138,11 @@ mod tests {
 
     #[test]
     fn application_parses_and_displays() {
-        for app in [OpusApplication::Voip, OpusApplication::Audio, OpusApplication::LowDelay] {
+        for app in [
+            OpusApplication::Voip,
+            OpusApplication::Audio,
+            OpusApplication::LowDelay,
+        ] {
             assert_eq!(app.to_string().parse::<OpusApplication>(), Ok(app));
         }
         assert!("speech".parse::<OpusApplication>().is_err());

@@ -725,8 +725,12 @@ impl JitterBuffer {
         let rank = (n * JITTER_PERCENTILE).div_ceil(100).max(1) - 1;
         let (_, jitter_us, _) = values.select_nth_unstable(rank);
         let jitter_us = u64::try_from(*jitter_us).unwrap_or(0);
-        let frames = u32::try_from(jitter_us.saturating_sub(self.frame_us / 4).div_ceil(self.frame_us))
-            .unwrap_or(u32::MAX);
+        let frames = u32::try_from(
+            jitter_us
+                .saturating_sub(self.frame_us / 4)
+                .div_ceil(self.frame_us),
+        )
+        .unwrap_or(u32::MAX);
         self.target_frames = frames
             .saturating_add(min_frames)
             .clamp(min_frames, max_frames);

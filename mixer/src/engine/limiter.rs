@@ -97,7 +97,15 @@ impl Limiter {
 
     /// Limits `frame` in place (the output is the input delayed by [`LOOKAHEAD`] samples).
     pub fn process(&mut self, frame: &mut [f32]) -> LimiterReport {
-        let peak = frame.iter().fold(0.0f32, |m, s| m.max(s.abs()));
+        // NaN must not pass for quiet (f32::max would skip it): it propagates and takes the
+        // slow path, which turns non-finite samples into silence.
+        let peak = frame.iter().fold(0.0f32, |m, s| {
+            if s.is_nan() || s.abs() > m {
+                s.abs()
+            } else {
+                m
+            }
+        });
         if peak <= self.threshold && self.at_rest() {
             self.delay_only(frame);
             return LimiterReport { min_gain: 1.0 };
@@ -105,7 +113,11 @@ impl Limiter {
         let mut min_gain = 1.0f32;
         for sample in frame.iter_mut() {
             let x = if sample.is_finite() { *sample } else { 0.0 };
-            let required = if x.abs() > self.threshold { self.threshold / x.abs() } else { 1.0 };
+            let required = if x.abs() > self.threshold {
+                self.threshold / x.abs()
+            } else {
+                1.0
+            };
             if required < 1.0 {
                 self.since_reduction = 0;
             } else {
@@ -153,14 +165,25 @@ impl Limiter {
         self.avg_sum = WINDOW as f32;
     }
 
+    /// Applies only the look-ahead delay, with block copies (the frame is known finite here).
     fn delay_only(&mut self, frame: &mut [f32]) {
-        for sample in frame.iter_mut() {
-            let x = if sample.is_finite() { *sample } else { 0.0 };
-            *sample = self.delay[self.delay_pos];
-            self.delay[self.delay_pos] = x;
-            self.delay_pos = (self.delay_pos + 1) % LOOKAHEAD;
+        let n = frame.len();
+        if n < LOOKAHEAD {
+            for sample in frame.iter_mut() {
+                std::mem::swap(sample, &mut self.delay[self.delay_pos]);
+                self.delay_pos = (self.delay_pos + 1) % LOOKAHEAD;
+            }
+        } else {
+            // Oldest delayed sample first, then shift the frame and keep its tail.
+            self.delay.rotate_left(self.delay_pos);
+            self.delay_pos = 0;
+            let mut tail = [0.0f32; LOOKAHEAD];
+            tail.copy_from_slice(&frame[n - LOOKAHEAD..]);
+            frame.copy_within(..n - LOOKAHEAD, LOOKAHEAD);
+            frame[..LOOKAHEAD].copy_from_slice(&self.delay);
+            self.delay = tail;
         }
-        self.n += frame.len() as u64;
+        self.n += n as u64;
     }
 
     /// Pushes `value` for sample `self.n` and returns the minimum over the last WINDOW samples.
@@ -232,11 +255,23 @@ mod tests {
         }
         let peak = output.iter().fold(0.0f32, |m, s| m.max(s.abs()));
         assert!(peak <= config.threshold + 1e-6, "peak {peak}");
-        assert!(min_gain < 0.5, "limiter should have worked hard, min gain {min_gain}");
+        assert!(
+            min_gain < 0.5,
+            "limiter should have worked hard, min gain {min_gain}"
+        );
         // Smooth gain: the output never jumps more than the input's own steepest slope allows.
-        let max_in_step = input.windows(2).map(|w| (w[1] - w[0]).abs()).fold(0.0, f32::max);
-        let max_out_step = output.windows(2).map(|w| (w[1] - w[0]).abs()).fold(0.0, f32::max);
-        assert!(max_out_step <= max_in_step * 1.1, "{max_out_step} vs {max_in_step}");
+        let max_in_step = input
+            .windows(2)
+            .map(|w| (w[1] - w[0]).abs())
+            .fold(0.0, f32::max);
+        let max_out_step = output
+            .windows(2)
+            .map(|w| (w[1] - w[0]).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            max_out_step <= max_in_step * 1.1,
+            "{max_out_step} vs {max_in_step}"
+        );
     }
 
     #[test]
@@ -280,6 +315,11 @@ mod tests {
         limiter.process(&mut frame);
         let mut next = vec![0.0f32; 960];
         limiter.process(&mut next);
-        assert!(frame.iter().chain(&next).all(|s| s.is_finite() && s.abs() <= 1.0));
+        assert!(
+            frame
+                .iter()
+                .chain(&next)
+                .all(|s| s.is_finite() && s.abs() <= 1.0)
+        );
     }
 }

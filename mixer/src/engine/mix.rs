@@ -105,7 +105,10 @@ mod tests {
         crossfade_into(&from, &mut to);
         assert!(to[0] > 0.99);
         assert!(to[959] < -0.99);
-        let max_step = to.windows(2).map(|w| (w[1] - w[0]).abs()).fold(0.0, f32::max);
+        let max_step = to
+            .windows(2)
+            .map(|w| (w[1] - w[0]).abs())
+            .fold(0.0, f32::max);
         assert!(max_step < 0.01, "fade has a jump of {max_step}");
     }
 }

@@ -52,7 +52,9 @@ use mixer_protocol::{
 
 use self::clock::TickClock;
 use self::codec::{CodecError, EncoderSettings};
-use self::jitter::{ArrivingPacket, InsertOutcome, JitterBuffer, JitterConfig, JitterStats, Playout};
+use self::jitter::{
+    ArrivingPacket, InsertOutcome, JitterBuffer, JitterConfig, JitterStats, Playout,
+};
 use self::limiter::{Limiter, LimiterConfig};
 
 /// The server-wide id of one participant (one joined connection).
@@ -133,7 +135,10 @@ pub struct Transmit<'a> {
 impl Transmit<'_> {
     /// The frame as it goes on the wire: header followed by the Opus packet.
     pub fn frame(&self) -> AudioFrame<'_> {
-        AudioFrame { header: self.header, payload: self.payload }
+        AudioFrame {
+            header: self.header,
+            payload: self.payload,
+        }
     }
 }
 
@@ -238,7 +243,10 @@ impl Participant {
     }
 
     fn snapshot(&self) -> ParticipantStats {
-        ParticipantStats { jitter: self.jitter.stats().clone(), ..self.stats.clone() }
+        ParticipantStats {
+            jitter: self.jitter.stats().clone(),
+            ..self.stats.clone()
+        }
     }
 
     /// Runs the jitter buffer and decoder for this tick; returns whether `decoded` holds audio.
@@ -251,7 +259,9 @@ impl Participant {
         let ok = match self.jitter.pop(now) {
             Playout::Silence => return false,
             Playout::Packet(packet) => decode_into(decoder, packet, false, decoded),
-            Playout::Conceal { fec_from: Some(next) } => decode_into(decoder, next, true, decoded),
+            Playout::Conceal {
+                fec_from: Some(next),
+            } => decode_into(decoder, next, true, decoded),
             Playout::Conceal { fec_from: None } => decode_into(decoder, &[], false, decoded),
             Playout::Merge(first, second) => {
                 let a = decode_into(decoder, first, false, &mut self.scratch);
@@ -271,7 +281,9 @@ impl Participant {
             // the room hears a smooth gap, and report it once per run of failures.
             self.stats.decode_errors += 1;
             if !self.decode_failing {
-                events.push_back(Event::DecodeFailed { participant: self.id });
+                events.push_back(Event::DecodeFailed {
+                    participant: self.id,
+                });
             }
             self.decode_failing = true;
             if !decode_into(&mut self.decoder, &[], false, &mut self.decoded) {
@@ -310,7 +322,9 @@ impl Participant {
             }
             Err(_) => {
                 self.stats.encode_errors += 1;
-                events.push_back(Event::EncodeFailed { participant: self.id });
+                events.push_back(Event::EncodeFailed {
+                    participant: self.id,
+                });
             }
         }
         self.out_timestamp = self.out_timestamp.wrapping_add(FRAME_SAMPLES as u32);
@@ -399,7 +413,10 @@ impl Room {
         frame: AudioFrame<'_>,
         arrival: Instant,
     ) -> Result<InsertOutcome, EngineError> {
-        let position = *self.index.get(&id).ok_or(EngineError::UnknownParticipant(id))?;
+        let position = *self
+            .index
+            .get(&id)
+            .ok_or(EngineError::UnknownParticipant(id))?;
         let participant = &mut self.participants[position];
         if participant.mode != Mode::Talk {
             return Err(EngineError::ListenOnly(id));
@@ -426,7 +443,9 @@ impl Room {
         };
         if advance.skipped > 0 {
             self.stats.ticks_skipped += advance.skipped;
-            self.events.push_back(Event::TicksSkipped { count: advance.skipped });
+            self.events.push_back(Event::TicksSkipped {
+                count: advance.skipped,
+            });
         }
         self.tick(now, advance.skipped);
     }
@@ -466,7 +485,11 @@ impl Room {
             self.transmit_cursor += 1;
             if let Some(header) = self.participants[i].pending.take() {
                 let p = &self.participants[i];
-                return Some(Transmit { to: p.id, header, payload: &p.encoded[..p.encoded_len] });
+                return Some(Transmit {
+                    to: p.id,
+                    header,
+                    payload: &p.encoded[..p.encoded_len],
+                });
             }
         }
         None
@@ -486,7 +509,10 @@ impl Room {
     /// Jitter-buffer state of a talker: (target delay, buffered frames).
     pub fn jitter_state(&self, id: ParticipantId) -> Option<(Duration, usize)> {
         let participant = &self.participants[*self.index.get(&id)?];
-        Some((participant.jitter.target_delay(), participant.jitter.buffered_frames()))
+        Some((
+            participant.jitter.target_delay(),
+            participant.jitter.buffered_frames(),
+        ))
     }
 
     /// Room counters.

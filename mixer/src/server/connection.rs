@@ -24,10 +24,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 use tracing::{debug, info};
 
+use super::Settings;
 use super::http::{self, Prefixed, Route};
 use super::outbox::{Closed, Outbox, Outgoing};
 use super::pool::{Joiner, Membership, MixerPool};
-use super::Settings;
 
 type Ws = WebSocketStream<Prefixed<TcpStream>>;
 
@@ -63,7 +63,10 @@ pub async fn serve(
     let reply = match route {
         Route::WebSocket => None,
         Route::Health => Some(("200 OK", "ok\n")),
-        Route::NotFound => Some(("404 Not Found", "not found: WebSocket clients connect to /\n")),
+        Route::NotFound => Some((
+            "404 Not Found",
+            "not found: WebSocket clients connect to /\n",
+        )),
         Route::BadRequest => Some(("400 Bad Request", "bad request\n")),
     };
     if let Some((status, body)) = reply {
@@ -73,7 +76,8 @@ pub async fn serve(
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(settings.max_message_bytes))
         .max_frame_size(Some(settings.max_message_bytes));
-    let upgrade = tokio_tungstenite::accept_async_with_config(Prefixed::new(bytes, stream), Some(ws_config));
+    let upgrade =
+        tokio_tungstenite::accept_async_with_config(Prefixed::new(bytes, stream), Some(ws_config));
     let ws = match tokio::time::timeout(settings.handshake_timeout, upgrade).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(error)) => {
@@ -101,7 +105,12 @@ struct RateLimit {
 
 impl RateLimit {
     fn new(capacity: f64, per_second: f64) -> RateLimit {
-        RateLimit { tokens: capacity, capacity, per_second, last: None }
+        RateLimit {
+            tokens: capacity,
+            capacity,
+            per_second,
+            last: None,
+        }
     }
 
     fn allow(&mut self, now: Instant) -> bool {
@@ -172,7 +181,10 @@ struct Session {
 impl Session {
     fn new(peer: SocketAddr, context: Arc<Context>) -> Session {
         let settings = &context.settings;
-        let outbox = Arc::new(Outbox::new(settings.send_queue_frames, settings.slow_client_drops));
+        let outbox = Arc::new(Outbox::new(
+            settings.send_queue_frames,
+            settings.slow_client_drops,
+        ));
         // One second of burst, and 10 % over real time sustained (clock drift, catch-up).
         let frames_per_second = f64::from(SAMPLE_RATE) / FRAME_SAMPLES as f64;
         Session {
@@ -189,7 +201,11 @@ impl Session {
     async fn run(mut self, ws: Ws, mut shutdown: watch::Receiver<bool>) {
         let settings = self.context.settings.clone();
         let (sink, mut stream) = ws.split();
-        let mut writer = tokio::spawn(write_loop(sink, self.outbox.clone(), settings.ping_interval));
+        let mut writer = tokio::spawn(write_loop(
+            sink,
+            self.outbox.clone(),
+            settings.ping_interval,
+        ));
         let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
         let mut last_seen = Instant::now();
         let end = loop {
@@ -232,6 +248,13 @@ impl Session {
                 }
             }
         };
+        // A client that stopped reading often also trips a socket error (its buffers are full);
+        // the slow-consumer verdict is the real cause.
+        let end = if self.outbox.closed() == Some(Closed::SlowConsumer) {
+            End::SlowConsumer
+        } else {
+            end
+        };
         let reason = match end {
             End::ClientClosed => LeaveReason::Left,
             End::Disconnected | End::Fatal => LeaveReason::Disconnected,
@@ -244,15 +267,22 @@ impl Session {
                   ?reason, dropped_frames = self.outbox.dropped(), "connection ended");
             membership.leave(reason);
         }
-        self.outbox.close(Closed::Close { code: 1000, reason: "bye" });
+        self.outbox.close(Closed::Close {
+            code: 1000,
+            reason: "bye",
+        });
         // Give the writer a moment to flush the error and close frame, then cut the socket.
-        if tokio::time::timeout(Duration::from_secs(1), &mut writer).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+            .await
+            .is_err()
+        {
             writer.abort();
         }
     }
 
     fn send_error(&mut self, code: ErrorCode, message: impl Into<String>) {
-        self.outbox.push_control(ServerMessage::error(code, message).to_json());
+        self.outbox
+            .push_control(ServerMessage::error(code, message).to_json());
     }
 
     fn send_audio_error(&mut self, code: ErrorCode, message: impl Into<String>) {
@@ -264,21 +294,33 @@ impl Session {
     fn on_read_error(&mut self, error: WsError) -> End {
         match error {
             WsError::Capacity(error) => {
-                self.send_error(ErrorCode::MessageTooLarge, format!(
-                    "{error}; the limit is {} bytes",
-                    self.context.settings.max_message_bytes
-                ));
-                self.outbox.close(Closed::Close { code: 1009, reason: "message too large" });
+                self.send_error(
+                    ErrorCode::MessageTooLarge,
+                    format!(
+                        "{error}; the limit is {} bytes",
+                        self.context.settings.max_message_bytes
+                    ),
+                );
+                self.outbox.close(Closed::Close {
+                    code: 1009,
+                    reason: "message too large",
+                });
                 End::Fatal
             }
             WsError::Protocol(error) => {
                 debug!(peer = %self.peer, %error, "WebSocket protocol error");
-                self.outbox.close(Closed::Close { code: 1002, reason: "protocol error" });
+                self.outbox.close(Closed::Close {
+                    code: 1002,
+                    reason: "protocol error",
+                });
                 End::Fatal
             }
             WsError::Utf8(_) => {
                 self.send_error(ErrorCode::BadMessage, "text frame is not valid UTF-8");
-                self.outbox.close(Closed::Close { code: 1007, reason: "invalid UTF-8" });
+                self.outbox.close(Closed::Close {
+                    code: 1007,
+                    reason: "invalid UTF-8",
+                });
                 End::Fatal
             }
             error => {
@@ -300,10 +342,13 @@ impl Session {
 
     fn on_text(&mut self, text: &str) {
         if text.len() > MAX_CONTROL_MESSAGE {
-            self.send_error(ErrorCode::MessageTooLarge, format!(
-                "control message of {} bytes exceeds {MAX_CONTROL_MESSAGE}",
-                text.len()
-            ));
+            self.send_error(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "control message of {} bytes exceeds {MAX_CONTROL_MESSAGE}",
+                    text.len()
+                ),
+            );
             return;
         }
         let message = match parse_client_message(text) {
@@ -313,13 +358,19 @@ impl Session {
         match message {
             ClientMessage::Join(request) => {
                 if self.membership.is_some() {
-                    return self.send_error(ErrorCode::AlreadyJoined, "this connection already joined a room; send leave first");
+                    return self.send_error(
+                        ErrorCode::AlreadyJoined,
+                        "this connection already joined a room; send leave first",
+                    );
                 }
                 if let Err(error) = request.validate() {
                     return self.send_error(error.code(), error.to_string());
                 }
-                let joiner =
-                    Joiner { name: request.name.clone(), mode: request.mode, outbox: self.outbox.clone() };
+                let joiner = Joiner {
+                    name: request.name.clone(),
+                    mode: request.mode,
+                    outbox: self.outbox.clone(),
+                };
                 match self.context.pool.join(&request.room, joiner) {
                     Ok(membership) => {
                         self.mode = request.mode;
@@ -333,14 +384,16 @@ impl Session {
                 None => self.send_error(ErrorCode::NotJoined, "leave before join"),
             },
             ClientMessage::Ping { id } => {
-                self.outbox.push_control(ServerMessage::Pong { id }.to_json());
+                self.outbox
+                    .push_control(ServerMessage::Pong { id }.to_json());
             }
         }
     }
 
     fn on_audio(&mut self, bytes: Bytes, now: Instant) {
         let Some(membership) = &self.membership else {
-            return self.send_audio_error(ErrorCode::NotJoined, "audio before join; send join first");
+            return self
+                .send_audio_error(ErrorCode::NotJoined, "audio before join; send join first");
         };
         if bytes.len() > MAX_AUDIO_FRAME {
             return self.send_audio_error(ErrorCode::FrameTooLarge, format!(
@@ -353,7 +406,10 @@ impl Session {
             Err(error) => return self.send_audio_error(error.code(), error.to_string()),
         };
         if self.mode == Mode::Listen {
-            return self.send_audio_error(ErrorCode::ListenOnly, "joined in listen mode; audio is ignored");
+            return self.send_audio_error(
+                ErrorCode::ListenOnly,
+                "joined in listen mode; audio is ignored",
+            );
         }
         match opus::packet::get_nb_samples(frame.payload, SAMPLE_RATE) {
             Ok(n) if n == FRAME_SAMPLES => {}
@@ -364,19 +420,30 @@ impl Session {
                 ));
             }
             Err(error) => {
-                return self.send_audio_error(ErrorCode::InvalidOpus, format!("not a valid Opus packet: {error}"));
+                return self.send_audio_error(
+                    ErrorCode::InvalidOpus,
+                    format!("not a valid Opus packet: {error}"),
+                );
             }
         }
         if !self.rate.allow(now) {
-            return self.send_audio_error(ErrorCode::RateLimited, "audio arrives faster than real time; excess frames dropped");
+            return self.send_audio_error(
+                ErrorCode::RateLimited,
+                "audio arrives faster than real time; excess frames dropped",
+            );
         }
         // Dropping here only happens when the mixer is far behind this one participant.
         let _ = membership.send_audio(bytes, now);
     }
 }
 
-async fn write_loop(mut sink: SplitSink<Ws, Message>, outbox: Arc<Outbox>, ping_interval: Duration) {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+async fn write_loop(
+    mut sink: SplitSink<Ws, Message>,
+    outbox: Arc<Outbox>,
+    ping_interval: Duration,
+) {
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     let mut batch = Vec::new();
     loop {
         let mut send_ping = false;
@@ -414,7 +481,10 @@ async fn write_loop(mut sink: SplitSink<Ws, Message>, outbox: Arc<Outbox>, ping_
             }
             Some(Closed::Close { code, reason }) => (code, reason),
         };
-        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
         let _ = sink.send(Message::Close(Some(frame))).await;
         return;
     }

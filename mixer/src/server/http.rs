@@ -33,7 +33,10 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(Vec<
     loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before request"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before request",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = find_head_end(&buf) {
@@ -52,7 +55,9 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 
 /// Decides the route from a complete request head.
 pub fn route(head: &[u8]) -> Route {
-    let Ok(text) = std::str::from_utf8(head) else { return Route::BadRequest };
+    let Ok(text) = std::str::from_utf8(head) else {
+        return Route::BadRequest;
+    };
     let mut lines = text.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split(' ');
@@ -78,7 +83,11 @@ pub fn route(head: &[u8]) -> Route {
 }
 
 /// Writes a complete plain-text HTTP response and closes the write side.
-pub async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, status: &str, body: &str) -> io::Result<()> {
+pub async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: &str,
+    body: &str,
+) -> io::Result<()> {
     let response = format!(
         "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
          connection: close\r\n\r\n{body}",
@@ -99,7 +108,11 @@ pub struct Prefixed<S> {
 impl<S> Prefixed<S> {
     /// Replays `prefix` before reading from `inner`.
     pub fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
-        Prefixed { prefix, position: 0, inner }
+        Prefixed {
+            prefix,
+            position: 0,
+            inner,
+        }
     }
 }
 
@@ -125,7 +138,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -158,7 +175,10 @@ mod tests {
     fn routes_requests() {
         let ws = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
         assert_eq!(route(ws), Route::WebSocket);
-        assert_eq!(route(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), Route::Health);
+        assert_eq!(
+            route(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Route::Health
+        );
         assert_eq!(route(b"GET /healthz?x=1 HTTP/1.0\r\n\r\n"), Route::Health);
         assert_eq!(route(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Route::NotFound);
         assert_eq!(route(b"POST /healthz HTTP/1.1\r\n\r\n"), Route::NotFound);
@@ -180,7 +200,9 @@ mod tests {
     #[tokio::test]
     async fn read_head_keeps_bytes_after_the_head() {
         let (mut a, mut b) = tokio::io::duplex(4096);
-        a.write_all(b"GET /healthz HTTP/1.1\r\n\r\nextra").await.expect("write");
+        a.write_all(b"GET /healthz HTTP/1.1\r\n\r\nextra")
+            .await
+            .expect("write");
         let (bytes, route) = read_head(&mut b).await.expect("head");
         assert_eq!(route, Route::Health);
         assert!(bytes.ends_with(b"extra"));

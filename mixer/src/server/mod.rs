@@ -44,6 +44,10 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// Simultaneous connections at most.
     pub max_connections: usize,
+    /// Kernel send buffer per client socket, in bytes (`None` leaves the OS default). Audio that
+    /// sits in a kernel buffer is audio the drop-oldest queue cannot drop: a small buffer keeps a
+    /// slow client's backlog, and so its latency, bounded.
+    pub socket_send_buffer: Option<usize>,
     /// How long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
 }
@@ -58,6 +62,7 @@ impl Default for Settings {
             handshake_timeout: Duration::from_secs(10),
             max_message_bytes: 64 * 1024,
             max_connections: 10_000,
+            socket_send_buffer: Some(32 * 1024),
             shutdown_grace: Duration::from_secs(2),
         }
     }
@@ -83,7 +88,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let pool = MixerPool::start(config.pool.clone()).context("starting mixer threads")?;
-    let context = Arc::new(connection::Context { settings: config.settings.clone(), pool: pool.clone() });
+    let context = Arc::new(connection::Context {
+        settings: config.settings.clone(),
+        pool: pool.clone(),
+    });
     let slots = Arc::new(Semaphore::new(config.settings.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -102,6 +110,9 @@ pub async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                if let Some(bytes) = config.settings.socket_send_buffer {
+                    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(bytes);
+                }
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     warn!(%peer, "connection limit reached; refusing");
                     connections.spawn(async move {
@@ -129,10 +140,15 @@ pub async fn run(
     })
     .await;
     if drained.is_err() {
-        warn!(remaining = connections.len(), "connections still open after the grace period; aborting them");
+        warn!(
+            remaining = connections.len(),
+            "connections still open after the grace period; aborting them"
+        );
         connections.shutdown().await;
     }
-    tokio::task::spawn_blocking(move || pool.shutdown()).await.context("stopping mixer threads")?;
+    tokio::task::spawn_blocking(move || pool.shutdown())
+        .await
+        .context("stopping mixer threads")?;
     info!("stopped");
     Ok(())
 }

@@ -92,7 +92,9 @@ impl Outbox {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue inconsistent (every critical
         // section is a few VecDeque calls), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues an audio frame, dropping the oldest one if the queue is full.
@@ -187,7 +189,13 @@ mod tests {
         }
         let mut out = Vec::new();
         assert_eq!(outbox.drain(&mut out), None);
-        assert_eq!(out, vec![2, 3, 4].into_iter().map(|n| Outgoing::Audio(frame(n))).collect::<Vec<_>>());
+        assert_eq!(
+            out,
+            vec![2, 3, 4]
+                .into_iter()
+                .map(|n| Outgoing::Audio(frame(n)))
+                .collect::<Vec<_>>()
+        );
         assert_eq!(outbox.dropped(), 2);
     }
 
@@ -199,7 +207,10 @@ mod tests {
         outbox.push_audio(frame(2));
         let mut out = Vec::new();
         outbox.drain(&mut out);
-        assert_eq!(out, vec![Outgoing::Control("hello".into()), Outgoing::Audio(frame(2))]);
+        assert_eq!(
+            out,
+            vec![Outgoing::Control("hello".into()), Outgoing::Audio(frame(2))]
+        );
     }
 
     #[test]

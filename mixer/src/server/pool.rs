@@ -118,10 +118,17 @@ impl Membership {
     pub fn send_audio(&self, frame: Bytes, arrival: Instant) -> bool {
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            self.pool.stats.audio_in_dropped.fetch_add(1, Ordering::Relaxed);
+            self.pool
+                .stats
+                .audio_in_dropped
+                .fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        let command = Command::Audio { participant: self.id, frame, arrival };
+        let command = Command::Audio {
+            participant: self.id,
+            frame,
+            arrival,
+        };
         if self.pool.threads[self.thread].send(command).is_err() {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return false;
@@ -138,7 +145,11 @@ impl Membership {
         if std::mem::replace(&mut self.left, true) {
             return;
         }
-        let mut directory = self.pool.directory.lock().unwrap_or_else(|p| p.into_inner());
+        let mut directory = self
+            .pool
+            .directory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(entry) = directory.rooms.get_mut(&self.room) {
             entry.members -= 1;
             if entry.members == 0 {
@@ -147,7 +158,10 @@ impl Membership {
             }
         }
         // Sent under the directory lock so it is ordered before any later join of this room.
-        let _ = self.pool.threads[self.thread].send(Command::Leave { participant: self.id, reason });
+        let _ = self.pool.threads[self.thread].send(Command::Leave {
+            participant: self.id,
+            reason,
+        });
     }
 }
 
@@ -201,9 +215,21 @@ struct DirectoryEntry {
 
 #[derive(Debug)]
 enum Command {
-    Join { room: Arc<str>, id: ParticipantId, joiner: Joiner, in_flight: Arc<AtomicUsize> },
-    Leave { participant: ParticipantId, reason: LeaveReason },
-    Audio { participant: ParticipantId, frame: Bytes, arrival: Instant },
+    Join {
+        room: Arc<str>,
+        id: ParticipantId,
+        joiner: Joiner,
+        in_flight: Arc<AtomicUsize>,
+    },
+    Leave {
+        participant: ParticipantId,
+        reason: LeaveReason,
+    },
+    Audio {
+        participant: ParticipantId,
+        frame: Bytes,
+        arrival: Instant,
+    },
     Shutdown,
 }
 
@@ -223,8 +249,9 @@ impl MixerPool {
                 where_is: HashMap::new(),
                 stats: stats.clone(),
             };
-            let handle =
-                thread::Builder::new().name(format!("mixer-{index}")).spawn(move || worker.run())?;
+            let handle = thread::Builder::new()
+                .name(format!("mixer-{index}"))
+                .spawn(move || worker.run())?;
             senders.push(tx);
             handles.push(handle);
         }
@@ -253,7 +280,10 @@ impl MixerPool {
         if directory.shut_down {
             return Err(JoinRefused::ShuttingDown);
         }
-        let existing = directory.rooms.get_key_value(room).map(|(name, _)| name.clone());
+        let existing = directory
+            .rooms
+            .get_key_value(room)
+            .map(|(name, _)| name.clone());
         let (room, thread) = match existing.and_then(|name| {
             let entry = directory.rooms.get_mut(&name)?;
             Some((name, entry))
@@ -270,31 +300,51 @@ impl MixerPool {
             }
             None => {
                 if directory.rooms.len() >= shared.max_rooms {
-                    return Err(JoinRefused::TooManyRooms { limit: shared.max_rooms });
+                    return Err(JoinRefused::TooManyRooms {
+                        limit: shared.max_rooms,
+                    });
                 }
                 let thread = (0..directory.rooms_per_thread.len())
                     .min_by_key(|&t| directory.rooms_per_thread[t])
                     .unwrap_or(0);
                 directory.rooms_per_thread[thread] += 1;
                 let name: Arc<str> = Arc::from(room);
-                directory.rooms.insert(name.clone(), DirectoryEntry { thread, members: 1 });
+                directory
+                    .rooms
+                    .insert(name.clone(), DirectoryEntry { thread, members: 1 });
                 (name, thread)
             }
         };
         let id = ParticipantId(shared.next_id.fetch_add(1, Ordering::Relaxed));
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let command =
-            Command::Join { room: room.clone(), id, joiner, in_flight: in_flight.clone() };
+        let command = Command::Join {
+            room: room.clone(),
+            id,
+            joiner,
+            in_flight: in_flight.clone(),
+        };
         if shared.threads[thread].send(command).is_err() {
             return Err(JoinRefused::ShuttingDown);
         }
         drop(directory);
-        Ok(Membership { pool: shared.clone(), room, thread, id, in_flight, left: false })
+        Ok(Membership {
+            pool: shared.clone(),
+            room,
+            thread,
+            id,
+            in_flight,
+            left: false,
+        })
     }
 
     /// Rooms that currently exist.
     pub fn room_count(&self) -> usize {
-        self.shared.directory.lock().unwrap_or_else(|p| p.into_inner()).rooms.len()
+        self.shared
+            .directory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rooms
+            .len()
     }
 
     /// Shared counters.
@@ -304,12 +354,21 @@ impl MixerPool {
 
     /// Refuses further joins, stops every mixer thread and waits for them.
     pub fn shutdown(&self) {
-        self.shared.directory.lock().unwrap_or_else(|p| p.into_inner()).shut_down = true;
+        self.shared
+            .directory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .shut_down = true;
         for sender in &self.shared.threads {
             let _ = sender.send(Command::Shutdown);
         }
-        let handles =
-            std::mem::take(&mut *self.shared.handles.lock().unwrap_or_else(|p| p.into_inner()));
+        let handles = std::mem::take(
+            &mut *self
+                .shared
+                .handles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         for handle in handles {
             if handle.join().is_err() {
                 warn!("a mixer thread panicked");
@@ -352,13 +411,17 @@ struct MixerThread {
 impl MixerThread {
     fn run(&mut self) {
         loop {
-            let deadline = self.rooms.values().map(|slot| slot.engine.poll_timeout()).min();
+            let deadline = self
+                .rooms
+                .values()
+                .map(|slot| slot.engine.poll_timeout())
+                .min();
             // The mixer threads are the one place that reads the clock for the engine.
             let received = match deadline {
                 None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(deadline) => {
-                    self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                }
+                Some(deadline) => self
+                    .rx
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now())),
             };
             match received {
                 Ok(command) => {
@@ -382,23 +445,41 @@ impl MixerThread {
     /// Applies one command; returns false on shutdown.
     fn handle(&mut self, command: Command) -> bool {
         match command {
-            Command::Audio { participant, frame, arrival } => self.audio(participant, &frame, arrival),
-            Command::Join { room, id, joiner, in_flight } => self.join(room, id, joiner, in_flight),
-            Command::Leave { participant, reason } => self.leave(participant, reason),
+            Command::Audio {
+                participant,
+                frame,
+                arrival,
+            } => self.audio(participant, &frame, arrival),
+            Command::Join {
+                room,
+                id,
+                joiner,
+                in_flight,
+            } => self.join(room, id, joiner, in_flight),
+            Command::Leave {
+                participant,
+                reason,
+            } => self.leave(participant, reason),
             Command::Shutdown => return false,
         }
         true
     }
 
     fn audio(&mut self, participant: ParticipantId, frame: &[u8], arrival: Instant) {
-        let Some(slot) = self.where_is.get(&participant).and_then(|r| self.rooms.get_mut(r)) else {
+        let Some(slot) = self
+            .where_is
+            .get(&participant)
+            .and_then(|r| self.rooms.get_mut(r))
+        else {
             return;
         };
         if let Some(member) = slot.members.get(&participant) {
             member.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
         // The connection validated the frame already; parse again to borrow its parts.
-        let Ok(frame) = AudioFrame::parse(frame) else { return };
+        let Ok(frame) = AudioFrame::parse(frame) else {
+            return;
+        };
         match slot.engine.handle_audio(participant, frame, arrival) {
             Ok(_) => {
                 self.stats.audio_in.fetch_add(1, Ordering::Relaxed);
@@ -408,7 +489,13 @@ impl MixerThread {
         }
     }
 
-    fn join(&mut self, room: Arc<str>, id: ParticipantId, joiner: Joiner, in_flight: Arc<AtomicUsize>) {
+    fn join(
+        &mut self,
+        room: Arc<str>,
+        id: ParticipantId,
+        joiner: Joiner,
+        in_flight: Arc<AtomicUsize>,
+    ) {
         let now = Instant::now();
         let engine = &self.engine;
         let slot = self.rooms.entry(room.clone()).or_insert_with(|| RoomSlot {
@@ -421,18 +508,31 @@ impl MixerThread {
                 EngineError::RoomFull(_) => ErrorCode::RoomFull,
                 _ => ErrorCode::Internal,
             };
-            joiner.outbox.push_control(ServerMessage::error(code, error.to_string()).to_json());
-            joiner.outbox.close(Closed::Close { code: 1011, reason: "join failed" });
+            joiner
+                .outbox
+                .push_control(ServerMessage::error(code, error.to_string()).to_json());
+            joiner.outbox.close(Closed::Close {
+                code: 1011,
+                reason: "join failed",
+            });
             if slot.members.is_empty() {
                 self.rooms.remove(&room);
             }
             return;
         }
-        let info = ParticipantInfo { id: id.0, name: joiner.name.clone(), mode: joiner.mode };
+        let info = ParticipantInfo {
+            id: id.0,
+            name: joiner.name.clone(),
+            mode: joiner.mode,
+        };
         let others: Vec<ParticipantInfo> = slot
             .members
             .iter()
-            .map(|(other, m)| ParticipantInfo { id: other.0, name: m.name.clone(), mode: m.mode })
+            .map(|(other, m)| ParticipantInfo {
+                id: other.0,
+                name: m.name.clone(),
+                mode: m.mode,
+            })
             .collect();
         let joined = ServerMessage::Joined {
             participant_id: id.0,
@@ -445,20 +545,32 @@ impl MixerThread {
         info!(%room, participant = %id, name = %joiner.name, mode = ?joiner.mode, "joined");
         slot.members.insert(
             id,
-            Member { name: joiner.name, mode: joiner.mode, outbox: joiner.outbox, in_flight },
+            Member {
+                name: joiner.name,
+                mode: joiner.mode,
+                outbox: joiner.outbox,
+                in_flight,
+            },
         );
         self.where_is.insert(id, room);
     }
 
     fn leave(&mut self, participant: ParticipantId, reason: LeaveReason) {
-        let Some(room) = self.where_is.remove(&participant) else { return };
-        let Some(slot) = self.rooms.get_mut(&room) else { return };
+        let Some(room) = self.where_is.remove(&participant) else {
+            return;
+        };
+        let Some(slot) = self.rooms.get_mut(&room) else {
+            return;
+        };
         let stats = slot.engine.remove_participant(participant);
         slot.members.remove(&participant);
-        slot.broadcast(participant, &ServerMessage::ParticipantLeft {
-            participant_id: participant.0,
-            reason,
-        });
+        slot.broadcast(
+            participant,
+            &ServerMessage::ParticipantLeft {
+                participant_id: participant.0,
+                reason,
+            },
+        );
         info!(%room, %participant, ?reason, ?stats, "left");
         if slot.members.is_empty() {
             debug!(%room, "room closed");
@@ -473,7 +585,9 @@ impl MixerThread {
                 slot.engine.handle_timeout(now);
                 self.stats.ticks.fetch_add(1, Ordering::Relaxed);
                 while let Some(transmit) = slot.engine.poll_transmit() {
-                    let Some(member) = slot.members.get(&transmit.to) else { continue };
+                    let Some(member) = slot.members.get(&transmit.to) else {
+                        continue;
+                    };
                     frame.clear();
                     transmit.frame().write_to(&mut frame);
                     match member.outbox.push_audio(Bytes::copy_from_slice(&frame)) {

@@ -2,8 +2,8 @@
 //! click and onset detection, Opus talkers and listeners, and a seeded network emulator.
 #![allow(dead_code, missing_docs)]
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use mixer_protocol::{AudioFrame, AudioHeader, AudioLevel, FRAME_SAMPLES, Flags, SAMPLE_RATE};
@@ -45,7 +45,12 @@ pub struct Tone {
 
 impl Tone {
     pub fn new(freq: f32, amp: f32) -> Tone {
-        Tone { freq, amp, sample: 0, gain: 1.0 }
+        Tone {
+            freq,
+            amp,
+            sample: 0,
+            gain: 1.0,
+        }
     }
 
     /// Fills one frame; `on` selects tone or silence (ramped).
@@ -81,7 +86,8 @@ pub fn tone_amplitude(samples: &[f32], freq: f32) -> f32 {
     let (mut s1, mut s2) = (0.0f64, 0.0f64);
     let mut window_sum = 0.0f64;
     for (i, &x) in samples.iter().enumerate() {
-        let hann = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / (n - 1).max(1) as f64).cos();
+        let hann =
+            0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / (n - 1).max(1) as f64).cos();
         window_sum += hann;
         let s0 = f64::from(x) * hann + coeff * s1 - s2;
         s2 = s1;
@@ -99,12 +105,18 @@ pub fn tone_db(samples: &[f32], freq: f32) -> f32 {
 /// Largest sample-to-sample step, for click detection. A sine of amplitude A at f never steps
 /// more than 2*pi*f*A/48000; a click (a gap, a discontinuity) shows as a much larger step.
 pub fn max_step(samples: &[f32]) -> f32 {
-    samples.windows(2).map(|w| (w[1] - w[0]).abs()).fold(0.0, f32::max)
+    samples
+        .windows(2)
+        .map(|w| (w[1] - w[0]).abs())
+        .fold(0.0, f32::max)
 }
 
 /// The largest step a sum of these tones can make on its own.
 pub fn tone_step_bound(tones: &[(f32, f32)]) -> f32 {
-    tones.iter().map(|(f, a)| 2.0 * std::f32::consts::PI * f * a / FS).sum()
+    tones
+        .iter()
+        .map(|(f, a)| 2.0 * std::f32::consts::PI * f * a / FS)
+        .sum()
 }
 
 /// Sample indices where `freq` switches from absent to present (5 ms blocks, Goertzel).
@@ -138,7 +150,9 @@ impl Talker {
         let mut encoder =
             opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
                 .expect("encoder");
-        encoder.set_bitrate(opus::Bitrate::Bits(32_000)).expect("bitrate");
+        encoder
+            .set_bitrate(opus::Bitrate::Bits(32_000))
+            .expect("bitrate");
         encoder.set_inband_fec(true).expect("fec");
         encoder.set_packet_loss_perc(10).expect("loss");
         Talker {
@@ -154,7 +168,10 @@ impl Talker {
     /// Encodes the next 20 ms (tone on or off) into a complete wire frame.
     pub fn next_frame(&mut self, on: bool) -> Vec<u8> {
         let pcm = self.tone.frame(on);
-        let len = self.encoder.encode_float(&pcm, &mut self.buf).expect("encode");
+        let len = self
+            .encoder
+            .encode_float(&pcm, &mut self.buf)
+            .expect("encode");
         let header = AudioHeader {
             flags: Flags::default().with_marker(self.first),
             sequence: self.sequence,
@@ -164,7 +181,11 @@ impl Talker {
         self.first = false;
         self.sequence = self.sequence.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
-        AudioFrame { header, payload: &self.buf[..len] }.to_vec()
+        AudioFrame {
+            header,
+            payload: &self.buf[..len],
+        }
+        .to_vec()
     }
 
     /// Skips `frames` frames of media time without sending (DTX / a pause).
@@ -201,13 +222,16 @@ impl Default for Listener {
 
 impl Listener {
     pub fn receive(&mut self, header: AudioHeader, payload: &[u8]) {
-        if let Some(last) = self.last_sequence {
-            if header.sequence != last.wrapping_add(1) {
-                self.sequence_gaps += 1;
-            }
+        if let Some(last) = self.last_sequence
+            && header.sequence != last.wrapping_add(1)
+        {
+            self.sequence_gaps += 1;
         }
         self.last_sequence = Some(header.sequence);
-        let n = self.decoder.decode_float(payload, &mut self.buf, false).expect("server sent valid Opus");
+        let n = self
+            .decoder
+            .decode_float(payload, &mut self.buf, false)
+            .expect("server sent valid Opus");
         assert_eq!(n, FRAME_SAMPLES, "server frames are 20 ms");
         self.pcm.extend_from_slice(&self.buf);
         self.frames += 1;
@@ -290,23 +314,33 @@ impl Netem {
             self.lost += 1;
             return;
         }
-        let copies = if self.rng.chance(self.config.duplicate) { 2 } else { 1 };
+        let copies = if self.rng.chance(self.config.duplicate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let jitter = self.config.jitter.mul_f64(self.rng.unit());
             let mut arrival = at + self.config.latency + jitter;
-            if let Some((from, to)) = self.config.stall {
-                if at >= from && at < to {
-                    arrival = arrival.max(to + self.config.latency);
-                }
+            if let Some((from, to)) = self.config.stall
+                && at >= from
+                && at < to
+            {
+                arrival = arrival.max(to + self.config.latency);
             }
             self.counter += 1;
-            self.queue.push(Reverse((arrival, self.counter, packet.clone())));
+            self.queue
+                .push(Reverse((arrival, self.counter, packet.clone())));
         }
     }
 
     /// The next packet that has arrived by `now`.
     pub fn poll(&mut self, now: Duration) -> Option<(Duration, Vec<u8>)> {
-        if self.queue.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
+        if self
+            .queue
+            .peek()
+            .is_some_and(|Reverse((at, _, _))| *at <= now)
+        {
             self.queue.pop().map(|Reverse((at, _, p))| (at, p))
         } else {
             None
