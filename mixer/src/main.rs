@@ -1,5 +1,6 @@
 //! The `mixer` binary: parses flags, sets up logging, runs the server until SIGINT or SIGTERM.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -23,9 +24,12 @@ fn main() -> ExitCode {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&args.log)
         .with_context(|| format!("bad --log filter {:?}", args.log))?;
+    // Logs go to stderr; colours only when a person is watching.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match args.log_format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -36,12 +40,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .thread_name("mixer-io")
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         mixer::server::run(config, listener, shutdown_signal()).await
-    })
+    });
+    // `run` has already closed every connection; don't wait on idle runtime threads.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

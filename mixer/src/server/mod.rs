@@ -109,6 +109,7 @@ pub async fn run(
                         continue;
                     }
                 };
+                while connections.try_join_next().is_some() {}
                 let _ = stream.set_nodelay(true);
                 if let Some(bytes) = config.settings.socket_send_buffer {
                     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(bytes);
@@ -127,7 +128,6 @@ pub async fn run(
                     connection::serve(stream, peer, context, stop).await;
                     drop(permit);
                 });
-                while connections.try_join_next().is_some() {}
             }
             () = &mut shutdown => break,
         }
