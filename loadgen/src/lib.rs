@@ -1,0 +1,2 @@
+//! Load generator for the mixer (in progress).
+#![forbid(unsafe_code)]
