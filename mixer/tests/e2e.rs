@@ -608,3 +608,42 @@ async fn a_client_that_stops_reading_is_cut_off_without_hurting_the_room() {
     let _ = talker_task.await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_and_server_limits_are_enforced_and_freed() {
+    let server = TestServer::start(&["--max-participants", "2", "--max-rooms", "1"]).await;
+    let (a, _) = join(&server, "small", "a", Mode::Listen).await;
+    let (_b, _) = join(&server, "small", "b", Mode::Listen).await;
+    let mut c = connect(&server).await;
+    c.send(join_message("small", "c", Mode::Listen))
+        .await
+        .expect("send");
+    let message = expect_error(&mut c, ErrorCode::RoomFull).await;
+    assert!(message.contains("small"), "{message}");
+    c.send(join_message("other", "c", Mode::Listen))
+        .await
+        .expect("send");
+    expect_error(&mut c, ErrorCode::ServerFull).await;
+    // When a seat frees up, the same connection can join.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        c.send(join_message("small", "c", Mode::Listen))
+            .await
+            .expect("send");
+        match next_control(&mut c).await {
+            ServerMessage::Joined { participants, .. } => {
+                assert_eq!(participants.len(), 1);
+                break;
+            }
+            ServerMessage::Error {
+                code: ErrorCode::RoomFull,
+                ..
+            } if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    server.shutdown().await;
+}

@@ -489,3 +489,37 @@ async fn write_loop(
         return;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_allows_real_time_and_a_burst_but_not_a_flood() {
+        let t0 = Instant::now();
+        let mut rate = RateLimit::new(50.0, 55.0);
+        // Real time for 10 s: every frame passes.
+        assert!((0..500u32).all(|k| rate.allow(t0 + Duration::from_millis(20) * k)));
+        // A 1 s stall, then the backlog arrives at once: the bucket refilled and absorbs it.
+        let later = t0 + Duration::from_secs(11);
+        assert!((0..50).all(|_| rate.allow(later)));
+        // A flood at 10x real time: about one frame in ten passes.
+        let mut passed = 0;
+        for k in 0..1000u32 {
+            if rate.allow(later + Duration::from_millis(2) * k) {
+                passed += 1;
+            }
+        }
+        assert!((100..=130).contains(&passed), "{passed} of 1000 passed");
+    }
+
+    #[test]
+    fn error_throttle_reports_each_code_once_per_second() {
+        let t0 = Instant::now();
+        let mut throttle = ErrorThrottle::default();
+        assert!(throttle.allow(ErrorCode::InvalidOpus, t0));
+        assert!(!throttle.allow(ErrorCode::InvalidOpus, t0 + Duration::from_millis(500)));
+        assert!(throttle.allow(ErrorCode::RateLimited, t0 + Duration::from_millis(500)));
+        assert!(throttle.allow(ErrorCode::InvalidOpus, t0 + Duration::from_millis(1001)));
+    }
+}
