@@ -46,6 +46,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MIXER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Separate address for GET /metrics (and /healthz); when set, /metrics is not served on
+    /// --listen, so it can be kept off the public port.
+    #[arg(long, env = "MIXER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Mixer threads; 0 means one per CPU core.
     #[arg(long, env = "MIXER_THREADS", default_value_t = 0)]
     pub mixer_threads: usize,

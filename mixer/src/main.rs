@@ -44,7 +44,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
-        mixer::server::run(config, listener, shutdown_signal()).await
+        let metrics_listener = match args.metrics_listen {
+            Some(address) => Some(
+                tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding metrics listener {address}"))?,
+            ),
+            None => None,
+        };
+        mixer::server::serve(config, listener, metrics_listener, shutdown_signal()).await
     });
     // `run` has already closed every connection; don't wait on idle runtime threads.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));

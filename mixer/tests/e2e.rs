@@ -70,6 +70,38 @@ async fn connect(server: &TestServer) -> Client {
     ws
 }
 
+/// Fetches a plain HTTP path and returns (status line, body).
+async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// Sum of every sample of `name` whose labels contain `labels` (e.g. `mode="talk"`, or "").
+fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric_name, series_labels) = match series.split_once('{') {
+                Some((n, l)) => (n, l),
+                None => (series, ""),
+            };
+            (metric_name == name && series_labels.contains(labels))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 fn join_message(room: &str, name: &str, mode: Mode) -> Message {
     Message::text(
         ClientMessage::Join(JoinRequest {
@@ -601,6 +633,16 @@ async fn a_client_that_stops_reading_is_cut_off_without_hurting_the_room() {
     .await
     .expect("the stalled client is disconnected within 15 s");
     assert_eq!(left, LeaveReason::SlowConsumer);
+    let (_, text) = http_get(server.addr, "/metrics").await;
+    assert!(metric(&text, "mixer_send_queue_drops_total", "") > 0.0);
+    assert_eq!(
+        metric(&text, "mixer_slow_consumer_disconnects_total", ""),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "mixer_leaves_total", "reason=\"slow_consumer\""),
+        1.0
+    );
     // Meanwhile the watcher was served without a single missing frame.
     assert!(frames > 20, "watcher got {frames} frames");
     assert_eq!(gaps.sequence_gaps, 0);
@@ -646,4 +688,105 @@ async fn room_and_server_limits_are_enforced_and_freed() {
         }
     }
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_traffic_loss_and_errors() {
+    let server = TestServer::start(&[]).await;
+    let (listener, _) = join(&server, "metered", "ear", Mode::Listen).await;
+    let listener_task = tokio::spawn(run_client(listener, None, Duration::from_millis(4000)));
+    let (mut talker_ws, _) = join(&server, "metered", "mouth", Mode::Talk).await;
+    let mut talker = Talker::new(500.0, 0.2);
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    for k in 0..100 {
+        ticker.tick().await;
+        let frame = talker.next_frame(true);
+        // Frames 40 and 41 are lost on the way: the server must conceal them.
+        if k != 40 && k != 41 {
+            talker_ws.send(Message::binary(frame)).await.expect("send");
+        }
+    }
+    talker_ws
+        .send(Message::binary(vec![1u8, 2]))
+        .await
+        .expect("send");
+    expect_error(&mut talker_ws, ErrorCode::BadAudioHeader).await;
+    // Engine counters reach the metrics once a second per room.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, text) = http_get(server.addr, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(metric(&text, "mixer_rooms", ""), 1.0);
+    assert_eq!(metric(&text, "mixer_participants", "mode=\"talk\""), 1.0);
+    assert_eq!(metric(&text, "mixer_participants", "mode=\"listen\""), 1.0);
+    assert_eq!(metric(&text, "mixer_joins_total", ""), 2.0);
+    assert_eq!(metric(&text, "mixer_connections", ""), 2.0);
+    assert_eq!(metric(&text, "mixer_audio_frames_in_total", ""), 98.0);
+    assert!(metric(&text, "mixer_audio_bytes_in_total", "") > 98.0 * 10.0);
+    assert_eq!(metric(&text, "mixer_packets_lost_total", ""), 2.0, "{text}");
+    assert!(metric(&text, "mixer_frames_concealed_total", "") >= 2.0);
+    assert_eq!(
+        metric(
+            &text,
+            "mixer_audio_frames_rejected_total",
+            "reason=\"bad_audio_header\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "mixer_errors_sent_total",
+            "code=\"bad_audio_header\""
+        ),
+        1.0
+    );
+    assert!(metric(&text, "mixer_audio_frames_out_total", "") > 150.0);
+    assert!(metric(&text, "mixer_ticks_total", "") > 100.0);
+    assert!(metric(&text, "mixer_tick_duration_seconds_count", "") > 100.0);
+    assert!(metric(&text, "mixer_tick_phase_seconds_total", "phase=\"encode\"") > 0.0);
+    assert!(metric(&text, "mixer_jitter_buffer_delay_seconds_count", "") >= 1.0);
+    assert_eq!(metric(&text, "mixer_tick_deadline_misses_total", ""), 0.0);
+    assert!(metric(&text, "process_resident_memory_bytes", "") > 0.0);
+    let heard = listener_task.await.expect("listener");
+    assert!(
+        tone_db(
+            heard
+                .listener
+                .window(Duration::from_millis(500), Duration::from_millis(2000)),
+            500.0
+        ) > -22.0
+    );
+    drop(talker_ws);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_kept_off_the_public_port() {
+    let Command::Serve(serve) =
+        <Cli as clap::Parser>::parse_from(["mixer", "serve", "--mixer-threads", "1"]).command;
+    let config = serve.to_config().expect("config");
+    let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let private = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (public_addr, private_addr) = (
+        public.local_addr().expect("addr"),
+        private.local_addr().expect("addr"),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(mixer::server::serve(
+        config,
+        public,
+        Some(private),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let (status, _) = http_get(public_addr, "/metrics").await;
+    assert!(status.contains("404"), "{status}");
+    let (status, body) = http_get(private_addr, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    assert!(body.contains("mixer_ticks_total"));
+    let (status, _) = http_get(private_addr, "/healthz").await;
+    assert!(status.contains("200"));
+    let _ = stop.send(());
+    task.await.expect("join").expect("server");
 }

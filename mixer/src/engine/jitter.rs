@@ -189,6 +189,9 @@ pub struct JitterStats {
     pub resets: u64,
     /// Transitions from playing to idle after the buffer stayed empty (talk spurt ends and stalls).
     pub underruns: u64,
+    /// Packets accepted although a higher sequence number had already arrived (out of order,
+    /// but in time to play).
+    pub reordered: u64,
 }
 
 /// Adaptive jitter buffer for one talker; see the [module docs](self) for the design.
@@ -365,6 +368,9 @@ impl JitterBuffer {
             return InsertOutcome::Duplicate;
         }
 
+        if ext < self.seq_high {
+            self.stats.reordered += 1;
+        }
         let outcome = if self.make_room(ext) {
             InsertOutcome::Overflow
         } else {

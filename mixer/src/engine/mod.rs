@@ -70,6 +70,9 @@ impl std::fmt::Display for ParticipantId {
 /// The duration of one frame and one mix tick.
 pub const FRAME: Duration = Duration::from_millis(FRAME_MS as u64);
 
+/// Buckets of [`ParticipantStats::limiter_reduction_db`].
+pub const LIMITER_DB_BUCKETS: usize = 25;
+
 /// Below this RMS an output frame is marked as carrying no voice activity (about -60 dBFS).
 const VOICE_RMS_THRESHOLD: f32 = 0.001;
 
@@ -178,6 +181,9 @@ pub struct ParticipantStats {
     pub frames_overwritten: u64,
     /// Output frames in which the limiter reduced the gain.
     pub frames_limited: u64,
+    /// Limited frames by their deepest gain reduction, in whole dB (index 1 = up to 1 dB, ...,
+    /// the last bucket = that much or more).
+    pub limiter_reduction_db: [u64; LIMITER_DB_BUCKETS],
     /// Encoder failures.
     pub encode_errors: u64,
 }
@@ -191,6 +197,77 @@ pub struct RoomStats {
     pub ticks_skipped: u64,
     /// Talkers that contributed audio, summed over ticks (divide by ticks for the average).
     pub contributions: u64,
+}
+
+/// The phases of one tick, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickPhase {
+    /// Jitter buffers and Opus decoding (and concealment).
+    Decode,
+    /// Summing, mix-minus and the limiter.
+    Mix,
+    /// Opus encoding of every output.
+    Encode,
+    /// The tick is over.
+    Done,
+}
+
+/// Told when each phase of a tick starts; the shell implements it with a clock to measure the
+/// cost of decoding, mixing and encoding.
+pub trait PhaseTimer {
+    /// `phase` starts now.
+    fn phase(&mut self, phase: TickPhase);
+}
+
+/// A [`PhaseTimer`] that measures nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoTimer;
+
+impl PhaseTimer for NoTimer {
+    fn phase(&mut self, _phase: TickPhase) {}
+}
+
+/// Counters summed over everyone who was ever in a room, for the shell's metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomTotals {
+    /// Jitter-buffer counters, summed.
+    pub jitter: JitterStats,
+    /// Participant counters, summed (the `jitter` field inside stays zero; see above).
+    pub participants: ParticipantStats,
+}
+
+impl RoomTotals {
+    fn add(&mut self, stats: &ParticipantStats) {
+        let j = &mut self.jitter;
+        let s = &stats.jitter;
+        j.received += s.received;
+        j.played += s.played;
+        j.duplicates += s.duplicates;
+        j.late += s.late;
+        j.invalid += s.invalid;
+        j.lost += s.lost;
+        j.fec_recovered += s.fec_recovered;
+        j.expanded += s.expanded;
+        j.merged += s.merged;
+        j.overflow_dropped += s.overflow_dropped;
+        j.resets += s.resets;
+        j.underruns += s.underruns;
+        j.reordered += s.reordered;
+        let p = &mut self.participants;
+        p.decode_errors += stats.decode_errors;
+        p.frames_decoded += stats.frames_decoded;
+        p.frames_out += stats.frames_out;
+        p.frames_overwritten += stats.frames_overwritten;
+        p.frames_limited += stats.frames_limited;
+        p.encode_errors += stats.encode_errors;
+        for (total, n) in p
+            .limiter_reduction_db
+            .iter_mut()
+            .zip(&stats.limiter_reduction_db)
+        {
+            *total += n;
+        }
+    }
 }
 
 /// One participant's codec state and buffers, all sized at join.
@@ -293,12 +370,19 @@ impl Participant {
         true
     }
 
-    /// Limits and encodes `output` into this participant's pending frame.
-    fn encode_output(&mut self, skipped: u64, events: &mut VecDeque<Event>) {
+    /// Runs the output limiter over this tick's mix.
+    fn limit_output(&mut self) {
         let report = self.limiter.process(&mut self.output);
         if report.min_gain < 1.0 {
             self.stats.frames_limited += 1;
+            // Whole decibels of gain reduction, for the limiter histogram.
+            let db = (-20.0 * report.min_gain.max(1e-6).log10()).ceil() as usize;
+            self.stats.limiter_reduction_db[db.min(LIMITER_DB_BUCKETS - 1)] += 1;
         }
+    }
+
+    /// Encodes `output` into this participant's pending frame.
+    fn encode_output(&mut self, skipped: u64, events: &mut VecDeque<Event>) {
         // Skipped ticks are a gap in media time, not lost frames: advance the timestamp only.
         self.out_timestamp = self
             .out_timestamp
@@ -351,6 +435,8 @@ pub struct Room {
     /// Talkers removed since the last tick while they were audible: they contribute one more
     /// concealed frame faded to silence, so a leave is not a click in everyone else's mix.
     departing: Vec<Participant>,
+    /// Counters of participants who left, so totals never go backwards.
+    departed: RoomTotals,
     bus: Box<[f32]>,
     transmit_cursor: usize,
     events: VecDeque<Event>,
@@ -366,6 +452,7 @@ impl Room {
             participants: Vec::with_capacity(capacity),
             index: HashMap::with_capacity(capacity),
             departing: Vec::with_capacity(4),
+            departed: RoomTotals::default(),
             bus: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
             transmit_cursor: 0,
             events: VecDeque::with_capacity(64),
@@ -399,6 +486,7 @@ impl Room {
             self.transmit_cursor -= 1;
         }
         let stats = removed.snapshot();
+        self.departed.add(&stats);
         if removed.contributing {
             self.departing.push(removed);
         }
@@ -438,6 +526,12 @@ impl Room {
 
     /// Runs the next tick if it is due at `now` (at most one per call).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_timeout_timed(now, &mut NoTimer);
+    }
+
+    /// [`Room::handle_timeout`], reporting the start of each phase of the tick to `timer` so the
+    /// caller can measure where the time goes. The engine itself never reads a clock.
+    pub fn handle_timeout_timed(&mut self, now: Instant, timer: &mut impl PhaseTimer) {
         let Some(advance) = self.clock.advance(now) else {
             return;
         };
@@ -447,15 +541,19 @@ impl Room {
                 count: advance.skipped,
             });
         }
-        self.tick(now, advance.skipped);
+        self.tick(now, advance.skipped, timer);
     }
 
-    fn tick(&mut self, now: Instant, skipped: u64) {
+    fn tick(&mut self, now: Instant, skipped: u64, timer: &mut impl PhaseTimer) {
         self.stats.ticks += 1;
         self.transmit_cursor = 0;
-        self.bus.fill(0.0);
+        timer.phase(TickPhase::Decode);
         for participant in &mut self.participants {
             participant.contributing = participant.pull(now, &mut self.events);
+        }
+        timer.phase(TickPhase::Mix);
+        self.bus.fill(0.0);
+        for participant in &self.participants {
             if participant.contributing {
                 mix::accumulate(&mut self.bus, &participant.decoded);
                 self.stats.contributions += 1;
@@ -474,8 +572,13 @@ impl Room {
             } else {
                 participant.output.copy_from_slice(&self.bus);
             }
+            participant.limit_output();
+        }
+        timer.phase(TickPhase::Encode);
+        for participant in &mut self.participants {
             participant.encode_output(skipped, &mut self.events);
         }
+        timer.phase(TickPhase::Done);
     }
 
     /// The next frame to send, if any; drain until `None` after every tick.
@@ -513,6 +616,33 @@ impl Room {
             participant.jitter.target_delay(),
             participant.jitter.buffered_frames(),
         ))
+    }
+
+    /// Counters summed over current and past participants; they only ever grow.
+    pub fn totals(&self) -> RoomTotals {
+        let mut totals = self.departed.clone();
+        for participant in &self.participants {
+            totals.add(&participant.snapshot());
+        }
+        totals
+    }
+
+    /// Jitter-buffer target delays of the talkers currently in the room.
+    pub fn jitter_delays(&self) -> impl Iterator<Item = Duration> + '_ {
+        self.participants
+            .iter()
+            .filter(|p| p.mode == Mode::Talk && !p.jitter.is_idle())
+            .map(|p| p.jitter.target_delay())
+    }
+
+    /// Participants in each mode: (talk, listen).
+    pub fn mode_counts(&self) -> (usize, usize) {
+        let talk = self
+            .participants
+            .iter()
+            .filter(|p| p.mode == Mode::Talk)
+            .count();
+        (talk, self.participants.len() - talk)
     }
 
     /// Room counters.

@@ -26,6 +26,7 @@ use tracing::{debug, info};
 
 use super::Settings;
 use super::http::{self, Prefixed, Route};
+use super::metrics::Metrics;
 use super::outbox::{Closed, Outbox, Outgoing};
 use super::pool::{Joiner, Membership, MixerPool};
 
@@ -38,6 +39,10 @@ pub struct Context {
     pub settings: Settings,
     /// The mixer threads.
     pub pool: MixerPool,
+    /// The server's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Whether `/metrics` is served on this (public) port.
+    pub public_metrics: bool,
 }
 
 /// Serves one accepted TCP connection until it ends.
@@ -68,6 +73,16 @@ pub async fn serve(
             "not found: WebSocket clients connect to /\n",
         )),
         Route::BadRequest => Some(("400 Bad Request", "bad request\n")),
+        Route::Metrics if context.public_metrics => {
+            let body = context.metrics.render();
+            let _ =
+                http::respond_with(&mut stream, "200 OK", http::METRICS_CONTENT_TYPE, &body).await;
+            return;
+        }
+        Route::Metrics => Some((
+            "404 Not Found",
+            "metrics are served on the metrics listener\n",
+        )),
     };
     if let Some((status, body)) = reply {
         let _ = http::respond(&mut stream, status, body).await;
@@ -90,7 +105,9 @@ pub async fn serve(
         }
     };
     debug!(%peer, "WebSocket connected");
+    context.metrics.connections.inc();
     Session::new(peer, context.clone()).run(ws, shutdown).await;
+    context.metrics.connections.dec();
 }
 
 /// A token bucket that lets a talker send in real time with bursts (a TCP stall releases a
@@ -281,8 +298,32 @@ impl Session {
     }
 
     fn send_error(&mut self, code: ErrorCode, message: impl Into<String>) {
+        self.context
+            .metrics
+            .errors_sent_total
+            .with_label_values(&[code.as_str()])
+            .inc();
         self.outbox
             .push_control(ServerMessage::error(code, message).to_json());
+    }
+
+    fn refuse_join(&mut self, code: ErrorCode, message: impl Into<String>) {
+        self.context
+            .metrics
+            .join_failures_total
+            .with_label_values(&[code.as_str()])
+            .inc();
+        self.send_error(code, message);
+    }
+
+    /// Counts a refused audio frame and tells the client (at most once a second per code).
+    fn reject_audio(&mut self, code: ErrorCode, message: impl Into<String>) {
+        self.context
+            .metrics
+            .audio_frames_rejected_total
+            .with_label_values(&[code.as_str()])
+            .inc();
+        self.send_audio_error(code, message);
     }
 
     fn send_audio_error(&mut self, code: ErrorCode, message: impl Into<String>) {
@@ -358,13 +399,13 @@ impl Session {
         match message {
             ClientMessage::Join(request) => {
                 if self.membership.is_some() {
-                    return self.send_error(
+                    return self.refuse_join(
                         ErrorCode::AlreadyJoined,
                         "this connection already joined a room; send leave first",
                     );
                 }
                 if let Err(error) = request.validate() {
-                    return self.send_error(error.code(), error.to_string());
+                    return self.refuse_join(error.code(), error.to_string());
                 }
                 let joiner = Joiner {
                     name: request.name.clone(),
@@ -376,7 +417,7 @@ impl Session {
                         self.mode = request.mode;
                         self.membership = Some(membership);
                     }
-                    Err(refused) => self.send_error(refused.code(), refused.to_string()),
+                    Err(refused) => self.refuse_join(refused.code(), refused.to_string()),
                 }
             }
             ClientMessage::Leave => match self.membership.take() {
@@ -392,21 +433,20 @@ impl Session {
 
     fn on_audio(&mut self, bytes: Bytes, now: Instant) {
         let Some(membership) = &self.membership else {
-            return self
-                .send_audio_error(ErrorCode::NotJoined, "audio before join; send join first");
+            return self.reject_audio(ErrorCode::NotJoined, "audio before join; send join first");
         };
         if bytes.len() > MAX_AUDIO_FRAME {
-            return self.send_audio_error(ErrorCode::FrameTooLarge, format!(
+            return self.reject_audio(ErrorCode::FrameTooLarge, format!(
                 "audio frame of {} bytes exceeds {MAX_AUDIO_FRAME} (9-byte header + 1275-byte Opus packet)",
                 bytes.len()
             ));
         }
         let frame = match AudioFrame::parse(&bytes) {
             Ok(frame) => frame,
-            Err(error) => return self.send_audio_error(error.code(), error.to_string()),
+            Err(error) => return self.reject_audio(error.code(), error.to_string()),
         };
         if self.mode == Mode::Listen {
-            return self.send_audio_error(
+            return self.reject_audio(
                 ErrorCode::ListenOnly,
                 "joined in listen mode; audio is ignored",
             );
@@ -414,26 +454,30 @@ impl Session {
         match opus::packet::get_nb_samples(frame.payload, SAMPLE_RATE) {
             Ok(n) if n == FRAME_SAMPLES => {}
             Ok(n) => {
-                return self.send_audio_error(ErrorCode::InvalidOpus, format!(
+                return self.reject_audio(ErrorCode::InvalidOpus, format!(
                     "Opus packet holds {n} samples ({} ms); this server takes 20 ms frames ({FRAME_SAMPLES} samples)",
                     n * 1000 / SAMPLE_RATE as usize
                 ));
             }
             Err(error) => {
-                return self.send_audio_error(
+                return self.reject_audio(
                     ErrorCode::InvalidOpus,
                     format!("not a valid Opus packet: {error}"),
                 );
             }
         }
         if !self.rate.allow(now) {
-            return self.send_audio_error(
+            return self.reject_audio(
                 ErrorCode::RateLimited,
                 "audio arrives faster than real time; excess frames dropped",
             );
         }
         // Dropping here only happens when the mixer is far behind this one participant.
-        let _ = membership.send_audio(bytes, now);
+        let len = bytes.len() as u64;
+        if membership.send_audio(bytes, now) {
+            self.context.metrics.audio_frames_in_total.inc();
+            self.context.metrics.audio_bytes_in_total.inc_by(len);
+        }
     }
 }
 

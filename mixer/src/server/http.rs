@@ -20,6 +20,8 @@ pub enum Route {
     WebSocket,
     /// `GET /healthz`.
     Health,
+    /// `GET /metrics`.
+    Metrics,
     /// A path this server does not serve.
     NotFound,
     /// Not a parseable HTTP/1.x request.
@@ -78,9 +80,13 @@ pub fn route(head: &[u8]) -> Route {
     match (method, path, upgrade) {
         ("GET", "/", true) => Route::WebSocket,
         ("GET", "/healthz", _) => Route::Health,
+        ("GET", "/metrics", _) => Route::Metrics,
         _ => Route::NotFound,
     }
 }
+
+/// Content type of the Prometheus text exposition format.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Writes a complete plain-text HTTP response and closes the write side.
 pub async fn respond<S: AsyncWrite + Unpin>(
@@ -88,8 +94,18 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     status: &str,
     body: &str,
 ) -> io::Result<()> {
+    respond_with(stream, status, "text/plain; charset=utf-8", body).await
+}
+
+/// Writes a complete HTTP response with the given content type and closes the write side.
+pub async fn respond_with<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> io::Result<()> {
     let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
          connection: close\r\n\r\n{body}",
         body.len()
     );
@@ -180,6 +196,7 @@ mod tests {
             Route::Health
         );
         assert_eq!(route(b"GET /healthz?x=1 HTTP/1.0\r\n\r\n"), Route::Health);
+        assert_eq!(route(b"GET /metrics HTTP/1.1\r\n\r\n"), Route::Metrics);
         assert_eq!(route(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Route::NotFound);
         assert_eq!(route(b"POST /healthz HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert_eq!(route(b"hello\r\n\r\n"), Route::BadRequest);

@@ -12,6 +12,7 @@
 
 pub mod connection;
 pub mod http;
+pub mod metrics;
 pub mod outbox;
 pub mod pool;
 
@@ -25,6 +26,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use self::metrics::Metrics;
 use self::pool::{MixerPool, PoolConfig};
 
 /// Connection-level settings.
@@ -87,10 +89,30 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let pool = MixerPool::start(config.pool.clone()).context("starting mixer threads")?;
+    serve(config, listener, None, shutdown).await
+}
+
+/// [`run`], optionally with a second listener that serves only `GET /metrics` and `/healthz`
+/// (so metrics can stay off the public port). With a metrics listener, the public port does not
+/// serve `/metrics`.
+pub async fn serve(
+    config: ServerConfig,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let pool =
+        MixerPool::start(config.pool.clone(), metrics.clone()).context("starting mixer threads")?;
     let context = Arc::new(connection::Context {
         settings: config.settings.clone(),
         pool: pool.clone(),
+        metrics: metrics.clone(),
+        public_metrics: metrics_listener.is_none(),
+    });
+    let metrics_task = metrics_listener.map(|listener| {
+        let metrics = metrics.clone();
+        tokio::spawn(async move { serve_metrics(listener, metrics).await })
     });
     let slots = Arc::new(Semaphore::new(config.settings.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -100,6 +122,7 @@ pub async fn run(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
+                metrics.connections_total.inc();
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -116,6 +139,7 @@ pub async fn run(
                 }
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     warn!(%peer, "connection limit reached; refusing");
+                    metrics.connections_refused_total.inc();
                     connections.spawn(async move {
                         let mut stream = stream;
                         let _ = http::respond(&mut stream, "503 Service Unavailable", "server full\n").await;
@@ -146,9 +170,41 @@ pub async fn run(
         );
         connections.shutdown().await;
     }
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     tokio::task::spawn_blocking(move || pool.shutdown())
         .await
         .context("stopping mixer threads")?;
     info!("stopped");
     Ok(())
+}
+
+/// Serves `GET /metrics` and `GET /healthz` on a separate listener until aborted.
+async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let head =
+                tokio::time::timeout(Duration::from_secs(10), http::read_head(&mut stream)).await;
+            let Ok(Ok((_, route))) = head else { return };
+            let _ = match route {
+                http::Route::Metrics => {
+                    http::respond_with(
+                        &mut stream,
+                        "200 OK",
+                        http::METRICS_CONTENT_TYPE,
+                        &metrics.render(),
+                    )
+                    .await
+                }
+                http::Route::Health => http::respond(&mut stream, "200 OK", "ok\n").await,
+                _ => http::respond(&mut stream, "404 Not Found", "not found\n").await,
+            };
+        });
+    }
 }

@@ -12,7 +12,7 @@
 //! crowd out anyone else's audio, and control commands (join, leave) are never lost.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -24,8 +24,11 @@ use mixer_protocol::{
 };
 use tracing::{debug, info, warn};
 
+use super::metrics::Metrics;
 use super::outbox::{Closed, Outbox, Pushed};
-use crate::engine::{EngineConfig, EngineError, Event, ParticipantId, Room};
+use crate::engine::{
+    EngineConfig, EngineError, Event, ParticipantId, PhaseTimer, Room, RoomTotals, TickPhase,
+};
 
 /// Audio packets one participant may have queued towards its mixer thread.
 const MAX_IN_FLIGHT: usize = 64;
@@ -74,23 +77,6 @@ pub struct PoolConfig {
     pub engine: EngineConfig,
 }
 
-/// Counters shared by all mixer threads, for logs and metrics.
-#[derive(Debug, Default)]
-pub struct PoolStats {
-    /// Audio packets accepted into jitter buffers.
-    pub audio_in: AtomicU64,
-    /// Audio packets dropped before the mixer because the participant had too many in flight.
-    pub audio_in_dropped: AtomicU64,
-    /// Frames queued to clients.
-    pub audio_out: AtomicU64,
-    /// Frames dropped from full client queues.
-    pub audio_out_dropped: AtomicU64,
-    /// Ticks run, all rooms.
-    pub ticks: AtomicU64,
-    /// Ticks skipped because a mixer thread fell too far behind.
-    pub ticks_skipped: AtomicU64,
-}
-
 /// The participant's side of a room membership; leaving (or dropping it) removes the participant.
 #[derive(Debug)]
 pub struct Membership {
@@ -119,9 +105,10 @@ impl Membership {
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.pool
-                .stats
-                .audio_in_dropped
-                .fetch_add(1, Ordering::Relaxed);
+                .metrics
+                .audio_frames_rejected_total
+                .with_label_values(&["mixer_backlog"])
+                .inc();
             return false;
         }
         let command = Command::Audio {
@@ -155,6 +142,7 @@ impl Membership {
             if entry.members == 0 {
                 directory.rooms.remove(&self.room);
                 directory.rooms_per_thread[self.thread] -= 1;
+                self.pool.metrics.rooms.dec();
             }
         }
         // Sent under the directory lock so it is ordered before any later join of this room.
@@ -197,7 +185,7 @@ struct Shared {
     next_id: AtomicU32,
     max_rooms: usize,
     max_participants: usize,
-    stats: Arc<PoolStats>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug)]
@@ -235,9 +223,9 @@ enum Command {
 
 impl MixerPool {
     /// Starts `config.threads` mixer threads.
-    pub fn start(config: PoolConfig) -> std::io::Result<MixerPool> {
+    pub fn start(config: PoolConfig, metrics: Arc<Metrics>) -> std::io::Result<MixerPool> {
         let count = config.threads.max(1);
-        let stats = Arc::new(PoolStats::default());
+        metrics.mixer_threads.set(count as i64);
         let mut senders = Vec::with_capacity(count);
         let mut handles = Vec::with_capacity(count);
         for index in 0..count {
@@ -247,7 +235,8 @@ impl MixerPool {
                 engine: config.engine.clone(),
                 rooms: HashMap::new(),
                 where_is: HashMap::new(),
-                stats: stats.clone(),
+                metrics: metrics.clone(),
+                phases: PhaseClock::new(),
             };
             let handle = thread::Builder::new()
                 .name(format!("mixer-{index}"))
@@ -267,7 +256,7 @@ impl MixerPool {
                 next_id: AtomicU32::new(1),
                 max_rooms: config.max_rooms,
                 max_participants: config.engine.max_participants,
-                stats,
+                metrics,
             }),
         })
     }
@@ -312,6 +301,7 @@ impl MixerPool {
                 directory
                     .rooms
                     .insert(name.clone(), DirectoryEntry { thread, members: 1 });
+                shared.metrics.rooms.inc();
                 (name, thread)
             }
         };
@@ -347,9 +337,9 @@ impl MixerPool {
             .len()
     }
 
-    /// Shared counters.
-    pub fn stats(&self) -> &Arc<PoolStats> {
-        &self.shared.stats
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
     }
 
     /// Refuses further joins, stops every mixer thread and waits for them.
@@ -384,9 +374,15 @@ struct Member {
     in_flight: Arc<AtomicUsize>,
 }
 
+/// Ticks between two copies of a room's engine counters into the metrics (one second).
+const REPORT_EVERY_TICKS: u32 = 50;
+
 struct RoomSlot {
     engine: Room,
     members: HashMap<ParticipantId, Member>,
+    /// Engine totals already added to the metrics.
+    reported: RoomTotals,
+    ticks_since_report: u32,
 }
 
 impl RoomSlot {
@@ -398,6 +394,65 @@ impl RoomSlot {
             }
         }
     }
+
+    /// Copies the growth of the engine's counters into the metrics.
+    fn report(&mut self, metrics: &Metrics) {
+        let totals = self.engine.totals();
+        metrics.add_room_delta(&self.reported, &totals);
+        self.reported = totals;
+        self.ticks_since_report = 0;
+        for delay in self.engine.jitter_delays() {
+            metrics
+                .jitter_buffer_delay_seconds
+                .observe(delay.as_secs_f64());
+        }
+    }
+}
+
+/// Measures the phases of a tick with the wall clock, for the phase-time metrics.
+struct PhaseClock {
+    started: Instant,
+    current: Option<(TickPhase, Instant)>,
+    spent: [f64; 3],
+}
+
+impl PhaseClock {
+    fn new() -> PhaseClock {
+        PhaseClock {
+            started: Instant::now(),
+            current: None,
+            spent: [0.0; 3],
+        }
+    }
+
+    fn flush(&mut self, metrics: &Metrics) {
+        for (phase, seconds) in ["decode", "mix", "encode"].iter().zip(&mut self.spent) {
+            if *seconds > 0.0 {
+                metrics
+                    .tick_phase_seconds_total
+                    .with_label_values(&[*phase])
+                    .inc_by(*seconds);
+                *seconds = 0.0;
+            }
+        }
+    }
+}
+
+impl PhaseTimer for PhaseClock {
+    fn phase(&mut self, phase: TickPhase) {
+        let now = Instant::now();
+        if let Some((previous, since)) = self.current.take() {
+            let index = match previous {
+                TickPhase::Decode => 0,
+                TickPhase::Mix => 1,
+                TickPhase::Encode | TickPhase::Done => 2,
+            };
+            self.spent[index] += now.saturating_duration_since(since).as_secs_f64();
+        }
+        if phase != TickPhase::Done {
+            self.current = Some((phase, now));
+        }
+    }
 }
 
 struct MixerThread {
@@ -405,7 +460,25 @@ struct MixerThread {
     engine: EngineConfig,
     rooms: HashMap<Arc<str>, RoomSlot>,
     where_is: HashMap<ParticipantId, Arc<str>>,
-    stats: Arc<PoolStats>,
+    metrics: Arc<Metrics>,
+    phases: PhaseClock,
+}
+
+fn mode_label(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Talk => "talk",
+        Mode::Listen => "listen",
+    }
+}
+
+fn reason_label(reason: LeaveReason) -> &'static str {
+    match reason {
+        LeaveReason::Left => "left",
+        LeaveReason::Disconnected => "disconnected",
+        LeaveReason::TimedOut => "timed_out",
+        LeaveReason::SlowConsumer => "slow_consumer",
+        LeaveReason::ServerShutdown => "server_shutdown",
+    }
 }
 
 impl MixerThread {
@@ -438,7 +511,7 @@ impl MixerThread {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            self.run_due_ticks(Instant::now());
+            self.run_due_ticks();
         }
     }
 
@@ -481,10 +554,7 @@ impl MixerThread {
             return;
         };
         match slot.engine.handle_audio(participant, frame, arrival) {
-            Ok(_) => {
-                self.stats.audio_in.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(EngineError::ListenOnly(_)) | Err(EngineError::UnknownParticipant(_)) => {}
+            Ok(_) | Err(EngineError::ListenOnly(_)) | Err(EngineError::UnknownParticipant(_)) => {}
             Err(error) => debug!(%participant, %error, "audio not accepted"),
         }
     }
@@ -501,6 +571,8 @@ impl MixerThread {
         let slot = self.rooms.entry(room.clone()).or_insert_with(|| RoomSlot {
             engine: Room::new(engine.clone(), now),
             members: HashMap::new(),
+            reported: RoomTotals::default(),
+            ticks_since_report: 0,
         });
         if let Err(error) = slot.engine.add_participant(id, joiner.mode) {
             warn!(%room, participant = %id, %error, "join failed in the engine");
@@ -508,6 +580,10 @@ impl MixerThread {
                 EngineError::RoomFull(_) => ErrorCode::RoomFull,
                 _ => ErrorCode::Internal,
             };
+            self.metrics
+                .join_failures_total
+                .with_label_values(&[code.as_str()])
+                .inc();
             joiner
                 .outbox
                 .push_control(ServerMessage::error(code, error.to_string()).to_json());
@@ -542,7 +618,10 @@ impl MixerThread {
         };
         joiner.outbox.push_control(joined.to_json());
         slot.broadcast(id, &ServerMessage::ParticipantJoined { participant: info });
-        info!(%room, participant = %id, name = %joiner.name, mode = ?joiner.mode, "joined");
+        info!(%room, participant = %id, name = %joiner.name, mode = mode_label(joiner.mode), "joined");
+        let mode = mode_label(joiner.mode);
+        self.metrics.participants.with_label_values(&[mode]).inc();
+        self.metrics.joins_total.with_label_values(&[mode]).inc();
         slot.members.insert(
             id,
             Member {
@@ -562,8 +641,8 @@ impl MixerThread {
         let Some(slot) = self.rooms.get_mut(&room) else {
             return;
         };
-        let stats = slot.engine.remove_participant(participant);
-        slot.members.remove(&participant);
+        slot.engine.remove_participant(participant);
+        let member = slot.members.remove(&participant);
         slot.broadcast(
             participant,
             &ServerMessage::ParticipantLeft {
@@ -571,19 +650,49 @@ impl MixerThread {
                 reason,
             },
         );
-        info!(%room, %participant, ?reason, ?stats, "left");
+        let reason_label = reason_label(reason);
+        info!(%room, %participant, reason = reason_label, "left");
+        self.metrics
+            .leaves_total
+            .with_label_values(&[reason_label])
+            .inc();
+        if reason == LeaveReason::SlowConsumer {
+            self.metrics.slow_consumer_disconnects_total.inc();
+        }
+        if let Some(member) = member {
+            self.metrics
+                .participants
+                .with_label_values(&[mode_label(member.mode)])
+                .dec();
+        }
         if slot.members.is_empty() {
+            slot.report(&self.metrics);
             debug!(%room, "room closed");
             self.rooms.remove(&room);
         }
     }
 
-    fn run_due_ticks(&mut self, now: Instant) {
+    fn run_due_ticks(&mut self) {
+        let metrics = &self.metrics;
         let mut frame = Vec::with_capacity(mixer_protocol::MAX_AUDIO_FRAME);
+        let mut ran = false;
         for (room, slot) in &mut self.rooms {
-            while slot.engine.poll_timeout() <= now {
-                slot.engine.handle_timeout(now);
-                self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+            loop {
+                let deadline = slot.engine.poll_timeout();
+                let start = Instant::now();
+                if deadline > start {
+                    break;
+                }
+                ran = true;
+                let lateness = start.saturating_duration_since(deadline);
+                metrics
+                    .tick_lateness_seconds
+                    .observe(lateness.as_secs_f64());
+                if lateness >= crate::engine::FRAME {
+                    metrics.tick_deadline_misses_total.inc();
+                }
+                slot.engine.handle_timeout_timed(start, &mut self.phases);
+                metrics.ticks_total.inc();
                 while let Some(transmit) = slot.engine.poll_transmit() {
                     let Some(member) = slot.members.get(&transmit.to) else {
                         continue;
@@ -591,16 +700,16 @@ impl MixerThread {
                     frame.clear();
                     transmit.frame().write_to(&mut frame);
                     match member.outbox.push_audio(Bytes::copy_from_slice(&frame)) {
-                        Pushed::Queued => {
-                            self.stats.audio_out.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Pushed::DroppedOldest => {
-                            self.stats.audio_out.fetch_add(1, Ordering::Relaxed);
-                            self.stats.audio_out_dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Pushed::Closed => {}
+                        Pushed::Queued => {}
+                        Pushed::DroppedOldest => metrics.send_queue_drops_total.inc(),
+                        Pushed::Closed => continue,
                     }
+                    metrics.audio_frames_out_total.inc();
+                    metrics.audio_bytes_out_total.inc_by(frame.len() as u64);
                 }
+                metrics
+                    .tick_duration_seconds
+                    .observe(start.elapsed().as_secs_f64());
                 while let Some(event) = slot.engine.poll_event() {
                     match event {
                         Event::DecodeFailed { participant } => {
@@ -609,6 +718,10 @@ impl MixerThread {
                                     ErrorCode::InvalidOpus,
                                     "an audio packet failed to decode as Opus and was concealed",
                                 );
+                                metrics
+                                    .errors_sent_total
+                                    .with_label_values(&["invalid_opus"])
+                                    .inc();
                                 member.outbox.push_control(message.to_json());
                             }
                         }
@@ -616,12 +729,20 @@ impl MixerThread {
                             warn!(%room, %participant, "Opus encode failed");
                         }
                         Event::TicksSkipped { count } => {
-                            self.stats.ticks_skipped.fetch_add(count, Ordering::Relaxed);
+                            metrics.ticks_skipped_total.inc_by(count);
                             warn!(%room, count, "mixer fell behind; ticks skipped");
                         }
                     }
                 }
+                slot.ticks_since_report += 1;
+                if slot.ticks_since_report >= REPORT_EVERY_TICKS {
+                    slot.report(metrics);
+                }
             }
+        }
+        if ran && self.phases.started.elapsed() >= std::time::Duration::from_secs(1) {
+            self.phases.flush(metrics);
+            self.phases.started = Instant::now();
         }
     }
 }

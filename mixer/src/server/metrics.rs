@@ -1,0 +1,429 @@
+//! Prometheus metrics: the shell's view of traffic, audio quality and timing.
+//!
+//! The engine keeps plain counters; the mixer threads copy their growth into these metrics once a
+//! second per room, and time each tick's phases. Everything lives in an explicit registry owned by
+//! the server (no global state), served as text on `GET /metrics`.
+//!
+//! Labels are bounded on purpose: `mode` (talk, listen), `reason` (a fixed set of leave and
+//! refusal reasons) and `code` (the protocol's error codes). There are no per-room or
+//! per-participant labels: rooms are created by clients, so their number is unbounded, and a label
+//! per room would let any client grow the server's memory and every scrape.
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::engine::RoomTotals;
+
+/// Every metric the server exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections.
+    pub connections: IntGauge,
+    /// Connections accepted (TCP), all routes.
+    pub connections_total: IntCounter,
+    /// Connections refused at the connection limit.
+    pub connections_refused_total: IntCounter,
+    /// Rooms that exist.
+    pub rooms: IntGauge,
+    /// Participants by mode.
+    pub participants: IntGaugeVec,
+    /// Successful joins by mode.
+    pub joins_total: IntCounterVec,
+    /// Refused joins by reason (the error code sent).
+    pub join_failures_total: IntCounterVec,
+    /// Participants who left, by reason.
+    pub leaves_total: IntCounterVec,
+    /// Error messages sent to clients, by code.
+    pub errors_sent_total: IntCounterVec,
+    /// Audio frames accepted from clients and forwarded to a mixer.
+    pub audio_frames_in_total: IntCounter,
+    /// Bytes of those frames (header included).
+    pub audio_bytes_in_total: IntCounter,
+    /// Audio frames refused before mixing, by reason.
+    pub audio_frames_rejected_total: IntCounterVec,
+    /// Audio frames queued to clients.
+    pub audio_frames_out_total: IntCounter,
+    /// Bytes of those frames.
+    pub audio_bytes_out_total: IntCounter,
+    /// Packets that arrived too late to play.
+    pub packets_late_total: IntCounter,
+    /// Duplicate packets dropped.
+    pub packets_duplicate_total: IntCounter,
+    /// Packets that arrived out of order, in time to play.
+    pub packets_reordered_total: IntCounter,
+    /// Frames never received (their sequence number was skipped at playout).
+    pub packets_lost_total: IntCounter,
+    /// Frames concealed with Opus PLC (lost, or the buffer ran dry mid-spurt).
+    pub frames_concealed_total: IntCounter,
+    /// Lost frames recovered from the next packet's in-band FEC.
+    pub frames_fec_recovered_total: IntCounter,
+    /// Pairs of frames merged into one to shed jitter-buffer delay.
+    pub frames_merged_total: IntCounter,
+    /// Packets that failed to decode.
+    pub decode_errors_total: IntCounter,
+    /// Mixes that failed to encode.
+    pub encode_errors_total: IntCounter,
+    /// Jitter-buffer target playout delay of active talkers, sampled once a second each.
+    pub jitter_buffer_delay_seconds: Histogram,
+    /// Talk spurts that ended with the buffer running dry (end of speech or a stall).
+    pub jitter_buffer_underruns_total: IntCounter,
+    /// Ticks run.
+    pub ticks_total: IntCounter,
+    /// Wall time of one room tick (decode + mix + encode).
+    pub tick_duration_seconds: Histogram,
+    /// How late a tick started after its deadline.
+    pub tick_lateness_seconds: Histogram,
+    /// Ticks that started a whole frame period (20 ms) or more after their deadline.
+    pub tick_deadline_misses_total: IntCounter,
+    /// Ticks skipped because a mixer thread fell too far behind.
+    pub ticks_skipped_total: IntCounter,
+    /// Time spent in each tick phase (`phase` = decode, mix, encode).
+    pub tick_phase_seconds_total: prometheus::CounterVec,
+    /// Audio frames dropped from full client send queues.
+    pub send_queue_drops_total: IntCounter,
+    /// Clients disconnected for not reading.
+    pub slow_consumer_disconnects_total: IntCounter,
+    /// Output frames in which the limiter reduced the gain.
+    pub limiter_frames_total: IntCounter,
+    /// Deepest gain reduction in each limited frame, dB.
+    pub limiter_gain_reduction_db: Histogram,
+    /// Mixer threads running.
+    pub mixer_threads: IntGauge,
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("metric name and help are valid constants")
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid constant metric")
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("valid constant metric")
+}
+
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid constant metric")
+}
+
+impl Metrics {
+    /// Creates every metric and registers it, with the process collector (CPU, memory, fds).
+    pub fn new() -> Metrics {
+        let tick_buckets = vec![
+            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.015, 0.02, 0.03,
+            0.05, 0.1,
+        ];
+        let metrics = Metrics {
+            registry: Registry::new(),
+            connections: gauge("mixer_connections", "Open WebSocket connections."),
+            connections_total: counter("mixer_connections_total", "TCP connections accepted."),
+            connections_refused_total: counter(
+                "mixer_connections_refused_total",
+                "Connections refused at the connection limit.",
+            ),
+            rooms: gauge("mixer_rooms", "Rooms that exist."),
+            participants: IntGaugeVec::new(
+                Opts::new("mixer_participants", "Participants in rooms, by mode."),
+                &["mode"],
+            )
+            .expect("valid constant metric"),
+            joins_total: counter_vec("mixer_joins_total", "Successful joins, by mode.", &["mode"]),
+            join_failures_total: counter_vec(
+                "mixer_join_failures_total",
+                "Refused joins, by reason (the error code sent).",
+                &["reason"],
+            ),
+            leaves_total: counter_vec(
+                "mixer_leaves_total",
+                "Participants who left, by reason.",
+                &["reason"],
+            ),
+            errors_sent_total: counter_vec(
+                "mixer_errors_sent_total",
+                "Error messages sent to clients, by code.",
+                &["code"],
+            ),
+            audio_frames_in_total: counter(
+                "mixer_audio_frames_in_total",
+                "Audio frames accepted from clients.",
+            ),
+            audio_bytes_in_total: counter(
+                "mixer_audio_bytes_in_total",
+                "Bytes of audio frames accepted from clients.",
+            ),
+            audio_frames_rejected_total: counter_vec(
+                "mixer_audio_frames_rejected_total",
+                "Audio frames refused before mixing, by reason.",
+                &["reason"],
+            ),
+            audio_frames_out_total: counter(
+                "mixer_audio_frames_out_total",
+                "Audio frames queued to clients.",
+            ),
+            audio_bytes_out_total: counter(
+                "mixer_audio_bytes_out_total",
+                "Bytes of audio frames queued to clients.",
+            ),
+            packets_late_total: counter(
+                "mixer_packets_late_total",
+                "Packets that arrived too late to play.",
+            ),
+            packets_duplicate_total: counter(
+                "mixer_packets_duplicate_total",
+                "Duplicate packets dropped.",
+            ),
+            packets_reordered_total: counter(
+                "mixer_packets_reordered_total",
+                "Packets that arrived out of order but in time to play.",
+            ),
+            packets_lost_total: counter(
+                "mixer_packets_lost_total",
+                "Frames never received (skipped at playout).",
+            ),
+            frames_concealed_total: counter(
+                "mixer_frames_concealed_total",
+                "Frames concealed with Opus PLC.",
+            ),
+            frames_fec_recovered_total: counter(
+                "mixer_frames_fec_recovered_total",
+                "Lost frames recovered from in-band FEC.",
+            ),
+            frames_merged_total: counter(
+                "mixer_frames_merged_total",
+                "Frame pairs merged into one to shed jitter-buffer delay.",
+            ),
+            decode_errors_total: counter(
+                "mixer_decode_errors_total",
+                "Packets that failed to decode.",
+            ),
+            encode_errors_total: counter(
+                "mixer_encode_errors_total",
+                "Mixes that failed to encode.",
+            ),
+            jitter_buffer_delay_seconds: histogram(
+                "mixer_jitter_buffer_delay_seconds",
+                "Jitter-buffer target playout delay of active talkers, sampled once a second each.",
+                vec![
+                    0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.3, 0.5, 1.0,
+                ],
+            ),
+            jitter_buffer_underruns_total: counter(
+                "mixer_jitter_buffer_underruns_total",
+                "Talk spurts that ended with the jitter buffer running dry.",
+            ),
+            ticks_total: counter("mixer_ticks_total", "Room mix ticks run."),
+            tick_duration_seconds: histogram(
+                "mixer_tick_duration_seconds",
+                "Wall time of one room tick (decode, mix, encode).",
+                tick_buckets.clone(),
+            ),
+            tick_lateness_seconds: histogram(
+                "mixer_tick_lateness_seconds",
+                "How late a room tick started after its deadline.",
+                tick_buckets,
+            ),
+            tick_deadline_misses_total: counter(
+                "mixer_tick_deadline_misses_total",
+                "Room ticks that started 20 ms or more after their deadline.",
+            ),
+            ticks_skipped_total: counter(
+                "mixer_ticks_skipped_total",
+                "Room ticks skipped because a mixer thread fell too far behind.",
+            ),
+            tick_phase_seconds_total: prometheus::CounterVec::new(
+                Opts::new(
+                    "mixer_tick_phase_seconds_total",
+                    "Time spent in each tick phase.",
+                ),
+                &["phase"],
+            )
+            .expect("valid constant metric"),
+            send_queue_drops_total: counter(
+                "mixer_send_queue_drops_total",
+                "Audio frames dropped from full client send queues.",
+            ),
+            slow_consumer_disconnects_total: counter(
+                "mixer_slow_consumer_disconnects_total",
+                "Clients disconnected for not reading their audio.",
+            ),
+            limiter_frames_total: counter(
+                "mixer_limiter_frames_total",
+                "Output frames in which the limiter reduced the gain.",
+            ),
+            limiter_gain_reduction_db: histogram(
+                "mixer_limiter_gain_reduction_db",
+                "Deepest limiter gain reduction in each limited frame, in dB.",
+                vec![1.0, 2.0, 3.0, 6.0, 10.0, 15.0, 20.0],
+            ),
+            mixer_threads: gauge("mixer_threads", "Mixer threads running."),
+        };
+        let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(metrics.connections.clone()),
+            Box::new(metrics.connections_total.clone()),
+            Box::new(metrics.connections_refused_total.clone()),
+            Box::new(metrics.rooms.clone()),
+            Box::new(metrics.participants.clone()),
+            Box::new(metrics.joins_total.clone()),
+            Box::new(metrics.join_failures_total.clone()),
+            Box::new(metrics.leaves_total.clone()),
+            Box::new(metrics.errors_sent_total.clone()),
+            Box::new(metrics.audio_frames_in_total.clone()),
+            Box::new(metrics.audio_bytes_in_total.clone()),
+            Box::new(metrics.audio_frames_rejected_total.clone()),
+            Box::new(metrics.audio_frames_out_total.clone()),
+            Box::new(metrics.audio_bytes_out_total.clone()),
+            Box::new(metrics.packets_late_total.clone()),
+            Box::new(metrics.packets_duplicate_total.clone()),
+            Box::new(metrics.packets_reordered_total.clone()),
+            Box::new(metrics.packets_lost_total.clone()),
+            Box::new(metrics.frames_concealed_total.clone()),
+            Box::new(metrics.frames_fec_recovered_total.clone()),
+            Box::new(metrics.frames_merged_total.clone()),
+            Box::new(metrics.decode_errors_total.clone()),
+            Box::new(metrics.encode_errors_total.clone()),
+            Box::new(metrics.jitter_buffer_delay_seconds.clone()),
+            Box::new(metrics.jitter_buffer_underruns_total.clone()),
+            Box::new(metrics.ticks_total.clone()),
+            Box::new(metrics.tick_duration_seconds.clone()),
+            Box::new(metrics.tick_lateness_seconds.clone()),
+            Box::new(metrics.tick_deadline_misses_total.clone()),
+            Box::new(metrics.ticks_skipped_total.clone()),
+            Box::new(metrics.tick_phase_seconds_total.clone()),
+            Box::new(metrics.send_queue_drops_total.clone()),
+            Box::new(metrics.slow_consumer_disconnects_total.clone()),
+            Box::new(metrics.limiter_frames_total.clone()),
+            Box::new(metrics.limiter_gain_reduction_db.clone()),
+            Box::new(metrics.mixer_threads.clone()),
+        ];
+        for collector in collectors {
+            metrics
+                .registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        // Label values that exist from the start, so dashboards show zeros rather than gaps.
+        for mode in ["talk", "listen"] {
+            metrics.participants.with_label_values(&[mode]).set(0);
+            metrics.joins_total.with_label_values(&[mode]);
+        }
+        for phase in ["decode", "mix", "encode"] {
+            metrics.tick_phase_seconds_total.with_label_values(&[phase]);
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            // Registration only fails on a duplicate name, which a fresh registry cannot have.
+            let _ = metrics.registry.register(Box::new(process));
+        }
+        metrics
+    }
+
+    /// The registry, for tests that inspect metric families.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Every metric in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    /// Adds the growth of a room's engine counters between two snapshots.
+    pub fn add_room_delta(&self, before: &RoomTotals, after: &RoomTotals) {
+        let (b, a) = (&before.jitter, &after.jitter);
+        let grow =
+            |counter: &IntCounter, old: u64, new: u64| counter.inc_by(new.saturating_sub(old));
+        grow(&self.packets_late_total, b.late, a.late);
+        grow(&self.packets_duplicate_total, b.duplicates, a.duplicates);
+        grow(&self.packets_reordered_total, b.reordered, a.reordered);
+        grow(
+            &self.packets_lost_total,
+            b.lost + b.fec_recovered,
+            a.lost + a.fec_recovered,
+        );
+        grow(
+            &self.frames_concealed_total,
+            b.lost + b.expanded,
+            a.lost + a.expanded,
+        );
+        grow(
+            &self.frames_fec_recovered_total,
+            b.fec_recovered,
+            a.fec_recovered,
+        );
+        grow(&self.frames_merged_total, b.merged, a.merged);
+        grow(
+            &self.jitter_buffer_underruns_total,
+            b.underruns,
+            a.underruns,
+        );
+        let (b, a) = (&before.participants, &after.participants);
+        grow(&self.decode_errors_total, b.decode_errors, a.decode_errors);
+        grow(&self.encode_errors_total, b.encode_errors, a.encode_errors);
+        grow(
+            &self.limiter_frames_total,
+            b.frames_limited,
+            a.frames_limited,
+        );
+        let histogram = &self.limiter_gain_reduction_db;
+        for (db, (old, new)) in b
+            .limiter_reduction_db
+            .iter()
+            .zip(&a.limiter_reduction_db)
+            .enumerate()
+        {
+            for _ in 0..new.saturating_sub(*old) {
+                histogram.observe(db as f64);
+            }
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_renders_with_the_mixer_prefix() {
+        let metrics = Metrics::new();
+        metrics.ticks_total.inc();
+        let text = metrics.render();
+        assert!(text.contains("mixer_ticks_total 1"));
+        assert!(text.contains("mixer_participants{mode=\"talk\"} 0"));
+        for family in metrics.registry().gather() {
+            let name = family.name();
+            assert!(
+                name.starts_with("mixer_") || name.starts_with("process_"),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn room_deltas_only_add_growth() {
+        let metrics = Metrics::new();
+        let mut before = RoomTotals::default();
+        before.jitter.late = 5;
+        let mut after = before.clone();
+        after.jitter.late = 8;
+        after.participants.limiter_reduction_db[3] = 2;
+        metrics.add_room_delta(&before, &after);
+        assert_eq!(metrics.packets_late_total.get(), 3);
+        assert_eq!(metrics.limiter_gain_reduction_db.get_sample_count(), 2);
+    }
+}
