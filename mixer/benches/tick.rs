@@ -33,7 +33,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use mixer::engine::codec::{self, EncoderSettings, OpusApplication};
 use mixer::engine::limiter::{Limiter, LimiterConfig};
 use mixer::engine::mix::{self, accumulate, mix_minus};
-use mixer::engine::{EngineConfig, FRAME, ParticipantId, Room};
+use mixer::engine::{EngineConfig, FRAME, ParticipantId, PhaseTimer, Room, TickPhase};
+use mixer::server::metrics::Metrics;
 use mixer_protocol::{
     AudioFrame, AudioHeader, AudioLevel, FRAME_SAMPLES, Flags, MAX_OPUS_PACKET, Mode, SAMPLE_RATE,
 };
@@ -187,52 +188,109 @@ fn bench_mix(c: &mut Criterion) {
     group.finish();
 }
 
+/// A clock-reading phase timer like the server's, for the metrics-overhead comparison.
+struct ClockTimer {
+    since: Option<Instant>,
+    spent: f64,
+}
+
+impl PhaseTimer for ClockTimer {
+    fn phase(&mut self, phase: TickPhase) {
+        let now = Instant::now();
+        if let Some(since) = self.since.take() {
+            self.spent += now.duration_since(since).as_secs_f64();
+        }
+        if phase != TickPhase::Done {
+            self.since = Some(now);
+        }
+    }
+}
+
+/// Builds a warmed-up room of `talkers` and returns a closure that runs one steady tick: every
+/// talker's next packet arrives just before the tick, then the tick runs and is drained. With
+/// `metrics`, the tick also does what the server's mixer thread does around it: phase timing
+/// with the clock, tick-duration and lateness histograms, and per-frame counters.
+fn room_step(talkers: usize, metrics: Option<Metrics>) -> impl FnMut() -> usize {
+    let clips: Vec<_> = (0..talkers).map(encode_clip).collect();
+    let t0 = Instant::now();
+    let mut room = Room::new(EngineConfig::default(), t0);
+    for id in 0..talkers {
+        room.add_participant(ParticipantId(id as u32), Mode::Talk)
+            .expect("room has space");
+    }
+    let mut now = t0;
+    let mut tick = 0usize;
+    let mut timer = ClockTimer {
+        since: None,
+        spent: 0.0,
+    };
+    let mut step = move || {
+        for (id, clip) in clips.iter().enumerate() {
+            let (level, payload) = &clip[tick % clip.len()];
+            let header = AudioHeader {
+                flags: Flags::default().with_marker(tick == 0),
+                sequence: tick as u16,
+                timestamp: (tick as u32).wrapping_mul(FRAME_SAMPLES as u32),
+                level: *level,
+            };
+            let frame = AudioFrame { header, payload };
+            let outcome = room.handle_audio(ParticipantId(id as u32), frame, now);
+            black_box(outcome.expect("a talker in the room"));
+        }
+        let started = Instant::now();
+        match &metrics {
+            Some(m) => {
+                m.tick_lateness_seconds.observe(0.0);
+                room.handle_timeout_timed(now, &mut timer);
+                m.ticks_total.inc();
+            }
+            None => room.handle_timeout(now),
+        }
+        let mut bytes = 0;
+        while let Some(transmit) = room.poll_transmit() {
+            bytes += transmit.payload.len();
+            if let Some(m) = &metrics {
+                m.audio_frames_out_total.inc();
+                m.audio_bytes_out_total
+                    .inc_by(transmit.payload.len() as u64 + 9);
+            }
+        }
+        if let Some(m) = &metrics {
+            m.tick_duration_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        while let Some(event) = room.poll_event() {
+            black_box(event);
+        }
+        tick += 1;
+        now += FRAME;
+        black_box(bytes)
+    };
+    // Past the start-up: jitter buffers playing, limiters and encoders settled.
+    for _ in 0..100 {
+        step();
+    }
+    step
+}
+
 fn bench_room_tick(c: &mut Criterion) {
     let mut group = c.benchmark_group("room_tick");
     for talkers in [2usize, 5, 10, 20] {
-        let clips: Vec<_> = (0..talkers).map(encode_clip).collect();
-        let t0 = Instant::now();
-        let mut room = Room::new(EngineConfig::default(), t0);
-        for id in 0..talkers {
-            room.add_participant(ParticipantId(id as u32), Mode::Talk)
-                .expect("room has space");
-        }
-        let mut now = t0;
-        let mut tick = 0usize;
-        // Feeds every talker its next packet, arriving just before the tick, then runs the tick
-        // and drains it. One packet in and one frame out per talker keeps the buffers steady.
-        let mut step = || {
-            for (id, clip) in clips.iter().enumerate() {
-                let (level, payload) = &clip[tick % clip.len()];
-                let header = AudioHeader {
-                    flags: Flags::default().with_marker(tick == 0),
-                    sequence: tick as u16,
-                    timestamp: (tick as u32).wrapping_mul(FRAME_SAMPLES as u32),
-                    level: *level,
-                };
-                let frame = AudioFrame { header, payload };
-                let outcome = room.handle_audio(ParticipantId(id as u32), frame, now);
-                black_box(outcome.expect("a talker in the room"));
-            }
-            room.handle_timeout(now);
-            let mut bytes = 0;
-            while let Some(transmit) = room.poll_transmit() {
-                bytes += transmit.payload.len();
-            }
-            while let Some(event) = room.poll_event() {
-                black_box(event);
-            }
-            tick += 1;
-            now += FRAME;
-            black_box(bytes)
-        };
-        // Past the start-up: jitter buffers playing, limiters and encoders settled.
-        for _ in 0..100 {
-            step();
-        }
+        let mut step = room_step(talkers, None);
         group.throughput(Throughput::Elements(talkers as u64));
         group.bench_function(BenchmarkId::from_parameter(talkers), |b| b.iter(&mut step));
     }
+    group.finish();
+}
+
+/// The same 10-talker tick with and without the server's metrics work around it.
+fn bench_metrics_overhead(c: &mut Criterion) {
+    let mut group = c.benchmark_group("metrics_overhead");
+    group.throughput(Throughput::Elements(10));
+    let mut plain = room_step(10, None);
+    group.bench_function("without", |b| b.iter(&mut plain));
+    let mut instrumented = room_step(10, Some(Metrics::new()));
+    group.bench_function("with", |b| b.iter(&mut instrumented));
     group.finish();
 }
 
@@ -246,6 +304,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_opus_decode, bench_opus_encode, bench_mix, bench_room_tick
+    targets = bench_opus_decode, bench_opus_encode, bench_mix, bench_room_tick, bench_metrics_overhead
 }
 criterion_main!(benches);
