@@ -213,7 +213,7 @@ impl PhaseTimer for ClockTimer {
 fn room_step(talkers: usize, metrics: Option<Metrics>) -> impl FnMut() -> usize {
     let clips: Vec<_> = (0..talkers).map(encode_clip).collect();
     let t0 = Instant::now();
-    let mut room = Room::new(EngineConfig::default(), t0);
+    let mut room = Room::new(EngineConfig::default(), t0).expect("room");
     for id in 0..talkers {
         room.add_participant(ParticipantId(id as u32), Mode::Talk)
             .expect("room has space");

@@ -43,7 +43,7 @@ proptest! {
     #[test]
     fn room_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
         let t0 = Instant::now();
-        let mut room = Room::new(EngineConfig::default(), t0);
+        let mut room = Room::new(EngineConfig::default(), t0).expect("room");
         let mut now = t0;
         let mut model: BTreeMap<u8, Mode> = BTreeMap::new();
         let mut talker = common::Talker::new(440.0, 0.2);

@@ -66,7 +66,7 @@ impl Sim {
             t0,
             now: Duration::ZERO,
             next_tick: Duration::ZERO,
-            room: Room::new(config, t0),
+            room: Room::new(config, t0).expect("room"),
             talkers: HashMap::new(),
             listeners: HashMap::new(),
         }
@@ -580,4 +580,124 @@ fn print_delays() {
             d.iter().max()
         );
     }
+}
+
+#[test]
+fn a_town_hall_pays_one_shared_encode_for_all_listeners() {
+    let mut sim = Sim::new();
+    let talkers: Vec<_> = (0..3)
+        .map(|i| {
+            sim.add_talker(
+                i + 1,
+                FREQS[i as usize],
+                NetemConfig::default(),
+                Pattern::Continuous,
+            )
+        })
+        .collect();
+    let listeners: Vec<_> = (0..30).map(|i| sim.add_listener(100 + i)).collect();
+    sim.run_until(secs(1.0));
+    let (ticks, encodes) = (sim.room.stats().ticks, sim.room.stats().encodes);
+    sim.run_until(secs(3.0));
+    let per_tick =
+        (sim.room.stats().encodes - encodes) as f64 / (sim.room.stats().ticks - ticks) as f64;
+    // Three talkers' own mix-minus streams plus one shared stream, whatever the audience size.
+    assert_eq!(per_tick, 4.0);
+    for id in &listeners {
+        assert_hears(
+            sim.heard(*id).window(secs(1.0), secs(2.9)),
+            &FREQS[..3],
+            &[],
+            "listener",
+        );
+    }
+    for (i, id) in talkers.iter().enumerate() {
+        let others: Vec<f32> = (0..3).filter(|j| *j != i).map(|j| FREQS[j]).collect();
+        assert_hears(
+            sim.heard(*id).window(secs(1.0), secs(2.9)),
+            &others,
+            &[FREQS[i]],
+            "talker",
+        );
+    }
+}
+
+#[test]
+fn moving_between_own_and_shared_streams_is_click_free() {
+    let mut sim = Sim::new();
+    // A talks in spurts (sending nothing in between), so it moves between its own stream and
+    // the shared one every second; B's tone plays throughout.
+    let a = sim.add_talker(
+        1,
+        650.0,
+        NetemConfig::default(),
+        Pattern::Spurts { on: 50, off: 50 },
+    );
+    let _b = sim.add_talker(2, 400.0, NetemConfig::default(), Pattern::Continuous);
+    sim.run_until(secs(12.0));
+    assert!(sim.room.stats().primes >= 5, "{:?}", sim.room.stats());
+    let heard = sim.heard(a).window(secs(1.0), secs(11.9));
+    // What A hears (B's tone) stays continuous and level across every switch.
+    let bound = tone_step_bound(&[(400.0, AMP)]);
+    assert!(
+        max_step(heard) < bound * 1.5 + 0.02,
+        "click: step {} vs bound {bound}",
+        max_step(heard)
+    );
+    let levels: Vec<f32> = heard
+        .chunks(4800)
+        .map(|block| tone_db(block, 400.0))
+        .collect();
+    let (lo, hi) = levels
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), l| (lo.min(*l), hi.max(*l)));
+    assert!(
+        hi - lo < 1.5,
+        "B's level wanders from {lo:.1} to {hi:.1} dB across switches"
+    );
+    // No 10 ms block carries more than codec noise: a switch between encoders whose states
+    // differ shows up here (about -17 dB when the shared encoder starts cold).
+    let worst = worst_distortion_db(heard, 400.0);
+    assert!(
+        worst < -30.0,
+        "distortion up to {worst:.1} dB relative to the tone"
+    );
+    // And A never hears itself, on either stream.
+    assert!(tone_db(heard, 650.0) < tone_db(heard, 400.0) - 40.0);
+}
+
+/// Worst 10 ms block of everything in `pcm` that is not the `freq` tone, in dB below the tone.
+fn worst_distortion_db(pcm: &[f32], freq: f32) -> f32 {
+    distortion_by_block(pcm, freq)
+        .into_iter()
+        .fold(f32::MIN, f32::max)
+}
+
+/// Per 10 ms block: everything that is not the `freq` tone, in dB relative to the tone.
+fn distortion_by_block(pcm: &[f32], freq: f32) -> Vec<f32> {
+    let block = 480;
+    pcm.chunks(block)
+        .filter(|c| c.len() == block)
+        .map(|chunk| {
+            let amp = common::tone_amplitude(chunk, freq);
+            // Remove the best-fitting sine of this frequency, measure what is left.
+            let w = 2.0 * std::f32::consts::PI * freq / 48_000.0;
+            let (mut s, mut c) = (0.0f32, 0.0f32);
+            for (i, x) in chunk.iter().enumerate() {
+                s += x * (w * i as f32).sin();
+                c += x * (w * i as f32).cos();
+            }
+            let (a, b) = (2.0 * s / block as f32, 2.0 * c / block as f32);
+            let residual: f32 = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    let r = x - a * (w * i as f32).sin() - b * (w * i as f32).cos();
+                    r * r
+                })
+                .sum::<f32>()
+                / block as f32;
+            10.0 * (residual.max(1e-12)).log10() - 20.0 * (amp / 2f32.sqrt()).max(1e-9).log10()
+        })
+        .collect()
 }

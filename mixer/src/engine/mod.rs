@@ -30,10 +30,17 @@
 //!    or in-band FEC from the next packet), two frames merged to shed delay, or silence.
 //!    Silence costs nothing: the participant is not decoded and not summed.
 //! 2. The decoded frames are summed into the bus.
-//! 3. Each participant's output is the bus minus its own decoded frame (mix-minus: its own voice
-//!    is absent, not merely quieter); listeners and silent talkers get the bus as it is.
-//! 4. Each output passes a look-ahead peak limiter, then is Opus-encoded with the participant's
-//!    own encoder, stamped with that participant's continuous sequence number and timestamp.
+//! 3. Each contributing talker's output is the bus minus its own decoded frame (mix-minus: its
+//!    own voice is absent, not merely quieter), limited and encoded with its own encoder.
+//! 4. Everyone else — listeners and silent talkers — hears the bus as it is, which is limited and
+//!    encoded **once** per tick and shared: a room of N with K talking costs K + 1 encodes, not N.
+//! 5. Every frame is stamped with its participant's own continuous sequence number and timestamp.
+//!
+//! Moving between a talker's own stream and the shared one is done so the listener's decoder
+//! never sees a jump between unrelated encoder states: a talker keeps its own stream for a few
+//! ticks after it falls silent while the shared stream encodes the same input (the two encoders
+//! and limiters converge), and a talker who starts talking continues from the shared limiter's
+//! state with its encoder primed on the shared stream's last inputs.
 //!
 //! Nothing in a steady-state tick allocates: all buffers are sized when a participant joins.
 
@@ -69,6 +76,16 @@ impl std::fmt::Display for ParticipantId {
 
 /// The duration of one frame and one mix tick.
 pub const FRAME: Duration = Duration::from_millis(FRAME_MS as u64);
+
+/// Ticks a talker keeps its own stream after it stops contributing. While it is silent its own
+/// mix equals the shared one, so after a few ticks of identical input its encoder and limiter
+/// have converged on the shared stream's state and the switch is inaudible.
+const OWN_STREAM_HANGOVER: u32 = 3;
+
+/// Frames of the shared stream's recent input replayed into a talker's own encoder when it moves
+/// from the shared stream to its own, so its encoder state matches what the listener's decoder
+/// has been following.
+const PRIME_FRAMES: usize = 2;
 
 /// Buckets of [`ParticipantStats::limiter_reduction_db`].
 pub const LIMITER_DB_BUCKETS: usize = 25;
@@ -159,6 +176,8 @@ pub enum Event {
         /// Whose mix.
         participant: ParticipantId,
     },
+    /// Encoding the shared full mix failed; everyone on it got no frame this tick.
+    SharedEncodeFailed,
     /// The caller was so late that ticks were skipped instead of run.
     TicksSkipped {
         /// How many.
@@ -197,6 +216,10 @@ pub struct RoomStats {
     pub ticks_skipped: u64,
     /// Talkers that contributed audio, summed over ticks (divide by ticks for the average).
     pub contributions: u64,
+    /// Opus encodes run (own streams, the shared stream and priming).
+    pub encodes: u64,
+    /// Encodes that primed a talker's encoder on moving off the shared stream.
+    pub primes: u64,
 }
 
 /// The phases of one tick, in order.
@@ -276,18 +299,24 @@ struct Participant {
     mode: Mode,
     jitter: JitterBuffer,
     decoder: opus::Decoder,
-    encoder: opus::Encoder,
-    limiter: Limiter,
+    /// The participant's own mix-minus stream; talkers only (listeners always hear the shared
+    /// mix, so they never need an encoder of their own).
+    own: Option<MixStream>,
     /// This tick's decoded contribution (valid when `contributing`).
     decoded: Box<[f32]>,
     /// Second decode target for merges.
     scratch: Box<[f32]>,
-    /// This tick's output mix.
-    output: Box<[f32]>,
-    encoded: Box<[u8]>,
-    encoded_len: usize,
+    /// This tick's frame is ready, with this header; its payload comes from `own` when
+    /// `uses_own`, else from the room's shared stream.
     pending: Option<AudioHeader>,
     contributing: bool,
+    /// Whether this tick's output is the participant's own stream (else the shared one).
+    uses_own: bool,
+    /// The own encoder must be primed with the shared stream's recent input before its next
+    /// encode (the participant just moved from the shared stream to its own).
+    needs_prime: bool,
+    /// Consecutive ticks without contributing audio.
+    quiet_ticks: u32,
     decode_failing: bool,
     out_sequence: u16,
     out_timestamp: u32,
@@ -302,15 +331,18 @@ impl Participant {
             mode,
             jitter: JitterBuffer::new(config.jitter.clone()),
             decoder: codec::decoder()?,
-            encoder: config.encoder.build()?,
-            limiter: Limiter::new(config.limiter),
+            own: match mode {
+                Mode::Talk => Some(MixStream::new(config)?),
+                Mode::Listen => None,
+            },
             decoded: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
             scratch: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
-            output: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
-            encoded: vec![0; MAX_OPUS_PACKET].into_boxed_slice(),
-            encoded_len: 0,
             pending: None,
             contributing: false,
+            // A newcomer starts on the shared stream; it has no decoder state to keep in step.
+            uses_own: false,
+            needs_prime: false,
+            quiet_ticks: OWN_STREAM_HANGOVER + 1,
             decode_failing: false,
             out_sequence: 0,
             out_timestamp: 0,
@@ -370,19 +402,9 @@ impl Participant {
         true
     }
 
-    /// Runs the output limiter over this tick's mix.
-    fn limit_output(&mut self) {
-        let report = self.limiter.process(&mut self.output);
-        if report.min_gain < 1.0 {
-            self.stats.frames_limited += 1;
-            // Whole decibels of gain reduction, for the limiter histogram.
-            let db = (-20.0 * report.min_gain.max(1e-6).log10()).ceil() as usize;
-            self.stats.limiter_reduction_db[db.min(LIMITER_DB_BUCKETS - 1)] += 1;
-        }
-    }
-
-    /// Encodes `output` into this participant's pending frame.
-    fn encode_output(&mut self, skipped: u64, events: &mut VecDeque<Event>) {
+    /// Stamps this tick's frame: the header of this participant's stream around a payload
+    /// encoded either by its own encoder or by the shared one.
+    fn stamp(&mut self, skipped: u64, encoded: Option<AudioLevel>) {
         // Skipped ticks are a gap in media time, not lost frames: advance the timestamp only.
         self.out_timestamp = self
             .out_timestamp
@@ -390,28 +412,74 @@ impl Participant {
         if self.pending.take().is_some() {
             self.stats.frames_overwritten += 1;
         }
+        if let Some(level) = encoded {
+            self.pending = Some(AudioHeader {
+                flags: Flags::default().with_marker(!self.sent_first),
+                sequence: self.out_sequence,
+                timestamp: self.out_timestamp,
+                level,
+            });
+            self.sent_first = true;
+            self.out_sequence = self.out_sequence.wrapping_add(1);
+            self.stats.frames_out += 1;
+        }
+        self.out_timestamp = self.out_timestamp.wrapping_add(FRAME_SAMPLES as u32);
+    }
+}
+
+/// One encoded output stream: limiter, Opus encoder and buffers. Each talker has its own (for
+/// its mix-minus); the room has one more, shared by everyone who hears the full mix.
+struct MixStream {
+    encoder: opus::Encoder,
+    limiter: Limiter,
+    /// This tick's mix, limited in place.
+    output: Box<[f32]>,
+    encoded: Box<[u8]>,
+    encoded_len: usize,
+    level: AudioLevel,
+}
+
+impl MixStream {
+    fn new(config: &EngineConfig) -> Result<MixStream, CodecError> {
+        Ok(MixStream {
+            encoder: config.encoder.build()?,
+            limiter: Limiter::new(config.limiter),
+            output: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
+            encoded: vec![0; MAX_OPUS_PACKET].into_boxed_slice(),
+            encoded_len: 0,
+            level: AudioLevel::SILENT,
+        })
+    }
+
+    /// Runs the limiter over `output`, counting its work into `stats`.
+    fn limit(&mut self, stats: &mut ParticipantStats) {
+        let report = self.limiter.process(&mut self.output);
+        if report.min_gain < 1.0 {
+            stats.frames_limited += 1;
+            // Whole decibels of gain reduction, for the limiter histogram.
+            let db = (-20.0 * report.min_gain.max(1e-6).log10()).ceil() as usize;
+            stats.limiter_reduction_db[db.min(LIMITER_DB_BUCKETS - 1)] += 1;
+        }
+    }
+
+    /// Encodes `output`; returns the level for the header, or `None` if libopus failed.
+    fn encode(&mut self) -> Option<AudioLevel> {
         match self.encoder.encode_float(&self.output, &mut self.encoded) {
             Ok(len) => {
                 let rms = mix::rms(&self.output);
                 self.encoded_len = len;
-                self.pending = Some(AudioHeader {
-                    flags: Flags::default().with_marker(!self.sent_first),
-                    sequence: self.out_sequence,
-                    timestamp: self.out_timestamp,
-                    level: AudioLevel::from_rms(rms > VOICE_RMS_THRESHOLD, rms),
-                });
-                self.sent_first = true;
-                self.out_sequence = self.out_sequence.wrapping_add(1);
-                self.stats.frames_out += 1;
+                self.level = AudioLevel::from_rms(rms > VOICE_RMS_THRESHOLD, rms);
+                Some(self.level)
             }
             Err(_) => {
-                self.stats.encode_errors += 1;
-                events.push_back(Event::EncodeFailed {
-                    participant: self.id,
-                });
+                self.encoded_len = 0;
+                None
             }
         }
-        self.out_timestamp = self.out_timestamp.wrapping_add(FRAME_SAMPLES as u32);
+    }
+
+    fn payload(&self) -> &[u8] {
+        &self.encoded[..self.encoded_len]
     }
 }
 
@@ -437,6 +505,16 @@ pub struct Room {
     departing: Vec<Participant>,
     /// Counters of participants who left, so totals never go backwards.
     departed: RoomTotals,
+    /// The full mix, encoded once per tick for everyone who contributes nothing.
+    shared: MixStream,
+    /// Limiter counters of the shared stream.
+    shared_stats: ParticipantStats,
+    /// The shared stream's last encoded inputs (post-limiter), oldest first, for priming.
+    shared_history: [Box<[f32]>; PRIME_FRAMES],
+    /// How many of `shared_history` are consecutive frames up to the previous tick.
+    shared_history_len: usize,
+    /// Whether this tick's shared frame was encoded.
+    shared_ready: bool,
     bus: Box<[f32]>,
     transmit_cursor: usize,
     events: VecDeque<Event>,
@@ -445,23 +523,31 @@ pub struct Room {
 
 impl Room {
     /// An empty room whose first tick is due at `now`.
-    pub fn new(config: EngineConfig, now: Instant) -> Room {
+    ///
+    /// Fails only if libopus refuses the encoder settings (which the CLI validates up front).
+    pub fn new(config: EngineConfig, now: Instant) -> Result<Room, EngineError> {
         let capacity = config.max_participants.min(1024);
-        Room {
+        Ok(Room {
             clock: TickClock::new(now, FRAME, config.max_catch_up_ticks),
             participants: Vec::with_capacity(capacity),
             index: HashMap::with_capacity(capacity),
             departing: Vec::with_capacity(4),
             departed: RoomTotals::default(),
+            shared: MixStream::new(&config)?,
+            shared_stats: ParticipantStats::default(),
+            shared_history: std::array::from_fn(|_| vec![0.0; FRAME_SAMPLES].into_boxed_slice()),
+            shared_history_len: 0,
+            shared_ready: false,
             bus: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
             transmit_cursor: 0,
             events: VecDeque::with_capacity(64),
             stats: RoomStats::default(),
             config,
-        }
+        })
     }
 
-    /// Adds a participant. Talkers get a jitter buffer and decoder; everyone gets an encoder.
+    /// Adds a participant. Talkers get a jitter buffer, a decoder and an encoder for their own
+    /// mix-minus; listeners only ever hear the shared full mix.
     pub fn add_participant(&mut self, id: ParticipantId, mode: Mode) -> Result<(), EngineError> {
         if self.index.contains_key(&id) {
             return Err(EngineError::AlreadyJoined(id));
@@ -566,17 +652,91 @@ impl Room {
                 mix::accumulate(&mut self.bus, &gone.decoded);
             }
         }
+        // Who needs a stream of their own this tick: talkers who contribute (their mix lacks
+        // their own voice) and, for a short hangover, talkers who just stopped. Everyone else
+        // hears the full mix, encoded once for all of them.
+        let mut shared_needed = false;
         for participant in &mut self.participants {
-            if participant.contributing {
-                mix::mix_minus(&mut participant.output, &self.bus, &participant.decoded);
+            participant.quiet_ticks = if participant.contributing {
+                0
             } else {
-                participant.output.copy_from_slice(&self.bus);
+                participant.quiet_ticks.saturating_add(1)
+            };
+            let wants_own =
+                participant.own.is_some() && participant.quiet_ticks <= OWN_STREAM_HANGOVER;
+            let Some(own) = participant.own.as_mut().filter(|_| wants_own) else {
+                participant.uses_own = false;
+                shared_needed = true;
+                continue;
+            };
+            if !participant.uses_own {
+                // Moving off the shared stream: continue from the shared limiter's state, and
+                // (at encode time) replay its recent input into this encoder.
+                own.limiter.clone_from(&self.shared.limiter);
+                participant.needs_prime = self.shared_history_len > 0;
+                participant.uses_own = true;
             }
-            participant.limit_output();
+            if participant.contributing {
+                mix::mix_minus(&mut own.output, &self.bus, &participant.decoded);
+            } else {
+                // In the hangover: the own mix is the full mix. Run the shared stream too, so
+                // its encoder has been following the same input when this talker moves to it.
+                own.output.copy_from_slice(&self.bus);
+                shared_needed = true;
+            }
+            own.limit(&mut participant.stats);
+        }
+        if shared_needed {
+            self.shared.output.copy_from_slice(&self.bus);
+            self.shared.limit(&mut self.shared_stats);
         }
         timer.phase(TickPhase::Encode);
         for participant in &mut self.participants {
-            participant.encode_output(skipped, &mut self.events);
+            if !std::mem::take(&mut participant.needs_prime) {
+                continue;
+            }
+            let Some(own) = participant.own.as_mut() else {
+                continue;
+            };
+            let start = PRIME_FRAMES - self.shared_history_len;
+            for frame in &self.shared_history[start..] {
+                // The output is discarded: only the encoder's state matters.
+                let _ = own.encoder.encode_float(frame, &mut own.encoded);
+                self.stats.encodes += 1;
+                self.stats.primes += 1;
+            }
+        }
+        self.shared_ready = false;
+        if shared_needed {
+            self.stats.encodes += 1;
+            self.shared_ready = self.shared.encode().is_some();
+            if !self.shared_ready {
+                self.shared_stats.encode_errors += 1;
+                self.events.push_back(Event::SharedEncodeFailed);
+            }
+            // Keep the last PRIME_FRAMES inputs, oldest first.
+            self.shared_history.rotate_left(1);
+            self.shared_history[PRIME_FRAMES - 1].copy_from_slice(&self.shared.output);
+            self.shared_history_len = (self.shared_history_len + 1).min(PRIME_FRAMES);
+        } else {
+            self.shared_history_len = 0;
+        }
+        for participant in &mut self.participants {
+            let level = match participant.own.as_mut().filter(|_| participant.uses_own) {
+                Some(own) => {
+                    self.stats.encodes += 1;
+                    let level = own.encode();
+                    if level.is_none() {
+                        participant.stats.encode_errors += 1;
+                        self.events.push_back(Event::EncodeFailed {
+                            participant: participant.id,
+                        });
+                    }
+                    level
+                }
+                None => self.shared_ready.then_some(self.shared.level),
+            };
+            participant.stamp(skipped, level);
         }
         timer.phase(TickPhase::Done);
     }
@@ -588,10 +748,14 @@ impl Room {
             self.transmit_cursor += 1;
             if let Some(header) = self.participants[i].pending.take() {
                 let p = &self.participants[i];
+                let payload = match p.own.as_ref().filter(|_| p.uses_own) {
+                    Some(own) => own.payload(),
+                    None => self.shared.payload(),
+                };
                 return Some(Transmit {
                     to: p.id,
                     header,
-                    payload: &p.encoded[..p.encoded_len],
+                    payload,
                 });
             }
         }
@@ -621,6 +785,7 @@ impl Room {
     /// Counters summed over current and past participants; they only ever grow.
     pub fn totals(&self) -> RoomTotals {
         let mut totals = self.departed.clone();
+        totals.add(&self.shared_stats);
         for participant in &self.participants {
             totals.add(&participant.snapshot());
         }

@@ -566,14 +566,23 @@ impl MixerThread {
         joiner: Joiner,
         in_flight: Arc<AtomicUsize>,
     ) {
-        let now = Instant::now();
-        let engine = &self.engine;
-        let slot = self.rooms.entry(room.clone()).or_insert_with(|| RoomSlot {
-            engine: Room::new(engine.clone(), now),
-            members: HashMap::new(),
-            reported: RoomTotals::default(),
-            ticks_since_report: 0,
-        });
+        if !self.rooms.contains_key(&room) {
+            match Room::new(self.engine.clone(), Instant::now()) {
+                Ok(engine) => {
+                    let slot = RoomSlot {
+                        engine,
+                        members: HashMap::new(),
+                        reported: RoomTotals::default(),
+                        ticks_since_report: 0,
+                    };
+                    self.rooms.insert(room.clone(), slot);
+                }
+                Err(error) => return self.refuse(&room, id, &joiner, error),
+            }
+        }
+        let Some(slot) = self.rooms.get_mut(&room) else {
+            return;
+        };
         if let Err(error) = slot.engine.add_participant(id, joiner.mode) {
             warn!(%room, participant = %id, %error, "join failed in the engine");
             let code = match error {
@@ -632,6 +641,22 @@ impl MixerThread {
             },
         );
         self.where_is.insert(id, room);
+    }
+
+    /// Tells a joiner the engine could not create its room.
+    fn refuse(&mut self, room: &str, id: ParticipantId, joiner: &Joiner, error: EngineError) {
+        warn!(%room, participant = %id, %error, "could not create the room");
+        self.metrics
+            .join_failures_total
+            .with_label_values(&[ErrorCode::Internal.as_str()])
+            .inc();
+        joiner
+            .outbox
+            .push_control(ServerMessage::error(ErrorCode::Internal, error.to_string()).to_json());
+        joiner.outbox.close(Closed::Close {
+            code: 1011,
+            reason: "join failed",
+        });
     }
 
     fn leave(&mut self, participant: ParticipantId, reason: LeaveReason) {
@@ -727,6 +752,9 @@ impl MixerThread {
                         }
                         Event::EncodeFailed { participant } => {
                             warn!(%room, %participant, "Opus encode failed");
+                        }
+                        Event::SharedEncodeFailed => {
+                            warn!(%room, "Opus encode of the shared mix failed");
                         }
                         Event::TicksSkipped { count } => {
                             metrics.ticks_skipped_total.inc_by(count);
