@@ -1,2 +1,427 @@
-//! Load generator for the mixer (in progress).
+//! # loadgen: a load generator for the mixer that listens to what it gets back
+//!
+//! Joins `rooms × participants` simulated clients (talkers and listeners) to one or more mixers
+//! and measures, per run: join time, receive rate, loss (gaps in the server's sequence numbers),
+//! RFC 3550 jitter, disconnects and server errors, its own and the mixer's CPU use, and, on a
+//! sample of receivers, whether the audio is right: every talker heard, own voice absent
+//! (mix-minus), no other room leaking in, no clipping, and the mouth-to-ear delay of tone onsets.
+//!
+//! - [`config`]: clap [`Args`] → validated [`Scenario`] (+ [`Gates`]).
+//! - [`signal`]: the tone grid, the pre-encoded 1 s tone-burst period, WAV input, Goertzel.
+//! - [`client`]: one tokio task per simulated client; absolute 20 ms send schedule; impairment.
+//! - [`stats`]: sequence-gap and jitter kernels, live counters.
+//! - [`verify`]: decoding and checking sampled receivers after the run.
+//! - [`report`]: [`Report`], gate verdicts, the summary table.
+//!
+//! [`run`] runs one scenario; [`find_max`] grows the load round by round until a gate breaks.
 #![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod cpu;
+pub mod report;
+pub mod rng;
+pub mod signal;
+pub mod stats;
+pub mod verify;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::time::Instant;
+
+pub use config::{Args, Gates, Scenario, ScenarioError};
+pub use report::{Capacity, Report};
+
+use client::{ClientOutcome, ClientPlan, RunContext, run_client};
+use config::Signal;
+use report::{CpuUse, EXPECTED_FPS, Percentiles, Round, RxRate, Verification};
+use signal::Source;
+use stats::{Live, micros_histogram};
+use verify::{Talkers, VerifySettings};
+
+/// Runs one scenario and reports what it measured, with the verdict of its gates.
+pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
+    run_round(scenario, 0).await
+}
+
+/// Capacity search: runs `scenario`, then again with `step` more rooms each round, until a gate
+/// is violated or `max_rounds` have run. `on_round` sees each round as it finishes.
+pub async fn find_max(
+    scenario: &Scenario,
+    mut on_round: impl FnMut(&Round),
+) -> anyhow::Result<Capacity> {
+    let search = scenario.find_max.unwrap_or(config::FindMax {
+        step: scenario.rooms,
+        max_rounds: 1,
+    });
+    let mut capacity = Capacity {
+        rounds: Vec::new(),
+        max_rooms: None,
+        max_clients: None,
+    };
+    for round in 0..search.max_rounds {
+        let mut this = scenario.clone();
+        this.rooms = scenario.rooms + round * search.step;
+        let report = run_round(&this, round).await?;
+        let violations = report.violations(&this.gates);
+        let passed = violations.is_empty();
+        if passed {
+            capacity.max_rooms = Some(this.rooms);
+            capacity.max_clients = Some(this.clients());
+        }
+        let entry = Round {
+            rooms: this.rooms,
+            clients: this.clients(),
+            passed,
+            violations,
+            report,
+        };
+        on_round(&entry);
+        capacity.rounds.push(entry);
+        if !passed {
+            break;
+        }
+        // Let the server settle (closed connections reaped, rooms torn down) between rounds.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(capacity)
+}
+
+/// The sources for a scenario: per room, per talker slot, its tone (if any) and packets.
+type RoomSources = Vec<Vec<(Option<f32>, Arc<Source>)>>;
+
+fn prepare_sources(scenario: &Scenario) -> anyhow::Result<RoomSources> {
+    match &scenario.signal {
+        Signal::Wav(path) => {
+            let source = Arc::new(signal::wav_source(path)?);
+            Ok((0..scenario.rooms)
+                .map(|_| vec![(None, source.clone()); scenario.talkers])
+                .collect())
+        }
+        Signal::Tones => {
+            let freqs: Vec<Vec<f32>> = (0..scenario.rooms)
+                .map(|r| {
+                    (0..scenario.talkers)
+                        .map(|t| signal::tone_for(r, t, scenario.talkers, scenario.rooms))
+                        .collect()
+                })
+                .collect();
+            let flat: Vec<f32> = freqs.iter().flatten().copied().collect();
+            let sources = signal::tone_sources(&flat)?;
+            let lookup = |f: f32| {
+                sources
+                    .iter()
+                    .find(|(g, _)| *g == f)
+                    .map(|(_, s)| s.clone())
+                    .expect("every tone was encoded above")
+            };
+            Ok(freqs
+                .iter()
+                .map(|room| room.iter().map(|&f| (Some(f), lookup(f))).collect())
+                .collect())
+        }
+    }
+}
+
+/// Which (room, slot) receivers are verified: round-robin over rooms, alternating listeners and
+/// talkers within a room, so a small sample still covers every room and both roles.
+fn verified_set(scenario: &Scenario) -> Vec<(usize, usize)> {
+    let (talkers, participants) = (scenario.talkers, scenario.participants);
+    let mut order = Vec::with_capacity(participants);
+    let (mut t, mut l) = (0, talkers);
+    while order.len() < participants {
+        // A listener first: it has the most to check (every talker of its room).
+        if l < participants {
+            order.push(l);
+            l += 1;
+        }
+        if t < talkers {
+            order.push(t);
+            t += 1;
+        }
+    }
+    let mut out = Vec::new();
+    'outer: for &slot in &order {
+        for room in 0..scenario.rooms {
+            if out.len() >= scenario.verify {
+                break 'outer;
+            }
+            out.push((room, slot));
+        }
+    }
+    out
+}
+
+async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> {
+    let prepared = {
+        let scenario = scenario.clone();
+        tokio::task::spawn_blocking(move || prepare_sources(&scenario))
+            .await
+            .context("preparing the talkers' audio")??
+    };
+    let verified = verified_set(scenario);
+    let clients = scenario.clients();
+    let live = Arc::new(Live::default());
+    let epoch = Instant::now() + Duration::from_millis(100);
+    let ramp = Duration::from_secs_f64(clients as f64 / scenario.ramp_per_sec);
+    let end = epoch + ramp + scenario.duration;
+    let ctx = Arc::new(RunContext {
+        epoch,
+        end,
+        live: live.clone(),
+        pattern: scenario.pattern,
+        talk_on: scenario.talk_on,
+        talk_off: scenario.talk_off,
+        impairment: scenario.impairment,
+        seed: scenario.seed,
+        join_timeout: scenario.join_timeout,
+        warmup: scenario.warmup,
+    });
+    let cpu_start = (
+        cpu::cpu_seconds(None),
+        scenario.mixer_pid.and_then(|p| cpu::cpu_seconds(Some(p))),
+    );
+    let wall_start = Instant::now();
+    let progress = tokio::spawn(progress(live.clone(), clients, epoch));
+    let mut tasks = Vec::with_capacity(clients);
+    for (room, room_sources) in prepared.iter().enumerate() {
+        for slot in 0..scenario.participants {
+            let index = room * scenario.participants + slot;
+            let plan = ClientPlan {
+                index,
+                room,
+                slot,
+                source: room_sources.get(slot).map(|(_, source)| source.clone()),
+                url: scenario.urls[room % scenario.urls.len()].clone(),
+                room_name: scenario.room_name(round, room),
+                start_at: epoch + Duration::from_secs_f64(index as f64 / scenario.ramp_per_sec),
+                record: verified.contains(&(room, slot)),
+            };
+            tasks.push(tokio::spawn(run_client(plan, ctx.clone())));
+        }
+    }
+    let mut outcomes = Vec::with_capacity(clients);
+    for task in tasks {
+        outcomes.push(task.await.context("a client task panicked")?);
+    }
+    let wall = wall_start.elapsed().as_secs_f64();
+    let cpu_pct = |start: Option<f64>, pid: Option<u32>| {
+        Some(100.0 * (cpu::cpu_seconds(pid)? - start?) / wall)
+    };
+    let cpu = CpuUse {
+        wall_secs: wall,
+        loadgen_pct: cpu_pct(cpu_start.0, None),
+        mixer_pct: scenario
+            .mixer_pid
+            .and_then(|pid| cpu_pct(cpu_start.1, Some(pid))),
+    };
+    progress.abort();
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    let jitter = live
+        .jitter_total
+        .lock()
+        .map(|h| Percentiles::from_micros(&h))
+        .unwrap_or_default();
+    let end_secs = (end - epoch).as_secs_f64();
+    let scenario = scenario.clone();
+    tokio::task::spawn_blocking(move || {
+        analyse(
+            &scenario, outcomes, &prepared, &verified, end_secs, jitter, cpu,
+        )
+    })
+    .await
+    .context("analysing the run")
+}
+
+fn analyse(
+    scenario: &Scenario,
+    outcomes: Vec<ClientOutcome>,
+    prepared: &RoomSources,
+    verified: &[(usize, usize)],
+    end: f64,
+    jitter_ms: Percentiles,
+    cpu: CpuUse,
+) -> Report {
+    let ready = verify::room_ready_times(&outcomes);
+    let mut join = micros_histogram();
+    let mut join_failures = BTreeMap::new();
+    let mut disconnects = BTreeMap::new();
+    let mut server_errors = BTreeMap::new();
+    let (mut received, mut lost, mut skips, mut sent, mut impaired) = (0, 0, 0, 0, 0);
+    let mut rates = Vec::new();
+    let mut min_second = u32::MAX;
+    for o in &outcomes {
+        if let Some(ms) = o.join_ms {
+            let _ = join.record((ms * 1000.0).max(1.0) as u64);
+        }
+        if let Some(f) = &o.failure {
+            *join_failures.entry(f.clone()).or_insert(0) += 1;
+        }
+        if let Some(d) = &o.disconnect {
+            *disconnects.entry(d.clone()).or_insert(0) += 1;
+        }
+        for (code, _) in &o.server_errors {
+            *server_errors.entry(code.clone()).or_insert(0) += 1;
+        }
+        received += o.seq.received;
+        lost += o.seq.lost;
+        skips += o.tick_skips;
+        sent += o.sent;
+        impaired += o.impaired_drops;
+        // Whole seconds after the room's warm-up and before the end.
+        if let (Some(_), Some(ready)) = (o.joined_at, ready.get(&o.room)) {
+            let first = (ready + scenario.warmup.as_secs_f64()).ceil() as usize;
+            let last = end.floor() as usize;
+            if last > first {
+                let seconds: Vec<u32> = (first..last)
+                    .map(|s| o.per_second.get(s).copied().unwrap_or(0))
+                    .collect();
+                min_second = min_second.min(seconds.iter().copied().min().unwrap_or(0));
+                rates.push(f64::from(seconds.iter().sum::<u32>()) / seconds.len() as f64);
+            }
+        }
+    }
+    let rx_rate = RxRate {
+        expected: EXPECTED_FPS,
+        mean: if rates.is_empty() {
+            0.0
+        } else {
+            rates.iter().sum::<f64>() / rates.len() as f64
+        },
+        min_client: rates.iter().copied().fold(f64::INFINITY, f64::min).min(1e9),
+        min_second: if rates.is_empty() { 0 } else { min_second },
+        clients: rates.len(),
+    };
+    let rx_rate = RxRate {
+        min_client: if rates.is_empty() {
+            0.0
+        } else {
+            rx_rate.min_client
+        },
+        ..rx_rate
+    };
+    let by_index: HashMap<(usize, usize), &ClientOutcome> =
+        outcomes.iter().map(|o| ((o.room, o.slot), o)).collect();
+    let talkers = Talkers {
+        rooms: (0..scenario.rooms)
+            .map(|r| {
+                (0..scenario.talkers)
+                    .filter_map(|t| {
+                        let (freq, source) = &prepared[r][t];
+                        by_index
+                            .get(&(r, t))
+                            .map(|o| (t, *freq, source.clone(), *o))
+                    })
+                    .collect()
+            })
+            .collect(),
+    };
+    let settings = VerifySettings {
+        warmup: scenario.warmup.as_secs_f64(),
+        end,
+        heard_db: scenario.heard_db,
+        isolation_db: scenario.isolation_db,
+        tones: scenario.signal == Signal::Tones,
+        rooms: scenario.rooms,
+    };
+    let mut verification = Verification::default();
+    let mut delay = micros_histogram();
+    for key in verified {
+        let Some(o) = by_index.get(key) else { continue };
+        let room_ready = ready.get(&o.room).copied().unwrap_or(0.0);
+        let verdict = verify::verify_receiver(o, room_ready, &talkers, &settings);
+        for d in &verdict.delays_ms {
+            let _ = delay.record((d * 1000.0).max(1.0) as u64);
+        }
+        verification.receivers += 1;
+        if verdict.passed {
+            verification.passed += 1;
+        } else {
+            verification.failed += 1;
+        }
+        verification.clipped_samples += verdict.clipped_samples;
+        verification
+            .failures
+            .extend(verdict.problems.iter().cloned());
+        verification.details.push(verdict);
+    }
+    let mut report = Report {
+        scenario: scenario.clone(),
+        clients: outcomes.len(),
+        talkers: outcomes.iter().filter(|o| o.talker).count(),
+        listeners: outcomes.iter().filter(|o| !o.talker).count(),
+        joined: outcomes.iter().filter(|o| o.joined_at.is_some()).count(),
+        join_failures,
+        join_ms: Percentiles::from_micros(&join),
+        rx_rate,
+        frames_received: received,
+        frames_lost: lost,
+        loss_pct: if received + lost == 0 {
+            0.0
+        } else {
+            100.0 * lost as f64 / (received + lost) as f64
+        },
+        tick_skips: skips,
+        jitter_ms,
+        delay_ms: Percentiles::from_micros(&delay),
+        verification,
+        disconnects,
+        server_errors,
+        packets_sent: sent,
+        packets_impaired: impaired,
+        cpu,
+        gates: Vec::new(),
+        passed: true,
+    };
+    report.gates = report.gate_verdicts(&scenario.gates);
+    report.passed = report.gates.iter().all(|g| g.passed);
+    report
+}
+
+/// Prints a progress line about once a second while stderr is a terminal.
+async fn progress(live: Arc<Live>, clients: usize, epoch: Instant) {
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let (mut last_frames, mut last_lost) = (0, 0);
+    loop {
+        ticker.tick().await;
+        let frames = live.frames.load(Ordering::Relaxed);
+        let lost = live.lost.load(Ordering::Relaxed);
+        let connected = live.connected.load(Ordering::Relaxed);
+        let errors = live.errors.load(Ordering::Relaxed);
+        let p99 = live
+            .jitter
+            .lock()
+            .map(|mut h| {
+                let v = h.value_at_quantile(0.99) as f64 / 1000.0;
+                h.reset();
+                v
+            })
+            .unwrap_or(0.0);
+        let (df, dl) = (frames - last_frames, lost - last_lost);
+        (last_frames, last_lost) = (frames, lost);
+        let loss = if df + dl == 0 {
+            0.0
+        } else {
+            100.0 * dl as f64 / (df + dl) as f64
+        };
+        let per_client = if connected == 0 {
+            0.0
+        } else {
+            df as f64 / connected as f64
+        };
+        eprint!(
+            "\r\x1b[2K[{:>5.0}s] connected {connected}/{clients}  rx {df} f/s ({per_client:.1}/client)  loss {loss:.2}%  jitter p99 {p99:.1} ms  errors {errors}",
+            epoch.elapsed().as_secs_f64()
+        );
+    }
+}

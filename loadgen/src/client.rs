@@ -1,0 +1,484 @@
+//! One simulated client: connects, joins, sends its talker's packets on an absolute 20 ms
+//! schedule (through the client-side impairment), and measures everything it receives.
+//!
+//! Each client is one tokio task. Talkers share their pre-encoded packets through an `Arc` and
+//! only rewrite the 9-byte header, so feeding thousands of clients costs little; every receiver
+//! takes the cheap path (header, sequence gaps, jitter, per-second counts) and only verified
+//! receivers keep the packets, to be decoded after the run.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use mixer_protocol::{
+    AudioFormat, AudioFrame, AudioHeader, ClientMessage, FRAME_SAMPLES, Flags, JoinRequest, Mode,
+    ServerMessage, parse_server_message,
+};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::config::{Impairment, TalkPattern};
+use crate::rng::Rng;
+use crate::signal::{PERIOD_FRAMES, Source};
+use crate::stats::{Jitter, Live, SeqTracker};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const FRAME: Duration = Duration::from_millis(20);
+
+/// What is shared by all clients of a run.
+#[derive(Debug)]
+pub struct RunContext {
+    /// Time zero of the run; all recorded times are seconds since it.
+    pub epoch: Instant,
+    /// When every client stops.
+    pub end: Instant,
+    /// Live counters.
+    pub live: Arc<Live>,
+    /// Talk pattern.
+    pub pattern: TalkPattern,
+    /// Mean spurt and pause lengths.
+    pub talk_on: Duration,
+    /// Mean pause length.
+    pub talk_off: Duration,
+    /// Client-side impairment.
+    pub impairment: Impairment,
+    /// Seed.
+    pub seed: u64,
+    /// Connect plus join timeout.
+    pub join_timeout: Duration,
+    /// Jitter samples start this long after a client's join.
+    pub warmup: Duration,
+}
+
+impl RunContext {
+    fn secs(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.epoch).as_secs_f64()
+    }
+}
+
+/// Who a client is and what it does.
+#[derive(Debug, Clone)]
+pub struct ClientPlan {
+    /// Global index.
+    pub index: usize,
+    /// Room index.
+    pub room: usize,
+    /// Index within the room; the first `talkers` talk.
+    pub slot: usize,
+    /// The talker's audio, `None` for a listener.
+    pub source: Option<Arc<Source>>,
+    /// Server URL.
+    pub url: String,
+    /// Room name.
+    pub room_name: String,
+    /// When to connect.
+    pub start_at: Instant,
+    /// Keep received packets for verification.
+    pub record: bool,
+}
+
+/// One received packet kept for verification.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Arrival, seconds since the epoch.
+    pub arrival: f64,
+    /// Server sequence number.
+    pub sequence: u16,
+    /// The Opus packet.
+    pub payload: Bytes,
+}
+
+/// Everything a client measured.
+#[derive(Debug, Default)]
+pub struct ClientOutcome {
+    /// Global index.
+    pub index: usize,
+    /// Room.
+    pub room: usize,
+    /// Slot within the room.
+    pub slot: usize,
+    /// Whether it talked.
+    pub talker: bool,
+    /// When the join completed, seconds since the epoch.
+    pub joined_at: Option<f64>,
+    /// Connect plus join time, ms.
+    pub join_ms: Option<f64>,
+    /// Why connecting or joining failed.
+    pub failure: Option<String>,
+    /// Why the connection ended before the run did.
+    pub disconnect: Option<String>,
+    /// Server `error` messages: (code, message).
+    pub server_errors: Vec<(String, String)>,
+    /// Sequence accounting.
+    pub seq: SeqTracker,
+    /// Frames whose timestamp jumped by more than 960 (server skipped mix ticks).
+    pub tick_skips: u64,
+    /// Frames received in each second since the epoch.
+    pub per_second: Vec<u32>,
+    /// Packets kept for verification.
+    pub recording: Vec<Recorded>,
+    /// Talker: scheduled time of each tone onset leaving the mouth, seconds since the epoch.
+    pub onsets: Vec<f64>,
+    /// Talker: seconds (since the epoch) it spent talking, as (from, to) intervals.
+    pub talking: Vec<(f64, f64)>,
+    /// Talker: packets sent.
+    pub sent: u64,
+    /// Talker: packets the impairment dropped.
+    pub impaired_drops: u64,
+}
+
+/// The talker's send state: header counters, talk-spurt state and the impairment queue.
+struct Sender {
+    source: Arc<Source>,
+    rng: Rng,
+    next: Instant,
+    sequence: u16,
+    timestamp: u32,
+    position: usize,
+    talking: bool,
+    frames_left: u64,
+    first_of_spurt: bool,
+    in_loss: bool,
+    held: Option<Vec<u8>>,
+    pending: Vec<(Instant, Vec<u8>)>,
+}
+
+impl Sender {
+    fn frames_for(&mut self, mean: Duration) -> u64 {
+        let secs = self.rng.exponential(mean.as_secs_f64());
+        ((secs / FRAME.as_secs_f64()).round() as u64).max(1)
+    }
+
+    /// Produces the frame scheduled at `self.next`, advances the schedule, and queues the
+    /// frame (if the impairment lets it through) for its due time.
+    fn generate(&mut self, ctx: &RunContext, out: &mut ClientOutcome) {
+        let scheduled = self.next;
+        self.next += FRAME;
+        if ctx.pattern == TalkPattern::Spurts {
+            if self.frames_left == 0 {
+                self.talking = !self.talking;
+                let mean = if self.talking {
+                    ctx.talk_on
+                } else {
+                    ctx.talk_off
+                };
+                self.frames_left = self.frames_for(mean);
+                if self.talking {
+                    self.position = 0;
+                    self.first_of_spurt = true;
+                }
+            }
+            self.frames_left -= 1;
+        }
+        let timestamp = self.timestamp;
+        self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+        if !self.talking {
+            return;
+        }
+        let at = ctx.secs(scheduled);
+        // The frame holds the 20 ms of audio captured before it is sent.
+        let mouth = at - FRAME.as_secs_f64();
+        match out.talking.last_mut() {
+            Some((_, to)) if (*to - mouth).abs() < 1e-6 => *to = at,
+            _ => out.talking.push((mouth, at)),
+        }
+        let position = self.position;
+        self.position = (self.position + 1) % self.source.packets.len();
+        if self.source.freq.is_some() && position.is_multiple_of(PERIOD_FRAMES) {
+            out.onsets.push(mouth);
+        }
+        let header = AudioHeader {
+            flags: Flags::default().with_marker(self.first_of_spurt),
+            sequence: self.sequence,
+            timestamp,
+            level: self.source.levels[position],
+        };
+        self.first_of_spurt = false;
+        self.sequence = self.sequence.wrapping_add(1);
+        out.sent += 1;
+        let impairment = &ctx.impairment;
+        let lose = if self.in_loss {
+            self.rng.chance(impairment.loss_burst)
+        } else {
+            self.rng.chance(impairment.loss)
+        };
+        self.in_loss = lose;
+        if lose {
+            out.impaired_drops += 1;
+            return;
+        }
+        let payload = &self.source.packets[position];
+        let mut frame = Vec::with_capacity(mixer_protocol::AUDIO_HEADER_LEN + payload.len());
+        AudioFrame { header, payload }.write_to(&mut frame);
+        let due = scheduled + impairment.jitter.mul_f64(self.rng.unit());
+        if let Some(held) = self.held.take() {
+            // The held packet goes right after this one: the pair is swapped.
+            self.pending.push((due, frame));
+            self.pending.push((due, held));
+        } else if self.rng.chance(impairment.reorder) {
+            self.held = Some(frame);
+        } else {
+            self.pending.push((due, frame));
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.pending.iter().map(|(at, _)| *at).min()
+    }
+}
+
+fn join_message(plan: &ClientPlan) -> Message {
+    Message::text(
+        ClientMessage::Join(JoinRequest {
+            room: plan.room_name.clone(),
+            name: format!("lg-{}-{}", plan.room, plan.slot),
+            token: None,
+            mode: if plan.source.is_some() {
+                Mode::Talk
+            } else {
+                Mode::Listen
+            },
+            format: AudioFormat::opus_48k_mono_20ms(),
+        })
+        .to_json(),
+    )
+}
+
+async fn connect_and_join(plan: &ClientPlan) -> Result<Ws, String> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(plan.url.as_str())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    ws.send(join_message(plan))
+        .await
+        .map_err(|e| format!("sending join: {e}"))?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => match parse_server_message(text.as_str()) {
+                Ok(ServerMessage::Joined { .. }) => return Ok(ws),
+                Ok(ServerMessage::Error { code, message }) => {
+                    return Err(format!("join rejected: {code}: {message}"));
+                }
+                _ => {}
+            },
+            Some(Ok(Message::Close(frame))) => {
+                return Err(format!(
+                    "closed during join: {}",
+                    close_reason(frame.as_ref())
+                ));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("during join: {e}")),
+            None => return Err("connection dropped during join".into()),
+        }
+    }
+}
+
+fn close_reason(frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> String {
+    match frame {
+        Some(f) if f.reason.is_empty() => format!("close {}", u16::from(f.code)),
+        Some(f) => format!("close {} {}", u16::from(f.code), f.reason.as_str()),
+        None => "close without code".into(),
+    }
+}
+
+/// Runs one client to the end of the run.
+pub async fn run_client(plan: ClientPlan, ctx: Arc<RunContext>) -> ClientOutcome {
+    let mut out = ClientOutcome {
+        index: plan.index,
+        room: plan.room,
+        slot: plan.slot,
+        talker: plan.source.is_some(),
+        ..ClientOutcome::default()
+    };
+    tokio::time::sleep_until(plan.start_at).await;
+    let started = Instant::now();
+    let mut ws = match tokio::time::timeout(ctx.join_timeout, connect_and_join(&plan)).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            out.failure = Some(e);
+            ctx.live.error();
+            return out;
+        }
+        Err(_) => {
+            out.failure = Some(format!("join timed out after {:?}", ctx.join_timeout));
+            ctx.live.error();
+            return out;
+        }
+    };
+    let joined = Instant::now();
+    out.joined_at = Some(ctx.secs(joined));
+    out.join_ms = Some((joined - started).as_secs_f64() * 1000.0);
+    ctx.live.connected.fetch_add(1, Ordering::Relaxed);
+    receive_and_send(&plan, &ctx, &mut ws, joined, &mut out).await;
+    ctx.live.connected.fetch_sub(1, Ordering::Relaxed);
+    if out.disconnect.is_none() {
+        let _ = tokio::time::timeout(Duration::from_millis(500), ws.close(None)).await;
+    }
+    out
+}
+
+async fn receive_and_send(
+    plan: &ClientPlan,
+    ctx: &RunContext,
+    ws: &mut Ws,
+    joined: Instant,
+    out: &mut ClientOutcome,
+) {
+    let mut sender = plan.source.as_ref().map(|source| {
+        let mut rng = Rng::new(ctx.seed, plan.index as u64);
+        let sequence = rng.next_u64() as u16;
+        let timestamp = rng.next_u64() as u32;
+        Sender {
+            source: source.clone(),
+            rng,
+            next: joined,
+            sequence,
+            timestamp,
+            position: 0,
+            talking: true,
+            // Spurt mode starts with a spurt (so everyone is heard early); drawn at first frame.
+            frames_left: 0,
+            first_of_spurt: true,
+            in_loss: false,
+            held: None,
+            pending: Vec::new(),
+        }
+    });
+    if let Some(s) = sender.as_mut()
+        && ctx.pattern == TalkPattern::Spurts
+    {
+        s.talking = false; // flipped to a spurt by the first frame
+    }
+    let warm_from = joined + ctx.warmup;
+    let mut jitter = Jitter::default();
+    let mut last_timestamp: Option<u32> = None;
+    let (mut flushed_frames, mut flushed_lost) = (0u64, 0u64);
+    let mut next_flush = joined + Duration::from_secs(1);
+    let sleep = tokio::time::sleep_until(joined);
+    tokio::pin!(sleep);
+    loop {
+        let mut wake = ctx.end.min(next_flush);
+        if let Some(s) = &sender {
+            wake = wake.min(s.next);
+            if let Some(due) = s.next_due() {
+                wake = wake.min(due);
+            }
+        }
+        if sleep.deadline() != wake {
+            sleep.as_mut().reset(wake);
+        }
+        tokio::select! {
+            () = &mut sleep => {
+                let now = Instant::now();
+                if now >= ctx.end {
+                    break;
+                }
+                if now >= next_flush {
+                    next_flush += Duration::from_secs(1);
+                    ctx.live.flush(
+                        out.seq.received - flushed_frames,
+                        out.seq.lost - flushed_lost,
+                        if now >= warm_from { Some(jitter.millis()) } else { None },
+                    );
+                    flushed_frames = out.seq.received;
+                    flushed_lost = out.seq.lost;
+                }
+                if let Some(s) = sender.as_mut() {
+                    while s.next <= now {
+                        s.generate(ctx, out);
+                    }
+                    if s.pending.iter().any(|(at, _)| *at <= now) {
+                        let mut due = Vec::new();
+                        s.pending.retain_mut(|(at, frame)| {
+                            if *at <= now {
+                                due.push(std::mem::take(frame));
+                                false
+                            } else {
+                                true
+                            }
+                        });
+                        for frame in due {
+                            if let Err(e) = ws.feed(Message::binary(frame)).await {
+                                out.disconnect = Some(format!("send failed: {e}"));
+                                ctx.live.error();
+                                return;
+                            }
+                        }
+                        if let Err(e) = ws.flush().await {
+                            out.disconnect = Some(format!("send failed: {e}"));
+                            ctx.live.error();
+                            return;
+                        }
+                    }
+                }
+            }
+            message = ws.next() => match message {
+                Some(Ok(Message::Binary(bytes))) => {
+                    let Ok(frame) = AudioFrame::parse(&bytes) else {
+                        out.server_errors.push(("bad_frame".into(), "unparsable audio frame".into()));
+                        continue;
+                    };
+                    let now = Instant::now();
+                    let arrival = ctx.secs(now);
+                    let header = frame.header;
+                    out.seq.record(header.sequence);
+                    jitter.record(arrival, header.timestamp);
+                    if let Some(last) = last_timestamp
+                        && header.timestamp.wrapping_sub(last) > FRAME_SAMPLES as u32
+                        && header.timestamp.wrapping_sub(last) < 1 << 31
+                    {
+                        out.tick_skips += 1;
+                    }
+                    last_timestamp = Some(header.timestamp);
+                    let second = arrival as usize;
+                    if out.per_second.len() <= second {
+                        out.per_second.resize(second + 1, 0);
+                    }
+                    out.per_second[second] += 1;
+                    if plan.record {
+                        let start = mixer_protocol::AUDIO_HEADER_LEN;
+                        out.recording.push(Recorded {
+                            arrival,
+                            sequence: header.sequence,
+                            payload: bytes.slice(start..),
+                        });
+                    }
+                }
+                Some(Ok(Message::Text(text))) => {
+                    if let Ok(ServerMessage::Error { code, message }) =
+                        parse_server_message(text.as_str())
+                    {
+                        ctx.live.error();
+                        out.server_errors.push((code.as_str().to_owned(), message));
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    out.disconnect = Some(format!("closed by server: {}", close_reason(frame.as_ref())));
+                    ctx.live.error();
+                    return;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    out.disconnect = Some(format!("connection error: {e}"));
+                    ctx.live.error();
+                    return;
+                }
+                None => {
+                    out.disconnect = Some("connection dropped".into());
+                    ctx.live.error();
+                    return;
+                }
+            },
+        }
+    }
+    ctx.live.flush(
+        out.seq.received - flushed_frames,
+        out.seq.lost - flushed_lost,
+        None,
+    );
+}

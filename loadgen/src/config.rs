@@ -1,0 +1,494 @@
+//! Command-line flags and the validated [`Scenario`] they become.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+/// Load generator for the mixer: joins simulated talkers and listeners, and checks what they hear.
+///
+/// Every talker sends a tone of its own; verified receivers decode what the server sends and
+/// check that the right talkers are heard, their own voice and other rooms are not, and how long
+/// audio takes from mouth to ear. Exit code: 0 all gates held, 1 a gate was violated, 2 usage or
+/// setup error.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "loadgen", version, about, long_about)]
+pub struct Args {
+    /// Mixer WebSocket URL; repeat (or separate with commas) for several servers. Rooms are
+    /// spread over them round-robin (all members of a room on the same server).
+    #[arg(
+        long,
+        env = "LOADGEN_URL",
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8080/"
+    )]
+    pub url: Vec<String>,
+
+    /// Number of rooms.
+    #[arg(long, env = "LOADGEN_ROOMS", default_value_t = 1)]
+    pub rooms: usize,
+
+    /// Participants per room (talkers plus listeners).
+    #[arg(long, env = "LOADGEN_PARTICIPANTS", default_value_t = 4)]
+    pub participants: usize,
+
+    /// How many participants of each room talk; the others join in listen mode.
+    #[arg(long, env = "LOADGEN_TALKERS", default_value_t = 2)]
+    pub talkers: usize,
+
+    /// Talk pattern: `continuous` (1 s tone bursts back to back) or `spurts` (on/off periods drawn
+    /// from an exponential distribution, nothing sent while off, like a conversation with DTX).
+    #[arg(long, env = "LOADGEN_TALK", value_enum, default_value_t = TalkPattern::Continuous)]
+    pub talk: TalkPattern,
+
+    /// Mean talk-spurt length in `spurts` mode, in ms.
+    #[arg(long, env = "LOADGEN_TALK_ON_MS", default_value_t = 2000)]
+    pub talk_on_ms: u64,
+
+    /// Mean pause between spurts in `spurts` mode, in ms.
+    #[arg(long, env = "LOADGEN_TALK_OFF_MS", default_value_t = 1500)]
+    pub talk_off_ms: u64,
+
+    /// Measured time once every client has joined, in seconds (the ramp comes on top).
+    #[arg(long, env = "LOADGEN_DURATION", default_value_t = 10.0)]
+    pub duration: f64,
+
+    /// Join rate while ramping up, in clients per second.
+    #[arg(long, env = "LOADGEN_RAMP", default_value_t = 200.0)]
+    pub ramp: f64,
+
+    /// Seed for every random choice (talk spurts, impairments); the same seed gives the same run.
+    #[arg(long, env = "LOADGEN_SEED", default_value_t = 1)]
+    pub seed: u64,
+
+    /// Impairment: extra delay added to each sent packet, uniform in 0..J ms (reorders packets
+    /// whose delays cross).
+    #[arg(long, env = "LOADGEN_JITTER_MS", default_value_t = 0)]
+    pub jitter_ms: u64,
+
+    /// Impairment: percentage of sent packets dropped (the start of a loss burst).
+    #[arg(long, env = "LOADGEN_LOSS", default_value_t = 0.0)]
+    pub loss: f64,
+
+    /// Impairment: percentage chance that a loss continues to the next packet (Gilbert burst
+    /// loss; 0 = independent losses).
+    #[arg(long, env = "LOADGEN_LOSS_BURST", default_value_t = 0.0)]
+    pub loss_burst: f64,
+
+    /// Impairment: percentage of packets swapped with the packet after them.
+    #[arg(long, env = "LOADGEN_REORDER", default_value_t = 0.0)]
+    pub reorder: f64,
+
+    /// Send this WAV file (16-bit PCM, mono, 48 kHz) instead of tones, from every talker. Per
+    /// talker checks then reduce to "audio present"; mix-minus, leak and delay are not checked.
+    #[arg(long, env = "LOADGEN_WAV")]
+    pub wav: Option<PathBuf>,
+
+    /// How many receivers decode and verify their audio (spread over rooms); the others only
+    /// count frames, loss and jitter.
+    #[arg(long, env = "LOADGEN_VERIFY", default_value_t = 50)]
+    pub verify: usize,
+
+    /// Time after a room's last join that verification and delay ignore, in ms.
+    #[arg(long, env = "LOADGEN_WARMUP_MS", default_value_t = 1500)]
+    pub warmup_ms: u64,
+
+    /// A talker counts as heard when its tone reaches this level, in dBFS.
+    #[arg(long, env = "LOADGEN_HEARD_DB", default_value_t = -30.0, allow_hyphen_values = true)]
+    pub heard_db: f64,
+
+    /// Own voice (mix-minus) and other rooms' tones must be this far below the weakest talker
+    /// heard, in dB.
+    #[arg(long, env = "LOADGEN_ISOLATION_DB", default_value_t = 40.0)]
+    pub isolation_db: f64,
+
+    /// Write the full report as JSON to this file.
+    #[arg(long, env = "LOADGEN_JSON")]
+    pub json: Option<PathBuf>,
+
+    /// Gate: largest acceptable loss of server frames, in percent.
+    #[arg(long, env = "LOADGEN_MAX_LOSS")]
+    pub max_loss: Option<f64>,
+
+    /// Gate: largest acceptable p99 mouth-to-ear delay, in ms.
+    #[arg(long, env = "LOADGEN_MAX_P99_DELAY")]
+    pub max_p99_delay: Option<f64>,
+
+    /// Gate: largest acceptable p99 inter-arrival jitter (RFC 3550), in ms.
+    #[arg(long, env = "LOADGEN_MAX_P99_JITTER")]
+    pub max_p99_jitter: Option<f64>,
+
+    /// Gate: largest acceptable p99 join time, in ms.
+    #[arg(long, env = "LOADGEN_MAX_P99_JOIN")]
+    pub max_p99_join: Option<f64>,
+
+    /// Gate: smallest acceptable receive rate of the worst client, in percent of 50 frames/s.
+    #[arg(long, env = "LOADGEN_MIN_RX_RATE")]
+    pub min_rx_rate: Option<f64>,
+
+    /// Gate: most failed joins plus disconnects plus server errors tolerated.
+    #[arg(long, env = "LOADGEN_MAX_ERRORS")]
+    pub max_errors: Option<u64>,
+
+    /// Gate: every verified receiver must pass verification.
+    #[arg(long, env = "LOADGEN_REQUIRE_VERIFIED")]
+    pub require_verified: bool,
+
+    /// Capacity search: run rounds of growing load (more rooms each round) until a gate breaks,
+    /// and report the largest load that held. Needs at least one gate.
+    #[arg(long, env = "LOADGEN_FIND_MAX")]
+    pub find_max: bool,
+
+    /// Rooms added per `--find-max` round (default: the starting `--rooms`).
+    #[arg(long, env = "LOADGEN_STEP")]
+    pub step: Option<usize>,
+
+    /// Most rounds `--find-max` runs.
+    #[arg(long, env = "LOADGEN_MAX_ROUNDS", default_value_t = 10)]
+    pub max_rounds: usize,
+
+    /// Also report this process's CPU use over the run (the mixer's PID, Linux only).
+    #[arg(long, env = "LOADGEN_MIXER_PID")]
+    pub mixer_pid: Option<u32>,
+
+    /// Prefix of the room names, so several load generators can share a server.
+    #[arg(long, env = "LOADGEN_ROOM_PREFIX", default_value = "loadgen")]
+    pub room_prefix: String,
+
+    /// Time allowed for connecting and joining, in ms.
+    #[arg(long, env = "LOADGEN_JOIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub join_timeout_ms: u64,
+}
+
+/// How talkers talk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TalkPattern {
+    /// Always sending: the 1 s tone-burst signal back to back.
+    Continuous,
+    /// Talk spurts and pauses with exponentially distributed lengths; silent periods not sent.
+    Spurts,
+}
+
+/// Network impairment applied by each talker before sending.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Impairment {
+    /// Extra delay, uniform in `[0, jitter]`.
+    pub jitter: Duration,
+    /// Probability that a packet is dropped when the previous one was not.
+    pub loss: f64,
+    /// Probability that a packet is dropped when the previous one was.
+    pub loss_burst: f64,
+    /// Probability that a packet swaps places with the next.
+    pub reorder: f64,
+}
+
+impl Impairment {
+    /// Whether any impairment is configured.
+    pub fn is_active(&self) -> bool {
+        !self.jitter.is_zero() || self.loss > 0.0 || self.loss_burst > 0.0 || self.reorder > 0.0
+    }
+}
+
+/// Service-level gates: a report that violates one makes the exit code 1.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Gates {
+    /// Largest loss of server frames, percent.
+    pub max_loss_pct: Option<f64>,
+    /// Largest p99 mouth-to-ear delay, ms.
+    pub max_p99_delay_ms: Option<f64>,
+    /// Largest p99 jitter, ms.
+    pub max_p99_jitter_ms: Option<f64>,
+    /// Largest p99 join time, ms.
+    pub max_p99_join_ms: Option<f64>,
+    /// Smallest receive rate of the worst client, percent of 50/s.
+    pub min_rx_rate_pct: Option<f64>,
+    /// Most errors (failed joins, disconnects, server error messages).
+    pub max_errors: Option<u64>,
+    /// Every verified receiver must pass.
+    pub require_verified: bool,
+}
+
+impl Gates {
+    /// Whether any gate is set.
+    pub fn any(&self) -> bool {
+        self.max_loss_pct.is_some()
+            || self.max_p99_delay_ms.is_some()
+            || self.max_p99_jitter_ms.is_some()
+            || self.max_p99_join_ms.is_some()
+            || self.min_rx_rate_pct.is_some()
+            || self.max_errors.is_some()
+            || self.require_verified
+    }
+}
+
+/// Audio every talker sends.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Signal {
+    /// A tone per talker from the frequency grid.
+    Tones,
+    /// One WAV file for all talkers.
+    Wav(PathBuf),
+}
+
+/// A validated load scenario: everything [`crate::run`] needs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scenario {
+    /// Mixer URLs; room `r` goes to `urls[r % urls.len()]`.
+    pub urls: Vec<String>,
+    /// Rooms.
+    pub rooms: usize,
+    /// Participants per room.
+    pub participants: usize,
+    /// Talkers per room (the first `talkers` participants).
+    pub talkers: usize,
+    /// Talk pattern.
+    pub pattern: TalkPattern,
+    /// Mean spurt length.
+    pub talk_on: Duration,
+    /// Mean pause length.
+    pub talk_off: Duration,
+    /// Measured time after the ramp.
+    pub duration: Duration,
+    /// Joins per second.
+    pub ramp_per_sec: f64,
+    /// Seed.
+    pub seed: u64,
+    /// Client-side impairment of talkers' packets.
+    pub impairment: Impairment,
+    /// What talkers send.
+    pub signal: Signal,
+    /// Receivers to verify.
+    pub verify: usize,
+    /// Ignored time after a room's last join.
+    pub warmup: Duration,
+    /// Heard threshold, dBFS.
+    pub heard_db: f64,
+    /// Isolation required, dB.
+    pub isolation_db: f64,
+    /// Gates.
+    pub gates: Gates,
+    /// PID of the mixer, to report its CPU.
+    pub mixer_pid: Option<u32>,
+    /// Room name prefix.
+    pub room_prefix: String,
+    /// Connect plus join timeout.
+    pub join_timeout: Duration,
+    /// Capacity search settings, when `--find-max` is given.
+    pub find_max: Option<FindMax>,
+}
+
+/// How `--find-max` grows the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FindMax {
+    /// Rooms added per round.
+    pub step: usize,
+    /// Most rounds.
+    pub max_rounds: usize,
+}
+
+impl Scenario {
+    /// Simulated clients in total.
+    pub fn clients(&self) -> usize {
+        self.rooms * self.participants
+    }
+
+    /// The name of room `room` (the round number keeps `--find-max` rounds apart).
+    pub fn room_name(&self, round: usize, room: usize) -> String {
+        format!("{}-{round}-{room}", self.room_prefix)
+    }
+}
+
+/// Flag values that cannot work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScenarioError {
+    /// A count or rate that must be positive was not.
+    #[error("--{flag} must be greater than zero (got {value})")]
+    NotPositive {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// More talkers than participants.
+    #[error("--talkers ({talkers}) cannot exceed --participants ({participants})")]
+    TooManyTalkers {
+        /// --talkers.
+        talkers: usize,
+        /// --participants.
+        participants: usize,
+    },
+    /// A percentage outside 0..=100.
+    #[error("--{flag} is a percentage and must be within 0..=100 (got {value})")]
+    Percent {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// A URL that is not `ws://`.
+    #[error("--url {0:?} must start with ws:// (TLS is not supported)")]
+    Url(String),
+    /// A room prefix the server would reject.
+    #[error("--room-prefix {0:?} may only contain A-Z a-z 0-9 _ . - and be at most 40 bytes")]
+    RoomPrefix(String),
+    /// Capacity search without anything to search against.
+    #[error(
+        "--find-max needs at least one gate (--max-loss, --max-p99-delay, --require-verified, ...)"
+    )]
+    FindMaxWithoutGates,
+}
+
+impl Args {
+    /// Validates the flags into a [`Scenario`].
+    pub fn to_scenario(&self) -> Result<Scenario, ScenarioError> {
+        let positive = |flag: &'static str, value: f64| {
+            if value > 0.0 && value.is_finite() {
+                Ok(())
+            } else {
+                Err(ScenarioError::NotPositive { flag, value })
+            }
+        };
+        positive("rooms", self.rooms as f64)?;
+        positive("participants", self.participants as f64)?;
+        positive("duration", self.duration)?;
+        positive("ramp", self.ramp)?;
+        if self.talk == TalkPattern::Spurts {
+            positive("talk-on-ms", self.talk_on_ms as f64)?;
+            positive("talk-off-ms", self.talk_off_ms as f64)?;
+        }
+        if self.find_max {
+            positive("max-rounds", self.max_rounds as f64)?;
+            if let Some(step) = self.step {
+                positive("step", step as f64)?;
+            }
+        }
+        if self.talkers > self.participants {
+            return Err(ScenarioError::TooManyTalkers {
+                talkers: self.talkers,
+                participants: self.participants,
+            });
+        }
+        for (flag, value) in [
+            ("loss", self.loss),
+            ("loss-burst", self.loss_burst),
+            ("reorder", self.reorder),
+        ] {
+            if !(0.0..=100.0).contains(&value) {
+                return Err(ScenarioError::Percent { flag, value });
+            }
+        }
+        for url in &self.url {
+            if !url.starts_with("ws://") {
+                return Err(ScenarioError::Url(url.clone()));
+            }
+        }
+        if self.url.is_empty() {
+            return Err(ScenarioError::Url(String::new()));
+        }
+        let prefix_ok = !self.room_prefix.is_empty()
+            && self.room_prefix.len() <= 40
+            && self
+                .room_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !prefix_ok {
+            return Err(ScenarioError::RoomPrefix(self.room_prefix.clone()));
+        }
+        let gates = Gates {
+            max_loss_pct: self.max_loss,
+            max_p99_delay_ms: self.max_p99_delay,
+            max_p99_jitter_ms: self.max_p99_jitter,
+            max_p99_join_ms: self.max_p99_join,
+            min_rx_rate_pct: self.min_rx_rate,
+            max_errors: self.max_errors,
+            require_verified: self.require_verified,
+        };
+        if self.find_max && !gates.any() {
+            return Err(ScenarioError::FindMaxWithoutGates);
+        }
+        Ok(Scenario {
+            urls: self.url.clone(),
+            rooms: self.rooms,
+            participants: self.participants,
+            talkers: self.talkers,
+            pattern: self.talk,
+            talk_on: Duration::from_millis(self.talk_on_ms),
+            talk_off: Duration::from_millis(self.talk_off_ms),
+            duration: Duration::from_secs_f64(self.duration),
+            ramp_per_sec: self.ramp,
+            seed: self.seed,
+            impairment: Impairment {
+                jitter: Duration::from_millis(self.jitter_ms),
+                loss: self.loss / 100.0,
+                loss_burst: self.loss_burst / 100.0,
+                reorder: self.reorder / 100.0,
+            },
+            signal: match &self.wav {
+                Some(path) => Signal::Wav(path.clone()),
+                None => Signal::Tones,
+            },
+            verify: self.verify,
+            warmup: Duration::from_millis(self.warmup_ms),
+            heard_db: self.heard_db,
+            isolation_db: self.isolation_db,
+            gates,
+            mixer_pid: self.mixer_pid,
+            room_prefix: self.room_prefix.clone(),
+            join_timeout: Duration::from_millis(self.join_timeout_ms),
+            find_max: self.find_max.then(|| FindMax {
+                step: self.step.unwrap_or(self.rooms),
+                max_rounds: self.max_rounds,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        let mut full = vec!["loadgen"];
+        full.extend_from_slice(args);
+        Args::try_parse_from(full).expect("parses")
+    }
+
+    #[test]
+    fn defaults_validate_and_bad_values_name_the_flag() {
+        let scenario = parse(&[]).to_scenario().expect("valid");
+        assert_eq!(scenario.clients(), 4);
+        assert!(!scenario.gates.any());
+        let err = parse(&["--talkers", "5"])
+            .to_scenario()
+            .expect_err("invalid");
+        assert!(err.to_string().contains("--talkers (5)"), "{err}");
+        let err = parse(&["--loss", "120"])
+            .to_scenario()
+            .expect_err("invalid");
+        assert!(err.to_string().contains("--loss"), "{err}");
+        let err = parse(&["--url", "http://x"])
+            .to_scenario()
+            .expect_err("invalid");
+        assert!(matches!(err, ScenarioError::Url(_)));
+        let err = parse(&["--find-max"]).to_scenario().expect_err("invalid");
+        assert_eq!(err, ScenarioError::FindMaxWithoutGates);
+        let err = parse(&["--room-prefix", "a b"])
+            .to_scenario()
+            .expect_err("invalid");
+        assert!(matches!(err, ScenarioError::RoomPrefix(_)));
+        let s = parse(&["--url", "ws://a/,ws://b/", "--loss", "5", "--max-loss", "1"])
+            .to_scenario()
+            .expect("valid");
+        assert_eq!(s.urls.len(), 2);
+        assert!((s.impairment.loss - 0.05).abs() < 1e-12);
+        assert!(s.gates.any());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+}

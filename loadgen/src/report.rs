@@ -1,0 +1,443 @@
+//! The run's report: what was measured, the gate verdicts, a text table and JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::config::{Gates, Scenario};
+use crate::verify::ReceiverVerdict;
+
+/// Expected receive rate: one frame per 20 ms.
+pub const EXPECTED_FPS: f64 = 50.0;
+
+/// Percentiles of a distribution, in ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// From a histogram of microseconds.
+    pub fn from_micros(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        let ms = |v: u64| v as f64 / 1000.0;
+        Percentiles {
+            count: h.len(),
+            p50: ms(h.value_at_quantile(0.5)),
+            p90: ms(h.value_at_quantile(0.9)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// Receive rate per client over the measured seconds, in frames per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct RxRate {
+    /// What the server should send: 50 frames/s.
+    pub expected: f64,
+    /// Mean over clients.
+    pub mean: f64,
+    /// The worst client's average.
+    pub min_client: f64,
+    /// The worst single second of any client.
+    pub min_second: u32,
+    /// Clients measured.
+    pub clients: usize,
+}
+
+/// Verification results.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verification {
+    /// Receivers verified.
+    pub receivers: usize,
+    /// Receivers that passed.
+    pub passed: usize,
+    /// Receivers that failed.
+    pub failed: usize,
+    /// Every failure, one line each.
+    pub failures: Vec<String>,
+    /// Samples clipped over all verified receivers.
+    pub clipped_samples: usize,
+    /// Per-receiver details.
+    pub details: Vec<ReceiverVerdict>,
+}
+
+/// CPU use over the run, in percent of one core.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct CpuUse {
+    /// Wall time measured, seconds.
+    pub wall_secs: f64,
+    /// This load generator.
+    pub loadgen_pct: Option<f64>,
+    /// The mixer (with `--mixer-pid`).
+    pub mixer_pct: Option<f64>,
+}
+
+/// One gate's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateVerdict {
+    /// The flag.
+    pub gate: String,
+    /// Its limit.
+    pub limit: String,
+    /// The measured value.
+    pub value: String,
+    /// Whether it held.
+    pub passed: bool,
+    /// Why it failed, in a sentence.
+    pub message: Option<String>,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The scenario run.
+    pub scenario: Scenario,
+    /// Simulated clients.
+    pub clients: usize,
+    /// Of which talkers.
+    pub talkers: usize,
+    /// Of which listeners.
+    pub listeners: usize,
+    /// Clients that joined.
+    pub joined: usize,
+    /// Why joins failed: reason → count.
+    pub join_failures: BTreeMap<String, u64>,
+    /// Connect plus join time.
+    pub join_ms: Percentiles,
+    /// Receive rate.
+    pub rx_rate: RxRate,
+    /// Audio frames received.
+    pub frames_received: u64,
+    /// Frames missing from the server's sequence numbers.
+    pub frames_lost: u64,
+    /// `frames_lost` over frames the server sent, percent.
+    pub loss_pct: f64,
+    /// Frames whose timestamp jumped forward (the server skipped mix ticks).
+    pub tick_skips: u64,
+    /// RFC 3550 interarrival jitter, sampled once a second per client.
+    pub jitter_ms: Percentiles,
+    /// Mouth-to-ear delay of tone onsets at verified receivers.
+    pub delay_ms: Percentiles,
+    /// Verification of sampled receivers.
+    pub verification: Verification,
+    /// Connections that ended early: reason → count.
+    pub disconnects: BTreeMap<String, u64>,
+    /// Server `error` messages: code → count.
+    pub server_errors: BTreeMap<String, u64>,
+    /// Packets talkers sent (before impairment).
+    pub packets_sent: u64,
+    /// Packets the client-side impairment dropped.
+    pub packets_impaired: u64,
+    /// CPU use.
+    pub cpu: CpuUse,
+    /// Gate verdicts.
+    pub gates: Vec<GateVerdict>,
+    /// Whether every gate held.
+    pub passed: bool,
+}
+
+impl Report {
+    /// Failed joins, disconnects and server error messages.
+    pub fn errors(&self) -> u64 {
+        self.join_failures.values().sum::<u64>()
+            + self.disconnects.values().sum::<u64>()
+            + self.server_errors.values().sum::<u64>()
+    }
+
+    /// The verdict on each gate that is set.
+    pub fn gate_verdicts(&self, gates: &Gates) -> Vec<GateVerdict> {
+        let mut out = Vec::new();
+        let mut max = |gate: &str, limit: Option<f64>, value: Option<f64>, what: &str| {
+            let Some(limit) = limit else { return };
+            let (passed, value_text, message) = match value {
+                Some(v) if v <= limit => (true, format!("{v:.2}"), None),
+                Some(v) => (
+                    false,
+                    format!("{v:.2}"),
+                    Some(format!("{what} {v:.2} exceeds {gate} {limit}")),
+                ),
+                None => (
+                    false,
+                    "n/a".into(),
+                    Some(format!("{what} was not measured ({gate} {limit})")),
+                ),
+            };
+            out.push(GateVerdict {
+                gate: gate.into(),
+                limit: format!("{limit}"),
+                value: value_text,
+                passed,
+                message,
+            });
+        };
+        let measured = |p: &Percentiles| (p.count > 0).then_some(p.p99);
+        max(
+            "--max-loss",
+            gates.max_loss_pct,
+            Some(self.loss_pct),
+            "loss %",
+        );
+        max(
+            "--max-p99-delay",
+            gates.max_p99_delay_ms,
+            measured(&self.delay_ms),
+            "p99 mouth-to-ear delay ms",
+        );
+        max(
+            "--max-p99-jitter",
+            gates.max_p99_jitter_ms,
+            measured(&self.jitter_ms),
+            "p99 jitter ms",
+        );
+        max(
+            "--max-p99-join",
+            gates.max_p99_join_ms,
+            measured(&self.join_ms),
+            "p99 join time ms",
+        );
+        max(
+            "--max-errors",
+            gates.max_errors.map(|e| e as f64),
+            Some(self.errors() as f64),
+            "errors",
+        );
+        if let Some(limit) = gates.min_rx_rate_pct {
+            let value = (self.rx_rate.clients > 0)
+                .then(|| 100.0 * self.rx_rate.min_client / self.rx_rate.expected);
+            let passed = value.is_some_and(|v| v >= limit) && self.joined == self.clients;
+            out.push(GateVerdict {
+                gate: "--min-rx-rate".into(),
+                limit: format!("{limit}"),
+                value: value.map_or("n/a".into(), |v| format!("{v:.2}")),
+                passed,
+                message: (!passed).then(|| match value {
+                    Some(v) if self.joined == self.clients => format!(
+                        "worst client received {v:.2}% of 50 frames/s, below --min-rx-rate {limit}"
+                    ),
+                    Some(_) => format!(
+                        "{} of {} clients never joined (--min-rx-rate {limit})",
+                        self.clients - self.joined,
+                        self.clients
+                    ),
+                    None => format!("no receive rate measured (--min-rx-rate {limit})"),
+                }),
+            });
+        }
+        if gates.require_verified {
+            let v = &self.verification;
+            let passed = v.receivers > 0 && v.failed == 0;
+            out.push(GateVerdict {
+                gate: "--require-verified".into(),
+                limit: "all".into(),
+                value: format!("{}/{}", v.passed, v.receivers),
+                passed,
+                message: (!passed).then(|| {
+                    if v.receivers == 0 {
+                        "no receiver was verified (--verify 0?)".to_owned()
+                    } else {
+                        format!(
+                            "{} of {} verified receivers failed; first: {}",
+                            v.failed,
+                            v.receivers,
+                            v.failures.first().map_or("", String::as_str)
+                        )
+                    }
+                }),
+            });
+        }
+        out
+    }
+
+    /// One sentence per violated gate; empty when all hold.
+    pub fn violations(&self, gates: &Gates) -> Vec<String> {
+        self.gate_verdicts(gates)
+            .into_iter()
+            .filter_map(|g| g.message)
+            .collect()
+    }
+
+    /// The summary table, for a terminal or a log.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let p = |p: &Percentiles| {
+            if p.count == 0 {
+                "n/a".to_owned()
+            } else {
+                format!(
+                    "p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1} ms  (n={})",
+                    p.p50, p.p90, p.p99, p.max, p.count
+                )
+            }
+        };
+        let sc = &self.scenario;
+        let _ = writeln!(
+            s,
+            "clients        {} ({} talkers, {} listeners) in {} rooms; {} joined",
+            self.clients, self.talkers, self.listeners, sc.rooms, self.joined
+        );
+        let _ = writeln!(s, "join time      {}", p(&self.join_ms));
+        let r = &self.rx_rate;
+        let _ = writeln!(
+            s,
+            "rx rate        mean {:.2} /s per client (expected {:.0}); worst client {:.2} /s; worst second {}",
+            r.mean, r.expected, r.min_client, r.min_second
+        );
+        let _ = writeln!(
+            s,
+            "loss           {:.3}% ({} of {} frames); server tick skips {}",
+            self.loss_pct,
+            self.frames_lost,
+            self.frames_received + self.frames_lost,
+            self.tick_skips
+        );
+        let _ = writeln!(s, "jitter         {}", p(&self.jitter_ms));
+        let _ = writeln!(s, "mouth-to-ear   {}", p(&self.delay_ms));
+        let v = &self.verification;
+        let _ = writeln!(
+            s,
+            "verified       {} receivers: {} passed, {} failed; clipped samples {}",
+            v.receivers, v.passed, v.failed, v.clipped_samples
+        );
+        for failure in v.failures.iter().take(10) {
+            let _ = writeln!(s, "  FAIL {failure}");
+        }
+        if v.failures.len() > 10 {
+            let _ = writeln!(s, "  ... and {} more (see --json)", v.failures.len() - 10);
+        }
+        let counts = |m: &BTreeMap<String, u64>| {
+            if m.is_empty() {
+                "none".to_owned()
+            } else {
+                m.iter()
+                    .map(|(k, v)| format!("{k} ×{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        let _ = writeln!(s, "join failures  {}", counts(&self.join_failures));
+        let _ = writeln!(s, "disconnects    {}", counts(&self.disconnects));
+        let _ = writeln!(s, "server errors  {}", counts(&self.server_errors));
+        if sc.impairment.is_active() {
+            let _ = writeln!(
+                s,
+                "impairment     {} of {} sent packets dropped client-side; jitter 0..{} ms, reorder {:.1}%",
+                self.packets_impaired,
+                self.packets_sent,
+                sc.impairment.jitter.as_millis(),
+                sc.impairment.reorder * 100.0
+            );
+        }
+        let pct = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.0}%"));
+        let _ = writeln!(
+            s,
+            "cpu            loadgen {} of one core; mixer {} (over {:.1} s)",
+            pct(self.cpu.loadgen_pct),
+            pct(self.cpu.mixer_pct),
+            self.cpu.wall_secs
+        );
+        if self.gates.is_empty() {
+            let _ = writeln!(s, "gates          none set");
+        }
+        for g in &self.gates {
+            let _ = writeln!(
+                s,
+                "gate           {:<20} limit {:<8} value {:<10} {}",
+                g.gate,
+                g.limit,
+                g.value,
+                if g.passed { "ok" } else { "VIOLATED" }
+            );
+        }
+        let _ = writeln!(
+            s,
+            "result         {}",
+            if self.passed { "PASS" } else { "FAIL" }
+        );
+        s
+    }
+}
+
+/// One round of a capacity search.
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
+    /// Rooms in this round.
+    pub rooms: usize,
+    /// Clients in this round.
+    pub clients: usize,
+    /// Whether every gate held.
+    pub passed: bool,
+    /// Violated gates.
+    pub violations: Vec<String>,
+    /// The full report of the round.
+    pub report: Report,
+}
+
+/// The result of `--find-max`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Capacity {
+    /// Rounds run, in order.
+    pub rounds: Vec<Round>,
+    /// Largest number of rooms that held, if any round passed.
+    pub max_rooms: Option<usize>,
+    /// Clients in that round.
+    pub max_clients: Option<usize>,
+}
+
+impl Capacity {
+    /// The table of rounds.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "round  rooms  clients  loss%   jitter p99  delay p99  verified  loadgen cpu  mixer cpu  result"
+        );
+        for (i, r) in self.rounds.iter().enumerate() {
+            let rep = &r.report;
+            let pct = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.0}%"));
+            let _ = writeln!(
+                s,
+                "{:<5}  {:<5}  {:<7}  {:<6.3}  {:<10}  {:<9}  {:<8}  {:<11}  {:<9}  {}",
+                i + 1,
+                r.rooms,
+                r.clients,
+                rep.loss_pct,
+                format!("{:.1} ms", rep.jitter_ms.p99),
+                format!("{:.0} ms", rep.delay_ms.p99),
+                format!("{}/{}", rep.verification.passed, rep.verification.receivers),
+                pct(rep.cpu.loadgen_pct),
+                pct(rep.cpu.mixer_pct),
+                if r.passed { "pass" } else { "FAIL" }
+            );
+            for v in &r.violations {
+                let _ = writeln!(s, "       {v}");
+            }
+        }
+        match (self.max_rooms, self.max_clients) {
+            (Some(rooms), Some(clients)) => {
+                let _ = writeln!(
+                    s,
+                    "largest load that held: {rooms} rooms, {clients} clients"
+                );
+            }
+            _ => {
+                let _ = writeln!(s, "largest load that held: none (the first round failed)");
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,313 @@
+//! loadgen as a library against a real mixer on loopback, and against deliberately broken
+//! servers, to prove the checker passes good audio and fails bad audio with a clear message.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use loadgen::{Args, Report, Scenario};
+use mixer::cli::{Cli, Command};
+use mixer_protocol::{
+    AudioFormat, AudioFrame, AudioHeader, AudioLevel, ClientMessage, FRAME_SAMPLES, Flags,
+    ServerMessage, parse_client_message,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A real mixer on 127.0.0.1:0, stopped when dropped.
+struct Mixer {
+    addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start_mixer() -> Mixer {
+    let args = ["mixer", "serve", "--mixer-threads", "2"];
+    let Command::Serve(serve) = Cli::parse_from(args).command;
+    let config = serve.to_config().expect("valid config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(mixer::server::run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    Mixer { addr, _stop: stop }
+}
+
+fn scenario(addr: SocketAddr, extra: &[&str]) -> Scenario {
+    let url = format!("ws://{addr}/");
+    let mut args = vec![
+        "loadgen",
+        "--url",
+        &url,
+        "--participants",
+        "4",
+        "--talkers",
+        "2",
+        "--verify",
+        "100",
+        "--require-verified",
+        "--max-loss",
+        "1",
+        "--max-errors",
+        "0",
+        "--min-rx-rate",
+        "90",
+        "--max-p99-delay",
+        "400",
+    ];
+    args.extend_from_slice(extra);
+    for (flag, default) in [("--rooms", "2"), ("--duration", "4")] {
+        if !extra.contains(&flag) {
+            args.extend_from_slice(&[flag, default]);
+        }
+    }
+    Args::try_parse_from(args)
+        .expect("flags parse")
+        .to_scenario()
+        .expect("valid scenario")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_run_against_the_real_mixer_passes_every_gate() {
+    let mixer = start_mixer().await;
+    let scenario = scenario(mixer.addr, &[]);
+    let report = loadgen::run(&scenario).await.expect("run");
+    let table = report.render();
+    assert!(
+        report.violations(&scenario.gates).is_empty(),
+        "violations: {:?}\n{table}",
+        report.violations(&scenario.gates)
+    );
+    assert!(report.passed, "{table}");
+    assert_eq!(report.joined, 8, "{table}");
+    assert_eq!(
+        report.verification.receivers, 8,
+        "every receiver verified\n{table}"
+    );
+    assert_eq!(report.verification.passed, 8, "{table}");
+    // Every verified receiver measured onsets of every talker it should hear.
+    assert!(report.delay_ms.count >= 8 * 2, "{table}");
+    assert!(
+        report.delay_ms.p50 > 5.0 && report.delay_ms.p50 < 200.0,
+        "implausible mouth-to-ear delay\n{table}"
+    );
+    assert!(report.rx_rate.mean > 48.0, "{table}");
+    let own = report
+        .verification
+        .details
+        .iter()
+        .filter_map(|d| d.own_db)
+        .fold(f64::MIN, f64::max);
+    assert!(
+        own < -60.0,
+        "own voice must be inaudible, loudest {own:.0} dB\n{table}"
+    );
+    // The JSON report serializes.
+    let json = serde_json::to_string(&report).expect("json");
+    assert!(json.contains("\"verification\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impaired_spurts_still_verify() {
+    let mixer = start_mixer().await;
+    let scenario = scenario(
+        mixer.addr,
+        &[
+            "--rooms",
+            "1",
+            "--talk",
+            "spurts",
+            "--talk-on-ms",
+            "1500",
+            "--talk-off-ms",
+            "500",
+            "--jitter-ms",
+            "30",
+            "--loss",
+            "3",
+            "--loss-burst",
+            "30",
+            "--reorder",
+            "2",
+            "--duration",
+            "5",
+        ],
+    );
+    let report = loadgen::run(&scenario).await.expect("run");
+    let table = report.render();
+    assert!(
+        report.passed,
+        "{:?}\n{table}",
+        report.violations(&scenario.gates)
+    );
+    assert!(report.packets_impaired > 0, "{table}");
+}
+
+/// How the fake server misbehaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Broken {
+    /// Sends each client its own audio back (no mix, no mix-minus).
+    Echo,
+    /// Forwards only the first talker of each room to the others; the second is dropped.
+    DropSecondTalker,
+}
+
+type Members = Arc<Mutex<HashMap<String, Vec<(String, mpsc::Sender<Bytes>)>>>>;
+
+/// A tiny WebSocket server that speaks the protocol but mixes wrongly.
+async fn start_broken(mode: Broken) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let members: Members = Arc::default();
+    tokio::spawn(async move {
+        let mut next_id = 1u32;
+        while let Ok((tcp, _)) = listener.accept().await {
+            let members = members.clone();
+            let id = next_id;
+            next_id += 1;
+            tokio::spawn(serve_broken(tcp, id, mode, members));
+        }
+    });
+    addr
+}
+
+async fn serve_broken(tcp: tokio::net::TcpStream, id: u32, mode: Broken, members: Members) {
+    let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+        return;
+    };
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+    let mut joined: Option<(String, String)> = None;
+    // The writer re-stamps whatever it forwards as this connection's own stream.
+    let (control_tx, mut control_rx) = mpsc::channel::<String>(8);
+    tokio::spawn(async move {
+        let (mut sequence, mut timestamp) = (0u16, 0u32);
+        loop {
+            tokio::select! {
+                Some(text) = control_rx.recv() => {
+                    if sink.send(Message::text(text)).await.is_err() { return; }
+                }
+                Some(payload) = rx.recv() => {
+                    let header = AudioHeader {
+                        flags: Flags::default().with_marker(sequence == 0),
+                        sequence,
+                        timestamp,
+                        level: AudioLevel::new(true, 20),
+                    };
+                    sequence = sequence.wrapping_add(1);
+                    timestamp = timestamp.wrapping_add(FRAME_SAMPLES as u32);
+                    let frame = AudioFrame { header, payload: &payload }.to_vec();
+                    if sink.send(Message::binary(frame)).await.is_err() { return; }
+                }
+                else => return,
+            }
+        }
+    });
+    while let Some(Ok(message)) = stream.next().await {
+        match message {
+            Message::Text(text) => {
+                if let Ok(ClientMessage::Join(join)) = parse_client_message(text.as_str()) {
+                    let reply = ServerMessage::Joined {
+                        participant_id: id,
+                        room: join.room.clone(),
+                        participants: Vec::new(),
+                        format: AudioFormat::opus_48k_mono_20ms(),
+                    };
+                    let _ = control_tx.send(reply.to_json()).await;
+                    if let Ok(mut m) = members.lock() {
+                        m.entry(join.room.clone())
+                            .or_default()
+                            .push((join.name.clone(), tx.clone()));
+                    }
+                    joined = Some((join.room, join.name));
+                }
+            }
+            Message::Binary(bytes) => {
+                let Some((room, name)) = &joined else {
+                    continue;
+                };
+                let Ok(frame) = AudioFrame::parse(&bytes) else {
+                    continue;
+                };
+                let payload = bytes.slice(bytes.len() - frame.payload.len()..);
+                match mode {
+                    Broken::Echo => {
+                        let _ = tx.try_send(payload);
+                    }
+                    Broken::DropSecondTalker => {
+                        // loadgen names clients lg-<room>-<slot>; slot 0 is the first talker.
+                        if !name.ends_with("-0") {
+                            continue;
+                        }
+                        let targets: Vec<mpsc::Sender<Bytes>> = members
+                            .lock()
+                            .map(|m| {
+                                m.get(room)
+                                    .map(|list| {
+                                        list.iter()
+                                            .filter(|(n, _)| n != name)
+                                            .map(|(_, t)| t.clone())
+                                            .collect()
+                                    })
+                                    .unwrap_or_default()
+                            })
+                            .unwrap_or_default();
+                        for target in targets {
+                            let _ = target.try_send(payload.clone());
+                        }
+                    }
+                }
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+}
+
+fn failures(report: &Report) -> String {
+    report.verification.failures.join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_server_fails_verification_naming_own_tone_and_missing_talkers() {
+    let addr = start_broken(Broken::Echo).await;
+    let scenario = scenario(addr, &["--rooms", "1"]);
+    let report = loadgen::run(&scenario).await.expect("run");
+    let all = failures(&report);
+    assert!(!report.passed, "{}", report.render());
+    assert_eq!(report.verification.passed, 0, "{all}");
+    assert!(
+        all.contains("room 0, receiver 0 (talker): own tone") && all.contains("heard at"),
+        "{all}"
+    );
+    assert!(
+        all.contains("talker 1 (") && all.contains("not heard"),
+        "{all}"
+    );
+    let violations = report.violations(&scenario.gates).join("\n");
+    assert!(
+        violations.contains("verified receivers failed"),
+        "{violations}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_dropping_a_talker_fails_verification_naming_it() {
+    let addr = start_broken(Broken::DropSecondTalker).await;
+    let scenario = scenario(addr, &["--rooms", "1"]);
+    let report = loadgen::run(&scenario).await.expect("run");
+    let all = failures(&report);
+    assert!(!report.passed, "{}", report.render());
+    // The listeners hear talker 0 but not talker 1.
+    assert!(
+        all.contains("room 0, receiver 2 (listener): talker 1 (") && all.contains("not heard"),
+        "{all}"
+    );
+    assert!(!all.contains("receiver 2 (listener): talker 0"), "{all}");
+    // Talker 1 hears talker 0 fine.
+    assert!(!all.contains("receiver 1 (talker)"), "{all}");
+}
