@@ -441,3 +441,137 @@ impl Capacity {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::config::Args;
+
+    fn percentiles(p99: f64) -> Percentiles {
+        Percentiles {
+            count: 10,
+            p50: p99 / 2.0,
+            p90: p99,
+            p99,
+            max: p99,
+        }
+    }
+
+    /// A report of a healthy small run, to be spoiled one field at a time.
+    fn healthy() -> Report {
+        let scenario = Args::parse_from(["loadgen"])
+            .to_scenario()
+            .expect("default scenario");
+        Report {
+            scenario,
+            clients: 4,
+            talkers: 2,
+            listeners: 2,
+            joined: 4,
+            join_failures: BTreeMap::new(),
+            join_ms: percentiles(5.0),
+            rx_rate: RxRate {
+                expected: 50.0,
+                mean: 50.0,
+                min_client: 50.0,
+                min_second: 50,
+                clients: 4,
+            },
+            frames_received: 2000,
+            frames_lost: 0,
+            loss_pct: 0.0,
+            tick_skips: 0,
+            jitter_ms: percentiles(1.0),
+            delay_ms: percentiles(60.0),
+            verification: Verification {
+                receivers: 4,
+                passed: 4,
+                ..Verification::default()
+            },
+            disconnects: BTreeMap::new(),
+            server_errors: BTreeMap::new(),
+            packets_sent: 1000,
+            packets_impaired: 0,
+            cpu: CpuUse::default(),
+            gates: Vec::new(),
+            passed: true,
+        }
+    }
+
+    fn all_gates() -> Gates {
+        Gates {
+            max_loss_pct: Some(0.5),
+            max_p99_delay_ms: Some(100.0),
+            max_p99_jitter_ms: Some(10.0),
+            max_p99_join_ms: Some(500.0),
+            min_rx_rate_pct: Some(95.0),
+            max_errors: Some(0),
+            require_verified: true,
+        }
+    }
+
+    #[test]
+    fn a_healthy_run_passes_every_gate_and_unset_gates_are_not_judged() {
+        let report = healthy();
+        assert_eq!(report.violations(&all_gates()), Vec::<String>::new());
+        assert_eq!(report.gate_verdicts(&all_gates()).len(), 7);
+        assert!(report.gate_verdicts(&Gates::default()).is_empty());
+    }
+
+    #[test]
+    fn each_gate_fails_on_its_own_measurement_and_says_so() {
+        type Spoil = Box<dyn Fn(&mut Report)>;
+        let cases: Vec<(&str, Spoil)> = vec![
+            ("--max-loss", Box::new(|r| r.loss_pct = 1.0)),
+            (
+                "--max-p99-delay",
+                Box::new(|r| r.delay_ms = percentiles(150.0)),
+            ),
+            (
+                "--max-p99-delay",
+                Box::new(|r| r.delay_ms = Percentiles::default()),
+            ),
+            (
+                "--max-p99-jitter",
+                Box::new(|r| r.jitter_ms = percentiles(25.0)),
+            ),
+            (
+                "--max-p99-join",
+                Box::new(|r| r.join_ms = percentiles(900.0)),
+            ),
+            ("--min-rx-rate", Box::new(|r| r.rx_rate.min_client = 30.0)),
+            ("--min-rx-rate", Box::new(|r| r.joined = 3)),
+            (
+                "--max-errors",
+                Box::new(|r| {
+                    r.server_errors.insert("rate_limited".into(), 1);
+                }),
+            ),
+            (
+                "--require-verified",
+                Box::new(|r| {
+                    r.verification.passed = 3;
+                    r.verification.failed = 1;
+                }),
+            ),
+            (
+                "--require-verified",
+                Box::new(|r| r.verification = Verification::default()),
+            ),
+        ];
+        for (gate, spoil) in cases {
+            let mut report = healthy();
+            spoil(&mut report);
+            let verdicts = report.gate_verdicts(&all_gates());
+            let failed: Vec<&GateVerdict> = verdicts.iter().filter(|v| !v.passed).collect();
+            assert_eq!(failed.len(), 1, "{gate}: {verdicts:?}");
+            assert_eq!(failed[0].gate, gate);
+            assert!(
+                failed[0].message.as_deref().is_some_and(|m| !m.is_empty()),
+                "{gate}"
+            );
+        }
+    }
+}
