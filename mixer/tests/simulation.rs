@@ -701,3 +701,78 @@ fn distortion_by_block(pcm: &[f32], freq: f32) -> Vec<f32> {
         })
         .collect()
 }
+
+#[test]
+fn silent_uplinks_are_not_decoded_and_a_silent_room_is_not_encoded() {
+    let mut sim = Sim::new();
+    // A sends encoded silence (no voice activity, -127 dBov) every frame; B talks in bursts with
+    // silent frames in between; C only listens.
+    let a = sim.add_talker(
+        1,
+        300.0,
+        NetemConfig::default(),
+        Pattern::Bursts { on: 0, off: 1 },
+    );
+    let b = sim.add_talker(
+        2,
+        1000.0,
+        NetemConfig::default(),
+        Pattern::Bursts { on: 25, off: 25 },
+    );
+    let c = sim.add_listener(3);
+    sim.run_until(secs(10.0));
+    let ticks = sim.room.stats().ticks;
+    let quiet = sim.room.participant_stats(a).expect("a");
+    assert!(
+        quiet.frames_decoded <= 10,
+        "a silent talker was decoded: {quiet:?}"
+    );
+    assert!(
+        quiet.frames_skipped as f64 > ticks as f64 * 0.9,
+        "{quiet:?}"
+    );
+    let bursty = sim.room.participant_stats(b).expect("b");
+    // B's silent halves are skipped after a short hangover; its tone still comes through whole.
+    assert!(
+        bursty.frames_skipped as f64 > ticks as f64 * 0.3,
+        "{bursty:?}"
+    );
+    let heard = sim.heard(c).window(secs(1.0), secs(9.9));
+    assert_hears(heard, &[1000.0], &[300.0], "listener");
+    assert!(
+        max_step(heard) < tone_step_bound(&[(1000.0, AMP)]) * 1.5 + 0.02,
+        "click: {}",
+        max_step(heard)
+    );
+    assert!(
+        sim.delays(b, c)
+            .iter()
+            .skip(1)
+            .all(|d| *d < Duration::from_millis(60))
+    );
+
+    // Now B leaves: the room is silent, so after the encoders settle nothing is encoded, while
+    // everyone still gets a frame every tick.
+    sim.remove(b);
+    sim.run_until(secs(11.0));
+    let (ticks, encodes, frames) = (
+        sim.room.stats().ticks,
+        sim.room.stats().encodes,
+        sim.heard(c).frames,
+    );
+    sim.run_until(secs(13.0));
+    assert_eq!(
+        sim.room.stats().encodes,
+        encodes,
+        "a silent room kept encoding"
+    );
+    assert_eq!(
+        sim.heard(c).frames - frames,
+        (sim.room.stats().ticks - ticks) as usize
+    );
+    let tail = sim.heard(c).window(secs(11.0), secs(12.9));
+    assert!(
+        tail.iter().all(|s| s.abs() < 1e-4),
+        "silence decodes as silence"
+    );
+}

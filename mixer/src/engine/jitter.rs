@@ -61,6 +61,8 @@ const MAX_CAPACITY: usize = 4096;
 const MAX_WINDOW: usize = 8192;
 /// Percentile of the transit spread taken as the jitter, as in NetEq (95th to 97th).
 const JITTER_PERCENTILE: usize = 95;
+/// A packet without voice activity at this level (in -dBov) or quieter carries nothing audible.
+const SILENT_LEVEL_DBOV: u8 = 60;
 /// A packet this quiet (in -dBov) or quieter, or without voice activity, may be merged away.
 const QUIET_LEVEL_DBOV: u8 = 50;
 /// Ticks over which the lowest buffer level is observed before deciding that delay is surplus.
@@ -272,6 +274,12 @@ impl Slot {
 
     fn is_quiet(&self) -> bool {
         !self.voice_activity || self.level_dbov >= QUIET_LEVEL_DBOV
+    }
+
+    /// Silent by its header (no voice activity and below -60 dBov) or an Opus DTX frame (a TOC
+    /// byte with at most one more byte: "no audio, keep going").
+    fn is_silent(&self) -> bool {
+        self.len <= 2 || (!self.voice_activity && self.level_dbov >= SILENT_LEVEL_DBOV)
     }
 }
 
@@ -496,6 +504,18 @@ impl JitterBuffer {
     /// Packets held (`buffered_frames` without the holes).
     pub fn held_packets(&self) -> usize {
         self.held
+    }
+
+    /// Whether the packet the next [`JitterBuffer::pop`] would play, if it is here, is silent
+    /// by its header or an Opus DTX frame. The caller may skip decoding it.
+    pub fn next_is_silent(&self) -> bool {
+        let next = if self.playing {
+            self.next
+        } else {
+            self.lowest_held()
+        };
+        next.and_then(|ext| self.held_at(ext))
+            .is_some_and(|index| self.slots[index].is_silent())
     }
 
     /// Whether the talker is idle: `pop` returns [`Playout::Silence`] until enough is buffered.

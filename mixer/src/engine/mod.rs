@@ -36,6 +36,10 @@
 //!    encoded **once** per tick and shared: a room of N with K talking costs K + 1 encodes, not N.
 //! 5. Every frame is stamped with its participant's own continuous sequence number and timestamp.
 //!
+//! Silence is cheap: a talker whose packets say "silent" (no voice activity below -60 dBov, or an
+//! Opus DTX frame) is not decoded after a short hangover, and a stream whose mix has been digital
+//! silence for a few frames repeats its last (silence) packet instead of calling the encoder.
+//!
 //! Moving between a talker's own stream and the shared one is done so the listener's decoder
 //! never sees a jump between unrelated encoder states: a talker keeps its own stream for a few
 //! ticks after it falls silent while the shared stream encodes the same input (the two encoders
@@ -86,6 +90,15 @@ const OWN_STREAM_HANGOVER: u32 = 3;
 /// from the shared stream to its own, so its encoder state matches what the listener's decoder
 /// has been following.
 const PRIME_FRAMES: usize = 2;
+
+/// Silent packets (by header, or DTX) still decoded after audible ones before decoding stops.
+/// Decoding the start of a silence lets the decoder's state settle on it, so the first packet of
+/// the next talk spurt decodes cleanly after the skipped ones.
+const SILENT_DECODE_HANGOVER: u32 = 5;
+
+/// Encodes of an all-zero mix after which a stream stops calling the encoder and repeats its
+/// last packet (the codec's digital-silence frame) until the mix is audible again.
+const SILENCE_SETTLE_FRAMES: u32 = 3;
 
 /// Buckets of [`ParticipantStats::limiter_reduction_db`].
 pub const LIMITER_DB_BUCKETS: usize = 25;
@@ -194,6 +207,8 @@ pub struct ParticipantStats {
     pub decode_errors: u64,
     /// Frames decoded (including concealment and merges).
     pub frames_decoded: u64,
+    /// Silent packets played without decoding.
+    pub frames_skipped: u64,
     /// Frames encoded and handed out.
     pub frames_out: u64,
     /// Frames replaced before the shell drained them.
@@ -279,6 +294,7 @@ impl RoomTotals {
         let p = &mut self.participants;
         p.decode_errors += stats.decode_errors;
         p.frames_decoded += stats.frames_decoded;
+        p.frames_skipped += stats.frames_skipped;
         p.frames_out += stats.frames_out;
         p.frames_overwritten += stats.frames_overwritten;
         p.frames_limited += stats.frames_limited;
@@ -317,6 +333,8 @@ struct Participant {
     needs_prime: bool,
     /// Consecutive ticks without contributing audio.
     quiet_ticks: u32,
+    /// Consecutive silent packets decoded (see `SILENT_DECODE_HANGOVER`).
+    silent_packets: u32,
     decode_failing: bool,
     out_sequence: u16,
     out_timestamp: u32,
@@ -343,6 +361,7 @@ impl Participant {
             uses_own: false,
             needs_prime: false,
             quiet_ticks: OWN_STREAM_HANGOVER + 1,
+            silent_packets: 0,
             decode_failing: false,
             out_sequence: 0,
             out_timestamp: 0,
@@ -363,10 +382,16 @@ impl Participant {
         if self.mode != Mode::Talk {
             return false;
         }
+        let silent = self.jitter.next_is_silent();
         let decoder = &mut self.decoder;
         let decoded = &mut self.decoded;
         let ok = match self.jitter.pop(now) {
             Playout::Silence => return false,
+            Playout::Packet(_) if silent && self.silent_packets >= SILENT_DECODE_HANGOVER => {
+                // A silent uplink costs no decode and adds nothing to the mix.
+                self.stats.frames_skipped += 1;
+                return false;
+            }
             Playout::Packet(packet) => decode_into(decoder, packet, false, decoded),
             Playout::Conceal {
                 fec_from: Some(next),
@@ -383,6 +408,11 @@ impl Participant {
             }
         };
         self.stats.frames_decoded += 1;
+        self.silent_packets = if silent {
+            self.silent_packets.saturating_add(1)
+        } else {
+            0
+        };
         if ok {
             self.decode_failing = false;
         } else {
@@ -437,6 +467,8 @@ struct MixStream {
     encoded: Box<[u8]>,
     encoded_len: usize,
     level: AudioLevel,
+    /// Consecutive encodes of an all-zero mix.
+    silent_encodes: u32,
 }
 
 impl MixStream {
@@ -448,6 +480,7 @@ impl MixStream {
             encoded: vec![0; MAX_OPUS_PACKET].into_boxed_slice(),
             encoded_len: 0,
             level: AudioLevel::SILENT,
+            silent_encodes: 0,
         })
     }
 
@@ -462,8 +495,17 @@ impl MixStream {
         }
     }
 
-    /// Encodes `output`; returns the level for the header, or `None` if libopus failed.
-    fn encode(&mut self) -> Option<AudioLevel> {
+    /// Encodes `output`; returns the level for the header, or `None` if libopus failed. `encodes`
+    /// counts calls into the encoder.
+    fn encode(&mut self, encodes: &mut u64) -> Option<AudioLevel> {
+        // Digital silence: once the encoder has settled on it, its frame does not change, so
+        // repeat it instead of paying a full encode (which costs as much as for speech).
+        let silent = self.output.iter().all(|s| *s == 0.0);
+        if silent && self.silent_encodes >= SILENCE_SETTLE_FRAMES && self.encoded_len > 0 {
+            return Some(self.level);
+        }
+        self.silent_encodes = if silent { self.silent_encodes + 1 } else { 0 };
+        *encodes += 1;
         match self.encoder.encode_float(&self.output, &mut self.encoded) {
             Ok(len) => {
                 let rms = mix::rms(&self.output);
@@ -702,14 +744,14 @@ impl Room {
             for frame in &self.shared_history[start..] {
                 // The output is discarded: only the encoder's state matters.
                 let _ = own.encoder.encode_float(frame, &mut own.encoded);
+                own.silent_encodes = 0;
                 self.stats.encodes += 1;
                 self.stats.primes += 1;
             }
         }
         self.shared_ready = false;
         if shared_needed {
-            self.stats.encodes += 1;
-            self.shared_ready = self.shared.encode().is_some();
+            self.shared_ready = self.shared.encode(&mut self.stats.encodes).is_some();
             if !self.shared_ready {
                 self.shared_stats.encode_errors += 1;
                 self.events.push_back(Event::SharedEncodeFailed);
@@ -724,8 +766,7 @@ impl Room {
         for participant in &mut self.participants {
             let level = match participant.own.as_mut().filter(|_| participant.uses_own) {
                 Some(own) => {
-                    self.stats.encodes += 1;
-                    let level = own.encode();
+                    let level = own.encode(&mut self.stats.encodes);
                     if level.is_none() {
                         participant.stats.encode_errors += 1;
                         self.events.push_back(Event::EncodeFailed {

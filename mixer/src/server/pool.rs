@@ -237,6 +237,7 @@ impl MixerPool {
                 where_is: HashMap::new(),
                 metrics: metrics.clone(),
                 phases: PhaseClock::new(),
+                epoch: Instant::now(),
             };
             let handle = thread::Builder::new()
                 .name(format!("mixer-{index}"))
@@ -462,6 +463,8 @@ struct MixerThread {
     where_is: HashMap<ParticipantId, Arc<str>>,
     metrics: Arc<Metrics>,
     phases: PhaseClock,
+    /// Origin of this thread's shared tick grid.
+    epoch: Instant,
 }
 
 fn mode_label(mode: Mode) -> &'static str {
@@ -567,7 +570,14 @@ impl MixerThread {
         in_flight: Arc<AtomicUsize>,
     ) {
         if !self.rooms.contains_key(&room) {
-            match Room::new(self.engine.clone(), Instant::now()) {
+            // Every room on this thread ticks on the same 20 ms grid, so a thread wakes once per
+            // tick for all its rooms rather than once per room: hundreds of quiet rooms cost
+            // one wake-up, not hundreds. A new room waits at most one frame for its first tick.
+            let period = crate::engine::FRAME;
+            let since = Instant::now().saturating_duration_since(self.epoch);
+            let slots = since.as_nanos().div_ceil(period.as_nanos()) as u32;
+            let start = self.epoch + period * slots;
+            match Room::new(self.engine.clone(), start) {
                 Ok(engine) => {
                     let slot = RoomSlot {
                         engine,
