@@ -63,6 +63,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MIXER_MAX_PARTICIPANTS", default_value_t = 256)]
     pub max_participants: usize,
 
+    /// Talkers mixed at once per room: beyond it the loudest are mixed (with hysteresis) and the
+    /// rest left out, which bounds a room's cost at this many + 1 encodes.
+    #[arg(long, env = "MIXER_MAX_TALKERS", default_value_t = 16)]
+    pub max_talkers: usize,
+
     /// Simultaneous connections at most; further ones get HTTP 503.
     #[arg(long, env = "MIXER_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
@@ -182,6 +187,7 @@ impl ServeArgs {
         };
         nonzero(self.max_rooms as u64, "max-rooms")?;
         nonzero(self.max_participants as u64, "max-participants")?;
+        nonzero(self.max_talkers as u64, "max-talkers")?;
         nonzero(self.max_connections as u64, "max-connections")?;
         nonzero(self.send_queue_ms, "send-queue-ms")?;
         nonzero(self.slow_client_timeout_ms, "slow-client-timeout-ms")?;
@@ -248,6 +254,7 @@ impl ServeArgs {
                     encoder,
                     jitter,
                     max_participants: self.max_participants,
+                    max_talkers: self.max_talkers,
                     ..EngineConfig::default()
                 },
             },

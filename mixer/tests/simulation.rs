@@ -776,3 +776,53 @@ fn silent_uplinks_are_not_decoded_and_a_silent_room_is_not_encoded() {
         "silence decodes as silence"
     );
 }
+
+#[test]
+fn the_talker_cap_mixes_the_loudest_without_flicker_or_clicks() {
+    let config = EngineConfig {
+        max_talkers: 2,
+        ..EngineConfig::default()
+    };
+    let mut sim = Sim::with_config(config);
+    let loud = sim.add_talker(1, 400.0, NetemConfig::default(), Pattern::Continuous);
+    let medium = sim.add_talker(2, 1000.0, NetemConfig::default(), Pattern::Continuous);
+    let quiet = sim.add_talker(3, 1500.0, NetemConfig::default(), Pattern::Continuous);
+    sim.talker(loud).talker.tone.amp = 0.3;
+    sim.talker(quiet).talker.tone.amp = 0.05;
+    let listener = sim.add_listener(9);
+    sim.run_until(secs(4.0));
+    // Three talk at once with room for two: the quiet one is left out, steadily.
+    let heard = sim.heard(listener).window(secs(1.0), secs(3.9));
+    assert!(tone_db(heard, 400.0) > -15.0 && tone_db(heard, 1000.0) > -20.0);
+    assert!(
+        tone_db(heard, 1500.0) < -60.0,
+        "capped talker heard at {:.1} dB",
+        tone_db(heard, 1500.0)
+    );
+    let capped = sim.room.stats().capped;
+    assert!(capped >= 190, "{:?}", sim.room.stats());
+    // Two own streams plus the shared one: the cap bounds the encodes.
+    let (ticks, encodes) = (sim.room.stats().ticks, sim.room.stats().encodes);
+    // The loud talker stops: the quiet one takes its place, faded in, and is heard.
+    sim.talkers.get_mut(&loud).expect("loud").active = false;
+    sim.run_until(secs(8.0));
+    let per_tick =
+        (sim.room.stats().encodes - encodes) as f64 / (sim.room.stats().ticks - ticks) as f64;
+    assert!(
+        per_tick <= 3.1,
+        "{per_tick} encodes per tick with a cap of 2"
+    );
+    let after = sim.heard(listener).window(secs(5.0), secs(7.9));
+    assert!(
+        tone_db(after, 1500.0) > -35.0,
+        "quiet talker not heard after the loud one left"
+    );
+    let swap = sim.heard(listener).window(secs(3.5), secs(5.0));
+    let bound = tone_step_bound(&[(400.0, 0.3), (1000.0, AMP), (1500.0, 0.05)]);
+    assert!(
+        max_step(swap) < bound * 1.5 + 0.02,
+        "click at the swap: {} vs {bound}",
+        max_step(swap)
+    );
+    let _ = medium;
+}

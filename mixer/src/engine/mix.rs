@@ -56,6 +56,14 @@ pub fn fade_out(frame: &mut [f32]) {
     }
 }
 
+/// Fades a frame from silence to full level with a raised-cosine ramp.
+pub fn fade_in(frame: &mut [f32]) {
+    let step = std::f32::consts::PI / frame.len().max(1) as f32;
+    for (i, sample) in frame.iter_mut().enumerate() {
+        *sample *= 0.5 - 0.5 * (step * (i as f32 + 0.5)).cos();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

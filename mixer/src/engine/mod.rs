@@ -100,6 +100,13 @@ const SILENT_DECODE_HANGOVER: u32 = 5;
 /// last packet (the codec's digital-silence frame) until the mix is audible again.
 const SILENCE_SETTLE_FRAMES: u32 = 3;
 
+/// Time constant of the smoothed talker level used to pick the loudest talkers, in ticks (200 ms).
+const LOUDNESS_TICKS: f32 = 10.0;
+
+/// Level advantage of a talker already in the mix over a newcomer when the room is at its talker
+/// cap (2x in power, 3 dB), so the set of mixed talkers does not flicker between near-equals.
+const SELECTED_BONUS: f32 = 2.0;
+
 /// Buckets of [`ParticipantStats::limiter_reduction_db`].
 pub const LIMITER_DB_BUCKETS: usize = 25;
 
@@ -120,6 +127,10 @@ pub struct EngineConfig {
     pub max_catch_up_ticks: u32,
     /// Participants a room holds at most.
     pub max_participants: usize,
+    /// Talkers mixed at most in one tick: when more talk at once, the loudest (by a smoothed
+    /// level, with hysteresis) are mixed and the rest are left out of the mix that tick. This
+    /// bounds a room's encodes at `max_talkers + 1` whatever its size.
+    pub max_talkers: usize,
 }
 
 impl Default for EngineConfig {
@@ -130,6 +141,7 @@ impl Default for EngineConfig {
             limiter: LimiterConfig::default(),
             max_catch_up_ticks: 5,
             max_participants: 256,
+            max_talkers: 16,
         }
     }
 }
@@ -235,6 +247,8 @@ pub struct RoomStats {
     pub encodes: u64,
     /// Encodes that primed a talker's encoder on moving off the shared stream.
     pub primes: u64,
+    /// Talker frames decoded but left out of the mix by the talker cap.
+    pub capped: u64,
 }
 
 /// The phases of one tick, in order.
@@ -335,6 +349,14 @@ struct Participant {
     quiet_ticks: u32,
     /// Consecutive silent packets decoded (see `SILENT_DECODE_HANGOVER`).
     silent_packets: u32,
+    /// Smoothed power of this talker's decoded audio (for the talker cap).
+    loudness: f32,
+    /// Mixed in the previous tick (for the talker cap's hysteresis).
+    selected: bool,
+    /// Left out of the mix by the talker cap this tick while it had audio.
+    capped: bool,
+    /// `capped` as it was in the previous tick.
+    was_capped: bool,
     decode_failing: bool,
     out_sequence: u16,
     out_timestamp: u32,
@@ -362,6 +384,10 @@ impl Participant {
             needs_prime: false,
             quiet_ticks: OWN_STREAM_HANGOVER + 1,
             silent_packets: 0,
+            loudness: 0.0,
+            selected: false,
+            capped: false,
+            was_capped: false,
             decode_failing: false,
             out_sequence: 0,
             out_timestamp: 0,
@@ -557,6 +583,8 @@ pub struct Room {
     shared_history_len: usize,
     /// Whether this tick's shared frame was encoded.
     shared_ready: bool,
+    /// Scratch for choosing the loudest talkers: (ranking level, participant index).
+    ranking: Vec<(f32, usize)>,
     bus: Box<[f32]>,
     transmit_cursor: usize,
     events: VecDeque<Event>,
@@ -580,6 +608,7 @@ impl Room {
             shared_history: std::array::from_fn(|_| vec![0.0; FRAME_SAMPLES].into_boxed_slice()),
             shared_history_len: 0,
             shared_ready: false,
+            ranking: Vec::with_capacity(capacity),
             bus: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
             transmit_cursor: 0,
             events: VecDeque::with_capacity(64),
@@ -680,6 +709,7 @@ impl Room {
             participant.contributing = participant.pull(now, &mut self.events);
         }
         timer.phase(TickPhase::Mix);
+        self.cap_talkers();
         self.bus.fill(0.0);
         for participant in &self.participants {
             if participant.contributing {
@@ -780,6 +810,68 @@ impl Room {
             participant.stamp(skipped, level);
         }
         timer.phase(TickPhase::Done);
+    }
+
+    /// Leaves all but the loudest `max_talkers` contributors out of this tick's mix. A talker
+    /// leaving the mix is faded out over one frame and one entering it is faded in, so the cap
+    /// never cuts a voice mid-word with a click.
+    fn cap_talkers(&mut self) {
+        let mut contributing = 0;
+        for participant in &mut self.participants {
+            participant.was_capped = std::mem::take(&mut participant.capped);
+            let power = if participant.contributing {
+                contributing += 1;
+                let rms = mix::rms(&participant.decoded);
+                rms * rms
+            } else {
+                0.0
+            };
+            participant.loudness += (power - participant.loudness) / LOUDNESS_TICKS;
+        }
+        let cap = self.config.max_talkers.max(1);
+        if contributing > cap {
+            self.ranking.clear();
+            for (index, participant) in self.participants.iter().enumerate() {
+                if participant.contributing {
+                    let bonus = if participant.selected {
+                        SELECTED_BONUS
+                    } else {
+                        1.0
+                    };
+                    self.ranking.push((participant.loudness * bonus, index));
+                }
+            }
+            // Loudest first; only the split point matters, so a partial selection is enough.
+            self.ranking
+                .select_nth_unstable_by(cap - 1, |a, b| b.0.total_cmp(&a.0));
+            for &(_, index) in &self.ranking[cap..] {
+                let participant = &mut self.participants[index];
+                if participant.selected {
+                    // Mixed last tick: one more frame, fading out.
+                    mix::fade_out(&mut participant.decoded);
+                    participant.selected = false;
+                } else {
+                    // Decoded (its level keeps being tracked) but neither summed nor given a
+                    // mix-minus: it hears the full mix, which does not contain it.
+                    participant.contributing = false;
+                    participant.capped = true;
+                    self.stats.capped += 1;
+                }
+            }
+            for &(_, index) in &self.ranking[..cap] {
+                self.participants[index].selected = true;
+            }
+        } else {
+            for participant in &mut self.participants {
+                participant.selected = participant.contributing;
+            }
+        }
+        for participant in &mut self.participants {
+            if participant.contributing && participant.was_capped {
+                // Back in the mix after being left out: fade in rather than start mid-wave.
+                mix::fade_in(&mut participant.decoded);
+            }
+        }
     }
 
     /// The next frame to send, if any; drain until `None` after every tick.
