@@ -34,7 +34,9 @@
 //!    own voice is absent, not merely quieter), limited and encoded with its own encoder.
 //! 4. Everyone else — listeners and silent talkers — hears the bus as it is, which is limited and
 //!    encoded **once** per tick and shared: a room of N with K talking costs K + 1 encodes, not N.
-//! 5. Every frame is stamped with its participant's own continuous sequence number and timestamp.
+//! 5. Every frame is stamped with the room's sequence number (+1 per tick) and timestamp (+960
+//!    per tick): each participant's stream is continuous, and a shared frame is the same bytes
+//!    for all its listeners.
 //!
 //! Silence is cheap: a talker whose packets say "silent" (no voice activity below -60 dBov, or an
 //! Opus DTX frame) is not decoded after a short hangover, and a stream whose mix has been digital
@@ -358,8 +360,6 @@ struct Participant {
     /// `capped` as it was in the previous tick.
     was_capped: bool,
     decode_failing: bool,
-    out_sequence: u16,
-    out_timestamp: u32,
     sent_first: bool,
     stats: ParticipantStats,
 }
@@ -389,8 +389,6 @@ impl Participant {
             capped: false,
             was_capped: false,
             decode_failing: false,
-            out_sequence: 0,
-            out_timestamp: 0,
             sent_first: false,
             stats: ParticipantStats::default(),
         })
@@ -458,28 +456,24 @@ impl Participant {
         true
     }
 
-    /// Stamps this tick's frame: the header of this participant's stream around a payload
-    /// encoded either by its own encoder or by the shared one.
-    fn stamp(&mut self, skipped: u64, encoded: Option<AudioLevel>) {
-        // Skipped ticks are a gap in media time, not lost frames: advance the timestamp only.
-        self.out_timestamp = self
-            .out_timestamp
-            .wrapping_add((FRAME_SAMPLES as u32).wrapping_mul(skipped as u32));
+    /// Stamps this tick's frame with the room's sequence number and timestamp, around a payload
+    /// encoded either by this participant's own encoder or by the shared one. Sharing the room's
+    /// numbering makes every shared frame byte-identical for all its listeners (but for the
+    /// marker on a newcomer's first frame), so the shell can build it once.
+    fn stamp(&mut self, sequence: u16, timestamp: u32, encoded: Option<AudioLevel>) {
         if self.pending.take().is_some() {
             self.stats.frames_overwritten += 1;
         }
         if let Some(level) = encoded {
             self.pending = Some(AudioHeader {
                 flags: Flags::default().with_marker(!self.sent_first),
-                sequence: self.out_sequence,
-                timestamp: self.out_timestamp,
+                sequence,
+                timestamp,
                 level,
             });
             self.sent_first = true;
-            self.out_sequence = self.out_sequence.wrapping_add(1);
             self.stats.frames_out += 1;
         }
-        self.out_timestamp = self.out_timestamp.wrapping_add(FRAME_SAMPLES as u32);
     }
 }
 
@@ -583,6 +577,10 @@ pub struct Room {
     shared_history_len: usize,
     /// Whether this tick's shared frame was encoded.
     shared_ready: bool,
+    /// Sequence number of the next frame sent: +1 per tick run.
+    out_sequence: u16,
+    /// Timestamp of the next frame: +960 per tick, skipped ticks included.
+    out_timestamp: u32,
     /// Scratch for choosing the loudest talkers: (ranking level, participant index).
     ranking: Vec<(f32, usize)>,
     bus: Box<[f32]>,
@@ -608,6 +606,8 @@ impl Room {
             shared_history: std::array::from_fn(|_| vec![0.0; FRAME_SAMPLES].into_boxed_slice()),
             shared_history_len: 0,
             shared_ready: false,
+            out_sequence: 0,
+            out_timestamp: 0,
             ranking: Vec::with_capacity(capacity),
             bus: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
             transmit_cursor: 0,
@@ -704,6 +704,11 @@ impl Room {
     fn tick(&mut self, now: Instant, skipped: u64, timer: &mut impl PhaseTimer) {
         self.stats.ticks += 1;
         self.transmit_cursor = 0;
+        // Skipped ticks are a gap in media time, not lost frames: the timestamp jumps, the
+        // sequence number does not.
+        let timestamp = self
+            .out_timestamp
+            .wrapping_add((FRAME_SAMPLES as u32).wrapping_mul(skipped as u32));
         timer.phase(TickPhase::Decode);
         for participant in &mut self.participants {
             participant.contributing = participant.pull(now, &mut self.events);
@@ -807,8 +812,10 @@ impl Room {
                 }
                 None => self.shared_ready.then_some(self.shared.level),
             };
-            participant.stamp(skipped, level);
+            participant.stamp(self.out_sequence, timestamp, level);
         }
+        self.out_sequence = self.out_sequence.wrapping_add(1);
+        self.out_timestamp = timestamp.wrapping_add(FRAME_SAMPLES as u32);
         timer.phase(TickPhase::Done);
     }
 

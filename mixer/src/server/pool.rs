@@ -20,7 +20,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use mixer_protocol::{
-    AudioFormat, AudioFrame, ErrorCode, LeaveReason, Mode, ParticipantInfo, ServerMessage,
+    AudioFormat, AudioFrame, AudioHeader, ErrorCode, LeaveReason, Mode, ParticipantInfo,
+    ServerMessage,
 };
 use tracing::{debug, info, warn};
 
@@ -728,19 +729,34 @@ impl MixerThread {
                 }
                 slot.engine.handle_timeout_timed(start, &mut self.phases);
                 metrics.ticks_total.inc();
+                // A shared frame is the same bytes for all its listeners: build it once and hand
+                // out reference-counted clones.
+                let mut last: Option<(usize, AudioHeader, Bytes)> = None;
                 while let Some(transmit) = slot.engine.poll_transmit() {
                     let Some(member) = slot.members.get(&transmit.to) else {
                         continue;
                     };
-                    frame.clear();
-                    transmit.frame().write_to(&mut frame);
-                    match member.outbox.push_audio(Bytes::copy_from_slice(&frame)) {
+                    let key = transmit.payload.as_ptr() as usize;
+                    let bytes = match &last {
+                        Some((k, header, bytes)) if *k == key && *header == transmit.header => {
+                            bytes.clone()
+                        }
+                        _ => {
+                            frame.clear();
+                            transmit.frame().write_to(&mut frame);
+                            let bytes = Bytes::copy_from_slice(&frame);
+                            last = Some((key, transmit.header, bytes.clone()));
+                            bytes
+                        }
+                    };
+                    let len = bytes.len();
+                    match member.outbox.push_audio(bytes) {
                         Pushed::Queued => {}
                         Pushed::DroppedOldest => metrics.send_queue_drops_total.inc(),
                         Pushed::Closed => continue,
                     }
                     metrics.audio_frames_out_total.inc();
-                    metrics.audio_bytes_out_total.inc_by(frame.len() as u64);
+                    metrics.audio_bytes_out_total.inc_by(len as u64);
                 }
                 metrics
                     .tick_duration_seconds
