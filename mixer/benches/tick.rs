@@ -141,6 +141,7 @@ fn bench_opus_encode(c: &mut Criterion) {
         ("default", EncoderSettings::default()),
         ("voip_32k_c9", voip(9)),
         ("voip_32k_c5", voip(5)),
+        ("lowdelay_48k_c7", lowdelay(7)),
         ("lowdelay_48k_c10", lowdelay(10)),
         ("lowdelay_48k_c0", lowdelay(0)),
     ];
