@@ -104,6 +104,20 @@ impl Sim {
         id
     }
 
+    /// Adds `n` talkers with ids 1..=n, each sending a continuous tone from `FREQS`.
+    fn add_tone_talkers(&mut self, n: usize) -> Vec<ParticipantId> {
+        (0..n)
+            .map(|i| {
+                self.add_talker(
+                    i as u32 + 1,
+                    FREQS[i],
+                    NetemConfig::default(),
+                    Pattern::Continuous,
+                )
+            })
+            .collect()
+    }
+
     fn add_listener(&mut self, id: u32) -> ParticipantId {
         let id = ParticipantId(id);
         self.room.add_participant(id, Mode::Listen).expect("join");
@@ -258,16 +272,7 @@ const FREQS: [f32; 4] = [400.0, 650.0, 1000.0, 1500.0];
 #[test]
 fn four_talkers_hear_each_other_but_not_themselves_and_a_listener_hears_all() {
     let mut sim = Sim::new();
-    let ids: Vec<_> = (0..4)
-        .map(|i| {
-            sim.add_talker(
-                i + 1,
-                FREQS[i as usize],
-                NetemConfig::default(),
-                Pattern::Continuous,
-            )
-        })
-        .collect();
+    let ids = sim.add_tone_talkers(4);
     let listener = sim.add_listener(9);
     sim.run_until(secs(4.0));
     for (i, id) in ids.iter().enumerate() {
@@ -585,16 +590,7 @@ fn print_delays() {
 #[test]
 fn a_town_hall_pays_one_shared_encode_for_all_listeners() {
     let mut sim = Sim::new();
-    let talkers: Vec<_> = (0..3)
-        .map(|i| {
-            sim.add_talker(
-                i + 1,
-                FREQS[i as usize],
-                NetemConfig::default(),
-                Pattern::Continuous,
-            )
-        })
-        .collect();
+    let talkers = sim.add_tone_talkers(3);
     let listeners: Vec<_> = (0..30).map(|i| sim.add_listener(100 + i)).collect();
     sim.run_until(secs(1.0));
     let (ticks, encodes) = (sim.room.stats().ticks, sim.room.stats().encodes);
@@ -785,7 +781,7 @@ fn the_talker_cap_mixes_the_loudest_without_flicker_or_clicks() {
     };
     let mut sim = Sim::with_config(config);
     let loud = sim.add_talker(1, 400.0, NetemConfig::default(), Pattern::Continuous);
-    let medium = sim.add_talker(2, 1000.0, NetemConfig::default(), Pattern::Continuous);
+    let _medium = sim.add_talker(2, 1000.0, NetemConfig::default(), Pattern::Continuous);
     let quiet = sim.add_talker(3, 1500.0, NetemConfig::default(), Pattern::Continuous);
     sim.talker(loud).talker.tone.amp = 0.3;
     sim.talker(quiet).talker.tone.amp = 0.05;
@@ -824,7 +820,6 @@ fn the_talker_cap_mixes_the_loudest_without_flicker_or_clicks() {
         "click at the swap: {} vs {bound}",
         max_step(swap)
     );
-    let _ = medium;
 }
 
 #[test]
