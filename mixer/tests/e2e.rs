@@ -141,6 +141,17 @@ async fn expect_error(ws: &mut Client, code: ErrorCode) -> String {
     }
 }
 
+/// The next control message, which must be `participant_left`: (who, why).
+async fn expect_left(ws: &mut Client) -> (u32, LeaveReason) {
+    match next_control(ws).await {
+        ServerMessage::ParticipantLeft {
+            participant_id,
+            reason,
+        } => (participant_id, reason),
+        other => panic!("expected participant_left, got {other:?}"),
+    }
+}
+
 async fn join(server: &TestServer, room: &str, name: &str, mode: Mode) -> (Client, u32) {
     let mut ws = connect(server).await;
     ws.send(join_message(room, name, mode))
@@ -347,15 +358,7 @@ async fn roster_messages_and_abrupt_disconnect() {
     let (mut dave, dave_id) = join(&server, "ops", "dave", Mode::Listen).await;
     let _ = next_control(&mut alice).await; // dave joined
     dave.close(None).await.expect("close");
-    match next_control(&mut alice).await {
-        ServerMessage::ParticipantLeft {
-            participant_id,
-            reason,
-        } => {
-            assert_eq!((participant_id, reason), (dave_id, LeaveReason::Left));
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(expect_left(&mut alice).await, (dave_id, LeaveReason::Left));
     // So does an explicit leave.
     let (mut carol, carol_id) = join(&server, "ops", "carol", Mode::Listen).await;
     let _ = next_control(&mut alice).await; // carol joined
@@ -363,15 +366,7 @@ async fn roster_messages_and_abrupt_disconnect() {
         .send(Message::text(r#"{"type":"leave"}"#))
         .await
         .expect("send");
-    match next_control(&mut alice).await {
-        ServerMessage::ParticipantLeft {
-            participant_id,
-            reason,
-        } => {
-            assert_eq!((participant_id, reason), (carol_id, LeaveReason::Left));
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(expect_left(&mut alice).await, (carol_id, LeaveReason::Left));
     server.shutdown().await;
 }
 
