@@ -68,6 +68,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MIXER_MAX_TALKERS", default_value_t = 16)]
     pub max_talkers: usize,
 
+    /// Rooms with at least this many talkers split each tick's decoding and encoding over two
+    /// threads, so one large room can use two cores; 0 keeps every room on one thread.
+    #[arg(long, env = "MIXER_PARALLEL_ROOM_TALKERS", default_value_t = 48)]
+    pub parallel_room_talkers: usize,
+
     /// Simultaneous connections at most; further ones get HTTP 503.
     #[arg(long, env = "MIXER_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
@@ -255,6 +260,8 @@ impl ServeArgs {
                     jitter,
                     max_participants: self.max_participants,
                     max_talkers: self.max_talkers,
+                    parallel_threshold: (self.parallel_room_talkers > 0)
+                        .then_some(self.parallel_room_talkers),
                     ..EngineConfig::default()
                 },
             },

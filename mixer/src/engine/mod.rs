@@ -38,6 +38,9 @@
 //!    per tick): each participant's stream is continuous, and a shared frame is the same bytes
 //!    for all its listeners.
 //!
+//! A room with many talkers (see [`EngineConfig::parallel_threshold`]) decodes and encodes half
+//! of its participants on a scoped helper thread each tick; the result is bit-identical.
+//!
 //! Silence is cheap: a talker whose packets say "silent" (no voice activity below -60 dBov, or an
 //! Opus DTX frame) is not decoded after a short hangover, and a stream whose mix has been digital
 //! silence for a few frames repeats its last (silence) packet instead of calling the encoder.
@@ -133,6 +136,11 @@ pub struct EngineConfig {
     /// level, with hysteresis) are mixed and the rest are left out of the mix that tick. This
     /// bounds a room's encodes at `max_talkers + 1` whatever its size.
     pub max_talkers: usize,
+    /// Rooms with at least this many talkers split each tick's decoding and encoding
+    /// between the mixer thread and one scoped helper thread, so one large room can use two
+    /// cores; `None` keeps every room on one thread. Spawning the helper costs tens of
+    /// microseconds per tick, so only rooms whose tick takes milliseconds should split.
+    pub parallel_threshold: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -144,6 +152,7 @@ impl Default for EngineConfig {
             max_catch_up_ticks: 5,
             max_participants: 256,
             max_talkers: 16,
+            parallel_threshold: Some(48),
         }
     }
 }
@@ -353,6 +362,8 @@ struct Participant {
     silent_packets: u32,
     /// Smoothed power of this talker's decoded audio (for the talker cap).
     loudness: f32,
+    /// Result of this tick's own encode (when `uses_own`).
+    own_level: Option<AudioLevel>,
     /// Mixed in the previous tick (for the talker cap's hysteresis).
     selected: bool,
     /// Left out of the mix by the talker cap this tick while it had audio.
@@ -385,6 +396,7 @@ impl Participant {
             quiet_ticks: OWN_STREAM_HANGOVER + 1,
             silent_packets: 0,
             loudness: 0.0,
+            own_level: None,
             selected: false,
             capped: false,
             was_capped: false,
@@ -581,6 +593,8 @@ pub struct Room {
     out_sequence: u16,
     /// Timestamp of the next frame: +960 per tick, skipped ticks included.
     out_timestamp: u32,
+    /// Events raised on the helper thread of a split tick, merged after it.
+    spare_events: VecDeque<Event>,
     /// Scratch for choosing the loudest talkers: (ranking level, participant index).
     ranking: Vec<(f32, usize)>,
     bus: Box<[f32]>,
@@ -608,6 +622,7 @@ impl Room {
             shared_ready: false,
             out_sequence: 0,
             out_timestamp: 0,
+            spare_events: VecDeque::with_capacity(64),
             ranking: Vec::with_capacity(capacity),
             bus: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
             transmit_cursor: 0,
@@ -710,8 +725,23 @@ impl Room {
             .out_timestamp
             .wrapping_add((FRAME_SAMPLES as u32).wrapping_mul(skipped as u32));
         timer.phase(TickPhase::Decode);
-        for participant in &mut self.participants {
-            participant.contributing = participant.pull(now, &mut self.events);
+        let split = self.parallel_split();
+        let (first, second) = self.participants.split_at_mut(split);
+        let events = &mut self.events;
+        let spare = &mut self.spare_events;
+        let decode = |half: &mut [Participant], events: &mut VecDeque<Event>| {
+            for participant in half {
+                participant.contributing = participant.pull(now, events);
+            }
+        };
+        if second.is_empty() {
+            decode(first, events);
+        } else {
+            std::thread::scope(|scope| {
+                scope.spawn(|| decode(second, spare));
+                decode(first, events);
+            });
+            events.extend(spare.drain(..));
         }
         timer.phase(TickPhase::Mix);
         self.cap_talkers();
@@ -798,25 +828,66 @@ impl Room {
         } else {
             self.shared_history_len = 0;
         }
-        for participant in &mut self.participants {
-            let level = match participant.own.as_mut().filter(|_| participant.uses_own) {
-                Some(own) => {
-                    let level = own.encode(&mut self.stats.encodes);
-                    if level.is_none() {
-                        participant.stats.encode_errors += 1;
-                        self.events.push_back(Event::EncodeFailed {
-                            participant: participant.id,
-                        });
-                    }
-                    level
+        let (first, second) = self.participants.split_at_mut(split);
+        let encode = |half: &mut [Participant]| {
+            let mut encodes = 0;
+            for participant in half {
+                if let Some(own) = participant.own.as_mut().filter(|_| participant.uses_own) {
+                    participant.own_level = own.encode(&mut encodes);
                 }
-                None => self.shared_ready.then_some(self.shared.level),
+            }
+            encodes
+        };
+        self.stats.encodes += if second.is_empty() {
+            encode(first)
+        } else {
+            std::thread::scope(|scope| {
+                let other = scope.spawn(|| encode(second));
+                // A panic on the helper thread would be a bug in libopus or here; take this
+                // half's result either way rather than lose the tick.
+                encode(first) + other.join().unwrap_or(0)
+            })
+        };
+        for participant in &mut self.participants {
+            let level = if participant.uses_own && participant.own.is_some() {
+                if participant.own_level.is_none() {
+                    participant.stats.encode_errors += 1;
+                    self.events.push_back(Event::EncodeFailed {
+                        participant: participant.id,
+                    });
+                }
+                participant.own_level
+            } else {
+                self.shared_ready.then_some(self.shared.level)
             };
             participant.stamp(self.out_sequence, timestamp, level);
         }
         self.out_sequence = self.out_sequence.wrapping_add(1);
         self.out_timestamp = timestamp.wrapping_add(FRAME_SAMPLES as u32);
         timer.phase(TickPhase::Done);
+    }
+
+    /// Where to split the participants between this thread and a helper thread for decoding
+    /// and encoding, or `len` (no split) for rooms under the parallel threshold.
+    fn parallel_split(&self) -> usize {
+        let len = self.participants.len();
+        let Some(threshold) = self.config.parallel_threshold else {
+            return len;
+        };
+        // Only talkers cost codec work, so the threshold counts them and the split balances
+        // them between the two halves.
+        let talkers = self.participants.iter().filter(|p| p.own.is_some()).count();
+        if talkers < threshold.max(2) {
+            return len;
+        }
+        let mut seen = 0;
+        for (index, participant) in self.participants.iter().enumerate() {
+            if seen >= talkers / 2 {
+                return index;
+            }
+            seen += usize::from(participant.own.is_some());
+        }
+        len
     }
 
     /// Leaves all but the loudest `max_talkers` contributors out of this tick's mix. A talker
