@@ -131,6 +131,12 @@ async fn next_control(ws: &mut Client) -> ServerMessage {
     }
 }
 
+/// Sends `message` and expects the error `code` in reply; returns the error's text.
+async fn send_expect_error(ws: &mut Client, message: Message, code: ErrorCode) -> String {
+    ws.send(message).await.expect("send");
+    expect_error(ws, code).await
+}
+
 async fn expect_error(ws: &mut Client, code: ErrorCode) -> String {
     match next_control(ws).await {
         ServerMessage::Error { code: got, message } => {
@@ -408,43 +414,48 @@ async fn bad_input_gets_typed_errors_and_never_disturbs_the_room() {
 
     let mut bad = connect(&server).await;
     // Before join.
-    bad.send(Message::binary(Talker::new(300.0, 0.2).next_frame(true)))
-        .await
-        .expect("send");
-    expect_error(&mut bad, ErrorCode::NotJoined).await;
-    bad.send(Message::text("this is not json"))
-        .await
-        .expect("send");
-    expect_error(&mut bad, ErrorCode::BadMessage).await;
-    bad.send(Message::text(r#"{"type":"dance"}"#))
-        .await
-        .expect("send");
-    expect_error(&mut bad, ErrorCode::UnknownType).await;
-    bad.send(Message::text(
-        r#"{"type":"join","room":"lobby","name":"x"}"#,
-    ))
-    .await
-    .expect("send");
-    expect_error(&mut bad, ErrorCode::BadMessage).await;
-    bad.send(Message::text(r#"{"type":"join","room":"lobby","name":"x","format":{"codec":"pcm","sample_rate":44100,"channels":2,"frame_ms":10}}"#)).await.expect("send");
-    let message = expect_error(&mut bad, ErrorCode::UnsupportedFormat).await;
+    send_expect_error(
+        &mut bad,
+        Message::binary(Talker::new(300.0, 0.2).next_frame(true)),
+        ErrorCode::NotJoined,
+    )
+    .await;
+    send_expect_error(
+        &mut bad,
+        Message::text("this is not json"),
+        ErrorCode::BadMessage,
+    )
+    .await;
+    send_expect_error(
+        &mut bad,
+        Message::text(r#"{"type":"dance"}"#),
+        ErrorCode::UnknownType,
+    )
+    .await;
+    send_expect_error(
+        &mut bad,
+        Message::text(r#"{"type":"join","room":"lobby","name":"x"}"#),
+        ErrorCode::BadMessage,
+    )
+    .await;
+    let message = send_expect_error(&mut bad, Message::text(r#"{"type":"join","room":"lobby","name":"x","format":{"codec":"pcm","sample_rate":44100,"channels":2,"frame_ms":10}}"#), ErrorCode::UnsupportedFormat).await;
     assert!(
         message.contains("pcm"),
         "the message names what was asked: {message}"
     );
-    bad.send(Message::text(r#"{"type":"join","room":"no spaces!","name":"x","format":{"codec":"opus","sample_rate":48000,"channels":1,"frame_ms":20}}"#)).await.expect("send");
-    expect_error(&mut bad, ErrorCode::InvalidRoom).await;
-    bad.send(Message::text(format!(
-        r#"{{"type":"ping","pad":"{}"}}"#,
-        "x".repeat(5000)
-    )))
-    .await
-    .expect("send");
-    expect_error(&mut bad, ErrorCode::MessageTooLarge).await;
-    bad.send(Message::text(r#"{"type":"leave"}"#))
-        .await
-        .expect("send");
-    expect_error(&mut bad, ErrorCode::NotJoined).await;
+    send_expect_error(&mut bad, Message::text(r#"{"type":"join","room":"no spaces!","name":"x","format":{"codec":"opus","sample_rate":48000,"channels":1,"frame_ms":20}}"#), ErrorCode::InvalidRoom).await;
+    send_expect_error(
+        &mut bad,
+        Message::text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(5000))),
+        ErrorCode::MessageTooLarge,
+    )
+    .await;
+    send_expect_error(
+        &mut bad,
+        Message::text(r#"{"type":"leave"}"#),
+        ErrorCode::NotJoined,
+    )
+    .await;
     // Join properly, then send broken audio.
     bad.send(join_message("lobby", "mallory", Mode::Talk))
         .await
@@ -457,22 +468,24 @@ async fn bad_input_gets_typed_errors_and_never_disturbs_the_room() {
         .await
         .expect("send");
     expect_error(&mut bad, ErrorCode::AlreadyJoined).await;
-    bad.send(Message::binary(vec![1u8, 0, 0]))
-        .await
-        .expect("send");
-    expect_error(&mut bad, ErrorCode::BadAudioHeader).await;
-    bad.send(Message::binary(vec![7u8, 0, 0, 1, 0, 0, 0, 0, 0x7f, 0xf8]))
-        .await
-        .expect("send");
-    expect_error(&mut bad, ErrorCode::UnsupportedVersion).await;
+    send_expect_error(
+        &mut bad,
+        Message::binary(vec![1u8, 0, 0]),
+        ErrorCode::BadAudioHeader,
+    )
+    .await;
+    send_expect_error(
+        &mut bad,
+        Message::binary(vec![7u8, 0, 0, 1, 0, 0, 0, 0, 0x7f, 0xf8]),
+        ErrorCode::UnsupportedVersion,
+    )
+    .await;
     let mut garbage = vec![1u8, 0, 0, 2, 0, 0, 3, 192, 0x7f];
     garbage.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x00]);
-    bad.send(Message::binary(garbage)).await.expect("send");
-    expect_error(&mut bad, ErrorCode::InvalidOpus).await;
+    send_expect_error(&mut bad, Message::binary(garbage), ErrorCode::InvalidOpus).await;
     let mut too_big = vec![1u8, 0, 0, 3, 0, 0, 0, 0, 0x7f];
     too_big.extend(std::iter::repeat_n(0u8, 2000));
-    bad.send(Message::binary(too_big)).await.expect("send");
-    expect_error(&mut bad, ErrorCode::FrameTooLarge).await;
+    send_expect_error(&mut bad, Message::binary(too_big), ErrorCode::FrameTooLarge).await;
     // Still connected and served after all of that.
     bad.send(Message::text(r#"{"type":"ping","id":42}"#))
         .await
