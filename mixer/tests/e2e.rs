@@ -420,24 +420,16 @@ async fn bad_input_gets_typed_errors_and_never_disturbs_the_room() {
         ErrorCode::NotJoined,
     )
     .await;
-    send_expect_error(
-        &mut bad,
-        Message::text("this is not json"),
-        ErrorCode::BadMessage,
-    )
-    .await;
-    send_expect_error(
-        &mut bad,
-        Message::text(r#"{"type":"dance"}"#),
-        ErrorCode::UnknownType,
-    )
-    .await;
-    send_expect_error(
-        &mut bad,
-        Message::text(r#"{"type":"join","room":"lobby","name":"x"}"#),
-        ErrorCode::BadMessage,
-    )
-    .await;
+    for (text, code) in [
+        ("this is not json", ErrorCode::BadMessage),
+        (r#"{"type":"dance"}"#, ErrorCode::UnknownType),
+        (
+            r#"{"type":"join","room":"lobby","name":"x"}"#,
+            ErrorCode::BadMessage,
+        ),
+    ] {
+        send_expect_error(&mut bad, Message::text(text), code).await;
+    }
     let message = send_expect_error(&mut bad, Message::text(r#"{"type":"join","room":"lobby","name":"x","format":{"codec":"pcm","sample_rate":44100,"channels":2,"frame_ms":10}}"#), ErrorCode::UnsupportedFormat).await;
     assert!(
         message.contains("pcm"),

@@ -489,11 +489,11 @@ fn talk_spurts_play_silence_between_and_do_not_grow_the_delay() {
     );
 }
 
-/// Three simulated minutes with the sender's clock at `speed` times ours; asserts that the
-/// mouth-to-ear delay and the buffer stay bounded, and returns the talker's counters.
-fn drift_run(speed: f64) -> mixer::engine::ParticipantStats {
+/// A talker whose clock runs at `speed` times ours, sending tone bursts with silent frames in
+/// between (so onsets can be timed while the stream never stops), and a listener, after
+/// `seconds` of simulated time.
+fn drift_sim(speed: f64, seconds: f64) -> (Sim, ParticipantId, ParticipantId) {
     let mut sim = Sim::new();
-    // Tone bursts with silent frames in between, so onsets can be timed while the stream never stops.
     let a = sim.add_talker(
         1,
         1000.0,
@@ -502,7 +502,14 @@ fn drift_run(speed: f64) -> mixer::engine::ParticipantStats {
     );
     sim.talker(a).speed = speed;
     let b = sim.add_listener(2);
-    sim.run_until(secs(180.0));
+    sim.run_until(secs(seconds));
+    (sim, a, b)
+}
+
+/// Three simulated minutes with the sender's clock at `speed` times ours; asserts that the
+/// mouth-to-ear delay and the buffer stay bounded, and returns the talker's counters.
+fn drift_run(speed: f64) -> mixer::engine::ParticipantStats {
+    let (sim, a, b) = drift_sim(speed, 180.0);
     let (_, buffered) = sim.room.jitter_state(a).expect("state");
     let delays = sim.delays(a, b);
     let max = delays.iter().skip(2).max().expect("onsets");
@@ -567,16 +574,7 @@ fn a_jitter_spike_raises_the_delay_which_then_shrinks_back() {
 #[ignore = "prints delay figures; run on purpose"]
 fn print_delays() {
     for speed in [1.0, 1.001, 0.999] {
-        let mut sim = Sim::new();
-        let a = sim.add_talker(
-            1,
-            1000.0,
-            NetemConfig::default(),
-            Pattern::Bursts { on: 25, off: 25 },
-        );
-        sim.talker(a).speed = speed;
-        let b = sim.add_listener(2);
-        sim.run_until(secs(60.0));
+        let (sim, a, b) = drift_sim(speed, 60.0);
         let d = sim.delays(a, b);
         println!(
             "speed {speed}: n={} first {:?} mid {:?} last {:?} max {:?}",

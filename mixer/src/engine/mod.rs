@@ -1011,16 +1011,6 @@ impl Room {
             .map(|p| p.jitter.target_delay())
     }
 
-    /// Participants in each mode: (talk, listen).
-    pub fn mode_counts(&self) -> (usize, usize) {
-        let talk = self
-            .participants
-            .iter()
-            .filter(|p| p.mode == Mode::Talk)
-            .count();
-        (talk, self.participants.len() - talk)
-    }
-
     /// Room counters.
     pub fn stats(&self) -> &RoomStats {
         &self.stats

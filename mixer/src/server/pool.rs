@@ -329,21 +329,6 @@ impl MixerPool {
         })
     }
 
-    /// Rooms that currently exist.
-    pub fn room_count(&self) -> usize {
-        self.shared
-            .directory
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .rooms
-            .len()
-    }
-
-    /// The server's metrics.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.shared.metrics
-    }
-
     /// Refuses further joins, stops every mixer thread and waits for them.
     pub fn shutdown(&self) {
         self.shared
@@ -468,6 +453,27 @@ struct MixerThread {
     epoch: Instant,
 }
 
+/// Tells a joiner the engine could not take it (room full, or a codec that failed to build) and
+/// closes its connection.
+fn refuse(metrics: &Metrics, room: &str, id: ParticipantId, joiner: &Joiner, error: EngineError) {
+    warn!(%room, participant = %id, %error, "join failed in the engine");
+    let code = match error {
+        EngineError::RoomFull(_) => ErrorCode::RoomFull,
+        _ => ErrorCode::Internal,
+    };
+    metrics
+        .join_failures_total
+        .with_label_values(&[code.as_str()])
+        .inc();
+    joiner
+        .outbox
+        .push_control(ServerMessage::error(code, error.to_string()).to_json());
+    joiner.outbox.close(Closed::Close {
+        code: 1011,
+        reason: "join failed",
+    });
+}
+
 fn mode_label(mode: Mode) -> &'static str {
     match mode {
         Mode::Talk => "talk",
@@ -588,29 +594,14 @@ impl MixerThread {
                     };
                     self.rooms.insert(room.clone(), slot);
                 }
-                Err(error) => return self.refuse(&room, id, &joiner, error),
+                Err(error) => return refuse(&self.metrics, &room, id, &joiner, error),
             }
         }
         let Some(slot) = self.rooms.get_mut(&room) else {
             return;
         };
         if let Err(error) = slot.engine.add_participant(id, joiner.mode) {
-            warn!(%room, participant = %id, %error, "join failed in the engine");
-            let code = match error {
-                EngineError::RoomFull(_) => ErrorCode::RoomFull,
-                _ => ErrorCode::Internal,
-            };
-            self.metrics
-                .join_failures_total
-                .with_label_values(&[code.as_str()])
-                .inc();
-            joiner
-                .outbox
-                .push_control(ServerMessage::error(code, error.to_string()).to_json());
-            joiner.outbox.close(Closed::Close {
-                code: 1011,
-                reason: "join failed",
-            });
+            refuse(&self.metrics, &room, id, &joiner, error);
             if slot.members.is_empty() {
                 self.rooms.remove(&room);
             }
@@ -652,22 +643,6 @@ impl MixerThread {
             },
         );
         self.where_is.insert(id, room);
-    }
-
-    /// Tells a joiner the engine could not create its room.
-    fn refuse(&mut self, room: &str, id: ParticipantId, joiner: &Joiner, error: EngineError) {
-        warn!(%room, participant = %id, %error, "could not create the room");
-        self.metrics
-            .join_failures_total
-            .with_label_values(&[ErrorCode::Internal.as_str()])
-            .inc();
-        joiner
-            .outbox
-            .push_control(ServerMessage::error(ErrorCode::Internal, error.to_string()).to_json());
-        joiner.outbox.close(Closed::Close {
-            code: 1011,
-            reason: "join failed",
-        });
     }
 
     fn leave(&mut self, participant: ParticipantId, reason: LeaveReason) {
