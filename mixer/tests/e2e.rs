@@ -525,19 +525,13 @@ async fn bad_input_gets_typed_errors_and_never_disturbs_the_room() {
 async fn healthz_and_unknown_paths_over_plain_http() {
     let server = TestServer::start(&[]).await;
     for (path, status) in [("/healthz", "200"), ("/nope", "404"), ("/", "404")] {
-        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-        stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
-            .await
-            .expect("write");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("read");
+        let (status_line, body) = http_get(server.addr, path).await;
         assert!(
-            response.starts_with(&format!("HTTP/1.1 {status}")),
-            "{path}: {response}"
+            status_line.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {status_line}"
         );
         if path == "/healthz" {
-            assert!(response.ends_with("ok\n"));
+            assert_eq!(body, "ok\n");
         }
     }
     server.shutdown().await;
