@@ -73,6 +73,12 @@ pub struct ServeArgs {
     #[arg(long, env = "MIXER_PARALLEL_ROOM_TALKERS", default_value_t = 48)]
     pub parallel_room_talkers: usize,
 
+    /// Send a frame every 20 ms even while a participant's mix is silent. By default those
+    /// frames are paused (downlink DTX) and the next frame carries the marker bit; set this for
+    /// clients whose player cannot cope with gaps.
+    #[arg(long, env = "MIXER_SEND_SILENCE")]
+    pub send_silence: bool,
+
     /// Simultaneous connections at most; further ones get HTTP 503.
     #[arg(long, env = "MIXER_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
@@ -262,6 +268,7 @@ impl ServeArgs {
                     max_talkers: self.max_talkers,
                     parallel_threshold: (self.parallel_room_talkers > 0)
                         .then_some(self.parallel_room_talkers),
+                    send_silence: self.send_silence,
                     ..EngineConfig::default()
                 },
             },

@@ -1,11 +1,12 @@
 //! Property test of the engine's room against a model simple enough to be obviously right:
 //! arbitrary joins, leaves, packets (valid, garbage, from strangers) and clock jumps never panic,
-//! every tick hands exactly one frame to each participant present, and membership matches the
-//! model.
+//! membership matches the model, and every tick hands each participant present exactly one frame
+//! (with `send_silence`) or at most one (downlink DTX: a missing frame is counted as paused, and
+//! the next frame after a pause carries the marker bit).
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use mixer::engine::{EngineConfig, ParticipantId, Room};
@@ -41,11 +42,18 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn room_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+    fn room_matches_model(
+        ops in proptest::collection::vec(op(), 1..60),
+        send_silence in any::<bool>(),
+    ) {
         let t0 = Instant::now();
-        let mut room = Room::new(EngineConfig::default(), t0).expect("room");
+        let config = EngineConfig { send_silence, ..EngineConfig::default() };
+        let mut room = Room::new(config, t0).expect("room");
         let mut now = t0;
         let mut model: BTreeMap<u8, Mode> = BTreeMap::new();
+        // Ticks each participant has been present for, and who must see a marker next.
+        let mut ticks_present: BTreeMap<u8, u64> = BTreeMap::new();
+        let mut run_starts: BTreeSet<u8> = BTreeSet::new();
         let mut talker = common::Talker::new(440.0, 0.2);
         let valid = talker.next_frame(true);
         for op in ops {
@@ -54,11 +62,17 @@ proptest! {
                     let mode = if talk { Mode::Talk } else { Mode::Listen };
                     let joined = room.add_participant(ParticipantId(u32::from(id)), mode).is_ok();
                     prop_assert_eq!(joined, !model.contains_key(&id));
+                    if joined {
+                        ticks_present.insert(id, 0);
+                        run_starts.insert(id);
+                    }
                     model.entry(id).or_insert(mode);
                 }
                 Op::Leave(id) => {
                     let left = room.remove_participant(ParticipantId(u32::from(id))).is_some();
                     prop_assert_eq!(left, model.remove(&id).is_some());
+                    ticks_present.remove(&id);
+                    run_starts.remove(&id);
                 }
                 Op::Packet { who, sequence, garbage } => {
                     let bytes: Vec<u8> = if garbage { vec![0xff, 0x03, 0x99, 0x42] } else { valid[9..].to_vec() };
@@ -81,11 +95,29 @@ proptest! {
                         let mut seen = Vec::new();
                         while let Some(tx) = room.poll_transmit() {
                             prop_assert!(!tx.payload.is_empty());
-                            seen.push(tx.to.0 as u8);
+                            let id = tx.to.0 as u8;
+                            prop_assert_eq!(tx.header.flags.marker(), run_starts.remove(&id));
+                            seen.push(id);
                         }
                         seen.sort_unstable();
                         let expected: Vec<u8> = model.keys().copied().collect();
-                        prop_assert_eq!(seen, expected);
+                        if send_silence {
+                            prop_assert_eq!(&seen, &expected);
+                        } else {
+                            prop_assert!(seen.windows(2).all(|w| w[0] < w[1]));
+                            prop_assert!(seen.iter().all(|id| model.contains_key(id)));
+                        }
+                        for (id, ticks) in &mut ticks_present {
+                            *ticks += 1;
+                            if seen.binary_search(id).is_err() {
+                                run_starts.insert(*id);
+                            }
+                            // Every tick is accounted for: a frame sent or a frame paused.
+                            let stats = room
+                                .participant_stats(ParticipantId(u32::from(*id)))
+                                .expect("present");
+                            prop_assert_eq!(stats.frames_out + stats.frames_paused, *ticks);
+                        }
                         while room.poll_event().is_some() {}
                     }
                 }

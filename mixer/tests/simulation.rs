@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{Listener, Netem, NetemConfig, Talker, max_step, onsets, tone_db, tone_step_bound};
 use mixer::engine::{EngineConfig, ParticipantId, Room};
-use mixer_protocol::{AudioFrame, Mode};
+use mixer_protocol::{AudioFrame, FRAME_SAMPLES, Mode};
 
 const TICK: Duration = Duration::from_millis(20);
 const AMP: f32 = 0.2;
@@ -747,8 +747,8 @@ fn silent_uplinks_are_not_decoded_and_a_silent_room_is_not_encoded() {
             .all(|d| *d < Duration::from_millis(60))
     );
 
-    // Now B leaves: the room is silent, so after the encoders settle nothing is encoded, while
-    // everyone still gets a frame every tick.
+    // Now B leaves: the room is silent, so after the encoders settle nothing is encoded and
+    // nothing is sent: every participant's frames are paused.
     sim.remove(b);
     sim.run_until(secs(11.0));
     let (ticks, encodes, frames) = (
@@ -756,21 +756,96 @@ fn silent_uplinks_are_not_decoded_and_a_silent_room_is_not_encoded() {
         sim.room.stats().encodes,
         sim.heard(c).frames,
     );
+    let paused = sim.room.participant_stats(c).expect("c").frames_paused;
     sim.run_until(secs(13.0));
     assert_eq!(
         sim.room.stats().encodes,
         encodes,
         "a silent room kept encoding"
     );
+    assert_eq!(sim.heard(c).frames, frames, "a silent room kept sending");
     assert_eq!(
-        sim.heard(c).frames - frames,
-        (sim.room.stats().ticks - ticks) as usize
+        sim.room.participant_stats(c).expect("c").frames_paused - paused,
+        sim.room.stats().ticks - ticks
     );
-    let tail = sim.heard(c).window(secs(11.0), secs(12.9));
+    // The frames sent before the pause let the listener's decoder fade all the way to silence.
+    let pcm = &sim.heard(c).pcm;
+    let tail = &pcm[pcm.len() - FRAME_SAMPLES..];
     assert!(
         tail.iter().all(|s| s.abs() < 1e-4),
-        "silence decodes as silence"
+        "the stream paused before it was silent"
     );
+}
+
+/// Runs a talker with 1 s spurts and 2 s pauses (nothing sent while paused) to a listener for
+/// 10 s, with or without `send_silence`; returns the listener's client-side state.
+fn pause_run(send_silence: bool) -> (Sim, ParticipantId, ParticipantId) {
+    let mut sim = Sim::with_config(EngineConfig {
+        send_silence,
+        ..EngineConfig::default()
+    });
+    let a = sim.add_talker(
+        1,
+        650.0,
+        NetemConfig::default(),
+        Pattern::Spurts { on: 50, off: 100 },
+    );
+    let b = sim.add_listener(2);
+    sim.run_until(secs(10.0));
+    (sim, a, b)
+}
+
+#[test]
+fn a_silent_mix_pauses_the_stream_and_resumes_inaudibly_with_a_marker() {
+    let (dtx, a, b) = pause_run(false);
+    let (continuous, _, _) = pause_run(true);
+    let ticks = dtx.room.stats().ticks as usize;
+    let paused = dtx.heard(b);
+    let steady = continuous.heard(b);
+    // Without pausing, a frame every tick; with it, each 2 s pause is (almost all) not sent.
+    assert_eq!(steady.pauses, 0);
+    assert_eq!(steady.frames, ticks);
+    assert!(paused.pauses >= 3, "{} pauses", paused.pauses);
+    assert!(
+        paused.paused_frames > 3 * 80 && paused.frames < ticks / 2,
+        "{} frames sent, {} paused",
+        paused.frames,
+        paused.paused_frames
+    );
+    assert_eq!(paused.sequence_gaps, 0, "a pause looked like loss");
+    assert_eq!(
+        dtx.room.participant_stats(b).expect("b").frames_paused as usize + paused.frames,
+        ticks,
+        "every tick is a frame sent or a frame paused"
+    );
+    // The talker is alone, so its own mix-minus is silent throughout: it is sent only the few
+    // frames per spurt that let its decoder settle after each switch of stream.
+    assert!(dtx.heard(a).frames <= 4 * 5, "{}", dtx.heard(a).frames);
+    // What the listener hears is the same with or without the pauses: the talker in every
+    // spurt, silence in between, and no click where the stream resumes.
+    let n = paused.pcm.len().min(steady.pcm.len());
+    assert!(n > ticks * FRAME_SAMPLES * 9 / 10, "{n}");
+    let difference = paused.pcm[..n]
+        .iter()
+        .zip(&steady.pcm[..n])
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        difference < 0.01,
+        "pausing changed the audio by {difference}"
+    );
+    for spurt in 0..3 {
+        let start = 3.0 * spurt as f64;
+        assert_hears(
+            paused.window(secs(start + 0.2), secs(start + 0.9)),
+            &[650.0],
+            &[],
+            "listener in a spurt",
+        );
+        let gap = paused.window(secs(start + 1.4), secs(start + 2.8));
+        assert!(tone_db(gap, 650.0) < -50.0, "tone in a pause");
+    }
+    assert!(max_step(&paused.pcm) < tone_step_bound(&[(650.0, AMP)]) * 1.5 + 0.02);
 }
 
 #[test]
@@ -836,6 +911,7 @@ fn shared_frames_are_identical_for_all_listeners_and_every_stream_stays_continuo
     // A late joiner picks up the room's numbering mid-stream.
     let late = sim.add_listener(20);
     sim.run_until(secs(1.2));
+    let (mut sent_ticks, mut paused_ticks) = (0, 0);
     for _ in 0..100 {
         let now = sim.next_tick;
         sim.room.handle_timeout(sim.t0 + now);
@@ -847,18 +923,26 @@ fn shared_frames_are_identical_for_all_listeners_and_every_stream_stays_continuo
             .iter()
             .filter(|(to, _, _)| listeners.contains(to) || *to == late)
             .collect();
-        assert_eq!(shared.len(), 4);
+        // Between spurts the shared mix is silent and paused for all its listeners at once.
+        if shared.is_empty() {
+            paused_ticks += 1;
+        } else {
+            assert_eq!(shared.len(), 4);
+            sent_ticks += 1;
+        }
         assert!(
             shared.windows(2).all(|w| w[0].2 == w[1].2),
             "listeners got different bytes"
         );
-        // The talker's own stream carries the same numbering on the same tick.
-        let own = frames
-            .iter()
-            .find(|(to, _, _)| *to == talker)
-            .expect("talker frame");
-        assert_eq!(own.1.sequence, shared[0].1.sequence);
-        assert_eq!(own.1.timestamp, shared[0].1.timestamp);
+        // The talker's own stream (silent while alone, so mostly paused) carries the same
+        // numbering on the same tick.
+        if let (Some(own), Some(first)) = (
+            frames.iter().find(|(to, _, _)| *to == talker),
+            shared.first(),
+        ) {
+            assert_eq!(own.1.sequence, first.1.sequence);
+            assert_eq!(own.1.timestamp, first.1.timestamp);
+        }
         for (to, _, bytes) in &frames {
             sim.listeners
                 .get_mut(to)
@@ -870,6 +954,12 @@ fn shared_frames_are_identical_for_all_listeners_and_every_stream_stays_continuo
         sim.run_until(now + Duration::from_millis(19));
     }
     sim.run_until(sim.now + secs(1.0));
+    // 30 ticks on, 30 off: the pause is shorter than the gap by the jitter-buffer delay and
+    // the frames that let the decoder settle.
+    assert!(
+        sent_ticks > 30 && paused_ticks > 15,
+        "{sent_ticks} / {paused_ticks}"
+    );
     for id in listeners.iter().chain([&talker, &late]) {
         assert_eq!(sim.heard(*id).sequence_gaps, 0);
     }

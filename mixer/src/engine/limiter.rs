@@ -152,6 +152,13 @@ impl Limiter {
         LimiterReport { min_gain }
     }
 
+    /// Whether the limiter is at rest with a silent delay line: processing a frame of digital
+    /// silence would output silence and leave the limiter exactly as it is. Lets the engine skip
+    /// an idle room's tick.
+    pub fn is_silent(&self) -> bool {
+        self.at_rest() && self.delay.iter().all(|s| *s == 0.0)
+    }
+
     fn at_rest(&self) -> bool {
         self.gain >= 1.0 && self.since_reduction > 2 * WINDOW as u64
     }

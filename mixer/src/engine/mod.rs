@@ -20,8 +20,8 @@
 //! }
 //! ```
 //!
-//! `handle_timeout` runs at most one tick per call, and each tick leaves exactly one frame per
-//! participant to drain. A frame not drained before the next tick is replaced (and counted in
+//! `handle_timeout` runs at most one tick per call, and each tick leaves at most one frame per
+//! participant to drain (none while its mix is paused in silence, see below). A frame not drained before the next tick is replaced (and counted in
 //! [`ParticipantStats::frames_overwritten`]); the shell drains after every call.
 //!
 //! # One tick
@@ -43,7 +43,10 @@
 //!
 //! Silence is cheap: a talker whose packets say "silent" (no voice activity below -60 dBov, or an
 //! Opus DTX frame) is not decoded after a short hangover, and a stream whose mix has been digital
-//! silence for a few frames repeats its last (silence) packet instead of calling the encoder.
+//! silence for a few frames is not encoded again. Unless [`EngineConfig::send_silence`] is set, it
+//! is not sent either (downlink DTX): the participant's frames pause, and the first frame after
+//! the pause carries the marker bit, its sequence number and timestamp jumped by the ticks not
+//! sent. A room of silent participants therefore costs neither encodes nor sends.
 //!
 //! Moving between a talker's own stream and the shared one is done so the listener's decoder
 //! never sees a jump between unrelated encoder states: a talker keeps its own stream for a few
@@ -141,6 +144,11 @@ pub struct EngineConfig {
     /// cores; `None` keeps every room on one thread. Spawning the helper costs tens of
     /// microseconds per tick, so only rooms whose tick takes milliseconds should split.
     pub parallel_threshold: Option<usize>,
+    /// Keep sending a frame every tick even when a participant's mix has settled into digital
+    /// silence (the same silence packet, repeated). Off by default: those frames are paused
+    /// (downlink DTX), which is what makes hundreds of quiet rooms cheap to serve. For clients
+    /// whose player cannot cope with gaps in the stream.
+    pub send_silence: bool,
 }
 
 impl Default for EngineConfig {
@@ -153,6 +161,7 @@ impl Default for EngineConfig {
             max_participants: 256,
             max_talkers: 16,
             parallel_threshold: Some(48),
+            send_silence: false,
         }
     }
 }
@@ -236,6 +245,8 @@ pub struct ParticipantStats {
     pub frames_out: u64,
     /// Frames replaced before the shell drained them.
     pub frames_overwritten: u64,
+    /// Frames not sent because the mix had settled into silence (downlink DTX).
+    pub frames_paused: u64,
     /// Output frames in which the limiter reduced the gain.
     pub frames_limited: u64,
     /// Limited frames by their deepest gain reduction, in whole dB (index 1 = up to 1 dB, ...,
@@ -322,6 +333,7 @@ impl RoomTotals {
         p.frames_skipped += stats.frames_skipped;
         p.frames_out += stats.frames_out;
         p.frames_overwritten += stats.frames_overwritten;
+        p.frames_paused += stats.frames_paused;
         p.frames_limited += stats.frames_limited;
         p.encode_errors += stats.encode_errors;
         for (total, n) in p
@@ -371,7 +383,9 @@ struct Participant {
     /// `capped` as it was in the previous tick.
     was_capped: bool,
     decode_failing: bool,
-    sent_first: bool,
+    /// The next frame sent starts a new run of frames (the first one, or the first after a
+    /// pause in silence): it carries the marker bit.
+    starts_run: bool,
     stats: ParticipantStats,
 }
 
@@ -401,7 +415,7 @@ impl Participant {
             capped: false,
             was_capped: false,
             decode_failing: false,
-            sent_first: false,
+            starts_run: true,
             stats: ParticipantStats::default(),
         })
     }
@@ -472,21 +486,39 @@ impl Participant {
     /// encoded either by this participant's own encoder or by the shared one. Sharing the room's
     /// numbering makes every shared frame byte-identical for all its listeners (but for the
     /// marker on a newcomer's first frame), so the shell can build it once.
-    fn stamp(&mut self, sequence: u16, timestamp: u32, encoded: Option<AudioLevel>) {
+    fn stamp(&mut self, sequence: u16, timestamp: u32, output: Output) {
         if self.pending.take().is_some() {
             self.stats.frames_overwritten += 1;
         }
-        if let Some(level) = encoded {
-            self.pending = Some(AudioHeader {
-                flags: Flags::default().with_marker(!self.sent_first),
-                sequence,
-                timestamp,
-                level,
-            });
-            self.sent_first = true;
-            self.stats.frames_out += 1;
+        match output {
+            Output::Frame(level) => {
+                self.pending = Some(AudioHeader {
+                    flags: Flags::default().with_marker(self.starts_run),
+                    sequence,
+                    timestamp,
+                    level,
+                });
+                self.starts_run = false;
+                self.stats.frames_out += 1;
+            }
+            Output::Paused => {
+                self.starts_run = true;
+                self.stats.frames_paused += 1;
+            }
+            Output::Failed => {}
         }
     }
+}
+
+/// What a participant gets from one tick.
+#[derive(Debug, Clone, Copy)]
+enum Output {
+    /// A frame with this level byte.
+    Frame(AudioLevel),
+    /// Nothing: its mix is settled silence and frames are paused (downlink DTX).
+    Paused,
+    /// Nothing: the encoder failed.
+    Failed,
 }
 
 /// One encoded output stream: limiter, Opus encoder and buffers. Each talker has its own (for
@@ -501,6 +533,8 @@ struct MixStream {
     level: AudioLevel,
     /// Consecutive encodes of an all-zero mix.
     silent_encodes: u32,
+    /// This tick's packet repeats the settled silence packet (it may be paused instead).
+    repeating_silence: bool,
 }
 
 impl MixStream {
@@ -513,6 +547,7 @@ impl MixStream {
             encoded_len: 0,
             level: AudioLevel::SILENT,
             silent_encodes: 0,
+            repeating_silence: false,
         })
     }
 
@@ -533,7 +568,9 @@ impl MixStream {
         // Digital silence: once the encoder has settled on it, its frame does not change, so
         // repeat it instead of paying a full encode (which costs as much as for speech).
         let silent = self.output.iter().all(|s| *s == 0.0);
-        if silent && self.silent_encodes >= SILENCE_SETTLE_FRAMES && self.encoded_len > 0 {
+        self.repeating_silence =
+            silent && self.silent_encodes >= SILENCE_SETTLE_FRAMES && self.encoded_len > 0;
+        if self.repeating_silence {
             return Some(self.level);
         }
         self.silent_encodes = if silent { self.silent_encodes + 1 } else { 0 };
@@ -547,6 +584,7 @@ impl MixStream {
             }
             Err(_) => {
                 self.encoded_len = 0;
+                self.repeating_silence = false;
                 None
             }
         }
@@ -595,12 +633,19 @@ pub struct Room {
     out_timestamp: u32,
     /// Events raised on the helper thread of a split tick, merged after it.
     spare_events: VecDeque<Event>,
+    /// Participants in talk mode (kept up to date so a tick need not count them).
+    talkers: usize,
     /// Scratch for choosing the loudest talkers: (ranking level, participant index).
     ranking: Vec<(f32, usize)>,
     bus: Box<[f32]>,
     transmit_cursor: usize,
     events: VecDeque<Event>,
     stats: RoomStats,
+    /// Tests turn the settled-silence shortcut off to prove it changes nothing.
+    #[cfg(test)]
+    always_full_ticks: bool,
+    #[cfg(test)]
+    shortcut_ticks: u64,
 }
 
 impl Room {
@@ -623,11 +668,16 @@ impl Room {
             out_sequence: 0,
             out_timestamp: 0,
             spare_events: VecDeque::with_capacity(64),
+            talkers: 0,
             ranking: Vec::with_capacity(capacity),
             bus: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
             transmit_cursor: 0,
             events: VecDeque::with_capacity(64),
             stats: RoomStats::default(),
+            #[cfg(test)]
+            always_full_ticks: false,
+            #[cfg(test)]
+            shortcut_ticks: 0,
             config,
         })
     }
@@ -642,6 +692,7 @@ impl Room {
             return Err(EngineError::RoomFull(self.config.max_participants));
         }
         let participant = Participant::new(id, mode, &self.config)?;
+        self.talkers += usize::from(participant.own.is_some());
         self.index.insert(id, self.participants.len());
         self.participants.push(participant);
         Ok(())
@@ -651,6 +702,7 @@ impl Room {
     pub fn remove_participant(&mut self, id: ParticipantId) -> Option<ParticipantStats> {
         let position = self.index.remove(&id)?;
         let removed = self.participants.remove(position);
+        self.talkers -= usize::from(removed.own.is_some());
         for (i, p) in self.participants.iter().enumerate().skip(position) {
             self.index.insert(p.id, i);
         }
@@ -745,6 +797,10 @@ impl Room {
         }
         timer.phase(TickPhase::Mix);
         self.cap_talkers();
+        if self.is_settled_silence() {
+            self.silent_tick(timestamp, timer);
+            return;
+        }
         self.bus.fill(0.0);
         for participant in &self.participants {
             if participant.contributing {
@@ -848,19 +904,75 @@ impl Room {
                 encode(first) + other.join().unwrap_or(0)
             })
         };
+        let pause_silence = !self.config.send_silence;
+        let shared_output = if !self.shared_ready {
+            Output::Failed
+        } else if pause_silence && self.shared.repeating_silence {
+            Output::Paused
+        } else {
+            Output::Frame(self.shared.level)
+        };
         for participant in &mut self.participants {
-            let level = if participant.uses_own && participant.own.is_some() {
-                if participant.own_level.is_none() {
-                    participant.stats.encode_errors += 1;
-                    self.events.push_back(Event::EncodeFailed {
-                        participant: participant.id,
-                    });
-                }
-                participant.own_level
-            } else {
-                self.shared_ready.then_some(self.shared.level)
+            let output = match participant.own.as_ref().filter(|_| participant.uses_own) {
+                Some(own) => match participant.own_level {
+                    None => {
+                        participant.stats.encode_errors += 1;
+                        self.events.push_back(Event::EncodeFailed {
+                            participant: participant.id,
+                        });
+                        Output::Failed
+                    }
+                    Some(_) if pause_silence && own.repeating_silence => Output::Paused,
+                    Some(level) => Output::Frame(level),
+                },
+                None => shared_output,
             };
-            participant.stamp(self.out_sequence, timestamp, level);
+            participant.stamp(self.out_sequence, timestamp, output);
+        }
+        self.out_sequence = self.out_sequence.wrapping_add(1);
+        self.out_timestamp = timestamp.wrapping_add(FRAME_SAMPLES as u32);
+        timer.phase(TickPhase::Done);
+    }
+
+    /// Whether this tick can only repeat the shared stream's settled silence to everyone: nobody
+    /// contributes or is fading out, everyone is on the shared stream past any own-stream
+    /// hangover, and the shared limiter and encoder have come to rest on digital silence. Then
+    /// the outcome of the tick is known without touching a sample, which is what makes an idle
+    /// room nearly free.
+    fn is_settled_silence(&self) -> bool {
+        #[cfg(test)]
+        if self.always_full_ticks {
+            return false;
+        }
+        !self.participants.is_empty()
+            && self.departing.is_empty()
+            && self.shared.repeating_silence
+            && self.shared.limiter.is_silent()
+            && self
+                .participants
+                .iter()
+                .all(|p| !p.contributing && !p.uses_own && p.quiet_ticks >= OWN_STREAM_HANGOVER)
+    }
+
+    /// The rest of a tick for which [`Room::is_settled_silence`] holds: exactly what the full
+    /// path would do (the same state, counters and frames), minus the arithmetic on zeros.
+    fn silent_tick(&mut self, timestamp: u32, timer: &mut impl PhaseTimer) {
+        #[cfg(test)]
+        {
+            self.shortcut_ticks += 1;
+        }
+        timer.phase(TickPhase::Encode);
+        // The shared history holds the last inputs, all silence by now; only its length moves.
+        self.shared_history_len = (self.shared_history_len + 1).min(PRIME_FRAMES);
+        self.shared_ready = true;
+        let output = if self.config.send_silence {
+            Output::Frame(self.shared.level)
+        } else {
+            Output::Paused
+        };
+        for participant in &mut self.participants {
+            participant.quiet_ticks = participant.quiet_ticks.saturating_add(1);
+            participant.stamp(self.out_sequence, timestamp, output);
         }
         self.out_sequence = self.out_sequence.wrapping_add(1);
         self.out_timestamp = timestamp.wrapping_add(FRAME_SAMPLES as u32);
@@ -876,7 +988,7 @@ impl Room {
         };
         // Only talkers cost codec work, so the threshold counts them and the split balances
         // them between the two halves.
-        let talkers = self.participants.iter().filter(|p| p.own.is_some()).count();
+        let talkers = self.talkers;
         if talkers < threshold.max(2) {
             return len;
         }
@@ -1024,5 +1136,83 @@ impl Room {
     /// Whether the room has no participants.
     pub fn is_empty(&self) -> bool {
         self.participants.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every frame one tick hands out: (to, header, payload).
+    type TickOutput = Vec<(ParticipantId, AudioHeader, Vec<u8>)>;
+
+    fn drain(room: &mut Room) -> TickOutput {
+        let mut out = Vec::new();
+        while let Some(tx) = room.poll_transmit() {
+            out.push((tx.to, tx.header, tx.payload.to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn the_settled_silence_shortcut_changes_nothing() {
+        for send_silence in [false, true] {
+            let config = EngineConfig {
+                send_silence,
+                ..EngineConfig::default()
+            };
+            let t0 = Instant::now();
+            let mut fast = Room::new(config.clone(), t0).expect("room");
+            let mut full = Room::new(config, t0).expect("room");
+            full.always_full_ticks = true;
+            let (talker, quiet, listener) = (ParticipantId(1), ParticipantId(2), ParticipantId(3));
+            for room in [&mut fast, &mut full] {
+                room.add_participant(talker, Mode::Talk).expect("join");
+                room.add_participant(quiet, Mode::Talk).expect("join");
+                room.add_participant(listener, Mode::Listen).expect("join");
+            }
+            let mut encoder =
+                opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
+                    .expect("encoder");
+            let mut packet = vec![0u8; 1500];
+            let mut pcm = vec![0.0f32; FRAME_SAMPLES];
+            let mut phase = 0.0f32;
+            // 0.5 s of tone, 1.5 s of nothing sent, eight times over.
+            for tick in 0..800u32 {
+                let now = t0 + FRAME * tick;
+                if tick % 100 < 25 {
+                    for s in pcm.iter_mut() {
+                        *s = 0.3 * phase.sin();
+                        phase += 2.0 * std::f32::consts::PI * 440.0 / 48_000.0;
+                    }
+                    let len = encoder.encode_float(&pcm, &mut packet).expect("encode");
+                    let frame = AudioFrame {
+                        header: AudioHeader {
+                            flags: Flags::default().with_marker(tick % 100 == 0),
+                            sequence: tick as u16,
+                            timestamp: tick * FRAME_SAMPLES as u32,
+                            level: AudioLevel::new(true, 20),
+                        },
+                        payload: &packet[..len],
+                    };
+                    for room in [&mut fast, &mut full] {
+                        room.handle_audio(talker, frame, now).expect("audio");
+                    }
+                }
+                fast.handle_timeout(now);
+                full.handle_timeout(now);
+                assert_eq!(drain(&mut fast), drain(&mut full), "tick {tick}");
+                assert_eq!(fast.stats(), full.stats(), "tick {tick}");
+                for id in [talker, quiet, listener] {
+                    assert_eq!(fast.participant_stats(id), full.participant_stats(id));
+                }
+            }
+            assert!(
+                fast.shortcut_ticks > 300,
+                "the shortcut was taken {} times",
+                fast.shortcut_ticks
+            );
+            assert_eq!(full.shortcut_ticks, 0);
+        }
     }
 }

@@ -88,7 +88,11 @@ pub async fn serve(
         let _ = http::respond(&mut stream, status, body).await;
         return;
     }
+    // tungstenite zero-fills the free part of its read buffer (128 KiB by default) before every
+    // read, and a read happens for each 20 ms audio frame: with the default that memset cost more
+    // than the read itself. Client messages are small; a bigger one just takes several reads.
     let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(settings.max_message_bytes))
         .max_frame_size(Some(settings.max_message_bytes));
     let upgrade =
@@ -480,6 +484,9 @@ impl Session {
         }
     }
 }
+
+/// Bytes tungstenite reads from a client socket at a time (see where it is used).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 async fn write_loop(
     mut sink: SplitSink<Ws, Message>,

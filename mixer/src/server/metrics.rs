@@ -89,6 +89,8 @@ pub struct Metrics {
     pub slow_consumer_disconnects_total: IntCounter,
     /// Output frames in which the limiter reduced the gain.
     pub limiter_frames_total: IntCounter,
+    /// Output frames not sent because the mix was settled silence (downlink DTX).
+    pub audio_frames_paused_total: IntCounter,
     /// Deepest gain reduction in each limited frame, dB.
     pub limiter_gain_reduction_db: Histogram,
     /// Mixer threads running.
@@ -256,6 +258,10 @@ impl Metrics {
                 "mixer_limiter_frames_total",
                 "Output frames in which the limiter reduced the gain.",
             ),
+            audio_frames_paused_total: counter(
+                "mixer_audio_frames_paused_total",
+                "Output frames not sent because the participant's mix was settled silence.",
+            ),
             limiter_gain_reduction_db: histogram(
                 "mixer_limiter_gain_reduction_db",
                 "Deepest limiter gain reduction in each limited frame, in dB.",
@@ -298,6 +304,7 @@ impl Metrics {
             Box::new(metrics.send_queue_drops_total.clone()),
             Box::new(metrics.slow_consumer_disconnects_total.clone()),
             Box::new(metrics.limiter_frames_total.clone()),
+            Box::new(metrics.audio_frames_paused_total.clone()),
             Box::new(metrics.limiter_gain_reduction_db.clone()),
             Box::new(metrics.mixer_threads.clone()),
         ];
@@ -373,6 +380,11 @@ impl Metrics {
             &self.limiter_frames_total,
             b.frames_limited,
             a.frames_limited,
+        );
+        grow(
+            &self.audio_frames_paused_total,
+            b.frames_paused,
+            a.frames_paused,
         );
         let histogram = &self.limiter_gain_reduction_db;
         for (db, (old, new)) in b

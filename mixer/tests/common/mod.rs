@@ -197,12 +197,18 @@ impl Talker {
     }
 }
 
-/// A client-side listener: decodes what the server sends and checks its sequence numbers.
+/// A client-side listener: decodes what the server sends and checks its sequence numbers. A
+/// sequence gap that ends in a marked frame is a pause in silence (downlink DTX): it is played
+/// as silence, so `pcm` stays aligned with the room's ticks. Any other gap is counted.
 pub struct Listener {
     pub decoder: opus::Decoder,
     pub pcm: Vec<f32>,
     pub frames: usize,
+    /// Unexplained gaps in the sequence numbers (dropped frames).
     pub sequence_gaps: usize,
+    /// Pauses in silence, and the frames they covered.
+    pub pauses: usize,
+    pub paused_frames: usize,
     last_sequence: Option<u16>,
     buf: Vec<f32>,
 }
@@ -214,6 +220,8 @@ impl Default for Listener {
             pcm: Vec::new(),
             frames: 0,
             sequence_gaps: 0,
+            pauses: 0,
+            paused_frames: 0,
             last_sequence: None,
             buf: vec![0.0; FRAME_SAMPLES],
         }
@@ -225,7 +233,15 @@ impl Listener {
         if let Some(last) = self.last_sequence
             && header.sequence != last.wrapping_add(1)
         {
-            self.sequence_gaps += 1;
+            if header.flags.marker() {
+                let missing = usize::from(header.sequence.wrapping_sub(last).wrapping_sub(1));
+                self.pauses += 1;
+                self.paused_frames += missing;
+                self.pcm
+                    .resize(self.pcm.len() + missing * FRAME_SAMPLES, 0.0);
+            } else {
+                self.sequence_gaps += 1;
+            }
         }
         self.last_sequence = Some(header.sequence);
         let n = self
