@@ -5,6 +5,11 @@
 //! only rewrite the 9-byte header, so feeding thousands of clients costs little; every receiver
 //! takes the cheap path (header, sequence gaps, jitter, per-second counts) and only verified
 //! receivers keep the packets, to be decoded after the run.
+//!
+//! The server pauses a client's frames while its mix is silent (downlink DTX): its sequence
+//! numbers and timestamps jump over the pause and the frame that resumes carries the marker bit.
+//! Receivers count such gaps as paused, not lost, and count the paused 20 ms periods as covered
+//! in the per-second receive counts, so a stream that pauses in silence does not look choppy.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,16 +24,20 @@ use mixer_protocol::{
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::config::{Impairment, TalkPattern};
 use crate::rng::Rng;
 use crate::signal::{PERIOD_FRAMES, Source};
-use crate::stats::{Jitter, Live, SeqTracker};
+use crate::stats::{FrameCounts, Jitter, Live, SeqTracker};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const FRAME: Duration = Duration::from_millis(20);
+
+/// One frame period in seconds.
+const FRAME_SECS: f64 = 0.02;
 
 /// What is shared by all clients of a run.
 #[derive(Debug)]
@@ -89,6 +98,10 @@ pub struct Recorded {
     pub arrival: f64,
     /// Server sequence number.
     pub sequence: u16,
+    /// The marker bit: the first frame of the stream or after a pause in silence.
+    pub marker: bool,
+    /// The level byte's V bit: the mix had something audible in it.
+    pub voice_activity: bool,
     /// The Opus packet.
     pub payload: Bytes,
 }
@@ -116,9 +129,12 @@ pub struct ClientOutcome {
     pub server_errors: Vec<(String, String)>,
     /// Sequence accounting.
     pub seq: SeqTracker,
-    /// Frames whose timestamp jumped by more than 960 (server skipped mix ticks).
+    /// Frames whose timestamp jumped further than their sequence number explains (more than
+    /// 960 per sequence step): the server skipped mix ticks.
     pub tick_skips: u64,
-    /// Frames received in each second since the epoch.
+    /// Frames covered in each second since the epoch: received, or paused in silence (a marked
+    /// gap's frames spread 20 ms apart back from the frame that resumed; before a marked first
+    /// frame, back to the join; after a last frame without voice activity, up to the end).
     pub per_second: Vec<u32>,
     /// Packets kept for verification.
     pub recording: Vec<Recorded>,
@@ -250,9 +266,13 @@ fn join_message(plan: &ClientPlan) -> Message {
 }
 
 async fn connect_and_join(plan: &ClientPlan) -> Result<Ws, String> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(plan.url.as_str())
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    // tungstenite zero-fills the free part of its read buffer before every read; with the
+    // 128 KiB default that memset, once per 20 ms frame per client, cost more than the read.
+    let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(plan.url.as_str(), Some(config), false)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
     ws.send(join_message(plan))
         .await
         .map_err(|e| format!("sending join: {e}"))?;
@@ -355,9 +375,12 @@ async fn receive_and_send(
         s.talking = false; // flipped to a spurt by the first frame
     }
     let warm_from = joined + ctx.warmup;
+    let joined_secs = ctx.secs(joined);
     let mut jitter = Jitter::default();
     let mut last_timestamp: Option<u32> = None;
-    let (mut flushed_frames, mut flushed_lost) = (0u64, 0u64);
+    // Arrival and voice activity of the last in-order frame, to cover a trailing pause.
+    let mut last_frame: Option<(f64, bool)> = None;
+    let mut flushed = FrameCounts::default();
     let mut next_flush = joined + Duration::from_secs(1);
     let sleep = tokio::time::sleep_until(joined);
     tokio::pin!(sleep);
@@ -380,13 +403,12 @@ async fn receive_and_send(
                 }
                 if now >= next_flush {
                     next_flush += Duration::from_secs(1);
+                    let counts = FrameCounts::of(&out.seq);
                     ctx.live.flush(
-                        out.seq.received - flushed_frames,
-                        out.seq.lost - flushed_lost,
+                        counts.since(flushed),
                         if now >= warm_from { Some(jitter.millis()) } else { None },
                     );
-                    flushed_frames = out.seq.received;
-                    flushed_lost = out.seq.lost;
+                    flushed = counts;
                 }
                 if let Some(s) = sender.as_mut() {
                     while s.next <= now {
@@ -426,25 +448,38 @@ async fn receive_and_send(
                     let now = Instant::now();
                     let arrival = ctx.secs(now);
                     let header = frame.header;
-                    out.seq.record(header.sequence);
+                    let marker = header.flags.marker();
+                    let voice_activity = header.level.voice_activity();
+                    let ahead = out.seq.record(header.sequence, marker);
                     jitter.record(arrival, header.timestamp);
-                    if let Some(last) = last_timestamp
-                        && header.timestamp.wrapping_sub(last) > FRAME_SAMPLES as u32
-                        && header.timestamp.wrapping_sub(last) < 1 << 31
-                    {
-                        out.tick_skips += 1;
+                    match (ahead, last_timestamp) {
+                        (Some(ahead), Some(last)) => {
+                            if is_tick_skip(ahead, header.timestamp.wrapping_sub(last)) {
+                                out.tick_skips += 1;
+                            }
+                            if marker {
+                                cover_before(&mut out.per_second, arrival, u64::from(ahead - 1));
+                            }
+                        }
+                        (None, None) if marker => {
+                            // The first frame: the mix was silent from the join until now.
+                            let paused = ((arrival - joined_secs) / FRAME_SECS).max(0.0) as u64;
+                            cover_before(&mut out.per_second, arrival, paused);
+                        }
+                        _ => {}
                     }
-                    last_timestamp = Some(header.timestamp);
-                    let second = arrival as usize;
-                    if out.per_second.len() <= second {
-                        out.per_second.resize(second + 1, 0);
+                    if ahead.is_some() || last_timestamp.is_none() {
+                        last_timestamp = Some(header.timestamp);
+                        last_frame = Some((arrival, voice_activity));
                     }
-                    out.per_second[second] += 1;
+                    count_at(&mut out.per_second, arrival);
                     if plan.record {
                         let start = mixer_protocol::AUDIO_HEADER_LEN;
                         out.recording.push(Recorded {
                             arrival,
                             sequence: header.sequence,
+                            marker,
+                            voice_activity,
                             payload: bytes.slice(start..),
                         });
                     }
@@ -476,9 +511,69 @@ async fn receive_and_send(
             },
         }
     }
-    ctx.live.flush(
-        out.seq.received - flushed_frames,
-        out.seq.lost - flushed_lost,
-        None,
-    );
+    // Frames before a pause are encoded silence: a stream whose last frame had no voice activity
+    // is paused until the end, not cut off.
+    if let Some((arrival, false)) = last_frame {
+        let end = ctx.secs(ctx.end);
+        let paused = ((end - arrival) / FRAME_SECS).max(0.0) as u64;
+        for k in 1..=paused {
+            count_at(&mut out.per_second, arrival + FRAME_SECS * k as f64);
+        }
+    }
+    ctx.live
+        .flush(FrameCounts::of(&out.seq).since(flushed), None);
+}
+
+/// Whether a frame `ahead` sequence numbers past the previous one, its timestamp `step` samples
+/// later, shows skipped mix ticks: a pause advances both together, so only a timestamp step
+/// beyond 960 per sequence step is a skip.
+pub fn is_tick_skip(ahead: u16, step: u32) -> bool {
+    step < 1 << 31 && u64::from(step) > u64::from(ahead) * FRAME_SAMPLES as u64
+}
+
+/// Counts one frame covered at `at` seconds in its second.
+fn count_at(per_second: &mut Vec<u32>, at: f64) {
+    if at < 0.0 {
+        return;
+    }
+    let second = at as usize;
+    if per_second.len() <= second {
+        per_second.resize(second + 1, 0);
+    }
+    per_second[second] += 1;
+}
+
+/// Counts `frames` paused frames as covered, 20 ms apart, ending 20 ms before `arrival`.
+fn cover_before(per_second: &mut Vec<u32>, arrival: f64, frames: u64) {
+    for k in 1..=frames {
+        count_at(per_second, arrival - FRAME_SECS * k as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_timestamp_steps_beyond_the_sequence_step_are_tick_skips() {
+        assert!(!is_tick_skip(1, 960));
+        assert!(is_tick_skip(1, 1920)); // one tick skipped
+        assert!(!is_tick_skip(50, 50 * 960)); // a pause of 49 frames
+        assert!(is_tick_skip(50, 51 * 960)); // a pause, and a tick skipped
+        assert!(!is_tick_skip(3, 3 * 960)); // loss
+        assert!(!is_tick_skip(1, 0u32.wrapping_sub(960))); // backwards
+        assert!(!is_tick_skip(40_000, 40_000 * 960)); // a 13-minute pause
+    }
+
+    #[test]
+    fn paused_frames_are_covered_in_the_seconds_they_span() {
+        let mut per_second = Vec::new();
+        count_at(&mut per_second, 2.03);
+        // Three frames paused before the one at 2.03 s: 2.01 s, 1.99 s and 1.97 s.
+        cover_before(&mut per_second, 2.03, 3);
+        assert_eq!(per_second, vec![0, 2, 2]);
+        // Nothing before the epoch.
+        cover_before(&mut per_second, 0.03, 5);
+        assert_eq!(per_second, vec![1, 2, 2]);
+    }
 }

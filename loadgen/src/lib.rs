@@ -1,8 +1,8 @@
 //! # loadgen: a load generator for the mixer that listens to what it gets back
 //!
 //! Joins `rooms × participants` simulated clients (talkers and listeners) to one or more mixers
-//! and measures, per run: join time, receive rate, loss (gaps in the server's sequence numbers),
-//! RFC 3550 jitter, disconnects and server errors, its own and the mixer's CPU use, and, on a
+//! and measures, per run: join time, receive rate, loss (gaps in the server's sequence numbers;
+//! gaps the server marks as pauses in silence are counted apart), RFC 3550 jitter, disconnects and server errors, its own and the mixer's CPU use, and, on a
 //! sample of receivers, whether the audio is right: every talker heard, own voice absent
 //! (mix-minus), no other room leaking in, no clipping, and the mouth-to-ear delay of tone onsets.
 //!
@@ -254,8 +254,10 @@ fn analyse(
     let mut join_failures = BTreeMap::new();
     let mut disconnects = BTreeMap::new();
     let mut server_errors = BTreeMap::new();
-    let (mut received, mut lost, mut skips, mut sent, mut impaired) = (0, 0, 0, 0, 0);
+    let (mut received, mut lost, mut paused, mut skips, mut sent, mut impaired) =
+        (0, 0, 0, 0, 0, 0);
     let mut rates = Vec::new();
+    let mut silent = 0;
     let mut min_second = u32::MAX;
     for o in &outcomes {
         if let Some(ms) = o.join_ms {
@@ -272,9 +274,15 @@ fn analyse(
         }
         received += o.seq.received;
         lost += o.seq.lost;
+        paused += o.seq.paused;
         skips += o.tick_skips;
         sent += o.sent;
         impaired += o.impaired_drops;
+        if o.joined_at.is_some() && o.disconnect.is_none() && o.seq.received == 0 {
+            // Its mix was silent the whole run, so the server rightly sent nothing: no rate.
+            silent += 1;
+            continue;
+        }
         // Whole seconds after the room's warm-up and before the end.
         if let (Some(_), Some(ready)) = (o.joined_at, ready.get(&o.room)) {
             let first = (ready + scenario.warmup.as_secs_f64()).ceil() as usize;
@@ -298,6 +306,7 @@ fn analyse(
         min_client: rates.iter().copied().fold(f64::INFINITY, f64::min).min(1e9),
         min_second: if rates.is_empty() { 0 } else { min_second },
         clients: rates.len(),
+        silent,
     };
     let rx_rate = RxRate {
         min_client: if rates.is_empty() {
@@ -363,6 +372,7 @@ fn analyse(
         rx_rate,
         frames_received: received,
         frames_lost: lost,
+        frames_paused: paused,
         loss_pct: if received + lost == 0 {
             0.0
         } else {
@@ -391,11 +401,12 @@ async fn progress(live: Arc<Live>, clients: usize, epoch: Instant) {
         return;
     }
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let (mut last_frames, mut last_lost) = (0, 0);
+    let (mut last_frames, mut last_lost, mut last_paused) = (0, 0, 0);
     loop {
         ticker.tick().await;
         let frames = live.frames.load(Ordering::Relaxed);
         let lost = live.lost.load(Ordering::Relaxed);
+        let paused = live.paused.load(Ordering::Relaxed);
         let connected = live.connected.load(Ordering::Relaxed);
         let errors = live.errors.load(Ordering::Relaxed);
         let p99 = live
@@ -407,8 +418,8 @@ async fn progress(live: Arc<Live>, clients: usize, epoch: Instant) {
                 v
             })
             .unwrap_or(0.0);
-        let (df, dl) = (frames - last_frames, lost - last_lost);
-        (last_frames, last_lost) = (frames, lost);
+        let (df, dl, dp) = (frames - last_frames, lost - last_lost, paused - last_paused);
+        (last_frames, last_lost, last_paused) = (frames, lost, paused);
         let loss = if df + dl == 0 {
             0.0
         } else {
@@ -420,7 +431,7 @@ async fn progress(live: Arc<Live>, clients: usize, epoch: Instant) {
             df as f64 / connected as f64
         };
         eprint!(
-            "\r\x1b[2K[{:>5.0}s] connected {connected}/{clients}  rx {df} f/s ({per_client:.1}/client)  loss {loss:.2}%  jitter p99 {p99:.1} ms  errors {errors}",
+            "\r\x1b[2K[{:>5.0}s] connected {connected}/{clients}  rx {df} f/s ({per_client:.1}/client)  paused {dp} f/s  loss {loss:.2}%  jitter p99 {p99:.1} ms  errors {errors}",
             epoch.elapsed().as_secs_f64()
         );
     }

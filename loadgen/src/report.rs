@@ -44,7 +44,8 @@ impl Percentiles {
     }
 }
 
-/// Receive rate per client over the measured seconds, in frames per second.
+/// Receive rate per client over the measured seconds, in frames per second. Frames paused in
+/// silence (downlink DTX) count as covered: a stream that pauses is not choppy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct RxRate {
     /// What the server should send: 50 frames/s.
@@ -57,6 +58,9 @@ pub struct RxRate {
     pub min_second: u32,
     /// Clients measured.
     pub clients: usize,
+    /// Clients that received no frame at all and stayed connected: their mix was silent the
+    /// whole run, so the server paused them throughout. Not measured above.
+    pub silent: usize,
 }
 
 /// Verification results.
@@ -123,11 +127,16 @@ pub struct Report {
     pub rx_rate: RxRate,
     /// Audio frames received.
     pub frames_received: u64,
-    /// Frames missing from the server's sequence numbers.
+    /// Frames missing from the server's sequence numbers, the gap ending in an unmarked frame
+    /// (dropped from a slow client's queue).
     pub frames_lost: u64,
-    /// `frames_lost` over frames the server sent, percent.
+    /// Frames not sent because the receiver's mix was silent: gaps ending in a marked frame
+    /// (downlink DTX). Neither received nor lost.
+    pub frames_paused: u64,
+    /// `frames_lost` over frames the server sent (received + lost), percent.
     pub loss_pct: f64,
-    /// Frames whose timestamp jumped forward (the server skipped mix ticks).
+    /// Frames whose timestamp jumped further than their sequence number explains (the server
+    /// skipped mix ticks).
     pub tick_skips: u64,
     /// RFC 3550 interarrival jitter, sampled once a second per client.
     pub jitter_ms: Percentiles,
@@ -234,6 +243,11 @@ impl Report {
                         self.clients - self.joined,
                         self.clients
                     ),
+                    None if self.rx_rate.silent > 0 => format!(
+                        "no receive rate measured: all {} clients' mixes were silent the whole \
+                         run (--min-rx-rate {limit})",
+                        self.rx_rate.silent
+                    ),
                     None => format!("no receive rate measured (--min-rx-rate {limit})"),
                 }),
             });
@@ -292,14 +306,24 @@ impl Report {
         );
         let _ = writeln!(s, "join time      {}", p(&self.join_ms));
         let r = &self.rx_rate;
+        let silent = if r.silent > 0 {
+            format!("; {} clients paused throughout (silent mix)", r.silent)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "rx rate        mean {:.2} /s per client (expected {:.0}); worst client {:.2} /s; worst second {}",
+            "rx rate        mean {:.2} /s per client (expected {:.0}, paused frames covered); worst client {:.2} /s; worst second {}{silent}",
             r.mean, r.expected, r.min_client, r.min_second
         );
         let _ = writeln!(
             s,
-            "loss           {:.3}% ({} of {} frames); server tick skips {}",
+            "frames         {} received, {} lost, {} paused (silence)",
+            self.frames_received, self.frames_lost, self.frames_paused
+        );
+        let _ = writeln!(
+            s,
+            "loss           {:.3}% ({} of {} frames sent); server tick skips {}",
             self.loss_pct,
             self.frames_lost,
             self.frames_received + self.frames_lost,
@@ -478,9 +502,11 @@ mod tests {
                 min_client: 50.0,
                 min_second: 50,
                 clients: 4,
+                silent: 0,
             },
             frames_received: 2000,
             frames_lost: 0,
+            frames_paused: 0,
             loss_pct: 0.0,
             tick_skips: 0,
             jitter_ms: percentiles(1.0),
@@ -543,6 +569,14 @@ mod tests {
             ),
             ("--min-rx-rate", Box::new(|r| r.rx_rate.min_client = 30.0)),
             ("--min-rx-rate", Box::new(|r| r.joined = 3)),
+            (
+                "--min-rx-rate",
+                Box::new(|r| {
+                    // Every client's mix was silent: paused throughout, no rate measured.
+                    r.rx_rate.clients = 0;
+                    r.rx_rate.silent = 4;
+                }),
+            ),
             (
                 "--max-errors",
                 Box::new(|r| {

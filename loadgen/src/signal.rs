@@ -44,6 +44,8 @@ pub const PERIOD_FRAMES: usize = 50;
 pub const PERIOD_SAMPLES: usize = PERIOD_FRAMES * FRAME_SAMPLES;
 /// Tone-on part of the period.
 const ON_SAMPLES: usize = 33_600;
+/// Seconds the tone sounds from each onset (the rest of the 1 s period is digital silence).
+pub const TONE_ON_SECS: f64 = ON_SAMPLES as f64 / SAMPLE_RATE as f64;
 /// Length of each raised-cosine ramp.
 const RAMP_SAMPLES: usize = 960;
 

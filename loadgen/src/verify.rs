@@ -1,6 +1,13 @@
 //! Verification of what sampled receivers heard, after the run: decode their packets, then
 //! check who is heard, that their own voice and other rooms are not, clipping, and the
 //! mouth-to-ear delay of every tone onset.
+//!
+//! The server pauses a receiver's frames while its mix is silent (downlink DTX). Decoding puts
+//! digital silence on the timeline for each pause (a sequence gap ending in a marked frame, the
+//! time before a marked first frame, and the time after a last frame without voice activity),
+//! and Opus concealment for every other gap (loss), so the timeline stays true either way. Pauses
+//! count as covered in the receive-rate check; a pause while an expected talker's tone sounded
+//! is a failure of its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,9 +17,29 @@ use serde::Serialize;
 
 use crate::client::ClientOutcome;
 use crate::signal::{
-    LEAK_SEPARATION_HZ, LEVEL_BLOCK, MIN_SEPARATION_HZ, Source, TONE_AMPLITUDE, db, hann, onsets,
-    peak_level,
+    LEAK_SEPARATION_HZ, LEVEL_BLOCK, MIN_SEPARATION_HZ, Source, TONE_AMPLITUDE, TONE_ON_SECS, db,
+    hann, onsets, peak_level,
 };
+
+/// One frame period in seconds.
+const FRAME_SECS: f64 = 0.02;
+
+/// The longest pause put on the timeline as silence: 10 minutes of frames. Longer pauses are
+/// cut to this; the audio simply resumes.
+pub const MAX_PAUSE_FILL: usize = 30_000;
+
+/// Longest unmarked gap (loss) concealed: 1 s. Longer ones are loss already reported, and the
+/// audio simply resumes.
+const MAX_CONCEAL: usize = 50;
+
+/// The mouth-to-ear delay a pause is allowed to hide: a pause is only held against a talker
+/// where it outlasts the talker's audio by this much (the server delays the mix by its jitter
+/// buffer; more under load).
+const PAUSE_DELAY_SLACK: f64 = 0.5;
+
+/// Seconds of a talker's tone a pause may cover before it counts as a failure (a tone's ramps
+/// and the start of a spurt are fuzzy edges).
+const PAUSE_TOLERANCE: f64 = 0.2;
 
 /// Thresholds and the run's layout, as verification needs them.
 #[derive(Debug, Clone)]
@@ -50,7 +77,7 @@ pub struct ReceiverVerdict {
     pub own_db: Option<f64>,
     /// Loudest tone of another room, dBFS.
     pub worst_leak_db: Option<f64>,
-    /// Samples at or above 0.99 full scale in the window.
+    /// Samples beyond full scale in the window (they would clip when converted to 16-bit PCM).
     pub clipped_samples: usize,
     /// Seconds of audio checked.
     pub window_secs: f64,
@@ -68,43 +95,156 @@ pub struct Talkers<'a> {
     pub rooms: Vec<Vec<TalkerEntry<'a>>>,
 }
 
-/// Decodes `recording` into PCM with concealment for missing frames, and each frame's arrival.
-fn decode(out: &ClientOutcome, problems: &mut Vec<String>) -> (Vec<f32>, Vec<f64>) {
-    let mut pcm = Vec::with_capacity(out.recording.len() * FRAME_SAMPLES);
-    let mut arrivals = Vec::with_capacity(out.recording.len());
+/// What one 20 ms frame of a decoded [`Timeline`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Decoded from a frame the server sent.
+    Received,
+    /// Digital silence for a frame the server paused (its mix was silent).
+    Paused,
+    /// Opus concealment for a frame lost (a gap ending in an unmarked frame).
+    Concealed,
+}
+
+/// A receiver's stream as heard: 20 ms frames of PCM, each with its arrival (synthetic, 20 ms
+/// apart, for paused and concealed frames) and what it is.
+#[derive(Debug, Default)]
+pub struct Timeline {
+    /// Samples, [`FRAME_SAMPLES`] per frame.
+    pub pcm: Vec<f32>,
+    /// Arrival of each frame, seconds since the epoch.
+    pub arrivals: Vec<f64>,
+    /// What each frame is.
+    pub kinds: Vec<FrameKind>,
+    /// Each pause in silence as (last arrival before it, first arrival after it), or from the
+    /// join, or to the end of the run.
+    pub pauses: Vec<(f64, f64)>,
+}
+
+impl Timeline {
+    fn push(&mut self, samples: &[f32], arrival: f64, kind: FrameKind) {
+        self.pcm
+            .extend_from_slice(&samples[..samples.len().min(FRAME_SAMPLES)]);
+        self.pcm
+            .resize(self.arrivals.len() * FRAME_SAMPLES + FRAME_SAMPLES, 0.0);
+        self.arrivals.push(arrival);
+        self.kinds.push(kind);
+    }
+
+    /// Adds `frames` (at most [`MAX_PAUSE_FILL`]) frames of silence, 20 ms apart, ending 20 ms
+    /// before `until` and never before `after`.
+    fn pause(&mut self, after: f64, until: f64, frames: usize) {
+        for k in (1..=frames.min(MAX_PAUSE_FILL)).rev() {
+            let arrival = (until - FRAME_SECS * k as f64).max(after);
+            self.push(&[], arrival, FrameKind::Paused);
+        }
+        self.pauses.push((after, until));
+    }
+
+    /// Frames in `from..=to` the server sent or paused: concealed frames do not count.
+    pub fn covered(&self, from: f64, to: f64) -> usize {
+        self.arrivals
+            .iter()
+            .zip(&self.kinds)
+            .filter(|(a, k)| **a >= from && **a <= to && **k != FrameKind::Concealed)
+            .count()
+    }
+}
+
+/// Decodes a receiver's recording into a [`Timeline`] up to `end` (seconds since the epoch):
+/// silence for pauses, concealment for loss.
+pub fn decode(out: &ClientOutcome, end: f64, problems: &mut Vec<String>) -> Timeline {
+    let mut timeline = Timeline {
+        pcm: Vec::with_capacity(out.recording.len() * FRAME_SAMPLES),
+        arrivals: Vec::with_capacity(out.recording.len()),
+        ..Timeline::default()
+    };
     let Ok(mut decoder) = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono) else {
         problems.push("cannot create an Opus decoder".into());
-        return (pcm, arrivals);
+        return timeline;
     };
     let mut buf = vec![0.0f32; FRAME_SAMPLES * 6];
-    let mut last: Option<(u16, f64)> = None;
+    // Sequence, arrival and voice activity of the last frame in order.
+    let mut last: Option<(u16, f64, bool)> = None;
     let mut bad = 0usize;
     for packet in &out.recording {
-        if let Some((sequence, arrival)) = last {
-            let gap = packet.sequence.wrapping_sub(sequence).wrapping_sub(1);
-            // Conceal short gaps so the timeline stays true; longer ones are loss already
-            // reported, and the audio simply resumes.
-            for k in 0..gap.min(50) {
-                let n = decoder.decode_float(&[], &mut buf, false).unwrap_or(0);
-                pcm.extend_from_slice(&buf[..n.min(FRAME_SAMPLES)]);
-                pcm.resize(arrivals.len() * FRAME_SAMPLES + FRAME_SAMPLES, 0.0);
-                arrivals.push(arrival + 0.02 * f64::from(k + 1));
+        match last {
+            None => {
+                // The first frame is marked: the mix was silent from the join until it came.
+                if packet.marker
+                    && let Some(joined) = out.joined_at
+                {
+                    let frames = ((packet.arrival - joined) / FRAME_SECS).max(0.0) as usize;
+                    if frames > 0 {
+                        timeline.pause(joined, packet.arrival, frames);
+                    }
+                }
+            }
+            Some((sequence, arrival, _)) => {
+                let ahead = packet.sequence.wrapping_sub(sequence);
+                // As in `SeqTracker`: only a marked frame (which resumes a pause) can be more
+                // than half the sequence space ahead; anything else there is behind.
+                if ahead == 0 || (ahead >= 0x8000 && !packet.marker) {
+                    continue;
+                }
+                let gap = usize::from(ahead - 1);
+                if packet.marker {
+                    if gap > 0 {
+                        timeline.pause(arrival, packet.arrival, gap);
+                    }
+                } else {
+                    // Conceal short losses so the timeline stays true.
+                    for k in 1..=gap.min(MAX_CONCEAL) {
+                        let n = decoder.decode_float(&[], &mut buf, false).unwrap_or(0);
+                        let at = (arrival + FRAME_SECS * k as f64).min(packet.arrival);
+                        timeline.push(&buf[..n], at, FrameKind::Concealed);
+                    }
+                }
             }
         }
-        last = Some((packet.sequence, packet.arrival));
+        last = Some((packet.sequence, packet.arrival, packet.voice_activity));
         match decoder.decode_float(&packet.payload, &mut buf, false) {
-            Ok(n) => pcm.extend_from_slice(&buf[..n.min(FRAME_SAMPLES)]),
-            Err(_) => bad += 1,
+            Ok(n) => timeline.push(&buf[..n], packet.arrival, FrameKind::Received),
+            Err(_) => {
+                bad += 1;
+                timeline.push(&[], packet.arrival, FrameKind::Received);
+            }
         }
-        pcm.resize(arrivals.len() * FRAME_SAMPLES + FRAME_SAMPLES, 0.0);
-        arrivals.push(packet.arrival);
+    }
+    // Frames before a pause are encoded silence: a stream whose last frame had no voice activity
+    // was paused from then on, not cut off (unless its connection ended).
+    if let Some((_, arrival, false)) = last
+        && out.disconnect.is_none()
+        && arrival < end
+    {
+        let frames = ((end - arrival) / FRAME_SECS) as usize;
+        for k in 1..=frames.min(MAX_PAUSE_FILL) {
+            timeline.push(&[], arrival + FRAME_SECS * k as f64, FrameKind::Paused);
+        }
+        timeline.pauses.push((arrival, end));
     }
     if bad > 0 {
         problems.push(format!(
             "{bad} packets from the server could not be decoded"
         ));
     }
-    (pcm, arrivals)
+    timeline
+}
+
+/// When a talker's tone sounded, in mouth time: from each onset for [`TONE_ON_SECS`], cut at the
+/// end of the spurt it starts.
+fn audible(talker: &ClientOutcome) -> Vec<(f64, f64)> {
+    talker
+        .onsets
+        .iter()
+        .filter_map(|&m| {
+            let spurt = talker
+                .talking
+                .iter()
+                .find(|(a, b)| *a <= m + 1e-6 && m < *b)?;
+            Some((m, (m + TONE_ON_SECS).min(spurt.1)))
+        })
+        .collect()
 }
 
 fn overlap(intervals: &[(f64, f64)], from: f64, to: f64) -> f64 {
@@ -172,9 +312,27 @@ fn check(
         problems.push(format!("never joined: {failure}"));
         return;
     }
-    let (pcm, arrivals) = decode(receiver, problems);
     let from = room_ready + settings.warmup;
     let to = settings.end - 0.05;
+    let room = &talkers.rooms[receiver.room];
+    let expected: Vec<_> = room.iter().filter(|t| t.0 != receiver.slot).collect();
+    if receiver.recording.is_empty() && receiver.disconnect.is_none() {
+        // The server sends nothing while a mix is silent: right if nobody it should hear talked.
+        verdict.window_secs = (to - from).max(0.0);
+        for (slot, freq, _, outcome) in &expected {
+            let talked = overlap(&outcome.talking, from - 0.1, to - 0.3);
+            if talked >= 0.5 {
+                let tone = freq.map_or(String::new(), |f| format!(" ({f:.0} Hz)"));
+                problems.push(format!(
+                    "received no audio at all, though talker {slot}{tone} talked for {talked:.1} s \
+                     of the window"
+                ));
+            }
+        }
+        return;
+    }
+    let timeline = decode(receiver, settings.end, problems);
+    let (pcm, arrivals) = (&timeline.pcm, &timeline.arrivals);
     let first = arrivals.partition_point(|a| *a < from);
     let last = arrivals.partition_point(|a| *a <= to);
     if last <= first + 50 {
@@ -185,29 +343,44 @@ fn check(
         ));
         return;
     }
-    // Count only frames that really arrived (not concealment) against 50 per second.
-    let real = receiver
-        .recording
-        .iter()
-        .filter(|p| p.arrival >= from && p.arrival <= to)
-        .count();
-    let rate = real as f64 / (to - from);
+    // Count only frames the server sent or paused (not concealment) against 50 per second.
+    let rate = timeline.covered(from, to) as f64 / (to - from);
     if rate < 0.9 * 50.0 {
         problems.push(format!(
-            "received {rate:.1} frames/s after the warm-up (expected 50/s): audio is choppy"
+            "received {rate:.1} frames/s after the warm-up (expected 50/s, frames paused in \
+             silence included): audio is choppy"
         ));
+    }
+    // A pause is silence: the server must not pause while a talker's tone sounds. Skipped for
+    // talkers whose packets the impairment dropped (the server may rightly fall silent over a
+    // long burst of loss).
+    for (slot, freq, _, outcome) in &expected {
+        let Some(freq) = freq else { continue };
+        if !settings.tones || outcome.impaired_drops > 0 {
+            continue;
+        }
+        let sounding = audible(outcome);
+        let during: f64 = timeline
+            .pauses
+            .iter()
+            .map(|&(p, q)| overlap(&sounding, p.max(from), (q - PAUSE_DELAY_SLACK).min(to)))
+            .sum();
+        if during > PAUSE_TOLERANCE {
+            problems.push(format!(
+                "no frames for {during:.1} s (paused as silence) while talker {slot} \
+                 ({freq:.0} Hz) was sounding"
+            ));
+        }
     }
     let window = &pcm[first * FRAME_SAMPLES..last * FRAME_SAMPLES];
     verdict.window_secs = window.len() as f64 / f64::from(SAMPLE_RATE);
-    verdict.clipped_samples = window.iter().filter(|x| x.abs() >= 0.99).count();
+    verdict.clipped_samples = window.iter().filter(|x| x.abs() > 1.0).count();
     if verdict.clipped_samples > 0 {
         problems.push(format!(
-            "{} samples clipped (|x| >= 0.99)",
+            "{} samples clipped (|x| > 1.0, beyond full scale)",
             verdict.clipped_samples
         ));
     }
-    let room = &talkers.rooms[receiver.room];
-    let expected: Vec<_> = room.iter().filter(|t| t.0 != receiver.slot).collect();
     if !settings.tones {
         if expected.is_empty() {
             return;
@@ -333,4 +506,338 @@ pub fn room_ready_times(outcomes: &[ClientOutcome]) -> HashMap<usize, f64> {
         }
     }
     ready
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Recorded;
+    use crate::signal::{PERIOD_FRAMES, tone_source};
+    use crate::stats::SeqTracker;
+
+    /// Join time of everyone, seconds since the epoch.
+    const T0: f64 = 0.5;
+    /// Network delay from the talker through the server to the receiver.
+    const NET: f64 = 0.04;
+    /// End of the run.
+    const END: f64 = 9.0;
+    /// Frames of the run: frame k leaves the talker's mouth at `mouth(k)`.
+    const FRAMES: usize = 420;
+    /// Room clock at frame 0: the sequence wraps at frame 236.
+    const SEQ0: u16 = 65_300;
+    const FREQ: f32 = 700.0;
+
+    fn mouth(k: usize) -> f64 {
+        T0 + FRAME_SECS * k as f64
+    }
+
+    /// What the (simulated) server does with a room of one talker and one listener.
+    struct Stream {
+        /// Frame ranges the talker talks.
+        spurts: Vec<(usize, usize)>,
+        /// Pause the listener's frames while its mix is silent (else send silence).
+        dtx: bool,
+        /// Frames dropped, and whether the frame after them is marked (a pause, wrongly here).
+        drop: Option<(usize, usize, bool)>,
+    }
+
+    fn spurt_position(spurts: &[(usize, usize)], k: usize) -> Option<usize> {
+        spurts
+            .iter()
+            .find(|(a, b)| (*a..*b).contains(&k))
+            .map(|(a, _)| (k - a) % PERIOD_FRAMES)
+    }
+
+    fn talker(spurts: &[(usize, usize)]) -> ClientOutcome {
+        ClientOutcome {
+            slot: 0,
+            talker: true,
+            joined_at: Some(T0),
+            talking: spurts.iter().map(|&(a, b)| (mouth(a), mouth(b))).collect(),
+            onsets: (0..FRAMES)
+                .filter(|&k| spurt_position(spurts, k) == Some(0))
+                .map(mouth)
+                .collect(),
+            ..ClientOutcome::default()
+        }
+    }
+
+    /// The listener's recording: the talker's packets forwarded as the mix, a frame arriving
+    /// 20 ms (its length) plus `NET` after its audio left the mouth. With DTX, the 300 ms of
+    /// silence closing each tone period is sent for 3 frames and then paused, as the mixer does.
+    fn listener(source: &Source, stream: &Stream) -> ClientOutcome {
+        let mut recording = Vec::new();
+        let mut marked_gap: Option<bool> = Some(true);
+        for k in 0..FRAMES {
+            let position = spurt_position(&stream.spurts, k);
+            let dropped = stream
+                .drop
+                .filter(|(a, b, _)| (*a..*b).contains(&k))
+                .map(|d| d.2);
+            let paused = match position {
+                Some(p) => stream.dtx && p >= 38,
+                None => stream.dtx,
+            };
+            if let Some(marked) = dropped {
+                marked_gap = Some(marked_gap.unwrap_or(true) && marked);
+                continue;
+            }
+            if paused {
+                marked_gap = Some(marked_gap.unwrap_or(true));
+                continue;
+            }
+            let p = position.unwrap_or(45); // silence between spurts
+            recording.push(Recorded {
+                arrival: mouth(k) + FRAME_SECS + NET,
+                sequence: SEQ0.wrapping_add(k as u16),
+                marker: marked_gap.take().unwrap_or(false),
+                voice_activity: source.levels[p].voice_activity(),
+                payload: source.packets[p].clone(),
+            });
+        }
+        ClientOutcome {
+            slot: 1,
+            joined_at: Some(T0),
+            recording,
+            ..ClientOutcome::default()
+        }
+    }
+
+    fn settings() -> VerifySettings {
+        VerifySettings {
+            warmup: 1.0,
+            end: END,
+            heard_db: -30.0,
+            isolation_db: 40.0,
+            tones: true,
+            rooms: 1,
+        }
+    }
+
+    fn verify(
+        source: &Arc<Source>,
+        talker: &ClientOutcome,
+        receiver: &ClientOutcome,
+    ) -> ReceiverVerdict {
+        let talkers = Talkers {
+            rooms: vec![vec![(0, Some(FREQ), source.clone(), talker)]],
+        };
+        verify_receiver(receiver, T0, &talkers, &settings())
+    }
+
+    fn sequence_counts(receiver: &ClientOutcome) -> SeqTracker {
+        let mut seq = SeqTracker::default();
+        for p in &receiver.recording {
+            seq.record(p.sequence, p.marker);
+        }
+        seq
+    }
+
+    #[test]
+    fn a_stream_pausing_in_silence_passes_with_its_timeline_true() {
+        let source = Arc::new(tone_source(FREQ).expect("encodes"));
+        let spurts = vec![(0, 150), (250, 400)];
+        let talker = talker(&spurts);
+        let receiver = listener(
+            &source,
+            &Stream {
+                spurts,
+                dtx: true,
+                drop: None,
+            },
+        );
+        let seq = sequence_counts(&receiver);
+        assert_eq!(seq.lost, 0);
+        // 12 of every period's 50 frames, the 100 between the spurts; the rest after the last
+        // frame (frame 387) is a trailing pause the sequence numbers cannot show.
+        assert_eq!(seq.paused, 12 * 5 + 100, "{seq:?}");
+
+        let timeline = decode(&receiver, END, &mut Vec::new());
+        // The first frame took 60 ms from the join: about three frames of leading silence.
+        let lead = timeline
+            .kinds
+            .iter()
+            .take_while(|k| **k == FrameKind::Paused)
+            .count();
+        assert!((2..=3).contains(&lead), "{lead}");
+        // Frame k of the room clock is at index lead + k of the timeline, received or paused.
+        for p in &receiver.recording {
+            let k = usize::from(p.sequence.wrapping_sub(SEQ0));
+            assert_eq!(timeline.arrivals[lead + k], p.arrival, "frame {k}");
+            assert_eq!(timeline.kinds[lead + k], FrameKind::Received, "frame {k}");
+        }
+        for k in 150..250 {
+            let at = lead + k;
+            assert_eq!(timeline.kinds[at], FrameKind::Paused, "frame {k}");
+            assert!((timeline.arrivals[at] - (mouth(k) + FRAME_SECS + NET)).abs() < 1e-9);
+            let samples = &timeline.pcm[at * FRAME_SAMPLES..(at + 1) * FRAME_SAMPLES];
+            assert!(
+                samples.iter().all(|x| *x == 0.0),
+                "frame {k} is digital silence"
+            );
+        }
+        // The trailing pause runs from the last frame (silence, no voice activity) to the end.
+        let last = receiver.recording.last().expect("frames");
+        assert!(!last.voice_activity);
+        assert_eq!(timeline.pauses.last(), Some(&(last.arrival, END)));
+        assert!(*timeline.arrivals.last().expect("frames") <= END);
+        assert!(timeline.kinds.iter().all(|k| *k != FrameKind::Concealed));
+        let (from, to) = (T0 + 1.0, END - 0.05);
+        let expected = (to - from) / FRAME_SECS;
+        assert!((timeline.covered(from, to) as f64 - expected).abs() <= 1.0);
+
+        let verdict = verify(&source, &talker, &receiver);
+        assert!(verdict.passed, "{:?}", verdict.problems);
+        // Onsets at 2.5 s, then 5.5, 6.5 and 7.5 s after the pause (the one at 1.5 s is too
+        // close to the window's start): all at the same delay, so the pause kept the timeline.
+        assert!(verdict.delays_ms.len() >= 4, "{:?}", verdict.delays_ms);
+        let (min, max) = verdict
+            .delays_ms
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), d| (a.min(*d), b.max(*d)));
+        assert!(min > 50.0 && max < 80.0, "{:?}", verdict.delays_ms);
+        assert!(max - min < 3.0, "{:?}", verdict.delays_ms);
+    }
+
+    #[test]
+    fn an_unmarked_gap_is_loss_concealed_and_fails_as_choppy() {
+        let source = Arc::new(tone_source(FREQ).expect("encodes"));
+        let spurts = vec![(0, FRAMES)];
+        let talker = talker(&spurts);
+        // Without the gap, a stream sent in full (--send-silence) passes.
+        let full = listener(
+            &source,
+            &Stream {
+                spurts: spurts.clone(),
+                dtx: false,
+                drop: None,
+            },
+        );
+        assert_eq!(sequence_counts(&full).paused, 0);
+        let verdict = verify(&source, &talker, &full);
+        assert!(verdict.passed, "{:?}", verdict.problems);
+
+        let lossy = listener(
+            &source,
+            &Stream {
+                spurts,
+                dtx: false,
+                drop: Some((150, 250, false)),
+            },
+        );
+        let seq = sequence_counts(&lossy);
+        assert_eq!((seq.lost, seq.paused), (100, 0));
+        let timeline = decode(&lossy, END, &mut Vec::new());
+        let concealed = timeline
+            .kinds
+            .iter()
+            .filter(|k| **k == FrameKind::Concealed)
+            .count();
+        assert_eq!(concealed, MAX_CONCEAL);
+        // No pause but the latency before the first frame.
+        let first = lossy.recording[0].arrival;
+        assert!(timeline.pauses.iter().all(|(_, q)| *q <= first));
+        let verdict = verify(&source, &talker, &lossy);
+        assert!(
+            verdict
+                .problems
+                .iter()
+                .any(|p| p.contains("audio is choppy")),
+            "{:?}",
+            verdict.problems
+        );
+    }
+
+    #[test]
+    fn a_pause_while_a_talker_sounds_fails() {
+        let source = Arc::new(tone_source(FREQ).expect("encodes"));
+        let spurts = vec![(0, FRAMES)];
+        let talker = talker(&spurts);
+        // A server hiding 2 s of loss behind a marker.
+        let receiver = listener(
+            &source,
+            &Stream {
+                spurts,
+                dtx: true,
+                drop: Some((150, 250, true)),
+            },
+        );
+        let verdict = verify(&source, &talker, &receiver);
+        assert!(
+            verdict
+                .problems
+                .iter()
+                .any(|p| p.contains("paused as silence") && p.contains("talker 0 (700 Hz)")),
+            "{:?}",
+            verdict.problems
+        );
+        // It is not reported as choppy: the paused frames are covered.
+        assert!(
+            !verdict.problems.iter().any(|p| p.contains("choppy")),
+            "{:?}",
+            verdict.problems
+        );
+    }
+
+    #[test]
+    fn a_receiver_with_no_frames_passes_only_if_nobody_talked() {
+        let source = Arc::new(tone_source(FREQ).expect("encodes"));
+        let silent = ClientOutcome {
+            slot: 1,
+            joined_at: Some(T0),
+            ..ClientOutcome::default()
+        };
+        // The talker only talked before the window (the first second).
+        let verdict = verify(&source, &talker(&[(0, 40)]), &silent);
+        assert!(verdict.passed, "{:?}", verdict.problems);
+        let verdict = verify(&source, &talker(&[(0, FRAMES)]), &silent);
+        assert!(!verdict.passed);
+        assert!(
+            verdict.problems[0].contains("received no audio at all, though talker 0 (700 Hz)"),
+            "{:?}",
+            verdict.problems
+        );
+        // Cut off without a trace is not a pause.
+        let dropped = ClientOutcome {
+            disconnect: Some("connection dropped".into()),
+            ..silent
+        };
+        let verdict = verify(&source, &talker(&[(0, 40)]), &dropped);
+        assert!(
+            verdict
+                .problems
+                .iter()
+                .any(|p| p.contains("only 0 ms of audio")),
+            "{:?}",
+            verdict.problems
+        );
+    }
+
+    #[test]
+    fn a_marked_first_frame_after_the_join_is_preceded_by_silence() {
+        let source = Arc::new(tone_source(FREQ).expect("encodes"));
+        // The talker starts 2 s after everyone joined: the listener's first frame comes then.
+        let spurts = vec![(100, FRAMES)];
+        let talker = talker(&spurts);
+        let receiver = listener(
+            &source,
+            &Stream {
+                spurts,
+                dtx: true,
+                drop: None,
+            },
+        );
+        assert!(receiver.recording[0].marker);
+        let timeline = decode(&receiver, END, &mut Vec::new());
+        let lead = timeline
+            .kinds
+            .iter()
+            .take_while(|k| **k == FrameKind::Paused)
+            .count();
+        // About 103 frames: the talker's 100 plus the 60 ms the first frame took.
+        assert!((102..=103).contains(&lead), "{lead}");
+        assert_eq!(timeline.pauses[0], (T0, receiver.recording[0].arrival));
+        let verdict = verify(&source, &talker, &receiver);
+        assert!(verdict.passed, "{:?}", verdict.problems);
+    }
 }

@@ -25,7 +25,12 @@ struct Mixer {
 }
 
 async fn start_mixer() -> Mixer {
-    let args = ["mixer", "serve", "--mixer-threads", "2"];
+    start_mixer_with(&[]).await
+}
+
+async fn start_mixer_with(extra: &[&str]) -> Mixer {
+    let mut args = vec!["mixer", "serve", "--mixer-threads", "2"];
+    args.extend_from_slice(extra);
     let Command::Serve(serve) = Cli::parse_from(args).command;
     let config = serve.to_config().expect("valid config");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -43,10 +48,6 @@ fn scenario(addr: SocketAddr, extra: &[&str]) -> Scenario {
         "loadgen",
         "--url",
         &url,
-        "--participants",
-        "4",
-        "--talkers",
-        "2",
         "--verify",
         "100",
         "--require-verified",
@@ -60,7 +61,12 @@ fn scenario(addr: SocketAddr, extra: &[&str]) -> Scenario {
         "400",
     ];
     args.extend_from_slice(extra);
-    for (flag, default) in [("--rooms", "2"), ("--duration", "4")] {
+    for (flag, default) in [
+        ("--rooms", "2"),
+        ("--duration", "4"),
+        ("--participants", "4"),
+        ("--talkers", "2"),
+    ] {
         if !extra.contains(&flag) {
             args.extend_from_slice(&[flag, default]);
         }
@@ -145,6 +151,43 @@ async fn impaired_spurts_still_verify() {
         report.violations(&scenario.gates)
     );
     assert!(report.packets_impaired > 0, "{table}");
+}
+
+/// Rooms of one talker and two listeners: the talker's mix (everyone but itself) is silent, so
+/// the server pauses its stream (downlink DTX) after a few frames; listeners' streams pause in
+/// each tone period's 300 ms of silence. Pauses are neither loss nor choppiness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_paused_in_silence_verify_with_no_loss() {
+    let mixer = start_mixer().await;
+    let one_talker = ["--participants", "3", "--talkers", "1"];
+    let paused = scenario(mixer.addr, &one_talker);
+    let report = loadgen::run(&paused).await.expect("run");
+    let table = report.render();
+    assert!(
+        report.passed,
+        "{:?}\n{table}",
+        report.violations(&paused.gates)
+    );
+    assert_eq!(report.verification.passed, 6, "{table}");
+    assert_eq!(report.frames_lost, 0, "{table}");
+    // Each talker's stream is paused nearly all the run (about 4 s of its 4.x s).
+    assert!(report.frames_paused > 2 * 150, "{table}");
+    assert!(table.contains("paused (silence)"), "{table}");
+    let json = serde_json::to_string(&report).expect("json");
+    assert!(json.contains("\"frames_paused\""), "{json}");
+
+    // The same run against a server that sends its silence: nothing paused, as many frames.
+    let sending = start_mixer_with(&["--send-silence"]).await;
+    let sent = scenario(sending.addr, &one_talker);
+    let full = loadgen::run(&sent).await.expect("run");
+    let table = full.render();
+    assert!(full.passed, "{:?}\n{table}", full.violations(&sent.gates));
+    assert_eq!(full.frames_paused, 0, "{table}");
+    assert_eq!(full.frames_lost, 0, "{table}");
+    assert!(
+        full.frames_received > report.frames_received + 2 * 150,
+        "{table}"
+    );
 }
 
 /// How the fake server misbehaves.

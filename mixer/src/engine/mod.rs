@@ -863,9 +863,15 @@ impl Room {
             };
             let start = PRIME_FRAMES - self.shared_history_len;
             for frame in &self.shared_history[start..] {
-                // The output is discarded: only the encoder's state matters.
-                let _ = own.encoder.encode_float(frame, &mut own.encoded);
-                own.silent_encodes = 0;
+                // The packet is never sent: only the encoder's state matters. Silent inputs
+                // count towards settling on silence as if this encoder had sent them, so a
+                // talker whose own mix stays silent (alone in the room) pauses at once.
+                own.encoded_len = own.encoder.encode_float(frame, &mut own.encoded).unwrap_or(0);
+                own.silent_encodes = if frame.iter().all(|s| *s == 0.0) {
+                    own.silent_encodes + 1
+                } else {
+                    0
+                };
                 self.stats.encodes += 1;
                 self.stats.primes += 1;
             }

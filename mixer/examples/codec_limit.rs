@@ -1,0 +1,296 @@
+//! The codec-bound limit: how many participants one core could serve if every participant needed
+//! one Opus decode and one Opus encode per 20 ms tick, and nothing else.
+//!
+//! It times libopus directly, with the mixer's own settings: the decoder is
+//! [`codec::decoder`], fed packets encoded the way a client would (VOIP, 32 kb/s, complexity 9,
+//! like `benches/tick.rs`) from a speech-like signal; the encoder is built by
+//! [`EncoderSettings::build`] (the server's default unless overridden) and fed a mix of three
+//! such voices. Silence would be cheaper on both sides, so there is none. Each round times
+//! `--iterations` decodes and as many encodes; the figures are the medians over `--rounds`.
+//!
+//! ```sh
+//! cargo run --release -p mixer --example codec_limit
+//! cargo run --release -p mixer --example codec_limit -- --application voip --bitrate 32000 \
+//!     --complexity 9 --json
+//! ```
+//!
+//! The limit ignores mixing, limiting, jitter buffers and all I/O, so a real server holds less;
+//! it is the ceiling the README's capacity table compares against.
+
+use std::hint::black_box;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use mixer::engine::codec::{self, EncoderSettings, OpusApplication};
+use mixer::engine::mix::accumulate;
+use mixer_protocol::{FRAME_MS, FRAME_SAMPLES, MAX_OPUS_PACKET, SAMPLE_RATE};
+
+/// Frames of audio prepared per voice (2 s); the timed loops cycle through them.
+const CLIP_FRAMES: usize = 100;
+
+/// How a client encodes its uplink (as in `benches/tick.rs`).
+const CLIENT_ENCODER: EncoderSettings = EncoderSettings {
+    application: OpusApplication::Voip,
+    bitrate: 32_000,
+    complexity: 9,
+};
+
+/// What to measure, from the command line.
+#[derive(Debug)]
+struct Options {
+    /// The server's encoder settings for the mixes.
+    encoder: EncoderSettings,
+    /// Timed rounds; the median is reported.
+    rounds: usize,
+    /// Decodes (and encodes) per round.
+    iterations: usize,
+    /// Print one JSON line instead of the human summary.
+    json: bool,
+}
+
+const USAGE: &str = "usage: codec_limit [--application voip|audio|lowdelay] [--bitrate N] \
+[--complexity N] [--rounds N] [--iterations N] [--json]
+
+Times one Opus decode (client uplink: VOIP 32 kb/s) and one encode (the server's mix settings;
+default: the mixer's defaults) of a 20 ms frame, and prints participants per core =
+20 ms / (decode + encode).";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("codec_limit: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Parses the arguments, measures and prints.
+fn run() -> anyhow::Result<()> {
+    let Some(options) = parse_args(std::env::args().skip(1))? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    options
+        .encoder
+        .validate()
+        .context("checking the encoder settings")?;
+
+    let packets = client_packets()?;
+    let mix = three_voice_mix();
+    let mut decoder = codec::decoder().context("building the decoder")?;
+    let mut encoder = options
+        .encoder
+        .build()
+        .context("building the mix encoder")?;
+
+    // One untimed round warms caches, the CPU's clock and both codecs' state.
+    time_round(&mut decoder, &mut encoder, &packets, &mix, CLIP_FRAMES)?;
+    let mut decode_us = Vec::with_capacity(options.rounds);
+    let mut encode_us = Vec::with_capacity(options.rounds);
+    for _ in 0..options.rounds {
+        let (decode, encode) = time_round(
+            &mut decoder,
+            &mut encoder,
+            &packets,
+            &mix,
+            options.iterations,
+        )?;
+        decode_us.push(decode);
+        encode_us.push(encode);
+    }
+    let decode = median(&mut decode_us);
+    let encode = median(&mut encode_us);
+    let per_core = (f64::from(FRAME_MS) * 1_000.0 / (decode + encode)).floor();
+
+    if options.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "decode_us": round2(decode),
+                "encode_us": round2(encode),
+                "per_core": per_core as u64,
+                "application": options.encoder.application.to_string(),
+                "bitrate": options.encoder.bitrate,
+                "complexity": options.encoder.complexity,
+            })
+        );
+    } else {
+        let EncoderSettings {
+            application,
+            bitrate,
+            complexity,
+        } = options.encoder;
+        println!(
+            "codec-bound limit, median of {} rounds of {} frames each",
+            options.rounds, options.iterations
+        );
+        println!(
+            "decode  {decode:7.1} µs  client uplink: {} {} b/s complexity {}",
+            CLIENT_ENCODER.application, CLIENT_ENCODER.bitrate, CLIENT_ENCODER.complexity
+        );
+        println!(
+            "encode  {encode:7.1} µs  server mix: {application} {bitrate} b/s complexity {complexity}"
+        );
+        println!(
+            "participants per core = {FRAME_MS} ms / ({decode:.1} + {encode:.1} µs) = {per_core}"
+        );
+    }
+    Ok(())
+}
+
+/// Parses the arguments; `None` when help was asked for.
+fn parse_args(mut args: impl Iterator<Item = String>) -> anyhow::Result<Option<Options>> {
+    let mut options = Options {
+        encoder: EncoderSettings::default(),
+        rounds: 7,
+        iterations: 2_000,
+        json: false,
+    };
+    while let Some(arg) = args.next() {
+        // Accept both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
+            None => (arg, None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .with_context(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--application" => {
+                options.encoder.application = value()?.parse().context("--application")?;
+            }
+            "--bitrate" => {
+                options.encoder.bitrate =
+                    value()?.parse().context("--bitrate (bits per second)")?;
+            }
+            "--complexity" => {
+                options.encoder.complexity = value()?.parse().context("--complexity (0 to 10)")?;
+            }
+            "--rounds" => options.rounds = positive(&value()?, "--rounds")?,
+            "--iterations" => options.iterations = positive(&value()?, "--iterations")?,
+            "--json" => options.json = true,
+            "-h" | "--help" => return Ok(None),
+            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
+        }
+    }
+    Ok(Some(options))
+}
+
+/// Parses a count that must be at least 1.
+fn positive(text: &str, flag: &str) -> anyhow::Result<usize> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => bail!("{flag} must be a positive integer (got {text:?})"),
+    }
+}
+
+/// Times `iterations` decodes, then as many encodes; returns the mean µs of each.
+///
+/// The only place this program reads the clock.
+fn time_round(
+    decoder: &mut opus::Decoder,
+    encoder: &mut opus::Encoder,
+    packets: &[Vec<u8>],
+    mix: &[f32],
+    iterations: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let mut pcm = vec![0.0f32; FRAME_SAMPLES];
+    let mut out = vec![0u8; MAX_OPUS_PACKET];
+
+    let start = Instant::now();
+    for packet in packets.iter().cycle().take(iterations) {
+        let n = decoder
+            .decode_float(black_box(packet), &mut pcm, false)
+            .context("decoding a client packet")?;
+        black_box((n, &pcm));
+    }
+    let decode = start.elapsed();
+
+    let start = Instant::now();
+    for frame in mix.chunks_exact(FRAME_SAMPLES).cycle().take(iterations) {
+        let n = encoder
+            .encode_float(black_box(frame), &mut out)
+            .context("encoding a mix frame")?;
+        black_box((n, &out));
+    }
+    let encode = start.elapsed();
+
+    let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / iterations as f64;
+    Ok((per(decode), per(encode)))
+}
+
+/// One talker's uplink, encoded the way a client would.
+fn client_packets() -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut encoder = CLIENT_ENCODER
+        .build()
+        .context("building the client encoder")?;
+    let mut out = vec![0u8; MAX_OPUS_PACKET];
+    speech_like(0, CLIP_FRAMES, 0.3)
+        .chunks_exact(FRAME_SAMPLES)
+        .map(|frame| {
+            let len = encoder
+                .encode_float(frame, &mut out)
+                .context("encoding a client frame")?;
+            Ok(out[..len].to_vec())
+        })
+        .collect()
+}
+
+/// What a participant in a small room hears: three voices summed (peaking near 0.9).
+fn three_voice_mix() -> Vec<f32> {
+    let mut mix = speech_like(1, CLIP_FRAMES, 0.3);
+    for voice in [2, 3] {
+        accumulate(&mut mix, &speech_like(voice, CLIP_FRAMES, 0.3));
+    }
+    mix
+}
+
+/// A speech-like signal: a harmonic series on a gliding fundamental with a formant bump, shaped
+/// by a 4 Hz syllable envelope, plus a little noise, normalised to `peak`. `voice` picks the
+/// fundamental so voices differ. (The same signal as `benches/tick.rs`, so the figures compare.)
+fn speech_like(voice: usize, frames: usize, peak: f32) -> Vec<f32> {
+    use std::f32::consts::PI;
+    let rate = SAMPLE_RATE as f32;
+    let f0_base = 100.0 + 23.0 * (voice % 8) as f32;
+    let mut noise_state = 0x9e37_79b9_u32.wrapping_add(voice as u32);
+    let mut phase = 0.0f32;
+    let mut samples = Vec::with_capacity(frames * FRAME_SAMPLES);
+    for n in 0..frames * FRAME_SAMPLES {
+        let t = n as f32 / rate;
+        let f0 = f0_base * (1.0 + 0.08 * (2.0 * PI * 0.7 * t).sin());
+        phase = (phase + f0 / rate).fract();
+        let mut s = 0.0;
+        for k in 1..=12 {
+            let freq = f0 * k as f32;
+            let formant = 1.0 + 2.0 * (-((freq - 700.0) / 300.0).powi(2)).exp();
+            s += formant / k as f32 * (2.0 * PI * phase * k as f32).sin();
+        }
+        let envelope = 0.55 + 0.45 * (2.0 * PI * 4.0 * t + voice as f32).sin();
+        noise_state = noise_state
+            .wrapping_mul(1_664_525)
+            .wrapping_add(1_013_904_223);
+        let noise = (noise_state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+        samples.push(envelope * s + 0.05 * noise);
+    }
+    let max = samples.iter().fold(0.0f32, |m, s| m.max(s.abs()));
+    for s in &mut samples {
+        *s *= peak / max;
+    }
+    samples
+}
+
+/// The median of a non-empty list (sorts it).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Rounds to two decimals for the JSON line.
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
