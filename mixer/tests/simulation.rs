@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{Listener, Netem, NetemConfig, Talker, max_step, onsets, tone_db, tone_step_bound};
-use mixer::engine::{EngineConfig, ParticipantId, Room};
+use mixer::engine::floor::{FloorChange, FloorConfig, FloorEnd, FloorPolicy, FloorReply};
+use mixer::engine::{EngineConfig, EngineError, Event, ParticipantId, Room};
 use mixer_protocol::{AudioFrame, FRAME_SAMPLES, Mode};
 
 const TICK: Duration = Duration::from_millis(20);
@@ -39,6 +40,8 @@ struct SimTalker {
     /// Virtual send times of tone onsets.
     onsets_sent: Vec<Duration>,
     active: bool,
+    /// Packets the room refused (muted, no floor).
+    rejected: u64,
 }
 
 struct SimListener {
@@ -53,6 +56,8 @@ struct Sim {
     room: Room,
     talkers: HashMap<ParticipantId, SimTalker>,
     listeners: HashMap<ParticipantId, SimListener>,
+    /// Every event the room raised, with the virtual time of the tick.
+    events: Vec<(Duration, Event)>,
 }
 
 impl Sim {
@@ -69,6 +74,7 @@ impl Sim {
             room: Room::new(config, t0).expect("room"),
             talkers: HashMap::new(),
             listeners: HashMap::new(),
+            events: Vec::new(),
         }
     }
 
@@ -79,8 +85,19 @@ impl Sim {
         net: NetemConfig,
         pattern: Pattern,
     ) -> ParticipantId {
+        self.add_sender(id, freq, net, pattern, Mode::Talk)
+    }
+
+    fn add_sender(
+        &mut self,
+        id: u32,
+        freq: f32,
+        net: NetemConfig,
+        pattern: Pattern,
+        mode: Mode,
+    ) -> ParticipantId {
         let id = ParticipantId(id);
-        self.room.add_participant(id, Mode::Talk).expect("join");
+        self.room.add_participant(id, mode).expect("join");
         self.talkers.insert(
             id,
             SimTalker {
@@ -92,6 +109,7 @@ impl Sim {
                 frames_sent: 0,
                 onsets_sent: Vec::new(),
                 active: true,
+                rejected: 0,
             },
         );
         self.listeners.insert(
@@ -175,9 +193,15 @@ impl Sim {
                         continue;
                     }
                     let frame = AudioFrame::parse(&packet).expect("own frames parse");
-                    self.room
-                        .handle_audio(*id, frame, self.t0 + at)
-                        .expect("accepted");
+                    match self.room.handle_audio(*id, frame, self.t0 + at) {
+                        Ok(_) => {}
+                        Err(
+                            EngineError::Muted(_)
+                            | EngineError::NoFloor(_)
+                            | EngineError::ListenOnly(_),
+                        ) => t.rejected += 1,
+                        Err(e) => panic!("packet refused: {e}"),
+                    }
                 }
                 if t.active && t.next_send <= self.now {
                     send_one(t, self.now);
@@ -191,7 +215,9 @@ impl Sim {
                         l.listener.receive(tx.header, tx.payload);
                     }
                 }
-                while self.room.poll_event().is_some() {}
+                while let Some(event) = self.room.poll_event() {
+                    self.events.push((self.now, event));
+                }
                 self.next_tick = self.room.poll_timeout().duration_since(self.t0);
             }
         }
@@ -1002,4 +1028,299 @@ fn a_tick_split_across_two_threads_produces_exactly_the_same_audio() {
     assert_eq!(serial_stats, parallel_stats);
     assert!(serial.iter().all(|pcm| pcm.len() > 150_000));
     assert!(serial == parallel, "splitting the tick changed the audio");
+}
+
+/// Talking events for `who`, as (time, started).
+fn talking_events(sim: &Sim, who: ParticipantId) -> Vec<(Duration, bool)> {
+    sim.events
+        .iter()
+        .filter_map(|(at, e)| match e {
+            Event::TalkingStarted { participant } if *participant == who => Some((*at, true)),
+            Event::TalkingStopped { participant } if *participant == who => Some((*at, false)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn talking_events_follow_speech_with_hysteresis_not_packets() {
+    let mut sim = Sim::new();
+    // 1 s spurts, 1 s pauses (nothing sent), and within each spurt the Talker's own 20 ms
+    // frames; the tone has no gaps, so one start and one stop per spurt are expected.
+    let a = sim.add_talker(
+        1,
+        650.0,
+        NetemConfig::default(),
+        Pattern::Spurts { on: 50, off: 50 },
+    );
+    let listener = sim.add_listener(2);
+    sim.run_until(secs(10.0));
+    let events = talking_events(&sim, a);
+    assert_eq!(events.len(), 10, "{events:?}");
+    for (k, pair) in events.chunks(2).enumerate() {
+        let spurt = secs(2.0 * k as f64);
+        let (started, stopped) = (pair[0], pair[1]);
+        assert!(started.1 && !stopped.1, "{events:?}");
+        // Start: after the jitter-buffer delay and two loud frames; stop: 300 ms after the end.
+        assert!(
+            started.0 > spurt && started.0 < spurt + secs(0.15),
+            "{started:?}"
+        );
+        let end = spurt + secs(1.0);
+        assert!(
+            stopped.0 > end + secs(0.25) && stopped.0 < end + secs(0.45),
+            "{stopped:?}"
+        );
+    }
+    assert!(talking_events(&sim, listener).is_empty());
+}
+
+#[test]
+fn a_muted_talker_fades_out_is_not_heard_and_comes_back_when_unmuted() {
+    let mut sim = Sim::new();
+    let talkers = sim.add_tone_talkers(2);
+    let (a, b) = (talkers[0], talkers[1]);
+    let listener = sim.add_listener(10);
+    sim.run_until(secs(2.0));
+    assert!(sim.room.set_muted(a, true).expect("present"));
+    assert!(
+        !sim.room.set_muted(a, true).expect("present"),
+        "already muted"
+    );
+    sim.run_until(secs(2.03));
+    assert_eq!(
+        talking_events(&sim, a).last().map(|e| e.1),
+        Some(false),
+        "muting stops the talking indicator at once"
+    );
+    sim.run_until(secs(4.0));
+    sim.room.set_muted(a, false).expect("present");
+    sim.run_until(secs(6.0));
+    let heard = sim.heard(listener);
+    assert_hears(
+        heard.window(secs(0.5), secs(1.9)),
+        &[FREQS[0], FREQS[1]],
+        &[],
+        "before",
+    );
+    assert_hears(
+        heard.window(secs(2.2), secs(3.9)),
+        &[FREQS[1]],
+        &[FREQS[0]],
+        "muted",
+    );
+    assert_hears(
+        heard.window(secs(4.3), secs(5.9)),
+        &[FREQS[0], FREQS[1]],
+        &[],
+        "unmuted",
+    );
+    // Muting mid-tone fades it out rather than cutting it.
+    let bound = tone_step_bound(&[(FREQS[0], AMP), (FREQS[1], AMP)]) * 1.5 + 0.02;
+    assert!(
+        max_step(heard.window(secs(1.5), secs(6.0))) < bound,
+        "click"
+    );
+    assert!(
+        sim.talkers[&a].rejected > 80,
+        "{}",
+        sim.talkers[&a].rejected
+    );
+    let stats = sim.room.participant_stats(a).expect("a");
+    assert_eq!(stats.frames_muted, sim.talkers[&a].rejected);
+    let _ = b;
+}
+
+#[test]
+fn single_floor_push_to_talk_mixes_only_the_holder_until_its_turn_ends() {
+    let mut sim = Sim::with_config(EngineConfig {
+        floor: FloorConfig {
+            policy: FloorPolicy::Single,
+            max_talk: Duration::from_secs(3),
+            silence_timeout: Duration::from_secs(1),
+        },
+        ..EngineConfig::default()
+    });
+    // Two push-to-talk users who both keep transmitting (a stuck button, or impatience).
+    let a = sim.add_sender(
+        1,
+        FREQS[0],
+        NetemConfig::default(),
+        Pattern::Continuous,
+        Mode::Ptt,
+    );
+    let b = sim.add_sender(
+        2,
+        FREQS[1],
+        NetemConfig::default(),
+        Pattern::Continuous,
+        Mode::Ptt,
+    );
+    let listener = sim.add_listener(10);
+    sim.run_until(secs(0.5));
+    let now = sim.t0 + sim.now;
+    assert!(matches!(
+        sim.room.request_floor(a, false, now),
+        Ok(FloorReply::Granted { .. })
+    ));
+    assert_eq!(
+        sim.room.request_floor(b, false, now).expect("b"),
+        FloorReply::Denied { holder: a }
+    );
+    sim.run_until(secs(2.5));
+    assert!(sim.room.release_floor(a).expect("a"));
+    let now = sim.t0 + sim.now;
+    assert!(matches!(
+        sim.room.request_floor(b, false, now),
+        Ok(FloorReply::Granted { .. })
+    ));
+    // B keeps talking past its 3 s turn: the floor is revoked at 5.5 s and B goes unheard.
+    sim.run_until(secs(8.0));
+    let heard = sim.heard(listener);
+    assert_hears(
+        heard.window(secs(0.8), secs(2.4)),
+        &[FREQS[0]],
+        &[FREQS[1]],
+        "A's turn",
+    );
+    assert_hears(
+        heard.window(secs(2.8), secs(5.4)),
+        &[FREQS[1]],
+        &[FREQS[0]],
+        "B's turn",
+    );
+    let after = heard.window(secs(5.8), secs(7.9));
+    assert!(
+        tone_db(after, FREQS[1]) < -60.0 && tone_db(after, FREQS[0]) < -60.0,
+        "after the turn"
+    );
+    let floor: Vec<_> = sim
+        .events
+        .iter()
+        .filter_map(|(at, e)| match e {
+            Event::Floor(change) => Some((*at, *change)),
+            _ => None,
+        })
+        .collect();
+    assert!(matches!(floor[0].1, FloorChange::Granted { to, .. } if to == a));
+    assert!(
+        matches!(floor[1].1, FloorChange::Ended { from, reason: FloorEnd::Released } if from == a)
+    );
+    assert!(matches!(floor[2].1, FloorChange::Granted { to, .. } if to == b));
+    assert!(
+        matches!(floor[3].1, FloorChange::Ended { from, reason: FloorEnd::MaxTalkTime } if from == b)
+    );
+    assert!(
+        floor[3].0 >= secs(5.5) && floor[3].0 < secs(5.6),
+        "{:?}",
+        floor[3].0
+    );
+    assert_eq!(floor.len(), 4);
+    // Packets without the floor were refused and counted, and no turn change clicks.
+    assert!(
+        sim.room
+            .participant_stats(b)
+            .expect("b")
+            .frames_without_floor
+            > 100
+    );
+    let bound = tone_step_bound(&[(FREQS[0], AMP), (FREQS[1], AMP)]) * 1.5 + 0.02;
+    assert!(
+        max_step(heard.window(secs(0.5), secs(8.0))) < bound,
+        "click"
+    );
+    // A talker leaving while holding the floor frees it.
+    let now = sim.t0 + sim.now;
+    sim.room.request_floor(a, false, now).expect("a");
+    sim.remove(a);
+    assert_eq!(sim.room.floor_holder(), None);
+}
+
+#[test]
+fn input_gain_and_normalisation_balance_loud_and_quiet_speakers() {
+    let levels = |normalise: bool, gain_db: f32| {
+        let mut sim = Sim::with_config(EngineConfig {
+            normalise,
+            ..EngineConfig::default()
+        });
+        let talkers = sim.add_tone_talkers(2);
+        sim.talker(talkers[0]).talker.tone.amp = 0.3;
+        sim.talker(talkers[1]).talker.tone.amp = 0.03;
+        sim.room.set_gain(talkers[1], gain_db).expect("gain");
+        let listener = sim.add_listener(10);
+        sim.run_until(secs(8.0));
+        let tail = sim.heard(listener).window(secs(6.0), secs(7.9));
+        (tone_db(tail, FREQS[0]), tone_db(tail, FREQS[1]))
+    };
+    let (loud, quiet) = levels(false, 0.0);
+    assert!((loud - quiet - 20.0).abs() < 2.0, "{loud} vs {quiet}");
+    let (loud, quiet) = levels(false, 14.0);
+    assert!(
+        (loud - quiet - 6.0).abs() < 2.0,
+        "+14 dB: {loud} vs {quiet}"
+    );
+    let (loud, quiet) = levels(true, 0.0);
+    assert!((loud - quiet).abs() < 3.0, "normalised: {loud} vs {quiet}");
+    let mut sim = Sim::new();
+    let a = sim.add_talker(1, 400.0, NetemConfig::default(), Pattern::Continuous);
+    assert!(matches!(
+        sim.room.set_gain(a, 21.0),
+        Err(EngineError::InvalidGain(_))
+    ));
+    assert!(matches!(
+        sim.room.set_gain(a, f32::NAN),
+        Err(EngineError::InvalidGain(_))
+    ));
+}
+
+#[test]
+fn a_talker_can_switch_to_listening_and_a_listener_to_talking() {
+    let mut sim = Sim::new();
+    let talkers = sim.add_tone_talkers(2);
+    let (a, c) = (talkers[0], talkers[1]);
+    let b = sim.add_listener(10);
+    sim.run_until(secs(2.0));
+    // A only listens from now on: its audio is refused and nobody hears it any more.
+    sim.room.set_mode(a, Mode::Listen).expect("a");
+    sim.run_until(secs(4.0));
+    // B takes a microphone: it gets a stream of its own and goes on hearing C.
+    sim.room.set_mode(b, Mode::Talk).expect("b");
+    sim.run_until(secs(6.0));
+    let heard = sim.heard(b);
+    assert_hears(
+        heard.window(secs(0.5), secs(1.9)),
+        &[FREQS[0], FREQS[1]],
+        &[],
+        "before",
+    );
+    assert_hears(
+        heard.window(secs(2.3), secs(3.9)),
+        &[FREQS[1]],
+        &[FREQS[0]],
+        "a listening",
+    );
+    assert_hears(
+        heard.window(secs(4.3), secs(5.9)),
+        &[FREQS[1]],
+        &[FREQS[0]],
+        "b talking",
+    );
+    assert_hears(
+        sim.heard(a).window(secs(2.3), secs(5.9)),
+        &[FREQS[1]],
+        &[FREQS[0]],
+        "a",
+    );
+    assert!(
+        sim.talkers[&a].rejected > 80,
+        "{}",
+        sim.talkers[&a].rejected
+    );
+    let bound = tone_step_bound(&[(FREQS[0], AMP), (FREQS[1], AMP)]) * 1.5 + 0.02;
+    assert!(
+        max_step(heard.window(secs(0.5), secs(6.0))) < bound,
+        "click"
+    );
+    assert_eq!(sim.heard(b).sequence_gaps, 0);
+    let _ = c;
 }

@@ -144,15 +144,34 @@ fn validate_name(name: &str) -> Result<(), ControlError> {
     Ok(())
 }
 
-/// Whether a participant sends audio or only listens.
+/// Whether a participant sends audio (open mic or push-to-talk) or only listens.
 #[derive(Default, Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
-    /// Sends and receives audio; receives the mix of everyone but itself.
+    /// Open microphone: sends and receives audio; receives the mix of everyone but itself.
     #[default]
     Talk,
+    /// Push-to-talk: sends audio only while its button is held. In a room with the `single`
+    /// floor policy its audio is mixed only while it holds the floor.
+    Ptt,
     /// Only receives audio: the full mix of the room. Its audio frames are dropped.
     Listen,
+}
+
+impl Mode {
+    /// Whether participants in this mode send audio.
+    pub fn sends_audio(self) -> bool {
+        self != Mode::Listen
+    }
+
+    /// The mode's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Talk => "talk",
+            Mode::Ptt => "ptt",
+            Mode::Listen => "listen",
+        }
+    }
 }
 
 /// An audio stream format, as requested in `join` and announced in `joined`.
@@ -1093,7 +1112,7 @@ mod tests {
     }
 
     fn arb_mode() -> impl Strategy<Value = Mode> {
-        prop_oneof![Just(Mode::Talk), Just(Mode::Listen)]
+        prop_oneof![Just(Mode::Talk), Just(Mode::Ptt), Just(Mode::Listen)]
     }
 
     fn arb_format() -> impl Strategy<Value = AudioFormat> {

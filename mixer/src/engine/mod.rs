@@ -58,6 +58,7 @@
 
 pub mod clock;
 pub mod codec;
+pub mod floor;
 pub mod jitter;
 pub mod limiter;
 pub mod mix;
@@ -71,6 +72,7 @@ use mixer_protocol::{
 
 use self::clock::TickClock;
 use self::codec::{CodecError, EncoderSettings};
+use self::floor::{Floor, FloorChange, FloorConfig, FloorReply};
 use self::jitter::{
     ArrivingPacket, InsertOutcome, JitterBuffer, JitterConfig, JitterStats, Playout,
 };
@@ -121,6 +123,27 @@ pub const LIMITER_DB_BUCKETS: usize = 25;
 /// Below this RMS an output frame is marked as carrying no voice activity (about -60 dBFS).
 const VOICE_RMS_THRESHOLD: f32 = 0.001;
 
+/// A participant starts "talking" (for talking events) when its decoded level is above this RMS
+/// (about -40 dBFS) for [`TALK_START_FRAMES`] frames in a row...
+const TALK_START_RMS: f32 = 0.01;
+const TALK_START_FRAMES: u32 = 2;
+/// ...and stops after [`TALK_STOP_FRAMES`] frames (300 ms) below this RMS (about -50 dBFS) or
+/// without audio: the gap between the two thresholds and the hold time are the hysteresis that
+/// keeps a talking indicator from flickering between words.
+const TALK_STOP_RMS: f32 = 0.003;
+const TALK_STOP_FRAMES: u32 = 15;
+
+/// Level normalisation aims each talker's speech at this RMS (about -20 dBFS)...
+const NORMALISE_TARGET_RMS: f32 = 0.1;
+/// ...with at most this much gain or attenuation (linear: +-15 dB)...
+const NORMALISE_MAX_GAIN: f32 = 5.62;
+/// ...adapting over about this many voiced frames (2 s), so it follows a speaker's level, not
+/// the syllables.
+const NORMALISE_FRAMES: f32 = 100.0;
+
+/// Largest manual input gain a moderator may set, in dB (either way).
+pub const MAX_GAIN_DB: f32 = 20.0;
+
 /// Everything that tunes a room.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -149,6 +172,10 @@ pub struct EngineConfig {
     /// (downlink DTX), which is what makes hundreds of quiet rooms cheap to serve. For clients
     /// whose player cannot cope with gaps in the stream.
     pub send_silence: bool,
+    /// Push-to-talk floor control.
+    pub floor: FloorConfig,
+    /// Bring every talker's speech towards a common level (slowly, within +-15 dB).
+    pub normalise: bool,
 }
 
 impl Default for EngineConfig {
@@ -162,6 +189,8 @@ impl Default for EngineConfig {
             max_talkers: 16,
             parallel_threshold: Some(48),
             send_silence: false,
+            floor: FloorConfig::default(),
+            normalise: false,
         }
     }
 }
@@ -181,6 +210,18 @@ pub enum EngineError {
     /// Audio from a participant in listen mode, which is never mixed.
     #[error("participant {0} joined in listen mode; its audio is not mixed")]
     ListenOnly(ParticipantId),
+    /// Audio from a participant who is muted; it is dropped (and counted).
+    #[error("participant {0} is muted")]
+    Muted(ParticipantId),
+    /// Audio from a push-to-talk participant who does not hold the floor in a single-floor room.
+    #[error("participant {0} does not hold the floor")]
+    NoFloor(ParticipantId),
+    /// A floor request from a participant not in push-to-talk mode.
+    #[error("participant {0} is not in push-to-talk mode")]
+    NotPushToTalk(ParticipantId),
+    /// A gain outside +-[`MAX_GAIN_DB`] (or not a number).
+    #[error("gain {0} dB is outside -{MAX_GAIN_DB}..={MAX_GAIN_DB} dB")]
+    InvalidGain(f32),
     /// Building a codec failed.
     #[error(transparent)]
     Codec(#[from] CodecError),
@@ -228,6 +269,18 @@ pub enum Event {
         /// How many.
         count: u64,
     },
+    /// A participant started talking (its decoded level rose above the talking threshold).
+    TalkingStarted {
+        /// Who.
+        participant: ParticipantId,
+    },
+    /// A participant stopped talking (quiet for a while, muted, or no longer allowed to talk).
+    TalkingStopped {
+        /// Who.
+        participant: ParticipantId,
+    },
+    /// The push-to-talk floor changed hands.
+    Floor(FloorChange),
 }
 
 /// Plain counters for one participant; the shell copies them into metrics.
@@ -254,6 +307,10 @@ pub struct ParticipantStats {
     pub limiter_reduction_db: [u64; LIMITER_DB_BUCKETS],
     /// Encoder failures.
     pub encode_errors: u64,
+    /// Audio packets dropped because the participant was muted.
+    pub frames_muted: u64,
+    /// Audio packets dropped because a push-to-talk participant did not hold the floor.
+    pub frames_without_floor: u64,
 }
 
 /// Plain counters for a room.
@@ -336,6 +393,8 @@ impl RoomTotals {
         p.frames_paused += stats.frames_paused;
         p.frames_limited += stats.frames_limited;
         p.encode_errors += stats.encode_errors;
+        p.frames_muted += stats.frames_muted;
+        p.frames_without_floor += stats.frames_without_floor;
         for (total, n) in p
             .limiter_reduction_db
             .iter_mut()
@@ -383,6 +442,18 @@ struct Participant {
     /// `capped` as it was in the previous tick.
     was_capped: bool,
     decode_failing: bool,
+    /// Muted (by itself or a moderator): its audio is dropped on arrival.
+    muted: bool,
+    /// May not be mixed now (muted, or push-to-talk without the floor); its buffered audio is
+    /// dropped and a frame in progress faded out.
+    gated: bool,
+    /// Manual input gain (linear), set by a moderator.
+    gain: f32,
+    /// Level-normalisation gain (linear), when the room normalises.
+    auto_gain: f32,
+    /// Talking state for talking events, and the frames counted towards changing it.
+    talking: bool,
+    talk_frames: u32,
     /// The next frame sent starts a new run of frames (the first one, or the first after a
     /// pause in silence): it carries the marker bit.
     starts_run: bool,
@@ -397,7 +468,7 @@ impl Participant {
             jitter: JitterBuffer::new(config.jitter.clone()),
             decoder: codec::decoder()?,
             own: match mode {
-                Mode::Talk => Some(MixStream::new(config)?),
+                Mode::Talk | Mode::Ptt => Some(MixStream::new(config)?),
                 Mode::Listen => None,
             },
             decoded: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
@@ -415,6 +486,12 @@ impl Participant {
             capped: false,
             was_capped: false,
             decode_failing: false,
+            muted: false,
+            gated: false,
+            gain: 1.0,
+            auto_gain: 1.0,
+            talking: false,
+            talk_frames: 0,
             starts_run: true,
             stats: ParticipantStats::default(),
         })
@@ -428,8 +505,84 @@ impl Participant {
     }
 
     /// Runs the jitter buffer and decoder for this tick; returns whether `decoded` holds audio.
-    fn pull(&mut self, now: Instant, events: &mut VecDeque<Event>) -> bool {
-        if self.mode != Mode::Talk {
+    /// Runs this tick's playout: decoding (see [`Participant::decode`]), then talking detection
+    /// and input gain. Returns whether `decoded` holds audio to mix.
+    fn pull(&mut self, now: Instant, normalise: bool, events: &mut VecDeque<Event>) -> bool {
+        if self.gated {
+            // Not allowed to be heard: nothing buffered may play, and a frame in progress
+            // fades out over one concealed frame instead of stopping with a click.
+            let fade = self.contributing && !self.jitter.is_idle();
+            if !self.jitter.is_idle() {
+                self.jitter.reset();
+            }
+            self.update_talking(None, events);
+            if fade && decode_into(&mut self.decoder, &[], false, &mut self.decoded) {
+                mix::fade_out(&mut self.decoded);
+                return true;
+            }
+            return false;
+        }
+        if !self.decode(now, events) {
+            self.update_talking(None, events);
+            return false;
+        }
+        let rms = mix::rms(&self.decoded);
+        self.update_talking(Some(rms), events);
+        if normalise && rms > TALK_START_RMS {
+            let wanted =
+                (NORMALISE_TARGET_RMS / rms).clamp(1.0 / NORMALISE_MAX_GAIN, NORMALISE_MAX_GAIN);
+            self.auto_gain += (wanted - self.auto_gain) / NORMALISE_FRAMES;
+        }
+        let gain = if normalise {
+            self.gain * self.auto_gain
+        } else {
+            self.gain
+        };
+        if gain != 1.0 {
+            self.decoded.iter_mut().for_each(|s| *s *= gain);
+        }
+        true
+    }
+
+    /// Advances the talking state by one tick with this tick's decoded level (`None`: no audio).
+    fn update_talking(&mut self, rms: Option<f32>, events: &mut VecDeque<Event>) {
+        let change = if self.talking {
+            rms.is_none_or(|r| r < TALK_STOP_RMS)
+        } else {
+            rms.is_some_and(|r| r > TALK_START_RMS)
+        };
+        if !change {
+            self.talk_frames = 0;
+            return;
+        }
+        self.talk_frames += 1;
+        let needed = if self.talking {
+            TALK_STOP_FRAMES
+        } else {
+            TALK_START_FRAMES
+        };
+        if self.talk_frames >= needed {
+            self.set_talking(!self.talking, events);
+        }
+    }
+
+    fn set_talking(&mut self, talking: bool, events: &mut VecDeque<Event>) {
+        self.talk_frames = 0;
+        if self.talking == talking {
+            return;
+        }
+        self.talking = talking;
+        let participant = self.id;
+        events.push_back(if talking {
+            Event::TalkingStarted { participant }
+        } else {
+            Event::TalkingStopped { participant }
+        });
+    }
+
+    /// Runs the jitter buffer and decoder for this tick; returns whether `decoded` holds audio.
+    fn decode(&mut self, now: Instant, events: &mut VecDeque<Event>) -> bool {
+        if !self.mode.sends_audio() {
             return false;
         }
         let silent = self.jitter.next_is_silent();
@@ -633,8 +786,12 @@ pub struct Room {
     out_timestamp: u32,
     /// Events raised on the helper thread of a split tick, merged after it.
     spare_events: VecDeque<Event>,
-    /// Participants in talk mode (kept up to date so a tick need not count them).
+    /// Participants who send audio (kept up to date so a tick need not count them).
     talkers: usize,
+    /// Push-to-talk floor.
+    floor: Floor,
+    /// Scratch for floor changes.
+    floor_changes: Vec<FloorChange>,
     /// Scratch for choosing the loudest talkers: (ranking level, participant index).
     ranking: Vec<(f32, usize)>,
     bus: Box<[f32]>,
@@ -669,6 +826,8 @@ impl Room {
             out_timestamp: 0,
             spare_events: VecDeque::with_capacity(64),
             talkers: 0,
+            floor: Floor::new(config.floor),
+            floor_changes: Vec::with_capacity(2),
             ranking: Vec::with_capacity(capacity),
             bus: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
             transmit_cursor: 0,
@@ -695,6 +854,7 @@ impl Room {
         self.talkers += usize::from(participant.own.is_some());
         self.index.insert(id, self.participants.len());
         self.participants.push(participant);
+        self.regate(self.participants.len() - 1);
         Ok(())
     }
 
@@ -708,6 +868,9 @@ impl Room {
         }
         if self.transmit_cursor > position {
             self.transmit_cursor -= 1;
+        }
+        if let Some(change) = self.floor.left(id) {
+            self.events.push_back(Event::Floor(change));
         }
         let stats = removed.snapshot();
         self.departed.add(&stats);
@@ -730,8 +893,21 @@ impl Room {
             .get(&id)
             .ok_or(EngineError::UnknownParticipant(id))?;
         let participant = &mut self.participants[position];
-        if participant.mode != Mode::Talk {
+        if !participant.mode.sends_audio() {
             return Err(EngineError::ListenOnly(id));
+        }
+        if participant.muted {
+            participant.stats.frames_muted += 1;
+            return Err(EngineError::Muted(id));
+        }
+        if participant.mode == Mode::Ptt {
+            if !self.floor.may_talk(id) {
+                participant.stats.frames_without_floor += 1;
+                return Err(EngineError::NoFloor(id));
+            }
+            if frame.header.level.voice_activity() {
+                self.floor.voice(id, arrival);
+            }
         }
         let packet = ArrivingPacket {
             sequence: frame.header.sequence,
@@ -741,6 +917,136 @@ impl Room {
             payload: frame.payload,
         };
         Ok(participant.jitter.insert(packet, arrival))
+    }
+
+    /// Changes a participant's mode without rejoining. A participant who stops sending audio
+    /// (to `listen`) loses the floor and its own stream; one who starts gets an encoder.
+    pub fn set_mode(&mut self, id: ParticipantId, mode: Mode) -> Result<(), EngineError> {
+        let position = self.position(id)?;
+        let participant = &mut self.participants[position];
+        if participant.mode == mode {
+            return Ok(());
+        }
+        if mode.sends_audio() && participant.own.is_none() {
+            participant.own = Some(MixStream::new(&self.config)?);
+            self.talkers += 1;
+        }
+        if !mode.sends_audio() && participant.own.take().is_some() {
+            self.talkers -= 1;
+            participant.uses_own = false;
+            participant.needs_prime = false;
+        }
+        participant.mode = mode;
+        if mode != Mode::Ptt
+            && let Some(change) = self.floor.left(id)
+        {
+            self.events.push_back(Event::Floor(change));
+        }
+        self.regate(position);
+        Ok(())
+    }
+
+    /// Mutes or unmutes a participant; returns whether that changed anything. A muted
+    /// participant's audio is dropped on arrival and it stops talking at once.
+    pub fn set_muted(&mut self, id: ParticipantId, muted: bool) -> Result<bool, EngineError> {
+        let position = self.position(id)?;
+        let participant = &mut self.participants[position];
+        if participant.muted == muted {
+            return Ok(false);
+        }
+        participant.muted = muted;
+        self.regate(position);
+        Ok(true)
+    }
+
+    /// Sets a participant's input gain in dB (within +-[`MAX_GAIN_DB`]), applied to its decoded
+    /// audio before mixing, e.g. to balance a loud and a quiet speaker.
+    pub fn set_gain(&mut self, id: ParticipantId, gain_db: f32) -> Result<(), EngineError> {
+        if !(gain_db.abs() <= MAX_GAIN_DB) {
+            return Err(EngineError::InvalidGain(gain_db));
+        }
+        let position = self.position(id)?;
+        self.participants[position].gain = 10f32.powf(gain_db / 20.0);
+        Ok(())
+    }
+
+    /// A push-to-talk participant asks for the floor; `preempt` takes it from another holder
+    /// (moderators). Floor changes are reported as [`Event::Floor`].
+    pub fn request_floor(
+        &mut self,
+        id: ParticipantId,
+        preempt: bool,
+        now: Instant,
+    ) -> Result<FloorReply, EngineError> {
+        let position = self.position(id)?;
+        if self.participants[position].mode != Mode::Ptt {
+            return Err(EngineError::NotPushToTalk(id));
+        }
+        let mut changes = std::mem::take(&mut self.floor_changes);
+        let reply = self.floor.request(id, preempt, now, &mut changes);
+        self.apply_floor_changes(&mut changes);
+        self.floor_changes = changes;
+        Ok(reply)
+    }
+
+    /// Gives the floor back; returns whether `id` held it.
+    pub fn release_floor(&mut self, id: ParticipantId) -> Result<bool, EngineError> {
+        self.position(id)?;
+        let Some(change) = self.floor.release(id) else {
+            return Ok(false);
+        };
+        self.apply_floor_change(change);
+        Ok(true)
+    }
+
+    /// Who holds the floor (single-floor rooms).
+    pub fn floor_holder(&self) -> Option<ParticipantId> {
+        self.floor.holder()
+    }
+
+    /// The room's floor settings.
+    pub fn floor_config(&self) -> &FloorConfig {
+        self.floor.config()
+    }
+
+    /// Whether a participant is muted.
+    pub fn is_muted(&self, id: ParticipantId) -> Option<bool> {
+        self.index.get(&id).map(|&i| self.participants[i].muted)
+    }
+
+    fn position(&self, id: ParticipantId) -> Result<usize, EngineError> {
+        self.index
+            .get(&id)
+            .copied()
+            .ok_or(EngineError::UnknownParticipant(id))
+    }
+
+    fn apply_floor_changes(&mut self, changes: &mut Vec<FloorChange>) {
+        for change in changes.drain(..) {
+            self.apply_floor_change(change);
+        }
+    }
+
+    /// Reports a floor change and updates whether its participant may be heard.
+    fn apply_floor_change(&mut self, change: FloorChange) {
+        let who = match change {
+            FloorChange::Granted { to, .. } => to,
+            FloorChange::Ended { from, .. } => from,
+        };
+        if let Some(&position) = self.index.get(&who) {
+            self.regate(position);
+        }
+        self.events.push_back(Event::Floor(change));
+    }
+
+    /// Recomputes whether a participant may be heard (mute, mode, floor).
+    fn regate(&mut self, position: usize) {
+        let participant = &mut self.participants[position];
+        participant.gated = participant.muted
+            || (participant.mode == Mode::Ptt && !self.floor.may_talk(participant.id));
+        if participant.gated || !participant.mode.sends_audio() {
+            participant.set_talking(false, &mut self.events);
+        }
     }
 
     /// When [`Room::handle_timeout`] must next be called.
@@ -770,6 +1076,9 @@ impl Room {
 
     fn tick(&mut self, now: Instant, skipped: u64, timer: &mut impl PhaseTimer) {
         self.stats.ticks += 1;
+        if let Some(change) = self.floor.poll(now) {
+            self.apply_floor_change(change);
+        }
         self.transmit_cursor = 0;
         // Skipped ticks are a gap in media time, not lost frames: the timestamp jumps, the
         // sequence number does not.
@@ -781,9 +1090,10 @@ impl Room {
         let (first, second) = self.participants.split_at_mut(split);
         let events = &mut self.events;
         let spare = &mut self.spare_events;
+        let normalise = self.config.normalise;
         let decode = |half: &mut [Participant], events: &mut VecDeque<Event>| {
             for participant in half {
-                participant.contributing = participant.pull(now, events);
+                participant.contributing = participant.pull(now, normalise, events);
             }
         };
         if second.is_empty() {
@@ -866,7 +1176,10 @@ impl Room {
                 // The packet is never sent: only the encoder's state matters. Silent inputs
                 // count towards settling on silence as if this encoder had sent them, so a
                 // talker whose own mix stays silent (alone in the room) pauses at once.
-                own.encoded_len = own.encoder.encode_float(frame, &mut own.encoded).unwrap_or(0);
+                own.encoded_len = own
+                    .encoder
+                    .encode_float(frame, &mut own.encoded)
+                    .unwrap_or(0);
                 own.silent_encodes = if frame.iter().all(|s| *s == 0.0) {
                     own.silent_encodes + 1
                 } else {
@@ -1125,7 +1438,7 @@ impl Room {
     pub fn jitter_delays(&self) -> impl Iterator<Item = Duration> + '_ {
         self.participants
             .iter()
-            .filter(|p| p.mode == Mode::Talk && !p.jitter.is_idle())
+            .filter(|p| p.mode.sends_audio() && !p.jitter.is_idle())
             .map(|p| p.jitter.target_delay())
     }
 

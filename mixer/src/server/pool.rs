@@ -474,12 +474,6 @@ fn refuse(metrics: &Metrics, room: &str, id: ParticipantId, joiner: &Joiner, err
     });
 }
 
-fn mode_label(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Talk => "talk",
-        Mode::Listen => "listen",
-    }
-}
 
 fn reason_label(reason: LeaveReason) -> &'static str {
     match reason {
@@ -629,8 +623,8 @@ impl MixerThread {
         };
         joiner.outbox.push_control(joined.to_json());
         slot.broadcast(id, &ServerMessage::ParticipantJoined { participant: info });
-        info!(%room, participant = %id, name = %joiner.name, mode = mode_label(joiner.mode), "joined");
-        let mode = mode_label(joiner.mode);
+        info!(%room, participant = %id, name = %joiner.name, mode = Mode::as_str(joiner.mode), "joined");
+        let mode = Mode::as_str(joiner.mode);
         self.metrics.participants.with_label_values(&[mode]).inc();
         self.metrics.joins_total.with_label_values(&[mode]).inc();
         slot.members.insert(
@@ -673,7 +667,7 @@ impl MixerThread {
         if let Some(member) = member {
             self.metrics
                 .participants
-                .with_label_values(&[mode_label(member.mode)])
+                .with_label_values(&[Mode::as_str(member.mode)])
                 .dec();
         }
         if slot.members.is_empty() {
@@ -761,6 +755,9 @@ impl MixerThread {
                             metrics.ticks_skipped_total.inc_by(count);
                             warn!(%room, count, "mixer fell behind; ticks skipped");
                         }
+                        Event::TalkingStarted { .. }
+                        | Event::TalkingStopped { .. }
+                        | Event::Floor(_) => {}
                     }
                 }
                 slot.ticks_since_report += 1;
