@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use mixer_protocol::{
     AudioFormat, AudioFrame, AudioHeader, ClientMessage, FRAME_SAMPLES, Flags, JoinRequest, Mode,
-    ServerMessage, parse_server_message,
+    Role, ServerMessage, parse_server_message,
 };
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -259,6 +259,7 @@ fn join_message(plan: &ClientPlan) -> Message {
             } else {
                 Mode::Listen
             },
+            role: Role::default(),
             format: AudioFormat::opus_48k_mono_20ms(),
         })
         .to_json(),

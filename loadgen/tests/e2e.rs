@@ -259,6 +259,7 @@ async fn serve_broken(tcp: tokio::net::TcpStream, id: u32, mode: Broken, members
                         room: join.room.clone(),
                         participants: Vec::new(),
                         format: AudioFormat::opus_48k_mono_20ms(),
+                        floor: Default::default(),
                     };
                     let _ = control_tx.send(reply.to_json()).await;
                     if let Ok(mut m) = members.lock() {

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::engine::EngineConfig;
 use crate::engine::codec::{EncoderSettings, OpusApplication};
+use crate::engine::floor::{FloorConfig, FloorPolicy};
 use crate::engine::jitter::JitterConfig;
 use crate::server::pool::PoolConfig;
 use crate::server::{ServerConfig, Settings};
@@ -28,6 +29,15 @@ pub struct Cli {
 pub enum Command {
     /// Run the mixer server.
     Serve(ServeArgs),
+}
+
+/// Push-to-talk floor policy of new rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FloorPolicyArg {
+    /// Anyone in ptt mode is mixed while sending.
+    Open,
+    /// One speaker at a time, by floor_request.
+    Single,
 }
 
 /// Log output format.
@@ -78,6 +88,26 @@ pub struct ServeArgs {
     /// clients whose player cannot cope with gaps.
     #[arg(long, env = "MIXER_SEND_SILENCE")]
     pub send_silence: bool,
+
+    /// Push-to-talk floor policy of new rooms: open (every ptt participant is mixed while it
+    /// sends) or single (one speaker at a time, by floor_request; open mic for moderators only).
+    #[arg(long, env = "MIXER_FLOOR_POLICY", value_enum, default_value_t = FloorPolicyArg::Open)]
+    pub floor_policy: FloorPolicyArg,
+
+    /// Single floor: longest turn, in ms, before the floor is revoked.
+    #[arg(long, env = "MIXER_FLOOR_MAX_TALK_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
+    pub floor_max_talk_ms: u64,
+
+    /// Single floor: the floor is revoked after this long without voice from its holder, in ms.
+    #[arg(long, env = "MIXER_FLOOR_SILENCE_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(500..=600_000))]
+    pub floor_silence_ms: u64,
+
+    /// Normalise talkers' levels in new rooms (each brought slowly towards -20 dBFS, within
+    /// +-15 dB).
+    #[arg(long, env = "MIXER_NORMALISE")]
+    pub normalise: bool,
 
     /// Simultaneous connections at most; further ones get HTTP 503.
     #[arg(long, env = "MIXER_MAX_CONNECTIONS", default_value_t = 10_000)]
@@ -269,6 +299,15 @@ impl ServeArgs {
                     parallel_threshold: (self.parallel_room_talkers > 0)
                         .then_some(self.parallel_room_talkers),
                     send_silence: self.send_silence,
+                    floor: FloorConfig {
+                        policy: match self.floor_policy {
+                            FloorPolicyArg::Open => FloorPolicy::Open,
+                            FloorPolicyArg::Single => FloorPolicy::Single,
+                        },
+                        max_talk: Duration::from_millis(self.floor_max_talk_ms),
+                        silence_timeout: Duration::from_millis(self.floor_silence_ms),
+                    },
+                    normalise: self.normalise,
                     ..EngineConfig::default()
                 },
             },

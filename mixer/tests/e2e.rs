@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use mixer::cli::{Cli, Command};
 use mixer::server::ServerConfig;
 use mixer_protocol::{
-    AudioFormat, ClientMessage, ErrorCode, JoinRequest, LeaveReason, Mode, ServerMessage,
+    AudioFormat, ClientMessage, ErrorCode, JoinRequest, LeaveReason, Mode, Role, ServerMessage,
     parse_server_message,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -103,20 +103,36 @@ fn metric(text: &str, name: &str, labels: &str) -> f64 {
 }
 
 fn join_message(room: &str, name: &str, mode: Mode) -> Message {
+    join_message_as(room, name, mode, Role::Speaker)
+}
+
+fn join_message_as(room: &str, name: &str, mode: Mode, role: Role) -> Message {
     Message::text(
         ClientMessage::Join(JoinRequest {
             room: room.into(),
             name: name.into(),
             token: None,
             mode,
+            role,
             format: AudioFormat::opus_48k_mono_20ms(),
         })
         .to_json(),
     )
 }
 
-/// Reads until a control message arrives (skipping audio), with a timeout.
+/// Reads until a control message arrives (skipping audio and talking indicators, which come
+/// whenever someone speaks), with a timeout.
 async fn next_control(ws: &mut Client) -> ServerMessage {
+    loop {
+        match next_message(ws).await {
+            ServerMessage::TalkingStarted { .. } | ServerMessage::TalkingStopped { .. } => {}
+            other => return other,
+        }
+    }
+}
+
+/// Reads until any control message arrives (skipping audio), with a timeout.
+async fn next_message(ws: &mut Client) -> ServerMessage {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -789,4 +805,421 @@ async fn metrics_can_be_kept_off_the_public_port() {
     assert!(status.contains("200"));
     let _ = stop.send(());
     task.await.expect("join").expect("server");
+}
+
+/// What a scripted client saw: decoded audio, and every control message with its arrival time
+/// (since the start) — talking indicators included.
+struct Scripted {
+    listener: Listener,
+    messages: Vec<(Duration, ServerMessage)>,
+    /// The close code, if the server closed the connection.
+    closed: Option<u16>,
+}
+
+impl Scripted {
+    fn errors(&self) -> Vec<ErrorCode> {
+        self.messages
+            .iter()
+            .filter_map(|(_, m)| match m {
+                ServerMessage::Error { code, .. } => Some(*code),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The messages other than errors and talking indicators, in order.
+    fn events(&self) -> Vec<ServerMessage> {
+        self.messages
+            .iter()
+            .map(|(_, m)| m.clone())
+            .filter(|m| !matches!(m, ServerMessage::Error { .. }))
+            .collect()
+    }
+}
+
+/// Runs a client for `duration`: sends `tone` every 20 ms while inside one of `talk` (time
+/// windows since the start), sends each scripted control message at its time, and records what
+/// comes back. A connection the server closes ends the run early.
+async fn run_script(
+    mut ws: Client,
+    tone: Option<f32>,
+    talk: &[(f64, f64)],
+    script: Vec<(f64, ClientMessage)>,
+    duration: Duration,
+) -> Scripted {
+    let mut talker = tone.map(|f| Talker::new(f, 0.2));
+    let mut seen = Scripted {
+        listener: Listener::default(),
+        messages: Vec::new(),
+        closed: None,
+    };
+    let mut script = script.into_iter().peekable();
+    let start = tokio::time::Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let now = start.elapsed();
+                if now >= duration {
+                    break;
+                }
+                while let Some((_, message)) = script.next_if(|(at, _)| now.as_secs_f64() >= *at) {
+                    let _ = ws.send(Message::text(message.to_json())).await;
+                }
+                let t = now.as_secs_f64();
+                if let Some(talker) = talker.as_mut() {
+                    if talk.iter().any(|(from, to)| t >= *from && t < *to) {
+                        let _ = ws.send(Message::binary(talker.next_frame(true))).await;
+                    } else {
+                        talker.pause(1);
+                    }
+                }
+            }
+            message = ws.next() => match message {
+                Some(Ok(Message::Binary(bytes))) => seen.listener.receive_wire(&bytes),
+                Some(Ok(Message::Text(text))) => seen.messages.push((
+                    start.elapsed(),
+                    parse_server_message(text.as_str()).expect("json"),
+                )),
+                Some(Ok(Message::Close(frame))) => {
+                    seen.closed = frame.map(|f| u16::from(f.code));
+                    break;
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            },
+        }
+    }
+    let _ = ws.close(None).await;
+    seen
+}
+
+async fn join_as(
+    server: &TestServer,
+    room: &str,
+    name: &str,
+    mode: Mode,
+    role: Role,
+) -> (Client, u32) {
+    let mut ws = connect(server).await;
+    ws.send(join_message_as(room, name, mode, role))
+        .await
+        .expect("send join");
+    match next_control(&mut ws).await {
+        ServerMessage::Joined { participant_id, .. } => (ws, participant_id),
+        other => panic!("expected joined, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_to_talk_with_a_single_floor_over_real_sockets() {
+    let server =
+        TestServer::start(&["--floor-policy", "single", "--floor-silence-ms", "2000"]).await;
+    // Open microphones are refused in a single-floor room, except for moderators.
+    let mut open_mic = connect(&server).await;
+    let refusal = send_expect_error(
+        &mut open_mic,
+        join_message("channel-1", "loud", Mode::Talk),
+        ErrorCode::ModeNotAllowed,
+    )
+    .await;
+    assert!(refusal.contains("ptt"), "{refusal}");
+    let (a, a_id) = join_as(&server, "channel-1", "alpha", Mode::Ptt, Role::Speaker).await;
+    let (b, b_id) = join_as(&server, "channel-1", "bravo", Mode::Ptt, Role::Speaker).await;
+    let (l, _) = join_as(&server, "channel-1", "ear", Mode::Listen, Role::Speaker).await;
+    let run = Duration::from_millis(4200);
+    let request = ClientMessage::FloorRequest { preempt: false };
+    // Alpha holds the floor 0.2-2.1 s and talks through it; Bravo asks too early, transmits
+    // anyway (dropped: no floor), asks again after Alpha released and is heard.
+    let alpha = tokio::spawn(run_script(
+        a,
+        Some(TONES[0]),
+        &[(0.3, 2.0)],
+        vec![(0.2, request.clone()), (2.1, ClientMessage::FloorRelease)],
+        run,
+    ));
+    let bravo = tokio::spawn(run_script(
+        b,
+        Some(TONES[1]),
+        &[(0.6, 4.0)],
+        vec![(0.5, request.clone()), (2.4, request.clone())],
+        run,
+    ));
+    let ear = run_script(l, None, &[], vec![], run).await;
+    let (alpha, bravo) = (alpha.await.expect("alpha"), bravo.await.expect("bravo"));
+    let floor: Vec<ServerMessage> = ear
+        .events()
+        .into_iter()
+        .filter(|m| {
+            matches!(
+                m,
+                ServerMessage::FloorGranted { .. } | ServerMessage::FloorReleased { .. }
+            )
+        })
+        .collect();
+    assert_eq!(
+        floor,
+        vec![
+            ServerMessage::FloorGranted {
+                participant_id: a_id,
+                max_talk_ms: Some(60_000)
+            },
+            ServerMessage::FloorReleased {
+                participant_id: a_id,
+                reason: mixer_protocol::FloorEndReason::Released,
+                by: None
+            },
+            ServerMessage::FloorGranted {
+                participant_id: b_id,
+                max_talk_ms: Some(60_000)
+            },
+        ]
+    );
+    assert!(
+        bravo
+            .events()
+            .contains(&ServerMessage::FloorDenied { holder: a_id }),
+        "{:?}",
+        bravo.messages
+    );
+    assert!(bravo.errors().contains(&ErrorCode::NoFloor));
+    assert!(alpha.errors().is_empty(), "{:?}", alpha.messages);
+    // The listener's audio starts with Alpha's transmission (silence before it is not sent).
+    let heard = &ear.listener;
+    assert_hears_tones(
+        heard.window(Duration::from_millis(200), Duration::from_millis(1400)),
+        &[TONES[0]],
+        &[TONES[1]],
+    );
+    assert_hears_tones(
+        heard.window(Duration::from_millis(2400), Duration::from_millis(3300)),
+        &[TONES[1]],
+        &[TONES[0]],
+    );
+    // Talking indicators came with the transmissions.
+    assert!(ear.messages.iter().any(|(_, m)| *m
+        == ServerMessage::TalkingStarted {
+            participant_id: a_id
+        }));
+    assert!(ear.messages.iter().any(|(_, m)| *m
+        == ServerMessage::TalkingStarted {
+            participant_id: b_id
+        }));
+    server.shutdown().await;
+}
+
+fn assert_hears_tones(pcm: &[f32], present: &[f32], absent: &[f32]) {
+    for f in present {
+        assert!(
+            tone_db(pcm, *f) > -22.0,
+            "{f} Hz not heard: {} dB",
+            tone_db(pcm, *f)
+        );
+    }
+    for f in absent {
+        assert!(
+            tone_db(pcm, *f) < -50.0,
+            "{f} Hz heard: {} dB",
+            tone_db(pcm, *f)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderators_mute_set_gain_and_remove_and_modes_change_over_real_sockets() {
+    let server = TestServer::start(&[]).await;
+    let (m, m_id) = join_as(&server, "hall", "mod", Mode::Talk, Role::Moderator).await;
+    let (s, s_id) = join_as(&server, "hall", "speaker", Mode::Talk, Role::Speaker).await;
+    let (l, l_id) = join_as(&server, "hall", "ear", Mode::Listen, Role::Speaker).await;
+    let (r, _) = join_as(&server, "hall", "audience", Mode::Listen, Role::Listener).await;
+    let run = Duration::from_millis(4200);
+    let moderator = tokio::spawn(run_script(
+        m,
+        None,
+        &[],
+        vec![
+            (
+                1.0,
+                ClientMessage::Mute {
+                    participant_id: Some(s_id),
+                    muted: true,
+                },
+            ),
+            (
+                2.0,
+                ClientMessage::SetGain {
+                    participant_id: s_id,
+                    gain_db: 6,
+                },
+            ),
+            (
+                2.1,
+                ClientMessage::SetGain {
+                    participant_id: s_id,
+                    gain_db: 30,
+                },
+            ),
+            (
+                2.2,
+                ClientMessage::SetGain {
+                    participant_id: 9999,
+                    gain_db: 3,
+                },
+            ),
+            (
+                2.4,
+                ClientMessage::Mute {
+                    participant_id: Some(s_id),
+                    muted: false,
+                },
+            ),
+            (
+                3.6,
+                ClientMessage::Remove {
+                    participant_id: s_id,
+                },
+            ),
+        ],
+        run,
+    ));
+    let speaker = tokio::spawn(run_script(
+        s,
+        Some(TONES[1]),
+        &[(0.0, 5.0)],
+        vec![
+            (
+                1.4,
+                ClientMessage::Mute {
+                    participant_id: None,
+                    muted: false,
+                },
+            ),
+            (
+                1.5,
+                ClientMessage::Mute {
+                    participant_id: Some(m_id),
+                    muted: true,
+                },
+            ),
+            (
+                1.6,
+                ClientMessage::Remove {
+                    participant_id: m_id,
+                },
+            ),
+        ],
+        run,
+    ));
+    let audience = tokio::spawn(run_script(
+        r,
+        None,
+        &[],
+        vec![(0.5, ClientMessage::SetMode { mode: Mode::Talk })],
+        run,
+    ));
+    let ear = run_script(
+        l,
+        None,
+        &[],
+        vec![(0.5, ClientMessage::SetMode { mode: Mode::Ptt })],
+        run,
+    )
+    .await;
+    let (moderator, speaker, audience) = (
+        moderator.await.expect("moderator"),
+        speaker.await.expect("speaker"),
+        audience.await.expect("audience"),
+    );
+    // The speaker may not unmute itself after a moderator muted it, nor act on others.
+    assert_eq!(
+        speaker.errors()[..3],
+        [ErrorCode::Forbidden; 3],
+        "{:?}",
+        speaker.messages
+    );
+    assert_eq!(speaker.errors().last(), Some(&ErrorCode::Removed));
+    assert_eq!(speaker.closed, Some(1008));
+    assert_eq!(
+        moderator.errors(),
+        vec![ErrorCode::InvalidGain, ErrorCode::UnknownParticipant]
+    );
+    assert_eq!(audience.errors(), vec![ErrorCode::ModeNotAllowed]);
+    let expected = vec![
+        ServerMessage::ModeChanged {
+            participant_id: l_id,
+            mode: Mode::Ptt,
+        },
+        ServerMessage::ParticipantMuted {
+            participant_id: s_id,
+            muted: true,
+            by: Some(m_id),
+        },
+        ServerMessage::GainChanged {
+            participant_id: s_id,
+            gain_db: 6,
+            by: m_id,
+        },
+        ServerMessage::ParticipantMuted {
+            participant_id: s_id,
+            muted: false,
+            by: Some(m_id),
+        },
+        ServerMessage::ParticipantLeft {
+            participant_id: s_id,
+            reason: LeaveReason::Removed,
+        },
+    ];
+    let seen: Vec<ServerMessage> = ear
+        .events()
+        .into_iter()
+        .filter(|m| {
+            // Leave out talking indicators, and the others joining and leaving at the ends.
+            !matches!(
+                m,
+                ServerMessage::TalkingStarted { .. }
+                    | ServerMessage::TalkingStopped { .. }
+                    | ServerMessage::ParticipantJoined { .. }
+                    | ServerMessage::ParticipantLeft {
+                        reason: LeaveReason::Left | LeaveReason::Disconnected,
+                        ..
+                    }
+            )
+        })
+        .collect();
+    assert_eq!(seen, expected);
+    // Talking indicators: the speaker starts, stops when muted, and starts again.
+    let talking: Vec<bool> = ear
+        .messages
+        .iter()
+        .filter_map(|(_, m)| match m {
+            ServerMessage::TalkingStarted { participant_id } if *participant_id == s_id => {
+                Some(true)
+            }
+            ServerMessage::TalkingStopped { participant_id } if *participant_id == s_id => {
+                Some(false)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(talking[..3], [true, false, true], "{talking:?}");
+    // What the room heard: the speaker, nothing while muted, then the speaker 6 dB louder.
+    let heard = &ear.listener;
+    let before = tone_db(
+        heard.window(Duration::from_millis(200), Duration::from_millis(900)),
+        TONES[1],
+    );
+    let muted = tone_db(
+        heard.window(Duration::from_millis(1300), Duration::from_millis(2300)),
+        TONES[1],
+    );
+    let after = tone_db(
+        heard.window(Duration::from_millis(2700), Duration::from_millis(3400)),
+        TONES[1],
+    );
+    assert!(before > -22.0 && muted < -50.0, "{before} / {muted}");
+    assert!(
+        (after - before - 6.0).abs() < 1.5,
+        "gain: {before} -> {after}"
+    );
+    server.shutdown().await;
 }

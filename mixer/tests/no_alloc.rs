@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use mixer::engine::codec::{EncoderSettings, OpusApplication};
-use mixer::engine::{EngineConfig, FRAME, ParticipantId, Room};
+use mixer::engine::{EngineConfig, Event, FRAME, ParticipantId, Room};
 use mixer_protocol::{AudioFrame, AudioHeader, AudioLevel, FRAME_SAMPLES, Flags, Mode};
 
 /// Forwards to the system allocator, counting allocations made on threads that opted in.
@@ -147,6 +147,7 @@ fn steady_state_ticks_do_not_allocate() {
 
     let mut frames_out = 0usize;
     let mut events = 0usize;
+    let mut talking = 0usize;
     let mut step = |tick: usize| {
         let now = t0 + FRAME * tick as u32;
         // Not only the easy path: talker 1 loses a packet now and then (concealment) and talker
@@ -169,8 +170,11 @@ fn steady_state_ticks_do_not_allocate() {
             assert!(!transmit.payload.is_empty());
             frames_out += 1;
         }
-        while room.poll_event().is_some() {
-            events += 1;
+        while let Some(event) = room.poll_event() {
+            match event {
+                Event::TalkingStarted { .. } => talking += 1,
+                _ => events += 1,
+            }
         }
     };
 
@@ -186,6 +190,7 @@ fn steady_state_ticks_do_not_allocate() {
     // Every tick gave every participant a frame, so the counted ticks did real work.
     assert_eq!(frames_out, (WARM_UP_TICKS + COUNTED_TICKS) * (TALKERS + 1));
     assert_eq!(events, 0, "a clean run raises no events");
+    assert_eq!(talking, TALKERS, "each talker is announced once, when it starts");
     let stats = |id| room.participant_stats(id).expect("participant present");
     for id in 0..TALKERS {
         let stats = stats(ParticipantId(id as u32));

@@ -39,11 +39,66 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// Change this participant's mode without rejoining; the room gets `mode_changed`.
+    SetMode {
+        /// The new mode.
+        mode: Mode,
+    },
+    /// Mute or unmute a participant: oneself, or (moderators only) someone else. The room gets
+    /// `participant_muted`.
+    Mute {
+        /// Whom to mute; omitted = oneself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        participant_id: Option<u32>,
+        /// Mute (`true`) or unmute (`false`).
+        muted: bool,
+    },
+    /// Moderators only: mute or unmute everyone in the room but the moderators.
+    MuteRoom {
+        /// Mute (`true`) or unmute (`false`).
+        muted: bool,
+    },
+    /// Push-to-talk: ask for the floor; answered with `floor_granted` (to the room) or
+    /// `floor_denied` (to the asker).
+    FloorRequest {
+        /// Moderators only: take the floor even if someone else holds it.
+        #[serde(
+            default,
+            deserialize_with = "null_as_default",
+            skip_serializing_if = "std::ops::Not::not"
+        )]
+        preempt: bool,
+    },
+    /// Push-to-talk: give the floor back.
+    FloorRelease,
+    /// Moderators only: remove a participant from the room (its connection is closed).
+    Remove {
+        /// Whom to remove.
+        participant_id: u32,
+    },
+    /// Moderators only: set a participant's input gain, in whole dB (-20..=20).
+    SetGain {
+        /// Whose input.
+        participant_id: u32,
+        /// Gain in dB; 0 = unchanged level.
+        gain_db: i32,
+    },
 }
 
 impl ClientMessage {
     /// Every value of the `"type"` field a client message can have.
-    pub const TYPES: [&'static str; 3] = ["join", "leave", "ping"];
+    pub const TYPES: [&'static str; 10] = [
+        "join",
+        "leave",
+        "ping",
+        "set_mode",
+        "mute",
+        "mute_room",
+        "floor_request",
+        "floor_release",
+        "remove",
+        "set_gain",
+    ];
 
     /// The value of this message's `"type"` field.
     pub fn type_name(&self) -> &'static str {
@@ -51,6 +106,13 @@ impl ClientMessage {
             ClientMessage::Join(_) => "join",
             ClientMessage::Leave => "leave",
             ClientMessage::Ping { .. } => "ping",
+            ClientMessage::SetMode { .. } => "set_mode",
+            ClientMessage::Mute { .. } => "mute",
+            ClientMessage::MuteRoom { .. } => "mute_room",
+            ClientMessage::FloorRequest { .. } => "floor_request",
+            ClientMessage::FloorRelease => "floor_release",
+            ClientMessage::Remove { .. } => "remove",
+            ClientMessage::SetGain { .. } => "set_gain",
         }
     }
 
@@ -70,9 +132,14 @@ pub struct JoinRequest {
     /// Reserved for authentication: accepted (at most 4096 bytes) and currently ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    /// Whether the client sends audio (`talk`, the default) or only receives it (`listen`).
-    #[serde(default)]
+    /// Whether the client sends audio (`talk`, the default, or `ptt`) or only receives it
+    /// (`listen`).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub mode: Mode,
+    /// What the participant may do (`speaker`, the default, `listener` or `moderator`). Not yet
+    /// authenticated: any client may claim any role.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub role: Role,
     /// Format of the audio the client sends; only opus/48000/1/20 is supported.
     pub format: AudioFormat,
 }
@@ -174,6 +241,67 @@ impl Mode {
     }
 }
 
+/// What a participant may do in a room.
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// May talk (in `talk` or `ptt` mode, as the room allows) and listen.
+    #[default]
+    Speaker,
+    /// May only listen: `talk` and `ptt` modes are refused.
+    Listener,
+    /// May also mute, remove and set the gain of others, mute the room and preempt the floor.
+    Moderator,
+}
+
+impl Role {
+    /// The role's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Speaker => "speaker",
+            Role::Listener => "listener",
+            Role::Moderator => "moderator",
+        }
+    }
+}
+
+/// How a room arbitrates push-to-talk.
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FloorPolicy {
+    /// Anyone in `ptt` mode is mixed while it sends (holding its button).
+    #[default]
+    Open,
+    /// One speaker at a time, by `floor_request`; `talk` mode is for moderators only.
+    Single,
+}
+
+/// Why the floor holder lost the floor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FloorEndReason {
+    /// It sent `floor_release`.
+    Released,
+    /// It reached the room's maximum talk time.
+    MaxTalkTime,
+    /// It sent no voice for the room's silence timeout.
+    Silence,
+    /// It left, or changed to a mode other than `ptt`.
+    Left,
+    /// A moderator took the floor (`by`).
+    Preempted,
+}
+
+/// The floor state of a room, as announced in `joined`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FloorInfo {
+    /// The room's policy.
+    pub policy: FloorPolicy,
+    /// Who holds the floor (single policy), if anyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<u32>,
+}
+
 /// An audio stream format, as requested in `join` and announced in `joined`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AudioFormat {
@@ -241,6 +369,9 @@ pub enum ServerMessage {
         participants: Vec<ParticipantInfo>,
         /// Format of the audio the server sends (opus/48000/1/20).
         format: AudioFormat,
+        /// The room's push-to-talk floor.
+        #[serde(default, deserialize_with = "null_as_default")]
+        floor: FloorInfo,
     },
     /// Someone else joined the room.
     ParticipantJoined {
@@ -267,16 +398,84 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// A participant (possibly the receiver) changed mode.
+    ModeChanged {
+        /// Who.
+        participant_id: u32,
+        /// The new mode.
+        mode: Mode,
+    },
+    /// A participant (possibly the receiver) was muted or unmuted.
+    ParticipantMuted {
+        /// Who.
+        participant_id: u32,
+        /// Muted now or not.
+        muted: bool,
+        /// The moderator who did it; omitted when the participant did it itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<u32>,
+    },
+    /// A participant was granted the floor (sent to the whole room).
+    FloorGranted {
+        /// The new holder.
+        participant_id: u32,
+        /// Longest it may keep the floor in this turn, in ms (single policy; omitted in open
+        /// rooms, where a grant is only an acknowledgement).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_talk_ms: Option<u64>,
+    },
+    /// The floor request was denied (sent to the asker only).
+    FloorDenied {
+        /// Who holds the floor.
+        holder: u32,
+    },
+    /// The holder lost the floor (sent to the whole room).
+    FloorReleased {
+        /// The former holder.
+        participant_id: u32,
+        /// Why.
+        reason: FloorEndReason,
+        /// The moderator who preempted it, for `preempted`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<u32>,
+    },
+    /// A participant started talking (from its decoded level, with hysteresis).
+    TalkingStarted {
+        /// Who.
+        participant_id: u32,
+    },
+    /// A participant stopped talking.
+    TalkingStopped {
+        /// Who.
+        participant_id: u32,
+    },
+    /// A moderator set a participant's input gain.
+    GainChanged {
+        /// Whose input.
+        participant_id: u32,
+        /// The gain in dB.
+        gain_db: i32,
+        /// The moderator.
+        by: u32,
+    },
 }
 
 impl ServerMessage {
     /// Every value of the `"type"` field a server message can have.
-    pub const TYPES: [&'static str; 5] = [
+    pub const TYPES: [&'static str; 13] = [
         "joined",
         "participant_joined",
         "participant_left",
         "error",
         "pong",
+        "mode_changed",
+        "participant_muted",
+        "floor_granted",
+        "floor_denied",
+        "floor_released",
+        "talking_started",
+        "talking_stopped",
+        "gain_changed",
     ];
 
     /// An `error` message.
@@ -295,6 +494,14 @@ impl ServerMessage {
             ServerMessage::ParticipantLeft { .. } => "participant_left",
             ServerMessage::Error { .. } => "error",
             ServerMessage::Pong { .. } => "pong",
+            ServerMessage::ModeChanged { .. } => "mode_changed",
+            ServerMessage::ParticipantMuted { .. } => "participant_muted",
+            ServerMessage::FloorGranted { .. } => "floor_granted",
+            ServerMessage::FloorDenied { .. } => "floor_denied",
+            ServerMessage::FloorReleased { .. } => "floor_released",
+            ServerMessage::TalkingStarted { .. } => "talking_started",
+            ServerMessage::TalkingStopped { .. } => "talking_stopped",
+            ServerMessage::GainChanged { .. } => "gain_changed",
         }
     }
 
@@ -311,8 +518,18 @@ pub struct ParticipantInfo {
     pub id: u32,
     /// Display name from its `join`.
     pub name: String,
-    /// Whether it talks or only listens.
+    /// Whether it talks, uses push-to-talk or only listens.
     pub mode: Mode,
+    /// What it may do.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub role: Role,
+    /// Whether it is muted.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub muted: bool,
 }
 
 /// Why a participant left a room.
@@ -329,6 +546,8 @@ pub enum LeaveReason {
     SlowConsumer,
     /// The server is shutting down.
     ServerShutdown,
+    /// A moderator removed it.
+    Removed,
 }
 
 /// Machine-readable error codes sent in `error` messages.
@@ -349,7 +568,7 @@ pub enum ErrorCode {
     InvalidName,
     /// The `join` token is rejected (currently only when over 4096 bytes).
     InvalidToken,
-    /// Audio or `leave` before a successful `join`.
+    /// Audio, `leave` or a room request (`set_mode`, `mute`, ...) before a successful `join`.
     NotJoined,
     /// A second `join` on a connection that is already in a room.
     AlreadyJoined,
@@ -377,11 +596,26 @@ pub enum ErrorCode {
     ShuttingDown,
     /// An unexpected server-side failure.
     Internal,
+    /// The request needs a role the participant does not have (e.g. moderator).
+    Forbidden,
+    /// The mode asked for is not allowed here: `talk`/`ptt` for a listener, or `talk` for a
+    /// non-moderator in a single-floor (push-to-talk) room.
+    ModeNotAllowed,
+    /// A floor request or release from a participant not in `ptt` mode.
+    NotPtt,
+    /// Push-to-talk audio sent without holding the floor in a single-floor room; dropped.
+    NoFloor,
+    /// A request names a participant who is not in the room.
+    UnknownParticipant,
+    /// A gain outside -20..=20 dB.
+    InvalidGain,
+    /// A moderator removed this participant; the connection closes (1008).
+    Removed,
 }
 
 impl ErrorCode {
     /// Every error code, in declaration order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
         ErrorCode::MessageTooLarge,
@@ -403,6 +637,13 @@ impl ErrorCode {
         ErrorCode::PingTimeout,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
+        ErrorCode::Forbidden,
+        ErrorCode::ModeNotAllowed,
+        ErrorCode::NotPtt,
+        ErrorCode::NoFloor,
+        ErrorCode::UnknownParticipant,
+        ErrorCode::InvalidGain,
+        ErrorCode::Removed,
     ];
 
     /// The snake_case wire name, as in the JSON `"code"` field.
@@ -429,6 +670,13 @@ impl ErrorCode {
             ErrorCode::PingTimeout => "ping_timeout",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::ModeNotAllowed => "mode_not_allowed",
+            ErrorCode::NotPtt => "not_ptt",
+            ErrorCode::NoFloor => "no_floor",
+            ErrorCode::UnknownParticipant => "unknown_participant",
+            ErrorCode::InvalidGain => "invalid_gain",
+            ErrorCode::Removed => "removed",
         }
     }
 
@@ -437,7 +685,9 @@ impl ErrorCode {
     pub fn close_code(self) -> Option<u16> {
         match self {
             ErrorCode::MessageTooLarge => Some(close_code::MESSAGE_TOO_BIG),
-            ErrorCode::SlowConsumer | ErrorCode::PingTimeout => Some(close_code::POLICY_VIOLATION),
+            ErrorCode::SlowConsumer | ErrorCode::PingTimeout | ErrorCode::Removed => {
+                Some(close_code::POLICY_VIOLATION)
+            }
             ErrorCode::ShuttingDown => Some(close_code::GOING_AWAY),
             _ => None,
         }
@@ -456,7 +706,8 @@ pub mod close_code {
     pub const NORMAL: u16 = 1000;
     /// The server is shutting down (`shutting_down`).
     pub const GOING_AWAY: u16 = 1001;
-    /// The peer broke a rule: `slow_consumer`, `ping_timeout`.
+    /// The peer broke a rule (`slow_consumer`, `ping_timeout`), or a moderator removed it
+    /// (`removed`).
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame over the size limit: `message_too_large`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
@@ -594,6 +845,16 @@ fn parse_tagged<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// A field with a default reads `null` as that default, as an `Option` field reads it as `None`:
+/// "optional fields may be omitted or `null`" holds for every optional field.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 fn json_kind(value: &serde_json::Value) -> &'static str {
     match value {
         serde_json::Value::Null => "null",
@@ -635,9 +896,15 @@ fn quote_bare(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
 
     use super::*;
+
+    const FORMAT_JSON: &str = r#"{"codec":"opus","sample_rate":48000,"channels":1,"frame_ms":20}"#;
 
     fn join(room: &str, name: &str) -> JoinRequest {
         JoinRequest {
@@ -645,7 +912,28 @@ mod tests {
             name: name.to_owned(),
             token: None,
             mode: Mode::Talk,
+            role: Role::Speaker,
             format: AudioFormat::opus_48k_mono_20ms(),
+        }
+    }
+
+    fn participant(id: u32, name: &str, mode: Mode, role: Role) -> ParticipantInfo {
+        ParticipantInfo {
+            id,
+            name: name.to_owned(),
+            mode,
+            role,
+            muted: false,
+        }
+    }
+
+    fn joined(participants: Vec<ParticipantInfo>, floor: FloorInfo) -> ServerMessage {
+        ServerMessage::Joined {
+            participant_id: 2,
+            room: "lobby".to_owned(),
+            participants,
+            format: AudioFormat::opus_48k_mono_20ms(),
+            floor,
         }
     }
 
@@ -660,24 +948,122 @@ mod tests {
         assert_eq!(msg.to_json(), json);
     }
 
+    /// The error a client message is rejected with, checking that its code is `bad_message`
+    /// and that it names the message type.
+    fn bad_client(json: &str) -> ControlError {
+        let err = parse_client_message(json).expect_err(json);
+        assert_eq!(err.code(), ErrorCode::BadMessage, "{json}: {err}");
+        let type_name = serde_json::from_str::<serde_json::Value>(json).expect(json)["type"]
+            .as_str()
+            .map(str::to_owned);
+        if let Some(type_name) = type_name {
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("invalid {type_name} message: ")),
+                "{json}: {err}"
+            );
+        }
+        err
+    }
+
+    /// One message of every client type, in [`ClientMessage::TYPES`] order.
+    fn client_samples() -> Vec<ClientMessage> {
+        vec![
+            ClientMessage::Join(join("a", "b")),
+            ClientMessage::Leave,
+            ClientMessage::Ping { id: None },
+            ClientMessage::SetMode { mode: Mode::Ptt },
+            ClientMessage::Mute {
+                participant_id: None,
+                muted: true,
+            },
+            ClientMessage::MuteRoom { muted: true },
+            ClientMessage::FloorRequest { preempt: false },
+            ClientMessage::FloorRelease,
+            ClientMessage::Remove { participant_id: 1 },
+            ClientMessage::SetGain {
+                participant_id: 1,
+                gain_db: -6,
+            },
+        ]
+    }
+
+    /// One message of every server type, in [`ServerMessage::TYPES`] order.
+    fn server_samples() -> Vec<ServerMessage> {
+        vec![
+            joined(vec![], FloorInfo::default()),
+            ServerMessage::ParticipantJoined {
+                participant: participant(0, "b", Mode::Talk, Role::Speaker),
+            },
+            ServerMessage::ParticipantLeft {
+                participant_id: 0,
+                reason: LeaveReason::Left,
+            },
+            ServerMessage::error(ErrorCode::Internal, "x"),
+            ServerMessage::Pong { id: None },
+            ServerMessage::ModeChanged {
+                participant_id: 0,
+                mode: Mode::Ptt,
+            },
+            ServerMessage::ParticipantMuted {
+                participant_id: 0,
+                muted: true,
+                by: None,
+            },
+            ServerMessage::FloorGranted {
+                participant_id: 0,
+                max_talk_ms: Some(60_000),
+            },
+            ServerMessage::FloorDenied { holder: 1 },
+            ServerMessage::FloorReleased {
+                participant_id: 0,
+                reason: FloorEndReason::Released,
+                by: None,
+            },
+            ServerMessage::TalkingStarted { participant_id: 0 },
+            ServerMessage::TalkingStopped { participant_id: 0 },
+            ServerMessage::GainChanged {
+                participant_id: 0,
+                gain_db: 3,
+                by: 1,
+            },
+        ]
+    }
+
     #[test]
     fn golden_join() {
         golden_client(
-            r#"{"type":"join","room":"lobby","name":"Ada","mode":"talk","format":{"codec":"opus","sample_rate":48000,"channels":1,"frame_ms":20}}"#,
+            &format!(
+                r#"{{"type":"join","room":"lobby","name":"Ada","mode":"talk","role":"speaker","format":{FORMAT_JSON}}}"#
+            ),
             ClientMessage::Join(join("lobby", "Ada")),
         );
         golden_client(
-            r#"{"type":"join","room":"r-1","name":"Bob","token":"t0k","mode":"listen","format":{"codec":"opus","sample_rate":48000,"channels":1,"frame_ms":20}}"#,
+            &format!(
+                r#"{{"type":"join","room":"r-1","name":"Bob","token":"t0k","mode":"listen","role":"listener","format":{FORMAT_JSON}}}"#
+            ),
             ClientMessage::Join(JoinRequest {
                 token: Some("t0k".to_owned()),
                 mode: Mode::Listen,
+                role: Role::Listener,
                 ..join("r-1", "Bob")
+            }),
+        );
+        golden_client(
+            &format!(
+                r#"{{"type":"join","room":"ops","name":"Cy","mode":"ptt","role":"moderator","format":{FORMAT_JSON}}}"#
+            ),
+            ClientMessage::Join(JoinRequest {
+                mode: Mode::Ptt,
+                role: Role::Moderator,
+                ..join("ops", "Cy")
             }),
         );
     }
 
     /// Every JSON example in the spec (README.md) is a valid message that serializes back to
-    /// the same text, except where the example omits an optional field.
+    /// the same text, except that an example may leave out fields that have a default and are
+    /// always serialized (`mode`, `role`, `floor`).
     #[test]
     fn spec_examples_parse() {
         let spec = include_str!("../README.md");
@@ -686,27 +1072,86 @@ mod tests {
             .skip(1)
             .map(|block| block.split("```").next().unwrap_or_default().trim())
             .collect();
-        // The example session's table rows hold one JSON message each, in backquotes.
+        // The example sessions' table rows hold one JSON message each, in backquotes.
         examples.extend(
             spec.lines()
                 .filter(|line| line.starts_with("| ") && line.contains("`{\"type\""))
                 .filter_map(|line| line.split('`').nth(1)),
         );
         assert!(
-            examples.len() >= 15,
+            examples.len() >= 45,
             "found only {} examples",
             examples.len()
         );
+        let mut types = BTreeSet::new();
         for json in examples {
-            if let Ok(msg) = parse_client_message(json) {
-                let reparsed = parse_client_message(&msg.to_json());
-                assert_eq!(reparsed, Ok(msg.clone()), "{json}");
-                if json.contains("\"mode\"") || !json.contains("join") {
-                    assert_eq!(msg.to_json(), json);
+            let (type_name, serialized) = match parse_client_message(json) {
+                Ok(msg) => {
+                    assert_eq!(
+                        parse_client_message(&msg.to_json()),
+                        Ok(msg.clone()),
+                        "{json}"
+                    );
+                    (msg.type_name(), msg.to_json())
                 }
-            } else {
-                let msg = parse_server_message(json).expect(json);
-                assert_eq!(msg.to_json(), json);
+                Err(_) => {
+                    let msg = parse_server_message(json).expect(json);
+                    (msg.type_name(), msg.to_json())
+                }
+            };
+            types.insert(type_name);
+            if serialized != json {
+                let example: serde_json::Value = serde_json::from_str(json).expect(json);
+                let full: serde_json::Value = serde_json::from_str(&serialized).expect(json);
+                let omitted = assert_omits_only_defaults(&example, &full, json);
+                // Same fields, so the text must be the same too (field order, spacing).
+                assert!(omitted > 0, "{json} is serialized as {serialized}");
+            }
+        }
+        // Every message type has an example (`type_name` is ambiguous for none of them).
+        let all: BTreeSet<_> = ClientMessage::TYPES
+            .into_iter()
+            .chain(ServerMessage::TYPES)
+            .collect();
+        assert_eq!(types, all);
+    }
+
+    /// `example` is `full` with only defaulted fields left out; returns how many were left out.
+    fn assert_omits_only_defaults(
+        example: &serde_json::Value,
+        full: &serde_json::Value,
+        json: &str,
+    ) -> usize {
+        use serde_json::Value;
+        match (example, full) {
+            (Value::Object(example), Value::Object(full)) => {
+                assert!(example.keys().all(|k| full.contains_key(k)), "{json}");
+                let mut omitted = 0;
+                for (key, value) in full {
+                    match example.get(key) {
+                        Some(shown) => omitted += assert_omits_only_defaults(shown, value, json),
+                        None => {
+                            assert!(
+                                ["mode", "role", "floor"].contains(&key.as_str()),
+                                "{json} leaves out {key:?}"
+                            );
+                            omitted += 1;
+                        }
+                    }
+                }
+                omitted
+            }
+            (Value::Array(example), Value::Array(full)) => {
+                assert_eq!(example.len(), full.len(), "{json}");
+                example
+                    .iter()
+                    .zip(full)
+                    .map(|(shown, value)| assert_omits_only_defaults(shown, value, json))
+                    .sum()
+            }
+            _ => {
+                assert_eq!(example, full, "{json}");
+                0
             }
         }
     }
@@ -715,10 +1160,57 @@ mod tests {
     fn join_defaults_and_unknown_fields() {
         let json = r#"{"type":"join","room":"lobby","name":"Ada","future":[1,2],
             "format":{"codec":"opus","sample_rate":48000,"channels":1,"frame_ms":20,"x":true}}"#;
-        assert_eq!(
-            parse_client_message(json),
-            Ok(ClientMessage::Join(join("lobby", "Ada")))
+        let Ok(ClientMessage::Join(req)) = parse_client_message(json) else {
+            panic!("expected a join");
+        };
+        assert_eq!(req.mode, Mode::Talk);
+        assert_eq!(req.role, Role::Speaker);
+        assert_eq!(req, join("lobby", "Ada"));
+        let json = format!(
+            r#"{{"type":"join","room":"a","name":"b","token":null,"format":{FORMAT_JSON}}}"#
         );
+        assert_eq!(
+            parse_client_message(&json),
+            Ok(ClientMessage::Join(join("a", "b")))
+        );
+    }
+
+    /// "Optional fields may be omitted or `null`": `null` reads as the default everywhere.
+    #[test]
+    fn null_optional_fields_mean_default() {
+        let json = format!(
+            r#"{{"type":"join","room":"a","name":"b","token":null,"mode":null,"role":null,"format":{FORMAT_JSON}}}"#
+        );
+        assert_eq!(
+            parse_client_message(&json),
+            Ok(ClientMessage::Join(join("a", "b")))
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"floor_request","preempt":null}"#),
+            Ok(ClientMessage::FloorRequest { preempt: false })
+        );
+        let json = format!(
+            r#"{{"type":"joined","participant_id":2,"room":"lobby","participants":[{{"id":1,"name":"Ada","mode":"talk","role":null,"muted":null}}],"format":{FORMAT_JSON},"floor":null}}"#
+        );
+        assert_eq!(
+            parse_server_message(&json),
+            Ok(joined(
+                vec![participant(1, "Ada", Mode::Talk, Role::Speaker)],
+                FloorInfo::default()
+            ))
+        );
+        for json in [
+            r#"{"type":"participant_muted","participant_id":2,"muted":true,"by":null}"#,
+            r#"{"type":"floor_granted","participant_id":2,"max_talk_ms":null}"#,
+            r#"{"type":"floor_released","participant_id":2,"reason":"released","by":null}"#,
+        ] {
+            let msg = parse_server_message(json).expect(json);
+            assert_eq!(
+                msg.to_json(),
+                json.replace(r#","by":null"#, "")
+                    .replace(r#","max_talk_ms":null"#, "")
+            );
+        }
     }
 
     #[test]
@@ -736,31 +1228,197 @@ mod tests {
     }
 
     #[test]
+    fn golden_set_mode() {
+        for mode in [Mode::Talk, Mode::Ptt, Mode::Listen] {
+            golden_client(
+                &format!(r#"{{"type":"set_mode","mode":"{}"}}"#, mode.as_str()),
+                ClientMessage::SetMode { mode },
+            );
+        }
+    }
+
+    #[test]
+    fn golden_mute_and_mute_room() {
+        golden_client(
+            r#"{"type":"mute","muted":true}"#,
+            ClientMessage::Mute {
+                participant_id: None,
+                muted: true,
+            },
+        );
+        golden_client(
+            r#"{"type":"mute","participant_id":3,"muted":false}"#,
+            ClientMessage::Mute {
+                participant_id: Some(3),
+                muted: false,
+            },
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"mute","participant_id":null,"muted":true}"#),
+            Ok(ClientMessage::Mute {
+                participant_id: None,
+                muted: true
+            })
+        );
+        golden_client(
+            r#"{"type":"mute_room","muted":true}"#,
+            ClientMessage::MuteRoom { muted: true },
+        );
+        golden_client(
+            r#"{"type":"mute_room","muted":false}"#,
+            ClientMessage::MuteRoom { muted: false },
+        );
+    }
+
+    #[test]
+    fn golden_floor_request_and_release() {
+        golden_client(
+            r#"{"type":"floor_request"}"#,
+            ClientMessage::FloorRequest { preempt: false },
+        );
+        golden_client(
+            r#"{"type":"floor_request","preempt":true}"#,
+            ClientMessage::FloorRequest { preempt: true },
+        );
+        // An explicit `false` is accepted, and left out when serialized.
+        assert_eq!(
+            parse_client_message(r#"{"type":"floor_request","preempt":false}"#),
+            Ok(ClientMessage::FloorRequest { preempt: false })
+        );
+        golden_client(r#"{"type":"floor_release"}"#, ClientMessage::FloorRelease);
+    }
+
+    #[test]
+    fn golden_remove_and_set_gain() {
+        golden_client(
+            r#"{"type":"remove","participant_id":3}"#,
+            ClientMessage::Remove { participant_id: 3 },
+        );
+        golden_client(
+            r#"{"type":"set_gain","participant_id":3,"gain_db":-6}"#,
+            ClientMessage::SetGain {
+                participant_id: 3,
+                gain_db: -6,
+            },
+        );
+        golden_client(
+            r#"{"type":"set_gain","participant_id":4294967295,"gain_db":20}"#,
+            ClientMessage::SetGain {
+                participant_id: u32::MAX,
+                gain_db: 20,
+            },
+        );
+        // The range (-20..=20) is the server's to check, with `invalid_gain`: any i32 parses.
+        assert_eq!(
+            parse_client_message(r#"{"type":"set_gain","participant_id":3,"gain_db":-100}"#),
+            Ok(ClientMessage::SetGain {
+                participant_id: 3,
+                gain_db: -100
+            })
+        );
+    }
+
+    #[test]
     fn golden_joined() {
         golden_server(
-            r#"{"type":"joined","participant_id":2,"room":"lobby","participants":[{"id":1,"name":"Ada","mode":"talk"}],"format":{"codec":"opus","sample_rate":48000,"channels":1,"frame_ms":20}}"#,
-            ServerMessage::Joined {
-                participant_id: 2,
-                room: "lobby".to_owned(),
-                participants: vec![ParticipantInfo {
-                    id: 1,
-                    name: "Ada".to_owned(),
-                    mode: Mode::Talk,
-                }],
-                format: AudioFormat::opus_48k_mono_20ms(),
-            },
+            &format!(
+                r#"{{"type":"joined","participant_id":2,"room":"lobby","participants":[{{"id":1,"name":"Ada","mode":"talk","role":"speaker"}}],"format":{FORMAT_JSON},"floor":{{"policy":"open"}}}}"#
+            ),
+            joined(
+                vec![participant(1, "Ada", Mode::Talk, Role::Speaker)],
+                FloorInfo::default(),
+            ),
+        );
+        golden_server(
+            &format!(
+                r#"{{"type":"joined","participant_id":2,"room":"lobby","participants":[{{"id":1,"name":"Ada","mode":"ptt","role":"moderator"}},{{"id":3,"name":"Cy","mode":"ptt","role":"speaker","muted":true}}],"format":{FORMAT_JSON},"floor":{{"policy":"single","holder":1}}}}"#
+            ),
+            joined(
+                vec![
+                    participant(1, "Ada", Mode::Ptt, Role::Moderator),
+                    ParticipantInfo {
+                        muted: true,
+                        ..participant(3, "Cy", Mode::Ptt, Role::Speaker)
+                    },
+                ],
+                FloorInfo {
+                    policy: FloorPolicy::Single,
+                    holder: Some(1),
+                },
+            ),
+        );
+        golden_server(
+            &format!(
+                r#"{{"type":"joined","participant_id":2,"room":"lobby","participants":[],"format":{FORMAT_JSON},"floor":{{"policy":"single"}}}}"#
+            ),
+            joined(
+                vec![],
+                FloorInfo {
+                    policy: FloorPolicy::Single,
+                    holder: None,
+                },
+            ),
+        );
+    }
+
+    /// A `joined` from a server that predates floors, and participants without `role` or `muted`.
+    #[test]
+    fn joined_defaults() {
+        let json = format!(
+            r#"{{"type":"joined","participant_id":2,"room":"lobby","participants":[{{"id":1,"name":"Ada","mode":"talk"}}],"format":{FORMAT_JSON}}}"#
+        );
+        let msg = parse_server_message(&json).expect("old joined");
+        assert_eq!(
+            msg,
+            joined(
+                vec![participant(1, "Ada", Mode::Talk, Role::Speaker)],
+                FloorInfo {
+                    policy: FloorPolicy::Open,
+                    holder: None
+                },
+            )
+        );
+        let ServerMessage::Joined {
+            participants,
+            floor,
+            ..
+        } = msg
+        else {
+            unreachable!();
+        };
+        assert_eq!(participants[0].role, Role::Speaker);
+        assert!(!participants[0].muted);
+        assert_eq!(floor.policy, FloorPolicy::Open);
+        assert_eq!(floor.holder, None);
+        let with_null_holder = format!(
+            r#"{{"type":"joined","participant_id":2,"room":"lobby","participants":[],"format":{FORMAT_JSON},"floor":{{"policy":"single","holder":null,"x":1}}}}"#
+        );
+        assert_eq!(
+            parse_server_message(&with_null_holder),
+            Ok(joined(
+                vec![],
+                FloorInfo {
+                    policy: FloorPolicy::Single,
+                    holder: None
+                }
+            ))
         );
     }
 
     #[test]
     fn golden_participant_events() {
         golden_server(
-            r#"{"type":"participant_joined","participant":{"id":3,"name":"Cy","mode":"listen"}}"#,
+            r#"{"type":"participant_joined","participant":{"id":3,"name":"Cy","mode":"listen","role":"listener"}}"#,
+            ServerMessage::ParticipantJoined {
+                participant: participant(3, "Cy", Mode::Listen, Role::Listener),
+            },
+        );
+        golden_server(
+            r#"{"type":"participant_joined","participant":{"id":4,"name":"Di","mode":"ptt","role":"moderator","muted":true}}"#,
             ServerMessage::ParticipantJoined {
                 participant: ParticipantInfo {
-                    id: 3,
-                    name: "Cy".to_owned(),
-                    mode: Mode::Listen,
+                    muted: true,
+                    ..participant(4, "Di", Mode::Ptt, Role::Moderator)
                 },
             },
         );
@@ -770,6 +1428,7 @@ mod tests {
             (LeaveReason::TimedOut, "timed_out"),
             (LeaveReason::SlowConsumer, "slow_consumer"),
             (LeaveReason::ServerShutdown, "server_shutdown"),
+            (LeaveReason::Removed, "removed"),
         ];
         for (reason, name) in reasons {
             golden_server(
@@ -788,11 +1447,185 @@ mod tests {
             r#"{"type":"error","code":"room_full","message":"room \"lobby\" is full"}"#,
             ServerMessage::error(ErrorCode::RoomFull, "room \"lobby\" is full"),
         );
+        golden_server(
+            r#"{"type":"error","code":"removed","message":"removed from the room by moderator 1"}"#,
+            ServerMessage::error(ErrorCode::Removed, "removed from the room by moderator 1"),
+        );
         golden_server(r#"{"type":"pong"}"#, ServerMessage::Pong { id: None });
         golden_server(
             r#"{"type":"pong","id":7}"#,
             ServerMessage::Pong { id: Some(7) },
         );
+    }
+
+    #[test]
+    fn golden_mode_changed_and_participant_muted() {
+        for mode in [Mode::Talk, Mode::Ptt, Mode::Listen] {
+            golden_server(
+                &format!(
+                    r#"{{"type":"mode_changed","participant_id":2,"mode":"{}"}}"#,
+                    mode.as_str()
+                ),
+                ServerMessage::ModeChanged {
+                    participant_id: 2,
+                    mode,
+                },
+            );
+        }
+        golden_server(
+            r#"{"type":"participant_muted","participant_id":2,"muted":true}"#,
+            ServerMessage::ParticipantMuted {
+                participant_id: 2,
+                muted: true,
+                by: None,
+            },
+        );
+        golden_server(
+            r#"{"type":"participant_muted","participant_id":2,"muted":false,"by":1}"#,
+            ServerMessage::ParticipantMuted {
+                participant_id: 2,
+                muted: false,
+                by: Some(1),
+            },
+        );
+    }
+
+    #[test]
+    fn golden_floor_events() {
+        golden_server(
+            r#"{"type":"floor_granted","participant_id":2,"max_talk_ms":60000}"#,
+            ServerMessage::FloorGranted {
+                participant_id: 2,
+                max_talk_ms: Some(60_000),
+            },
+        );
+        golden_server(
+            r#"{"type":"floor_granted","participant_id":2}"#,
+            ServerMessage::FloorGranted {
+                participant_id: 2,
+                max_talk_ms: None,
+            },
+        );
+        golden_server(
+            r#"{"type":"floor_denied","holder":1}"#,
+            ServerMessage::FloorDenied { holder: 1 },
+        );
+        let reasons = [
+            (FloorEndReason::Released, "released"),
+            (FloorEndReason::MaxTalkTime, "max_talk_time"),
+            (FloorEndReason::Silence, "silence"),
+            (FloorEndReason::Left, "left"),
+        ];
+        for (reason, name) in reasons {
+            golden_server(
+                &format!(r#"{{"type":"floor_released","participant_id":2,"reason":"{name}"}}"#),
+                ServerMessage::FloorReleased {
+                    participant_id: 2,
+                    reason,
+                    by: None,
+                },
+            );
+        }
+        golden_server(
+            r#"{"type":"floor_released","participant_id":2,"reason":"preempted","by":1}"#,
+            ServerMessage::FloorReleased {
+                participant_id: 2,
+                reason: FloorEndReason::Preempted,
+                by: Some(1),
+            },
+        );
+    }
+
+    #[test]
+    fn golden_talking_and_gain_events() {
+        golden_server(
+            r#"{"type":"talking_started","participant_id":2}"#,
+            ServerMessage::TalkingStarted { participant_id: 2 },
+        );
+        golden_server(
+            r#"{"type":"talking_stopped","participant_id":2}"#,
+            ServerMessage::TalkingStopped { participant_id: 2 },
+        );
+        golden_server(
+            r#"{"type":"gain_changed","participant_id":2,"gain_db":-6,"by":1}"#,
+            ServerMessage::GainChanged {
+                participant_id: 2,
+                gain_db: -6,
+                by: 1,
+            },
+        );
+    }
+
+    #[test]
+    fn enum_names() {
+        for (mode, name) in [
+            (Mode::Talk, "talk"),
+            (Mode::Ptt, "ptt"),
+            (Mode::Listen, "listen"),
+        ] {
+            assert_eq!(mode.as_str(), name);
+            assert_eq!(
+                serde_json::to_string(&mode).ok(),
+                Some(format!("\"{name}\""))
+            );
+        }
+        for (role, name) in [
+            (Role::Speaker, "speaker"),
+            (Role::Listener, "listener"),
+            (Role::Moderator, "moderator"),
+        ] {
+            assert_eq!(role.as_str(), name);
+            assert_eq!(
+                serde_json::to_string(&role).ok(),
+                Some(format!("\"{name}\""))
+            );
+        }
+        assert_eq!(Mode::default(), Mode::Talk);
+        assert_eq!(Role::default(), Role::Speaker);
+        assert_eq!(FloorPolicy::default(), FloorPolicy::Open);
+        assert!(Mode::Talk.sends_audio() && Mode::Ptt.sends_audio());
+        assert!(!Mode::Listen.sends_audio());
+    }
+
+    /// The declaration index of every error code; a new code fails to compile here until it is
+    /// added, and the test below then fails until it is in [`ErrorCode::ALL`].
+    fn declaration_index(code: ErrorCode) -> usize {
+        match code {
+            ErrorCode::BadMessage => 0,
+            ErrorCode::UnknownType => 1,
+            ErrorCode::MessageTooLarge => 2,
+            ErrorCode::UnsupportedFormat => 3,
+            ErrorCode::InvalidRoom => 4,
+            ErrorCode::InvalidName => 5,
+            ErrorCode::InvalidToken => 6,
+            ErrorCode::NotJoined => 7,
+            ErrorCode::AlreadyJoined => 8,
+            ErrorCode::RoomFull => 9,
+            ErrorCode::ServerFull => 10,
+            ErrorCode::BadAudioHeader => 11,
+            ErrorCode::UnsupportedVersion => 12,
+            ErrorCode::InvalidOpus => 13,
+            ErrorCode::FrameTooLarge => 14,
+            ErrorCode::ListenOnly => 15,
+            ErrorCode::RateLimited => 16,
+            ErrorCode::SlowConsumer => 17,
+            ErrorCode::PingTimeout => 18,
+            ErrorCode::ShuttingDown => 19,
+            ErrorCode::Internal => 20,
+            ErrorCode::Forbidden => 21,
+            ErrorCode::ModeNotAllowed => 22,
+            ErrorCode::NotPtt => 23,
+            ErrorCode::NoFloor => 24,
+            ErrorCode::UnknownParticipant => 25,
+            ErrorCode::InvalidGain => 26,
+            ErrorCode::Removed => 27,
+        }
+    }
+
+    #[test]
+    fn error_code_all_is_complete_and_in_order() {
+        let indices: Vec<usize> = ErrorCode::ALL.into_iter().map(declaration_index).collect();
+        assert_eq!(indices, (0..=27).collect::<Vec<_>>());
     }
 
     #[test]
@@ -808,6 +1641,28 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), ErrorCode::ALL.len());
+        let new = [
+            (ErrorCode::Forbidden, "forbidden"),
+            (ErrorCode::ModeNotAllowed, "mode_not_allowed"),
+            (ErrorCode::NotPtt, "not_ptt"),
+            (ErrorCode::NoFloor, "no_floor"),
+            (ErrorCode::UnknownParticipant, "unknown_participant"),
+            (ErrorCode::InvalidGain, "invalid_gain"),
+            (ErrorCode::Removed, "removed"),
+        ];
+        for (code, name) in new {
+            assert_eq!(code.as_str(), name);
+        }
+    }
+
+    /// Every error code appears in the spec's error table.
+    #[test]
+    fn spec_documents_every_error_code() {
+        let spec = include_str!("../README.md");
+        for code in ErrorCode::ALL {
+            let row = format!("| `{}` |", code.as_str());
+            assert!(spec.contains(&row), "README.md has no row for {code}");
+        }
     }
 
     #[test]
@@ -823,46 +1678,35 @@ mod tests {
                 (ErrorCode::SlowConsumer, 1008),
                 (ErrorCode::PingTimeout, 1008),
                 (ErrorCode::ShuttingDown, 1001),
+                (ErrorCode::Removed, 1008),
             ]
+        );
+        assert_eq!(
+            ErrorCode::Removed.close_code(),
+            Some(close_code::POLICY_VIOLATION)
         );
     }
 
     #[test]
     fn type_names_match_serialization() {
-        let clients = [
-            ClientMessage::Join(join("a", "b")),
-            ClientMessage::Leave,
-            ClientMessage::Ping { id: None },
-        ];
+        let clients = client_samples();
+        assert_eq!(clients.len(), ClientMessage::TYPES.len());
         for (msg, name) in clients.iter().zip(ClientMessage::TYPES) {
             assert_eq!(msg.type_name(), name);
             assert!(msg.to_json().starts_with(&format!(r#"{{"type":"{name}""#)));
+            assert_eq!(parse_client_message(&msg.to_json()), Ok(msg.clone()));
         }
-        let servers = [
-            ServerMessage::Joined {
-                participant_id: 0,
-                room: "a".to_owned(),
-                participants: vec![],
-                format: AudioFormat::opus_48k_mono_20ms(),
-            },
-            ServerMessage::ParticipantJoined {
-                participant: ParticipantInfo {
-                    id: 0,
-                    name: "b".to_owned(),
-                    mode: Mode::Talk,
-                },
-            },
-            ServerMessage::ParticipantLeft {
-                participant_id: 0,
-                reason: LeaveReason::Left,
-            },
-            ServerMessage::error(ErrorCode::Internal, "x"),
-            ServerMessage::Pong { id: None },
-        ];
+        let servers = server_samples();
+        assert_eq!(servers.len(), ServerMessage::TYPES.len());
         for (msg, name) in servers.iter().zip(ServerMessage::TYPES) {
             assert_eq!(msg.type_name(), name);
             assert!(msg.to_json().starts_with(&format!(r#"{{"type":"{name}""#)));
+            assert_eq!(parse_server_message(&msg.to_json()), Ok(msg.clone()));
         }
+        let distinct: BTreeSet<_> = ClientMessage::TYPES.into_iter().collect();
+        assert_eq!(distinct.len(), ClientMessage::TYPES.len());
+        let distinct: BTreeSet<_> = ServerMessage::TYPES.into_iter().collect();
+        assert_eq!(distinct.len(), ServerMessage::TYPES.len());
     }
 
     #[test]
@@ -910,6 +1754,11 @@ mod tests {
                 "unknown control message type \"joined\"",
             ),
             (
+                r#"{"type":"floor_granted","participant_id":1}"#,
+                Some("floor_granted"),
+                "unknown control message type \"floor_granted\"",
+            ),
+            (
                 r#"{"type":5}"#,
                 Some("5"),
                 "unknown control message type \"5\"",
@@ -918,6 +1767,11 @@ mod tests {
                 r#"{"type":"Join"}"#,
                 Some("Join"),
                 "unknown control message type \"Join\"",
+            ),
+            (
+                r#"{"type":"setMode","mode":"ptt"}"#,
+                Some("setMode"),
+                "unknown control message type \"setMode\"",
             ),
         ];
         for (text, found, message) in cases {
@@ -937,24 +1791,22 @@ mod tests {
             panic!("expected unknown type");
         };
         assert_eq!(found, "é".repeat(32));
-        assert_eq!(
-            parse_server_message(r#"{"type":"ping"}"#),
-            Err(ControlError::UnknownType {
-                found: Some("ping".to_owned())
-            })
-        );
+        for text in [r#"{"type":"ping"}"#, r#"{"type":"floor_request"}"#] {
+            assert!(matches!(
+                parse_server_message(text),
+                Err(ControlError::UnknownType { .. })
+            ));
+        }
     }
 
     #[test]
     fn invalid_fields() {
-        let err = parse_client_message(r#"{"type":"join","room":"a","name":"b"}"#)
-            .expect_err("no format");
-        assert_eq!(err.code(), ErrorCode::BadMessage);
+        let err = bad_client(r#"{"type":"join","room":"a","name":"b"}"#);
         assert_eq!(
             err.to_string(),
             "invalid join message: missing field `format`"
         );
-        let err = parse_client_message(r#"{"type":"ping","id":-1}"#).expect_err("negative id");
+        let err = bad_client(r#"{"type":"ping","id":-1}"#);
         assert!(matches!(
             err,
             ControlError::Invalid {
@@ -962,12 +1814,14 @@ mod tests {
                 ..
             }
         ));
-        let err = parse_client_message(
-            r#"{"type":"join","room":"a","name":"b","mode":"shout",
-                "format":{"codec":"opus","sample_rate":48000,"channels":1,"frame_ms":20}}"#,
-        )
-        .expect_err("bad mode");
+        let err = bad_client(&format!(
+            r#"{{"type":"join","room":"a","name":"b","mode":"shout","format":{FORMAT_JSON}}}"#
+        ));
         assert!(err.to_string().contains("shout"), "{err}");
+        let err = bad_client(&format!(
+            r#"{{"type":"join","room":"a","name":"b","role":"admin","format":{FORMAT_JSON}}}"#
+        ));
+        assert!(err.to_string().contains("admin"), "{err}");
         let err = parse_server_message(r#"{"type":"error","code":"nope","message":""}"#)
             .expect_err("unknown code");
         assert!(matches!(
@@ -980,6 +1834,111 @@ mod tests {
     }
 
     #[test]
+    fn invalid_new_client_messages() {
+        let cases = [
+            (r#"{"type":"set_mode"}"#, "missing field `mode`"),
+            (r#"{"type":"set_mode","mode":"shout"}"#, "shout"),
+            (r#"{"type":"set_mode","mode":"PTT"}"#, "PTT"),
+            (r#"{"type":"set_mode","mode":1}"#, "invalid type"),
+            (r#"{"type":"mute"}"#, "missing field `muted`"),
+            (
+                r#"{"type":"mute","participant_id":2}"#,
+                "missing field `muted`",
+            ),
+            (r#"{"type":"mute","muted":"yes"}"#, "invalid type"),
+            (r#"{"type":"mute","muted":1}"#, "invalid type"),
+            (r#"{"type":"mute","participant_id":-1,"muted":true}"#, "-1"),
+            (
+                r#"{"type":"mute","participant_id":4294967296,"muted":true}"#,
+                "4294967296",
+            ),
+            (r#"{"type":"mute_room"}"#, "missing field `muted`"),
+            (r#"{"type":"mute_room","muted":null}"#, "invalid type"),
+            (r#"{"type":"floor_request","preempt":1}"#, "invalid type"),
+            (
+                r#"{"type":"floor_request","preempt":"true"}"#,
+                "invalid type",
+            ),
+            (r#"{"type":"remove"}"#, "missing field `participant_id`"),
+            (r#"{"type":"remove","participant_id":"3"}"#, "invalid type"),
+            (
+                r#"{"type":"set_gain","participant_id":1}"#,
+                "missing field `gain_db`",
+            ),
+            (
+                r#"{"type":"set_gain","gain_db":3}"#,
+                "missing field `participant_id`",
+            ),
+            (
+                r#"{"type":"set_gain","participant_id":1,"gain_db":2.5}"#,
+                "2.5",
+            ),
+            (
+                r#"{"type":"set_gain","participant_id":1,"gain_db":3000000000}"#,
+                "3000000000",
+            ),
+            (
+                r#"{"type":"set_gain","participant_id":1,"gain_db":null}"#,
+                "invalid type",
+            ),
+        ];
+        for (json, detail) in cases {
+            let err = bad_client(json);
+            assert!(matches!(err, ControlError::Invalid { .. }), "{json}: {err}");
+            assert!(err.to_string().contains(detail), "{json}: {err}");
+        }
+        assert_eq!(
+            bad_client(r#"{"type":"set_gain","participant_id":1}"#).to_string(),
+            "invalid set_gain message: missing field `gain_db`"
+        );
+    }
+
+    #[test]
+    fn invalid_new_server_messages() {
+        let cases = [
+            (r#"{"type":"floor_denied"}"#, "floor_denied"),
+            (
+                r#"{"type":"floor_released","participant_id":1}"#,
+                "floor_released",
+            ),
+            (
+                r#"{"type":"floor_released","participant_id":1,"reason":"bored"}"#,
+                "floor_released",
+            ),
+            (
+                r#"{"type":"gain_changed","participant_id":1,"gain_db":3}"#,
+                "gain_changed",
+            ),
+            (
+                r#"{"type":"participant_muted","participant_id":1}"#,
+                "participant_muted",
+            ),
+            (
+                r#"{"type":"mode_changed","participant_id":1,"mode":"shout"}"#,
+                "mode_changed",
+            ),
+            (r#"{"type":"talking_started"}"#, "talking_started"),
+            (
+                r#"{"type":"participant_left","participant_id":1,"reason":"kicked"}"#,
+                "participant_left",
+            ),
+        ];
+        for (json, message_type) in cases {
+            let err = parse_server_message(json).expect_err(json);
+            assert_eq!(err.code(), ErrorCode::BadMessage, "{json}");
+            assert!(
+                matches!(err, ControlError::Invalid { message_type: t, .. } if t == message_type),
+                "{json}: {err}"
+            );
+        }
+        let err = parse_server_message(&format!(
+            r#"{{"type":"joined","participant_id":2,"room":"a","participants":[],"format":{FORMAT_JSON},"floor":{{"policy":"queue"}}}}"#
+        ))
+        .expect_err("unknown policy");
+        assert!(err.to_string().contains("queue"), "{err}");
+    }
+
+    #[test]
     fn validate_accepts() {
         let ok = [
             join("a", "b"),
@@ -988,6 +1947,11 @@ mod tests {
             JoinRequest {
                 token: Some("t".repeat(MAX_TOKEN_LEN)),
                 ..join("a", " b ")
+            },
+            JoinRequest {
+                mode: Mode::Ptt,
+                role: Role::Moderator,
+                ..join("a", "b")
             },
         ];
         for req in ok {
@@ -1115,6 +2079,29 @@ mod tests {
         prop_oneof![Just(Mode::Talk), Just(Mode::Ptt), Just(Mode::Listen)]
     }
 
+    fn arb_role() -> impl Strategy<Value = Role> {
+        prop_oneof![
+            Just(Role::Speaker),
+            Just(Role::Listener),
+            Just(Role::Moderator)
+        ]
+    }
+
+    fn arb_floor() -> impl Strategy<Value = FloorInfo> {
+        let policy = prop_oneof![Just(FloorPolicy::Open), Just(FloorPolicy::Single)];
+        (policy, any::<Option<u32>>()).prop_map(|(policy, holder)| FloorInfo { policy, holder })
+    }
+
+    fn arb_floor_end() -> impl Strategy<Value = FloorEndReason> {
+        prop_oneof![
+            Just(FloorEndReason::Released),
+            Just(FloorEndReason::MaxTalkTime),
+            Just(FloorEndReason::Silence),
+            Just(FloorEndReason::Left),
+            Just(FloorEndReason::Preempted),
+        ]
+    }
+
     fn arb_format() -> impl Strategy<Value = AudioFormat> {
         (any::<String>(), any::<u32>(), any::<u8>(), any::<u32>()).prop_map(
             |(codec, sample_rate, channels, frame_ms)| AudioFormat {
@@ -1127,11 +2114,20 @@ mod tests {
     }
 
     fn arb_participant() -> impl Strategy<Value = ParticipantInfo> {
-        (any::<u32>(), any::<String>(), arb_mode()).prop_map(|(id, name, mode)| ParticipantInfo {
-            id,
-            name,
-            mode,
-        })
+        (
+            any::<u32>(),
+            any::<String>(),
+            arb_mode(),
+            arb_role(),
+            any::<bool>(),
+        )
+            .prop_map(|(id, name, mode, role, muted)| ParticipantInfo {
+                id,
+                name,
+                mode,
+                role,
+                muted,
+            })
     }
 
     fn arb_client() -> impl Strategy<Value = ClientMessage> {
@@ -1140,14 +2136,16 @@ mod tests {
             any::<String>(),
             any::<Option<String>>(),
             arb_mode(),
+            arb_role(),
             arb_format(),
         )
-            .prop_map(|(room, name, token, mode, format)| {
+            .prop_map(|(room, name, token, mode, role, format)| {
                 ClientMessage::Join(JoinRequest {
                     room,
                     name,
                     token,
                     mode,
+                    role,
                     format,
                 })
             });
@@ -1155,6 +2153,23 @@ mod tests {
             join,
             Just(ClientMessage::Leave),
             any::<Option<u64>>().prop_map(|id| ClientMessage::Ping { id }),
+            arb_mode().prop_map(|mode| ClientMessage::SetMode { mode }),
+            (any::<Option<u32>>(), any::<bool>()).prop_map(|(participant_id, muted)| {
+                ClientMessage::Mute {
+                    participant_id,
+                    muted,
+                }
+            }),
+            any::<bool>().prop_map(|muted| ClientMessage::MuteRoom { muted }),
+            any::<bool>().prop_map(|preempt| ClientMessage::FloorRequest { preempt }),
+            Just(ClientMessage::FloorRelease),
+            any::<u32>().prop_map(|participant_id| ClientMessage::Remove { participant_id }),
+            (any::<u32>(), any::<i32>()).prop_map(|(participant_id, gain_db)| {
+                ClientMessage::SetGain {
+                    participant_id,
+                    gain_db,
+                }
+            }),
         ]
     }
 
@@ -1165,6 +2180,7 @@ mod tests {
             Just(LeaveReason::TimedOut),
             Just(LeaveReason::SlowConsumer),
             Just(LeaveReason::ServerShutdown),
+            Just(LeaveReason::Removed),
         ]
     }
 
@@ -1174,14 +2190,16 @@ mod tests {
                 any::<u32>(),
                 any::<String>(),
                 proptest::collection::vec(arb_participant(), 0..5),
-                arb_format()
+                arb_format(),
+                arb_floor(),
             )
-                .prop_map(|(participant_id, room, participants, format)| {
+                .prop_map(|(participant_id, room, participants, format, floor)| {
                     ServerMessage::Joined {
                         participant_id,
                         room,
                         participants,
                         format,
+                        floor,
                     }
                 }),
             arb_participant()
@@ -1198,13 +2216,79 @@ mod tests {
             )
                 .prop_map(|(code, message)| ServerMessage::error(code, message)),
             any::<Option<u64>>().prop_map(|id| ServerMessage::Pong { id }),
+            (any::<u32>(), arb_mode()).prop_map(|(participant_id, mode)| {
+                ServerMessage::ModeChanged {
+                    participant_id,
+                    mode,
+                }
+            }),
+            (any::<u32>(), any::<bool>(), any::<Option<u32>>()).prop_map(
+                |(participant_id, muted, by)| ServerMessage::ParticipantMuted {
+                    participant_id,
+                    muted,
+                    by,
+                }
+            ),
+            (any::<u32>(), any::<Option<u64>>()).prop_map(|(participant_id, max_talk_ms)| {
+                ServerMessage::FloorGranted {
+                    participant_id,
+                    max_talk_ms,
+                }
+            }),
+            any::<u32>().prop_map(|holder| ServerMessage::FloorDenied { holder }),
+            (any::<u32>(), arb_floor_end(), any::<Option<u32>>()).prop_map(
+                |(participant_id, reason, by)| ServerMessage::FloorReleased {
+                    participant_id,
+                    reason,
+                    by,
+                }
+            ),
+            any::<u32>()
+                .prop_map(|participant_id| ServerMessage::TalkingStarted { participant_id }),
+            any::<u32>()
+                .prop_map(|participant_id| ServerMessage::TalkingStopped { participant_id }),
+            (any::<u32>(), any::<i32>(), any::<u32>()).prop_map(|(participant_id, gain_db, by)| {
+                ServerMessage::GainChanged {
+                    participant_id,
+                    gain_db,
+                    by,
+                }
+            }),
         ]
+    }
+
+    /// The `"type"`s `strategy` produces in 2000 deterministic draws.
+    fn drawn_types<T: fmt::Debug>(
+        strategy: impl Strategy<Value = T>,
+        type_name: impl Fn(&T) -> &'static str,
+    ) -> BTreeSet<&'static str> {
+        let mut runner = TestRunner::deterministic();
+        (0..2000)
+            .map(|_| {
+                let value = strategy.new_tree(&mut runner).expect("draw").current();
+                type_name(&value)
+            })
+            .collect()
+    }
+
+    /// The round-trip properties below see every message type.
+    #[test]
+    fn strategies_cover_every_type() {
+        assert_eq!(
+            drawn_types(arb_client(), ClientMessage::type_name),
+            ClientMessage::TYPES.into_iter().collect()
+        );
+        assert_eq!(
+            drawn_types(arb_server(), ServerMessage::type_name),
+            ServerMessage::TYPES.into_iter().collect()
+        );
     }
 
     proptest! {
         #[test]
         fn client_json_round_trip(msg in arb_client()) {
             let json = msg.to_json();
+            prop_assert!(ClientMessage::TYPES.contains(&msg.type_name()));
             // A message over the size limit is rejected; all others parse back unchanged.
             if json.len() <= MAX_CONTROL_MESSAGE {
                 prop_assert_eq!(parse_client_message(&json), Ok(msg));
@@ -1218,6 +2302,7 @@ mod tests {
 
         #[test]
         fn server_json_round_trip(msg in arb_server()) {
+            prop_assert!(ServerMessage::TYPES.contains(&msg.type_name()));
             prop_assert_eq!(parse_server_message(&msg.to_json()), Ok(msg));
         }
 
@@ -1241,8 +2326,9 @@ mod tests {
         #[test]
         fn json_like_text_never_panics(
             text in concat!(
-                r#"\{("(type|id|room|name|format|mode|token|code)":"#,
-                r#"("[a-z_]{0,8}"|-?[0-9]{1,22}|null|true|\[\]|\{\}),?){0,6}\}"#,
+                r#"\{("(type|id|room|name|format|mode|role|token|code|participant_id|muted|"#,
+                r#"preempt|gain_db|holder|by|reason|floor|policy|max_talk_ms)":"#,
+                r#"("[a-z_]{0,13}"|-?[0-9]{1,22}|null|true|false|\[\]|\{\}),?){0,6}\}"#,
             ),
         ) {
             match parse_client_message(&text) {
@@ -1255,15 +2341,19 @@ mod tests {
 
         #[test]
         fn mutated_valid_message_never_panics(
+            which in any::<prop::sample::Index>(),
             index in any::<prop::sample::Index>(),
             byte in any::<u8>(),
         ) {
-            let mut bytes = ClientMessage::Join(join("lobby", "Ada")).to_json().into_bytes();
+            let samples = client_samples();
+            let mut bytes = which.get(&samples).to_json().into_bytes();
             let i = index.index(bytes.len());
             bytes[i] = byte;
             let text = String::from_utf8_lossy(&bytes);
-            if let Ok(ClientMessage::Join(req)) = parse_client_message(&text) {
-                let _ = req.validate();
+            match parse_client_message(&text) {
+                Ok(ClientMessage::Join(req)) => { let _ = req.validate(); }
+                Ok(_) => {}
+                Err(err) => { let _ = (err.code(), err.to_string()); }
             }
         }
 

@@ -9,7 +9,8 @@ pub use audio::{
     Flags, MAX_AUDIO_FRAME, MAX_OPUS_PACKET, PROTOCOL_VERSION, SAMPLE_RATE,
 };
 pub use control::{
-    AudioFormat, ClientMessage, ControlError, ErrorCode, JoinRequest, LeaveReason,
-    MAX_CONTROL_MESSAGE, MAX_NAME_CHARS, MAX_ROOM_LEN, MAX_TOKEN_LEN, Mode, ParticipantInfo,
-    ServerMessage, close_code, parse_client_message, parse_server_message,
+    AudioFormat, ClientMessage, ControlError, ErrorCode, FloorEndReason, FloorInfo, FloorPolicy,
+    JoinRequest, LeaveReason, MAX_CONTROL_MESSAGE, MAX_NAME_CHARS, MAX_ROOM_LEN, MAX_TOKEN_LEN,
+    Mode, ParticipantInfo, Role, ServerMessage, close_code, parse_client_message,
+    parse_server_message,
 };

@@ -20,15 +20,8 @@ use std::time::{Duration, Instant};
 
 use super::ParticipantId;
 
-/// How a room arbitrates who may speak in push-to-talk mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FloorPolicy {
-    /// Anyone in push-to-talk mode may talk while holding the button.
-    #[default]
-    Open,
-    /// One speaker at a time, by request.
-    Single,
-}
+/// How a room arbitrates push-to-talk (the protocol's type: `open` or `single`).
+pub use mixer_protocol::FloorPolicy;
 
 /// Floor-control settings of a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use mixer_protocol::{
     AudioFrame, ClientMessage, ErrorCode, FRAME_SAMPLES, LeaveReason, MAX_AUDIO_FRAME,
-    MAX_CONTROL_MESSAGE, Mode, SAMPLE_RATE, ServerMessage, parse_client_message,
+    MAX_CONTROL_MESSAGE, SAMPLE_RATE, ServerMessage, parse_client_message,
 };
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -27,8 +27,10 @@ use tracing::{debug, info};
 use super::Settings;
 use super::http::{self, Prefixed, Route};
 use super::metrics::Metrics;
-use super::outbox::{Closed, Outbox, Outgoing};
+use super::outbox::{Closed, ErrorThrottle, Outbox, Outgoing};
 use super::pool::{Joiner, Membership, MixerPool};
+use super::requests::RoomRequest;
+use crate::engine::ParticipantId;
 
 type Ws = WebSocketStream<Prefixed<TcpStream>>;
 
@@ -149,30 +151,6 @@ impl RateLimit {
     }
 }
 
-/// Sends each audio-path error code at most once per second per connection: audio arrives 50
-/// times a second, and a misbehaving client should be told without the server amplifying its
-/// flood. Control-message errors answer every message.
-#[derive(Debug, Default)]
-struct ErrorThrottle {
-    last: Vec<(ErrorCode, Instant)>,
-}
-
-impl ErrorThrottle {
-    fn allow(&mut self, code: ErrorCode, now: Instant) -> bool {
-        match self.last.iter_mut().find(|(c, _)| *c == code) {
-            Some((_, at)) if now.saturating_duration_since(*at) < Duration::from_secs(1) => false,
-            Some((_, at)) => {
-                *at = now;
-                true
-            }
-            None => {
-                self.last.push((code, now));
-                true
-            }
-        }
-    }
-}
-
 /// Why the session loop ended.
 enum End {
     /// The client sent a close frame.
@@ -194,7 +172,6 @@ struct Session {
     context: Arc<Context>,
     outbox: Arc<Outbox>,
     membership: Option<Membership>,
-    mode: Mode,
     rate: RateLimit,
     errors: ErrorThrottle,
 }
@@ -213,7 +190,6 @@ impl Session {
             context,
             outbox,
             membership: None,
-            mode: Mode::Talk,
             rate: RateLimit::new(frames_per_second, frames_per_second * 1.1),
             errors: ErrorThrottle::default(),
         }
@@ -229,6 +205,8 @@ impl Session {
         ));
         let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
         let mut last_seen = Instant::now();
+        // A finished JoinHandle must not be polled again.
+        let mut writer_done = false;
         let end = loop {
             tokio::select! {
                 message = stream.next() => {
@@ -257,11 +235,14 @@ impl Session {
                         break End::TimedOut;
                     }
                 }
-                _ = &mut writer => break if self.outbox.closed() == Some(Closed::SlowConsumer) {
-                    End::SlowConsumer
-                } else {
-                    End::Disconnected
-                },
+                _ = &mut writer => {
+                    writer_done = true;
+                    break if self.outbox.closed() == Some(Closed::SlowConsumer) {
+                        End::SlowConsumer
+                    } else {
+                        End::Disconnected
+                    };
+                }
                 _ = shutdown.changed() => {
                     self.send_error(ErrorCode::ShuttingDown, "server is shutting down");
                     self.outbox.close(Closed::Close { code: 1001, reason: "server shutting down" });
@@ -293,9 +274,10 @@ impl Session {
             reason: "bye",
         });
         // Give the writer a moment to flush the error and close frame, then cut the socket.
-        if tokio::time::timeout(Duration::from_secs(1), &mut writer)
-            .await
-            .is_err()
+        if !writer_done
+            && tokio::time::timeout(Duration::from_secs(1), &mut writer)
+                .await
+                .is_err()
         {
             writer.abort();
         }
@@ -414,11 +396,11 @@ impl Session {
                 let joiner = Joiner {
                     name: request.name.clone(),
                     mode: request.mode,
+                    role: request.role,
                     outbox: self.outbox.clone(),
                 };
                 match self.context.pool.join(&request.room, joiner) {
                     Ok(membership) => {
-                        self.mode = request.mode;
                         self.membership = Some(membership);
                     }
                     Err(refused) => self.refuse_join(refused.code(), refused.to_string()),
@@ -432,6 +414,37 @@ impl Session {
                 self.outbox
                     .push_control(ServerMessage::Pong { id }.to_json());
             }
+            ClientMessage::SetMode { mode } => self.request(RoomRequest::SetMode(mode)),
+            ClientMessage::Mute {
+                participant_id,
+                muted,
+            } => self.request(RoomRequest::Mute {
+                target: participant_id.map(ParticipantId),
+                muted,
+            }),
+            ClientMessage::MuteRoom { muted } => self.request(RoomRequest::MuteRoom { muted }),
+            ClientMessage::FloorRequest { preempt } => {
+                self.request(RoomRequest::FloorRequest { preempt })
+            }
+            ClientMessage::FloorRelease => self.request(RoomRequest::FloorRelease),
+            ClientMessage::Remove { participant_id } => self.request(RoomRequest::Remove {
+                target: ParticipantId(participant_id),
+            }),
+            ClientMessage::SetGain {
+                participant_id,
+                gain_db,
+            } => self.request(RoomRequest::SetGain {
+                target: ParticipantId(participant_id),
+                gain_db,
+            }),
+        }
+    }
+
+    /// Forwards a room request to the mixer thread, or refuses it before a join.
+    fn request(&mut self, request: RoomRequest) {
+        match &self.membership {
+            Some(membership) => membership.request(request),
+            None => self.send_error(ErrorCode::NotJoined, "room requests need a join first"),
         }
     }
 
@@ -449,12 +462,8 @@ impl Session {
             Ok(frame) => frame,
             Err(error) => return self.reject_audio(error.code(), error.to_string()),
         };
-        if self.mode == Mode::Listen {
-            return self.reject_audio(
-                ErrorCode::ListenOnly,
-                "joined in listen mode; audio is ignored",
-            );
-        }
+        // Whether this participant may be heard (listen mode, mute, the floor) is the mixer
+        // thread's call: the mode can change at any time.
         match opus::packet::get_nb_samples(frame.payload, SAMPLE_RATE) {
             Ok(n) if n == FRAME_SAMPLES => {}
             Ok(n) => {

@@ -15,6 +15,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod pool;
+pub mod requests;
 
 use std::future::Future;
 use std::sync::Arc;

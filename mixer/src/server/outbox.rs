@@ -12,8 +12,10 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use mixer_protocol::ErrorCode;
 use tokio::sync::Notify;
 
 /// Control messages that may wait in one outbox before the client is considered slow.
@@ -170,6 +172,31 @@ impl Outbox {
     /// Audio frames dropped so far because the client was behind.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Sends each audio-path error code at most once per second per connection: audio arrives 50
+/// times a second, and a misbehaving client should be told without the server amplifying its
+/// flood. Control-message errors answer every message.
+#[derive(Debug, Default)]
+pub struct ErrorThrottle {
+    last: Vec<(ErrorCode, Instant)>,
+}
+
+impl ErrorThrottle {
+    /// Whether `code` may be sent now (and if so, records that it was).
+    pub fn allow(&mut self, code: ErrorCode, now: Instant) -> bool {
+        match self.last.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, at)) if now.saturating_duration_since(*at) < Duration::from_secs(1) => false,
+            Some((_, at)) => {
+                *at = now;
+                true
+            }
+            None => {
+                self.last.push((code, now));
+                true
+            }
+        }
     }
 }
 

@@ -20,13 +20,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use mixer_protocol::{
-    AudioFormat, AudioFrame, AudioHeader, ErrorCode, LeaveReason, Mode, ParticipantInfo,
-    ServerMessage,
+    AudioFormat, AudioFrame, AudioHeader, ErrorCode, FloorInfo, LeaveReason, Mode, ParticipantInfo,
+    Role, ServerMessage,
 };
 use tracing::{debug, info, warn};
 
 use super::metrics::Metrics;
-use super::outbox::{Closed, Outbox, Pushed};
+use super::outbox::{Closed, ErrorThrottle, Outbox, Pushed};
+use super::requests::{self, RoomRequest};
 use crate::engine::{
     EngineConfig, EngineError, Event, ParticipantId, PhaseTimer, Room, RoomTotals, TickPhase,
 };
@@ -124,6 +125,16 @@ impl Membership {
         true
     }
 
+    /// Sends a control request (mode, mute, floor, moderation) to the room; the answer and
+    /// the room's reaction arrive as messages on the participant's outbox.
+    pub fn request(&self, request: RoomRequest) {
+        let _ = self.pool.threads[self.thread].send(Command::Request {
+            participant: self.id,
+            request,
+            at: Instant::now(),
+        });
+    }
+
     /// Leaves the room, telling the others why.
     pub fn leave(mut self, reason: LeaveReason) {
         self.leave_inner(reason);
@@ -166,8 +177,10 @@ impl Drop for Membership {
 pub struct Joiner {
     /// Display name.
     pub name: String,
-    /// Talk or listen.
+    /// Talk, push-to-talk or listen.
     pub mode: Mode,
+    /// What it may do.
+    pub role: Role,
     /// Where the mixer sends this participant's frames and messages.
     pub outbox: Arc<Outbox>,
 }
@@ -218,6 +231,11 @@ enum Command {
         participant: ParticipantId,
         frame: Bytes,
         arrival: Instant,
+    },
+    Request {
+        participant: ParticipantId,
+        request: RoomRequest,
+        at: Instant,
     },
     Shutdown,
 }
@@ -354,25 +372,57 @@ impl MixerPool {
     }
 }
 
-struct Member {
-    name: String,
-    mode: Mode,
-    outbox: Arc<Outbox>,
+/// A participant as its mixer thread knows it.
+pub(super) struct Member {
+    pub(super) name: String,
+    pub(super) mode: Mode,
+    pub(super) role: Role,
+    /// The moderator who muted it, if one did (it may not unmute itself then).
+    pub(super) muted_by: Option<ParticipantId>,
+    pub(super) outbox: Arc<Outbox>,
     in_flight: Arc<AtomicUsize>,
+    /// Audio-path errors raised on the mixer thread, at most one per code per second.
+    errors: ErrorThrottle,
 }
 
 /// Ticks between two copies of a room's engine counters into the metrics (one second).
 const REPORT_EVERY_TICKS: u32 = 50;
 
-struct RoomSlot {
-    engine: Room,
-    members: HashMap<ParticipantId, Member>,
+/// A room on its mixer thread: the engine and who is in it.
+pub(super) struct RoomSlot {
+    pub(super) engine: Room,
+    pub(super) members: HashMap<ParticipantId, Member>,
     /// Engine totals already added to the metrics.
     reported: RoomTotals,
     ticks_since_report: u32,
 }
 
 impl RoomSlot {
+    /// Sends `message` to everyone in the room.
+    pub(super) fn broadcast_all(&self, message: &ServerMessage) {
+        let json = message.to_json();
+        for member in self.members.values() {
+            member.outbox.push_control(json.clone());
+        }
+    }
+
+    /// Sends `message` to one member.
+    pub(super) fn send_to(&self, to: ParticipantId, message: &ServerMessage) {
+        if let Some(member) = self.members.get(&to) {
+            member.outbox.push_control(message.to_json());
+        }
+    }
+
+    fn info(&self, id: ParticipantId, member: &Member) -> ParticipantInfo {
+        ParticipantInfo {
+            id: id.0,
+            name: member.name.clone(),
+            mode: member.mode,
+            role: member.role,
+            muted: self.engine.is_muted(id).unwrap_or(false),
+        }
+    }
+
     fn broadcast(&self, except: ParticipantId, message: &ServerMessage) {
         let json = message.to_json();
         for (id, member) in &self.members {
@@ -474,7 +524,6 @@ fn refuse(metrics: &Metrics, room: &str, id: ParticipantId, joiner: &Joiner, err
     });
 }
 
-
 fn reason_label(reason: LeaveReason) -> &'static str {
     match reason {
         LeaveReason::Left => "left",
@@ -482,6 +531,7 @@ fn reason_label(reason: LeaveReason) -> &'static str {
         LeaveReason::TimedOut => "timed_out",
         LeaveReason::SlowConsumer => "slow_consumer",
         LeaveReason::ServerShutdown => "server_shutdown",
+        LeaveReason::Removed => "removed",
     }
 }
 
@@ -537,6 +587,11 @@ impl MixerThread {
                 participant,
                 reason,
             } => self.leave(participant, reason),
+            Command::Request {
+                participant,
+                request,
+                at,
+            } => self.request(participant, request, at),
             Command::Shutdown => return false,
         }
         true
@@ -557,9 +612,56 @@ impl MixerThread {
         let Ok(frame) = AudioFrame::parse(frame) else {
             return;
         };
-        match slot.engine.handle_audio(participant, frame, arrival) {
-            Ok(_) | Err(EngineError::ListenOnly(_)) | Err(EngineError::UnknownParticipant(_)) => {}
-            Err(error) => debug!(%participant, %error, "audio not accepted"),
+        let (code, message) = match slot.engine.handle_audio(participant, frame, arrival) {
+            Ok(_) | Err(EngineError::UnknownParticipant(_)) => return,
+            Err(EngineError::Muted(_)) => {
+                // The participant was told it is muted; keeping on sending is not an error.
+                self.metrics
+                    .audio_frames_rejected_total
+                    .with_label_values(&["muted"])
+                    .inc();
+                return;
+            }
+            Err(EngineError::ListenOnly(_)) => (
+                ErrorCode::ListenOnly,
+                "in listen mode; audio is ignored (send set_mode to talk)",
+            ),
+            Err(EngineError::NoFloor(_)) => (
+                ErrorCode::NoFloor,
+                "push-to-talk audio without the floor is dropped; send floor_request first",
+            ),
+            Err(error) => return debug!(%participant, %error, "audio not accepted"),
+        };
+        self.metrics
+            .audio_frames_rejected_total
+            .with_label_values(&[code.as_str()])
+            .inc();
+        if let Some(member) = slot.members.get_mut(&participant)
+            && member.errors.allow(code, arrival)
+        {
+            self.metrics
+                .errors_sent_total
+                .with_label_values(&[code.as_str()])
+                .inc();
+            member
+                .outbox
+                .push_control(ServerMessage::error(code, message).to_json());
+        }
+    }
+
+    fn request(&mut self, participant: ParticipantId, request: RoomRequest, at: Instant) {
+        let Some(room) = self.where_is.get(&participant).cloned() else {
+            return;
+        };
+        let Some(slot) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let outcome = requests::apply(slot, participant, request, &self.metrics, at);
+        while let Some(event) = slot.engine.poll_event() {
+            requests::announce(slot, &event);
+        }
+        for removed in outcome.removed {
+            self.leave(removed, LeaveReason::Removed);
         }
     }
 
@@ -594,6 +696,25 @@ impl MixerThread {
         let Some(slot) = self.rooms.get_mut(&room) else {
             return;
         };
+        let policy = slot.engine.floor_config().policy;
+        if let Err(message) = requests::mode_allowed(joiner.role, joiner.mode, policy) {
+            let code = ErrorCode::ModeNotAllowed;
+            self.metrics
+                .join_failures_total
+                .with_label_values(&[code.as_str()])
+                .inc();
+            joiner
+                .outbox
+                .push_control(ServerMessage::error(code, message).to_json());
+            joiner.outbox.close(Closed::Close {
+                code: 1008,
+                reason: "mode not allowed",
+            });
+            if slot.members.is_empty() {
+                self.rooms.remove(&room);
+            }
+            return;
+        }
         if let Err(error) = slot.engine.add_participant(id, joiner.mode) {
             refuse(&self.metrics, &room, id, &joiner, error);
             if slot.members.is_empty() {
@@ -605,21 +726,24 @@ impl MixerThread {
             id: id.0,
             name: joiner.name.clone(),
             mode: joiner.mode,
+            role: joiner.role,
+            muted: false,
         };
-        let others: Vec<ParticipantInfo> = slot
+        let mut others: Vec<ParticipantInfo> = slot
             .members
             .iter()
-            .map(|(other, m)| ParticipantInfo {
-                id: other.0,
-                name: m.name.clone(),
-                mode: m.mode,
-            })
+            .map(|(other, m)| slot.info(*other, m))
             .collect();
+        others.sort_unstable_by_key(|p| p.id);
         let joined = ServerMessage::Joined {
             participant_id: id.0,
             room: room.to_string(),
             participants: others,
             format: AudioFormat::opus_48k_mono_20ms(),
+            floor: FloorInfo {
+                policy,
+                holder: slot.engine.floor_holder().map(|h| h.0),
+            },
         };
         joiner.outbox.push_control(joined.to_json());
         slot.broadcast(id, &ServerMessage::ParticipantJoined { participant: info });
@@ -632,8 +756,11 @@ impl MixerThread {
             Member {
                 name: joiner.name,
                 mode: joiner.mode,
+                role: joiner.role,
+                muted_by: None,
                 outbox: joiner.outbox,
                 in_flight,
+                errors: ErrorThrottle::default(),
             },
         );
         self.where_is.insert(id, room);
@@ -648,6 +775,11 @@ impl MixerThread {
         };
         slot.engine.remove_participant(participant);
         let member = slot.members.remove(&participant);
+        // The engine's last word on the participant (the floor it held) before the room hears
+        // that it left.
+        while let Some(event) = slot.engine.poll_event() {
+            requests::announce(slot, &event);
+        }
         slot.broadcast(
             participant,
             &ServerMessage::ParticipantLeft {
@@ -757,7 +889,9 @@ impl MixerThread {
                         }
                         Event::TalkingStarted { .. }
                         | Event::TalkingStopped { .. }
-                        | Event::Floor(_) => {}
+                        | Event::Floor(_) => {
+                            requests::announce(slot, &event);
+                        }
                     }
                 }
                 slot.ticks_since_report += 1;

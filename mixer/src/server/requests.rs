@@ -1,0 +1,350 @@
+//! Room control requests (mode, mute, floor, moderation) and the room events they cause,
+//! applied on the room's mixer thread.
+//!
+//! The engine knows nothing of roles or of who may ask what: this module checks permissions
+//! (moderators may act on others), turns the engine's answers and events into protocol messages,
+//! and decides who hears about them (the whole room, or only the asker).
+
+use std::time::Instant;
+
+use mixer_protocol::{ErrorCode, FloorEndReason, FloorPolicy, Mode, Role, ServerMessage};
+use tracing::{info, warn};
+
+use super::metrics::Metrics;
+use super::outbox::Closed;
+use super::pool::RoomSlot;
+use crate::engine::floor::{FloorChange, FloorEnd, FloorReply};
+use crate::engine::{EngineError, Event, MAX_GAIN_DB, ParticipantId};
+
+/// A control request from a participant about its room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomRequest {
+    /// Change the asker's mode.
+    SetMode(Mode),
+    /// Mute or unmute the asker, or (moderators) someone else.
+    Mute {
+        /// Whom; `None` = the asker.
+        target: Option<ParticipantId>,
+        /// Mute or unmute.
+        muted: bool,
+    },
+    /// Moderators: mute or unmute everyone but the moderators.
+    MuteRoom {
+        /// Mute or unmute.
+        muted: bool,
+    },
+    /// Ask for the push-to-talk floor; `preempt` (moderators) takes it from the holder.
+    FloorRequest {
+        /// Take the floor even if held.
+        preempt: bool,
+    },
+    /// Give the floor back.
+    FloorRelease,
+    /// Moderators: remove a participant from the room.
+    Remove {
+        /// Whom.
+        target: ParticipantId,
+    },
+    /// Moderators: set a participant's input gain.
+    SetGain {
+        /// Whose.
+        target: ParticipantId,
+        /// In dB.
+        gain_db: i32,
+    },
+}
+
+/// Whether a participant with `role` may use `mode` in a room with `policy`.
+pub fn mode_allowed(role: Role, mode: Mode, policy: FloorPolicy) -> Result<(), String> {
+    match (role, mode, policy) {
+        (Role::Listener, Mode::Talk | Mode::Ptt, _) => Err(format!(
+            "the listener role may not use {} mode; join as a speaker to talk",
+            mode.as_str()
+        )),
+        (Role::Speaker, Mode::Talk, FloorPolicy::Single) => Err(
+            "this room is push-to-talk with one speaker at a time: use ptt mode and \
+             floor_request (open microphones are for moderators)"
+                .to_owned(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Sends an error to one member, counting it.
+pub(super) fn send_error(
+    slot: &RoomSlot,
+    to: ParticipantId,
+    code: ErrorCode,
+    message: impl Into<String>,
+    metrics: &Metrics,
+) {
+    if let Some(member) = slot.members.get(&to) {
+        metrics
+            .errors_sent_total
+            .with_label_values(&[code.as_str()])
+            .inc();
+        member
+            .outbox
+            .push_control(ServerMessage::error(code, message).to_json());
+    }
+}
+
+/// What the mixer thread must do after a request: participants removed by a moderator, to be
+/// taken out of the room like any other leave.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Participants to remove (reason `removed`).
+    pub removed: Vec<ParticipantId>,
+}
+
+/// Applies `request` from `from`, answering it and telling the room.
+pub(super) fn apply(
+    slot: &mut RoomSlot,
+    from: ParticipantId,
+    request: RoomRequest,
+    metrics: &Metrics,
+    now: Instant,
+) -> Outcome {
+    let mut outcome = Outcome::default();
+    let Some(asker) = slot.members.get(&from) else {
+        return outcome;
+    };
+    let moderator = asker.role == Role::Moderator;
+    let forbidden = |slot: &RoomSlot, what: &str| {
+        send_error(
+            slot,
+            from,
+            ErrorCode::Forbidden,
+            format!("{what} needs the moderator role"),
+            metrics,
+        );
+    };
+    match request {
+        RoomRequest::SetMode(mode) => {
+            let policy = slot.engine.floor_config().policy;
+            if let Err(message) = mode_allowed(asker.role, mode, policy) {
+                return {
+                    send_error(slot, from, ErrorCode::ModeNotAllowed, message, metrics);
+                    outcome
+                };
+            }
+            let old = asker.mode;
+            if let Err(error) = slot.engine.set_mode(from, mode) {
+                warn!(participant = %from, %error, "mode change failed");
+                send_error(slot, from, ErrorCode::Internal, error.to_string(), metrics);
+                return outcome;
+            }
+            if old != mode {
+                metrics
+                    .participants
+                    .with_label_values(&[old.as_str()])
+                    .dec();
+                metrics
+                    .participants
+                    .with_label_values(&[mode.as_str()])
+                    .inc();
+            }
+            if let Some(member) = slot.members.get_mut(&from) {
+                member.mode = mode;
+            }
+            slot.broadcast_all(&ServerMessage::ModeChanged {
+                participant_id: from.0,
+                mode,
+            });
+        }
+        RoomRequest::Mute { target, muted } => {
+            let target = target.unwrap_or(from);
+            if target != from && !moderator {
+                forbidden(slot, "muting someone else");
+                return outcome;
+            }
+            let Some(member) = slot.members.get(&target) else {
+                send_error(
+                    slot,
+                    from,
+                    ErrorCode::UnknownParticipant,
+                    format!("participant {target} is not in this room"),
+                    metrics,
+                );
+                return outcome;
+            };
+            // Someone muted by a moderator stays muted until a moderator unmutes them.
+            if !muted && target == from && !moderator && member.muted_by.is_some() {
+                forbidden(slot, "unmuting after a moderator muted you");
+                return outcome;
+            }
+            set_muted(slot, target, muted, (target != from).then_some(from));
+        }
+        RoomRequest::MuteRoom { muted } => {
+            if !moderator {
+                forbidden(slot, "mute_room");
+                return outcome;
+            }
+            let mut targets: Vec<ParticipantId> = slot
+                .members
+                .iter()
+                .filter(|(_, m)| m.role != Role::Moderator)
+                .map(|(id, _)| *id)
+                .collect();
+            targets.sort_unstable();
+            for target in targets {
+                set_muted(slot, target, muted, Some(from));
+            }
+        }
+        RoomRequest::FloorRequest { preempt } => {
+            if preempt && !moderator {
+                forbidden(slot, "preempting the floor");
+                return outcome;
+            }
+            match slot.engine.request_floor(from, preempt, now) {
+                Ok(FloorReply::Granted { deadline: None }) => {
+                    // Open floor: nothing to arbitrate, only an acknowledgement to the asker.
+                    slot.send_to(
+                        from,
+                        &ServerMessage::FloorGranted {
+                            participant_id: from.0,
+                            max_talk_ms: None,
+                        },
+                    );
+                }
+                // The grant reaches everyone as a floor event.
+                Ok(FloorReply::Granted { deadline: Some(_) }) => {}
+                Ok(FloorReply::Denied { holder }) => {
+                    slot.send_to(from, &ServerMessage::FloorDenied { holder: holder.0 });
+                }
+                Err(EngineError::NotPushToTalk(_)) => send_error(
+                    slot,
+                    from,
+                    ErrorCode::NotPtt,
+                    "floor_request needs ptt mode; send set_mode first",
+                    metrics,
+                ),
+                Err(error) => warn!(participant = %from, %error, "floor request failed"),
+            }
+        }
+        RoomRequest::FloorRelease => {
+            if asker.mode != Mode::Ptt {
+                send_error(
+                    slot,
+                    from,
+                    ErrorCode::NotPtt,
+                    "floor_release needs ptt mode",
+                    metrics,
+                );
+                return outcome;
+            }
+            // Releasing a floor one does not hold changes nothing and is not an error (the
+            // floor may have been revoked a moment before).
+            let _ = slot.engine.release_floor(from);
+        }
+        RoomRequest::Remove { target } => {
+            if !moderator {
+                forbidden(slot, "remove");
+                return outcome;
+            }
+            let Some(member) = slot.members.get(&target) else {
+                send_error(
+                    slot,
+                    from,
+                    ErrorCode::UnknownParticipant,
+                    format!("participant {target} is not in this room"),
+                    metrics,
+                );
+                return outcome;
+            };
+            info!(participant = %target, by = %from, "removed by a moderator");
+            metrics
+                .errors_sent_total
+                .with_label_values(&[ErrorCode::Removed.as_str()])
+                .inc();
+            member.outbox.push_control(
+                ServerMessage::error(
+                    ErrorCode::Removed,
+                    format!("removed from the room by moderator {from}"),
+                )
+                .to_json(),
+            );
+            member.outbox.close(Closed::Close {
+                code: 1008,
+                reason: "removed",
+            });
+            outcome.removed.push(target);
+        }
+        RoomRequest::SetGain { target, gain_db } => {
+            if !moderator {
+                forbidden(slot, "set_gain");
+                return outcome;
+            }
+            match slot.engine.set_gain(target, gain_db as f32) {
+                Ok(()) => slot.broadcast_all(&ServerMessage::GainChanged {
+                    participant_id: target.0,
+                    gain_db,
+                    by: from.0,
+                }),
+                Err(EngineError::UnknownParticipant(_)) => send_error(
+                    slot,
+                    from,
+                    ErrorCode::UnknownParticipant,
+                    format!("participant {target} is not in this room"),
+                    metrics,
+                ),
+                Err(_) => send_error(
+                    slot,
+                    from,
+                    ErrorCode::InvalidGain,
+                    format!("gain {gain_db} dB is outside -{MAX_GAIN_DB}..={MAX_GAIN_DB} dB"),
+                    metrics,
+                ),
+            }
+        }
+    }
+    outcome
+}
+
+fn set_muted(slot: &mut RoomSlot, target: ParticipantId, muted: bool, by: Option<ParticipantId>) {
+    if !slot.engine.set_muted(target, muted).unwrap_or(false) {
+        return;
+    }
+    if let Some(member) = slot.members.get_mut(&target) {
+        member.muted_by = if muted { by } else { None };
+    }
+    slot.broadcast_all(&ServerMessage::ParticipantMuted {
+        participant_id: target.0,
+        muted,
+        by: by.map(|b| b.0),
+    });
+}
+
+/// Turns the engine's room events (talking, floor) into messages for the room. Returns false
+/// for events that are not about the room's state (the caller handles those).
+pub(super) fn announce(slot: &RoomSlot, event: &Event) -> bool {
+    let message = match *event {
+        Event::TalkingStarted { participant } => ServerMessage::TalkingStarted {
+            participant_id: participant.0,
+        },
+        Event::TalkingStopped { participant } => ServerMessage::TalkingStopped {
+            participant_id: participant.0,
+        },
+        Event::Floor(FloorChange::Granted { to, .. }) => ServerMessage::FloorGranted {
+            participant_id: to.0,
+            max_talk_ms: Some(slot.engine.floor_config().max_talk.as_millis() as u64),
+        },
+        Event::Floor(FloorChange::Ended { from, reason }) => {
+            let (reason, by) = match reason {
+                FloorEnd::Released => (FloorEndReason::Released, None),
+                FloorEnd::MaxTalkTime => (FloorEndReason::MaxTalkTime, None),
+                FloorEnd::Silence => (FloorEndReason::Silence, None),
+                FloorEnd::Left => (FloorEndReason::Left, None),
+                FloorEnd::Preempted { by } => (FloorEndReason::Preempted, Some(by.0)),
+            };
+            ServerMessage::FloorReleased {
+                participant_id: from.0,
+                reason,
+                by,
+            }
+        }
+        _ => return false,
+    };
+    slot.broadcast_all(&message);
+    true
+}
