@@ -254,11 +254,11 @@ fn join_message(plan: &ClientPlan) -> Message {
             room: plan.room_name.clone(),
             name: format!("lg-{}-{}", plan.room, plan.slot),
             token: None,
-            mode: if plan.source.is_some() {
+            mode: Some(if plan.source.is_some() {
                 Mode::Talk
             } else {
                 Mode::Listen
-            },
+            }),
             role: Role::default(),
             format: AudioFormat::opus_48k_mono_20ms(),
         })

@@ -112,7 +112,7 @@ fn join_message_as(room: &str, name: &str, mode: Mode, role: Role) -> Message {
             room: room.into(),
             name: name.into(),
             token: None,
-            mode,
+            mode: Some(mode),
             role,
             format: AudioFormat::opus_48k_mono_20ms(),
         })
@@ -924,7 +924,22 @@ async fn push_to_talk_with_a_single_floor_over_real_sockets() {
     )
     .await;
     assert!(refusal.contains("ptt"), "{refusal}");
-    let (a, a_id) = join_as(&server, "channel-1", "alpha", Mode::Ptt, Role::Speaker).await;
+    // A speaker who leaves the mode out gets push-to-talk in a single-floor room.
+    let mut ws = connect(&server).await;
+    let join = r#"{"type":"join","room":"channel-1","name":"alpha","format":{"codec":"opus","sample_rate":48000,"channels":1,"frame_ms":20}}"#;
+    ws.send(Message::text(join)).await.expect("send join");
+    let a_id = match next_control(&mut ws).await {
+        ServerMessage::Joined {
+            participant_id,
+            floor,
+            ..
+        } => {
+            assert_eq!(floor.policy, mixer_protocol::FloorPolicy::Single);
+            participant_id
+        }
+        other => panic!("expected joined, got {other:?}"),
+    };
+    let a = ws;
     let (b, b_id) = join_as(&server, "channel-1", "bravo", Mode::Ptt, Role::Speaker).await;
     let (l, _) = join_as(&server, "channel-1", "ear", Mode::Listen, Role::Speaker).await;
     let run = Duration::from_millis(4200);
@@ -935,7 +950,11 @@ async fn push_to_talk_with_a_single_floor_over_real_sockets() {
         a,
         Some(TONES[0]),
         &[(0.3, 2.0)],
-        vec![(0.2, request.clone()), (2.1, ClientMessage::FloorRelease)],
+        vec![
+            (0.2, request.clone()),
+            (1.0, request.clone()),
+            (2.1, ClientMessage::FloorRelease),
+        ],
         run,
     ));
     let bravo = tokio::spawn(run_script(
@@ -984,6 +1003,14 @@ async fn push_to_talk_with_a_single_floor_over_real_sockets() {
     );
     assert!(bravo.errors().contains(&ErrorCode::NoFloor));
     assert!(alpha.errors().is_empty(), "{:?}", alpha.messages);
+    // Asking again while holding the floor is granted again, to the asker alone.
+    let grants = |seen: &Scripted| {
+        seen.events()
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::FloorGranted { participant_id, .. } if *participant_id == a_id))
+            .count()
+    };
+    assert_eq!((grants(&alpha), grants(&ear)), (2, 1));
     // The listener's audio starts with Alpha's transmission (silence before it is not sent).
     let heard = &ear.listener;
     assert_hears_tones(

@@ -132,10 +132,10 @@ pub struct JoinRequest {
     /// Reserved for authentication: accepted (at most 4096 bytes) and currently ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    /// Whether the client sends audio (`talk`, the default, or `ptt`) or only receives it
-    /// (`listen`).
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub mode: Mode,
+    /// Whether the client sends audio (`talk` or `ptt`) or only receives it (`listen`).
+    /// Omitted: the room's default for the role (see [`JoinRequest::mode_or_default`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
     /// What the participant may do (`speaker`, the default, `listener` or `moderator`). Not yet
     /// authenticated: any client may claim any role.
     #[serde(default, deserialize_with = "null_as_default")]
@@ -145,6 +145,22 @@ pub struct JoinRequest {
 }
 
 impl JoinRequest {
+    /// The mode asked for, or the default for the role in a room with `policy`: `listen` for
+    /// listeners, `ptt` for speakers in a single-floor room, `talk` otherwise.
+    pub fn mode_or_default(&self, policy: FloorPolicy) -> Mode {
+        Self::default_mode(self.mode, self.role, policy)
+    }
+
+    /// `mode`, or the default for `role` in a room with `policy` (see
+    /// [`JoinRequest::mode_or_default`]).
+    pub fn default_mode(mode: Option<Mode>, role: Role, policy: FloorPolicy) -> Mode {
+        mode.unwrap_or(match (role, policy) {
+            (Role::Listener, _) => Mode::Listen,
+            (Role::Speaker, FloorPolicy::Single) => Mode::Ptt,
+            _ => Mode::Talk,
+        })
+    }
+
     /// Checks the room, name, token and format, in that order, reporting the first problem.
     pub fn validate(&self) -> Result<(), ControlError> {
         validate_room(&self.room)?;
@@ -911,7 +927,7 @@ mod tests {
             room: room.to_owned(),
             name: name.to_owned(),
             token: None,
-            mode: Mode::Talk,
+            mode: None,
             role: Role::Speaker,
             format: AudioFormat::opus_48k_mono_20ms(),
         }
@@ -1036,6 +1052,15 @@ mod tests {
             &format!(
                 r#"{{"type":"join","room":"lobby","name":"Ada","mode":"talk","role":"speaker","format":{FORMAT_JSON}}}"#
             ),
+            ClientMessage::Join(JoinRequest {
+                mode: Some(Mode::Talk),
+                ..join("lobby", "Ada")
+            }),
+        );
+        golden_client(
+            &format!(
+                r#"{{"type":"join","room":"lobby","name":"Ada","role":"speaker","format":{FORMAT_JSON}}}"#
+            ),
             ClientMessage::Join(join("lobby", "Ada")),
         );
         golden_client(
@@ -1044,7 +1069,7 @@ mod tests {
             ),
             ClientMessage::Join(JoinRequest {
                 token: Some("t0k".to_owned()),
-                mode: Mode::Listen,
+                mode: Some(Mode::Listen),
                 role: Role::Listener,
                 ..join("r-1", "Bob")
             }),
@@ -1054,7 +1079,7 @@ mod tests {
                 r#"{{"type":"join","room":"ops","name":"Cy","mode":"ptt","role":"moderator","format":{FORMAT_JSON}}}"#
             ),
             ClientMessage::Join(JoinRequest {
-                mode: Mode::Ptt,
+                mode: Some(Mode::Ptt),
                 role: Role::Moderator,
                 ..join("ops", "Cy")
             }),
@@ -1163,8 +1188,25 @@ mod tests {
         let Ok(ClientMessage::Join(req)) = parse_client_message(json) else {
             panic!("expected a join");
         };
-        assert_eq!(req.mode, Mode::Talk);
+        assert_eq!(req.mode, None);
+        assert_eq!(req.mode_or_default(FloorPolicy::Open), Mode::Talk);
+        assert_eq!(req.mode_or_default(FloorPolicy::Single), Mode::Ptt);
         assert_eq!(req.role, Role::Speaker);
+        let listener = JoinRequest {
+            role: Role::Listener,
+            ..req.clone()
+        };
+        assert_eq!(listener.mode_or_default(FloorPolicy::Open), Mode::Listen);
+        let moderator = JoinRequest {
+            role: Role::Moderator,
+            ..req.clone()
+        };
+        assert_eq!(moderator.mode_or_default(FloorPolicy::Single), Mode::Talk);
+        let explicit = JoinRequest {
+            mode: Some(Mode::Listen),
+            ..req.clone()
+        };
+        assert_eq!(explicit.mode_or_default(FloorPolicy::Single), Mode::Listen);
         assert_eq!(req, join("lobby", "Ada"));
         let json = format!(
             r#"{{"type":"join","room":"a","name":"b","token":null,"format":{FORMAT_JSON}}}"#
@@ -1949,7 +1991,7 @@ mod tests {
                 ..join("a", " b ")
             },
             JoinRequest {
-                mode: Mode::Ptt,
+                mode: Some(Mode::Ptt),
                 role: Role::Moderator,
                 ..join("a", "b")
             },
@@ -2135,7 +2177,7 @@ mod tests {
             any::<String>(),
             any::<String>(),
             any::<Option<String>>(),
-            arb_mode(),
+            proptest::option::of(arb_mode()),
             arb_role(),
             arb_format(),
         )

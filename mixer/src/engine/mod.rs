@@ -962,7 +962,7 @@ impl Room {
     /// Sets a participant's input gain in dB (within +-[`MAX_GAIN_DB`]), applied to its decoded
     /// audio before mixing, e.g. to balance a loud and a quiet speaker.
     pub fn set_gain(&mut self, id: ParticipantId, gain_db: f32) -> Result<(), EngineError> {
-        if !(gain_db.abs() <= MAX_GAIN_DB) {
+        if gain_db.is_nan() || gain_db.abs() > MAX_GAIN_DB {
             return Err(EngineError::InvalidGain(gain_db));
         }
         let position = self.position(id)?;

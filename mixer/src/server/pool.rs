@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use mixer_protocol::{
-    AudioFormat, AudioFrame, AudioHeader, ErrorCode, FloorInfo, LeaveReason, Mode, ParticipantInfo,
-    Role, ServerMessage,
+    AudioFormat, AudioFrame, AudioHeader, ErrorCode, FloorInfo, FloorPolicy, LeaveReason, Mode,
+    ParticipantInfo, Role, ServerMessage,
 };
 use tracing::{debug, info, warn};
 
@@ -52,6 +52,9 @@ pub enum JoinRefused {
         /// The limit.
         limit: usize,
     },
+    /// The mode asked for is not allowed for the role in this room.
+    #[error("{0}")]
+    ModeNotAllowed(String),
     /// The mixer pool has shut down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -63,6 +66,7 @@ impl JoinRefused {
         match self {
             JoinRefused::RoomFull { .. } => ErrorCode::RoomFull,
             JoinRefused::TooManyRooms { .. } => ErrorCode::ServerFull,
+            JoinRefused::ModeNotAllowed(_) => ErrorCode::ModeNotAllowed,
             JoinRefused::ShuttingDown => ErrorCode::ShuttingDown,
         }
     }
@@ -177,12 +181,19 @@ impl Drop for Membership {
 pub struct Joiner {
     /// Display name.
     pub name: String,
-    /// Talk, push-to-talk or listen.
-    pub mode: Mode,
+    /// Talk, push-to-talk or listen; `None`: the room's default for the role.
+    pub mode: Option<Mode>,
     /// What it may do.
     pub role: Role,
     /// Where the mixer sends this participant's frames and messages.
     pub outbox: Arc<Outbox>,
+}
+
+impl Joiner {
+    /// The mode asked for, or the default for the role in a room with `policy`.
+    fn mode_in(&self, policy: FloorPolicy) -> Mode {
+        mixer_protocol::JoinRequest::default_mode(self.mode, self.role, policy)
+    }
 }
 
 /// Handle to the running mixer threads.
@@ -199,6 +210,8 @@ struct Shared {
     next_id: AtomicU32,
     max_rooms: usize,
     max_participants: usize,
+    /// Floor policy of new rooms.
+    floor_policy: FloorPolicy,
     metrics: Arc<Metrics>,
 }
 
@@ -213,6 +226,8 @@ struct Directory {
 struct DirectoryEntry {
     thread: usize,
     members: usize,
+    /// The room's floor policy, so joins can be checked before they reach the mixer thread.
+    policy: FloorPolicy,
 }
 
 #[derive(Debug)]
@@ -221,6 +236,8 @@ enum Command {
         room: Arc<str>,
         id: ParticipantId,
         joiner: Joiner,
+        /// The joiner's mode, resolved and checked against its role and the room.
+        mode: Mode,
         in_flight: Arc<AtomicUsize>,
     },
     Leave {
@@ -276,6 +293,7 @@ impl MixerPool {
                 next_id: AtomicU32::new(1),
                 max_rooms: config.max_rooms,
                 max_participants: config.engine.max_participants,
+                floor_policy: config.engine.floor.policy,
                 metrics,
             }),
         })
@@ -293,6 +311,12 @@ impl MixerPool {
             .rooms
             .get_key_value(room)
             .map(|(name, _)| name.clone());
+        let policy = existing
+            .as_ref()
+            .and_then(|name| directory.rooms.get(name))
+            .map_or(shared.floor_policy, |entry| entry.policy);
+        let mode = joiner.mode_in(policy);
+        requests::mode_allowed(joiner.role, mode, policy).map_err(JoinRefused::ModeNotAllowed)?;
         let (room, thread) = match existing.and_then(|name| {
             let entry = directory.rooms.get_mut(&name)?;
             Some((name, entry))
@@ -318,9 +342,14 @@ impl MixerPool {
                     .unwrap_or(0);
                 directory.rooms_per_thread[thread] += 1;
                 let name: Arc<str> = Arc::from(room);
-                directory
-                    .rooms
-                    .insert(name.clone(), DirectoryEntry { thread, members: 1 });
+                directory.rooms.insert(
+                    name.clone(),
+                    DirectoryEntry {
+                        thread,
+                        members: 1,
+                        policy,
+                    },
+                );
                 shared.metrics.rooms.inc();
                 (name, thread)
             }
@@ -331,6 +360,7 @@ impl MixerPool {
             room: room.clone(),
             id,
             joiner,
+            mode,
             in_flight: in_flight.clone(),
         };
         if shared.threads[thread].send(command).is_err() {
@@ -581,8 +611,9 @@ impl MixerThread {
                 room,
                 id,
                 joiner,
+                mode,
                 in_flight,
-            } => self.join(room, id, joiner, in_flight),
+            } => self.join(room, id, joiner, mode, in_flight),
             Command::Leave {
                 participant,
                 reason,
@@ -670,6 +701,7 @@ impl MixerThread {
         room: Arc<str>,
         id: ParticipantId,
         joiner: Joiner,
+        mode: Mode,
         in_flight: Arc<AtomicUsize>,
     ) {
         if !self.rooms.contains_key(&room) {
@@ -697,25 +729,7 @@ impl MixerThread {
             return;
         };
         let policy = slot.engine.floor_config().policy;
-        if let Err(message) = requests::mode_allowed(joiner.role, joiner.mode, policy) {
-            let code = ErrorCode::ModeNotAllowed;
-            self.metrics
-                .join_failures_total
-                .with_label_values(&[code.as_str()])
-                .inc();
-            joiner
-                .outbox
-                .push_control(ServerMessage::error(code, message).to_json());
-            joiner.outbox.close(Closed::Close {
-                code: 1008,
-                reason: "mode not allowed",
-            });
-            if slot.members.is_empty() {
-                self.rooms.remove(&room);
-            }
-            return;
-        }
-        if let Err(error) = slot.engine.add_participant(id, joiner.mode) {
+        if let Err(error) = slot.engine.add_participant(id, mode) {
             refuse(&self.metrics, &room, id, &joiner, error);
             if slot.members.is_empty() {
                 self.rooms.remove(&room);
@@ -725,7 +739,7 @@ impl MixerThread {
         let info = ParticipantInfo {
             id: id.0,
             name: joiner.name.clone(),
-            mode: joiner.mode,
+            mode,
             role: joiner.role,
             muted: false,
         };
@@ -747,15 +761,15 @@ impl MixerThread {
         };
         joiner.outbox.push_control(joined.to_json());
         slot.broadcast(id, &ServerMessage::ParticipantJoined { participant: info });
-        info!(%room, participant = %id, name = %joiner.name, mode = Mode::as_str(joiner.mode), "joined");
-        let mode = Mode::as_str(joiner.mode);
-        self.metrics.participants.with_label_values(&[mode]).inc();
-        self.metrics.joins_total.with_label_values(&[mode]).inc();
+        info!(%room, participant = %id, name = %joiner.name, mode = mode.as_str(), "joined");
+        let label = mode.as_str();
+        self.metrics.participants.with_label_values(&[label]).inc();
+        self.metrics.joins_total.with_label_values(&[label]).inc();
         slot.members.insert(
             id,
             Member {
                 name: joiner.name,
-                mode: joiner.mode,
+                mode,
                 role: joiner.role,
                 muted_by: None,
                 outbox: joiner.outbox,

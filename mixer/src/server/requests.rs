@@ -196,6 +196,7 @@ pub(super) fn apply(
                 forbidden(slot, "preempting the floor");
                 return outcome;
             }
+            let holding = slot.engine.floor_holder() == Some(from);
             match slot.engine.request_floor(from, preempt, now) {
                 Ok(FloorReply::Granted { deadline: None }) => {
                     // Open floor: nothing to arbitrate, only an acknowledgement to the asker.
@@ -207,7 +208,18 @@ pub(super) fn apply(
                         },
                     );
                 }
-                // The grant reaches everyone as a floor event.
+                // Asked again while holding: the turn goes on; only the asker hears it again.
+                Ok(FloorReply::Granted { deadline: Some(_) }) if holding => {
+                    let max_talk = slot.engine.floor_config().max_talk;
+                    slot.send_to(
+                        from,
+                        &ServerMessage::FloorGranted {
+                            participant_id: from.0,
+                            max_talk_ms: Some(max_talk.as_millis() as u64),
+                        },
+                    );
+                }
+                // A new grant reaches everyone as a floor event.
                 Ok(FloorReply::Granted { deadline: Some(_) }) => {}
                 Ok(FloorReply::Denied { holder }) => {
                     slot.send_to(from, &ServerMessage::FloorDenied { holder: holder.0 });
