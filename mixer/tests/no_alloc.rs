@@ -190,7 +190,10 @@ fn steady_state_ticks_do_not_allocate() {
     // Every tick gave every participant a frame, so the counted ticks did real work.
     assert_eq!(frames_out, (WARM_UP_TICKS + COUNTED_TICKS) * (TALKERS + 1));
     assert_eq!(events, 0, "a clean run raises no events");
-    assert_eq!(talking, TALKERS, "each talker is announced once, when it starts");
+    assert_eq!(
+        talking, TALKERS,
+        "each talker is announced once, when it starts"
+    );
     let stats = |id| room.participant_stats(id).expect("participant present");
     for id in 0..TALKERS {
         let stats = stats(ParticipantId(id as u32));
