@@ -14,7 +14,7 @@
 //! One period of the signal is 1 s: the tone for 700 ms with 20 ms raised-cosine ramps (smooth enough
 //! that a tone's on/off transitions stay 60 dB down 100 Hz away), then
 //! 300 ms of silence, so an onset to time every second even in continuous mode. Amplitude 0.2
-//! (-14 dBFS peak) lets 4 talkers sum without touching the mixer's -1 dBFS limiter; beyond that
+//! (-14 dBFS peak) lets 3 talkers sum without touching the mixer's -3 dBFS limiter; beyond that
 //! the limiter works but the tones stay separable.
 
 use std::path::Path;

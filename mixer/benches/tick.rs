@@ -171,7 +171,7 @@ fn bench_mix(c: &mut Criterion) {
     let own = speech_like(0, 1, 0.3);
     let mut group = c.benchmark_group("mix");
     group.throughput(Throughput::Elements(1));
-    // The rest of the room peaks at 0.6 (under the -1 dBFS ceiling) or 2.0 (6 dB over it).
+    // The rest of the room peaks at 0.6 (under the -3 dBFS ceiling) or 2.0 (9 dB over it).
     for (name, others_peak) in [("quiet", 0.6), ("loud", 2.0)] {
         let others = speech_like(1, 1, others_peak);
         let mut bus = vec![0.0f32; FRAME_SAMPLES];

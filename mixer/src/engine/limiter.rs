@@ -51,10 +51,12 @@ pub struct LimiterConfig {
 }
 
 impl Default for LimiterConfig {
-    /// -1 dBFS ceiling (headroom for the codec's own overshoot) and an 80 ms release.
+    /// -3 dBFS ceiling and an 80 ms release. The headroom is for the codec: at 48 kb/s a dense,
+    /// heavily limited mix came back from Opus with peaks past full scale at -1 dBFS (60 tones,
+    /// loadgen), and none at -3 dBFS.
     fn default() -> Self {
         LimiterConfig {
-            threshold: 10f32.powf(-1.0 / 20.0),
+            threshold: 10f32.powf(-3.0 / 20.0),
             release_samples: 0.080 * 48_000.0,
         }
     }
