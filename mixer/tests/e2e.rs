@@ -1250,3 +1250,226 @@ async fn moderators_mute_set_gain_and_remove_and_modes_change_over_real_sockets(
     );
     server.shutdown().await;
 }
+
+/// Sends a control message and returns the next control message in reply.
+async fn ask(ws: &mut Client, message: ClientMessage) -> ServerMessage {
+    ws.send(Message::text(message.to_json()))
+        .await
+        .expect("send");
+    next_control(ws).await
+}
+
+/// Every control message arriving within `wait` (skipping audio).
+async fn drain_control(ws: &mut Client, wait: Duration) -> Vec<ServerMessage> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if let Message::Text(text) = message {
+            seen.push(parse_server_message(text.as_str()).expect("json"));
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_are_listed_created_with_settings_and_chat_reaches_everyone_in_order() {
+    let server = TestServer::start(&[]).await;
+    let mut lobby = connect(&server).await;
+    // Before anyone joins: no rooms; one is created with explicit settings.
+    assert_eq!(
+        ask(&mut lobby, ClientMessage::ListRooms).await,
+        ServerMessage::Rooms {
+            rooms: vec![],
+            truncated: false
+        }
+    );
+    let settings = mixer_protocol::RoomSettings {
+        room: "ch-2".into(),
+        floor_policy: Some(mixer_protocol::FloorPolicy::Single),
+        max_participants: Some(3),
+        max_talkers: Some(4),
+        ..Default::default()
+    };
+    let ServerMessage::RoomInfo(created) =
+        ask(&mut lobby, ClientMessage::CreateRoom(settings.clone())).await
+    else {
+        panic!("expected room_info");
+    };
+    assert_eq!(created.participants, 0);
+    assert_eq!(created.settings.max_participants, Some(3));
+    assert_eq!(
+        created.settings.normalise,
+        Some(false),
+        "defaults fill the rest"
+    );
+    assert_eq!(created.settings.max_talk_ms, Some(60_000));
+    for (message, code) in [
+        (
+            ClientMessage::CreateRoom(settings.clone()),
+            ErrorCode::RoomExists,
+        ),
+        (
+            ClientMessage::CreateRoom(mixer_protocol::RoomSettings {
+                room: "ch-3".into(),
+                max_talk_ms: Some(10),
+                ..Default::default()
+            }),
+            ErrorCode::InvalidSettings,
+        ),
+        (
+            ClientMessage::RoomInfo {
+                room: "nope".into(),
+            },
+            ErrorCode::UnknownRoom,
+        ),
+        (
+            ClientMessage::RoomInfo {
+                room: "bad name!".into(),
+            },
+            ErrorCode::InvalidRoom,
+        ),
+        (
+            ClientMessage::Chat {
+                text: "early".into(),
+            },
+            ErrorCode::NotJoined,
+        ),
+    ] {
+        send_expect_error(&mut lobby, Message::text(message.to_json()), code).await;
+    }
+    // Two people join the created room; a speaker who leaves the mode out gets push-to-talk.
+    let mut a = connect(&server).await;
+    a.send(Message::text(
+        r#"{"type":"join","room":"ch-2","name":"ann","format":{"codec":"opus","sample_rate":48000,"channels":1,"frame_ms":20}}"#,
+    ))
+    .await
+    .expect("join");
+    let ServerMessage::Joined {
+        participant_id: a_id,
+        floor,
+        ..
+    } = next_control(&mut a).await
+    else {
+        panic!("expected joined");
+    };
+    assert_eq!(floor.policy, mixer_protocol::FloorPolicy::Single);
+    let (mut b, b_id) = join_as(&server, "ch-2", "ben", Mode::Ptt, Role::Speaker).await;
+    let (_c, _) = join_as(&server, "ch-2", "cat", Mode::Listen, Role::Speaker).await;
+    send_expect_error(
+        &mut connect(&server).await,
+        join_message("ch-2", "dan", Mode::Listen),
+        ErrorCode::RoomFull,
+    )
+    .await;
+    let ServerMessage::Rooms { rooms, .. } = ask(&mut lobby, ClientMessage::ListRooms).await else {
+        panic!("expected rooms");
+    };
+    assert_eq!(rooms.len(), 1);
+    assert_eq!(
+        (rooms[0].settings.room.as_str(), rooms[0].participants),
+        ("ch-2", 3)
+    );
+    // Chat: both see every message, in one order, with sender and server time.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    for text in ["hello", "second"] {
+        a.send(Message::text(
+            ClientMessage::Chat { text: text.into() }.to_json(),
+        ))
+        .await
+        .expect("chat");
+    }
+    b.send(Message::text(
+        ClientMessage::Chat {
+            text: "hi\nthere 👋".into(),
+        }
+        .to_json(),
+    ))
+    .await
+    .expect("chat");
+    let chats = |seen: Vec<ServerMessage>| -> Vec<(u64, u32, String, String, u64)> {
+        seen.into_iter()
+            .filter_map(|m| match m {
+                ServerMessage::Chat {
+                    id,
+                    from,
+                    name,
+                    text,
+                    ts_ms,
+                } => Some((id, from, name, text, ts_ms)),
+                _ => None,
+            })
+            .collect()
+    };
+    let seen_a = chats(drain_control(&mut a, Duration::from_millis(500)).await);
+    let seen_b = chats(drain_control(&mut b, Duration::from_millis(300)).await);
+    assert_eq!(
+        seen_a, seen_b,
+        "everyone sees the same messages in the same order"
+    );
+    assert_eq!(seen_a.len(), 3);
+    assert_eq!(
+        seen_a.iter().map(|c| c.0).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    let from_ann: Vec<&str> = seen_a
+        .iter()
+        .filter(|c| c.1 == a_id)
+        .map(|c| c.3.as_str())
+        .collect();
+    assert_eq!(
+        from_ann,
+        vec!["hello", "second"],
+        "one sender's messages keep their order"
+    );
+    assert!(
+        seen_a
+            .iter()
+            .any(|c| c.1 == b_id && c.2 == "ben" && c.3 == "hi\nthere 👋")
+    );
+    assert!(
+        seen_a
+            .iter()
+            .all(|c| c.4 >= before && c.4 < before + 60_000)
+    );
+    // Bad and flooding chat get typed errors and never reach the room.
+    for text in ["   ", "\u{7}bell", &"x".repeat(1001)] {
+        send_expect_error(
+            &mut a,
+            Message::text(ClientMessage::Chat { text: text.into() }.to_json()),
+            ErrorCode::InvalidChat,
+        )
+        .await;
+    }
+    for k in 0..8 {
+        a.send(Message::text(
+            ClientMessage::Chat {
+                text: format!("flood {k}"),
+            }
+            .to_json(),
+        ))
+        .await
+        .expect("chat");
+    }
+    let replies = drain_control(&mut a, Duration::from_millis(500)).await;
+    let limited = replies
+        .iter()
+        .filter(|m| {
+            matches!(
+                m,
+                ServerMessage::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }
+            )
+        })
+        .count();
+    let delivered = chats(replies).len();
+    assert!(
+        limited >= 4 && delivered + limited == 8,
+        "{delivered} delivered, {limited} limited"
+    );
+    server.shutdown().await;
+}

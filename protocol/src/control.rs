@@ -83,11 +83,62 @@ pub enum ClientMessage {
         /// Gain in dB; 0 = unchanged level.
         gain_db: i32,
     },
+    /// Send a text message to everyone in the room (the sender included), as `chat`.
+    Chat {
+        /// 1 to [`MAX_CHAT_CHARS`] characters; no control characters but newline and tab.
+        text: String,
+    },
+    /// Create a room with explicit settings, before anyone joins it; answered with `room_info`.
+    CreateRoom(RoomSettings),
+    /// Ask for one room's settings and occupancy (need not be joined); answered with
+    /// `room_info`.
+    RoomInfo {
+        /// The room.
+        room: String,
+    },
+    /// Ask for the list of rooms (need not be joined); answered with `rooms`.
+    ListRooms,
+}
+
+/// Largest chat message, in characters (Unicode scalar values).
+pub const MAX_CHAT_CHARS: usize = 1000;
+
+/// A room's settings, in `create_room` (omitted fields take the server's defaults) and
+/// `room_info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RoomSettings {
+    /// The room's name (as in `join`).
+    pub room: String,
+    /// Push-to-talk floor policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_policy: Option<FloorPolicy>,
+    /// Participants at most (1 up to the server's limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_participants: Option<u32>,
+    /// Talkers mixed at once at most (1 up to the server's limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_talkers: Option<u32>,
+    /// Bring every talker's level towards a common one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalise: Option<bool>,
+    /// Single floor: longest turn, in ms (1,000 to 3,600,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_talk_ms: Option<u64>,
+}
+
+/// One room in a `rooms` list or a `room_info` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RoomSummary {
+    /// The room's settings, all fields present.
+    #[serde(flatten)]
+    pub settings: RoomSettings,
+    /// Participants in it now.
+    pub participants: u32,
 }
 
 impl ClientMessage {
     /// Every value of the `"type"` field a client message can have.
-    pub const TYPES: [&'static str; 10] = [
+    pub const TYPES: [&'static str; 14] = [
         "join",
         "leave",
         "ping",
@@ -98,6 +149,10 @@ impl ClientMessage {
         "floor_release",
         "remove",
         "set_gain",
+        "chat",
+        "create_room",
+        "room_info",
+        "list_rooms",
     ];
 
     /// The value of this message's `"type"` field.
@@ -113,6 +168,10 @@ impl ClientMessage {
             ClientMessage::FloorRelease => "floor_release",
             ClientMessage::Remove { .. } => "remove",
             ClientMessage::SetGain { .. } => "set_gain",
+            ClientMessage::Chat { .. } => "chat",
+            ClientMessage::CreateRoom(_) => "create_room",
+            ClientMessage::RoomInfo { .. } => "room_info",
+            ClientMessage::ListRooms => "list_rooms",
         }
     }
 
@@ -145,6 +204,11 @@ pub struct JoinRequest {
 }
 
 impl JoinRequest {
+    /// Checks a room name as `join` does (for messages that name a room).
+    pub fn validate_room_name(room: &str) -> Result<(), ControlError> {
+        validate_room(room)
+    }
+
     /// The mode asked for, or the default for the role in a room with `policy`: `listen` for
     /// listeners, `ptt` for speakers in a single-floor room, `talk` otherwise.
     pub fn mode_or_default(&self, policy: FloorPolicy) -> Mode {
@@ -176,6 +240,62 @@ impl JoinRequest {
             });
         }
         self.format.validate()
+    }
+}
+
+/// Checks a chat text: 1 to [`MAX_CHAT_CHARS`] characters, not blank, no control characters
+/// other than newline and tab.
+pub fn validate_chat(text: &str) -> Result<(), ControlError> {
+    let invalid = |detail: String| Err(ControlError::InvalidChat { detail });
+    if text.is_empty() {
+        return invalid("the text is empty".to_owned());
+    }
+    if text.trim().is_empty() {
+        return invalid("the text is only whitespace".to_owned());
+    }
+    let chars = text.chars().count();
+    if chars > MAX_CHAT_CHARS {
+        return invalid(format!(
+            "the text is {chars} characters, the maximum is {MAX_CHAT_CHARS}"
+        ));
+    }
+    if let Some(bad) = text
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+    {
+        return invalid(format!("the text contains the control character {bad:?}"));
+    }
+    Ok(())
+}
+
+impl RoomSettings {
+    /// Checks the room name and that every given setting is in range; `max_participants` and
+    /// `max_talkers` may not exceed the server's limits given here.
+    pub fn validate(
+        &self,
+        server_participants: u32,
+        server_talkers: u32,
+    ) -> Result<(), ControlError> {
+        validate_room(&self.room)?;
+        let out_of_range = |name: &str, value: u64, low: u64, high: u64| {
+            if value < low || value > high {
+                Err(ControlError::InvalidSettings {
+                    detail: format!("{name} {value} is outside {low}..={high}"),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(n) = self.max_participants {
+            out_of_range("max_participants", n.into(), 1, server_participants.into())?;
+        }
+        if let Some(n) = self.max_talkers {
+            out_of_range("max_talkers", n.into(), 1, server_talkers.into())?;
+        }
+        if let Some(ms) = self.max_talk_ms {
+            out_of_range("max_talk_ms", ms, 1_000, 3_600_000)?;
+        }
+        Ok(())
     }
 }
 
@@ -474,11 +594,42 @@ pub enum ServerMessage {
         /// The moderator.
         by: u32,
     },
+    /// A chat message, delivered to everyone in the room (the sender included) in the order the
+    /// server received them.
+    Chat {
+        /// Room-wide message number: 1, 2, 3, ... in delivery order.
+        id: u64,
+        /// The sender's participant id.
+        from: u32,
+        /// The sender's name.
+        name: String,
+        /// The text.
+        text: String,
+        /// When the server received it: milliseconds since the Unix epoch.
+        ts_ms: u64,
+    },
+    /// Answer to `room_info` and `create_room`.
+    RoomInfo(RoomSummary),
+    /// Answer to `list_rooms`: rooms sorted by name, at most [`MAX_LISTED_ROOMS`].
+    Rooms {
+        /// The rooms.
+        rooms: Vec<RoomSummary>,
+        /// More rooms exist than were listed.
+        #[serde(
+            default,
+            deserialize_with = "null_as_default",
+            skip_serializing_if = "std::ops::Not::not"
+        )]
+        truncated: bool,
+    },
 }
+
+/// Most rooms one `rooms` answer lists.
+pub const MAX_LISTED_ROOMS: usize = 500;
 
 impl ServerMessage {
     /// Every value of the `"type"` field a server message can have.
-    pub const TYPES: [&'static str; 13] = [
+    pub const TYPES: [&'static str; 16] = [
         "joined",
         "participant_joined",
         "participant_left",
@@ -492,6 +643,9 @@ impl ServerMessage {
         "talking_started",
         "talking_stopped",
         "gain_changed",
+        "chat",
+        "room_info",
+        "rooms",
     ];
 
     /// An `error` message.
@@ -518,6 +672,9 @@ impl ServerMessage {
             ServerMessage::TalkingStarted { .. } => "talking_started",
             ServerMessage::TalkingStopped { .. } => "talking_stopped",
             ServerMessage::GainChanged { .. } => "gain_changed",
+            ServerMessage::Chat { .. } => "chat",
+            ServerMessage::RoomInfo(_) => "room_info",
+            ServerMessage::Rooms { .. } => "rooms",
         }
     }
 
@@ -627,11 +784,19 @@ pub enum ErrorCode {
     InvalidGain,
     /// A moderator removed this participant; the connection closes (1008).
     Removed,
+    /// A `chat` text that is empty, too long or has control characters.
+    InvalidChat,
+    /// `create_room` settings out of range.
+    InvalidSettings,
+    /// `create_room` for a room that already exists.
+    RoomExists,
+    /// `room_info` for a room that does not exist.
+    UnknownRoom,
 }
 
 impl ErrorCode {
     /// Every error code, in declaration order.
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
         ErrorCode::MessageTooLarge,
@@ -660,6 +825,10 @@ impl ErrorCode {
         ErrorCode::UnknownParticipant,
         ErrorCode::InvalidGain,
         ErrorCode::Removed,
+        ErrorCode::InvalidChat,
+        ErrorCode::InvalidSettings,
+        ErrorCode::RoomExists,
+        ErrorCode::UnknownRoom,
     ];
 
     /// The snake_case wire name, as in the JSON `"code"` field.
@@ -693,6 +862,10 @@ impl ErrorCode {
             ErrorCode::UnknownParticipant => "unknown_participant",
             ErrorCode::InvalidGain => "invalid_gain",
             ErrorCode::Removed => "removed",
+            ErrorCode::InvalidChat => "invalid_chat",
+            ErrorCode::InvalidSettings => "invalid_settings",
+            ErrorCode::RoomExists => "room_exists",
+            ErrorCode::UnknownRoom => "unknown_room",
         }
     }
 
@@ -782,6 +955,18 @@ pub enum ControlError {
         /// What is wrong with the token (never the token itself).
         detail: String,
     },
+    /// A `chat` text is not acceptable.
+    #[error("invalid chat message: {detail}")]
+    InvalidChat {
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// `create_room` settings out of range.
+    #[error("invalid room settings: {detail}")]
+    InvalidSettings {
+        /// Which setting and its range.
+        detail: String,
+    },
 }
 
 impl ControlError {
@@ -795,6 +980,8 @@ impl ControlError {
             ControlError::InvalidRoom { .. } => ErrorCode::InvalidRoom,
             ControlError::InvalidName { .. } => ErrorCode::InvalidName,
             ControlError::InvalidToken { .. } => ErrorCode::InvalidToken,
+            ControlError::InvalidChat { .. } => ErrorCode::InvalidChat,
+            ControlError::InvalidSettings { .. } => ErrorCode::InvalidSettings,
         }
     }
 }

@@ -173,6 +173,8 @@ struct Session {
     outbox: Arc<Outbox>,
     membership: Option<Membership>,
     rate: RateLimit,
+    /// Chat: a burst of 5 messages, then 1 a second.
+    chat_rate: RateLimit,
     errors: ErrorThrottle,
 }
 
@@ -191,6 +193,7 @@ impl Session {
             outbox,
             membership: None,
             rate: RateLimit::new(frames_per_second, frames_per_second * 1.1),
+            chat_rate: RateLimit::new(5.0, 1.0),
             errors: ErrorThrottle::default(),
         }
     }
@@ -414,6 +417,32 @@ impl Session {
                 self.outbox
                     .push_control(ServerMessage::Pong { id }.to_json());
             }
+            ClientMessage::Chat { text } => self.chat(text),
+            ClientMessage::CreateRoom(settings) => {
+                let reply = match self.context.pool.create_room(&settings) {
+                    Ok(summary) => ServerMessage::RoomInfo(summary),
+                    Err((code, message)) => return self.send_error(code, message),
+                };
+                self.outbox.push_control(reply.to_json());
+            }
+            ClientMessage::RoomInfo { room } => {
+                if let Err(error) = mixer_protocol::JoinRequest::validate_room_name(&room) {
+                    return self.send_error(error.code(), error.to_string());
+                }
+                match self.context.pool.room_info(&room) {
+                    Some(summary) => {
+                        self.outbox
+                            .push_control(ServerMessage::RoomInfo(summary).to_json());
+                    }
+                    None => self
+                        .send_error(ErrorCode::UnknownRoom, format!("there is no room {room:?}")),
+                }
+            }
+            ClientMessage::ListRooms => {
+                let (rooms, truncated) = self.context.pool.list_rooms();
+                self.outbox
+                    .push_control(ServerMessage::Rooms { rooms, truncated }.to_json());
+            }
             ClientMessage::SetMode { mode } => self.request(RoomRequest::SetMode(mode)),
             ClientMessage::Mute {
                 participant_id,
@@ -438,6 +467,26 @@ impl Session {
                 gain_db,
             }),
         }
+    }
+
+    /// Checks a chat message and the sender's chat rate, then hands it to the room.
+    fn chat(&mut self, text: String) {
+        if self.membership.is_none() {
+            return self.send_error(ErrorCode::NotJoined, "chat needs a join first");
+        }
+        if let Err(error) = mixer_protocol::validate_chat(&text) {
+            return self.send_error(error.code(), error.to_string());
+        }
+        if !self.chat_rate.allow(Instant::now()) {
+            return self.send_error(
+                ErrorCode::RateLimited,
+                "chat: more than 5 messages at once or 1 per second; message dropped",
+            );
+        }
+        let ts_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.request(RoomRequest::Chat { text, ts_ms });
     }
 
     /// Forwards a room request to the mixer thread, or refuses it before a join.

@@ -16,18 +16,19 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mixer_protocol::{
-    AudioFormat, AudioFrame, AudioHeader, ErrorCode, FloorInfo, FloorPolicy, LeaveReason, Mode,
-    ParticipantInfo, Role, ServerMessage,
+    AudioFormat, AudioFrame, AudioHeader, ErrorCode, FloorInfo, FloorPolicy, LeaveReason,
+    MAX_LISTED_ROOMS, Mode, ParticipantInfo, Role, RoomSettings, RoomSummary, ServerMessage,
 };
 use tracing::{debug, info, warn};
 
 use super::metrics::Metrics;
 use super::outbox::{Closed, ErrorThrottle, Outbox, Pushed};
 use super::requests::{self, RoomRequest};
+use crate::engine::floor::FloorConfig;
 use crate::engine::{
     EngineConfig, EngineError, Event, ParticipantId, PhaseTimer, Room, RoomTotals, TickPhase,
 };
@@ -210,9 +211,86 @@ struct Shared {
     next_id: AtomicU32,
     max_rooms: usize,
     max_participants: usize,
-    /// Floor policy of new rooms.
-    floor_policy: FloorPolicy,
+    /// Settings of rooms created by a join.
+    defaults: RoomConfig,
+    /// The largest `max_talkers` a room may ask for.
+    max_talkers: usize,
     metrics: Arc<Metrics>,
+}
+
+/// How long a room made by `create_room` waits for its first participant before it is forgotten.
+const CREATED_ROOM_TTL: Duration = Duration::from_secs(60);
+
+/// The settings that can differ between rooms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoomConfig {
+    /// Push-to-talk floor.
+    pub floor: FloorConfig,
+    /// Participants at most.
+    pub max_participants: usize,
+    /// Talkers mixed at once at most.
+    pub max_talkers: usize,
+    /// Level normalisation.
+    pub normalise: bool,
+}
+
+impl RoomConfig {
+    /// The room settings inside an engine configuration.
+    pub fn of(engine: &EngineConfig) -> RoomConfig {
+        RoomConfig {
+            floor: engine.floor,
+            max_participants: engine.max_participants,
+            max_talkers: engine.max_talkers,
+            normalise: engine.normalise,
+        }
+    }
+
+    /// `engine` with these room settings.
+    fn apply(&self, engine: &EngineConfig) -> EngineConfig {
+        EngineConfig {
+            floor: self.floor,
+            max_participants: self.max_participants,
+            max_talkers: self.max_talkers,
+            normalise: self.normalise,
+            ..engine.clone()
+        }
+    }
+
+    /// These defaults overridden by what `settings` gives (already validated).
+    fn with(&self, settings: &RoomSettings) -> RoomConfig {
+        let mut config = *self;
+        if let Some(policy) = settings.floor_policy {
+            config.floor.policy = policy;
+        }
+        if let Some(n) = settings.max_participants {
+            config.max_participants = n as usize;
+        }
+        if let Some(n) = settings.max_talkers {
+            config.max_talkers = n as usize;
+        }
+        if let Some(normalise) = settings.normalise {
+            config.normalise = normalise;
+        }
+        if let Some(ms) = settings.max_talk_ms {
+            config.floor.max_talk = Duration::from_millis(ms);
+        }
+        config
+    }
+
+    /// The room as described to clients.
+    fn summary(&self, room: &str, participants: usize) -> RoomSummary {
+        RoomSummary {
+            settings: RoomSettings {
+                room: room.to_owned(),
+                floor_policy: Some(self.floor.policy),
+                max_participants: Some(self.max_participants as u32),
+                max_talkers: Some(self.max_talkers as u32),
+                normalise: Some(self.normalise),
+                max_talk_ms: Some(self.floor.max_talk.as_millis() as u64),
+            },
+            participants: participants as u32,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -222,12 +300,23 @@ struct Directory {
     shut_down: bool,
 }
 
+impl Directory {
+    /// The mixer thread with the fewest rooms, for a new room.
+    fn least_loaded_thread(&self) -> usize {
+        (0..self.rooms_per_thread.len())
+            .min_by_key(|&t| self.rooms_per_thread[t])
+            .unwrap_or(0)
+    }
+}
+
 #[derive(Debug)]
 struct DirectoryEntry {
     thread: usize,
     members: usize,
-    /// The room's floor policy, so joins can be checked before they reach the mixer thread.
-    policy: FloorPolicy,
+    /// The room's settings, so joins can be checked before they reach the mixer thread.
+    config: RoomConfig,
+    /// When `create_room` made it (it is forgotten if nobody joins in time).
+    created: Instant,
 }
 
 #[derive(Debug)]
@@ -238,6 +327,8 @@ enum Command {
         joiner: Joiner,
         /// The joiner's mode, resolved and checked against its role and the room.
         mode: Mode,
+        /// The room's settings, for the mixer thread to create it with if it is new there.
+        config: RoomConfig,
         in_flight: Arc<AtomicUsize>,
     },
     Leave {
@@ -293,17 +384,109 @@ impl MixerPool {
                 next_id: AtomicU32::new(1),
                 max_rooms: config.max_rooms,
                 max_participants: config.engine.max_participants,
-                floor_policy: config.engine.floor.policy,
+                defaults: RoomConfig::of(&config.engine),
+                max_talkers: config.engine.max_talkers,
                 metrics,
             }),
         })
+    }
+
+    /// Creates an empty room with `settings` (omitted ones from the server's defaults); it is
+    /// forgotten if nobody joins within a minute.
+    pub fn create_room(&self, settings: &RoomSettings) -> Result<RoomSummary, (ErrorCode, String)> {
+        let shared = &self.shared;
+        settings
+            .validate(
+                shared.max_participants as u32,
+                shared.max_talkers.max(1) as u32,
+            )
+            .map_err(|e| (e.code(), e.to_string()))?;
+        let mut directory = self.directory();
+        if directory.shut_down {
+            return Err((ErrorCode::ShuttingDown, "server is shutting down".into()));
+        }
+        if directory.rooms.contains_key(settings.room.as_str()) {
+            return Err((
+                ErrorCode::RoomExists,
+                format!("room {:?} already exists", settings.room),
+            ));
+        }
+        if directory.rooms.len() >= shared.max_rooms {
+            return Err((
+                ErrorCode::ServerFull,
+                format!("server has reached its limit of {} rooms", shared.max_rooms),
+            ));
+        }
+        let config = shared.defaults.with(settings);
+        let thread = directory.least_loaded_thread();
+        directory.rooms_per_thread[thread] += 1;
+        directory.rooms.insert(
+            Arc::from(settings.room.as_str()),
+            DirectoryEntry {
+                thread,
+                members: 0,
+                config,
+                created: Instant::now(),
+            },
+        );
+        shared.metrics.rooms.inc();
+        info!(room = %settings.room, ?config, "room created");
+        Ok(config.summary(&settings.room, 0))
+    }
+
+    /// A room's settings and occupancy, if it exists.
+    pub fn room_info(&self, room: &str) -> Option<RoomSummary> {
+        let directory = self.directory();
+        let entry = directory.rooms.get(room)?;
+        Some(entry.config.summary(room, entry.members))
+    }
+
+    /// The rooms, sorted by name (at most `MAX_LISTED_ROOMS`), and whether there are more.
+    pub fn list_rooms(&self) -> (Vec<RoomSummary>, bool) {
+        let directory = self.directory();
+        let mut names: Vec<&Arc<str>> = directory.rooms.keys().collect();
+        names.sort_unstable();
+        let truncated = names.len() > MAX_LISTED_ROOMS;
+        let rooms = names
+            .into_iter()
+            .take(MAX_LISTED_ROOMS)
+            .map(|name| {
+                directory.rooms[name]
+                    .config
+                    .summary(name, directory.rooms[name].members)
+            })
+            .collect();
+        (rooms, truncated)
+    }
+
+    /// The directory, with created rooms nobody joined in time forgotten.
+    fn directory(&self) -> std::sync::MutexGuard<'_, Directory> {
+        let mut directory = self
+            .shared
+            .directory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let expired: Vec<Arc<str>> = directory
+            .rooms
+            .iter()
+            .filter(|(_, e)| e.members == 0 && e.created.elapsed() >= CREATED_ROOM_TTL)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in expired {
+            if let Some(entry) = directory.rooms.remove(&name) {
+                directory.rooms_per_thread[entry.thread] -= 1;
+                self.shared.metrics.rooms.dec();
+                debug!(room = %name, "created room expired unjoined");
+            }
+        }
+        directory
     }
 
     /// Reserves a seat in `room` (creating it if needed) and hands the joiner to its mixer thread,
     /// which answers with `joined` and tells the others.
     pub fn join(&self, room: &str, joiner: Joiner) -> Result<Membership, JoinRefused> {
         let shared = &self.shared;
-        let mut directory = shared.directory.lock().unwrap_or_else(|p| p.into_inner());
+        let mut directory = self.directory();
         if directory.shut_down {
             return Err(JoinRefused::ShuttingDown);
         }
@@ -311,10 +494,11 @@ impl MixerPool {
             .rooms
             .get_key_value(room)
             .map(|(name, _)| name.clone());
-        let policy = existing
+        let room_config = existing
             .as_ref()
             .and_then(|name| directory.rooms.get(name))
-            .map_or(shared.floor_policy, |entry| entry.policy);
+            .map_or(shared.defaults, |entry| entry.config);
+        let policy = room_config.floor.policy;
         let mode = joiner.mode_in(policy);
         requests::mode_allowed(joiner.role, mode, policy).map_err(JoinRefused::ModeNotAllowed)?;
         let (room, thread) = match existing.and_then(|name| {
@@ -322,10 +506,10 @@ impl MixerPool {
             Some((name, entry))
         }) {
             Some((name, entry)) => {
-                if entry.members >= shared.max_participants {
+                if entry.members >= entry.config.max_participants {
                     return Err(JoinRefused::RoomFull {
                         room: room.to_owned(),
-                        limit: shared.max_participants,
+                        limit: entry.config.max_participants,
                     });
                 }
                 entry.members += 1;
@@ -337,9 +521,7 @@ impl MixerPool {
                         limit: shared.max_rooms,
                     });
                 }
-                let thread = (0..directory.rooms_per_thread.len())
-                    .min_by_key(|&t| directory.rooms_per_thread[t])
-                    .unwrap_or(0);
+                let thread = directory.least_loaded_thread();
                 directory.rooms_per_thread[thread] += 1;
                 let name: Arc<str> = Arc::from(room);
                 directory.rooms.insert(
@@ -347,7 +529,8 @@ impl MixerPool {
                     DirectoryEntry {
                         thread,
                         members: 1,
-                        policy,
+                        config: room_config,
+                        created: Instant::now(),
                     },
                 );
                 shared.metrics.rooms.inc();
@@ -361,6 +544,7 @@ impl MixerPool {
             id,
             joiner,
             mode,
+            config: room_config,
             in_flight: in_flight.clone(),
         };
         if shared.threads[thread].send(command).is_err() {
@@ -424,6 +608,8 @@ pub(super) struct RoomSlot {
     pub(super) members: HashMap<ParticipantId, Member>,
     /// Engine totals already added to the metrics.
     reported: RoomTotals,
+    /// Chat messages delivered so far (the last chat id).
+    pub(super) chats: u64,
     ticks_since_report: u32,
 }
 
@@ -612,8 +798,9 @@ impl MixerThread {
                 id,
                 joiner,
                 mode,
+                config,
                 in_flight,
-            } => self.join(room, id, joiner, mode, in_flight),
+            } => self.join(room, id, joiner, mode, config, in_flight),
             Command::Leave {
                 participant,
                 reason,
@@ -702,6 +889,7 @@ impl MixerThread {
         id: ParticipantId,
         joiner: Joiner,
         mode: Mode,
+        config: RoomConfig,
         in_flight: Arc<AtomicUsize>,
     ) {
         if !self.rooms.contains_key(&room) {
@@ -712,12 +900,13 @@ impl MixerThread {
             let since = Instant::now().saturating_duration_since(self.epoch);
             let slots = since.as_nanos().div_ceil(period.as_nanos()) as u32;
             let start = self.epoch + period * slots;
-            match Room::new(self.engine.clone(), start) {
+            match Room::new(config.apply(&self.engine), start) {
                 Ok(engine) => {
                     let slot = RoomSlot {
                         engine,
                         members: HashMap::new(),
                         reported: RoomTotals::default(),
+                        chats: 0,
                         ticks_since_report: 0,
                     };
                     self.rooms.insert(room.clone(), slot);

@@ -17,8 +17,15 @@ use crate::engine::floor::{FloorChange, FloorEnd, FloorReply};
 use crate::engine::{EngineError, Event, MAX_GAIN_DB, ParticipantId};
 
 /// A control request from a participant about its room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoomRequest {
+    /// A chat message for the room (already validated and rate-limited by the connection).
+    Chat {
+        /// The text.
+        text: String,
+        /// When the server received it, ms since the Unix epoch.
+        ts_ms: u64,
+    },
     /// Change the asker's mode.
     SetMode(Mode),
     /// Mute or unmute the asker, or (moderators) someone else.
@@ -120,6 +127,17 @@ pub(super) fn apply(
         );
     };
     match request {
+        RoomRequest::Chat { text, ts_ms } => {
+            slot.chats += 1;
+            let message = ServerMessage::Chat {
+                id: slot.chats,
+                from: from.0,
+                name: asker.name.clone(),
+                text,
+                ts_ms,
+            };
+            slot.broadcast_all(&message);
+        }
         RoomRequest::SetMode(mode) => {
             let policy = slot.engine.floor_config().policy;
             if let Err(message) = mode_allowed(asker.role, mode, policy) {
