@@ -3,11 +3,15 @@
 //! floor with someone who is gone or whose turn has run out, and the announced changes always
 //! tell the room exactly who holds the floor.
 
-use std::collections::BTreeSet;
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use mixer::engine::ParticipantId;
+use common::Talker;
 use mixer::engine::floor::{Floor, FloorChange, FloorConfig, FloorPolicy, FloorReply};
+use mixer::engine::{EngineConfig, EngineError, Event, ParticipantId, Room};
+use mixer_protocol::{AudioFrame, Mode};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -116,6 +120,130 @@ proptest! {
                 prop_assert!(present.contains(&(holder.0 as u8)), "the floor is held by {holder}, who left");
                 prop_assert!(now < turn_start + config.max_talk);
                 prop_assert!(now < last_voice + config.silence_timeout);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum RoomOp {
+    Join(u8, Mode),
+    Leave(u8),
+    Request(u8, bool),
+    Release(u8),
+    SetMode(u8, Mode),
+    Talk(u8),
+    Advance(u16),
+}
+
+fn mode() -> impl Strategy<Value = Mode> {
+    prop_oneof![Just(Mode::Ptt), Just(Mode::Talk), Just(Mode::Listen)]
+}
+
+fn room_op() -> impl Strategy<Value = RoomOp> {
+    prop_oneof![
+        (0u8..4, mode()).prop_map(|(id, m)| RoomOp::Join(id, m)),
+        (0u8..4).prop_map(RoomOp::Leave),
+        (0u8..4, any::<bool>()).prop_map(|(id, p)| RoomOp::Request(id, p)),
+        (0u8..4).prop_map(RoomOp::Release),
+        (0u8..4, mode()).prop_map(|(id, m)| RoomOp::SetMode(id, m)),
+        (0u8..4).prop_map(RoomOp::Talk),
+        (0u16..1500).prop_map(RoomOp::Advance),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// The same invariants through the whole room: joins, leaves, mode changes, push-to-talk
+    /// audio and ticks. The floor is only ever held by a present participant in ptt mode, and
+    /// the room's floor events always tell who holds it.
+    #[test]
+    fn a_room_never_leaves_the_floor_with_someone_gone_or_not_in_ptt(
+        ops in proptest::collection::vec(room_op(), 1..60),
+    ) {
+        let config = EngineConfig {
+            floor: FloorConfig {
+                policy: FloorPolicy::Single,
+                max_talk: Duration::from_secs(3),
+                silence_timeout: Duration::from_secs(1),
+            },
+            ..EngineConfig::default()
+        };
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut room = Room::new(config, t0).expect("room");
+        let mut modes: BTreeMap<u8, Mode> = BTreeMap::new();
+        let mut announced: Option<ParticipantId> = None;
+        let mut talker = Talker::new(440.0, 0.2);
+        let mut sequence = 0u16;
+        for op in ops {
+            match op {
+                RoomOp::Join(id, m) => {
+                    if room.add_participant(ParticipantId(u32::from(id)), m).is_ok() {
+                        modes.insert(id, m);
+                    }
+                }
+                RoomOp::Leave(id) => {
+                    room.remove_participant(ParticipantId(u32::from(id)));
+                    modes.remove(&id);
+                }
+                RoomOp::Request(id, preempt) => {
+                    let result = room.request_floor(ParticipantId(u32::from(id)), preempt, now);
+                    match modes.get(&id) {
+                        Some(Mode::Ptt) => prop_assert!(result.is_ok()),
+                        Some(_) => prop_assert!(matches!(result, Err(EngineError::NotPushToTalk(_)))),
+                        None => prop_assert!(matches!(result, Err(EngineError::UnknownParticipant(_)))),
+                    }
+                }
+                RoomOp::Release(id) => {
+                    let _ = room.release_floor(ParticipantId(u32::from(id)));
+                }
+                RoomOp::SetMode(id, m) => {
+                    if room.set_mode(ParticipantId(u32::from(id)), m).is_ok() {
+                        modes.insert(id, m);
+                    }
+                }
+                RoomOp::Talk(id) => {
+                    let bytes = talker.next_frame(true);
+                    let mut frame = AudioFrame::parse(&bytes).expect("frame");
+                    frame.header.sequence = sequence;
+                    frame.header.timestamp = u32::from(sequence) * 960;
+                    sequence = sequence.wrapping_add(1);
+                    let who = ParticipantId(u32::from(id));
+                    let accepted = room.handle_audio(who, frame, now).is_ok();
+                    let may_talk = match modes.get(&id) {
+                        Some(Mode::Talk) => true,
+                        Some(Mode::Ptt) => room.floor_holder() == Some(who),
+                        _ => false,
+                    };
+                    prop_assert_eq!(accepted, may_talk);
+                }
+                RoomOp::Advance(ms) => {
+                    now += Duration::from_millis(u64::from(ms));
+                    while room.poll_timeout() <= now {
+                        room.handle_timeout(now);
+                        while room.poll_transmit().is_some() {}
+                    }
+                }
+            }
+            while let Some(event) = room.poll_event() {
+                if let Event::Floor(change) = event {
+                    match change {
+                        FloorChange::Granted { to, .. } => {
+                            prop_assert_eq!(announced, None);
+                            announced = Some(to);
+                        }
+                        FloorChange::Ended { from, .. } => {
+                            prop_assert_eq!(announced, Some(from));
+                            announced = None;
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(announced, room.floor_holder());
+            if let Some(holder) = room.floor_holder() {
+                prop_assert_eq!(modes.get(&(holder.0 as u8)), Some(&Mode::Ptt), "held by {} who is gone or not in ptt", holder);
             }
         }
     }
