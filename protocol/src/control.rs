@@ -1140,6 +1140,29 @@ mod tests {
         }
     }
 
+    /// `create_room` settings naming only the room.
+    fn settings(room: &str) -> RoomSettings {
+        RoomSettings {
+            room: room.to_owned(),
+            ..RoomSettings::default()
+        }
+    }
+
+    /// A room as the server describes it: every setting present.
+    fn summary(room: &str, participants: u32) -> RoomSummary {
+        RoomSummary {
+            settings: RoomSettings {
+                room: room.to_owned(),
+                floor_policy: Some(FloorPolicy::Single),
+                max_participants: Some(256),
+                max_talkers: Some(4),
+                normalise: Some(false),
+                max_talk_ms: Some(60_000),
+            },
+            participants,
+        }
+    }
+
     /// Asserts that `json` parses to `msg` and that `msg` serializes to exactly `json`.
     fn golden_client(json: &str, msg: ClientMessage) {
         assert_eq!(parse_client_message(json), Ok(msg.clone()), "parse {json}");
@@ -1188,6 +1211,14 @@ mod tests {
                 participant_id: 1,
                 gain_db: -6,
             },
+            ClientMessage::Chat {
+                text: "hi".to_owned(),
+            },
+            ClientMessage::CreateRoom(settings("ch1")),
+            ClientMessage::RoomInfo {
+                room: "ch1".to_owned(),
+            },
+            ClientMessage::ListRooms,
         ]
     }
 
@@ -1229,6 +1260,18 @@ mod tests {
                 participant_id: 0,
                 gain_db: 3,
                 by: 1,
+            },
+            ServerMessage::Chat {
+                id: 1,
+                from: 0,
+                name: "b".to_owned(),
+                text: "hi".to_owned(),
+                ts_ms: 0,
+            },
+            ServerMessage::RoomInfo(summary("ch1", 0)),
+            ServerMessage::Rooms {
+                rooms: vec![summary("ch1", 0)],
+                truncated: false,
             },
         ]
     }
@@ -1276,6 +1319,10 @@ mod tests {
     /// Every JSON example in the spec (README.md) is a valid message that serializes back to
     /// the same text, except that an example may leave out fields that have a default and are
     /// always serialized (`mode`, `role`, `floor`).
+    ///
+    /// `chat` and `room_info` name both a client and a server message, and a client parses a
+    /// server message's fields it does not know as unknown fields; so an example belongs to the
+    /// direction whose message shows exactly its fields, and exactly one direction must fit.
     #[test]
     fn spec_examples_parse() {
         let spec = include_str!("../README.md");
@@ -1291,80 +1338,82 @@ mod tests {
                 .filter_map(|line| line.split('`').nth(1)),
         );
         assert!(
-            examples.len() >= 45,
+            examples.len() >= 60,
             "found only {} examples",
             examples.len()
         );
         let mut types = BTreeSet::new();
         for json in examples {
-            let (type_name, serialized) = match parse_client_message(json) {
-                Ok(msg) => {
-                    assert_eq!(
-                        parse_client_message(&msg.to_json()),
-                        Ok(msg.clone()),
-                        "{json}"
-                    );
-                    (msg.type_name(), msg.to_json())
-                }
-                Err(_) => {
-                    let msg = parse_server_message(json).expect(json);
-                    (msg.type_name(), msg.to_json())
-                }
-            };
-            types.insert(type_name);
-            if serialized != json {
-                let example: serde_json::Value = serde_json::from_str(json).expect(json);
-                let full: serde_json::Value = serde_json::from_str(&serialized).expect(json);
-                let omitted = assert_omits_only_defaults(&example, &full, json);
-                // Same fields, so the text must be the same too (field order, spacing).
-                assert!(omitted > 0, "{json} is serialized as {serialized}");
-            }
+            let client = parse_client_message(json).ok().map(|msg| {
+                assert_eq!(
+                    parse_client_message(&msg.to_json()),
+                    Ok(msg.clone()),
+                    "{json}"
+                );
+                (("client", msg.type_name()), msg.to_json())
+            });
+            let server = parse_server_message(json).ok().map(|msg| {
+                assert_eq!(
+                    parse_server_message(&msg.to_json()),
+                    Ok(msg.clone()),
+                    "{json}"
+                );
+                (("server", msg.type_name()), msg.to_json())
+            });
+            let fits: Vec<_> = [client, server]
+                .into_iter()
+                .flatten()
+                .filter(|(_, serialized)| shows_same_message(json, serialized))
+                .collect();
+            assert_eq!(fits.len(), 1, "{json} is serialized as {fits:?}");
+            types.insert(fits[0].0);
         }
-        // Every message type has an example (`type_name` is ambiguous for none of them).
+        // Every message type of each direction has an example.
         let all: BTreeSet<_> = ClientMessage::TYPES
             .into_iter()
-            .chain(ServerMessage::TYPES)
+            .map(|t| ("client", t))
+            .chain(ServerMessage::TYPES.into_iter().map(|t| ("server", t)))
             .collect();
         assert_eq!(types, all);
     }
 
-    /// `example` is `full` with only defaulted fields left out; returns how many were left out.
-    fn assert_omits_only_defaults(
-        example: &serde_json::Value,
-        full: &serde_json::Value,
-        json: &str,
-    ) -> usize {
+    /// Whether `example` is the text `serialized`, or the same message with only defaulted
+    /// fields left out.
+    fn shows_same_message(example: &str, serialized: &str) -> bool {
+        if example == serialized {
+            return true;
+        }
+        let example: serde_json::Value = serde_json::from_str(example).expect(example);
+        let full: serde_json::Value = serde_json::from_str(serialized).expect(serialized);
+        // Same fields, so the text must be the same too (field order, spacing).
+        omitted_defaults(&example, &full).is_some_and(|omitted| omitted > 0)
+    }
+
+    /// How many defaulted fields `example` leaves out of `full`, or `None` if it differs from
+    /// `full` in any other way.
+    fn omitted_defaults(example: &serde_json::Value, full: &serde_json::Value) -> Option<usize> {
         use serde_json::Value;
         match (example, full) {
             (Value::Object(example), Value::Object(full)) => {
-                assert!(example.keys().all(|k| full.contains_key(k)), "{json}");
+                if !example.keys().all(|k| full.contains_key(k)) {
+                    return None;
+                }
                 let mut omitted = 0;
                 for (key, value) in full {
                     match example.get(key) {
-                        Some(shown) => omitted += assert_omits_only_defaults(shown, value, json),
-                        None => {
-                            assert!(
-                                ["mode", "role", "floor"].contains(&key.as_str()),
-                                "{json} leaves out {key:?}"
-                            );
-                            omitted += 1;
-                        }
+                        Some(shown) => omitted += omitted_defaults(shown, value)?,
+                        None if ["mode", "role", "floor"].contains(&key.as_str()) => omitted += 1,
+                        None => return None,
                     }
                 }
-                omitted
+                Some(omitted)
             }
-            (Value::Array(example), Value::Array(full)) => {
-                assert_eq!(example.len(), full.len(), "{json}");
-                example
-                    .iter()
-                    .zip(full)
-                    .map(|(shown, value)| assert_omits_only_defaults(shown, value, json))
-                    .sum()
-            }
-            _ => {
-                assert_eq!(example, full, "{json}");
-                0
-            }
+            (Value::Array(example), Value::Array(full)) if example.len() == full.len() => example
+                .iter()
+                .zip(full)
+                .map(|(shown, value)| omitted_defaults(shown, value))
+                .sum(),
+            _ => (example == full).then_some(0),
         }
     }
 
@@ -1786,6 +1835,148 @@ mod tests {
     }
 
     #[test]
+    fn golden_chat() {
+        golden_client(
+            r#"{"type":"chat","text":"hello"}"#,
+            ClientMessage::Chat {
+                text: "hello".to_owned(),
+            },
+        );
+        // Newline and tab travel as JSON escapes; other characters as they are.
+        golden_client(
+            r#"{"type":"chat","text":"line 1\nline\t2 👋 \"quoted\""}"#,
+            ClientMessage::Chat {
+                text: "line 1\nline\t2 👋 \"quoted\"".to_owned(),
+            },
+        );
+        golden_server(
+            r#"{"type":"chat","id":1,"from":2,"name":"Ada","text":"hello","ts_ms":1700000000000}"#,
+            ServerMessage::Chat {
+                id: 1,
+                from: 2,
+                name: "Ada".to_owned(),
+                text: "hello".to_owned(),
+                ts_ms: 1_700_000_000_000,
+            },
+        );
+        golden_server(
+            r#"{"type":"chat","id":18446744073709551615,"from":4294967295,"name":"Bob 🎧","text":"a\nb","ts_ms":0}"#,
+            ServerMessage::Chat {
+                id: u64::MAX,
+                from: u32::MAX,
+                name: "Bob 🎧".to_owned(),
+                text: "a\nb".to_owned(),
+                ts_ms: 0,
+            },
+        );
+        // A client's `chat` never parses as the server's: it lacks `id`, `from`, ...
+        assert_eq!(
+            parse_server_message(r#"{"type":"chat","text":"hello"}"#).map_err(|e| e.code()),
+            Err(ErrorCode::BadMessage)
+        );
+    }
+
+    #[test]
+    fn golden_create_room() {
+        golden_client(
+            r#"{"type":"create_room","room":"ch1"}"#,
+            ClientMessage::CreateRoom(settings("ch1")),
+        );
+        golden_client(
+            r#"{"type":"create_room","room":"ch1","floor_policy":"single","max_talkers":4}"#,
+            ClientMessage::CreateRoom(RoomSettings {
+                floor_policy: Some(FloorPolicy::Single),
+                max_talkers: Some(4),
+                ..settings("ch1")
+            }),
+        );
+        golden_client(
+            r#"{"type":"create_room","room":"ops","floor_policy":"open","max_participants":10,"max_talkers":2,"normalise":true,"max_talk_ms":30000}"#,
+            ClientMessage::CreateRoom(RoomSettings {
+                room: "ops".to_owned(),
+                floor_policy: Some(FloorPolicy::Open),
+                max_participants: Some(10),
+                max_talkers: Some(2),
+                normalise: Some(true),
+                max_talk_ms: Some(30_000),
+            }),
+        );
+        // `null` and unknown fields, as everywhere.
+        assert_eq!(
+            parse_client_message(
+                r#"{"type":"create_room","room":"ch1","floor_policy":null,"max_participants":null,"max_talkers":null,"normalise":null,"max_talk_ms":null,"colour":"red"}"#
+            ),
+            Ok(ClientMessage::CreateRoom(settings("ch1")))
+        );
+    }
+
+    #[test]
+    fn golden_room_info_and_list_rooms() {
+        golden_client(
+            r#"{"type":"room_info","room":"ch1"}"#,
+            ClientMessage::RoomInfo {
+                room: "ch1".to_owned(),
+            },
+        );
+        golden_client(r#"{"type":"list_rooms"}"#, ClientMessage::ListRooms);
+        // The summary's settings are flattened into the message, next to `participants`.
+        golden_server(
+            r#"{"type":"room_info","room":"ch1","floor_policy":"single","max_participants":256,"max_talkers":4,"normalise":false,"max_talk_ms":60000,"participants":3}"#,
+            ServerMessage::RoomInfo(summary("ch1", 3)),
+        );
+        golden_server(
+            r#"{"type":"rooms","rooms":[]}"#,
+            ServerMessage::Rooms {
+                rooms: vec![],
+                truncated: false,
+            },
+        );
+        golden_server(
+            r#"{"type":"rooms","rooms":[{"room":"a","floor_policy":"single","max_participants":256,"max_talkers":4,"normalise":false,"max_talk_ms":60000,"participants":0},{"room":"b","floor_policy":"single","max_participants":256,"max_talkers":4,"normalise":false,"max_talk_ms":60000,"participants":2}]}"#,
+            ServerMessage::Rooms {
+                rooms: vec![summary("a", 0), summary("b", 2)],
+                truncated: false,
+            },
+        );
+        golden_server(
+            r#"{"type":"rooms","rooms":[{"room":"a","floor_policy":"single","max_participants":256,"max_talkers":4,"normalise":false,"max_talk_ms":60000,"participants":0}],"truncated":true}"#,
+            ServerMessage::Rooms {
+                rooms: vec![summary("a", 0)],
+                truncated: true,
+            },
+        );
+        for json in [
+            r#"{"type":"rooms","rooms":[],"truncated":false}"#,
+            r#"{"type":"rooms","rooms":[],"truncated":null}"#,
+        ] {
+            assert_eq!(
+                parse_server_message(json),
+                Ok(ServerMessage::Rooms {
+                    rooms: vec![],
+                    truncated: false
+                }),
+                "{json}"
+            );
+        }
+        // A summary from a server that leaves settings out, with fields this crate does not
+        // know: it still parses.
+        assert_eq!(
+            parse_server_message(
+                r#"{"type":"room_info","room":"ch1","participants":1,"topic":"x","max_talkers":null}"#
+            ),
+            Ok(ServerMessage::RoomInfo(RoomSummary {
+                settings: settings("ch1"),
+                participants: 1
+            }))
+        );
+        // A client's `room_info` never parses as the server's: it lacks `participants`.
+        assert_eq!(
+            parse_server_message(r#"{"type":"room_info","room":"ch1"}"#).map_err(|e| e.code()),
+            Err(ErrorCode::BadMessage)
+        );
+    }
+
+    #[test]
     fn enum_names() {
         for (mode, name) in [
             (Mode::Talk, "talk"),
@@ -1848,13 +2039,17 @@ mod tests {
             ErrorCode::UnknownParticipant => 25,
             ErrorCode::InvalidGain => 26,
             ErrorCode::Removed => 27,
+            ErrorCode::InvalidChat => 28,
+            ErrorCode::InvalidSettings => 29,
+            ErrorCode::RoomExists => 30,
+            ErrorCode::UnknownRoom => 31,
         }
     }
 
     #[test]
     fn error_code_all_is_complete_and_in_order() {
         let indices: Vec<usize> = ErrorCode::ALL.into_iter().map(declaration_index).collect();
-        assert_eq!(indices, (0..=27).collect::<Vec<_>>());
+        assert_eq!(indices, (0..=31).collect::<Vec<_>>());
     }
 
     #[test]
@@ -1878,6 +2073,10 @@ mod tests {
             (ErrorCode::UnknownParticipant, "unknown_participant"),
             (ErrorCode::InvalidGain, "invalid_gain"),
             (ErrorCode::Removed, "removed"),
+            (ErrorCode::InvalidChat, "invalid_chat"),
+            (ErrorCode::InvalidSettings, "invalid_settings"),
+            (ErrorCode::RoomExists, "room_exists"),
+            (ErrorCode::UnknownRoom, "unknown_room"),
         ];
         for (code, name) in new {
             assert_eq!(code.as_str(), name);
@@ -2304,6 +2503,323 @@ mod tests {
         );
     }
 
+    #[test]
+    fn validate_chat_accepts() {
+        let ok = [
+            "hi".to_owned(),
+            "line 1\nline 2".to_owned(),
+            "\tindented".to_owned(),
+            "👋🏽 café ünïcödé 中文".to_owned(),
+            " padded ".to_owned(),
+            "x".repeat(MAX_CHAT_CHARS),
+            "😀".repeat(MAX_CHAT_CHARS),
+        ];
+        for text in ok {
+            assert_eq!(validate_chat(&text), Ok(()), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn validate_chat_rejects() {
+        let cases = [
+            (String::new(), "invalid chat message: the text is empty"),
+            (
+                " \n\t ".to_owned(),
+                "invalid chat message: the text is only whitespace",
+            ),
+            (
+                "\u{3000}".to_owned(),
+                "invalid chat message: the text is only whitespace",
+            ),
+            (
+                "x".repeat(MAX_CHAT_CHARS + 1),
+                "invalid chat message: the text is 1001 characters, the maximum is 1000",
+            ),
+            (
+                "é".repeat(MAX_CHAT_CHARS + 1),
+                "invalid chat message: the text is 1001 characters, the maximum is 1000",
+            ),
+            (
+                "\u{0007}".to_owned(),
+                "invalid chat message: the text contains the control character '\\u{7}'",
+            ),
+            (
+                "a\rb".to_owned(),
+                "invalid chat message: the text contains the control character '\\r'",
+            ),
+            (
+                "a\u{0}b".to_owned(),
+                "invalid chat message: the text contains the control character '\\0'",
+            ),
+            (
+                "a\u{85}b".to_owned(),
+                "invalid chat message: the text contains the control character '\\u{85}'",
+            ),
+        ];
+        for (text, message) in cases {
+            let err = validate_chat(&text).expect_err(&text);
+            assert_eq!(err.code(), ErrorCode::InvalidChat, "{text:?}");
+            assert!(matches!(err, ControlError::InvalidChat { .. }));
+            assert_eq!(err.to_string(), message, "{text:?}");
+        }
+    }
+
+    /// A chat text the server accepts always fits in a control message when serialized without
+    /// `\uXXXX` escapes: at most 4 bytes a character, and the escapes JSON needs (`\"`, `\\`,
+    /// `\n`, `\t`) are 2 bytes for a 1-byte character.
+    #[test]
+    fn largest_valid_chat_fits_a_control_message() {
+        for text in [
+            "😀".repeat(MAX_CHAT_CHARS),
+            "\"".repeat(MAX_CHAT_CHARS),
+            "\n".repeat(MAX_CHAT_CHARS - 1) + "x",
+        ] {
+            assert_eq!(validate_chat(&text), Ok(()));
+            let msg = ClientMessage::Chat { text };
+            let json = msg.to_json();
+            assert!(json.len() <= MAX_CONTROL_MESSAGE, "{} bytes", json.len());
+            assert_eq!(parse_client_message(&json), Ok(msg));
+        }
+        // Too long but within the frame limit: parsed, then refused by `validate_chat` (the
+        // connection stays open)...
+        let json = ClientMessage::Chat {
+            text: "x".repeat(MAX_CHAT_CHARS + 1),
+        }
+        .to_json();
+        let Ok(ClientMessage::Chat { text }) = parse_client_message(&json) else {
+            panic!("expected a chat");
+        };
+        assert_eq!(
+            validate_chat(&text).map_err(|e| e.code()),
+            Err(ErrorCode::InvalidChat)
+        );
+        // ... but over the frame limit: `message_too_large`, which closes the connection.
+        let json = ClientMessage::Chat {
+            text: "😀".repeat(MAX_CHAT_CHARS + 100),
+        }
+        .to_json();
+        assert_eq!(
+            parse_client_message(&json).map_err(|e| e.code()),
+            Err(ErrorCode::MessageTooLarge)
+        );
+    }
+
+    #[test]
+    fn validate_room_settings_accepts() {
+        let ok = [
+            settings("ch1"),
+            RoomSettings {
+                floor_policy: Some(FloorPolicy::Single),
+                max_participants: Some(1),
+                max_talkers: Some(1),
+                normalise: Some(true),
+                max_talk_ms: Some(1_000),
+                ..settings("a")
+            },
+            RoomSettings {
+                floor_policy: Some(FloorPolicy::Open),
+                max_participants: Some(256),
+                max_talkers: Some(16),
+                normalise: Some(false),
+                max_talk_ms: Some(3_600_000),
+                ..settings(&"x".repeat(MAX_ROOM_LEN))
+            },
+            // `max_talkers` may exceed `max_participants`; the room just never reaches it.
+            RoomSettings {
+                max_participants: Some(2),
+                max_talkers: Some(16),
+                ..settings("a")
+            },
+        ];
+        for room in ok {
+            assert_eq!(room.validate(256, 16), Ok(()), "{room:?}");
+        }
+    }
+
+    #[test]
+    fn validate_room_settings_rejects() {
+        let cases = [
+            (
+                RoomSettings {
+                    max_participants: Some(0),
+                    ..settings("a")
+                },
+                "invalid room settings: max_participants 0 is outside 1..=256",
+            ),
+            (
+                RoomSettings {
+                    max_participants: Some(257),
+                    ..settings("a")
+                },
+                "invalid room settings: max_participants 257 is outside 1..=256",
+            ),
+            (
+                RoomSettings {
+                    max_participants: Some(u32::MAX),
+                    ..settings("a")
+                },
+                "invalid room settings: max_participants 4294967295 is outside 1..=256",
+            ),
+            (
+                RoomSettings {
+                    max_talkers: Some(0),
+                    ..settings("a")
+                },
+                "invalid room settings: max_talkers 0 is outside 1..=16",
+            ),
+            (
+                RoomSettings {
+                    max_talkers: Some(17),
+                    ..settings("a")
+                },
+                "invalid room settings: max_talkers 17 is outside 1..=16",
+            ),
+            (
+                RoomSettings {
+                    max_talk_ms: Some(999),
+                    ..settings("a")
+                },
+                "invalid room settings: max_talk_ms 999 is outside 1000..=3600000",
+            ),
+            (
+                RoomSettings {
+                    max_talk_ms: Some(3_600_001),
+                    ..settings("a")
+                },
+                "invalid room settings: max_talk_ms 3600001 is outside 1000..=3600000",
+            ),
+            (
+                RoomSettings {
+                    max_talk_ms: Some(0),
+                    ..settings("a")
+                },
+                "invalid room settings: max_talk_ms 0 is outside 1000..=3600000",
+            ),
+        ];
+        for (room, message) in cases {
+            let err = room.validate(256, 16).expect_err(message);
+            assert_eq!(err.code(), ErrorCode::InvalidSettings, "{room:?}");
+            assert_eq!(err.to_string(), message);
+        }
+        // The room name is checked first, as in `join`.
+        for name in ["", "has space", "café", &"r".repeat(MAX_ROOM_LEN + 1)] {
+            let room = RoomSettings {
+                max_talkers: Some(0),
+                ..settings(name)
+            };
+            let err = room.validate(256, 16).expect_err(name);
+            assert_eq!(err.code(), ErrorCode::InvalidRoom, "{name:?}");
+            assert_eq!(
+                Err(err),
+                JoinRequest::validate_room_name(name),
+                "same check as join"
+            );
+        }
+        assert_eq!(JoinRequest::validate_room_name("Room_1.test-2"), Ok(()));
+    }
+
+    #[test]
+    fn invalid_room_and_chat_messages() {
+        let cases = [
+            (r#"{"type":"chat"}"#, "missing field `text`"),
+            (r#"{"type":"chat","text":null}"#, "invalid type"),
+            (r#"{"type":"chat","text":5}"#, "invalid type"),
+            (r#"{"type":"chat","text":["a"]}"#, "invalid type"),
+            (r#"{"type":"room_info"}"#, "missing field `room`"),
+            (r#"{"type":"room_info","room":null}"#, "invalid type"),
+            (r#"{"type":"create_room"}"#, "missing field `room`"),
+            (
+                r#"{"type":"create_room","floor_policy":"single"}"#,
+                "missing field `room`",
+            ),
+            (r#"{"type":"create_room","room":7}"#, "invalid type"),
+            (
+                r#"{"type":"create_room","room":"a","floor_policy":"queue"}"#,
+                "queue",
+            ),
+            (
+                r#"{"type":"create_room","room":"a","max_participants":-1}"#,
+                "-1",
+            ),
+            (
+                r#"{"type":"create_room","room":"a","max_talkers":4294967296}"#,
+                "4294967296",
+            ),
+            (
+                r#"{"type":"create_room","room":"a","max_talk_ms":1.5}"#,
+                "1.5",
+            ),
+            (
+                r#"{"type":"create_room","room":"a","normalise":"yes"}"#,
+                "invalid type",
+            ),
+        ];
+        for (json, detail) in cases {
+            let err = bad_client(json);
+            assert!(matches!(err, ControlError::Invalid { .. }), "{json}: {err}");
+            assert!(err.to_string().contains(detail), "{json}: {err}");
+        }
+        assert_eq!(
+            bad_client(r#"{"type":"chat"}"#).to_string(),
+            "invalid chat message: missing field `text`"
+        );
+        assert_eq!(
+            bad_client(r#"{"type":"room_info"}"#).to_string(),
+            "invalid room_info message: missing field `room`"
+        );
+        // `list_rooms` has no fields: any extra is ignored.
+        assert_eq!(
+            parse_client_message(r#"{"type":"list_rooms","room":"a"}"#),
+            Ok(ClientMessage::ListRooms)
+        );
+        // Server messages are not client messages.
+        assert_eq!(
+            parse_client_message(r#"{"type":"rooms","rooms":[]}"#).map_err(|e| e.code()),
+            Err(ErrorCode::UnknownType)
+        );
+        for text in [
+            r#"{"type":"list_rooms"}"#,
+            r#"{"type":"create_room","room":"a"}"#,
+        ] {
+            assert_eq!(
+                parse_server_message(text).map_err(|e| e.code()),
+                Err(ErrorCode::UnknownType)
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_room_and_chat_server_messages() {
+        let cases = [
+            (r#"{"type":"chat","text":"x"}"#, "chat"),
+            (
+                r#"{"type":"chat","id":1,"from":2,"name":"a","text":"x"}"#,
+                "chat",
+            ),
+            (
+                r#"{"type":"chat","id":-1,"from":2,"name":"a","text":"x","ts_ms":0}"#,
+                "chat",
+            ),
+            (r#"{"type":"room_info","room":"a"}"#, "room_info"),
+            (r#"{"type":"room_info","participants":1}"#, "room_info"),
+            (
+                r#"{"type":"room_info","room":"a","participants":1,"floor_policy":"queue"}"#,
+                "room_info",
+            ),
+            (r#"{"type":"rooms"}"#, "rooms"),
+            (r#"{"type":"rooms","rooms":[{"room":"a"}]}"#, "rooms"),
+            (r#"{"type":"rooms","rooms":[],"truncated":1}"#, "rooms"),
+        ];
+        for (json, message_type) in cases {
+            let err = parse_server_message(json).expect_err(json);
+            assert_eq!(err.code(), ErrorCode::BadMessage, "{json}");
+            assert!(
+                matches!(err, ControlError::Invalid { message_type: t, .. } if t == message_type),
+                "{json}: {err}"
+            );
+        }
+    }
+
     fn arb_mode() -> impl Strategy<Value = Mode> {
         prop_oneof![Just(Mode::Talk), Just(Mode::Ptt), Just(Mode::Listen)]
     }
@@ -2317,8 +2833,8 @@ mod tests {
     }
 
     fn arb_floor() -> impl Strategy<Value = FloorInfo> {
-        let policy = prop_oneof![Just(FloorPolicy::Open), Just(FloorPolicy::Single)];
-        (policy, any::<Option<u32>>()).prop_map(|(policy, holder)| FloorInfo { policy, holder })
+        (arb_floor_policy(), any::<Option<u32>>())
+            .prop_map(|(policy, holder)| FloorInfo { policy, holder })
     }
 
     fn arb_floor_end() -> impl Strategy<Value = FloorEndReason> {
@@ -2357,6 +2873,41 @@ mod tests {
                 role,
                 muted,
             })
+    }
+
+    fn arb_floor_policy() -> impl Strategy<Value = FloorPolicy> {
+        prop_oneof![Just(FloorPolicy::Open), Just(FloorPolicy::Single)]
+    }
+
+    /// Settings with each field present or not, and the room name and numbers anything.
+    fn arb_room_settings() -> impl Strategy<Value = RoomSettings> {
+        (
+            any::<String>(),
+            proptest::option::of(arb_floor_policy()),
+            any::<Option<u32>>(),
+            any::<Option<u32>>(),
+            any::<Option<bool>>(),
+            any::<Option<u64>>(),
+        )
+            .prop_map(
+                |(room, floor_policy, max_participants, max_talkers, normalise, max_talk_ms)| {
+                    RoomSettings {
+                        room,
+                        floor_policy,
+                        max_participants,
+                        max_talkers,
+                        normalise,
+                        max_talk_ms,
+                    }
+                },
+            )
+    }
+
+    fn arb_room_summary() -> impl Strategy<Value = RoomSummary> {
+        (arb_room_settings(), any::<u32>()).prop_map(|(settings, participants)| RoomSummary {
+            settings,
+            participants,
+        })
     }
 
     fn arb_client() -> impl Strategy<Value = ClientMessage> {
@@ -2399,6 +2950,10 @@ mod tests {
                     gain_db,
                 }
             }),
+            any::<String>().prop_map(|text| ClientMessage::Chat { text }),
+            arb_room_settings().prop_map(ClientMessage::CreateRoom),
+            any::<String>().prop_map(|room| ClientMessage::RoomInfo { room }),
+            Just(ClientMessage::ListRooms),
         ]
     }
 
@@ -2483,7 +3038,41 @@ mod tests {
                     by,
                 }
             }),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                any::<String>(),
+                any::<String>(),
+                any::<u64>()
+            )
+                .prop_map(|(id, from, name, text, ts_ms)| ServerMessage::Chat {
+                    id,
+                    from,
+                    name,
+                    text,
+                    ts_ms,
+                }),
+            arb_room_summary().prop_map(ServerMessage::RoomInfo),
+            (
+                proptest::collection::vec(arb_room_summary(), 0..4),
+                any::<bool>()
+            )
+                .prop_map(|(rooms, truncated)| ServerMessage::Rooms { rooms, truncated }),
         ]
+    }
+
+    /// Runs the checks the server makes on a parsed message, which must not panic either.
+    fn validate_client(msg: &ClientMessage) {
+        let result = match msg {
+            ClientMessage::Join(req) => req.validate(),
+            ClientMessage::Chat { text } => validate_chat(text),
+            ClientMessage::CreateRoom(settings) => settings.validate(256, 16),
+            ClientMessage::RoomInfo { room } => JoinRequest::validate_room_name(room),
+            _ => Ok(()),
+        };
+        if let Err(err) = result {
+            let _ = (err.code(), err.to_string());
+        }
     }
 
     /// The `"type"`s `strategy` produces in 2000 deterministic draws.
@@ -2556,13 +3145,14 @@ mod tests {
         fn json_like_text_never_panics(
             text in concat!(
                 r#"\{("(type|id|room|name|format|mode|role|token|code|participant_id|muted|"#,
-                r#"preempt|gain_db|holder|by|reason|floor|policy|max_talk_ms)":"#,
+                r#"preempt|gain_db|holder|by|reason|floor|policy|max_talk_ms|text|from|ts_ms|"#,
+                r#"floor_policy|max_participants|max_talkers|normalise|participants|rooms|"#,
+                r#"truncated)":"#,
                 r#"("[a-z_]{0,13}"|-?[0-9]{1,22}|null|true|false|\[\]|\{\}),?){0,6}\}"#,
             ),
         ) {
             match parse_client_message(&text) {
-                Ok(ClientMessage::Join(req)) => { let _ = req.validate(); }
-                Ok(_) => {}
+                Ok(msg) => validate_client(&msg),
                 Err(err) => { let _ = (err.code(), err.to_string()); }
             }
             let _ = parse_server_message(&text);
@@ -2580,10 +3170,78 @@ mod tests {
             bytes[i] = byte;
             let text = String::from_utf8_lossy(&bytes);
             match parse_client_message(&text) {
-                Ok(ClientMessage::Join(req)) => { let _ = req.validate(); }
-                Ok(_) => {}
+                Ok(msg) => validate_client(&msg),
                 Err(err) => { let _ = (err.code(), err.to_string()); }
             }
+        }
+
+        /// `validate_chat` accepts exactly the texts the spec describes.
+        #[test]
+        fn validate_chat_agrees_with_spec(
+            text in prop_oneof![
+                any::<String>(),
+                "[ a\n\t\r\u{7}\u{85}\u{3000}é😀]{0,8}",
+                "[a😀]{995,1005}",
+            ],
+        ) {
+            let spec_ok = !text.trim().is_empty()
+                && text.chars().count() <= MAX_CHAT_CHARS
+                && text.chars().all(|c| !c.is_control() || c == '\n' || c == '\t');
+            match validate_chat(&text) {
+                Ok(()) => prop_assert!(spec_ok, "{:?}", text),
+                Err(err) => {
+                    prop_assert!(!spec_ok, "{:?}: {}", text, err);
+                    prop_assert_eq!(err.code(), ErrorCode::InvalidChat);
+                    // The message never quotes the text, which could be long.
+                    prop_assert!(err.to_string().len() < 128, "{}", err);
+                }
+            }
+        }
+
+        /// `RoomSettings::validate` accepts exactly the ranges the spec gives.
+        #[test]
+        fn validate_room_settings_agrees_with_spec(
+            room in arb_room_settings(),
+            server_participants in 1..300u32,
+            server_talkers in 1..20u32,
+            small in (
+                proptest::option::of(0..300u32),
+                proptest::option::of(0..20u32),
+                proptest::option::of(0..4_000_000u64),
+            ),
+        ) {
+            // Half the draws have a valid name and numbers near the bounds.
+            let (participants, talkers, talk_ms) = small;
+            let room = if room.room.len() % 2 == 0 {
+                RoomSettings {
+                    room: "ch1".to_owned(),
+                    max_participants: participants,
+                    max_talkers: talkers,
+                    max_talk_ms: talk_ms,
+                    ..room
+                }
+            } else {
+                room
+            };
+            let name_ok = JoinRequest::validate_room_name(&room.room).is_ok();
+            let in_range = |value: Option<u64>, high: u64, low: u64| {
+                value.is_none_or(|v| (low..=high).contains(&v))
+            };
+            let settings_ok = in_range(
+                room.max_participants.map(u64::from),
+                server_participants.into(),
+                1,
+            ) && in_range(room.max_talkers.map(u64::from), server_talkers.into(), 1)
+                && in_range(room.max_talk_ms, 3_600_000, 1_000);
+            let expected = match (name_ok, settings_ok) {
+                (false, _) => Err(ErrorCode::InvalidRoom),
+                (true, false) => Err(ErrorCode::InvalidSettings),
+                (true, true) => Ok(()),
+            };
+            prop_assert_eq!(
+                room.validate(server_participants, server_talkers).map_err(|e| e.code()),
+                expected
+            );
         }
 
         #[test]
