@@ -1460,7 +1460,7 @@ async fn rooms_are_listed_created_with_settings_and_chat_reaches_everyone_in_ord
             matches!(
                 m,
                 ServerMessage::Error {
-                    code: ErrorCode::RateLimited,
+                    code: ErrorCode::ChatRateLimited,
                     ..
                 }
             )

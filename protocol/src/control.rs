@@ -792,11 +792,13 @@ pub enum ErrorCode {
     RoomExists,
     /// `room_info` for a room that does not exist.
     UnknownRoom,
+    /// `chat` faster than a burst of 5 messages then 1 per second; the message is dropped.
+    ChatRateLimited,
 }
 
 impl ErrorCode {
     /// Every error code, in declaration order.
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
         ErrorCode::MessageTooLarge,
@@ -829,6 +831,7 @@ impl ErrorCode {
         ErrorCode::InvalidSettings,
         ErrorCode::RoomExists,
         ErrorCode::UnknownRoom,
+        ErrorCode::ChatRateLimited,
     ];
 
     /// The snake_case wire name, as in the JSON `"code"` field.
@@ -866,6 +869,7 @@ impl ErrorCode {
             ErrorCode::InvalidSettings => "invalid_settings",
             ErrorCode::RoomExists => "room_exists",
             ErrorCode::UnknownRoom => "unknown_room",
+            ErrorCode::ChatRateLimited => "chat_rate_limited",
         }
     }
 
@@ -2043,13 +2047,14 @@ mod tests {
             ErrorCode::InvalidSettings => 29,
             ErrorCode::RoomExists => 30,
             ErrorCode::UnknownRoom => 31,
+            ErrorCode::ChatRateLimited => 32,
         }
     }
 
     #[test]
     fn error_code_all_is_complete_and_in_order() {
         let indices: Vec<usize> = ErrorCode::ALL.into_iter().map(declaration_index).collect();
-        assert_eq!(indices, (0..=31).collect::<Vec<_>>());
+        assert_eq!(indices, (0..=32).collect::<Vec<_>>());
     }
 
     #[test]
@@ -2077,6 +2082,7 @@ mod tests {
             (ErrorCode::InvalidSettings, "invalid_settings"),
             (ErrorCode::RoomExists, "room_exists"),
             (ErrorCode::UnknownRoom, "unknown_room"),
+            (ErrorCode::ChatRateLimited, "chat_rate_limited"),
         ];
         for (code, name) in new {
             assert_eq!(code.as_str(), name);

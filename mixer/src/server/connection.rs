@@ -479,8 +479,8 @@ impl Session {
         }
         if !self.chat_rate.allow(Instant::now()) {
             return self.send_error(
-                ErrorCode::RateLimited,
-                "chat: more than 5 messages at once or 1 per second; message dropped",
+                ErrorCode::ChatRateLimited,
+                "more than 5 chat messages at once or 1 per second; message dropped",
             );
         }
         let ts_ms = std::time::SystemTime::now()
