@@ -259,6 +259,7 @@ fn join_message(plan: &ClientPlan) -> Message {
             } else {
                 Mode::Listen
             }),
+            resume: None,
             role: Role::default(),
             format: AudioFormat::opus_48k_mono_20ms(),
         })

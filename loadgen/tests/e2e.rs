@@ -260,6 +260,8 @@ async fn serve_broken(tcp: tokio::net::TcpStream, id: u32, mode: Broken, members
                         participants: Vec::new(),
                         format: AudioFormat::opus_48k_mono_20ms(),
                         floor: Default::default(),
+                        resume_token: None,
+                        resumed: false,
                     };
                     let _ = control_tx.send(reply.to_json()).await;
                     if let Ok(mut m) = members.lock() {

@@ -87,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         } else {
             Mode::Ptt
         }),
+        resume: None,
         role,
         format: AudioFormat::opus_48k_mono_20ms(),
     });

@@ -163,6 +163,12 @@ pub struct ServeArgs {
     #[arg(long, env = "MIXER_OPUS_COMPLEXITY", default_value_t = 5)]
     pub opus_complexity: u8,
 
+    /// How long a participant whose connection dropped (no clean close) is kept, silent, for its
+    /// client to come back with the resume token from `joined`, in ms; 0 disables resuming.
+    #[arg(long, env = "MIXER_RESUME_WINDOW_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub resume_window_ms: u64,
+
     /// How long shutdown waits for clients to close, in ms.
     #[arg(long, env = "MIXER_SHUTDOWN_GRACE_MS", default_value_t = 2_000)]
     pub shutdown_grace_ms: u64,
@@ -287,10 +293,12 @@ impl ServeArgs {
                 socket_send_buffer: (self.socket_send_buffer > 0)
                     .then_some(self.socket_send_buffer),
                 shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+                resume_window: Duration::from_millis(self.resume_window_ms),
             },
             pool: PoolConfig {
                 threads,
                 max_rooms: self.max_rooms,
+                resumable: self.resume_window_ms > 0,
                 engine: EngineConfig {
                     encoder,
                     jitter,

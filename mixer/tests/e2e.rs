@@ -113,6 +113,7 @@ fn join_message_as(room: &str, name: &str, mode: Mode, role: Role) -> Message {
             name: name.into(),
             token: None,
             mode: Some(mode),
+            resume: None,
             role,
             format: AudioFormat::opus_48k_mono_20ms(),
         })
@@ -333,7 +334,7 @@ async fn four_talkers_hear_each_other_not_themselves_listener_hears_all_rooms_is
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roster_messages_and_abrupt_disconnect() {
-    let server = TestServer::start(&[]).await;
+    let server = TestServer::start(&["--resume-window-ms", "0"]).await;
     let (mut alice, alice_id) = join(&server, "ops", "alice", Mode::Talk).await;
     let mut bob = connect(&server).await;
     bob.send(join_message("ops", "bob", Mode::Listen))
@@ -394,8 +395,15 @@ async fn roster_messages_and_abrupt_disconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_peer_is_dropped_by_ping_timeout_and_room_is_told() {
-    let server =
-        TestServer::start(&["--ping-interval-ms", "200", "--ping-timeout-ms", "600"]).await;
+    let server = TestServer::start(&[
+        "--ping-interval-ms",
+        "200",
+        "--ping-timeout-ms",
+        "600",
+        "--resume-window-ms",
+        "0",
+    ])
+    .await;
     let (mut alice, _) = join(&server, "r", "alice", Mode::Listen).await;
     let (silent, silent_id) = join(&server, "r", "zombie", Mode::Listen).await;
     let _ = next_control(&mut alice).await; // zombie joined
@@ -663,7 +671,15 @@ async fn a_client_that_stops_reading_is_cut_off_without_hurting_the_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_and_server_limits_are_enforced_and_freed() {
-    let server = TestServer::start(&["--max-participants", "2", "--max-rooms", "1"]).await;
+    let server = TestServer::start(&[
+        "--max-participants",
+        "2",
+        "--max-rooms",
+        "1",
+        "--resume-window-ms",
+        "0",
+    ])
+    .await;
     let (a, _) = join(&server, "small", "a", Mode::Listen).await;
     let (_b, _) = join(&server, "small", "b", Mode::Listen).await;
     let mut c = connect(&server).await;
@@ -1470,6 +1486,155 @@ async fn rooms_are_listed_created_with_settings_and_chat_reaches_everyone_in_ord
     assert!(
         limited >= 4 && delivered + limited == 8,
         "{delivered} delivered, {limited} limited"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_resumes_as_the_same_participant_within_the_window() {
+    let server = TestServer::start(&["--resume-window-ms", "1500"]).await;
+    let mut ear = connect(&server).await;
+    ear.send(join_message("radio", "ear", Mode::Listen))
+        .await
+        .expect("join");
+    let ServerMessage::Joined {
+        resume_token: Some(_),
+        ..
+    } = next_control(&mut ear).await
+    else {
+        panic!("joined carries a resume token");
+    };
+    let mut mouth = connect(&server).await;
+    mouth
+        .send(join_message_as(
+            "radio",
+            "mouth",
+            Mode::Talk,
+            Role::Moderator,
+        ))
+        .await
+        .expect("join");
+    let ServerMessage::Joined {
+        participant_id,
+        resume_token: Some(token),
+        resumed: false,
+        ..
+    } = next_control(&mut mouth).await
+    else {
+        panic!("expected joined");
+    };
+    assert_eq!(token.len(), 32);
+    assert!(matches!(
+        next_control(&mut ear).await,
+        ServerMessage::ParticipantJoined { .. }
+    ));
+    // The moderator mutes itself, then its connection drops without a close frame.
+    mouth
+        .send(Message::text(
+            ClientMessage::Mute {
+                participant_id: None,
+                muted: true,
+            }
+            .to_json(),
+        ))
+        .await
+        .expect("mute");
+    assert!(matches!(
+        next_control(&mut ear).await,
+        ServerMessage::ParticipantMuted { muted: true, .. }
+    ));
+    drop(mouth);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A wrong token, or the right one for another room, resumes nothing.
+    let resume = |room: &str, token: &str| {
+        Message::text(
+            ClientMessage::Join(JoinRequest {
+                room: room.into(),
+                name: "mouth".into(),
+                token: None,
+                mode: None,
+                resume: Some(token.into()),
+                role: Role::Speaker,
+                format: AudioFormat::opus_48k_mono_20ms(),
+            })
+            .to_json(),
+        )
+    };
+    let mut back = connect(&server).await;
+    send_expect_error(
+        &mut back,
+        resume("radio", &"0".repeat(32)),
+        ErrorCode::ResumeFailed,
+    )
+    .await;
+    send_expect_error(&mut back, resume("other", &token), ErrorCode::ResumeFailed).await;
+    send_expect_error(
+        &mut back,
+        resume("radio", "not-hex"),
+        ErrorCode::InvalidToken,
+    )
+    .await;
+    back.send(resume("radio", &token)).await.expect("resume");
+    match next_control(&mut back).await {
+        ServerMessage::Joined {
+            participant_id: id,
+            resumed: true,
+            participants,
+            ..
+        } => {
+            assert_eq!(id, participant_id, "the same participant");
+            assert_eq!(participants.len(), 1, "the others, not itself");
+        }
+        other => panic!("expected a resumed joined, got {other:?}"),
+    }
+    // Still muted and still a moderator: unmuting itself is allowed, and the room hears it.
+    back.send(Message::text(
+        ClientMessage::Mute {
+            participant_id: None,
+            muted: false,
+        }
+        .to_json(),
+    ))
+    .await
+    .expect("unmute");
+    assert_eq!(
+        next_control(&mut ear).await,
+        ServerMessage::ParticipantMuted {
+            participant_id,
+            muted: false,
+            by: None
+        },
+        "the room saw no leave, only the unmute"
+    );
+    // Its audio is heard again.
+    let talk = tokio::spawn(run_client(
+        back,
+        Some(TONES[2]),
+        Duration::from_millis(1500),
+    ));
+    let heard = run_client(ear, None, Duration::from_millis(1500)).await;
+    talk.await.expect("talker");
+    assert!(
+        tone_db(
+            heard
+                .listener
+                .window(Duration::from_millis(300), Duration::from_millis(1300)),
+            TONES[2]
+        ) > -22.0
+    );
+    // A client that does not come back is gone once the window is over.
+    let (mut ear2, _) = join(&server, "radio2", "ear2", Mode::Listen).await;
+    let (gone, gone_id) = join(&server, "radio2", "gone", Mode::Talk).await;
+    let _ = next_control(&mut ear2).await;
+    let dropped_at = tokio::time::Instant::now();
+    drop(gone);
+    assert_eq!(
+        expect_left(&mut ear2).await,
+        (gone_id, LeaveReason::Disconnected)
+    );
+    assert!(
+        dropped_at.elapsed() >= Duration::from_millis(1400),
+        "left only after the window"
     );
     server.shutdown().await;
 }

@@ -100,6 +100,9 @@ pub enum ClientMessage {
     ListRooms,
 }
 
+/// Largest `resume` token accepted, in bytes (the server issues 32 hex digits).
+pub const MAX_RESUME_TOKEN_LEN: usize = 64;
+
 /// Largest chat message, in characters (Unicode scalar values).
 pub const MAX_CHAT_CHARS: usize = 1000;
 
@@ -195,6 +198,10 @@ pub struct JoinRequest {
     /// Omitted: the room's default for the role (see [`JoinRequest::mode_or_default`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    /// Resume token from an earlier `joined`: take back that participant (same id, mode, role,
+    /// mute and floor) after a dropped connection, within the server's resume window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
     /// What the participant may do (`speaker`, the default, `listener` or `moderator`). Not yet
     /// authenticated: any client may claim any role.
     #[serde(default, deserialize_with = "null_as_default")]
@@ -236,6 +243,17 @@ impl JoinRequest {
                 detail: format!(
                     "token is {} bytes, the maximum is {MAX_TOKEN_LEN}",
                     token.len()
+                ),
+            });
+        }
+        if let Some(resume) = &self.resume
+            && (resume.is_empty()
+                || resume.len() > MAX_RESUME_TOKEN_LEN
+                || !resume.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(ControlError::InvalidToken {
+                detail: format!(
+                    "resume token must be 1 to {MAX_RESUME_TOKEN_LEN} hex digits, as sent in joined"
                 ),
             });
         }
@@ -508,6 +526,17 @@ pub enum ServerMessage {
         /// The room's push-to-talk floor.
         #[serde(default, deserialize_with = "null_as_default")]
         floor: FloorInfo,
+        /// Secret to send as `resume` in a `join` after a dropped connection, to come back as
+        /// the same participant. Omitted when the server keeps no one for resuming.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_token: Option<String>,
+        /// This join resumed an earlier participant (the others saw no leave).
+        #[serde(
+            default,
+            skip_serializing_if = "std::ops::Not::not",
+            deserialize_with = "null_as_default"
+        )]
+        resumed: bool,
     },
     /// Someone else joined the room.
     ParticipantJoined {
@@ -794,11 +823,14 @@ pub enum ErrorCode {
     UnknownRoom,
     /// `chat` faster than a burst of 5 messages then 1 per second; the message is dropped.
     ChatRateLimited,
+    /// A `join` with a `resume` token that is unknown, expired or for another room; join again
+    /// without it.
+    ResumeFailed,
 }
 
 impl ErrorCode {
     /// Every error code, in declaration order.
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 34] = [
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
         ErrorCode::MessageTooLarge,
@@ -832,6 +864,7 @@ impl ErrorCode {
         ErrorCode::RoomExists,
         ErrorCode::UnknownRoom,
         ErrorCode::ChatRateLimited,
+        ErrorCode::ResumeFailed,
     ];
 
     /// The snake_case wire name, as in the JSON `"code"` field.
@@ -870,6 +903,7 @@ impl ErrorCode {
             ErrorCode::RoomExists => "room_exists",
             ErrorCode::UnknownRoom => "unknown_room",
             ErrorCode::ChatRateLimited => "chat_rate_limited",
+            ErrorCode::ResumeFailed => "resume_failed",
         }
     }
 
@@ -1119,6 +1153,7 @@ mod tests {
             name: name.to_owned(),
             token: None,
             mode: None,
+            resume: None,
             role: Role::Speaker,
             format: AudioFormat::opus_48k_mono_20ms(),
         }
@@ -1141,6 +1176,8 @@ mod tests {
             participants,
             format: AudioFormat::opus_48k_mono_20ms(),
             floor,
+            resume_token: None,
+            resumed: false,
         }
     }
 
@@ -1278,6 +1315,47 @@ mod tests {
                 truncated: false,
             },
         ]
+    }
+
+    #[test]
+    fn golden_resume() {
+        golden_client(
+            &format!(
+                r#"{{"type":"join","room":"lobby","name":"Ada","resume":"00ff","role":"speaker","format":{FORMAT_JSON}}}"#
+            ),
+            ClientMessage::Join(JoinRequest {
+                resume: Some("00ff".to_owned()),
+                ..join("lobby", "Ada")
+            }),
+        );
+        let ServerMessage::Joined { floor, .. } = joined(vec![], FloorInfo::default()) else {
+            unreachable!()
+        };
+        golden_server(
+            &format!(
+                r#"{{"type":"joined","participant_id":2,"room":"lobby","participants":[],"format":{FORMAT_JSON},"floor":{{"policy":"open"}},"resume_token":"ab12","resumed":true}}"#
+            ),
+            ServerMessage::Joined {
+                participant_id: 2,
+                room: "lobby".to_owned(),
+                participants: vec![],
+                format: AudioFormat::opus_48k_mono_20ms(),
+                floor,
+                resume_token: Some("ab12".to_owned()),
+                resumed: true,
+            },
+        );
+        for bad in ["", "xyz", &"a".repeat(MAX_RESUME_TOKEN_LEN + 1)] {
+            let request = JoinRequest {
+                resume: Some(bad.to_owned()),
+                ..join("lobby", "Ada")
+            };
+            assert_eq!(
+                request.validate().map_err(|e| e.code()),
+                Err(ErrorCode::InvalidToken),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
@@ -2048,13 +2126,14 @@ mod tests {
             ErrorCode::RoomExists => 30,
             ErrorCode::UnknownRoom => 31,
             ErrorCode::ChatRateLimited => 32,
+            ErrorCode::ResumeFailed => 33,
         }
     }
 
     #[test]
     fn error_code_all_is_complete_and_in_order() {
         let indices: Vec<usize> = ErrorCode::ALL.into_iter().map(declaration_index).collect();
-        assert_eq!(indices, (0..=32).collect::<Vec<_>>());
+        assert_eq!(indices, (0..=33).collect::<Vec<_>>());
     }
 
     #[test]
@@ -2083,6 +2162,7 @@ mod tests {
             (ErrorCode::RoomExists, "room_exists"),
             (ErrorCode::UnknownRoom, "unknown_room"),
             (ErrorCode::ChatRateLimited, "chat_rate_limited"),
+            (ErrorCode::ResumeFailed, "resume_failed"),
         ];
         for (code, name) in new {
             assert_eq!(code.as_str(), name);
@@ -2922,15 +3002,17 @@ mod tests {
             any::<String>(),
             any::<Option<String>>(),
             proptest::option::of(arb_mode()),
+            any::<Option<String>>(),
             arb_role(),
             arb_format(),
         )
-            .prop_map(|(room, name, token, mode, role, format)| {
+            .prop_map(|(room, name, token, mode, resume, role, format)| {
                 ClientMessage::Join(JoinRequest {
                     room,
                     name,
                     token,
                     mode,
+                    resume,
                     role,
                     format,
                 })
@@ -2982,16 +3064,22 @@ mod tests {
                 proptest::collection::vec(arb_participant(), 0..5),
                 arb_format(),
                 arb_floor(),
+                any::<Option<String>>(),
+                any::<bool>(),
             )
-                .prop_map(|(participant_id, room, participants, format, floor)| {
-                    ServerMessage::Joined {
-                        participant_id,
-                        room,
-                        participants,
-                        format,
-                        floor,
-                    }
-                }),
+                .prop_map(
+                    |(participant_id, room, participants, format, floor, resume_token, resumed)| {
+                        ServerMessage::Joined {
+                            participant_id,
+                            room,
+                            participants,
+                            format,
+                            floor,
+                            resume_token,
+                            resumed,
+                        }
+                    },
+                ),
             arb_participant()
                 .prop_map(|participant| ServerMessage::ParticipantJoined { participant }),
             (any::<u32>(), arb_reason()).prop_map(|(participant_id, reason)| {

@@ -270,7 +270,16 @@ impl Session {
         if let Some(membership) = self.membership.take() {
             info!(peer = %self.peer, participant = %membership.id(), room = membership.room(),
                   ?reason, dropped_frames = self.outbox.dropped(), "connection ended");
-            membership.leave(reason);
+            // A connection that dropped (rather than closed or was closed by the server) may
+            // come back: keep the participant for the resume window.
+            let window = self.context.settings.resume_window;
+            if matches!(reason, LeaveReason::Disconnected | LeaveReason::TimedOut)
+                && !window.is_zero()
+            {
+                membership.suspend(window);
+            } else {
+                membership.leave(reason);
+            }
         }
         self.outbox.close(Closed::Close {
             code: 1000,
@@ -395,6 +404,22 @@ impl Session {
                 }
                 if let Err(error) = request.validate() {
                     return self.refuse_join(error.code(), error.to_string());
+                }
+                if let Some(token) = &request.resume {
+                    return match self
+                        .context
+                        .pool
+                        .resume(token, &request.room, self.outbox.clone())
+                    {
+                        Some(membership) => self.membership = Some(membership),
+                        None => self.refuse_join(
+                            ErrorCode::ResumeFailed,
+                            format!(
+                                "nothing to resume in room {:?} with that token (unknown, expired                                  or already resumed); join again without resume",
+                                request.room
+                            ),
+                        ),
+                    };
                 }
                 let joiner = Joiner {
                     name: request.name.clone(),

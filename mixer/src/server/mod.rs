@@ -53,6 +53,8 @@ pub struct Settings {
     pub socket_send_buffer: Option<usize>,
     /// How long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
+    /// How long a participant whose connection dropped is kept for resuming (zero: not kept).
+    pub resume_window: Duration,
 }
 
 impl Default for Settings {
@@ -67,6 +69,7 @@ impl Default for Settings {
             max_connections: 10_000,
             socket_send_buffer: Some(32 * 1024),
             shutdown_grace: Duration::from_secs(2),
+            resume_window: Duration::from_secs(30),
         }
     }
 }

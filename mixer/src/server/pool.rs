@@ -82,12 +82,16 @@ pub struct PoolConfig {
     pub max_rooms: usize,
     /// Engine settings for every room (includes the per-room participant limit).
     pub engine: EngineConfig,
+    /// Whether participants get resume tokens (a resume window is configured).
+    pub resumable: bool,
 }
 
 /// The participant's side of a room membership; leaving (or dropping it) removes the participant.
 #[derive(Debug)]
 pub struct Membership {
     pool: Arc<Shared>,
+    /// Secret for taking this participant back after a dropped connection.
+    token: Option<Arc<str>>,
     room: Arc<str>,
     thread: usize,
     id: ParticipantId,
@@ -137,6 +141,40 @@ impl Membership {
             participant: self.id,
             request,
             at: Instant::now(),
+        });
+    }
+
+    /// Keeps the participant in its room, silent, for `window` after its connection dropped, so
+    /// that a `join` with its resume token can take it back; then it leaves (`disconnected`).
+    /// Without a token it leaves at once.
+    pub fn suspend(self, window: Duration) {
+        let Some(token) = self.token.clone() else {
+            return self.leave(LeaveReason::Disconnected);
+        };
+        let pool = self.pool.clone();
+        let mut directory = pool.directory.lock().unwrap_or_else(|p| p.into_inner());
+        if directory.shut_down {
+            drop(directory);
+            return self.leave(LeaveReason::Disconnected);
+        }
+        directory.suspended.insert(token.clone(), self);
+        drop(directory);
+        let expiry = Arc::downgrade(&pool);
+        tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            let Some(pool) = expiry.upgrade() else {
+                return;
+            };
+            let expired = pool
+                .directory
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .suspended
+                .remove(&token);
+            if let Some(membership) = expired {
+                debug!(participant = %membership.id, "resume window over");
+                membership.leave(LeaveReason::Disconnected);
+            }
         });
     }
 
@@ -215,7 +253,25 @@ struct Shared {
     defaults: RoomConfig,
     /// The largest `max_talkers` a room may ask for.
     max_talkers: usize,
+    /// Participants get resume tokens.
+    resumable: bool,
     metrics: Arc<Metrics>,
+}
+
+/// A new resume token: 128 bits from two independently keyed SipHash instances (the standard
+/// library seeds each `RandomState` from the operating system), as 32 hex digits.
+fn new_resume_token() -> Arc<str> {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut token = String::with_capacity(32);
+    for _ in 0..2 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(n);
+        token.push_str(&format!("{:016x}", hasher.finish()));
+    }
+    Arc::from(token)
 }
 
 /// How long a room made by `create_room` waits for its first participant before it is forgotten.
@@ -296,6 +352,8 @@ impl RoomConfig {
 #[derive(Debug)]
 struct Directory {
     rooms: HashMap<Arc<str>, DirectoryEntry>,
+    /// Participants whose connection dropped, by resume token, waiting to be taken back.
+    suspended: HashMap<Arc<str>, Membership>,
     rooms_per_thread: Vec<usize>,
     shut_down: bool,
 }
@@ -319,18 +377,24 @@ struct DirectoryEntry {
     created: Instant,
 }
 
+/// A seat reserved in the directory, on its way to the room's mixer thread.
+#[derive(Debug)]
+struct Admission {
+    room: Arc<str>,
+    id: ParticipantId,
+    joiner: Joiner,
+    /// The joiner's mode, resolved and checked against its role and the room.
+    mode: Mode,
+    /// The room's settings, for the mixer thread to create it with if it is new there.
+    config: RoomConfig,
+    /// The participant's resume token, for `joined`.
+    token: Option<Arc<str>>,
+    in_flight: Arc<AtomicUsize>,
+}
+
 #[derive(Debug)]
 enum Command {
-    Join {
-        room: Arc<str>,
-        id: ParticipantId,
-        joiner: Joiner,
-        /// The joiner's mode, resolved and checked against its role and the room.
-        mode: Mode,
-        /// The room's settings, for the mixer thread to create it with if it is new there.
-        config: RoomConfig,
-        in_flight: Arc<AtomicUsize>,
-    },
+    Join(Admission),
     Leave {
         participant: ParticipantId,
         reason: LeaveReason,
@@ -344,6 +408,11 @@ enum Command {
         participant: ParticipantId,
         request: RoomRequest,
         at: Instant,
+    },
+    Resume {
+        participant: ParticipantId,
+        outbox: Arc<Outbox>,
+        token: Option<Arc<str>>,
     },
     Shutdown,
 }
@@ -378,6 +447,7 @@ impl MixerPool {
                 handles: Mutex::new(handles),
                 directory: Mutex::new(Directory {
                     rooms: HashMap::new(),
+                    suspended: HashMap::new(),
                     rooms_per_thread: vec![0; count],
                     shut_down: false,
                 }),
@@ -386,9 +456,30 @@ impl MixerPool {
                 max_participants: config.engine.max_participants,
                 defaults: RoomConfig::of(&config.engine),
                 max_talkers: config.engine.max_talkers,
+                resumable: config.resumable,
                 metrics,
             }),
         })
+    }
+
+    /// Takes back the suspended participant with this resume token in `room`, for a new
+    /// connection whose outbox is `outbox`; it is told with a `joined` (`resumed`).
+    pub fn resume(&self, token: &str, room: &str, outbox: Arc<Outbox>) -> Option<Membership> {
+        let mut directory = self.directory();
+        if directory
+            .suspended
+            .get(token)
+            .is_none_or(|m| &*m.room != room)
+        {
+            return None;
+        }
+        let membership = directory.suspended.remove(token)?;
+        let _ = self.shared.threads[membership.thread].send(Command::Resume {
+            participant: membership.id,
+            outbox,
+            token: membership.token.clone(),
+        });
+        Some(membership)
     }
 
     /// Creates an empty room with `settings` (omitted ones from the server's defaults); it is
@@ -539,20 +630,23 @@ impl MixerPool {
         };
         let id = ParticipantId(shared.next_id.fetch_add(1, Ordering::Relaxed));
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let command = Command::Join {
+        let token = shared.resumable.then(new_resume_token);
+        let command = Command::Join(Admission {
             room: room.clone(),
             id,
             joiner,
             mode,
             config: room_config,
+            token: token.clone(),
             in_flight: in_flight.clone(),
-        };
+        });
         if shared.threads[thread].send(command).is_err() {
             return Err(JoinRefused::ShuttingDown);
         }
         drop(directory);
         Ok(Membership {
             pool: shared.clone(),
+            token,
             room,
             thread,
             id,
@@ -563,11 +657,17 @@ impl MixerPool {
 
     /// Refuses further joins, stops every mixer thread and waits for them.
     pub fn shutdown(&self) {
-        self.shared
-            .directory
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .shut_down = true;
+        let suspended = {
+            let mut directory = self
+                .shared
+                .directory
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            directory.shut_down = true;
+            std::mem::take(&mut directory.suspended)
+        };
+        // Dropped outside the lock: each one leaves its room, which takes the lock.
+        drop(suspended);
         for sender in &self.shared.threads {
             let _ = sender.send(Command::Shutdown);
         }
@@ -636,6 +736,35 @@ impl RoomSlot {
             mode: member.mode,
             role: member.role,
             muted: self.engine.is_muted(id).unwrap_or(false),
+        }
+    }
+
+    /// The `joined` message for `id`: the others in the room, the floor, the resume token.
+    fn joined(
+        &self,
+        id: ParticipantId,
+        room: &str,
+        token: Option<&str>,
+        resumed: bool,
+    ) -> ServerMessage {
+        let mut others: Vec<ParticipantInfo> = self
+            .members
+            .iter()
+            .filter(|(other, _)| **other != id)
+            .map(|(other, m)| self.info(*other, m))
+            .collect();
+        others.sort_unstable_by_key(|p| p.id);
+        ServerMessage::Joined {
+            participant_id: id.0,
+            room: room.to_owned(),
+            participants: others,
+            format: AudioFormat::opus_48k_mono_20ms(),
+            floor: FloorInfo {
+                policy: self.engine.floor_config().policy,
+                holder: self.engine.floor_holder().map(|h| h.0),
+            },
+            resume_token: token.map(str::to_owned),
+            resumed,
         }
     }
 
@@ -793,14 +922,7 @@ impl MixerThread {
                 frame,
                 arrival,
             } => self.audio(participant, &frame, arrival),
-            Command::Join {
-                room,
-                id,
-                joiner,
-                mode,
-                config,
-                in_flight,
-            } => self.join(room, id, joiner, mode, config, in_flight),
+            Command::Join(admission) => self.join(admission),
             Command::Leave {
                 participant,
                 reason,
@@ -810,6 +932,11 @@ impl MixerThread {
                 request,
                 at,
             } => self.request(participant, request, at),
+            Command::Resume {
+                participant,
+                outbox,
+                token,
+            } => self.resume(participant, outbox, token),
             Command::Shutdown => return false,
         }
         true
@@ -867,6 +994,31 @@ impl MixerThread {
         }
     }
 
+    /// A suspended participant's client is back on a new connection.
+    fn resume(&mut self, participant: ParticipantId, outbox: Arc<Outbox>, token: Option<Arc<str>>) {
+        let Some(room) = self.where_is.get(&participant).cloned() else {
+            // It left meanwhile (removed by a moderator, or the room closed).
+            outbox.push_control(
+                ServerMessage::error(
+                    ErrorCode::ResumeFailed,
+                    "the participant is no longer in the room; join again without resume",
+                )
+                .to_json(),
+            );
+            return;
+        };
+        let Some(slot) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let joined = slot.joined(participant, &room, token.as_deref(), true);
+        if let Some(member) = slot.members.get_mut(&participant) {
+            member.outbox = outbox;
+            member.errors = ErrorThrottle::default();
+            member.outbox.push_control(joined.to_json());
+            info!(%room, %participant, "resumed");
+        }
+    }
+
     fn request(&mut self, participant: ParticipantId, request: RoomRequest, at: Instant) {
         let Some(room) = self.where_is.get(&participant).cloned() else {
             return;
@@ -883,15 +1035,16 @@ impl MixerThread {
         }
     }
 
-    fn join(
-        &mut self,
-        room: Arc<str>,
-        id: ParticipantId,
-        joiner: Joiner,
-        mode: Mode,
-        config: RoomConfig,
-        in_flight: Arc<AtomicUsize>,
-    ) {
+    fn join(&mut self, admission: Admission) {
+        let Admission {
+            room,
+            id,
+            joiner,
+            mode,
+            config,
+            token,
+            in_flight,
+        } = admission;
         if !self.rooms.contains_key(&room) {
             // Every room on this thread ticks on the same 20 ms grid, so a thread wakes once per
             // tick for all its rooms rather than once per room: hundreds of quiet rooms cost
@@ -917,7 +1070,6 @@ impl MixerThread {
         let Some(slot) = self.rooms.get_mut(&room) else {
             return;
         };
-        let policy = slot.engine.floor_config().policy;
         if let Err(error) = slot.engine.add_participant(id, mode) {
             refuse(&self.metrics, &room, id, &joiner, error);
             if slot.members.is_empty() {
@@ -932,22 +1084,7 @@ impl MixerThread {
             role: joiner.role,
             muted: false,
         };
-        let mut others: Vec<ParticipantInfo> = slot
-            .members
-            .iter()
-            .map(|(other, m)| slot.info(*other, m))
-            .collect();
-        others.sort_unstable_by_key(|p| p.id);
-        let joined = ServerMessage::Joined {
-            participant_id: id.0,
-            room: room.to_string(),
-            participants: others,
-            format: AudioFormat::opus_48k_mono_20ms(),
-            floor: FloorInfo {
-                policy,
-                holder: slot.engine.floor_holder().map(|h| h.0),
-            },
-        };
+        let joined = slot.joined(id, &room, token.as_deref(), false);
         joiner.outbox.push_control(joined.to_json());
         slot.broadcast(id, &ServerMessage::ParticipantJoined { participant: info });
         info!(%room, participant = %id, name = %joiner.name, mode = mode.as_str(), "joined");
