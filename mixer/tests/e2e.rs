@@ -1048,6 +1048,22 @@ async fn push_to_talk_with_a_single_floor_over_real_sockets() {
         == ServerMessage::TalkingStarted {
             participant_id: b_id
         }));
+    let (_, text) = http_get(server.addr, "/metrics").await;
+    assert_eq!(
+        metric(&text, "mixer_floor_events_total", "event=\"granted\""),
+        2.0
+    );
+    assert_eq!(
+        metric(&text, "mixer_floor_events_total", "event=\"released\""),
+        1.0
+    );
+    assert!(
+        metric(
+            &text,
+            "mixer_audio_frames_rejected_total",
+            "reason=\"no_floor\""
+        ) > 10.0
+    );
     server.shutdown().await;
 }
 
@@ -1486,6 +1502,11 @@ async fn rooms_are_listed_created_with_settings_and_chat_reaches_everyone_in_ord
     assert!(
         limited >= 4 && delivered + limited == 8,
         "{delivered} delivered, {limited} limited"
+    );
+    let (_, text) = http_get(server.addr, "/metrics").await;
+    assert_eq!(
+        metric(&text, "mixer_chat_messages_total", ""),
+        (3 + delivered) as f64
     );
     server.shutdown().await;
 }

@@ -91,6 +91,12 @@ pub struct Metrics {
     pub limiter_frames_total: IntCounter,
     /// Output frames not sent because the mix was settled silence (downlink DTX).
     pub audio_frames_paused_total: IntCounter,
+    /// Chat messages delivered to rooms.
+    pub chat_messages_total: IntCounter,
+    /// Push-to-talk floor changes, by event (`granted`, or the reason it ended).
+    pub floor_events_total: IntCounterVec,
+    /// Participants taken back with a resume token after a dropped connection.
+    pub resumes_total: IntCounter,
     /// Deepest gain reduction in each limited frame, dB.
     pub limiter_gain_reduction_db: Histogram,
     /// Mixer threads running.
@@ -258,6 +264,19 @@ impl Metrics {
                 "mixer_limiter_frames_total",
                 "Output frames in which the limiter reduced the gain.",
             ),
+            chat_messages_total: counter(
+                "mixer_chat_messages_total",
+                "Chat messages delivered to rooms.",
+            ),
+            floor_events_total: counter_vec(
+                "mixer_floor_events_total",
+                "Push-to-talk floor changes: granted, or why the floor ended.",
+                &["event"],
+            ),
+            resumes_total: counter(
+                "mixer_resumes_total",
+                "Participants taken back with a resume token after a dropped connection.",
+            ),
             audio_frames_paused_total: counter(
                 "mixer_audio_frames_paused_total",
                 "Output frames not sent because the participant's mix was settled silence.",
@@ -305,6 +324,9 @@ impl Metrics {
             Box::new(metrics.slow_consumer_disconnects_total.clone()),
             Box::new(metrics.limiter_frames_total.clone()),
             Box::new(metrics.audio_frames_paused_total.clone()),
+            Box::new(metrics.chat_messages_total.clone()),
+            Box::new(metrics.floor_events_total.clone()),
+            Box::new(metrics.resumes_total.clone()),
             Box::new(metrics.limiter_gain_reduction_db.clone()),
             Box::new(metrics.mixer_threads.clone()),
         ];

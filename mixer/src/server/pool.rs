@@ -1016,6 +1016,7 @@ impl MixerThread {
             member.errors = ErrorThrottle::default();
             member.outbox.push_control(joined.to_json());
             info!(%room, %participant, "resumed");
+            self.metrics.resumes_total.inc();
         }
     }
 
@@ -1028,7 +1029,7 @@ impl MixerThread {
         };
         let outcome = requests::apply(slot, participant, request, &self.metrics, at);
         while let Some(event) = slot.engine.poll_event() {
-            requests::announce(slot, &event);
+            requests::announce(slot, &event, &self.metrics);
         }
         for removed in outcome.removed {
             self.leave(removed, LeaveReason::Removed);
@@ -1118,7 +1119,7 @@ impl MixerThread {
         // The engine's last word on the participant (the floor it held) before the room hears
         // that it left.
         while let Some(event) = slot.engine.poll_event() {
-            requests::announce(slot, &event);
+            requests::announce(slot, &event, &self.metrics);
         }
         slot.broadcast(
             participant,
@@ -1230,7 +1231,7 @@ impl MixerThread {
                         Event::TalkingStarted { .. }
                         | Event::TalkingStopped { .. }
                         | Event::Floor(_) => {
-                            requests::announce(slot, &event);
+                            requests::announce(slot, &event, &self.metrics);
                         }
                     }
                 }

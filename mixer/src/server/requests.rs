@@ -137,6 +137,7 @@ pub(super) fn apply(
                 ts_ms,
             };
             slot.broadcast_all(&message);
+            metrics.chat_messages_total.inc();
         }
         RoomRequest::SetMode(mode) => {
             let policy = slot.engine.floor_config().policy;
@@ -347,7 +348,7 @@ fn set_muted(slot: &mut RoomSlot, target: ParticipantId, muted: bool, by: Option
 
 /// Turns the engine's room events (talking, floor) into messages for the room. Returns false
 /// for events that are not about the room's state (the caller handles those).
-pub(super) fn announce(slot: &RoomSlot, event: &Event) -> bool {
+pub(super) fn announce(slot: &RoomSlot, event: &Event, metrics: &Metrics) -> bool {
     let message = match *event {
         Event::TalkingStarted { participant } => ServerMessage::TalkingStarted {
             participant_id: participant.0,
@@ -355,10 +356,16 @@ pub(super) fn announce(slot: &RoomSlot, event: &Event) -> bool {
         Event::TalkingStopped { participant } => ServerMessage::TalkingStopped {
             participant_id: participant.0,
         },
-        Event::Floor(FloorChange::Granted { to, .. }) => ServerMessage::FloorGranted {
-            participant_id: to.0,
-            max_talk_ms: Some(slot.engine.floor_config().max_talk.as_millis() as u64),
-        },
+        Event::Floor(FloorChange::Granted { to, .. }) => {
+            metrics
+                .floor_events_total
+                .with_label_values(&["granted"])
+                .inc();
+            ServerMessage::FloorGranted {
+                participant_id: to.0,
+                max_talk_ms: Some(slot.engine.floor_config().max_talk.as_millis() as u64),
+            }
+        }
         Event::Floor(FloorChange::Ended { from, reason }) => {
             let (reason, by) = match reason {
                 FloorEnd::Released => (FloorEndReason::Released, None),
@@ -367,6 +374,14 @@ pub(super) fn announce(slot: &RoomSlot, event: &Event) -> bool {
                 FloorEnd::Left => (FloorEndReason::Left, None),
                 FloorEnd::Preempted { by } => (FloorEndReason::Preempted, Some(by.0)),
             };
+            let label = match reason {
+                FloorEndReason::Released => "released",
+                FloorEndReason::MaxTalkTime => "max_talk_time",
+                FloorEndReason::Silence => "silence",
+                FloorEndReason::Left => "left",
+                FloorEndReason::Preempted => "preempted",
+            };
+            metrics.floor_events_total.with_label_values(&[label]).inc();
             ServerMessage::FloorReleased {
                 participant_id: from.0,
                 reason,
