@@ -30,6 +30,7 @@ fn exported_families() -> BTreeMap<String, bool> {
     metrics
         .audio_frames_rejected_total
         .with_label_values(&["bad_audio_header"]);
+    metrics.floor_events_total.with_label_values(&["granted"]);
     metrics
         .registry()
         .gather()
