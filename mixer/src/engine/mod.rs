@@ -62,6 +62,7 @@ pub mod floor;
 pub mod jitter;
 pub mod limiter;
 pub mod mix;
+pub mod pcm;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
