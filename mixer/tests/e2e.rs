@@ -10,8 +10,8 @@ use futures_util::{SinkExt, StreamExt};
 use mixer::cli::{Cli, Command};
 use mixer::server::ServerConfig;
 use mixer_protocol::{
-    AudioFormat, ClientMessage, ErrorCode, JoinRequest, LeaveReason, Mode, Role, ServerMessage,
-    parse_server_message,
+    AudioFormat, AudioFrame, ClientMessage, ErrorCode, JoinRequest, LeaveReason, Mode, Role,
+    ServerMessage, parse_server_message,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -1657,5 +1657,82 @@ async fn a_dropped_client_resumes_as_the_same_participant_within_the_window() {
         dropped_at.elapsed() >= Duration::from_millis(1400),
         "left only after the window"
     );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pcm_client_and_an_opus_client_hear_each_other_over_real_sockets() {
+    let server = TestServer::start(&[]).await;
+    let mut pcm = connect(&server).await;
+    let pcm_join = ClientMessage::Join(JoinRequest {
+        room: "mcu".into(),
+        name: "sensor".into(),
+        token: None,
+        mode: Some(Mode::Talk),
+        resume: None,
+        role: Role::Speaker,
+        format: AudioFormat::pcm16(44_100),
+    });
+    pcm.send(Message::text(pcm_join.to_json()))
+        .await
+        .expect("join");
+    match next_control(&mut pcm).await {
+        ServerMessage::Joined { format, .. } => assert_eq!(format, AudioFormat::pcm16(44_100)),
+        other => panic!("expected joined, got {other:?}"),
+    }
+    // A frame of the wrong size for the format is refused with a clear error.
+    send_expect_error(
+        &mut pcm,
+        Message::binary(vec![1u8; 9 + 100]),
+        ErrorCode::UnsupportedFormat,
+    )
+    .await;
+    let (opus, _) = join(&server, "mcu", "phone", Mode::Talk).await;
+    let opus_task = tokio::spawn(run_client(
+        opus,
+        Some(TONES[2]),
+        Duration::from_millis(2500),
+    ));
+    // The PCM client: sends 500 Hz at 44.1 kHz, keeps what it receives (PCM at 44.1 kHz).
+    let mut talker = common::PcmTalker::new(44_100, 500.0, 0.2);
+    let mut heard: Vec<f32> = Vec::new();
+    let start = tokio::time::Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    while start.elapsed() < Duration::from_millis(2500) {
+        tokio::select! {
+            _ = ticker.tick() => {
+                pcm.send(Message::binary(talker.next_frame())).await.expect("pcm audio");
+            }
+            message = pcm.next() => match message {
+                Some(Ok(Message::Binary(bytes))) => {
+                    let frame = AudioFrame::parse_pcm(&bytes).expect("pcm frame");
+                    assert_eq!(frame.payload.len(), 882 * 2);
+                    heard.extend(common::pcm_samples(frame.payload));
+                }
+                Some(Ok(_)) => {}
+                other => panic!("connection ended: {other:?}"),
+            },
+        }
+    }
+    let phone = opus_task.await.expect("opus client");
+    let tail = &heard[heard.len().saturating_sub(44_100)..];
+    assert!(tail.len() > 40_000, "{} samples", tail.len());
+    assert!(
+        common::tone_db_at(tail, TONES[2], 44_100) > -22.0,
+        "the phone is heard"
+    );
+    assert!(
+        common::tone_db_at(tail, 500.0, 44_100) < -50.0,
+        "not its own tone"
+    );
+    let phone_tail = phone
+        .listener
+        .window(Duration::from_millis(1000), Duration::from_millis(2200));
+    assert!(
+        tone_db(phone_tail, 500.0) > -22.0,
+        "the sensor is heard: {}",
+        tone_db(phone_tail, 500.0)
+    );
+    assert!(tone_db(phone_tail, TONES[2]) < -40.0, "not its own tone");
     server.shutdown().await;
 }

@@ -20,6 +20,8 @@ pub const MAX_OPUS_PACKET: usize = 1275;
 pub const AUDIO_HEADER_LEN: usize = 9;
 /// Largest valid binary frame: header plus the largest Opus packet.
 pub const MAX_AUDIO_FRAME: usize = AUDIO_HEADER_LEN + MAX_OPUS_PACKET;
+/// Largest `pcm16` payload: 20 ms of 16-bit samples at 48 kHz.
+pub const MAX_PCM_PAYLOAD: usize = 2 * 960;
 
 /// The flags byte (offset 1) of an audio header.
 ///
@@ -181,6 +183,17 @@ impl<'a> AudioFrame<'a> {
     /// The Opus packet itself is not inspected beyond its length; decoding it is the receiver's
     /// job.
     pub fn parse(bytes: &'a [u8]) -> Result<AudioFrame<'a>, AudioError> {
+        Self::parse_within(bytes, MAX_OPUS_PACKET)
+    }
+
+    /// [`AudioFrame::parse`] for a `pcm16` client's frames, whose payload (20 ms of 16-bit
+    /// samples, up to 1920 bytes at 48 kHz) may be larger than an Opus packet. The caller checks
+    /// the exact length for the client's rate.
+    pub fn parse_pcm(bytes: &'a [u8]) -> Result<AudioFrame<'a>, AudioError> {
+        Self::parse_within(bytes, MAX_PCM_PAYLOAD)
+    }
+
+    fn parse_within(bytes: &'a [u8], max_payload: usize) -> Result<AudioFrame<'a>, AudioError> {
         let Some((head, payload)) = bytes.split_first_chunk::<AUDIO_HEADER_LEN>() else {
             return Err(AudioError::Truncated { len: bytes.len() });
         };
@@ -188,7 +201,7 @@ impl<'a> AudioFrame<'a> {
         if payload.is_empty() {
             return Err(AudioError::EmptyPayload);
         }
-        if payload.len() > MAX_OPUS_PACKET {
+        if payload.len() > max_payload {
             return Err(AudioError::PayloadTooLarge { len: payload.len() });
         }
         Ok(AudioFrame { header, payload })

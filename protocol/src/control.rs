@@ -480,20 +480,47 @@ impl AudioFormat {
         }
     }
 
-    /// Checks that this is the supported format; the error names what was asked for.
+    /// 16-bit little-endian PCM, mono, 20 ms frames at `sample_rate`, for clients that cannot
+    /// run Opus.
+    pub fn pcm16(sample_rate: u32) -> AudioFormat {
+        AudioFormat {
+            codec: "pcm16".to_owned(),
+            sample_rate,
+            channels: 1,
+            frame_ms: FRAME_MS,
+        }
+    }
+
+    /// The PCM sample rate, if this is a `pcm16` format.
+    pub fn pcm_rate(&self) -> Option<u32> {
+        (self.codec == "pcm16").then_some(self.sample_rate)
+    }
+
+    /// Checks that this is a supported format: `opus/48000/1/20`, or `pcm16/R/1/20` with R one
+    /// of [`PCM_RATES`]. The error names what was asked for.
     pub fn validate(&self) -> Result<(), ControlError> {
-        if *self == AudioFormat::opus_48k_mono_20ms() {
+        if *self == AudioFormat::opus_48k_mono_20ms()
+            || (PCM_RATES.contains(&self.sample_rate)
+                && *self == AudioFormat::pcm16(self.sample_rate))
+        {
             return Ok(());
         }
         Err(ControlError::UnsupportedFormat {
             detail: format!(
-                "format {} is not supported; the only supported format is {}",
+                "format {} is not supported; use {} or pcm16/R/1/20 with R one of {:?}",
                 self,
-                AudioFormat::opus_48k_mono_20ms()
+                AudioFormat::opus_48k_mono_20ms(),
+                PCM_RATES
             ),
         })
     }
 }
+
+/// Sample rates a `pcm16` client may use.
+pub const PCM_RATES: [u32; 5] = [8_000, 16_000, 22_050, 44_100, 48_000];
+
+/// Largest `pcm16` audio frame: the 9-byte header and 20 ms of 48 kHz 16-bit samples.
+pub const MAX_PCM_AUDIO_FRAME: usize = 9 + 2 * 960;
 
 impl fmt::Display for AudioFormat {
     /// `codec/sample_rate/channels/frame_ms`, e.g. `opus/48000/1/20`; a long codec is cut short.
@@ -2564,9 +2591,31 @@ mod tests {
         assert_eq!(err.code(), ErrorCode::UnsupportedFormat);
         assert_eq!(
             err.to_string(),
-            "unsupported audio format: format pcm/44100/2/10 is not supported; the only supported \
-             format is opus/48000/1/20"
+            "unsupported audio format: format pcm/44100/2/10 is not supported; use opus/48000/1/20 \
+             or pcm16/R/1/20 with R one of [8000, 16000, 22050, 44100, 48000]"
         );
+        for rate in PCM_RATES {
+            assert_eq!(AudioFormat::pcm16(rate).validate(), Ok(()));
+            assert_eq!(AudioFormat::pcm16(rate).pcm_rate(), Some(rate));
+        }
+        assert_eq!(AudioFormat::opus_48k_mono_20ms().pcm_rate(), None);
+        for bad in [
+            AudioFormat::pcm16(11_025),
+            AudioFormat {
+                channels: 2,
+                ..AudioFormat::pcm16(16_000)
+            },
+            AudioFormat {
+                frame_ms: 10,
+                ..AudioFormat::pcm16(16_000)
+            },
+        ] {
+            assert_eq!(
+                bad.validate().map_err(|e| e.code()),
+                Err(ErrorCode::UnsupportedFormat),
+                "{bad}"
+            );
+        }
         let upper = AudioFormat {
             codec: "OPUS".to_owned(),
             ..AudioFormat::opus_48k_mono_20ms()

@@ -11,7 +11,7 @@ pub use audio::{
 pub use control::{
     AudioFormat, ClientMessage, ControlError, ErrorCode, FloorEndReason, FloorInfo, FloorPolicy,
     JoinRequest, LeaveReason, MAX_CHAT_CHARS, MAX_CONTROL_MESSAGE, MAX_LISTED_ROOMS,
-    MAX_NAME_CHARS, MAX_ROOM_LEN, MAX_TOKEN_LEN, Mode, ParticipantInfo, Role, RoomSettings,
-    RoomSummary, ServerMessage, close_code, parse_client_message, parse_server_message,
-    validate_chat,
+    MAX_NAME_CHARS, MAX_PCM_AUDIO_FRAME, MAX_ROOM_LEN, MAX_TOKEN_LEN, Mode, PCM_RATES,
+    ParticipantInfo, Role, RoomSettings, RoomSummary, ServerMessage, close_code,
+    parse_client_message, parse_server_message, validate_chat,
 };

@@ -96,6 +96,9 @@ pub struct JitterConfig {
     /// Packets in the jitter-measurement window (default 128, about 2.5 s). Clamped to
     /// `1..=8192`.
     pub window: usize,
+    /// Largest payload stored, in bytes (default [`MAX_PAYLOAD`], an Opus packet; a PCM
+    /// client's frame size for PCM). Clamped to `1..=65536`.
+    pub max_payload: usize,
 }
 
 impl Default for JitterConfig {
@@ -107,6 +110,7 @@ impl Default for JitterConfig {
             capacity: 64,
             max_expand_frames: 3,
             window: 128,
+            max_payload: MAX_PAYLOAD,
         }
     }
 }
@@ -243,7 +247,7 @@ struct Slot {
     level_dbov: u8,
     len: usize,
     arrival: Option<Instant>,
-    data: [u8; MAX_PAYLOAD],
+    data: Box<[u8]>,
 }
 
 impl std::fmt::Debug for Slot {
@@ -258,15 +262,17 @@ impl std::fmt::Debug for Slot {
 }
 
 impl Slot {
-    const EMPTY: Slot = Slot {
-        ext: 0,
-        occupied: false,
-        voice_activity: false,
-        level_dbov: 0,
-        len: 0,
-        arrival: None,
-        data: [0; MAX_PAYLOAD],
-    };
+    fn empty(max_payload: usize) -> Slot {
+        Slot {
+            ext: 0,
+            occupied: false,
+            voice_activity: false,
+            level_dbov: 0,
+            len: 0,
+            arrival: None,
+            data: vec![0; max_payload].into_boxed_slice(),
+        }
+    }
 
     fn payload(&self) -> &[u8] {
         self.data.get(..self.len).unwrap_or(&[])
@@ -296,14 +302,16 @@ struct Anchor {
 
 impl JitterBuffer {
     /// Creates an idle, empty buffer. This is the only call that allocates: all slots (about
-    /// `capacity` × 1.3 kB) and the measurement window.
+    /// `capacity` × `max_payload` bytes, 82 kB by default) and the measurement window.
     pub fn new(config: JitterConfig) -> Self {
         let config = sanitize(config);
         let frame_us = u64::try_from(config.frame.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
         JitterBuffer {
-            slots: vec![Slot::EMPTY; config.capacity].into_boxed_slice(),
+            slots: (0..config.capacity)
+                .map(|_| Slot::empty(config.max_payload))
+                .collect(),
             transit: vec![0; config.window].into_boxed_slice(),
             scratch: vec![0; config.window].into_boxed_slice(),
             frame_us,
@@ -327,7 +335,7 @@ impl JitterBuffer {
     /// Offers one arriving packet; `now` is its arrival time.
     pub fn insert(&mut self, packet: ArrivingPacket<'_>, now: Instant) -> InsertOutcome {
         self.stats.received += 1;
-        if packet.payload.is_empty() || packet.payload.len() > MAX_PAYLOAD {
+        if packet.payload.is_empty() || packet.payload.len() > self.config.max_payload {
             self.stats.invalid += 1;
             return InsertOutcome::Invalid;
         }
@@ -626,7 +634,7 @@ impl JitterBuffer {
     fn store(&mut self, packet: &ArrivingPacket<'_>, ext: u64, now: Instant) {
         let index = self.slot_index(ext);
         let slot = &mut self.slots[index];
-        let len = packet.payload.len().min(MAX_PAYLOAD);
+        let len = packet.payload.len().min(slot.data.len());
         slot.data[..len].copy_from_slice(&packet.payload[..len]);
         slot.len = len;
         slot.ext = ext;
@@ -768,6 +776,7 @@ fn sanitize(mut config: JitterConfig) -> JitterConfig {
     config.frame = config.frame.max(Duration::from_micros(1));
     config.capacity = config.capacity.clamp(1, MAX_CAPACITY);
     config.window = config.window.clamp(1, MAX_WINDOW);
+    config.max_payload = config.max_payload.clamp(1, 65_536);
     let capacity = u32::try_from(config.capacity).unwrap_or(u32::MAX);
     config.min_delay_frames = config.min_delay_frames.min(capacity);
     config.max_delay_frames = config
@@ -1546,11 +1555,13 @@ mod tests {
             capacity: 0,
             max_expand_frames: 0,
             window: 0,
+            max_payload: 0,
         });
         let config = jb.config();
         assert_eq!(config.frame, Duration::from_micros(1));
         assert_eq!((config.capacity, config.window), (1, 1));
         assert_eq!((config.min_delay_frames, config.max_delay_frames), (1, 1));
+        assert_eq!(config.max_payload, 1);
     }
 
     #[test]
@@ -1666,6 +1677,7 @@ mod tests {
                 capacity,
                 max_expand_frames: expand,
                 window,
+                max_payload: MAX_PAYLOAD,
             })
     }
 

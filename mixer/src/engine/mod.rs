@@ -78,6 +78,7 @@ use self::jitter::{
     ArrivingPacket, InsertOutcome, JitterBuffer, JitterConfig, JitterStats, Playout,
 };
 use self::limiter::{Limiter, LimiterConfig};
+use self::pcm::{PcmDownlink, PcmError, PcmRate, PcmUplink};
 
 /// The server-wide id of one participant (one joined connection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -226,6 +227,29 @@ pub enum EngineError {
     /// Building a codec failed.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// Building a PCM converter failed.
+    #[error(transparent)]
+    Pcm(#[from] PcmError),
+}
+
+/// How a participant's audio is coded on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientCodec {
+    /// Opus at 48 kHz (the engine's own rate).
+    #[default]
+    Opus,
+    /// 16-bit PCM at a client rate, resampled to and from 48 kHz.
+    Pcm(PcmRate),
+}
+
+/// A PCM client's converters and its rendered frame.
+struct PcmLink {
+    uplink: PcmUplink,
+    downlink: PcmDownlink,
+    /// This tick's frame for the client (16-bit little-endian at its rate).
+    payload: Vec<u8>,
+    /// Consecutive silent outputs (for pausing in silence, like the Opus streams).
+    silent_ticks: u32,
 }
 
 /// One encoded frame for one participant, borrowed from the room until the next call.
@@ -443,6 +467,10 @@ struct Participant {
     /// `capped` as it was in the previous tick.
     was_capped: bool,
     decode_failing: bool,
+    /// Set for PCM clients: they are decoded and "encoded" by resampling, not by Opus.
+    pcm: Option<PcmLink>,
+    /// This tick's PCM frame level, or `None` when paused in silence.
+    pcm_level: Option<AudioLevel>,
     /// Muted (by itself or a moderator): its audio is dropped on arrival.
     muted: bool,
     /// May not be mixed now (muted, or push-to-talk without the floor); its buffered audio is
@@ -462,11 +490,34 @@ struct Participant {
 }
 
 impl Participant {
-    fn new(id: ParticipantId, mode: Mode, config: &EngineConfig) -> Result<Self, CodecError> {
+    fn new(
+        id: ParticipantId,
+        mode: Mode,
+        codec: ClientCodec,
+        config: &EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let pcm = match codec {
+            ClientCodec::Opus => None,
+            ClientCodec::Pcm(rate) => Some(PcmLink {
+                uplink: PcmUplink::new(rate)?,
+                downlink: PcmDownlink::new(rate)?,
+                payload: Vec::with_capacity(rate.frame_bytes()),
+                silent_ticks: 0,
+            }),
+        };
+        let jitter = match codec {
+            ClientCodec::Opus => config.jitter.clone(),
+            ClientCodec::Pcm(rate) => JitterConfig {
+                max_payload: rate.frame_bytes(),
+                ..config.jitter.clone()
+            },
+        };
         Ok(Participant {
+            pcm,
+            pcm_level: None,
             id,
             mode,
-            jitter: JitterBuffer::new(config.jitter.clone()),
+            jitter: JitterBuffer::new(jitter),
             decoder: codec::decoder()?,
             own: match mode {
                 Mode::Talk | Mode::Ptt => Some(MixStream::new(config)?),
@@ -545,6 +596,60 @@ impl Participant {
         true
     }
 
+    /// The PCM counterpart of the Opus decoding: resampling to 48 kHz, with the converter's own
+    /// concealment for lost frames. It runs every tick (concealing when there is nothing), so
+    /// the resampler's timing stays continuous.
+    fn decode_pcm(
+        link: &mut PcmLink,
+        jitter: &mut JitterBuffer,
+        decoded: &mut [f32],
+        scratch: &mut [f32],
+        stats: &mut ParticipantStats,
+        now: Instant,
+    ) -> bool {
+        let ok = match jitter.pop(now) {
+            Playout::Silence => {
+                link.uplink.conceal(scratch);
+                return false;
+            }
+            Playout::Packet(packet) => link.uplink.decode(packet, decoded).is_ok(),
+            Playout::Conceal { .. } => {
+                link.uplink.conceal(decoded);
+                true
+            }
+            Playout::Merge(first, second) => {
+                let a = link.uplink.decode(first, scratch).is_ok();
+                let b = link.uplink.decode(second, decoded).is_ok();
+                if a && b {
+                    mix::crossfade_into(scratch, decoded);
+                }
+                a && b
+            }
+        };
+        stats.frames_decoded += 1;
+        if !ok {
+            // The shell checks frame lengths; count it anyway and play concealment.
+            stats.decode_errors += 1;
+            link.uplink.conceal(decoded);
+        }
+        true
+    }
+
+    /// Renders this tick's output for a PCM client from `mix` (48 kHz, limited); `None` while
+    /// its output is settled silence and silence is not sent.
+    fn render_pcm(link: &mut PcmLink, mix: &[f32], send_silence: bool) -> Option<AudioLevel> {
+        let silent = mix.iter().all(|s| *s == 0.0);
+        link.silent_ticks = if silent { link.silent_ticks + 1 } else { 0 };
+        if !send_silence && link.silent_ticks > SILENCE_SETTLE_FRAMES {
+            return None;
+        }
+        let bytes = link.downlink.render(mix);
+        link.payload.clear();
+        link.payload.extend_from_slice(bytes);
+        let rms = mix::rms(mix);
+        Some(AudioLevel::from_rms(rms > VOICE_RMS_THRESHOLD, rms))
+    }
+
     /// Advances the talking state by one tick with this tick's decoded level (`None`: no audio).
     fn update_talking(&mut self, rms: Option<f32>, events: &mut VecDeque<Event>) {
         let change = if self.talking {
@@ -585,6 +690,16 @@ impl Participant {
     fn decode(&mut self, now: Instant, events: &mut VecDeque<Event>) -> bool {
         if !self.mode.sends_audio() {
             return false;
+        }
+        if let Some(link) = self.pcm.as_mut() {
+            return Self::decode_pcm(
+                link,
+                &mut self.jitter,
+                &mut self.decoded,
+                &mut self.scratch,
+                &mut self.stats,
+                now,
+            );
         }
         let silent = self.jitter.next_is_silent();
         let decoder = &mut self.decoder;
@@ -845,13 +960,24 @@ impl Room {
     /// Adds a participant. Talkers get a jitter buffer, a decoder and an encoder for their own
     /// mix-minus; listeners only ever hear the shared full mix.
     pub fn add_participant(&mut self, id: ParticipantId, mode: Mode) -> Result<(), EngineError> {
+        self.add_participant_with(id, mode, ClientCodec::Opus)
+    }
+
+    /// [`Room::add_participant`] for a client whose audio is coded as `codec` (Opus, or 16-bit
+    /// PCM at its own rate, resampled to and from the room's 48 kHz).
+    pub fn add_participant_with(
+        &mut self,
+        id: ParticipantId,
+        mode: Mode,
+        codec: ClientCodec,
+    ) -> Result<(), EngineError> {
         if self.index.contains_key(&id) {
             return Err(EngineError::AlreadyJoined(id));
         }
         if self.participants.len() >= self.config.max_participants {
             return Err(EngineError::RoomFull(self.config.max_participants));
         }
-        let participant = Participant::new(id, mode, &self.config)?;
+        let participant = Participant::new(id, mode, codec, &self.config)?;
         self.talkers += usize::from(participant.own.is_some());
         self.index.insert(id, self.participants.len());
         self.participants.push(participant);
@@ -1205,10 +1331,17 @@ impl Room {
             self.shared_history_len = 0;
         }
         let (first, second) = self.participants.split_at_mut(split);
+        let shared_mix: &[f32] = &self.shared.output;
+        let send_silence = self.config.send_silence;
         let encode = |half: &mut [Participant]| {
             let mut encodes = 0;
             for participant in half {
-                if let Some(own) = participant.own.as_mut().filter(|_| participant.uses_own) {
+                let own = participant.own.as_mut().filter(|_| participant.uses_own);
+                if let Some(link) = participant.pcm.as_mut() {
+                    // PCM clients get their mix resampled instead of encoded.
+                    let mix = own.map_or(shared_mix, |own| &own.output[..]);
+                    participant.pcm_level = Participant::render_pcm(link, mix, send_silence);
+                } else if let Some(own) = own {
                     participant.own_level = own.encode(&mut encodes);
                 }
             }
@@ -1233,6 +1366,14 @@ impl Room {
             Output::Frame(self.shared.level)
         };
         for participant in &mut self.participants {
+            if participant.pcm.is_some() {
+                let output = match participant.pcm_level {
+                    Some(level) => Output::Frame(level),
+                    None => Output::Paused,
+                };
+                participant.stamp(self.out_sequence, timestamp, output);
+                continue;
+            }
             let output = match participant.own.as_ref().filter(|_| participant.uses_own) {
                 Some(own) => match participant.own_level {
                     None => {
@@ -1271,7 +1412,13 @@ impl Room {
             && self
                 .participants
                 .iter()
-                .all(|p| !p.contributing && !p.uses_own && p.quiet_ticks >= OWN_STREAM_HANGOVER)
+                // PCM clients run their converters every tick.
+                .all(|p| {
+                    !p.contributing
+                        && !p.uses_own
+                        && p.quiet_ticks >= OWN_STREAM_HANGOVER
+                        && p.pcm.is_none()
+                })
     }
 
     /// The rest of a tick for which [`Room::is_settled_silence`] holds: exactly what the full
@@ -1391,9 +1538,10 @@ impl Room {
             self.transmit_cursor += 1;
             if let Some(header) = self.participants[i].pending.take() {
                 let p = &self.participants[i];
-                let payload = match p.own.as_ref().filter(|_| p.uses_own) {
-                    Some(own) => own.payload(),
-                    None => self.shared.payload(),
+                let payload = match (&p.pcm, p.own.as_ref().filter(|_| p.uses_own)) {
+                    (Some(link), _) => &link.payload[..],
+                    (None, Some(own)) => own.payload(),
+                    (None, None) => self.shared.payload(),
                 };
                 return Some(Transmit {
                     to: p.id,

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use mixer_protocol::{
-    AudioFrame, ClientMessage, ErrorCode, FRAME_SAMPLES, LeaveReason, MAX_AUDIO_FRAME,
-    MAX_CONTROL_MESSAGE, SAMPLE_RATE, ServerMessage, parse_client_message,
+    AUDIO_HEADER_LEN, AudioFrame, ClientMessage, ErrorCode, FRAME_SAMPLES, LeaveReason,
+    MAX_AUDIO_FRAME, MAX_CONTROL_MESSAGE, SAMPLE_RATE, ServerMessage, parse_client_message,
 };
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -31,6 +31,7 @@ use super::outbox::{Closed, ErrorThrottle, Outbox, Outgoing};
 use super::pool::{Joiner, Membership, MixerPool};
 use super::requests::RoomRequest;
 use crate::engine::ParticipantId;
+use crate::engine::pcm::PcmRate;
 
 type Ws = WebSocketStream<Prefixed<TcpStream>>;
 
@@ -172,6 +173,8 @@ struct Session {
     context: Arc<Context>,
     outbox: Arc<Outbox>,
     membership: Option<Membership>,
+    /// The PCM rate of a `pcm16` client (its frames are checked by size, not as Opus).
+    pcm: Option<PcmRate>,
     rate: RateLimit,
     /// Chat: a burst of 5 messages, then 1 a second.
     chat_rate: RateLimit,
@@ -192,6 +195,7 @@ impl Session {
             context,
             outbox,
             membership: None,
+            pcm: None,
             rate: RateLimit::new(frames_per_second, frames_per_second * 1.1),
             chat_rate: RateLimit::new(5.0, 1.0),
             errors: ErrorThrottle::default(),
@@ -405,6 +409,11 @@ impl Session {
                 if let Err(error) = request.validate() {
                     return self.refuse_join(error.code(), error.to_string());
                 }
+                // The format was validated above, so a pcm16 rate is one the engine takes.
+                self.pcm = request
+                    .format
+                    .pcm_rate()
+                    .and_then(|hz| PcmRate::from_hz(hz).ok());
                 if let Some(token) = &request.resume {
                     return match self
                         .context
@@ -425,6 +434,7 @@ impl Session {
                     name: request.name.clone(),
                     mode: request.mode,
                     role: request.role,
+                    format: request.format.clone(),
                     outbox: self.outbox.clone(),
                 };
                 match self.context.pool.join(&request.room, joiner) {
@@ -523,9 +533,23 @@ impl Session {
     }
 
     fn on_audio(&mut self, bytes: Bytes, now: Instant) {
-        let Some(membership) = &self.membership else {
+        if self.membership.is_none() {
             return self.reject_audio(ErrorCode::NotJoined, "audio before join; send join first");
-        };
+        }
+        if let Some(rate) = self.pcm {
+            // PCM: exactly one 20 ms frame of 16-bit samples after the header.
+            let expected = AUDIO_HEADER_LEN + rate.frame_bytes();
+            if bytes.len() != expected {
+                return self.reject_audio(ErrorCode::UnsupportedFormat, format!(
+                    "a pcm16/{}/1/20 audio frame is exactly {expected} bytes (9-byte header + {} samples), not {}",
+                    rate.hz(), rate.samples_per_frame(), bytes.len()
+                ));
+            }
+            if let Err(error) = AudioFrame::parse_pcm(&bytes) {
+                return self.reject_audio(error.code(), error.to_string());
+            }
+            return self.forward_audio(bytes, now);
+        }
         if bytes.len() > MAX_AUDIO_FRAME {
             return self.reject_audio(ErrorCode::FrameTooLarge, format!(
                 "audio frame of {} bytes exceeds {MAX_AUDIO_FRAME} (9-byte header + 1275-byte Opus packet)",
@@ -553,6 +577,14 @@ impl Session {
                 );
             }
         }
+        self.forward_audio(bytes, now);
+    }
+
+    /// Rate-limits a checked audio frame and hands it to the mixer thread.
+    fn forward_audio(&mut self, bytes: Bytes, now: Instant) {
+        let Some(membership) = &self.membership else {
+            return;
+        };
         if !self.rate.allow(now) {
             return self.reject_audio(
                 ErrorCode::RateLimited,

@@ -29,8 +29,10 @@ use super::metrics::Metrics;
 use super::outbox::{Closed, ErrorThrottle, Outbox, Pushed};
 use super::requests::{self, RoomRequest};
 use crate::engine::floor::FloorConfig;
+use crate::engine::pcm::PcmRate;
 use crate::engine::{
-    EngineConfig, EngineError, Event, ParticipantId, PhaseTimer, Room, RoomTotals, TickPhase,
+    ClientCodec, EngineConfig, EngineError, Event, ParticipantId, PhaseTimer, Room, RoomTotals,
+    TickPhase,
 };
 
 /// Audio packets one participant may have queued towards its mixer thread.
@@ -224,6 +226,8 @@ pub struct Joiner {
     pub mode: Option<Mode>,
     /// What it may do.
     pub role: Role,
+    /// The audio format it sends and receives (validated).
+    pub format: AudioFormat,
     /// Where the mixer sends this participant's frames and messages.
     pub outbox: Arc<Outbox>,
 }
@@ -691,6 +695,8 @@ pub(super) struct Member {
     pub(super) name: String,
     pub(super) mode: Mode,
     pub(super) role: Role,
+    /// The audio format it sends and receives.
+    pub(super) format: AudioFormat,
     /// The moderator who muted it, if one did (it may not unmute itself then).
     pub(super) muted_by: Option<ParticipantId>,
     pub(super) outbox: Arc<Outbox>,
@@ -744,6 +750,7 @@ impl RoomSlot {
         &self,
         id: ParticipantId,
         room: &str,
+        format: &AudioFormat,
         token: Option<&str>,
         resumed: bool,
     ) -> ServerMessage {
@@ -758,7 +765,7 @@ impl RoomSlot {
             participant_id: id.0,
             room: room.to_owned(),
             participants: others,
-            format: AudioFormat::opus_48k_mono_20ms(),
+            format: format.clone(),
             floor: FloorInfo {
                 policy: self.engine.floor_config().policy,
                 holder: self.engine.floor_holder().map(|h| h.0),
@@ -954,7 +961,7 @@ impl MixerThread {
             member.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
         // The connection validated the frame already; parse again to borrow its parts.
-        let Ok(frame) = AudioFrame::parse(frame) else {
+        let Ok(frame) = AudioFrame::parse_pcm(frame) else {
             return;
         };
         let (code, message) = match slot.engine.handle_audio(participant, frame, arrival) {
@@ -1010,7 +1017,11 @@ impl MixerThread {
         let Some(slot) = self.rooms.get_mut(&room) else {
             return;
         };
-        let joined = slot.joined(participant, &room, token.as_deref(), true);
+        let format = slot
+            .members
+            .get(&participant)
+            .map_or_else(AudioFormat::opus_48k_mono_20ms, |m| m.format.clone());
+        let joined = slot.joined(participant, &room, &format, token.as_deref(), true);
         if let Some(member) = slot.members.get_mut(&participant) {
             member.outbox = outbox;
             member.errors = ErrorThrottle::default();
@@ -1071,7 +1082,11 @@ impl MixerThread {
         let Some(slot) = self.rooms.get_mut(&room) else {
             return;
         };
-        if let Err(error) = slot.engine.add_participant(id, mode) {
+        let codec = match joiner.format.pcm_rate().map(PcmRate::from_hz) {
+            Some(Ok(rate)) => ClientCodec::Pcm(rate),
+            _ => ClientCodec::Opus,
+        };
+        if let Err(error) = slot.engine.add_participant_with(id, mode, codec) {
             refuse(&self.metrics, &room, id, &joiner, error);
             if slot.members.is_empty() {
                 self.rooms.remove(&room);
@@ -1085,7 +1100,7 @@ impl MixerThread {
             role: joiner.role,
             muted: false,
         };
-        let joined = slot.joined(id, &room, token.as_deref(), false);
+        let joined = slot.joined(id, &room, &joiner.format, token.as_deref(), false);
         joiner.outbox.push_control(joined.to_json());
         slot.broadcast(id, &ServerMessage::ParticipantJoined { participant: info });
         info!(%room, participant = %id, name = %joiner.name, mode = mode.as_str(), "joined");
@@ -1098,6 +1113,7 @@ impl MixerThread {
                 name: joiner.name,
                 mode,
                 role: joiner.role,
+                format: joiner.format,
                 muted_by: None,
                 outbox: joiner.outbox,
                 in_flight,

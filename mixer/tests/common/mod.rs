@@ -368,3 +368,63 @@ impl Netem {
         self.queue.peek().map(|Reverse((at, _, _))| *at)
     }
 }
+
+/// A client that cannot run Opus: sends a tone as 16-bit PCM frames at its own sample rate.
+pub struct PcmTalker {
+    pub rate: u32,
+    pub freq: f32,
+    pub amp: f32,
+    sample: u64,
+    sequence: u16,
+}
+
+impl PcmTalker {
+    pub fn new(rate: u32, freq: f32, amp: f32) -> PcmTalker {
+        PcmTalker {
+            rate,
+            freq,
+            amp,
+            sample: 0,
+            sequence: 0,
+        }
+    }
+
+    /// The next 20 ms as a complete wire frame (header + little-endian i16 samples).
+    pub fn next_frame(&mut self) -> Vec<u8> {
+        let n = self.rate as usize / 50;
+        let header = AudioHeader {
+            flags: Flags::default().with_marker(self.sequence == 0),
+            sequence: self.sequence,
+            timestamp: u32::from(self.sequence).wrapping_mul(FRAME_SAMPLES as u32),
+            level: AudioLevel::from_rms(true, self.amp * 0.707),
+        };
+        self.sequence = self.sequence.wrapping_add(1);
+        let mut payload = Vec::with_capacity(2 * n);
+        for _ in 0..n {
+            let t = self.sample as f64 / f64::from(self.rate);
+            self.sample += 1;
+            let x =
+                f64::from(self.amp) * (2.0 * std::f64::consts::PI * f64::from(self.freq) * t).sin();
+            payload.extend_from_slice(&((x * 32767.0).round() as i16).to_le_bytes());
+        }
+        AudioFrame {
+            header,
+            payload: &payload,
+        }
+        .to_vec()
+    }
+}
+
+/// Decodes a PCM payload (16-bit little-endian) to samples in -1..1.
+pub fn pcm_samples(payload: &[u8]) -> Vec<f32> {
+    payload
+        .chunks_exact(2)
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect()
+}
+
+/// [`tone_db`] for samples at another rate: a tone at `freq` in `rate` samples reads like one
+/// at `freq * 48000 / rate` to the 48 kHz analysis.
+pub fn tone_db_at(samples: &[f32], freq: f32, rate: u32) -> f32 {
+    tone_db(samples, freq * SAMPLE_RATE as f32 / rate as f32)
+}
