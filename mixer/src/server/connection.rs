@@ -277,8 +277,17 @@ impl Session {
             // A connection that dropped (rather than closed or was closed by the server) may
             // come back: keep the participant for the resume window.
             let window = self.context.settings.resume_window;
+            // Someone the server itself closed (removed, a failed resume) is not coming back.
+            let closed_by_server = matches!(
+                self.outbox.closed(),
+                Some(Closed::Close {
+                    reason: "removed" | "resume failed",
+                    ..
+                })
+            );
             if matches!(reason, LeaveReason::Disconnected | LeaveReason::TimedOut)
                 && !window.is_zero()
+                && !closed_by_server
             {
                 membership.suspend(window);
             } else {
@@ -418,13 +427,13 @@ impl Session {
                     return match self
                         .context
                         .pool
-                        .resume(token, &request.room, self.outbox.clone())
+                        .resume(token, &request.room, &request.format, self.outbox.clone())
                     {
                         Some(membership) => self.membership = Some(membership),
                         None => self.refuse_join(
                             ErrorCode::ResumeFailed,
                             format!(
-                                "nothing to resume in room {:?} with that token (unknown, expired                                  or already resumed); join again without resume",
+                                "nothing to resume in room {:?} with that token (unknown, expired, already resumed or in another format); join again without resume",
                                 request.room
                             ),
                         ),

@@ -12,7 +12,7 @@
 //! crowd out anyone else's audio, and control commands (join, leave) are never lost.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -94,6 +94,10 @@ pub struct Membership {
     pool: Arc<Shared>,
     /// Secret for taking this participant back after a dropped connection.
     token: Option<Arc<str>>,
+    /// The audio format it joined with (a resume must use the same).
+    format: AudioFormat,
+    /// Which suspension this is (an expiry timer only ends its own).
+    suspension: u64,
     room: Arc<str>,
     thread: usize,
     id: ParticipantId,
@@ -149,10 +153,13 @@ impl Membership {
     /// Keeps the participant in its room, silent, for `window` after its connection dropped, so
     /// that a `join` with its resume token can take it back; then it leaves (`disconnected`).
     /// Without a token it leaves at once.
-    pub fn suspend(self, window: Duration) {
+    pub fn suspend(mut self, window: Duration) {
+        static SUSPENSIONS: AtomicU64 = AtomicU64::new(1);
         let Some(token) = self.token.clone() else {
             return self.leave(LeaveReason::Disconnected);
         };
+        let suspension = SUSPENSIONS.fetch_add(1, Ordering::Relaxed);
+        self.suspension = suspension;
         let pool = self.pool.clone();
         let mut directory = pool.directory.lock().unwrap_or_else(|p| p.into_inner());
         if directory.shut_down {
@@ -167,12 +174,19 @@ impl Membership {
             let Some(pool) = expiry.upgrade() else {
                 return;
             };
-            let expired = pool
-                .directory
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .suspended
-                .remove(&token);
+            let expired = {
+                let mut directory = pool.directory.lock().unwrap_or_else(|p| p.into_inner());
+                // Resumed and suspended again since: that later suspension has its own timer.
+                if directory
+                    .suspended
+                    .get(&token)
+                    .is_some_and(|m| m.suspension == suspension)
+                {
+                    directory.suspended.remove(&token)
+                } else {
+                    None
+                }
+            };
             if let Some(membership) = expired {
                 debug!(participant = %membership.id, "resume window over");
                 membership.leave(LeaveReason::Disconnected);
@@ -468,12 +482,18 @@ impl MixerPool {
 
     /// Takes back the suspended participant with this resume token in `room`, for a new
     /// connection whose outbox is `outbox`; it is told with a `joined` (`resumed`).
-    pub fn resume(&self, token: &str, room: &str, outbox: Arc<Outbox>) -> Option<Membership> {
+    pub fn resume(
+        &self,
+        token: &str,
+        room: &str,
+        format: &AudioFormat,
+        outbox: Arc<Outbox>,
+    ) -> Option<Membership> {
         let mut directory = self.directory();
         if directory
             .suspended
             .get(token)
-            .is_none_or(|m| &*m.room != room)
+            .is_none_or(|m| &*m.room != room || m.format != *format)
         {
             return None;
         }
@@ -635,6 +655,7 @@ impl MixerPool {
         let id = ParticipantId(shared.next_id.fetch_add(1, Ordering::Relaxed));
         let in_flight = Arc::new(AtomicUsize::new(0));
         let token = shared.resumable.then(new_resume_token);
+        let format = joiner.format.clone();
         let command = Command::Join(Admission {
             room: room.clone(),
             id,
@@ -651,6 +672,8 @@ impl MixerPool {
         Ok(Membership {
             pool: shared.clone(),
             token,
+            format,
+            suspension: 0,
             room,
             thread,
             id,
@@ -1004,14 +1027,19 @@ impl MixerThread {
     /// A suspended participant's client is back on a new connection.
     fn resume(&mut self, participant: ParticipantId, outbox: Arc<Outbox>, token: Option<Arc<str>>) {
         let Some(room) = self.where_is.get(&participant).cloned() else {
-            // It left meanwhile (removed by a moderator, or the room closed).
+            // It left meanwhile (removed by a moderator). The connection already holds the
+            // membership, so close it: the client reconnects and joins afresh.
             outbox.push_control(
                 ServerMessage::error(
                     ErrorCode::ResumeFailed,
-                    "the participant is no longer in the room; join again without resume",
+                    "the participant is no longer in the room; connect and join again without resume",
                 )
                 .to_json(),
             );
+            outbox.close(Closed::Close {
+                code: 1008,
+                reason: "resume failed",
+            });
             return;
         };
         let Some(slot) = self.rooms.get_mut(&room) else {
