@@ -96,6 +96,22 @@ pub(super) fn send_error(
     }
 }
 
+/// Tells `to` that a request named `target`, who is not in the room.
+fn unknown_participant(
+    slot: &RoomSlot,
+    to: ParticipantId,
+    target: ParticipantId,
+    metrics: &Metrics,
+) {
+    send_error(
+        slot,
+        to,
+        ErrorCode::UnknownParticipant,
+        format!("participant {target} is not in this room"),
+        metrics,
+    );
+}
+
 /// What the mixer thread must do after a request: participants removed by a moderator, to be
 /// taken out of the room like any other leave.
 #[derive(Debug, Default)]
@@ -178,13 +194,7 @@ pub(super) fn apply(
                 return outcome;
             }
             let Some(member) = slot.members.get(&target) else {
-                send_error(
-                    slot,
-                    from,
-                    ErrorCode::UnknownParticipant,
-                    format!("participant {target} is not in this room"),
-                    metrics,
-                );
+                unknown_participant(slot, from, target, metrics);
                 return outcome;
             };
             // Someone muted by a moderator stays muted until a moderator unmutes them.
@@ -274,13 +284,7 @@ pub(super) fn apply(
                 return outcome;
             }
             let Some(member) = slot.members.get(&target) else {
-                send_error(
-                    slot,
-                    from,
-                    ErrorCode::UnknownParticipant,
-                    format!("participant {target} is not in this room"),
-                    metrics,
-                );
+                unknown_participant(slot, from, target, metrics);
                 return outcome;
             };
             info!(participant = %target, by = %from, "removed by a moderator");
@@ -312,13 +316,9 @@ pub(super) fn apply(
                     gain_db,
                     by: from.0,
                 }),
-                Err(EngineError::UnknownParticipant(_)) => send_error(
-                    slot,
-                    from,
-                    ErrorCode::UnknownParticipant,
-                    format!("participant {target} is not in this room"),
-                    metrics,
-                ),
+                Err(EngineError::UnknownParticipant(_)) => {
+                    unknown_participant(slot, from, target, metrics)
+                }
                 Err(_) => send_error(
                     slot,
                     from,
