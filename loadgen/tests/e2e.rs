@@ -262,6 +262,7 @@ async fn serve_broken(tcp: tokio::net::TcpStream, id: u32, mode: Broken, members
                         floor: Default::default(),
                         resume_token: None,
                         resumed: false,
+                        replay_ms: None,
                     };
                     let _ = control_tx.send(reply.to_json()).await;
                     if let Ok(mut m) = members.lock() {

@@ -1736,3 +1736,92 @@ async fn a_pcm_client_and_an_opus_client_hear_each_other_over_real_sockets() {
     assert!(tone_db(phone_tail, TONES[2]) < -40.0, "not its own tone");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_hears_the_transmission_from_its_start_over_real_sockets() {
+    let server =
+        TestServer::start(&["--floor-policy", "single", "--floor-silence-ms", "2000"]).await;
+    let (a, a_id) = join_as(&server, "channel-9", "alpha", Mode::Ptt, Role::Speaker).await;
+    let (early, _) = join_as(&server, "channel-9", "early", Mode::Listen, Role::Speaker).await;
+    let run = Duration::from_millis(3000);
+    // Alpha takes the floor at 0.1 s and says two things: 0.2-0.6 s, then 1.4-2.4 s.
+    let alpha = tokio::spawn(run_script(
+        a,
+        Some(TONES[0]),
+        &[(0.2, 0.6), (1.4, 2.4)],
+        vec![
+            (0.1, ClientMessage::FloorRequest { preempt: false }),
+            (2.5, ClientMessage::FloorRelease),
+        ],
+        run,
+    ));
+    let early = tokio::spawn(run_script(early, None, &[], vec![], run));
+    // Someone tunes in at 1.0 s, in the pause: live, the first thing said would be lost.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut late = connect(&server).await;
+    late.send(join_message("channel-9", "late", Mode::Listen))
+        .await
+        .expect("send join");
+    let replay_ms = match next_control(&mut late).await {
+        ServerMessage::Joined {
+            replay_ms, floor, ..
+        } => {
+            assert_eq!(floor.holder, Some(a_id));
+            replay_ms.expect("joined during a transmission: replay_ms")
+        }
+        other => panic!("expected joined, got {other:?}"),
+    };
+    assert!(
+        (600..=1100).contains(&replay_ms),
+        "about 0.9 s behind, got {replay_ms} ms"
+    );
+    let late = run_script(late, None, &[], vec![], Duration::from_millis(2000)).await;
+    let (alpha, early) = (alpha.await.expect("alpha"), early.await.expect("early"));
+    assert!(alpha.errors().is_empty(), "{:?}", alpha.messages);
+    // The late joiner hears the first thing said at once, though it was said before it came.
+    let heard = &late.listener;
+    assert!(
+        tone_db(
+            heard.window(Duration::ZERO, Duration::from_millis(300)),
+            TONES[0]
+        ) > -25.0,
+        "the replay starts with the first words"
+    );
+    // It hears both things said: 0.4 s replayed at 1.5x, 1 s live. Live only, it would have
+    // heard 1 s.
+    let toned = |pcm: &[f32]| {
+        pcm.chunks_exact(960)
+            .filter(|block| tone_db(block, TONES[0]) > -30.0)
+            .count()
+    };
+    let (late_blocks, early_blocks) = (toned(&heard.pcm), toned(&early.listener.pcm));
+    assert!(
+        (62..=85).contains(&early_blocks),
+        "the early listener hears 1.4 s of tone, got {early_blocks} blocks"
+    );
+    // The replay plays the first 20 frames in about 14, so the late joiner misses ~6 blocks
+    // of the early listener's; live only, it would miss 20.
+    assert!(
+        late_blocks + 12 >= early_blocks && late_blocks <= early_blocks + 2,
+        "late {late_blocks} blocks of tone, early {early_blocks}"
+    );
+    // Told once that it is live again, during the pause, before the second thing said.
+    let caught_up: Vec<Duration> = late
+        .messages
+        .iter()
+        .filter(|(_, m)| *m == ServerMessage::CaughtUp)
+        .map(|(at, _)| *at)
+        .collect();
+    assert_eq!(caught_up.len(), 1, "{:?}", late.messages);
+    assert!(caught_up[0] < Duration::from_millis(500), "{caught_up:?}");
+    // Nobody else was replayed to.
+    assert!(
+        !early
+            .messages
+            .iter()
+            .any(|(_, m)| *m == ServerMessage::CaughtUp)
+    );
+    let (_, text) = http_get(server.addr, "/metrics").await;
+    assert_eq!(metric(&text, "mixer_replays_total", ""), 1.0);
+    server.shutdown().await;
+}

@@ -1324,3 +1324,143 @@ fn a_talker_can_switch_to_listening_and_a_listener_to_talking() {
     assert_eq!(sim.heard(b).sequence_gaps, 0);
     let _ = c;
 }
+
+/// For each 20 ms block of `pcm`, whether `freq` is in it at a healthy level.
+fn blocks_with(pcm: &[f32], freq: f32) -> Vec<bool> {
+    pcm.chunks_exact(FRAME_SAMPLES)
+        .map(|block| tone_db(block, freq) > -30.0)
+        .collect()
+}
+
+#[test]
+fn a_late_joiner_hears_the_transmission_from_its_start_then_catches_up_to_live() {
+    let mut sim = Sim::with_config(EngineConfig {
+        floor: FloorConfig {
+            policy: FloorPolicy::Single,
+            max_talk: Duration::from_secs(30),
+            silence_timeout: Duration::from_secs(5),
+        },
+        ..EngineConfig::default()
+    });
+    let (tone_a, tone_b) = (FREQS[0], FREQS[1]);
+    let a = sim.add_sender(
+        1,
+        tone_a,
+        NetemConfig::default(),
+        Pattern::Continuous,
+        Mode::Ptt,
+    );
+    let b = sim.add_sender(
+        2,
+        tone_b,
+        NetemConfig::default(),
+        Pattern::Continuous,
+        Mode::Ptt,
+    );
+    let early = sim.add_listener(10);
+    sim.run_until(secs(0.5));
+    // A talks for 2 s, then B answers for 3.4 s.
+    let now = sim.t0 + sim.now;
+    sim.room.request_floor(a, false, now).expect("a");
+    sim.run_until(secs(1.5));
+    // Someone tunes in 1 s into A's message.
+    let late = sim.add_listener(11);
+    let behind = sim.room.replay_backlog(late).expect("a replay");
+    assert!(
+        behind >= secs(0.95) && behind <= secs(1.05),
+        "1 s behind, got {behind:?}"
+    );
+    sim.run_until(secs(2.5));
+    assert!(sim.room.release_floor(a).expect("a"));
+    sim.run_until(secs(2.6));
+    let now = sim.t0 + sim.now;
+    sim.room.request_floor(b, false, now).expect("b");
+    sim.run_until(secs(6.0));
+    assert!(sim.room.release_floor(b).expect("b"));
+    sim.run_until(secs(7.0));
+    // Someone joining when nothing is on the air hears the room live.
+    let later = sim.add_listener(12);
+    assert_eq!(sim.room.replay_backlog(later), None);
+
+    let heard = &sim.heard(late).pcm;
+    let with_a = blocks_with(heard, tone_a);
+    let with_b = blocks_with(heard, tone_b);
+    // The late joiner's audio starts with the start of A's message...
+    assert!(
+        with_a[..5].iter().all(|a| *a),
+        "A's first words come first: {:?}",
+        &with_a[..10]
+    );
+    // ...and it hears all of it: 2 s of tone, played 1.5x as fast. Live, it would have heard
+    // only the last second.
+    let a_blocks = with_a.iter().filter(|a| **a).count();
+    assert!(
+        (60..=75).contains(&a_blocks),
+        "{a_blocks} blocks of A's 100 at 1.5x"
+    );
+    // Then B's answer, replayed from its start as well; the two never overlap, and B's live
+    // voice is not heard while the joiner is still behind.
+    let first_b = with_b.iter().position(|b| *b).expect("B heard");
+    let last_a = with_a.iter().rposition(|a| *a).expect("A heard");
+    assert!(
+        last_a <= first_b + 1,
+        "A ends ({last_a}) before B ({first_b})"
+    );
+    assert!(
+        first_b <= last_a + 3,
+        "B's answer follows A's message at once ({last_a} then {first_b})"
+    );
+    // It catches up: one CaughtUp event, for it, while B still talks.
+    let caught_up: Vec<_> = sim
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::CaughtUp { .. }))
+        .collect();
+    assert_eq!(caught_up.len(), 1, "{caught_up:?}");
+    let (at, event) = caught_up[0];
+    assert_eq!(*event, Event::CaughtUp { participant: late });
+    assert!(*at > secs(2.8) && *at < secs(4.5), "caught up at {at:?}");
+    // From then on it hears what the early listener hears, at the same time.
+    let early_pcm = &sim.heard(early).pcm;
+    let first_block = |who: ParticipantId| {
+        (sim.listeners[&who]
+            .first_frame_at
+            .expect("heard something")
+            .as_secs_f64()
+            / 0.02)
+            .round() as usize
+    };
+    let offset = first_block(late) - first_block(early);
+    assert!(
+        (75..=76).contains(&offset),
+        "the late joiner's first frame: {offset}"
+    );
+    let from = ((at.as_secs_f64() + 0.2) / 0.02) as usize;
+    let to = (heard.len() / FRAME_SAMPLES + offset).min(early_pcm.len() / FRAME_SAMPLES);
+    assert!(to > 305, "both heard the end of B's message");
+    for block in from..to {
+        let late_block = &heard[(block - offset) * FRAME_SAMPLES..][..FRAME_SAMPLES];
+        let early_block = &early_pcm[block * FRAME_SAMPLES..][..FRAME_SAMPLES];
+        let (l, e) = (tone_db(late_block, tone_b), tone_db(early_block, tone_b));
+        assert!(
+            (l - e).abs() < 1.5 || (l < -60.0 && e < -60.0),
+            "live after catching up: block {block}: {l:.1} vs {e:.1} dB"
+        );
+    }
+    // No clicks anywhere: not where a pair of frames was merged, not between the messages,
+    // not on catching up.
+    let bound = tone_step_bound(&[(tone_a, AMP), (tone_b, AMP)]) * 1.5 + 0.02;
+    assert!(
+        max_step(heard) < bound,
+        "click: {} vs {bound}",
+        max_step(heard)
+    );
+    assert_eq!(sim.heard(late).sequence_gaps, 0);
+    // Nothing else changed: the early listener heard both messages live.
+    assert_hears(
+        sim.heard(early).window(secs(0.8), secs(2.4)),
+        &[tone_a],
+        &[tone_b],
+        "early listener, A",
+    );
+}

@@ -564,6 +564,12 @@ pub enum ServerMessage {
             deserialize_with = "null_as_default"
         )]
         resumed: bool,
+        /// Set when the join came during a push-to-talk transmission: the audio that follows
+        /// replays that transmission from its start, played faster and without its pauses,
+        /// and this is how far behind live it starts, in milliseconds. `caught_up` says when
+        /// it is live again. Omitted when the audio is live from the start.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replay_ms: Option<u64>,
     },
     /// Someone else joined the room.
     ParticipantJoined {
@@ -641,6 +647,9 @@ pub enum ServerMessage {
         /// Who.
         participant_id: u32,
     },
+    /// Sent to a participant whose `joined` had `replay_ms`: the replay has reached live, and
+    /// from here on it hears the room as it happens.
+    CaughtUp,
     /// A moderator set a participant's input gain.
     GainChanged {
         /// Whose input.
@@ -685,7 +694,7 @@ pub const MAX_LISTED_ROOMS: usize = 500;
 
 impl ServerMessage {
     /// Every value of the `"type"` field a server message can have.
-    pub const TYPES: [&'static str; 16] = [
+    pub const TYPES: [&'static str; 17] = [
         "joined",
         "participant_joined",
         "participant_left",
@@ -698,6 +707,7 @@ impl ServerMessage {
         "floor_released",
         "talking_started",
         "talking_stopped",
+        "caught_up",
         "gain_changed",
         "chat",
         "room_info",
@@ -727,6 +737,7 @@ impl ServerMessage {
             ServerMessage::FloorReleased { .. } => "floor_released",
             ServerMessage::TalkingStarted { .. } => "talking_started",
             ServerMessage::TalkingStopped { .. } => "talking_stopped",
+            ServerMessage::CaughtUp => "caught_up",
             ServerMessage::GainChanged { .. } => "gain_changed",
             ServerMessage::Chat { .. } => "chat",
             ServerMessage::RoomInfo(_) => "room_info",
@@ -1205,6 +1216,7 @@ mod tests {
             floor,
             resume_token: None,
             resumed: false,
+            replay_ms: None,
         }
     }
 
@@ -1324,6 +1336,7 @@ mod tests {
             },
             ServerMessage::TalkingStarted { participant_id: 0 },
             ServerMessage::TalkingStopped { participant_id: 0 },
+            ServerMessage::CaughtUp,
             ServerMessage::GainChanged {
                 participant_id: 0,
                 gain_db: 3,
@@ -1370,6 +1383,7 @@ mod tests {
                 floor,
                 resume_token: Some("ab12".to_owned()),
                 resumed: true,
+                replay_ms: None,
             },
         );
         for bad in ["", "xyz", &"a".repeat(MAX_RESUME_TOKEN_LEN + 1)] {
@@ -1933,6 +1947,7 @@ mod tests {
             r#"{"type":"talking_stopped","participant_id":2}"#,
             ServerMessage::TalkingStopped { participant_id: 2 },
         );
+        golden_server(r#"{"type":"caught_up"}"#, ServerMessage::CaughtUp);
         golden_server(
             r#"{"type":"gain_changed","participant_id":2,"gain_db":-6,"by":1}"#,
             ServerMessage::GainChanged {
@@ -3115,9 +3130,19 @@ mod tests {
                 arb_floor(),
                 any::<Option<String>>(),
                 any::<bool>(),
+                any::<Option<u64>>(),
             )
                 .prop_map(
-                    |(participant_id, room, participants, format, floor, resume_token, resumed)| {
+                    |(
+                        participant_id,
+                        room,
+                        participants,
+                        format,
+                        floor,
+                        resume_token,
+                        resumed,
+                        replay_ms,
+                    )| {
                         ServerMessage::Joined {
                             participant_id,
                             room,
@@ -3126,6 +3151,7 @@ mod tests {
                             floor,
                             resume_token,
                             resumed,
+                            replay_ms,
                         }
                     },
                 ),
@@ -3174,6 +3200,7 @@ mod tests {
                 .prop_map(|participant_id| ServerMessage::TalkingStarted { participant_id }),
             any::<u32>()
                 .prop_map(|participant_id| ServerMessage::TalkingStopped { participant_id }),
+            Just(ServerMessage::CaughtUp),
             (any::<u32>(), any::<i32>(), any::<u32>()).prop_map(|(participant_id, gain_db, by)| {
                 ServerMessage::GainChanged {
                     participant_id,

@@ -63,6 +63,7 @@ pub mod jitter;
 pub mod limiter;
 pub mod mix;
 pub mod pcm;
+pub mod replay;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -73,12 +74,13 @@ use mixer_protocol::{
 
 use self::clock::TickClock;
 use self::codec::{CodecError, EncoderSettings};
-use self::floor::{Floor, FloorChange, FloorConfig, FloorReply};
+use self::floor::{Floor, FloorChange, FloorConfig, FloorPolicy, FloorReply};
 use self::jitter::{
     ArrivingPacket, InsertOutcome, JitterBuffer, JitterConfig, JitterStats, Playout,
 };
 use self::limiter::{Limiter, LimiterConfig};
 use self::pcm::{PcmDownlink, PcmError, PcmRate, PcmUplink};
+use self::replay::{Capture, Captured, Player, Recordings, Step};
 
 /// The server-wide id of one participant (one joined connection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -306,6 +308,12 @@ pub enum Event {
     },
     /// The push-to-talk floor changed hands.
     Floor(FloorChange),
+    /// A participant who joined during a transmission and heard it replayed from its start
+    /// has caught up: from now on it hears the room live (see [`replay`]).
+    CaughtUp {
+        /// Who.
+        participant: ParticipantId,
+    },
 }
 
 /// Plain counters for one participant; the shell copies them into metrics.
@@ -486,7 +494,27 @@ struct Participant {
     /// The next frame sent starts a new run of frames (the first one, or the first after a
     /// pause in silence): it carries the marker bit.
     starts_run: bool,
+    /// How the client's audio is coded.
+    codec: ClientCodec,
+    /// This tick's playout, captured while the participant holds a single floor (its
+    /// transmission is recorded for late joiners).
+    capture: Option<Capture>,
+    /// Set while the participant, a late joiner, hears a transmission replayed.
+    replay: Option<Box<Catchup>>,
     stats: ParticipantStats,
+}
+
+/// A late joiner's replay of the transmission it joined in, and the stream it hears meanwhile.
+struct Catchup {
+    player: Player,
+    /// The joiner's own output while it is behind the room (the room's mix with the replay in
+    /// place of the live transmission).
+    stream: MixStream,
+    /// This tick's replayed frame.
+    frame: Box<[f32]>,
+    /// 0 while replaying; then ticks since the replay caught up, during which `stream` encodes
+    /// the room's mix alongside the shared stream, so the move to it is inaudible.
+    live_ticks: u32,
 }
 
 impl Participant {
@@ -545,6 +573,9 @@ impl Participant {
             talking: false,
             talk_frames: 0,
             starts_run: true,
+            codec,
+            capture: None,
+            replay: None,
             stats: ParticipantStats::default(),
         })
     }
@@ -564,6 +595,9 @@ impl Participant {
             // Not allowed to be heard: nothing buffered may play, and a frame in progress
             // fades out over one concealed frame instead of stopping with a click.
             let fade = self.contributing && !self.jitter.is_idle();
+            if let Some(capture) = self.capture.as_mut() {
+                capture.push(Captured::Silence, &[]);
+            }
             if !self.jitter.is_idle() {
                 self.jitter.reset();
             }
@@ -599,15 +633,21 @@ impl Participant {
     /// The PCM counterpart of the Opus decoding: resampling to 48 kHz, with the converter's own
     /// concealment for lost frames. It runs every tick (concealing when there is nothing), so
     /// the resampler's timing stays continuous.
+    #[allow(clippy::too_many_arguments)]
     fn decode_pcm(
         link: &mut PcmLink,
         jitter: &mut JitterBuffer,
         decoded: &mut [f32],
         scratch: &mut [f32],
         stats: &mut ParticipantStats,
+        capture: Option<&mut Capture>,
         now: Instant,
     ) -> bool {
-        let ok = match jitter.pop(now) {
+        let playout = jitter.pop(now);
+        if let Some(capture) = capture {
+            capture_playout(capture, &playout, false);
+        }
+        let ok = match playout {
             Playout::Silence => {
                 link.uplink.conceal(scratch);
                 return false;
@@ -698,13 +738,19 @@ impl Participant {
                 &mut self.decoded,
                 &mut self.scratch,
                 &mut self.stats,
+                self.capture.as_mut(),
                 now,
             );
         }
         let silent = self.jitter.next_is_silent();
         let decoder = &mut self.decoder;
         let decoded = &mut self.decoded;
-        let ok = match self.jitter.pop(now) {
+        let playout = self.jitter.pop(now);
+        if let Some(capture) = self.capture.as_mut() {
+            let skipped = silent && self.silent_packets >= SILENT_DECODE_HANGOVER;
+            capture_playout(capture, &playout, skipped);
+        }
+        let ok = match playout {
             Playout::Silence => return false,
             Playout::Packet(_) if silent && self.silent_packets >= SILENT_DECODE_HANGOVER => {
                 // A silent uplink costs no decode and adds nothing to the mix.
@@ -864,6 +910,24 @@ impl MixStream {
     }
 }
 
+/// Notes a tick's playout in the recording of a transmission; `skipped` when a silent packet
+/// is played without decoding (the replay skips it too).
+fn capture_playout(capture: &mut Capture, playout: &Playout<'_>, skipped: bool) {
+    match *playout {
+        Playout::Silence => capture.push(Captured::Silence, &[]),
+        Playout::Packet(_) if skipped => capture.push(Captured::Silence, &[]),
+        Playout::Packet(packet) => capture.push(Captured::Packet(packet.len()), packet),
+        Playout::Conceal {
+            fec_from: Some(next),
+        } => capture.push(Captured::Fec(next.len()), next),
+        Playout::Conceal { fec_from: None } => capture.push(Captured::Conceal, &[]),
+        Playout::Merge(first, second) => {
+            capture.push(Captured::Packet(first.len()), first);
+            capture.push(Captured::Packet(second.len()), second);
+        }
+    }
+}
+
 /// Decodes one packet (or conceals, for an empty one) into exactly one 20 ms frame.
 fn decode_into(decoder: &mut opus::Decoder, packet: &[u8], fec: bool, out: &mut [f32]) -> bool {
     match decoder.decode_float(packet, out, fec) {
@@ -910,6 +974,13 @@ pub struct Room {
     floor_changes: Vec<FloorChange>,
     /// Scratch for choosing the loudest talkers: (ranking level, participant index).
     ranking: Vec<(f32, usize)>,
+    /// Transmissions recorded for late joiners (single-floor rooms).
+    recordings: Recordings,
+    /// Participants hearing a replay (kept up to date so a tick need not count them).
+    replays: usize,
+    /// This tick's live voice of the transmission on the air, as mixed (for replays to take
+    /// out of the mix they hear).
+    live_voice: Box<[f32]>,
     bus: Box<[f32]>,
     transmit_cursor: usize,
     events: VecDeque<Event>,
@@ -945,6 +1016,9 @@ impl Room {
             floor: Floor::new(config.floor),
             floor_changes: Vec::with_capacity(2),
             ranking: Vec::with_capacity(capacity),
+            recordings: Recordings::default(),
+            replays: 0,
+            live_voice: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
             bus: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
             transmit_cursor: 0,
             events: VecDeque::with_capacity(64),
@@ -977,7 +1051,20 @@ impl Room {
         if self.participants.len() >= self.config.max_participants {
             return Err(EngineError::RoomFull(self.config.max_participants));
         }
-        let participant = Participant::new(id, mode, codec, &self.config)?;
+        let mut participant = Participant::new(id, mode, codec, &self.config)?;
+        // Joining during a transmission: hear it from its start. A replay that cannot be set
+        // up (libopus refusing a decoder) is not worth refusing the join for: live it is.
+        if let Some(Ok(player)) = self.recordings.replay_for_joiner()
+            && let Ok(stream) = MixStream::new(&self.config)
+        {
+            participant.replay = Some(Box::new(Catchup {
+                player,
+                stream,
+                frame: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
+                live_ticks: 0,
+            }));
+            self.replays += 1;
+        }
         self.talkers += usize::from(participant.own.is_some());
         self.index.insert(id, self.participants.len());
         self.participants.push(participant);
@@ -990,6 +1077,7 @@ impl Room {
         let position = self.index.remove(&id)?;
         let removed = self.participants.remove(position);
         self.talkers -= usize::from(removed.own.is_some());
+        self.replays -= usize::from(removed.replay.is_some());
         for (i, p) in self.participants.iter().enumerate().skip(position) {
             self.index.insert(p.id, i);
         }
@@ -997,6 +1085,8 @@ impl Room {
             self.transmit_cursor -= 1;
         }
         if let Some(change) = self.floor.left(id) {
+            // Its transmission is over: nobody joining now hears it replayed.
+            self.recordings.stop();
             self.events.push_back(Event::Floor(change));
         }
         let stats = removed.snapshot();
@@ -1067,7 +1157,7 @@ impl Room {
         if mode != Mode::Ptt
             && let Some(change) = self.floor.left(id)
         {
-            self.events.push_back(Event::Floor(change));
+            self.apply_floor_change(change);
         }
         self.regate(position);
         Ok(())
@@ -1141,6 +1231,18 @@ impl Room {
         self.index.get(&id).map(|&i| self.participants[i].muted)
     }
 
+    /// How far behind live a late joiner is while it hears a transmission replayed (recorded
+    /// audio still to play, silence included, before it speeds up); `None` when it hears the
+    /// room live.
+    pub fn replay_backlog(&self, id: ParticipantId) -> Option<Duration> {
+        let position = *self.index.get(&id)?;
+        let catchup = self.participants[position]
+            .replay
+            .as_ref()
+            .filter(|c| c.live_ticks == 0)?;
+        Some(FRAME * self.recordings.backlog(&catchup.player) as u32)
+    }
+
     fn position(&self, id: ParticipantId) -> Result<usize, EngineError> {
         self.index
             .get(&id)
@@ -1158,7 +1260,10 @@ impl Room {
     fn apply_floor_change(&mut self, change: FloorChange) {
         let who = match change {
             FloorChange::Granted { to, .. } => to,
-            FloorChange::Ended { from, .. } => from,
+            FloorChange::Ended { from, .. } => {
+                self.recordings.stop();
+                from
+            }
         };
         if let Some(&position) = self.index.get(&who) {
             self.regate(position);
@@ -1166,11 +1271,22 @@ impl Room {
         self.events.push_back(Event::Floor(change));
     }
 
-    /// Recomputes whether a participant may be heard (mute, mode, floor).
+    /// Recomputes whether a participant may be heard (mute, mode, floor), and whether its
+    /// playout is recorded (it holds a single floor).
     fn regate(&mut self, position: usize) {
         let participant = &mut self.participants[position];
         participant.gated = participant.muted
             || (participant.mode == Mode::Ptt && !self.floor.may_talk(participant.id));
+        let on_air = self.floor.config().policy == FloorPolicy::Single
+            && self.floor.holder() == Some(participant.id);
+        if on_air != participant.capture.is_some() {
+            participant.capture = on_air.then(|| {
+                Capture::new(match participant.codec {
+                    ClientCodec::Opus => MAX_OPUS_PACKET,
+                    ClientCodec::Pcm(rate) => rate.frame_bytes(),
+                })
+            });
+        }
         if participant.gated || !participant.mode.sends_audio() {
             participant.set_talking(false, &mut self.events);
         }
@@ -1232,6 +1348,7 @@ impl Room {
             });
             events.extend(spare.drain(..));
         }
+        self.record_tick();
         timer.phase(TickPhase::Mix);
         self.cap_talkers();
         if self.is_settled_silence() {
@@ -1252,16 +1369,21 @@ impl Room {
                 mix::accumulate(&mut self.bus, &gone.decoded);
             }
         }
+        // Late joiners hearing a replay have a stream of their own.
+        let mut shared_needed = self.run_replays();
         // Who needs a stream of their own this tick: talkers who contribute (their mix lacks
         // their own voice) and, for a short hangover, talkers who just stopped. Everyone else
         // hears the full mix, encoded once for all of them.
-        let mut shared_needed = false;
         for participant in &mut self.participants {
             participant.quiet_ticks = if participant.contributing {
                 0
             } else {
                 participant.quiet_ticks.saturating_add(1)
             };
+            if participant.replay.is_some() {
+                participant.uses_own = false;
+                continue;
+            }
             let wants_own =
                 participant.own.is_some() && participant.quiet_ticks <= OWN_STREAM_HANGOVER;
             let Some(own) = participant.own.as_mut().filter(|_| wants_own) else {
@@ -1337,10 +1459,17 @@ impl Room {
             let mut encodes = 0;
             for participant in half {
                 let own = participant.own.as_mut().filter(|_| participant.uses_own);
+                let replay = participant.replay.as_mut().map(|c| &mut c.stream);
                 if let Some(link) = participant.pcm.as_mut() {
                     // PCM clients get their mix resampled instead of encoded.
-                    let mix = own.map_or(shared_mix, |own| &own.output[..]);
+                    let mix = match (replay, own) {
+                        (Some(replay), _) => &replay.output[..],
+                        (None, Some(own)) => &own.output[..],
+                        (None, None) => shared_mix,
+                    };
                     participant.pcm_level = Participant::render_pcm(link, mix, send_silence);
+                } else if let Some(replay) = replay {
+                    participant.own_level = replay.encode(&mut encodes);
                 } else if let Some(own) = own {
                     participant.own_level = own.encode(&mut encodes);
                 }
@@ -1374,7 +1503,11 @@ impl Room {
                 participant.stamp(self.out_sequence, timestamp, output);
                 continue;
             }
-            let output = match participant.own.as_ref().filter(|_| participant.uses_own) {
+            let own = match participant.replay.as_ref() {
+                Some(catchup) => Some(&catchup.stream),
+                None => participant.own.as_ref().filter(|_| participant.uses_own),
+            };
+            let output = match own {
                 Some(own) => match participant.own_level {
                     None => {
                         participant.stats.encode_errors += 1;
@@ -1395,6 +1528,114 @@ impl Room {
         timer.phase(TickPhase::Done);
     }
 
+    /// Adds this tick of the transmission on the air (if any) to its recording, starting and
+    /// ending recordings as the single floor changes hands, and forgets recordings nobody
+    /// needs any more.
+    fn record_tick(&mut self) {
+        let holder = self
+            .floor
+            .holder()
+            .filter(|_| self.floor.config().policy == FloorPolicy::Single)
+            .and_then(|id| self.index.get(&id).copied());
+        let holder_id = holder.map(|i| self.participants[i].id);
+        if self.recordings.on_air() != holder_id {
+            self.recordings.stop();
+            if let Some(i) = holder {
+                self.recordings
+                    .start(self.participants[i].id, self.participants[i].codec);
+            }
+        }
+        if let Some(i) = holder {
+            let normalise = self.config.normalise;
+            let participant = &mut self.participants[i];
+            let gain = participant.gain
+                * if normalise {
+                    participant.auto_gain
+                } else {
+                    1.0
+                };
+            if let Some(capture) = participant.capture.as_mut() {
+                self.recordings.append(capture, gain);
+            }
+        }
+        let oldest_in_use = self
+            .participants
+            .iter()
+            .filter_map(|p| p.replay.as_ref())
+            .filter(|_| self.replays > 0)
+            .map(|c| c.player.recording())
+            .min();
+        self.recordings.collect(oldest_in_use);
+    }
+
+    /// Renders this tick's mix for every late joiner hearing a replay: the room's mix with the
+    /// replayed transmission in place of the live one. Returns whether the shared stream must
+    /// be encoded for a joiner about to move to it.
+    fn run_replays(&mut self) -> bool {
+        if self.replays == 0 {
+            return false;
+        }
+        // The live transmission's voice, as mixed this tick: a joiner still behind hears it
+        // later, from the recording.
+        let live = self
+            .recordings
+            .on_air()
+            .and_then(|id| self.index.get(&id))
+            .map(|&i| &self.participants[i])
+            .filter(|p| p.contributing);
+        let has_live_voice = live.is_some();
+        if let Some(holder) = live {
+            self.live_voice.copy_from_slice(&holder.decoded);
+        }
+        let mut shared_needed = false;
+        for participant in &mut self.participants {
+            let Some(catchup) = participant.replay.as_mut() else {
+                continue;
+            };
+            if participant.contributing || catchup.live_ticks > OWN_STREAM_HANGOVER {
+                // Live now (or talking: then it needs its own mix-minus, and hears the room
+                // live; the replay is abandoned).
+                participant.replay = None;
+                self.replays -= 1;
+                shared_needed = true;
+                continue;
+            }
+            let stream = &mut catchup.stream;
+            stream.output.copy_from_slice(&self.bus);
+            if catchup.live_ticks > 0 {
+                // Caught up: the room's mix, encoded here and on the shared stream alike.
+                catchup.live_ticks += 1;
+                shared_needed = true;
+            } else {
+                let step = catchup
+                    .player
+                    .next_frame(&self.recordings, &mut catchup.frame);
+                if step == Step::Done {
+                    // Nothing left to replay (the recording ran out): live from here on.
+                    catchup.live_ticks = 1;
+                    shared_needed = true;
+                } else {
+                    if has_live_voice {
+                        for (out, live) in stream.output.iter_mut().zip(self.live_voice.iter()) {
+                            *out -= live;
+                        }
+                    }
+                    mix::accumulate(&mut stream.output, &catchup.frame);
+                    if step == Step::CaughtUp {
+                        catchup.live_ticks = 1;
+                    }
+                }
+                if catchup.live_ticks > 0 {
+                    self.events.push_back(Event::CaughtUp {
+                        participant: participant.id,
+                    });
+                }
+            }
+            stream.limit(&mut participant.stats);
+        }
+        shared_needed
+    }
+
     /// Whether this tick can only repeat the shared stream's settled silence to everyone: nobody
     /// contributes or is fading out, everyone is on the shared stream past any own-stream
     /// hangover, and the shared limiter and encoder have come to rest on digital silence. Then
@@ -1407,6 +1648,7 @@ impl Room {
         }
         !self.participants.is_empty()
             && self.departing.is_empty()
+            && self.replays == 0
             && self.shared.repeating_silence
             && self.shared.limiter.is_silent()
             && self
@@ -1538,7 +1780,11 @@ impl Room {
             self.transmit_cursor += 1;
             if let Some(header) = self.participants[i].pending.take() {
                 let p = &self.participants[i];
-                let payload = match (&p.pcm, p.own.as_ref().filter(|_| p.uses_own)) {
+                let own = match p.replay.as_ref() {
+                    Some(catchup) => Some(&catchup.stream),
+                    None => p.own.as_ref().filter(|_| p.uses_own),
+                };
+                let payload = match (&p.pcm, own) {
                     (Some(link), _) => &link.payload[..],
                     (None, Some(own)) => own.payload(),
                     (None, None) => self.shared.payload(),
@@ -1682,5 +1928,85 @@ mod tests {
             );
             assert_eq!(full.shortcut_ticks, 0);
         }
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+
+    fn single_floor_room(t0: Instant) -> Room {
+        let config = EngineConfig {
+            floor: FloorConfig {
+                policy: FloorPolicy::Single,
+                ..FloorConfig::default()
+            },
+            ..EngineConfig::default()
+        };
+        Room::new(config, t0).expect("room")
+    }
+
+    fn ticks(room: &mut Room, now: &mut Instant, n: u32) -> Vec<Event> {
+        let mut events = Vec::new();
+        for _ in 0..n {
+            *now += FRAME;
+            room.handle_timeout(*now);
+            while room.poll_transmit().is_some() {}
+            while let Some(event) = room.poll_event() {
+                events.push(event);
+            }
+        }
+        events
+    }
+
+    #[test]
+    fn only_a_join_during_a_single_floor_transmission_is_replayed() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut room = single_floor_room(t0);
+        let (holder, first, second, third) = (
+            ParticipantId(1),
+            ParticipantId(2),
+            ParticipantId(3),
+            ParticipantId(4),
+        );
+        room.add_participant(holder, Mode::Ptt).expect("join");
+        room.handle_timeout(now);
+        room.add_participant(first, Mode::Listen).expect("join");
+        assert_eq!(room.replay_backlog(first), None, "nothing on the air");
+        room.request_floor(holder, false, now).expect("request");
+        ticks(&mut room, &mut now, 10);
+        room.add_participant(second, Mode::Ptt).expect("join");
+        assert_eq!(room.replay_backlog(second), Some(FRAME * 10));
+        // The transmission held only silence: the replay skips it and is live at once.
+        let events = ticks(&mut room, &mut now, 2);
+        assert!(events.contains(&Event::CaughtUp {
+            participant: second
+        }));
+        assert_eq!(room.replay_backlog(second), None);
+        room.release_floor(holder).expect("release");
+        ticks(&mut room, &mut now, 10);
+        room.add_participant(third, Mode::Listen).expect("join");
+        assert_eq!(room.replay_backlog(third), None, "the floor is free");
+        // Replays over and floor free: the recording is forgotten and the room is idle again.
+        ticks(&mut room, &mut now, 10);
+        assert_eq!(room.replays, 0);
+        assert!(room.recordings.on_air().is_none());
+    }
+
+    #[test]
+    fn open_rooms_record_nothing() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut room = Room::new(EngineConfig::default(), t0).expect("room");
+        room.add_participant(ParticipantId(1), Mode::Ptt)
+            .expect("join");
+        room.request_floor(ParticipantId(1), false, now)
+            .expect("request");
+        ticks(&mut room, &mut now, 10);
+        room.add_participant(ParticipantId(2), Mode::Listen)
+            .expect("join");
+        assert_eq!(room.replay_backlog(ParticipantId(2)), None);
+        assert!(room.recordings.on_air().is_none());
     }
 }

@@ -97,6 +97,8 @@ pub struct Metrics {
     pub floor_events_total: IntCounterVec,
     /// Participants taken back with a resume token after a dropped connection.
     pub resumes_total: IntCounter,
+    /// Participants who joined during a push-to-talk transmission and heard it replayed.
+    pub replays_total: IntCounter,
     /// Deepest gain reduction in each limited frame, dB.
     pub limiter_gain_reduction_db: Histogram,
     /// Mixer threads running.
@@ -277,6 +279,10 @@ impl Metrics {
                 "mixer_resumes_total",
                 "Participants taken back with a resume token after a dropped connection.",
             ),
+            replays_total: counter(
+                "mixer_replays_total",
+                "Participants who joined during a push-to-talk transmission and heard it replayed from its start.",
+            ),
             audio_frames_paused_total: counter(
                 "mixer_audio_frames_paused_total",
                 "Output frames not sent because the participant's mix was settled silence.",
@@ -327,6 +333,7 @@ impl Metrics {
             Box::new(metrics.chat_messages_total.clone()),
             Box::new(metrics.floor_events_total.clone()),
             Box::new(metrics.resumes_total.clone()),
+            Box::new(metrics.replays_total.clone()),
             Box::new(metrics.limiter_gain_reduction_db.clone()),
             Box::new(metrics.mixer_threads.clone()),
         ];

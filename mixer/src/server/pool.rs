@@ -795,6 +795,10 @@ impl RoomSlot {
             },
             resume_token: token.map(str::to_owned),
             resumed,
+            replay_ms: self
+                .engine
+                .replay_backlog(id)
+                .map(|behind| behind.as_millis() as u64),
         }
     }
 
@@ -1129,6 +1133,15 @@ impl MixerThread {
             muted: false,
         };
         let joined = slot.joined(id, &room, &joiner.format, token.as_deref(), false);
+        if matches!(
+            joined,
+            ServerMessage::Joined {
+                replay_ms: Some(_),
+                ..
+            }
+        ) {
+            self.metrics.replays_total.inc();
+        }
         joiner.outbox.push_control(joined.to_json());
         slot.broadcast(id, &ServerMessage::ParticipantJoined { participant: info });
         info!(%room, participant = %id, name = %joiner.name, mode = mode.as_str(), "joined");
@@ -1271,6 +1284,9 @@ impl MixerThread {
                         Event::TicksSkipped { count } => {
                             metrics.ticks_skipped_total.inc_by(count);
                             warn!(%room, count, "mixer fell behind; ticks skipped");
+                        }
+                        Event::CaughtUp { participant } => {
+                            slot.send_to(participant, &ServerMessage::CaughtUp);
                         }
                         Event::TalkingStarted { .. }
                         | Event::TalkingStopped { .. }
