@@ -50,6 +50,9 @@ struct Args {
     /// Write what this client hears to a 48 kHz mono 16-bit WAV file.
     #[arg(long)]
     record: Option<std::path::PathBuf>,
+    /// Wait this many seconds before joining (to tune in mid-transmission, say).
+    #[arg(long, default_value_t = 0.0)]
+    join_after: f64,
 }
 
 fn parse_press(text: &str) -> Result<(f64, f64), String> {
@@ -74,6 +77,10 @@ async fn main() -> anyhow::Result<()> {
         "moderator" => Role::Moderator,
         other => bail!("unknown role {other:?}: use speaker, listener or moderator"),
     };
+    if !(args.join_after.is_finite() && args.join_after >= 0.0) {
+        bail!("--join-after must be a number of seconds");
+    }
+    tokio::time::sleep(std::time::Duration::from_secs_f64(args.join_after)).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(args.url.as_str())
         .await
         .with_context(|| format!("connecting to {}", args.url))?;
@@ -172,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
                     let message = parse_server_message(text.as_str())?;
                     let name = |id: &u32| names.get(id).cloned().unwrap_or_else(|| format!("#{id}"));
                     match &message {
-                        ServerMessage::Joined { participant_id, participants, floor, .. } => {
+                        ServerMessage::Joined { participant_id, participants, floor, replay_ms, .. } => {
                             me = Some(*participant_id);
                             names.insert(*participant_id, format!("{} (me)", args.name));
                             for p in participants {
@@ -180,7 +187,15 @@ async fn main() -> anyhow::Result<()> {
                             }
                             say(format!("joined {} as #{participant_id}; floor policy {:?}; {} others here",
                                 args.room, floor.policy, participants.len()));
+                            if let Some(behind) = replay_ms {
+                                let holder = floor
+                                    .holder
+                                    .and_then(|h| names.get(&h).cloned())
+                                    .unwrap_or_default();
+                                say(format!("{holder} is on the air: replaying from the start ({behind} ms behind)"));
+                            }
                         }
+                        ServerMessage::CaughtUp => say("caught up: live".to_owned()),
                         ServerMessage::ParticipantJoined { participant } => {
                             names.insert(participant.id, participant.name.clone());
                             say(format!("{} joined ({:?})", participant.name, participant.mode));
