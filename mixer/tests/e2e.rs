@@ -1825,3 +1825,50 @@ async fn a_late_joiner_hears_the_transmission_from_its_start_over_real_sockets()
     assert_eq!(metric(&text, "mixer_replays_total", ""), 1.0);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_cannot_fill_the_server_with_created_rooms() {
+    let server = TestServer::start(&[]).await;
+    let mut lobby = connect(&server).await;
+    // One connection cannot fill the server with empty rooms: after a burst it is refused,
+    // and the refused room does not exist.
+    let mut refused = None;
+    for i in 0..6 {
+        let room = format!("spam-{i}");
+        let reply = ask(
+            &mut lobby,
+            ClientMessage::CreateRoom(mixer_protocol::RoomSettings {
+                room: room.clone(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        if let ServerMessage::Error { code, .. } = reply {
+            assert_eq!(code, ErrorCode::RateLimited);
+            refused = Some(room);
+            break;
+        }
+    }
+    let refused = refused.expect("create_room is rate-limited");
+    assert!(matches!(
+        ask(&mut lobby, ClientMessage::RoomInfo { room: refused }).await,
+        ServerMessage::Error {
+            code: ErrorCode::UnknownRoom,
+            ..
+        }
+    ));
+    // Another connection still can.
+    let mut other = connect(&server).await;
+    assert!(matches!(
+        ask(
+            &mut other,
+            ClientMessage::CreateRoom(mixer_protocol::RoomSettings {
+                room: "mine".into(),
+                ..Default::default()
+            })
+        )
+        .await,
+        ServerMessage::RoomInfo(_)
+    ));
+    server.shutdown().await;
+}

@@ -178,6 +178,9 @@ struct Session {
     rate: RateLimit,
     /// Chat: a burst of 5 messages, then 1 a second.
     chat_rate: RateLimit,
+    /// `create_room`: a burst of 5, then 1 every 10 s, so one client cannot fill the server's
+    /// room table with empty rooms (each is kept 60 s) and lock everyone else out.
+    create_rate: RateLimit,
     errors: ErrorThrottle,
 }
 
@@ -198,6 +201,7 @@ impl Session {
             pcm: None,
             rate: RateLimit::new(frames_per_second, frames_per_second * 1.1),
             chat_rate: RateLimit::new(5.0, 1.0),
+            create_rate: RateLimit::new(5.0, 0.1),
             errors: ErrorThrottle::default(),
         }
     }
@@ -463,6 +467,12 @@ impl Session {
             }
             ClientMessage::Chat { text } => self.chat(text),
             ClientMessage::CreateRoom(settings) => {
+                if !self.create_rate.allow(Instant::now()) {
+                    return self.send_error(
+                        ErrorCode::RateLimited,
+                        "more than 5 create_room at once or 1 per 10 s; no room was created",
+                    );
+                }
                 let reply = match self.context.pool.create_room(&settings) {
                     Ok(summary) => ServerMessage::RoomInfo(summary),
                     Err((code, message)) => return self.send_error(code, message),
