@@ -1563,13 +1563,16 @@ impl Room {
                 self.recordings.append(capture, gain);
             }
         }
-        let oldest_in_use = self
-            .participants
-            .iter()
-            .filter_map(|p| p.replay.as_ref())
-            .filter(|_| self.replays > 0)
-            .map(|c| c.player.recording())
-            .min();
+        // Only rooms with a replay in progress look through their participants.
+        let oldest_in_use = if self.replays == 0 {
+            None
+        } else {
+            self.participants
+                .iter()
+                .filter_map(|p| p.replay.as_ref())
+                .map(|c| c.player.recording())
+                .min()
+        };
         self.recordings.collect(oldest_in_use);
     }
 
