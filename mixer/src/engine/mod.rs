@@ -585,6 +585,15 @@ impl Participant {
         })
     }
 
+    /// The stream this participant hears this tick when it is not the shared one: its replay
+    /// while it catches up, else its own mix-minus when in use.
+    fn stream(&self) -> Option<&MixStream> {
+        match self.replay.as_ref() {
+            Some(catchup) => Some(&catchup.stream),
+            None => self.own.as_ref().filter(|_| self.uses_own),
+        }
+    }
+
     fn snapshot(&self) -> ParticipantStats {
         ParticipantStats {
             jitter: self.jitter.stats().clone(),
@@ -1508,11 +1517,7 @@ impl Room {
                 participant.stamp(self.out_sequence, timestamp, output);
                 continue;
             }
-            let own = match participant.replay.as_ref() {
-                Some(catchup) => Some(&catchup.stream),
-                None => participant.own.as_ref().filter(|_| participant.uses_own),
-            };
-            let output = match own {
+            let output = match participant.stream() {
                 Some(own) => match participant.own_level {
                     None => {
                         participant.stats.encode_errors += 1;
@@ -1788,11 +1793,7 @@ impl Room {
             self.transmit_cursor += 1;
             if let Some(header) = self.participants[i].pending.take() {
                 let p = &self.participants[i];
-                let own = match p.replay.as_ref() {
-                    Some(catchup) => Some(&catchup.stream),
-                    None => p.own.as_ref().filter(|_| p.uses_own),
-                };
-                let payload = match (&p.pcm, own) {
+                let payload = match (&p.pcm, p.stream()) {
                     (Some(link), _) => &link.payload[..],
                     (None, Some(own)) => own.payload(),
                     (None, None) => self.shared.payload(),

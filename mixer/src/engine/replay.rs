@@ -458,7 +458,7 @@ mod tests {
 
     /// Records `frames` of PCM at 48 kHz (which the replay decodes bit-exactly), with `None`
     /// as a silence slot.
-    fn record(recordings: &mut Recordings, talker: u32, frames: &[Option<Vec<f32>>]) {
+    fn record(recordings: &mut Recordings, frames: &[Option<Vec<f32>>]) {
         let mut capture = Capture::new(PcmRate::Hz48000.frame_bytes());
         for frame in frames {
             match frame {
@@ -473,7 +473,6 @@ mod tests {
             }
             recordings.append(&mut capture, 1.0);
         }
-        let _ = talker;
     }
 
     fn pcm48() -> ClientCodec {
@@ -489,7 +488,7 @@ mod tests {
         frames.extend((0..4).map(|i| Some(tone(440.0, 0.3, i))));
         frames.extend(std::iter::repeat_n(None, 10));
         frames.extend((4..8).map(|i| Some(tone(440.0, 0.3, i))));
-        record(&mut recordings, 1, &frames);
+        record(&mut recordings, &frames);
         let mut player = recordings
             .replay_for_joiner()
             .expect("on the air")
@@ -505,7 +504,7 @@ mod tests {
                 break;
             }
             // The live transmission goes on (silently) while the joiner catches up.
-            record(&mut recordings, 1, &[None]);
+            record(&mut recordings, &[None]);
         }
         assert_eq!(steps.last(), Some(&Step::CaughtUp), "{steps:?}");
         // 28 slots were recorded before the joiner arrived; it was live again well before 28
@@ -521,7 +520,6 @@ mod tests {
         recordings.start(ParticipantId(1), pcm48());
         record(
             &mut recordings,
-            1,
             &(0..6)
                 .map(|i| Some(tone(300.0, 0.3, i)))
                 .collect::<Vec<_>>(),
@@ -532,7 +530,7 @@ mod tests {
             .expect("decoder");
         recordings.stop();
         recordings.start(ParticipantId(2), pcm48());
-        record(&mut recordings, 2, &[Some(tone(500.0, 0.3, 0))]);
+        record(&mut recordings, &[Some(tone(500.0, 0.3, 0))]);
         recordings.stop();
         let mut out = vec![0.0; FRAME_SAMPLES];
         let mut heard = Vec::new();
@@ -555,12 +553,12 @@ mod tests {
     fn recordings_still_replayed_are_kept_and_a_short_backlog_is_not_replayed() {
         let mut recordings = Recordings::default();
         recordings.start(ParticipantId(1), pcm48());
-        record(&mut recordings, 1, &[None, None]);
+        record(&mut recordings, &[None, None]);
         assert!(
             recordings.replay_for_joiner().is_none(),
             "2 frames behind: live"
         );
-        record(&mut recordings, 1, &[None]);
+        record(&mut recordings, &[None]);
         let player = recordings
             .replay_for_joiner()
             .expect("on the air")
