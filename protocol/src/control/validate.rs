@@ -1,0 +1,159 @@
+//! Limits, and the rules a server applies to a well-formed message before acting on it.
+//!
+//! Parsing checks only shape (size, JSON, `"type"`, field types); these checks come after, when
+//! the server handles the message, so that each failure gets its own error code.
+
+use super::client::{JoinRequest, RoomSettings};
+use super::error::{ControlError, quote};
+
+/// Largest text frame the server accepts, in bytes.
+pub const MAX_CONTROL_MESSAGE: usize = 4096;
+/// Largest room name, in bytes.
+pub const MAX_ROOM_LEN: usize = 64;
+/// Largest participant name, in characters (Unicode scalar values).
+pub const MAX_NAME_CHARS: usize = 64;
+/// Largest `token`, in bytes.
+pub const MAX_TOKEN_LEN: usize = 4096;
+/// Largest `resume` token accepted, in bytes (the server issues 32 hex digits).
+pub const MAX_RESUME_TOKEN_LEN: usize = 64;
+/// Largest chat message, in characters (Unicode scalar values).
+pub const MAX_CHAT_CHARS: usize = 1000;
+
+impl JoinRequest {
+    /// Checks a room name as `join` does (for messages that name a room).
+    pub fn validate_room_name(room: &str) -> Result<(), ControlError> {
+        validate_room(room)
+    }
+
+    /// Checks the room, name, token and format, in that order, reporting the first problem.
+    pub fn validate(&self) -> Result<(), ControlError> {
+        validate_room(&self.room)?;
+        validate_name(&self.name)?;
+        if let Some(token) = &self.token
+            && token.len() > MAX_TOKEN_LEN
+        {
+            return Err(ControlError::InvalidToken {
+                detail: format!(
+                    "token is {} bytes, the maximum is {MAX_TOKEN_LEN}",
+                    token.len()
+                ),
+            });
+        }
+        if let Some(resume) = &self.resume
+            && (resume.is_empty()
+                || resume.len() > MAX_RESUME_TOKEN_LEN
+                || !resume.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(ControlError::InvalidToken {
+                detail: format!(
+                    "resume token must be 1 to {MAX_RESUME_TOKEN_LEN} hex digits, as sent in joined"
+                ),
+            });
+        }
+        self.format.validate()
+    }
+}
+
+/// Checks a chat text: 1 to [`MAX_CHAT_CHARS`] characters, not blank, no control characters
+/// other than newline and tab.
+pub fn validate_chat(text: &str) -> Result<(), ControlError> {
+    let invalid = |detail: String| Err(ControlError::InvalidChat { detail });
+    if text.is_empty() {
+        return invalid("the text is empty".to_owned());
+    }
+    if text.trim().is_empty() {
+        return invalid("the text is only whitespace".to_owned());
+    }
+    let chars = text.chars().count();
+    if chars > MAX_CHAT_CHARS {
+        return invalid(format!(
+            "the text is {chars} characters, the maximum is {MAX_CHAT_CHARS}"
+        ));
+    }
+    if let Some(bad) = text
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+    {
+        return invalid(format!("the text contains the control character {bad:?}"));
+    }
+    Ok(())
+}
+
+impl RoomSettings {
+    /// Checks the room name and that every given setting is in range; `max_participants` and
+    /// `max_talkers` may not exceed the server's limits given here.
+    pub fn validate(
+        &self,
+        server_participants: u32,
+        server_talkers: u32,
+    ) -> Result<(), ControlError> {
+        validate_room(&self.room)?;
+        let out_of_range = |name: &str, value: u64, low: u64, high: u64| {
+            if value < low || value > high {
+                Err(ControlError::InvalidSettings {
+                    detail: format!("{name} {value} is outside {low}..={high}"),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(n) = self.max_participants {
+            out_of_range("max_participants", n.into(), 1, server_participants.into())?;
+        }
+        if let Some(n) = self.max_talkers {
+            out_of_range("max_talkers", n.into(), 1, server_talkers.into())?;
+        }
+        if let Some(ms) = self.max_talk_ms {
+            out_of_range("max_talk_ms", ms, 1_000, 3_600_000)?;
+        }
+        Ok(())
+    }
+}
+
+fn validate_room(room: &str) -> Result<(), ControlError> {
+    let invalid = |detail: String| Err(ControlError::InvalidRoom { detail });
+    if room.is_empty() {
+        return invalid("room name is empty".to_owned());
+    }
+    if room.len() > MAX_ROOM_LEN {
+        return invalid(format!(
+            "room name {} is {} bytes, the maximum is {MAX_ROOM_LEN}",
+            quote(room),
+            room.len()
+        ));
+    }
+    if let Some(bad) = room
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return invalid(format!(
+            "room name {} contains {bad:?}; only A-Z a-z 0-9 _ . - are allowed",
+            quote(room)
+        ));
+    }
+    Ok(())
+}
+
+fn validate_name(name: &str) -> Result<(), ControlError> {
+    let invalid = |detail: String| Err(ControlError::InvalidName { detail });
+    if name.is_empty() {
+        return invalid("name is empty".to_owned());
+    }
+    let chars = name.chars().count();
+    if chars > MAX_NAME_CHARS {
+        return invalid(format!(
+            "name {} is {chars} characters, the maximum is {MAX_NAME_CHARS}",
+            quote(name)
+        ));
+    }
+    if let Some(bad) = name.chars().find(|c| c.is_control()) {
+        return invalid(format!(
+            "name {} contains control character {bad:?}",
+            quote(name)
+        ));
+    }
+    if name.chars().all(char::is_whitespace) {
+        return invalid(format!("name {} is only whitespace", quote(name)));
+    }
+    Ok(())
+}
