@@ -404,6 +404,23 @@ fn golden_error_and_pong() {
         r#"{"type":"error","code":"removed","message":"removed from the room by moderator 1"}"#,
         ServerMessage::error(ErrorCode::Removed, "removed from the room by moderator 1"),
     );
+    golden_server(
+        r#"{"type":"error","code":"control_rate_limited","message":"control messages over budget; dropped set_mode"}"#,
+        ServerMessage::error(
+            ErrorCode::ControlRateLimited,
+            "control messages over budget; dropped set_mode",
+        ),
+    );
+    golden_server(
+        r#"{"type":"error","code":"server_busy","message":"room \"lobby\" is busy; mute not applied"}"#,
+        ServerMessage::error(
+            ErrorCode::ServerBusy,
+            "room \"lobby\" is busy; mute not applied",
+        ),
+    );
+    // Both keep the connection open.
+    assert_eq!(ErrorCode::ControlRateLimited.close_code(), None);
+    assert_eq!(ErrorCode::ServerBusy.close_code(), None);
     golden_server(r#"{"type":"pong"}"#, ServerMessage::Pong { id: None });
     golden_server(
         r#"{"type":"pong","id":7}"#,
@@ -440,6 +457,41 @@ fn golden_mode_changed_and_participant_muted() {
             muted: false,
             by: Some(1),
         },
+    );
+}
+
+#[test]
+fn golden_room_muted() {
+    golden_server(
+        r#"{"type":"room_muted","muted":true,"by":7,"participant_ids":[1,2,3]}"#,
+        ServerMessage::RoomMuted {
+            muted: true,
+            by: 7,
+            participant_ids: vec![1, 2, 3],
+        },
+    );
+    golden_server(
+        r#"{"type":"room_muted","muted":false,"by":1,"participant_ids":[4294967295]}"#,
+        ServerMessage::RoomMuted {
+            muted: false,
+            by: 1,
+            participant_ids: vec![u32::MAX],
+        },
+    );
+    // Nobody's state changed: the room still hears of the request, with an empty list.
+    golden_server(
+        r#"{"type":"room_muted","muted":true,"by":7,"participant_ids":[]}"#,
+        ServerMessage::RoomMuted {
+            muted: true,
+            by: 7,
+            participant_ids: vec![],
+        },
+    );
+    // Not a client message: a client sends `mute_room`.
+    assert_eq!(
+        parse_client_message(r#"{"type":"room_muted","muted":true,"by":7,"participant_ids":[]}"#)
+            .map_err(|e| e.code()),
+        Err(ErrorCode::UnknownType)
     );
 }
 

@@ -80,6 +80,8 @@ fn declaration_index(code: ErrorCode) -> usize {
         ErrorCode::UnknownRoom => 31,
         ErrorCode::ChatRateLimited => 32,
         ErrorCode::ResumeFailed => 33,
+        ErrorCode::ControlRateLimited => 34,
+        ErrorCode::ServerBusy => 35,
     }
 }
 
@@ -90,7 +92,7 @@ fn error_code_all_is_complete_and_in_order() {
         .copied()
         .map(declaration_index)
         .collect();
-    assert_eq!(indices, (0..=33).collect::<Vec<_>>());
+    assert_eq!(indices, (0..=35).collect::<Vec<_>>());
 }
 
 #[test]
@@ -120,6 +122,8 @@ fn error_code_names() {
         (ErrorCode::UnknownRoom, "unknown_room"),
         (ErrorCode::ChatRateLimited, "chat_rate_limited"),
         (ErrorCode::ResumeFailed, "resume_failed"),
+        (ErrorCode::ControlRateLimited, "control_rate_limited"),
+        (ErrorCode::ServerBusy, "server_busy"),
     ];
     for (code, name) in new {
         assert_eq!(code.as_str(), name);

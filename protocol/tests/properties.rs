@@ -228,6 +228,16 @@ fn arb_server() -> impl Strategy<Value = ServerMessage> {
                 by,
             }
         ),
+        (
+            any::<bool>(),
+            any::<u32>(),
+            proptest::collection::vec(any::<u32>(), 0..5)
+        )
+            .prop_map(|(muted, by, participant_ids)| ServerMessage::RoomMuted {
+                muted,
+                by,
+                participant_ids,
+            }),
         (any::<u32>(), any::<Option<u64>>()).prop_map(|(participant_id, max_talk_ms)| {
             ServerMessage::FloorGranted {
                 participant_id,
@@ -369,7 +379,7 @@ proptest! {
             r#"\{("(type|id|room|name|format|mode|role|token|code|participant_id|muted|"#,
             r#"preempt|gain_db|holder|by|reason|floor|policy|max_talk_ms|text|from|ts_ms|"#,
             r#"floor_policy|max_participants|max_talkers|normalise|participants|rooms|"#,
-            r#"truncated)":"#,
+            r#"truncated|participant_ids)":"#,
             r#"("[a-z_]{0,13}"|-?[0-9]{1,22}|null|true|false|\[\]|\{\}),?){0,6}\}"#,
         ),
     ) {

@@ -210,6 +210,19 @@ fn invalid_new_server_messages() {
             r#"{"type":"participant_muted","participant_id":1}"#,
             "participant_muted",
         ),
+        (r#"{"type":"room_muted","muted":true,"by":1}"#, "room_muted"),
+        (
+            r#"{"type":"room_muted","muted":true,"participant_ids":[2]}"#,
+            "room_muted",
+        ),
+        (
+            r#"{"type":"room_muted","muted":true,"by":1,"participant_ids":null}"#,
+            "room_muted",
+        ),
+        (
+            r#"{"type":"room_muted","muted":true,"by":1,"participant_ids":[-1]}"#,
+            "room_muted",
+        ),
         (
             r#"{"type":"mode_changed","participant_id":1,"mode":"shout"}"#,
             "mode_changed",

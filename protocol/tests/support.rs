@@ -147,6 +147,11 @@ pub fn server_samples() -> Vec<ServerMessage> {
             muted: true,
             by: None,
         },
+        ServerMessage::RoomMuted {
+            muted: true,
+            by: 1,
+            participant_ids: vec![0, 2],
+        },
         ServerMessage::FloorGranted {
             participant_id: 0,
             max_talk_ms: Some(60_000),

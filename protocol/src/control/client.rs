@@ -42,7 +42,8 @@ pub enum ClientMessage {
         /// Mute (`true`) or unmute (`false`).
         muted: bool,
     },
-    /// Moderators only: mute or unmute everyone in the room but the moderators.
+    /// Moderators only: mute or unmute everyone in the room but the moderators. The room gets
+    /// one `room_muted` listing whose state changed.
     MuteRoom {
         /// Mute (`true`) or unmute (`false`).
         muted: bool,

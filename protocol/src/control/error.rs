@@ -103,6 +103,13 @@ pub enum ErrorCode {
     /// A `join` with a `resume` token that is unknown, expired or for another room; join again
     /// without it.
     ResumeFailed,
+    /// Control messages sent faster than the connection's control budget (a token bucket; each
+    /// message type has its cost); the message was dropped, not applied. The connection stays
+    /// open.
+    ControlRateLimited,
+    /// The room's mixer thread has too many control requests queued; the request was not
+    /// applied: retry later. The connection stays open.
+    ServerBusy,
 }
 
 impl ErrorCode {

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ControlError, quote_bare};
-use crate::audio::{FRAME_MS, SAMPLE_RATE};
+use crate::audio::{AUDIO_HEADER_LEN, FRAME_MS, MAX_PCM_PAYLOAD, SAMPLE_RATE};
 
 /// An audio stream format, as requested in `join` and announced in `joined`.
 ///
@@ -74,7 +74,7 @@ impl AudioFormat {
 pub const PCM_RATES: [u32; 5] = [8_000, 16_000, 22_050, 44_100, 48_000];
 
 /// Largest `pcm16` audio frame: the 9-byte header and 20 ms of 48 kHz 16-bit samples.
-pub const MAX_PCM_AUDIO_FRAME: usize = 9 + 2 * 960;
+pub const MAX_PCM_AUDIO_FRAME: usize = AUDIO_HEADER_LEN + MAX_PCM_PAYLOAD;
 
 impl fmt::Display for AudioFormat {
     /// `codec/sample_rate/channels/frame_ms`, e.g. `opus/48000/1/20`; a long codec is cut short.

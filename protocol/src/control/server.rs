@@ -91,6 +91,16 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<u32>,
     },
+    /// A moderator's `mute_room`: the one message the room gets for it, in place of a
+    /// `participant_muted` per member.
+    RoomMuted {
+        /// Whether the members listed are muted now or unmuted.
+        muted: bool,
+        /// The moderator who sent `mute_room`.
+        by: u32,
+        /// The members whose mute state changed, in ascending order; possibly empty.
+        participant_ids: Vec<u32>,
+    },
     /// A participant was granted the floor (sent to the whole room).
     FloorGranted {
         /// The new holder.
