@@ -15,6 +15,7 @@
 //!     on join / leave:                                  room.add_participant(..) / remove_participant(..)
 //!     when now >= room.poll_timeout():                  room.handle_timeout(now)   // one tick
 //!         then drain:  while let Some(tx) = room.poll_transmit() { send tx.header + tx.payload to tx.to }
+//!                          (tx.stream == Shared: the same frame as the tick's other shared ones)
 //!                      while let Some(ev) = room.poll_event()    { act on it }
 //!         and repeat while room.poll_timeout() <= now (catch-up, see the clock module)
 //! }
@@ -36,7 +37,8 @@
 //!    encoded **once** per tick and shared: a room of N with K talking costs K + 1 encodes, not N.
 //! 5. Every frame is stamped with the room's sequence number (+1 per tick) and timestamp (+960
 //!    per tick): each participant's stream is continuous, and a shared frame is the same bytes
-//!    for all its listeners.
+//!    for all its listeners. [`Transmit::stream`] says which frames are shared
+//!    ([`StreamKind::Shared`]), so the shell builds each shared frame once.
 //!
 //! A room with many talkers (see [`EngineConfig::parallel_threshold`]) decodes and encodes half
 //! of its participants on a scoped helper thread each tick; the result is bit-identical.
@@ -81,5 +83,5 @@ mod tick;
 pub use self::config::{EngineConfig, FRAME, LIMITER_DB_BUCKETS, MAX_GAIN_DB};
 pub use self::error::EngineError;
 pub use self::participant::{ClientCodec, ParticipantId};
-pub use self::room::{Event, Room, Transmit};
+pub use self::room::{Event, Room, StreamKind, Transmit};
 pub use self::stats::{NoTimer, ParticipantStats, PhaseTimer, RoomStats, RoomTotals, TickPhase};

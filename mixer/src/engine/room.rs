@@ -22,8 +22,28 @@ pub struct Transmit<'a> {
     pub to: ParticipantId,
     /// The header for this listener's stream (its own sequence and timestamp).
     pub header: AudioHeader,
-    /// One Opus packet.
+    /// One Opus packet (or, for a PCM client, one frame of 16-bit samples).
     pub payload: &'a [u8],
+    /// Which stream the frame belongs to: whether other participants get the same bytes.
+    pub stream: StreamKind,
+}
+
+/// Which stream a [`Transmit`] belongs to, so the shell can tell which frames are shared.
+///
+/// Within one tick (between two `handle_timeout` calls), every [`StreamKind::Shared`] transmit
+/// carries the same payload bytes and the same header, but for the marker bit (set on a
+/// participant's first frame of a run, see [`mixer_protocol::Flags::marker`]): the shell can
+/// build that frame once and hand it to all of them. Any other transmit is for its recipient
+/// alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// The room's full mix, encoded once per tick for everyone who contributes nothing.
+    Shared,
+    /// The participant's own stream: its mix-minus while it talks, or any frame of a PCM
+    /// client (rendered at the client's rate for it alone).
+    Own,
+    /// A late joiner's stream while it hears a transmission replayed and catches up.
+    Replay,
 }
 
 impl Transmit<'_> {
@@ -447,10 +467,18 @@ impl Room {
                     (None, Some(own)) => own.payload(),
                     (None, None) => self.shared.payload(),
                 };
+                let stream = if p.replay.is_some() {
+                    StreamKind::Replay
+                } else if p.pcm.is_some() || p.stream().is_some() {
+                    StreamKind::Own
+                } else {
+                    StreamKind::Shared
+                };
                 return Some(Transmit {
                     to: p.id,
                     header,
                     payload,
+                    stream,
                 });
             }
         }
@@ -513,7 +541,10 @@ impl Room {
 
 #[cfg(test)]
 mod tests {
+    use mixer_protocol::{AudioLevel, Flags};
+
     use super::*;
+    use crate::engine::pcm::PcmRate;
 
     fn single_floor_room(t0: Instant) -> Room {
         let config = EngineConfig {
@@ -588,5 +619,111 @@ mod tests {
             .expect("join");
         assert_eq!(room.replay_backlog(ParticipantId(2)), None);
         assert!(room.recordings.on_air().is_none());
+    }
+
+    /// A tone packet as a client would send it.
+    fn tone_frame(
+        encoder: &mut opus::Encoder,
+        tick: u32,
+        freq: f32,
+        packet: &mut [u8],
+    ) -> (AudioHeader, usize) {
+        let pcm: Vec<f32> = (0..FRAME_SAMPLES)
+            .map(|i| {
+                let t = (tick as usize * FRAME_SAMPLES + i) as f32 / 48_000.0;
+                0.3 * (2.0 * std::f32::consts::PI * freq * t).sin()
+            })
+            .collect();
+        let len = encoder.encode_float(&pcm, packet).expect("encode");
+        let header = AudioHeader {
+            flags: Flags::default(),
+            sequence: tick as u16,
+            timestamp: tick * FRAME_SAMPLES as u32,
+            level: AudioLevel::new(true, 10),
+        };
+        (header, len)
+    }
+
+    #[test]
+    fn frames_marked_shared_are_the_same_frame() {
+        let t0 = Instant::now();
+        let mut room = single_floor_room(t0);
+        let (holder, talker) = (ParticipantId(1), ParticipantId(2));
+        room.add_participant(holder, Mode::Ptt).expect("join");
+        room.add_participant(talker, Mode::Talk).expect("join");
+        for id in 10..13 {
+            room.add_participant(ParticipantId(id), Mode::Listen)
+                .expect("join");
+        }
+        room.add_participant_with(
+            ParticipantId(20),
+            Mode::Listen,
+            ClientCodec::Pcm(PcmRate::Hz16000),
+        )
+        .expect("join");
+        room.request_floor(holder, false, t0).expect("request");
+        let mut encoders = [holder, talker].map(|_| {
+            opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
+                .expect("encoder")
+        });
+        let mut packet = vec![0u8; MAX_OPUS_PACKET];
+        let mut kinds = HashMap::new();
+        let mut ticks_with_shared_frames = 0;
+        let mut marked_shared = 0;
+        for tick in 0..500u32 {
+            let now = t0 + FRAME * tick;
+            // Late joiners: during the transmission (replayed), and after it.
+            match tick {
+                60 => room.add_participant(ParticipantId(13), Mode::Listen),
+                330 => room.add_participant(ParticipantId(14), Mode::Listen),
+                _ => Ok(()),
+            }
+            .expect("join");
+            if tick == 300 {
+                room.release_floor(holder).expect("release");
+            }
+            // The holder talks until it releases the floor; the other talker in bursts.
+            let sending = [
+                (holder, tick < 300, 440.0),
+                (talker, tick % 120 < 40, 660.0),
+            ];
+            for (encoder, (id, sends, freq)) in encoders.iter_mut().zip(sending) {
+                if sends {
+                    let (header, len) = tone_frame(encoder, tick, freq, &mut packet);
+                    let frame = AudioFrame {
+                        header,
+                        payload: &packet[..len],
+                    };
+                    room.handle_audio(id, frame, now).expect("audio");
+                }
+            }
+            room.handle_timeout(now);
+            let mut shared: Vec<(AudioHeader, Vec<u8>)> = Vec::new();
+            while let Some(tx) = room.poll_transmit() {
+                *kinds.entry(tx.stream).or_insert(0) += 1;
+                if tx.stream == StreamKind::Shared {
+                    marked_shared += usize::from(tx.header.flags.marker());
+                    shared.push((tx.header, tx.payload.to_vec()));
+                }
+            }
+            while room.poll_event().is_some() {}
+            if let Some(((first_header, first_payload), rest)) = shared.split_first() {
+                ticks_with_shared_frames += usize::from(!rest.is_empty());
+                let unmarked = |h: &AudioHeader| AudioHeader {
+                    flags: h.flags.with_marker(false),
+                    ..*h
+                };
+                for (header, payload) in rest {
+                    assert_eq!(payload, first_payload, "tick {tick}");
+                    assert_eq!(unmarked(header), unmarked(first_header), "tick {tick}");
+                }
+            }
+        }
+        // The test saw every kind of stream, and shared frames that differ in their marker.
+        assert!(ticks_with_shared_frames > 100, "{ticks_with_shared_frames}");
+        for kind in [StreamKind::Shared, StreamKind::Own, StreamKind::Replay] {
+            assert!(kinds.get(&kind).copied().unwrap_or(0) > 10, "{kinds:?}");
+        }
+        assert!(marked_shared > 0);
     }
 }
