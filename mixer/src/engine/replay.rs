@@ -31,8 +31,9 @@ use mixer_protocol::FRAME_SAMPLES;
 
 use super::codec::{self, CodecError};
 use super::mix;
+use super::participant::decode_into;
 use super::pcm::{PcmError, PcmRate, PcmUplink};
-use super::{ClientCodec, ParticipantId, decode_into};
+use super::{ClientCodec, ParticipantId};
 
 /// Frames of a run of silence the replay keeps before skipping the rest (40 ms).
 pub const KEEP_SILENT_FRAMES: u32 = 2;
