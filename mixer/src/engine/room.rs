@@ -441,7 +441,12 @@ impl Room {
     /// playout is recorded (it holds a single floor).
     pub(super) fn regate(&mut self, position: usize) {
         let participant = &mut self.participants[position];
+        // Listen mode gates too: a talker who switches to it is faded out and its jitter buffer
+        // emptied, as when muted, so on switching back it starts a fresh play point at its
+        // current delay instead of resuming the frozen one (stale audio, then a delay as long
+        // as it listened).
         participant.gated = participant.muted
+            || !participant.mode.sends_audio()
             || (participant.mode == Mode::Ptt && !self.floor.may_talk(participant.id));
         let on_air = self.floor.config().policy == FloorPolicy::Single
             && self.floor.holder() == Some(participant.id);
@@ -453,7 +458,7 @@ impl Room {
                 })
             });
         }
-        if participant.gated || !participant.mode.sends_audio() {
+        if participant.gated {
             participant.set_talking(false, &mut self.events);
         }
     }
