@@ -18,6 +18,8 @@
 //! - `room_tick/N`: a whole [`Room`] tick with N talkers all talking, on a virtual clock: one
 //!   packet into every jitter buffer, `handle_timeout`, and draining every frame with
 //!   `poll_transmit` and `poll_event`. The time shown is per tick.
+//! - `parallel`: what spawning a scoped thread costs, and a 48-talker tick on one thread and
+//!   split with the room's helper thread (see `EngineConfig::parallel_threshold`).
 //!
 //! Reading the throughput lines: every group counts participants as its elements, so criterion's
 //! `thrpt` is participant-frames per second of one core. For `room_tick/N` the per-participant
@@ -212,9 +214,18 @@ impl PhaseTimer for ClockTimer {
 /// `metrics`, the tick also does what the server's mixer thread does around it: phase timing
 /// with the clock, tick-duration and lateness histograms, and per-frame counters.
 fn room_step(talkers: usize, metrics: Option<Metrics>) -> impl FnMut() -> usize {
+    room_step_with(EngineConfig::default(), talkers, metrics)
+}
+
+/// [`room_step`] for a room with `config`.
+fn room_step_with(
+    config: EngineConfig,
+    talkers: usize,
+    metrics: Option<Metrics>,
+) -> impl FnMut() -> usize {
     let clips: Vec<_> = (0..talkers).map(encode_clip).collect();
     let t0 = Instant::now();
-    let mut room = Room::new(EngineConfig::default(), t0).expect("room");
+    let mut room = Room::new(config, t0).expect("room");
     for id in 0..talkers {
         room.add_participant(ParticipantId(id as u32), Mode::Talk)
             .expect("room has space");
@@ -295,6 +306,32 @@ fn bench_metrics_overhead(c: &mut Criterion) {
     group.finish();
 }
 
+/// Whether splitting a large room's tick with a second thread pays: the cost of spawning a
+/// scoped thread (what a split phase cost when each one spawned its helper), and a tick of 48
+/// talkers all talking on one thread and split with the room's persistent helper thread, at the
+/// default threshold (48: the decode phase splits) and at 16 (the encode phase splits too).
+fn bench_parallel(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parallel");
+    group.bench_function("scoped_spawn", |b| {
+        b.iter(|| std::thread::scope(|scope| black_box(scope.spawn(|| black_box(1)).join())))
+    });
+    let talkers = 48;
+    group.throughput(Throughput::Elements(talkers as u64));
+    for (name, parallel_threshold) in [
+        ("room_tick_48/one_thread", None),
+        ("room_tick_48/helper_at_48", Some(48)),
+        ("room_tick_48/helper_at_16", Some(16)),
+    ] {
+        let config = EngineConfig {
+            parallel_threshold,
+            ..EngineConfig::default()
+        };
+        let mut step = room_step_with(config, talkers, None);
+        group.bench_function(name, |b| b.iter(&mut step));
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(20)
@@ -305,6 +342,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_opus_decode, bench_opus_encode, bench_mix, bench_room_tick, bench_metrics_overhead
+    targets = bench_opus_decode, bench_opus_encode, bench_mix, bench_room_tick, bench_metrics_overhead,
+        bench_parallel
 }
 criterion_main!(benches);

@@ -1464,3 +1464,99 @@ fn a_late_joiner_hears_the_transmission_from_its_start_then_catches_up_to_live()
         "early listener, A",
     );
 }
+
+#[test]
+fn a_talker_back_from_listening_is_heard_live_at_its_old_delay() {
+    // (seconds in listen mode, whether the client keeps sending meanwhile (refused) or stops).
+    // The talker sends 0.5 s tone spurts every second; it switches to listen mid-spurt, and
+    // keeping clients come back in a pause, so any tone heard right after the switch back is
+    // audio left over from before it.
+    for (listen, keeps_sending) in [(0.4, true), (2.4, true), (2.4, false)] {
+        let case = format!("{listen} s in listen mode, keeps sending: {keeps_sending}");
+        let mut sim = Sim::new();
+        let net = NetemConfig {
+            jitter: Duration::from_millis(20),
+            ..NetemConfig::default()
+        };
+        let a = sim.add_talker(1, 650.0, net, Pattern::Spurts { on: 25, off: 25 });
+        let listener = sim.add_listener(9);
+        let switch = 4.3;
+        sim.run_until(secs(switch));
+        let before = sim.delays(a, listener);
+        let delay = before[before.len() / 2];
+        sim.room.set_mode(a, Mode::Listen).expect("a");
+        sim.talker(a).active = keeps_sending;
+        let back = switch + listen;
+        sim.run_until(secs(back));
+        if !keeps_sending {
+            // The client stopped sending: it resumes with the next sequence number and a
+            // timestamp that moved on with the time it was silent.
+            let now = sim.now;
+            let t = sim.talker(a);
+            t.active = true;
+            t.next_send = now;
+            t.talker.pause((listen / 0.02) as u32);
+        }
+        sim.room.set_mode(a, Mode::Talk).expect("a");
+        sim.run_until(secs(back + 5.0));
+
+        // The resumed talker's first tone is heard at its old delay: the next spurt it sends,
+        // or (a client that stopped) the tone it resumes with at once.
+        let first_sent = if keeps_sending {
+            *sim.talkers[&a]
+                .onsets_sent
+                .iter()
+                .find(|s| **s > secs(back))
+                .expect("spurts after the switch back")
+        } else {
+            secs(back)
+        };
+        let start = sim.listeners[&listener].first_frame_at.expect("frames");
+        let first_heard = onsets(&sim.heard(listener).pcm, 650.0, AMP * 0.3)
+            .into_iter()
+            .map(|s| start + Duration::from_secs_f64(s as f64 / 48_000.0))
+            .find(|at| *at > secs(back))
+            .expect("heard again");
+        // (Heard before it was sent is stale audio.)
+        let resumed = first_heard.checked_sub(first_sent);
+        assert!(
+            resumed.is_some_and(|d| d.abs_diff(delay) < Duration::from_millis(40)),
+            "{case}: tone sent at {first_sent:?} first heard at {first_heard:?}; delay before the \
+             switch {delay:?}"
+        );
+        // And so are the spurts after it. (An onset heard a spurt's length or more after the
+        // last one sent is the tone coming back after a short dip within a spurt, which this
+        // talker's pattern and network show now and then without any switch.)
+        let after: Vec<Duration> = sim.delays(a, listener)[before.len()..]
+            .iter()
+            .copied()
+            .filter(|d| *d < Duration::from_millis(500))
+            .collect();
+        assert!(after.len() >= 4, "{case}: {after:?}");
+        for d in &after {
+            assert!(
+                d.abs_diff(delay) < Duration::from_millis(40),
+                "{case}: delay {d:?} after the switch back, {delay:?} before ({after:?})"
+            );
+        }
+        let heard = sim.heard(listener);
+        let silent = |from: f64, to: f64, what: &str| {
+            let db = tone_db(heard.window(secs(from), secs(to)), 650.0);
+            assert!(db < -40.0, "{case}: {what}: {db:.1} dB");
+        };
+        let delay = delay.as_secs_f64();
+        silent(switch + delay + 0.06, back, "heard while listening");
+        // Audio sent after the switch back cannot be heard before its delay.
+        silent(
+            back,
+            back + delay - 0.03,
+            "stale audio after the switch back",
+        );
+        let bound = tone_step_bound(&[(650.0, AMP)]);
+        let step = max_step(heard.window(secs(1.0), secs(back + 5.0)));
+        assert!(
+            step < bound * 1.5 + 0.02,
+            "{case}: click: {step} vs {bound}"
+        );
+    }
+}

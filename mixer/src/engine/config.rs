@@ -83,10 +83,12 @@ pub struct EngineConfig {
     /// level, with hysteresis) are mixed and the rest are left out of the mix that tick. This
     /// bounds a room's encodes at `max_talkers + 1` whatever its size.
     pub max_talkers: usize,
-    /// Rooms with at least this many talkers split each tick's decoding and encoding
-    /// between the mixer thread and one scoped helper thread, so one large room can use two
-    /// cores; `None` keeps every room on one thread. Spawning the helper costs tens of
-    /// microseconds per tick, so only rooms whose tick takes milliseconds should split.
+    /// A tick in which at least this many participants have decoding (talkers with audio) or
+    /// encoding (own streams, replays, PCM frames) to do splits that phase between the mixer
+    /// thread and the room's helper thread, so one large room can use two cores; `None` keeps
+    /// every room on one thread. The helper is spawned once, when a room first needs it, and
+    /// kept until the room is dropped; handing it work costs a thread wake-up (microseconds)
+    /// per split phase, so only rooms whose tick takes milliseconds should split.
     pub parallel_threshold: Option<usize>,
     /// Keep sending a frame every tick even when a participant's mix has settled into digital
     /// silence (the same silence packet, repeated). Off by default: those frames are paused

@@ -94,8 +94,8 @@ pub(super) struct Participant {
     pub(super) pcm_level: Option<AudioLevel>,
     /// Muted (by itself or a moderator): its audio is dropped on arrival.
     pub(super) muted: bool,
-    /// May not be mixed now (muted, or push-to-talk without the floor); its buffered audio is
-    /// dropped and a frame in progress faded out.
+    /// May not be mixed now (muted, in listen mode, or push-to-talk without the floor); its
+    /// buffered audio is dropped and a frame in progress faded out.
     pub(super) gated: bool,
     /// Manual input gain (linear), set by a moderator.
     pub(super) gain: f32,

@@ -9,6 +9,7 @@ use super::clock::TickClock;
 use super::config::{EngineConfig, FRAME, MAX_GAIN_DB, PRIME_FRAMES};
 use super::error::EngineError;
 use super::floor::{Floor, FloorChange, FloorConfig, FloorPolicy, FloorReply};
+use super::helper::Helper;
 use super::jitter::{ArrivingPacket, InsertOutcome};
 use super::participant::{Catchup, ClientCodec, Participant, ParticipantId};
 use super::replay::{Capture, Recordings};
@@ -101,7 +102,10 @@ pub enum Event {
 pub struct Room {
     pub(super) config: EngineConfig,
     pub(super) clock: TickClock,
-    pub(super) participants: Vec<Participant>,
+    /// Boxed so a split tick hands half of them to the helper thread and back by moving
+    /// pointers rather than the structs (over two kilobytes each).
+    #[allow(clippy::vec_box)]
+    pub(super) participants: Vec<Box<Participant>>,
     pub(super) index: HashMap<ParticipantId, usize>,
     /// Talkers removed since the last tick while they were audible: they contribute one more
     /// concealed frame faded to silence, so a leave is not a click in everyone else's mix.
@@ -122,9 +126,12 @@ pub struct Room {
     pub(super) out_sequence: u16,
     /// Timestamp of the next frame: +960 per tick, skipped ticks included.
     pub(super) out_timestamp: u32,
-    /// Events raised on the helper thread of a split tick, merged after it.
-    pub(super) spare_events: VecDeque<Event>,
-    /// Participants who send audio (kept up to date so a tick need not count them).
+    /// The helper thread large ticks are split with, spawned when the room first needs it.
+    pub(super) helper: Option<Helper>,
+    /// Spawning the helper failed once: this room's ticks stay on one thread.
+    pub(super) helper_failed: bool,
+    /// Participants who send audio (kept up to date so a small room's tick need not count its
+    /// participants to know it is not split).
     pub(super) talkers: usize,
     /// Push-to-talk floor.
     pub(super) floor: Floor,
@@ -169,7 +176,8 @@ impl Room {
             shared_ready: false,
             out_sequence: 0,
             out_timestamp: 0,
-            spare_events: VecDeque::with_capacity(64),
+            helper: None,
+            helper_failed: false,
             talkers: 0,
             floor: Floor::new(config.floor),
             floor_changes: Vec::with_capacity(2),
@@ -209,7 +217,7 @@ impl Room {
         if self.participants.len() >= self.config.max_participants {
             return Err(EngineError::RoomFull(self.config.max_participants));
         }
-        let mut participant = Participant::new(id, mode, codec, &self.config)?;
+        let mut participant = Box::new(Participant::new(id, mode, codec, &self.config)?);
         // Joining during a transmission: hear it from its start. A replay that cannot be set
         // up (libopus refusing a decoder) is not worth refusing the join for: live it is.
         if let Some(Ok(player)) = self.recordings.replay_for_joiner()
@@ -250,7 +258,7 @@ impl Room {
         let stats = removed.snapshot();
         self.departed.add(&stats);
         if removed.contributing {
-            self.departing.push(removed);
+            self.departing.push(*removed);
         }
         Some(stats)
     }
@@ -433,7 +441,12 @@ impl Room {
     /// playout is recorded (it holds a single floor).
     pub(super) fn regate(&mut self, position: usize) {
         let participant = &mut self.participants[position];
+        // Listen mode gates too: a talker who switches to it is faded out and its jitter buffer
+        // emptied, as when muted, so on switching back it starts a fresh play point at its
+        // current delay instead of resuming the frozen one (stale audio, then a delay as long
+        // as it listened).
         participant.gated = participant.muted
+            || !participant.mode.sends_audio()
             || (participant.mode == Mode::Ptt && !self.floor.may_talk(participant.id));
         let on_air = self.floor.config().policy == FloorPolicy::Single
             && self.floor.holder() == Some(participant.id);
@@ -445,7 +458,7 @@ impl Room {
                 })
             });
         }
-        if participant.gated || !participant.mode.sends_audio() {
+        if participant.gated {
             participant.set_talking(false, &mut self.events);
         }
     }

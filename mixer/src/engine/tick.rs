@@ -7,6 +7,7 @@ use mixer_protocol::FRAME_SAMPLES;
 
 use super::config::{LOUDNESS_TICKS, OWN_STREAM_HANGOVER, PRIME_FRAMES, SELECTED_BONUS};
 use super::floor::FloorPolicy;
+use super::helper::{Helper, Work};
 use super::mix;
 use super::participant::{Participant, decode_into};
 use super::replay::Step;
@@ -49,8 +50,7 @@ impl Room {
             .out_timestamp
             .wrapping_add((FRAME_SAMPLES as u32).wrapping_mul(skipped as u32));
         timer.phase(TickPhase::Decode);
-        let split = self.parallel_split();
-        self.pull_all(now, split);
+        self.pull_all(now);
         self.record_tick();
         timer.phase(TickPhase::Mix);
         self.cap_talkers();
@@ -69,31 +69,31 @@ impl Room {
         timer.phase(TickPhase::Encode);
         self.prime_own_encoders();
         self.encode_shared(shared_needed);
-        self.encode_streams(split);
+        self.encode_streams();
         self.stamp_frames(timestamp);
         timer.phase(TickPhase::Done);
     }
 
     /// Step 1: every participant's playout for this tick (jitter buffer, decoding, talking
-    /// detection, input gain), split with a helper thread from `split` on.
-    fn pull_all(&mut self, now: Instant, split: usize) {
-        let (first, second) = self.participants.split_at_mut(split);
-        let events = &mut self.events;
-        let spare = &mut self.spare_events;
+    /// detection, input gain). A room with enough talkers decoding (those who had audio last
+    /// tick; this tick's are known only once decoded) splits them with its helper thread.
+    fn pull_all(&mut self, now: Instant) {
         let normalise = self.config.normalise;
-        let decode = |half: &mut [Participant], events: &mut VecDeque<Event>| {
-            for participant in half {
-                participant.contributing = participant.pull(now, normalise, events);
+        let split = self.parallel_split(|p| p.contributing || p.capped);
+        let ready = self.helper_ready(split);
+        let helper = self.helper.as_mut().filter(|_| ready);
+        match helper {
+            None => pull_half(&mut self.participants, now, normalise, &mut self.events),
+            Some(helper) => {
+                helper.run(
+                    &mut self.participants,
+                    split,
+                    Work::Pull { now, normalise },
+                    &[],
+                    &mut self.events,
+                    |half, events| pull_half(half, now, normalise, events),
+                );
             }
-        };
-        if second.is_empty() {
-            decode(first, events);
-        } else {
-            std::thread::scope(|scope| {
-                scope.spawn(|| decode(second, spare));
-                decode(first, events);
-            });
-            events.extend(spare.drain(..));
         }
     }
 
@@ -433,43 +433,32 @@ impl Room {
         }
     }
 
-    /// Step 4c: encodes every stream of one participant (its replay or own mix-minus), and
-    /// renders PCM clients' frames, split with a helper thread from `split` on.
-    fn encode_streams(&mut self, split: usize) {
-        let (first, second) = self.participants.split_at_mut(split);
-        let shared_mix: &[f32] = &self.shared.output;
+    /// Step 4c: encodes every participant's stream of its own (replay or mix-minus) and renders
+    /// PCM clients' frames. A room with enough of them splits them with its helper thread.
+    fn encode_streams(&mut self) {
         let send_silence = self.config.send_silence;
-        let encode = |half: &mut [Participant]| {
-            let mut encodes = 0;
-            for participant in half {
-                let own = participant.own.as_mut().filter(|_| participant.uses_own);
-                let replay = participant.replay.as_mut().map(|c| &mut c.stream);
-                if let Some(link) = participant.pcm.as_mut() {
-                    // PCM clients get their mix resampled instead of encoded.
-                    let mix = match (replay, own) {
-                        (Some(replay), _) => &replay.output[..],
-                        (None, Some(own)) => &own.output[..],
-                        (None, None) => shared_mix,
-                    };
-                    participant.pcm_level = Participant::render_pcm(link, mix, send_silence);
-                } else if let Some(replay) = replay {
-                    participant.own_level = replay.encode(&mut encodes);
-                } else if let Some(own) = own {
-                    participant.own_level = own.encode(&mut encodes);
-                }
+        let split = self.parallel_split(|p| p.pcm.is_some() || p.replay.is_some() || p.uses_own);
+        let shared_mix: &[f32] = &self.shared.output;
+        let encodes = match self
+            .helper
+            .as_mut()
+            .filter(|_| split < self.participants.len())
+        {
+            None => encode_half(&mut self.participants, shared_mix, send_silence),
+            Some(helper) => {
+                let mut here = 0;
+                let there = helper.run(
+                    &mut self.participants,
+                    split,
+                    Work::Encode { send_silence },
+                    shared_mix,
+                    &mut self.events,
+                    |half, _| here = encode_half(half, shared_mix, send_silence),
+                );
+                here + there
             }
-            encodes
         };
-        self.stats.encodes += if second.is_empty() {
-            encode(first)
-        } else {
-            std::thread::scope(|scope| {
-                let other = scope.spawn(|| encode(second));
-                // A panic on the helper thread would be a bug in libopus or here; take this
-                // half's result either way rather than lose the tick.
-                encode(first) + other.join().unwrap_or(0)
-            })
-        };
+        self.stats.encodes += encodes;
     }
 
     /// Step 5: stamps every participant's frame for this tick (or notes it paused or failed),
@@ -512,28 +501,92 @@ impl Room {
         self.out_timestamp = timestamp.wrapping_add(FRAME_SAMPLES as u32);
     }
 
-    /// Where to split the participants between this thread and a helper thread for decoding
-    /// and encoding, or `len` (no split) for rooms under the parallel threshold.
-    fn parallel_split(&self) -> usize {
+    /// Where to split the participants between this thread and the helper for one phase of
+    /// the tick: so that each side has half of those with codec work in this phase (`busy`), or
+    /// `len` (no split) when fewer than [`EngineConfig::parallel_threshold`] have any. Only
+    /// codec work is worth a second thread, so the participants who have none do not count.
+    ///
+    /// [`EngineConfig::parallel_threshold`]: super::EngineConfig::parallel_threshold
+    fn parallel_split(&self, busy: impl Fn(&Participant) -> bool) -> usize {
         let len = self.participants.len();
         let Some(threshold) = self.config.parallel_threshold else {
             return len;
         };
-        // Only talkers cost codec work, so the threshold counts them and the split balances
-        // them between the two halves.
-        let talkers = self.talkers;
-        if talkers < threshold.max(2) {
+        let threshold = threshold.max(2);
+        // Everyone with codec work in a phase sends audio (or is a PCM client, or hears a
+        // replay), so a room with few talkers and PCM clients is not worth counting.
+        if self.talkers + self.participants.len() < threshold {
+            return len;
+        }
+        let working = self.participants.iter().filter(|p| busy(p)).count();
+        if working < threshold {
             return len;
         }
         let mut seen = 0;
         for (index, participant) in self.participants.iter().enumerate() {
-            if seen >= talkers / 2 {
+            if seen >= working / 2 {
                 return index;
             }
-            seen += usize::from(participant.own.is_some());
+            seen += usize::from(busy(participant));
         }
         len
     }
+
+    /// Whether this phase is split at `split` and the room's helper thread is there for it,
+    /// spawning the helper the first time a room needs it. `false` runs the phase on this thread
+    /// alone (also when the helper cannot be spawned: the tick is slower, not wrong).
+    fn helper_ready(&mut self, split: usize) -> bool {
+        if split >= self.participants.len() || self.helper_failed {
+            return false;
+        }
+        if self.helper.is_none() {
+            match Helper::spawn(self.participants.capacity()) {
+                Ok(helper) => self.helper = Some(helper),
+                Err(_) => self.helper_failed = true,
+            }
+        }
+        self.helper.is_some()
+    }
+}
+
+/// Step 1 for some of the participants (on the mixer thread or the helper).
+pub(super) fn pull_half(
+    half: &mut [Box<Participant>],
+    now: Instant,
+    normalise: bool,
+    events: &mut VecDeque<Event>,
+) {
+    for participant in half {
+        participant.contributing = participant.pull(now, normalise, events);
+    }
+}
+
+/// Step 4c for some of the participants (on the mixer thread or the helper); returns the
+/// encoder calls made.
+pub(super) fn encode_half(
+    half: &mut [Box<Participant>],
+    shared_mix: &[f32],
+    send_silence: bool,
+) -> u64 {
+    let mut encodes = 0;
+    for participant in half {
+        let own = participant.own.as_mut().filter(|_| participant.uses_own);
+        let replay = participant.replay.as_mut().map(|c| &mut c.stream);
+        if let Some(link) = participant.pcm.as_mut() {
+            // PCM clients get their mix resampled instead of encoded.
+            let mix = match (replay, own) {
+                (Some(replay), _) => &replay.output[..],
+                (None, Some(own)) => &own.output[..],
+                (None, None) => shared_mix,
+            };
+            participant.pcm_level = Participant::render_pcm(link, mix, send_silence);
+        } else if let Some(replay) = replay {
+            participant.own_level = replay.encode(&mut encodes);
+        } else if let Some(own) = own {
+            participant.own_level = own.encode(&mut encodes);
+        }
+    }
+    encodes
 }
 
 #[cfg(test)]
@@ -614,5 +667,134 @@ mod tests {
             );
             assert_eq!(full.shortcut_ticks, 0);
         }
+    }
+
+    /// One tone packet per talker and tick; talker `i` talks while `talks(i, tick)`.
+    struct Uplinks {
+        encoders: Vec<opus::Encoder>,
+        packet: Vec<u8>,
+    }
+
+    impl Uplinks {
+        fn new(talkers: usize) -> Uplinks {
+            let encoders = (0..talkers)
+                .map(|_| {
+                    opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
+                        .expect("encoder")
+                })
+                .collect();
+            Uplinks {
+                encoders,
+                packet: vec![0; 1500],
+            }
+        }
+
+        /// Sends talker `i`'s next packet to every room.
+        fn send(&mut self, rooms: &mut [&mut Room], i: usize, tick: u32, now: Instant) {
+            let freq = 200.0 + 90.0 * i as f32;
+            let pcm: Vec<f32> = (0..FRAME_SAMPLES)
+                .map(|n| {
+                    let t = (tick as usize * FRAME_SAMPLES + n) as f32 / 48_000.0;
+                    0.2 * (2.0 * std::f32::consts::PI * freq * t).sin()
+                })
+                .collect();
+            let len = self.encoders[i]
+                .encode_float(&pcm, &mut self.packet)
+                .expect("encode");
+            let frame = AudioFrame {
+                header: AudioHeader {
+                    flags: Flags::default(),
+                    sequence: tick as u16,
+                    timestamp: tick * FRAME_SAMPLES as u32,
+                    level: AudioLevel::new(true, 14),
+                },
+                payload: &self.packet[..len],
+            };
+            for room in rooms {
+                room.handle_audio(ParticipantId(i as u32), frame, now)
+                    .expect("audio");
+            }
+        }
+    }
+
+    fn events(room: &mut Room) -> Vec<Event> {
+        std::iter::from_fn(|| room.poll_event()).collect()
+    }
+
+    #[test]
+    fn a_split_tick_hands_out_exactly_what_one_thread_does() {
+        let t0 = Instant::now();
+        let config = |parallel_threshold| EngineConfig {
+            parallel_threshold,
+            max_talkers: 4,
+            ..EngineConfig::default()
+        };
+        let mut serial = Room::new(config(None), t0).expect("room");
+        let mut split = Room::new(config(Some(4)), t0).expect("room");
+        const TALKERS: usize = 8;
+        for room in [&mut serial, &mut split] {
+            for i in 0..TALKERS {
+                room.add_participant(ParticipantId(i as u32), Mode::Talk)
+                    .expect("join");
+            }
+            room.add_participant(ParticipantId(100), Mode::Listen)
+                .expect("join");
+        }
+        let mut uplinks = Uplinks::new(TALKERS);
+        for tick in 0..400u32 {
+            let now = t0 + FRAME * tick;
+            // Talkers come and go in staggered spurts, so the split point moves.
+            for i in 0..TALKERS {
+                if (tick as usize + 13 * i) % 90 < 50 {
+                    uplinks.send(&mut [&mut serial, &mut split], i, tick, now);
+                }
+            }
+            serial.handle_timeout(now);
+            split.handle_timeout(now);
+            assert_eq!(drain(&mut serial), drain(&mut split), "tick {tick}");
+            assert_eq!(events(&mut serial), events(&mut split), "tick {tick}");
+            assert_eq!(serial.stats(), split.stats(), "tick {tick}");
+        }
+        assert!(split.helper.is_some(), "the split room never split");
+        assert!(serial.helper.is_none());
+        assert_eq!(serial.totals(), split.totals());
+    }
+
+    #[test]
+    fn only_talkers_with_audio_make_a_room_split() {
+        let t0 = Instant::now();
+        let config = EngineConfig {
+            parallel_threshold: Some(8),
+            ..EngineConfig::default()
+        };
+        let mut room = Room::new(config, t0).expect("room");
+        for i in 0..40 {
+            room.add_participant(ParticipantId(i), Mode::Talk)
+                .expect("join");
+        }
+        let mut uplinks = Uplinks::new(8);
+        // Forty participants in talk mode, of whom two talk: one thread is enough.
+        for tick in 0..100u32 {
+            let now = t0 + FRAME * tick;
+            for i in 0..2 {
+                uplinks.send(&mut [&mut room], i, tick, now);
+            }
+            room.handle_timeout(now);
+            drain(&mut room);
+        }
+        assert!(room.helper.is_none(), "two talkers split the tick");
+        // Eight talk at once: now the decoding is worth splitting.
+        for tick in 100..200u32 {
+            let now = t0 + FRAME * tick;
+            for i in 0..8 {
+                uplinks.send(&mut [&mut room], i, tick, now);
+            }
+            room.handle_timeout(now);
+            drain(&mut room);
+        }
+        assert!(
+            room.helper.is_some(),
+            "eight talkers did not split the tick"
+        );
     }
 }
