@@ -249,22 +249,27 @@ impl Sender {
 }
 
 fn join_message(plan: &ClientPlan) -> Message {
-    Message::text(
-        ClientMessage::Join(JoinRequest {
-            room: plan.room_name.clone(),
-            name: format!("lg-{}-{}", plan.room, plan.slot),
-            token: None,
-            mode: Some(if plan.source.is_some() {
-                Mode::Talk
-            } else {
-                Mode::Listen
-            }),
-            resume: None,
-            role: Role::default(),
-            format: AudioFormat::opus_48k_mono_20ms(),
-        })
-        .to_json(),
-    )
+    let mode = if plan.source.is_some() {
+        Mode::Talk
+    } else {
+        Mode::Listen
+    };
+    let name = format!("lg-{}-{}", plan.room, plan.slot);
+    Message::text(join_json(&plan.room_name, &name, mode))
+}
+
+/// A `join` for `room` as a speaker named `name`, in Opus.
+pub fn join_json(room: &str, name: &str, mode: Mode) -> String {
+    ClientMessage::Join(JoinRequest {
+        room: room.to_owned(),
+        name: name.to_owned(),
+        token: None,
+        mode: Some(mode),
+        resume: None,
+        role: Role::default(),
+        format: AudioFormat::opus_48k_mono_20ms(),
+    })
+    .to_json()
 }
 
 async fn connect_and_join(plan: &ClientPlan) -> Result<Ws, String> {

@@ -159,6 +159,12 @@ pub struct Args {
     /// Time allowed for connecting and joining, in ms.
     #[arg(long, env = "LOADGEN_JOIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub join_timeout_ms: u64,
+
+    /// Misbehaving clients added to the rooms (round-robin), each sending every kind of control
+    /// message as fast as it can for the whole run. They are not counted or verified: the
+    /// gates judge what the other clients get meanwhile.
+    #[arg(long, env = "LOADGEN_FLOODERS", default_value_t = 0)]
+    pub flooders: usize,
 }
 
 /// How talkers talk.
@@ -277,6 +283,8 @@ pub struct Scenario {
     pub join_timeout: Duration,
     /// Capacity search settings, when `--find-max` is given.
     pub find_max: Option<FindMax>,
+    /// Control-flooding clients added to the rooms.
+    pub flooders: usize,
 }
 
 /// How `--find-max` grows the load.
@@ -441,6 +449,7 @@ impl Args {
                 step: self.step.unwrap_or(self.rooms),
                 max_rounds: self.max_rounds,
             }),
+            flooders: self.flooders,
         })
     }
 }

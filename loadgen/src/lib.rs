@@ -19,6 +19,7 @@
 pub mod client;
 pub mod config;
 pub mod cpu;
+pub mod flood;
 pub mod report;
 pub mod rng;
 pub mod signal;
@@ -205,9 +206,33 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
             tasks.push(tokio::spawn(run_client(plan, ctx.clone())));
         }
     }
+    // Flooders start once the ramp is a third done, so they meet a room already talking.
+    let flooders: Vec<_> = (0..scenario.flooders)
+        .map(|n| {
+            let room = n % scenario.rooms;
+            tokio::spawn(flood::run_flooder(
+                scenario.urls[room % scenario.urls.len()].clone(),
+                scenario.room_name(round, room),
+                format!("flood-{n}"),
+                epoch + ramp / 3,
+                end,
+            ))
+        })
+        .collect();
     let mut outcomes = Vec::with_capacity(clients);
     for task in tasks {
         outcomes.push(task.await.context("a client task panicked")?);
+    }
+    let mut flood = (!flooders.is_empty()).then(flood::FloodReport::default);
+    for task in flooders {
+        let outcome = task.await.context("a flooder task panicked")?;
+        if let Some(flood) = flood.as_mut() {
+            flood.add(outcome);
+        }
+    }
+    if let Some(flood) = flood.as_mut() {
+        let seconds = (end - (epoch + ramp / 3)).as_secs_f64();
+        flood.per_second = flood.sent as f64 / seconds.max(1e-9);
     }
     let wall = wall_start.elapsed().as_secs_f64();
     let cpu_pct = |start: Option<f64>, pid: Option<u32>| {
@@ -232,9 +257,11 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
     let end_secs = (end - epoch).as_secs_f64();
     let scenario = scenario.clone();
     tokio::task::spawn_blocking(move || {
-        analyse(
+        let mut report = analyse(
             &scenario, outcomes, &prepared, &verified, end_secs, jitter, cpu,
-        )
+        );
+        report.flood = flood;
+        report
     })
     .await
     .context("analysing the run")
@@ -387,6 +414,7 @@ fn analyse(
         packets_sent: sent,
         packets_impaired: impaired,
         cpu,
+        flood: None,
         gates: Vec::new(),
         passed: true,
     };

@@ -154,6 +154,8 @@ pub struct Report {
     pub packets_impaired: u64,
     /// CPU use.
     pub cpu: CpuUse,
+    /// What the control-flooding clients did (`--flooders`), if any ran.
+    pub flood: Option<crate::flood::FloodReport>,
     /// Gate verdicts.
     pub gates: Vec<GateVerdict>,
     /// Whether every gate held.
@@ -366,6 +368,17 @@ impl Report {
                 sc.impairment.reorder * 100.0
             );
         }
+        if let Some(flood) = &self.flood {
+            let _ = writeln!(
+                s,
+                "flooders       {} sent {} control messages ({:.0}/s); replies: {}; cut off: {}",
+                flood.clients,
+                flood.sent,
+                flood.per_second,
+                counts(&flood.replies),
+                counts(&flood.disconnects)
+            );
+        }
         let pct = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.0}%"));
         let _ = writeln!(
             s,
@@ -520,6 +533,7 @@ mod tests {
             server_errors: BTreeMap::new(),
             packets_sent: 1000,
             packets_impaired: 0,
+            flood: None,
             cpu: CpuUse::default(),
             gates: Vec::new(),
             passed: true,

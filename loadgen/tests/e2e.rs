@@ -118,6 +118,26 @@ async fn small_run_against_the_real_mixer_passes_every_gate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooders_sending_every_control_type_cost_the_rooms_nothing() {
+    let mixer = start_mixer().await;
+    let scenario = scenario(mixer.addr, &["--flooders", "2"]);
+    let report = loadgen::run(&scenario).await.expect("run");
+    let table = report.render();
+    // Every gate still holds for the real clients: no loss, full rate, every receiver hears
+    // the right talkers and not itself, no disconnect and no error.
+    assert!(report.passed, "{table}");
+    assert_eq!(report.verification.passed, 8, "{table}");
+    let flood = report.flood.as_ref().expect("a flood report");
+    assert_eq!(flood.clients, 2, "{table}");
+    assert!(flood.sent >= 1_000, "{table}");
+    assert!(
+        flood.replies.contains_key("error:control_rate_limited"),
+        "the budget refused the flood\n{table}"
+    );
+    assert!(table.contains("flooders"), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn impaired_spurts_still_verify() {
     let mixer = start_mixer().await;
     let scenario = scenario(

@@ -209,8 +209,11 @@ pub enum ConfigError {
         /// --ping-interval-ms.
         interval: u64,
     },
-    /// The message limit cannot hold one audio frame.
-    #[error("--max-message-bytes must be at least {min} to hold one audio frame (got {got})")]
+    /// The message limit cannot hold every message a valid client sends.
+    #[error(
+        "--max-message-bytes must be at least {min} to hold the largest valid client message \
+         (a 4096-byte control message; a 48 kHz pcm16 frame is 1929 bytes) (got {got})"
+    )]
     MessageLimit {
         /// The minimum.
         min: usize,
@@ -250,9 +253,9 @@ impl ServeArgs {
         if min % 20 != 0 || max % 20 != 0 || min < 20 || min > max || max > 1000 {
             return Err(ConfigError::JitterDelays { min, max });
         }
-        if self.max_message_bytes < mixer_protocol::MAX_AUDIO_FRAME {
+        if self.max_message_bytes < MIN_MESSAGE_LIMIT {
             return Err(ConfigError::MessageLimit {
-                min: mixer_protocol::MAX_AUDIO_FRAME,
+                min: MIN_MESSAGE_LIMIT,
                 got: self.max_message_bytes,
             });
         }
@@ -323,6 +326,20 @@ impl ServeArgs {
     }
 }
 
+/// The smallest `--max-message-bytes` that still takes every valid client message: the
+/// largest control message, an Opus frame and a 48 kHz pcm16 frame.
+const MIN_MESSAGE_LIMIT: usize = max(
+    mixer_protocol::MAX_CONTROL_MESSAGE,
+    max(
+        mixer_protocol::MAX_AUDIO_FRAME,
+        mixer_protocol::MAX_PCM_AUDIO_FRAME,
+    ),
+);
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,6 +383,24 @@ mod tests {
             .to_config()
             .expect_err("invalid");
         assert_eq!(err, ConfigError::Zero { flag: "max-rooms" });
+        // Room for an Opus frame but not for a 48 kHz pcm16 frame or a large control message.
+        let err = parse(&["--max-message-bytes", "1500"])
+            .expect("parse")
+            .to_config()
+            .expect_err("invalid");
+        assert_eq!(
+            err,
+            ConfigError::MessageLimit {
+                min: 4096,
+                got: 1500
+            }
+        );
+        assert!(
+            parse(&["--max-message-bytes", "4096"])
+                .expect("parse")
+                .to_config()
+                .is_ok()
+        );
         assert!(parse(&["--opus-application", "speech"]).is_err());
         assert!(parse(&["--listen", "nowhere"]).is_err());
     }

@@ -1,6 +1,6 @@
 //! Checks of the engine's Opus helpers against libopus itself.
 
-mod common;
+use crate::common;
 
 use mixer::engine::jitter::opus_has_lbrr;
 

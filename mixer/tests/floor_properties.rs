@@ -3,12 +3,10 @@
 //! floor with someone who is gone or whose turn has run out, and the announced changes always
 //! tell the room exactly who holds the floor.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::Talker;
+use crate::common::Talker;
 use mixer::engine::floor::{Floor, FloorChange, FloorConfig, FloorPolicy, FloorReply};
 use mixer::engine::{EngineConfig, EngineError, Event, ParticipantId, Room};
 use mixer_protocol::{AudioFrame, Mode};

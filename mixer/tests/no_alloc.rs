@@ -13,8 +13,9 @@
 //!   replayed and catching up.
 //!
 //! Allocations are counted on every thread while counting is on, so the split room's helper
-//! thread is counted too; that is why all the rooms run inside one test, one after the other:
-//! no other test thread of this binary runs meanwhile.
+//! thread is counted too. That needs the process to itself: this is the one test kept out of the
+//! shared `tests` binary (see Cargo.toml), and all its rooms run inside one test, one after the
+//! other, so no other test thread allocates meanwhile.
 //!
 //! Only Rust allocations go through the global allocator; libopus's C code would call `malloc`
 //! directly. libopus allocates only when a codec is created, so that is not a gap in practice.

@@ -1,11 +1,9 @@
 //! Non-Opus thin clients at the engine level: a 44.1 kHz 16-bit PCM talker and an Opus talker in
 //! one room hear each other (and not themselves), checked on the audio each receives.
 
-mod common;
-
 use std::time::Instant;
 
-use common::{PcmTalker, Talker, max_step, pcm_samples, tone_db, tone_db_at};
+use crate::common::{PcmTalker, Talker, max_step, pcm_samples, tone_db, tone_db_at};
 use mixer::engine::pcm::PcmRate;
 use mixer::engine::{ClientCodec, EngineConfig, FRAME, ParticipantId, Room};
 use mixer_protocol::{AudioFrame, Mode};

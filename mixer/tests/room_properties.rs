@@ -4,7 +4,7 @@
 //! (with `send_silence`) or at most one (downlink DTX: a missing frame is counted as paused, and
 //! the next frame after a pause carries the marker bit).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

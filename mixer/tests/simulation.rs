@@ -5,12 +5,14 @@
 //! output is decoded and checked as audio: who is heard, who is not, at what level, with what
 //! delay, and without clicks. Nothing here reads the wall clock, so every run is identical.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Listener, Netem, NetemConfig, Talker, max_step, onsets, tone_db, tone_step_bound};
+use crate::common::{
+    Listener, Netem, NetemConfig, Talker, max_step, onsets, tone_db, tone_step_bound,
+};
 use mixer::engine::floor::{FloorChange, FloorConfig, FloorEnd, FloorPolicy, FloorReply};
 use mixer::engine::{EngineConfig, EngineError, Event, ParticipantId, Room};
 use mixer_protocol::{AudioFrame, FRAME_SAMPLES, Mode};

@@ -117,3 +117,54 @@ fn spec_documents_every_error_code() {
         assert!(spec.contains(&row), "README.md has no row for {code}");
     }
 }
+
+/// The spec's "Control budget" table gives every client message type the cost the code charges,
+/// and its numbers for the bucket are the code's.
+#[test]
+fn spec_budget_table_matches_the_code() {
+    let spec = include_str!("../README.md");
+    let section = spec
+        .split("## Control budget")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Control budget section");
+    let prose = section.split_whitespace().collect::<Vec<_>>().join(" ");
+    let burst = format!("holds {} tokens", mixer_protocol::CONTROL_BUDGET_BURST);
+    let refill = format!(
+        "refills at {} tokens per second",
+        mixer_protocol::CONTROL_BUDGET_REFILL_PER_SECOND
+    );
+    assert!(prose.contains(&burst), "the spec should say it {burst}");
+    assert!(prose.contains(&refill), "the spec should say it {refill}");
+    let mut documented = std::collections::BTreeMap::new();
+    for row in section
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| Cost"))
+    {
+        let mut cells = row.split('|').map(str::trim).filter(|c| !c.is_empty());
+        let Some(Ok(cost)) = cells.next().map(str::parse::<u32>) else {
+            continue;
+        };
+        let names = cells.next().unwrap_or_default();
+        for name in names.split('`').skip(1).step_by(2) {
+            if ClientMessage::TYPES.contains(&name) {
+                assert!(documented.insert(name, cost).is_none(), "{name} twice");
+            }
+        }
+        if names.contains("not valid JSON") {
+            assert_eq!(cost, mixer_protocol::INVALID_MESSAGE_COST);
+        }
+    }
+    let samples = crate::support::client_samples();
+    for &name in ClientMessage::TYPES {
+        let sample = samples
+            .iter()
+            .find(|m| m.type_name() == name)
+            .unwrap_or_else(|| panic!("no sample of {name}"));
+        assert_eq!(
+            documented.get(name),
+            Some(&sample.budget_cost()),
+            "{name}: the spec and the code disagree on its cost"
+        );
+    }
+}

@@ -392,6 +392,11 @@ impl Room {
         self.floor.config()
     }
 
+    /// A participant's mode: the one source of truth for it (the shell keeps no copy).
+    pub fn mode(&self, id: ParticipantId) -> Option<Mode> {
+        self.index.get(&id).map(|&i| self.participants[i].mode)
+    }
+
     /// Whether a participant is muted.
     pub fn is_muted(&self, id: ParticipantId) -> Option<bool> {
         self.index.get(&id).map(|&i| self.participants[i].muted)

@@ -11,25 +11,30 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
+use mixer_protocol::AudioHeader;
 use mixer_protocol::{
-    AUDIO_HEADER_LEN, AudioFrame, ClientMessage, ErrorCode, FRAME_SAMPLES, LeaveReason,
-    MAX_AUDIO_FRAME, MAX_CONTROL_MESSAGE, SAMPLE_RATE, ServerMessage, parse_client_message,
+    AUDIO_HEADER_LEN, AudioFrame, CONTROL_FLOOD_DROPS_PER_SECOND, ClientMessage, ErrorCode,
+    FRAME_SAMPLES, INVALID_MESSAGE_COST, LeaveReason, MAX_AUDIO_FRAME, MAX_CONTROL_MESSAGE,
+    SAMPLE_RATE, ServerMessage, close_code, parse_client_message,
 };
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 use tracing::{debug, info};
 
 use super::Settings;
+use super::budget::{ControlBudget, TokenBucket, Verdict};
 use super::http::{self, Prefixed, Route};
+use super::membership::{Forwarded, Joiner, Membership};
 use super::metrics::Metrics;
-use super::outbox::{Closed, ErrorThrottle, Outbox, Outgoing};
-use super::pool::{Joiner, Membership, MixerPool};
+use super::outbox::{Closed, Outbox, Outgoing};
+use super::pool::MixerPool;
 use super::requests::RoomRequest;
+use super::room_fanout::wire;
 use crate::engine::ParticipantId;
 use crate::engine::pcm::PcmRate;
 
@@ -117,41 +122,6 @@ pub async fn serve(
     context.metrics.connections.dec();
 }
 
-/// A token bucket that lets a talker send in real time with bursts (a TCP stall releases a
-/// backlog at once) but not faster than real time for long.
-#[derive(Debug)]
-struct RateLimit {
-    tokens: f64,
-    capacity: f64,
-    per_second: f64,
-    last: Option<Instant>,
-}
-
-impl RateLimit {
-    fn new(capacity: f64, per_second: f64) -> RateLimit {
-        RateLimit {
-            tokens: capacity,
-            capacity,
-            per_second,
-            last: None,
-        }
-    }
-
-    fn allow(&mut self, now: Instant) -> bool {
-        if let Some(last) = self.last {
-            let refill = now.saturating_duration_since(last).as_secs_f64() * self.per_second;
-            self.tokens = (self.tokens + refill).min(self.capacity);
-        }
-        self.last = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// Why the session loop ended.
 enum End {
     /// The client sent a close frame.
@@ -175,13 +145,15 @@ struct Session {
     membership: Option<Membership>,
     /// The PCM rate of a `pcm16` client (its frames are checked by size, not as Opus).
     pcm: Option<PcmRate>,
-    rate: RateLimit,
+    /// Audio: one second of burst, and 10 % over real time sustained.
+    rate: TokenBucket,
+    /// Every text message draws on it (see [`budget`]).
+    budget: ControlBudget,
     /// Chat: a burst of 5 messages, then 1 a second.
-    chat_rate: RateLimit,
+    chat_rate: TokenBucket,
     /// `create_room`: a burst of 5, then 1 every 10 s, so one client cannot fill the server's
     /// room table with empty rooms (each is kept 60 s) and lock everyone else out.
-    create_rate: RateLimit,
-    errors: ErrorThrottle,
+    create_rate: TokenBucket,
 }
 
 impl Session {
@@ -199,10 +171,10 @@ impl Session {
             outbox,
             membership: None,
             pcm: None,
-            rate: RateLimit::new(frames_per_second, frames_per_second * 1.1),
-            chat_rate: RateLimit::new(5.0, 1.0),
-            create_rate: RateLimit::new(5.0, 0.1),
-            errors: ErrorThrottle::default(),
+            rate: TokenBucket::new(frames_per_second, frames_per_second * 1.1),
+            budget: ControlBudget::default(),
+            chat_rate: TokenBucket::new(5.0, 1.0),
+            create_rate: TokenBucket::new(5.0, 0.1),
         }
     }
 
@@ -242,7 +214,10 @@ impl Session {
                             "nothing received for {} s (not even a pong); closing",
                             settings.ping_timeout.as_secs()
                         ));
-                        self.outbox.close(Closed::Close { code: 1008, reason: "ping timeout" });
+                        self.outbox.close(Closed::Close {
+                            code: close_code::POLICY_VIOLATION,
+                            reason: "ping timeout",
+                        });
                         break End::TimedOut;
                     }
                 }
@@ -256,7 +231,10 @@ impl Session {
                 }
                 _ = shutdown.changed() => {
                     self.send_error(ErrorCode::ShuttingDown, "server is shutting down");
-                    self.outbox.close(Closed::Close { code: 1001, reason: "server shutting down" });
+                    self.outbox.close(Closed::Close {
+                        code: close_code::GOING_AWAY,
+                        reason: "server shutting down",
+                    });
                     break End::Shutdown;
                 }
             }
@@ -281,14 +259,16 @@ impl Session {
             // A connection that dropped (rather than closed or was closed by the server) may
             // come back: keep the participant for the resume window.
             let window = self.context.settings.resume_window;
-            // Someone the server itself closed (removed, a failed resume) is not coming back.
-            let closed_by_server = matches!(
-                self.outbox.closed(),
-                Some(Closed::Close {
-                    reason: "removed" | "resume failed",
-                    ..
-                })
-            );
+            // Someone the server itself closed (removed, a failed resume, a protocol violation
+            // or a flood) is not coming back.
+            let closed_by_server = matches!(end, End::Fatal)
+                || matches!(
+                    self.outbox.closed(),
+                    Some(Closed::Close {
+                        reason: "removed" | "resume failed",
+                        ..
+                    })
+                );
             if matches!(reason, LeaveReason::Disconnected | LeaveReason::TimedOut)
                 && !window.is_zero()
                 && !closed_by_server
@@ -299,7 +279,7 @@ impl Session {
             }
         }
         self.outbox.close(Closed::Close {
-            code: 1000,
+            code: close_code::NORMAL,
             reason: "bye",
         });
         // Give the writer a moment to flush the error and close frame, then cut the socket.
@@ -313,13 +293,19 @@ impl Session {
     }
 
     fn send_error(&mut self, code: ErrorCode, message: impl Into<String>) {
-        self.context
-            .metrics
-            .errors_sent_total
-            .with_label_values(&[code.as_str()])
-            .inc();
+        self.context.metrics.count_error(code);
         self.outbox
-            .push_control(ServerMessage::error(code, message).to_json());
+            .push_control(wire(&ServerMessage::error(code, message)));
+    }
+
+    /// Sends an error at most once a second per code (see [`Outbox::push_throttled_error`]).
+    fn send_throttled_error(&mut self, code: ErrorCode, message: impl Into<String>) {
+        let sent = self.outbox.push_throttled_error(code, Instant::now(), || {
+            wire(&ServerMessage::error(code, message))
+        });
+        if sent {
+            self.context.metrics.count_error(code);
+        }
     }
 
     fn refuse_join(&mut self, code: ErrorCode, message: impl Into<String>) {
@@ -333,18 +319,8 @@ impl Session {
 
     /// Counts a refused audio frame and tells the client (at most once a second per code).
     fn reject_audio(&mut self, code: ErrorCode, message: impl Into<String>) {
-        self.context
-            .metrics
-            .audio_frames_rejected_total
-            .with_label_values(&[code.as_str()])
-            .inc();
-        self.send_audio_error(code, message);
-    }
-
-    fn send_audio_error(&mut self, code: ErrorCode, message: impl Into<String>) {
-        if self.errors.allow(code, Instant::now()) {
-            self.send_error(code, message);
-        }
+        self.context.metrics.reject_audio(code.as_str());
+        self.send_throttled_error(code, message);
     }
 
     fn on_read_error(&mut self, error: WsError) -> End {
@@ -358,15 +334,18 @@ impl Session {
                     ),
                 );
                 self.outbox.close(Closed::Close {
-                    code: 1009,
+                    code: close_code::MESSAGE_TOO_BIG,
                     reason: "message too large",
                 });
                 End::Fatal
             }
+            // The peer went away without a closing handshake: a dropped connection, which may
+            // come back and resume, not a protocol violation.
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Disconnected,
             WsError::Protocol(error) => {
                 debug!(peer = %self.peer, %error, "WebSocket protocol error");
                 self.outbox.close(Closed::Close {
-                    code: 1002,
+                    code: close_code::PROTOCOL_ERROR,
                     reason: "protocol error",
                 });
                 End::Fatal
@@ -374,7 +353,7 @@ impl Session {
             WsError::Utf8(_) => {
                 self.send_error(ErrorCode::BadMessage, "text frame is not valid UTF-8");
                 self.outbox.close(Closed::Close {
-                    code: 1007,
+                    code: close_code::INVALID_PAYLOAD,
                     reason: "invalid UTF-8",
                 });
                 End::Fatal
@@ -388,7 +367,7 @@ impl Session {
 
     fn on_message(&mut self, message: Message, now: Instant) -> Option<End> {
         match message {
-            Message::Text(text) => self.on_text(text.as_str()),
+            Message::Text(text) => return self.on_text(text.as_str(), now),
             Message::Binary(bytes) => self.on_audio(bytes, now),
             Message::Close(_) => return Some(End::ClientClosed),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
@@ -396,8 +375,9 @@ impl Session {
         None
     }
 
-    fn on_text(&mut self, text: &str) {
+    fn on_text(&mut self, text: &str, now: Instant) -> Option<End> {
         if text.len() > MAX_CONTROL_MESSAGE {
+            // As the protocol says: message_too_large closes the connection (1009).
             self.send_error(
                 ErrorCode::MessageTooLarge,
                 format!(
@@ -405,12 +385,59 @@ impl Session {
                     text.len()
                 ),
             );
-            return;
+            self.outbox.close(Closed::Close {
+                code: close_code::MESSAGE_TOO_BIG,
+                reason: "message too large",
+            });
+            return Some(End::Fatal);
         }
-        let message = match parse_client_message(text) {
-            Ok(message) => message,
-            Err(error) => return self.send_error(error.code(), error.to_string()),
+        // An exhausted budget drops the message before it is even parsed.
+        let (verdict, parsed) = if self.budget.exhausted(now) {
+            (self.budget.drop_one(now), None)
+        } else {
+            let parsed = parse_client_message(text);
+            let cost = parsed
+                .as_ref()
+                .map_or(INVALID_MESSAGE_COST, ClientMessage::budget_cost);
+            (self.budget.pay(cost, now), Some(parsed))
         };
+        match (verdict, parsed) {
+            (Verdict::Paid, Some(Ok(message))) => self.on_control(message, now),
+            (Verdict::Paid, Some(Err(error))) => self.send_error(error.code(), error.to_string()),
+            (Verdict::Paid, None) | (Verdict::Dropped, _) => {
+                self.context
+                    .metrics
+                    .control_refused_total
+                    .with_label_values(&["budget"])
+                    .inc();
+                self.send_throttled_error(
+                    ErrorCode::ControlRateLimited,
+                    "control messages exceed this connection's budget (see the protocol's \"Control budget\"); message dropped",
+                );
+            }
+            (Verdict::Flooding, _) => {
+                self.context
+                    .metrics
+                    .control_refused_total
+                    .with_label_values(&["flood"])
+                    .inc();
+                self.send_error(
+                    ErrorCode::ControlRateLimited,
+                    format!(
+                        "more than {CONTROL_FLOOD_DROPS_PER_SECOND} control messages dropped within a second; closing"
+                    ),
+                );
+                self.outbox.close(Closed::Close {
+                    code: close_code::POLICY_VIOLATION,
+                    reason: "control flood",
+                });
+                return Some(End::Fatal);
+            }
+        }
+        None
+    }
+
+    fn on_control(&mut self, message: ClientMessage, now: Instant) {
         match message {
             ClientMessage::Join(request) => {
                 if self.membership.is_some() {
@@ -462,12 +489,11 @@ impl Session {
                 None => self.send_error(ErrorCode::NotJoined, "leave before join"),
             },
             ClientMessage::Ping { id } => {
-                self.outbox
-                    .push_control(ServerMessage::Pong { id }.to_json());
+                self.outbox.push_control(wire(&ServerMessage::Pong { id }));
             }
-            ClientMessage::Chat { text } => self.chat(text),
+            ClientMessage::Chat { text } => self.chat(text, now),
             ClientMessage::CreateRoom(settings) => {
-                if !self.create_rate.allow(Instant::now()) {
+                if !self.create_rate.allow(now) {
                     return self.send_error(
                         ErrorCode::RateLimited,
                         "more than 5 create_room at once or 1 per 10 s; no room was created",
@@ -475,9 +501,9 @@ impl Session {
                 }
                 let reply = match self.context.pool.create_room(&settings) {
                     Ok(summary) => ServerMessage::RoomInfo(summary),
-                    Err((code, message)) => return self.send_error(code, message),
+                    Err(refused) => return self.send_error(refused.code(), refused.to_string()),
                 };
-                self.outbox.push_control(reply.to_json());
+                self.outbox.push_control(wire(&reply));
             }
             ClientMessage::RoomInfo { room } => {
                 if let Err(error) = mixer_protocol::JoinRequest::validate_room_name(&room) {
@@ -486,7 +512,7 @@ impl Session {
                 match self.context.pool.room_info(&room) {
                     Some(summary) => {
                         self.outbox
-                            .push_control(ServerMessage::RoomInfo(summary).to_json());
+                            .push_control(wire(&ServerMessage::RoomInfo(summary)));
                     }
                     None => self
                         .send_error(ErrorCode::UnknownRoom, format!("there is no room {room:?}")),
@@ -495,43 +521,52 @@ impl Session {
             ClientMessage::ListRooms => {
                 let (rooms, truncated) = self.context.pool.list_rooms();
                 self.outbox
-                    .push_control(ServerMessage::Rooms { rooms, truncated }.to_json());
+                    .push_control(wire(&ServerMessage::Rooms { rooms, truncated }));
             }
-            ClientMessage::SetMode { mode } => self.request(RoomRequest::SetMode(mode)),
+            ClientMessage::SetMode { mode } => self.request(now, RoomRequest::SetMode(mode)),
             ClientMessage::Mute {
                 participant_id,
                 muted,
-            } => self.request(RoomRequest::Mute {
-                target: participant_id.map(ParticipantId),
-                muted,
-            }),
-            ClientMessage::MuteRoom { muted } => self.request(RoomRequest::MuteRoom { muted }),
+            } => self.request(
+                now,
+                RoomRequest::Mute {
+                    target: participant_id.map(ParticipantId),
+                    muted,
+                },
+            ),
+            ClientMessage::MuteRoom { muted } => self.request(now, RoomRequest::MuteRoom { muted }),
             ClientMessage::FloorRequest { preempt } => {
-                self.request(RoomRequest::FloorRequest { preempt })
+                self.request(now, RoomRequest::FloorRequest { preempt })
             }
-            ClientMessage::FloorRelease => self.request(RoomRequest::FloorRelease),
-            ClientMessage::Remove { participant_id } => self.request(RoomRequest::Remove {
-                target: ParticipantId(participant_id),
-            }),
+            ClientMessage::FloorRelease => self.request(now, RoomRequest::FloorRelease),
+            ClientMessage::Remove { participant_id } => self.request(
+                now,
+                RoomRequest::Remove {
+                    target: ParticipantId(participant_id),
+                },
+            ),
             ClientMessage::SetGain {
                 participant_id,
                 gain_db,
-            } => self.request(RoomRequest::SetGain {
-                target: ParticipantId(participant_id),
-                gain_db,
-            }),
+            } => self.request(
+                now,
+                RoomRequest::SetGain {
+                    target: ParticipantId(participant_id),
+                    gain_db,
+                },
+            ),
         }
     }
 
     /// Checks a chat message and the sender's chat rate, then hands it to the room.
-    fn chat(&mut self, text: String) {
+    fn chat(&mut self, text: String, now: Instant) {
         if self.membership.is_none() {
             return self.send_error(ErrorCode::NotJoined, "chat needs a join first");
         }
         if let Err(error) = mixer_protocol::validate_chat(&text) {
             return self.send_error(error.code(), error.to_string());
         }
-        if !self.chat_rate.allow(Instant::now()) {
+        if !self.chat_rate.allow(now) {
             return self.send_error(
                 ErrorCode::ChatRateLimited,
                 "more than 5 chat messages at once or 1 per second; message dropped",
@@ -540,14 +575,25 @@ impl Session {
         let ts_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        self.request(RoomRequest::Chat { text, ts_ms });
+        self.request(now, RoomRequest::Chat { text, ts_ms });
     }
 
-    /// Forwards a room request to the mixer thread, or refuses it before a join.
-    fn request(&mut self, request: RoomRequest) {
-        match &self.membership {
-            Some(membership) => membership.request(request),
-            None => self.send_error(ErrorCode::NotJoined, "room requests need a join first"),
+    /// Forwards a room request to the mixer thread, or refuses it before a join or when the
+    /// mixer thread is saturated.
+    fn request(&mut self, now: Instant, request: RoomRequest) {
+        let Some(membership) = &self.membership else {
+            return self.send_error(ErrorCode::NotJoined, "room requests need a join first");
+        };
+        if membership.request(request, now).is_err() {
+            self.context
+                .metrics
+                .control_refused_total
+                .with_label_values(&["busy"])
+                .inc();
+            self.send_error(
+                ErrorCode::ServerBusy,
+                "the room's mixer is saturated with requests; this one was not applied, try again",
+            );
         }
     }
 
@@ -555,52 +601,11 @@ impl Session {
         if self.membership.is_none() {
             return self.reject_audio(ErrorCode::NotJoined, "audio before join; send join first");
         }
-        if let Some(rate) = self.pcm {
-            // PCM: exactly one 20 ms frame of 16-bit samples after the header.
-            let expected = AUDIO_HEADER_LEN + rate.frame_bytes();
-            if bytes.len() != expected {
-                return self.reject_audio(ErrorCode::UnsupportedFormat, format!(
-                    "a pcm16/{}/1/20 audio frame is exactly {expected} bytes (9-byte header + {} samples), not {}",
-                    rate.hz(), rate.samples_per_frame(), bytes.len()
-                ));
-            }
-            if let Err(error) = AudioFrame::parse_pcm(&bytes) {
-                return self.reject_audio(error.code(), error.to_string());
-            }
-            return self.forward_audio(bytes, now);
-        }
-        if bytes.len() > MAX_AUDIO_FRAME {
-            return self.reject_audio(ErrorCode::FrameTooLarge, format!(
-                "audio frame of {} bytes exceeds {MAX_AUDIO_FRAME} (9-byte header + 1275-byte Opus packet)",
-                bytes.len()
-            ));
-        }
-        let frame = match AudioFrame::parse(&bytes) {
-            Ok(frame) => frame,
-            Err(error) => return self.reject_audio(error.code(), error.to_string()),
+        // The one parse of this frame: the mixer thread gets its header and payload as they are.
+        let header = match self.check_audio(&bytes) {
+            Ok(header) => header,
+            Err((code, message)) => return self.reject_audio(code, message),
         };
-        // Whether this participant may be heard (listen mode, mute, the floor) is the mixer
-        // thread's call: the mode can change at any time.
-        match opus::packet::get_nb_samples(frame.payload, SAMPLE_RATE) {
-            Ok(n) if n == FRAME_SAMPLES => {}
-            Ok(n) => {
-                return self.reject_audio(ErrorCode::InvalidOpus, format!(
-                    "Opus packet holds {n} samples ({} ms); this server takes 20 ms frames ({FRAME_SAMPLES} samples)",
-                    n * 1000 / SAMPLE_RATE as usize
-                ));
-            }
-            Err(error) => {
-                return self.reject_audio(
-                    ErrorCode::InvalidOpus,
-                    format!("not a valid Opus packet: {error}"),
-                );
-            }
-        }
-        self.forward_audio(bytes, now);
-    }
-
-    /// Rate-limits a checked audio frame and hands it to the mixer thread.
-    fn forward_audio(&mut self, bytes: Bytes, now: Instant) {
         let Some(membership) = &self.membership else {
             return;
         };
@@ -610,11 +615,63 @@ impl Session {
                 "audio arrives faster than real time; excess frames dropped",
             );
         }
-        // Dropping here only happens when the mixer is far behind this one participant.
         let len = bytes.len() as u64;
-        if membership.send_audio(bytes, now) {
-            self.context.metrics.audio_frames_in_total.inc();
-            self.context.metrics.audio_bytes_in_total.inc_by(len);
+        let payload = bytes.slice(AUDIO_HEADER_LEN..);
+        match membership.send_audio(header, payload, now) {
+            Forwarded::Queued => {
+                self.context.metrics.audio_frames_in_total.inc();
+                self.context.metrics.audio_bytes_in_total.inc_by(len);
+            }
+            // Only when the mixer is far behind this one participant.
+            Forwarded::Backlogged => self.context.metrics.reject_audio("mixer_backlog"),
+            Forwarded::Stopped => {}
+        }
+    }
+
+    /// Parses and checks an audio frame for this participant's format; returns its header.
+    fn check_audio(&self, bytes: &[u8]) -> Result<AudioHeader, (ErrorCode, String)> {
+        if let Some(rate) = self.pcm {
+            // PCM: exactly one 20 ms frame of 16-bit samples after the header.
+            let expected = AUDIO_HEADER_LEN + rate.frame_bytes();
+            if bytes.len() != expected {
+                return Err((
+                    ErrorCode::UnsupportedFormat,
+                    format!(
+                        "a pcm16/{}/1/20 audio frame is exactly {expected} bytes (9-byte header + {} samples), not {}",
+                        rate.hz(),
+                        rate.samples_per_frame(),
+                        bytes.len()
+                    ),
+                ));
+            }
+            let frame = AudioFrame::parse_pcm(bytes).map_err(|e| (e.code(), e.to_string()))?;
+            return Ok(frame.header);
+        }
+        if bytes.len() > MAX_AUDIO_FRAME {
+            return Err((
+                ErrorCode::FrameTooLarge,
+                format!(
+                    "audio frame of {} bytes exceeds {MAX_AUDIO_FRAME} (9-byte header + 1275-byte Opus packet)",
+                    bytes.len()
+                ),
+            ));
+        }
+        let frame = AudioFrame::parse(bytes).map_err(|e| (e.code(), e.to_string()))?;
+        // Whether this participant may be heard (listen mode, mute, the floor) is the mixer
+        // thread's call: the mode can change at any time.
+        match opus::packet::get_nb_samples(frame.payload, SAMPLE_RATE) {
+            Ok(n) if n == FRAME_SAMPLES => Ok(frame.header),
+            Ok(n) => Err((
+                ErrorCode::InvalidOpus,
+                format!(
+                    "Opus packet holds {n} samples ({} ms); this server takes 20 ms frames ({FRAME_SAMPLES} samples)",
+                    n * 1000 / SAMPLE_RATE as usize
+                ),
+            )),
+            Err(error) => Err((
+                ErrorCode::InvalidOpus,
+                format!("not a valid Opus packet: {error}"),
+            )),
         }
     }
 }
@@ -643,7 +700,7 @@ async fn write_loop(
         for item in batch.drain(..) {
             let message = match item {
                 Outgoing::Audio(bytes) => Message::Binary(bytes),
-                Outgoing::Control(text) => Message::text(text),
+                Outgoing::Control(text) => Message::Text(text),
             };
             if sink.feed(message).await.is_err() {
                 return;
@@ -661,8 +718,8 @@ async fn write_loop(
                     ErrorCode::SlowConsumer,
                     "you read audio too slowly and fell behind; disconnecting",
                 );
-                let _ = sink.feed(Message::text(message.to_json())).await;
-                (1008, "slow consumer")
+                let _ = sink.feed(Message::Text(wire(&message))).await;
+                (close_code::POLICY_VIOLATION, "slow consumer")
             }
             Some(Closed::Close { code, reason }) => (code, reason),
         };
@@ -672,39 +729,5 @@ async fn write_loop(
         };
         let _ = sink.send(Message::Close(Some(frame))).await;
         return;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limit_allows_real_time_and_a_burst_but_not_a_flood() {
-        let t0 = Instant::now();
-        let mut rate = RateLimit::new(50.0, 55.0);
-        // Real time for 10 s: every frame passes.
-        assert!((0..500u32).all(|k| rate.allow(t0 + Duration::from_millis(20) * k)));
-        // A 1 s stall, then the backlog arrives at once: the bucket refilled and absorbs it.
-        let later = t0 + Duration::from_secs(11);
-        assert!((0..50).all(|_| rate.allow(later)));
-        // A flood at 10x real time: about one frame in ten passes.
-        let mut passed = 0;
-        for k in 0..1000u32 {
-            if rate.allow(later + Duration::from_millis(2) * k) {
-                passed += 1;
-            }
-        }
-        assert!((100..=130).contains(&passed), "{passed} of 1000 passed");
-    }
-
-    #[test]
-    fn error_throttle_reports_each_code_once_per_second() {
-        let t0 = Instant::now();
-        let mut throttle = ErrorThrottle::default();
-        assert!(throttle.allow(ErrorCode::InvalidOpus, t0));
-        assert!(!throttle.allow(ErrorCode::InvalidOpus, t0 + Duration::from_millis(500)));
-        assert!(throttle.allow(ErrorCode::RateLimited, t0 + Duration::from_millis(500)));
-        assert!(throttle.allow(ErrorCode::InvalidOpus, t0 + Duration::from_millis(1001)));
     }
 }

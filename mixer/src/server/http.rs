@@ -28,6 +28,9 @@ pub enum Route {
     BadRequest,
 }
 
+/// Headers a request head may have (a browser sends about 15 with an upgrade).
+const MAX_HEADERS: usize = 64;
+
 /// Reads the request head; returns the bytes read (head and anything after it) and the route.
 pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(Vec<u8>, Route)> {
     let mut buf = Vec::with_capacity(1024);
@@ -41,8 +44,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(Vec<
             ));
         }
         buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = find_head_end(&buf) {
-            let route = route(&buf[..end]);
+        if let Some(route) = route(&buf) {
             return Ok((buf, route));
         }
         if buf.len() > MAX_HEAD {
@@ -51,38 +53,30 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(Vec<
     }
 }
 
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
-}
-
-/// Decides the route from a complete request head.
-pub fn route(head: &[u8]) -> Route {
-    let Ok(text) = std::str::from_utf8(head) else {
-        return Route::BadRequest;
-    };
-    let mut lines = text.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Route::BadRequest;
+/// Decides the route from the bytes read so far; `None` while the head is incomplete.
+pub fn route(head: &[u8]) -> Option<Route> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Partial) => return None,
+        Ok(httparse::Status::Complete(_)) => {}
+        Err(_) => return Some(Route::BadRequest),
     }
+    let (Some(method), Some(target)) = (request.method, request.path) else {
+        return Some(Route::BadRequest);
+    };
     let path = target.split('?').next().unwrap_or_default();
-    let upgrade = lines.any(|line| {
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("upgrade")
-                && value.trim().eq_ignore_ascii_case("websocket")
-        })
+    let upgrade = request.headers.iter().any(|header| {
+        header.name.eq_ignore_ascii_case("upgrade")
+            && std::str::from_utf8(header.value)
+                .is_ok_and(|value| value.trim().eq_ignore_ascii_case("websocket"))
     });
-    match (method, path, upgrade) {
+    Some(match (method, path, upgrade) {
         ("GET", "/", true) => Route::WebSocket,
         ("GET", "/healthz", _) => Route::Health,
         ("GET", "/metrics", _) => Route::Metrics,
         _ => Route::NotFound,
-    }
+    })
 }
 
 /// Content type of the Prometheus text exposition format.
@@ -190,17 +184,32 @@ mod tests {
     #[test]
     fn routes_requests() {
         let ws = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
-        assert_eq!(route(ws), Route::WebSocket);
+        assert_eq!(route(ws), Some(Route::WebSocket));
         assert_eq!(
             route(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Route::Health
+            Some(Route::Health)
         );
-        assert_eq!(route(b"GET /healthz?x=1 HTTP/1.0\r\n\r\n"), Route::Health);
-        assert_eq!(route(b"GET /metrics HTTP/1.1\r\n\r\n"), Route::Metrics);
-        assert_eq!(route(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Route::NotFound);
-        assert_eq!(route(b"POST /healthz HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(route(b"hello\r\n\r\n"), Route::BadRequest);
-        assert_eq!(route(b"\xff\xfe\r\n\r\n"), Route::BadRequest);
+        assert_eq!(
+            route(b"GET /healthz?x=1 HTTP/1.0\r\n\r\n"),
+            Some(Route::Health)
+        );
+        assert_eq!(
+            route(b"GET /metrics HTTP/1.1\r\n\r\n"),
+            Some(Route::Metrics)
+        );
+        assert_eq!(
+            route(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(Route::NotFound)
+        );
+        assert_eq!(
+            route(b"POST /healthz HTTP/1.1\r\n\r\n"),
+            Some(Route::NotFound)
+        );
+        assert_eq!(route(b"hello\r\n\r\n"), Some(Route::BadRequest));
+        assert_eq!(route(b"\xff\xfe\r\n\r\n"), Some(Route::BadRequest));
+        // Incomplete heads wait for more bytes.
+        assert_eq!(route(b"GET /healthz HTTP/1.1\r\nHost: x\r\n"), None);
+        assert_eq!(route(b"GE"), None);
     }
 
     #[tokio::test]

@@ -4,8 +4,11 @@
 //! second per room, and time each tick's phases. Everything lives in an explicit registry owned by
 //! the server (no global state), served as text on `GET /metrics`.
 //!
-//! Labels are bounded on purpose: `mode` (talk, listen), `reason` (a fixed set of leave and
-//! refusal reasons) and `code` (the protocol's error codes). There are no per-room or
+//! Labels are bounded on purpose: `mode` (talk, ptt, listen), `reason` (a fixed set of leave and
+//! refusal reasons), `code` (the protocol's error codes), `event` (floor changes) and `phase`
+//! (tick phases). Every known label value is created at start-up, so a series exists (at zero)
+//! before its first event: dashboards show zeros rather than gaps, and `increase()` sees the
+//! first event. There are no per-room or
 //! per-participant labels: rooms are created by clients, so their number is unbounded, and a label
 //! per room would let any client grow the server's memory and every scrape.
 
@@ -15,7 +18,80 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use mixer_protocol::{ErrorCode, LeaveReason, Mode};
+
 use crate::engine::RoomTotals;
+
+/// The `phase` labels of `mixer_tick_phase_seconds_total`, in tick order.
+pub const TICK_PHASES: [&str; 3] = ["decode", "mix", "encode"];
+
+/// The `event` labels of `mixer_floor_events_total`: a grant, or why a floor ended.
+pub const FLOOR_EVENTS: [&str; 6] = [
+    "granted",
+    "released",
+    "max_talk_time",
+    "silence",
+    "left",
+    "preempted",
+];
+
+/// The `reason` labels of `mixer_audio_frames_rejected_total`: the error codes an audio frame
+/// can be refused with, `muted` (dropped without an error) and `mixer_backlog` (too many of the
+/// participant's frames were waiting for its mixer thread).
+pub const AUDIO_REJECT_REASONS: [&str; 11] = [
+    "mixer_backlog",
+    "muted",
+    "not_joined",
+    "bad_audio_header",
+    "unsupported_version",
+    "unsupported_format",
+    "invalid_opus",
+    "frame_too_large",
+    "rate_limited",
+    "listen_only",
+    "no_floor",
+];
+
+/// The error codes a `join` can be refused with (the `reason` of
+/// `mixer_join_failures_total`).
+pub const JOIN_FAILURES: [ErrorCode; 14] = [
+    ErrorCode::InvalidRoom,
+    ErrorCode::InvalidName,
+    ErrorCode::InvalidToken,
+    ErrorCode::UnsupportedFormat,
+    ErrorCode::AlreadyJoined,
+    ErrorCode::RoomFull,
+    ErrorCode::ServerFull,
+    ErrorCode::ServerBusy,
+    ErrorCode::ModeNotAllowed,
+    ErrorCode::ResumeFailed,
+    ErrorCode::ShuttingDown,
+    ErrorCode::Internal,
+    ErrorCode::BadMessage,
+    ErrorCode::ControlRateLimited,
+];
+
+/// Every leave reason, for the `reason` labels of `mixer_leaves_total`.
+pub const LEAVE_REASONS: [LeaveReason; 6] = [
+    LeaveReason::Left,
+    LeaveReason::Disconnected,
+    LeaveReason::TimedOut,
+    LeaveReason::SlowConsumer,
+    LeaveReason::ServerShutdown,
+    LeaveReason::Removed,
+];
+
+/// The `reason` label of a leave.
+pub fn leave_label(reason: LeaveReason) -> &'static str {
+    match reason {
+        LeaveReason::Left => "left",
+        LeaveReason::Disconnected => "disconnected",
+        LeaveReason::TimedOut => "timed_out",
+        LeaveReason::SlowConsumer => "slow_consumer",
+        LeaveReason::ServerShutdown => "server_shutdown",
+        LeaveReason::Removed => "removed",
+    }
+}
 
 /// Every metric the server exports.
 #[derive(Debug, Clone)]
@@ -93,6 +169,10 @@ pub struct Metrics {
     pub audio_frames_paused_total: IntCounter,
     /// Chat messages delivered to rooms.
     pub chat_messages_total: IntCounter,
+    /// Control messages not applied, by reason: `budget` (over the connection's control
+    /// budget), `flood` (the last one of a connection closed for ignoring its budget) or `busy`
+    /// (the room's mixer thread had too many requests queued).
+    pub control_refused_total: IntCounterVec,
     /// Push-to-talk floor changes, by event (`granted`, or the reason it ended).
     pub floor_events_total: IntCounterVec,
     /// Participants taken back with a resume token after a dropped connection.
@@ -270,6 +350,11 @@ impl Metrics {
                 "mixer_chat_messages_total",
                 "Chat messages delivered to rooms.",
             ),
+            control_refused_total: counter_vec(
+                "mixer_control_refused_total",
+                "Control messages not applied: over the connection's budget, or mixer thread busy.",
+                &["reason"],
+            ),
             floor_events_total: counter_vec(
                 "mixer_floor_events_total",
                 "Push-to-talk floor changes: granted, or why the floor ended.",
@@ -331,6 +416,7 @@ impl Metrics {
             Box::new(metrics.limiter_frames_total.clone()),
             Box::new(metrics.audio_frames_paused_total.clone()),
             Box::new(metrics.chat_messages_total.clone()),
+            Box::new(metrics.control_refused_total.clone()),
             Box::new(metrics.floor_events_total.clone()),
             Box::new(metrics.resumes_total.clone()),
             Box::new(metrics.replays_total.clone()),
@@ -344,12 +430,41 @@ impl Metrics {
                 .expect("metric names are unique");
         }
         // Label values that exist from the start, so dashboards show zeros rather than gaps.
-        for mode in ["talk", "listen"] {
-            metrics.participants.with_label_values(&[mode]).set(0);
-            metrics.joins_total.with_label_values(&[mode]);
+        for mode in [Mode::Talk, Mode::Ptt, Mode::Listen] {
+            metrics
+                .participants
+                .with_label_values(&[mode.as_str()])
+                .set(0);
+            metrics.joins_total.with_label_values(&[mode.as_str()]);
         }
-        for phase in ["decode", "mix", "encode"] {
+        for phase in TICK_PHASES {
             metrics.tick_phase_seconds_total.with_label_values(&[phase]);
+        }
+        for reason in ["budget", "flood", "busy"] {
+            metrics.control_refused_total.with_label_values(&[reason]);
+        }
+        for event in FLOOR_EVENTS {
+            metrics.floor_events_total.with_label_values(&[event]);
+        }
+        for reason in AUDIO_REJECT_REASONS {
+            metrics
+                .audio_frames_rejected_total
+                .with_label_values(&[reason]);
+        }
+        for code in JOIN_FAILURES {
+            metrics
+                .join_failures_total
+                .with_label_values(&[code.as_str()]);
+        }
+        for &code in ErrorCode::ALL {
+            metrics
+                .errors_sent_total
+                .with_label_values(&[code.as_str()]);
+        }
+        for reason in LEAVE_REASONS {
+            metrics
+                .leaves_total
+                .with_label_values(&[leave_label(reason)]);
         }
         #[cfg(target_os = "linux")]
         {
@@ -358,6 +473,22 @@ impl Metrics {
             let _ = metrics.registry.register(Box::new(process));
         }
         metrics
+    }
+
+    /// Counts an error message sent to a client.
+    pub fn count_error(&self, code: ErrorCode) {
+        self.errors_sent_total
+            .with_label_values(&[code.as_str()])
+            .inc();
+    }
+
+    /// Counts an audio frame refused before mixing; `reason` is one of
+    /// [`AUDIO_REJECT_REASONS`].
+    pub fn reject_audio(&self, reason: &'static str) {
+        debug_assert!(AUDIO_REJECT_REASONS.contains(&reason), "{reason}");
+        self.audio_frames_rejected_total
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// The registry, for tests that inspect metric families.
@@ -452,6 +583,25 @@ mod tests {
                 name.starts_with("mixer_") || name.starts_with("process_"),
                 "{name}"
             );
+        }
+    }
+
+    #[test]
+    fn every_labelled_counter_is_exported_before_its_first_event() {
+        let text = Metrics::new().render();
+        for series in [
+            "mixer_audio_frames_rejected_total{reason=\"no_floor\"} 0",
+            "mixer_audio_frames_rejected_total{reason=\"mixer_backlog\"} 0",
+            "mixer_errors_sent_total{code=\"control_rate_limited\"} 0",
+            "mixer_errors_sent_total{code=\"server_busy\"} 0",
+            "mixer_floor_events_total{event=\"preempted\"} 0",
+            "mixer_join_failures_total{reason=\"room_full\"} 0",
+            "mixer_leaves_total{reason=\"slow_consumer\"} 0",
+            "mixer_participants{mode=\"ptt\"} 0",
+            "mixer_joins_total{mode=\"ptt\"} 0",
+            "mixer_tick_phase_seconds_total{phase=\"encode\"} 0",
+        ] {
+            assert!(text.contains(series), "missing {series}");
         }
     }
 

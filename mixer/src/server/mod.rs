@@ -1,21 +1,41 @@
 //! The tokio shell around the engine: accepts connections, runs mixer threads, shuts down.
 //!
 //! ```text
-//!  client ──ws──▶ connection task (reader) ──Command (bounded per participant)──▶ mixer thread
-//!                                                                                  │ Room engines
-//!  client ◀──ws── writer task ◀── Outbox (bounded, drop-oldest) ◀──────────────────┘
+//!  client ──ws──▶ connection (reader) ──budget──▶ membership ──Command──▶ mixer_thread
+//!                   │ parse once, check          (audio: bounded per       │ RoomSlot per room
+//!                   │                             participant; control:    │ (room_fanout):
+//!                   ▼                             bounded per thread)      │ engine + members
+//!                 pool ── directory (rooms, seats, placement)              │
+//!  client ◀──ws── writer ◀── Outbox (bounded, drop-oldest audio) ◀─────────┘
 //! ```
 //!
-//! Connections run on the tokio runtime; mixing runs on its own threads (see [`pool`]). The only
-//! links between them are the command channel into a mixer thread and each client's outbox,
-//! and neither ever makes the mixer wait.
+//! Where things are:
+//! - [`connection`]: one client's WebSocket session, its reader and writer tasks.
+//! - [`budget`]: the per-connection control budget (what each message costs).
+//! - [`pool`]: the façade connections use: join, resume, create and list rooms.
+//! - [`directory`]: which rooms exist, their settings, seats and mixer thread (pure, no locks).
+//! - [`membership`]: a connection's handle on its seat: audio, requests, leave, suspend.
+//! - [`mixer_thread`]: the thread that runs the ticks, and the commands it takes.
+//! - [`room_fanout`]: a room on its mixer thread, its members, and fan-out to their outboxes.
+//! - [`requests`]: control requests (mode, mute, floor, moderation, chat) applied to a room.
+//! - [`outbox`]: a client's bounded send queue.
+//! - [`metrics`], [`http`]: Prometheus metrics and the plain-HTTP routes.
+//!
+//! Connections run on the tokio runtime; mixing runs on its own threads. The only links between
+//! them are the command channel into a mixer thread and each client's outbox, and neither ever
+//! makes the mixer wait.
 
+pub mod budget;
 pub mod connection;
+pub mod directory;
 pub mod http;
+pub mod membership;
 pub mod metrics;
+pub mod mixer_thread;
 pub mod outbox;
 pub mod pool;
 pub mod requests;
+pub mod room_fanout;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -126,7 +146,6 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                metrics.connections_total.inc();
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -136,6 +155,8 @@ pub async fn serve(
                         continue;
                     }
                 };
+                // Counted once accepted: a failed accept is not a connection.
+                metrics.connections_total.inc();
                 while connections.try_join_next().is_some() {}
                 let _ = stream.set_nodelay(true);
                 if let Some(bytes) = config.settings.socket_send_buffer {

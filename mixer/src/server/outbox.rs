@@ -7,7 +7,11 @@
 //! — is marked slow, and its connection closes it with a reason.
 //!
 //! Control messages (roster changes, errors) are never dropped for audio: they have their own
-//! lane, which is also bounded; overflowing it marks the client slow too.
+//! lane, which is also bounded; overflowing it marks the client slow too. Control messages are
+//! [`Utf8Bytes`], so a broadcast queues the same serialised bytes in every member's outbox.
+//!
+//! The outbox also holds the connection's one error throttle: audio-path errors (raised by the
+//! connection or by the mixer thread) reach the client at most once a second per code.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -17,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mixer_protocol::ErrorCode;
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Control messages that may wait in one outbox before the client is considered slow.
 const CONTROL_CAPACITY: usize = 256;
@@ -27,7 +32,7 @@ pub enum Outgoing {
     /// A binary audio frame (header + Opus).
     Audio(Bytes),
     /// A JSON control message.
-    Control(String),
+    Control(Utf8Bytes),
 }
 
 /// Why an outbox stopped accepting items.
@@ -58,7 +63,8 @@ pub enum Pushed {
 #[derive(Debug)]
 struct State {
     audio: VecDeque<Bytes>,
-    control: VecDeque<String>,
+    control: VecDeque<Utf8Bytes>,
+    errors: ErrorThrottle,
     dropped_in_a_row: u32,
     closed: Option<Closed>,
 }
@@ -81,6 +87,7 @@ impl Outbox {
             state: Mutex::new(State {
                 audio: VecDeque::with_capacity(capacity.max(1)),
                 control: VecDeque::new(),
+                errors: ErrorThrottle::default(),
                 dropped_in_a_row: 0,
                 closed: None,
             }),
@@ -123,20 +130,45 @@ impl Outbox {
         result
     }
 
-    /// Queues a control message; returns false if the outbox is closed.
-    pub fn push_control(&self, message: String) -> bool {
-        {
+    /// Queues a control message; returns false if it was not queued (the outbox is closed, or
+    /// its control lane overflowed, which closes it as a slow consumer).
+    pub fn push_control(&self, message: Utf8Bytes) -> bool {
+        let queued = {
             let mut state = self.lock();
-            if state.closed.is_some() {
+            Self::queue_control(&mut state, message)
+        };
+        self.notify.notify_one();
+        queued
+    }
+
+    /// Queues the error `make` builds, unless an error with `code` was queued less than a second
+    /// before `now` (see [`ErrorThrottle`]); returns whether it was queued.
+    pub fn push_throttled_error(
+        &self,
+        code: ErrorCode,
+        now: Instant,
+        make: impl FnOnce() -> Utf8Bytes,
+    ) -> bool {
+        let queued = {
+            let mut state = self.lock();
+            if state.closed.is_some() || !state.errors.allow(code, now) {
                 return false;
             }
-            if state.control.len() >= CONTROL_CAPACITY {
-                state.closed = Some(Closed::SlowConsumer);
-            } else {
-                state.control.push_back(message);
-            }
-        }
+            Self::queue_control(&mut state, make())
+        };
         self.notify.notify_one();
+        queued
+    }
+
+    fn queue_control(state: &mut State, message: Utf8Bytes) -> bool {
+        if state.closed.is_some() {
+            return false;
+        }
+        if state.control.len() >= CONTROL_CAPACITY {
+            state.closed = Some(Closed::SlowConsumer);
+            return false;
+        }
+        state.control.push_back(message);
         true
     }
 
@@ -175,9 +207,10 @@ impl Outbox {
     }
 }
 
-/// Sends each audio-path error code at most once per second per connection: audio arrives 50
+/// Sends each throttled error code at most once per second per connection: audio arrives 50
 /// times a second, and a misbehaving client should be told without the server amplifying its
-/// flood. Control-message errors answer every message.
+/// flood. Most control-message errors answer every message; the budget's own refusal
+/// (`control_rate_limited`) is throttled like audio errors.
 #[derive(Debug, Default)]
 pub struct ErrorThrottle {
     last: Vec<(ErrorCode, Instant)>,
@@ -238,6 +271,33 @@ mod tests {
             out,
             vec![Outgoing::Control("hello".into()), Outgoing::Audio(frame(2))]
         );
+    }
+
+    #[test]
+    fn an_overflowing_control_lane_closes_the_outbox_and_says_the_message_was_not_queued() {
+        let outbox = Outbox::new(1, 100);
+        for n in 0..CONTROL_CAPACITY {
+            assert!(outbox.push_control(format!("{n}").into()));
+        }
+        assert!(!outbox.push_control("one too many".into()));
+        assert_eq!(outbox.closed(), Some(Closed::SlowConsumer));
+    }
+
+    #[test]
+    fn throttled_errors_share_one_throttle_per_connection() {
+        let outbox = Outbox::new(1, 100);
+        let t0 = Instant::now();
+        let error = || Utf8Bytes::from_static("error");
+        assert!(outbox.push_throttled_error(ErrorCode::RateLimited, t0, error));
+        // Whoever raises it next (the connection or a mixer thread) within the second: dropped.
+        let soon = t0 + Duration::from_millis(300);
+        assert!(!outbox.push_throttled_error(ErrorCode::RateLimited, soon, error));
+        assert!(outbox.push_throttled_error(ErrorCode::NoFloor, soon, error));
+        let later = t0 + Duration::from_millis(1001);
+        assert!(outbox.push_throttled_error(ErrorCode::RateLimited, later, error));
+        let mut out = Vec::new();
+        outbox.drain(&mut out);
+        assert_eq!(out.len(), 3);
     }
 
     #[test]

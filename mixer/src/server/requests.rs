@@ -7,14 +7,16 @@
 
 use std::time::Instant;
 
-use mixer_protocol::{ErrorCode, FloorEndReason, FloorPolicy, Mode, Role, ServerMessage};
+use mixer_protocol::{
+    ErrorCode, FloorEndReason, FloorPolicy, Mode, Role, ServerMessage, close_code,
+};
 use tracing::{info, warn};
 
 use super::metrics::Metrics;
 use super::outbox::Closed;
-use super::pool::RoomSlot;
+use super::room_fanout::{RoomSlot, wire};
 use crate::engine::floor::{FloorChange, FloorEnd, FloorReply};
-use crate::engine::{EngineError, Event, MAX_GAIN_DB, ParticipantId};
+use crate::engine::{EngineError, MAX_GAIN_DB, ParticipantId};
 
 /// A control request from a participant about its room.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,25 +79,6 @@ pub fn mode_allowed(role: Role, mode: Mode, policy: FloorPolicy) -> Result<(), S
     }
 }
 
-/// Sends an error to one member, counting it.
-pub(super) fn send_error(
-    slot: &RoomSlot,
-    to: ParticipantId,
-    code: ErrorCode,
-    message: impl Into<String>,
-    metrics: &Metrics,
-) {
-    if let Some(member) = slot.members.get(&to) {
-        metrics
-            .errors_sent_total
-            .with_label_values(&[code.as_str()])
-            .inc();
-        member
-            .outbox
-            .push_control(ServerMessage::error(code, message).to_json());
-    }
-}
-
 /// Tells `to` that a request named `target`, who is not in the room.
 fn unknown_participant(
     slot: &RoomSlot,
@@ -103,8 +86,7 @@ fn unknown_participant(
     target: ParticipantId,
     metrics: &Metrics,
 ) {
-    send_error(
-        slot,
+    slot.send_error(
         to,
         ErrorCode::UnknownParticipant,
         format!("participant {target} is not in this room"),
@@ -134,8 +116,7 @@ pub(super) fn apply(
     };
     let moderator = asker.role == Role::Moderator;
     let forbidden = |slot: &RoomSlot, what: &str| {
-        send_error(
-            slot,
+        slot.send_error(
             from,
             ErrorCode::Forbidden,
             format!("{what} needs the moderator role"),
@@ -159,29 +140,37 @@ pub(super) fn apply(
             let policy = slot.engine.floor_config().policy;
             if let Err(message) = mode_allowed(asker.role, mode, policy) {
                 return {
-                    send_error(slot, from, ErrorCode::ModeNotAllowed, message, metrics);
+                    slot.send_error(from, ErrorCode::ModeNotAllowed, message, metrics);
                     outcome
                 };
             }
-            let old = asker.mode;
-            if let Err(error) = slot.engine.set_mode(from, mode) {
-                warn!(participant = %from, %error, "mode change failed");
-                send_error(slot, from, ErrorCode::Internal, error.to_string(), metrics);
+            let Some(old) = slot.mode(from) else {
+                return outcome;
+            };
+            if old == mode {
+                // Nothing changes, so the room hears nothing; the asker gets its answer.
+                slot.send_to(
+                    from,
+                    &ServerMessage::ModeChanged {
+                        participant_id: from.0,
+                        mode,
+                    },
+                );
                 return outcome;
             }
-            if old != mode {
-                metrics
-                    .participants
-                    .with_label_values(&[old.as_str()])
-                    .dec();
-                metrics
-                    .participants
-                    .with_label_values(&[mode.as_str()])
-                    .inc();
+            if let Err(error) = slot.engine.set_mode(from, mode) {
+                warn!(participant = %from, %error, "mode change failed");
+                slot.send_error(from, ErrorCode::Internal, error.to_string(), metrics);
+                return outcome;
             }
-            if let Some(member) = slot.members.get_mut(&from) {
-                member.mode = mode;
-            }
+            metrics
+                .participants
+                .with_label_values(&[old.as_str()])
+                .dec();
+            metrics
+                .participants
+                .with_label_values(&[mode.as_str()])
+                .inc();
             slot.broadcast_all(&ServerMessage::ModeChanged {
                 participant_id: from.0,
                 mode,
@@ -216,8 +205,19 @@ pub(super) fn apply(
                 .map(|(id, _)| *id)
                 .collect();
             targets.sort_unstable();
-            for target in targets {
-                set_muted(slot, target, muted, Some(from));
+            // One message for the room, naming those whose state changed, instead of one per
+            // member (which was N messages to each of N members).
+            targets.retain(|&target| mark_muted(slot, target, muted, Some(from)));
+            let message = ServerMessage::RoomMuted {
+                muted,
+                by: from.0,
+                participant_ids: targets.iter().map(|t| t.0).collect(),
+            };
+            // Nobody changed: only the moderator is answered.
+            if targets.is_empty() {
+                slot.send_to(from, &message);
+            } else {
+                slot.broadcast_all(&message);
             }
         }
         RoomRequest::FloorRequest { preempt } => {
@@ -253,8 +253,7 @@ pub(super) fn apply(
                 Ok(FloorReply::Denied { holder }) => {
                     slot.send_to(from, &ServerMessage::FloorDenied { holder: holder.0 });
                 }
-                Err(EngineError::NotPushToTalk(_)) => send_error(
-                    slot,
+                Err(EngineError::NotPushToTalk(_)) => slot.send_error(
                     from,
                     ErrorCode::NotPtt,
                     "floor_request needs ptt mode; send set_mode first",
@@ -264,9 +263,8 @@ pub(super) fn apply(
             }
         }
         RoomRequest::FloorRelease => {
-            if asker.mode != Mode::Ptt {
-                send_error(
-                    slot,
+            if slot.mode(from) != Some(Mode::Ptt) {
+                slot.send_error(
                     from,
                     ErrorCode::NotPtt,
                     "floor_release needs ptt mode",
@@ -292,15 +290,12 @@ pub(super) fn apply(
                 .errors_sent_total
                 .with_label_values(&[ErrorCode::Removed.as_str()])
                 .inc();
-            member.outbox.push_control(
-                ServerMessage::error(
-                    ErrorCode::Removed,
-                    format!("removed from the room by moderator {from}"),
-                )
-                .to_json(),
-            );
+            member.outbox.push_control(wire(&ServerMessage::error(
+                ErrorCode::Removed,
+                format!("removed from the room by moderator {from}"),
+            )));
             member.outbox.close(Closed::Close {
-                code: 1008,
+                code: close_code::POLICY_VIOLATION,
                 reason: "removed",
             });
             outcome.removed.push(target);
@@ -319,8 +314,7 @@ pub(super) fn apply(
                 Err(EngineError::UnknownParticipant(_)) => {
                     unknown_participant(slot, from, target, metrics)
                 }
-                Err(_) => send_error(
-                    slot,
+                Err(_) => slot.send_error(
                     from,
                     ErrorCode::InvalidGain,
                     format!("gain {gain_db} dB is outside -{MAX_GAIN_DB}..={MAX_GAIN_DB} dB"),
@@ -332,31 +326,42 @@ pub(super) fn apply(
     outcome
 }
 
+/// Mutes or unmutes `target` and tells the room; nothing is said if nothing changed.
 fn set_muted(slot: &mut RoomSlot, target: ParticipantId, muted: bool, by: Option<ParticipantId>) {
+    if mark_muted(slot, target, muted, by) {
+        slot.broadcast_all(&ServerMessage::ParticipantMuted {
+            participant_id: target.0,
+            muted,
+            by: by.map(|b| b.0),
+        });
+    }
+}
+
+/// Mutes or unmutes `target` in the engine and records who did; returns whether its state
+/// changed.
+fn mark_muted(
+    slot: &mut RoomSlot,
+    target: ParticipantId,
+    muted: bool,
+    by: Option<ParticipantId>,
+) -> bool {
     if !slot.engine.set_muted(target, muted).unwrap_or(false) {
-        return;
+        return false;
     }
     if let Some(member) = slot.members.get_mut(&target) {
         member.muted_by = if muted { by } else { None };
     }
-    slot.broadcast_all(&ServerMessage::ParticipantMuted {
-        participant_id: target.0,
-        muted,
-        by: by.map(|b| b.0),
-    });
+    true
 }
 
-/// Turns the engine's room events (talking, floor) into messages for the room. Returns false
-/// for events that are not about the room's state (the caller handles those).
-pub(super) fn announce(slot: &RoomSlot, event: &Event, metrics: &Metrics) -> bool {
-    let message = match *event {
-        Event::TalkingStarted { participant } => ServerMessage::TalkingStarted {
-            participant_id: participant.0,
-        },
-        Event::TalkingStopped { participant } => ServerMessage::TalkingStopped {
-            participant_id: participant.0,
-        },
-        Event::Floor(FloorChange::Granted { to, .. }) => {
+/// The message that tells the room about a floor change (and counts it).
+pub(super) fn floor_message(
+    slot: &RoomSlot,
+    change: FloorChange,
+    metrics: &Metrics,
+) -> ServerMessage {
+    match change {
+        FloorChange::Granted { to, .. } => {
             metrics
                 .floor_events_total
                 .with_label_values(&["granted"])
@@ -366,7 +371,7 @@ pub(super) fn announce(slot: &RoomSlot, event: &Event, metrics: &Metrics) -> boo
                 max_talk_ms: Some(slot.engine.floor_config().max_talk.as_millis() as u64),
             }
         }
-        Event::Floor(FloorChange::Ended { from, reason }) => {
+        FloorChange::Ended { from, reason } => {
             let (reason, by) = match reason {
                 FloorEnd::Released => (FloorEndReason::Released, None),
                 FloorEnd::MaxTalkTime => (FloorEndReason::MaxTalkTime, None),
@@ -374,22 +379,26 @@ pub(super) fn announce(slot: &RoomSlot, event: &Event, metrics: &Metrics) -> boo
                 FloorEnd::Left => (FloorEndReason::Left, None),
                 FloorEnd::Preempted { by } => (FloorEndReason::Preempted, Some(by.0)),
             };
-            let label = match reason {
-                FloorEndReason::Released => "released",
-                FloorEndReason::MaxTalkTime => "max_talk_time",
-                FloorEndReason::Silence => "silence",
-                FloorEndReason::Left => "left",
-                FloorEndReason::Preempted => "preempted",
-            };
-            metrics.floor_events_total.with_label_values(&[label]).inc();
+            metrics
+                .floor_events_total
+                .with_label_values(&[floor_end_label(reason)])
+                .inc();
             ServerMessage::FloorReleased {
                 participant_id: from.0,
                 reason,
                 by,
             }
         }
-        _ => return false,
-    };
-    slot.broadcast_all(&message);
-    true
+    }
+}
+
+/// The `event` label of a floor that ended.
+pub(super) fn floor_end_label(reason: FloorEndReason) -> &'static str {
+    match reason {
+        FloorEndReason::Released => "released",
+        FloorEndReason::MaxTalkTime => "max_talk_time",
+        FloorEndReason::Silence => "silence",
+        FloorEndReason::Left => "left",
+        FloorEndReason::Preempted => "preempted",
+    }
 }

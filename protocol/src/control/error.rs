@@ -141,11 +141,17 @@ pub mod close_code {
     pub const NORMAL: u16 = 1000;
     /// The server is shutting down (`shutting_down`).
     pub const GOING_AWAY: u16 = 1001;
+    /// A frame that breaks the WebSocket protocol itself.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// The peer broke a rule (`slow_consumer`, `ping_timeout`), or a moderator removed it
     /// (`removed`).
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame over the size limit: `message_too_large`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The server failed to do what it had accepted (a `join` that failed on its mixer thread).
+    pub const INTERNAL_ERROR: u16 = 1011;
 }
 
 /// Why a text frame is not an acceptable control message.

@@ -6,10 +6,11 @@
 //! [`ErrorCode`] to report.
 //!
 //! One job per file: [`ClientMessage`] and its parser in `client`, [`ServerMessage`] and its
-//! parser in `server`, the shared enumerations in `vocab`, [`AudioFormat`] in `format`, errors and
+//! parser in `server`, what each message costs the sender in `budget`, the shared enumerations in `vocab`, [`AudioFormat`] in `format`, errors and
 //! close codes in `error`, limits and the acceptance rules a server applies in `validate`, and the
 //! parsing steps both directions share in `parse`.
 
+mod budget;
 mod client;
 mod error;
 mod format;
@@ -18,6 +19,10 @@ mod server;
 mod validate;
 mod vocab;
 
+pub use budget::{
+    CONTROL_BUDGET_BURST, CONTROL_BUDGET_REFILL_PER_SECOND, CONTROL_FLOOD_DROPS_PER_SECOND,
+    INVALID_MESSAGE_COST,
+};
 pub use client::{ClientMessage, JoinRequest, RoomSettings, parse_client_message};
 pub use error::{ControlError, ErrorCode, close_code};
 pub use format::{AudioFormat, MAX_PCM_AUDIO_FRAME, PCM_RATES};

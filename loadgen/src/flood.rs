@@ -1,0 +1,227 @@
+//! Misbehaving clients (`--flooders`): each joins a room as a speaker and sends every kind of
+//! control message as fast as its connection takes them, for the whole run. They are not
+//! counted as clients and not verified; the point is what the *other* clients measure while
+//! they flood (loss, receive rate, verification, disconnects), which the gates judge as usual.
+
+use std::collections::BTreeMap;
+
+use futures_util::{SinkExt, StreamExt};
+use mixer_protocol::{ClientMessage, Mode, RoomSettings, ServerMessage, parse_server_message};
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+/// What the flooders did, summed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FloodReport {
+    /// Flooding clients.
+    pub clients: usize,
+    /// Control messages they sent.
+    pub sent: u64,
+    /// Messages sent per second, all flooders together.
+    pub per_second: f64,
+    /// What the server answered: message type (errors as `error:<code>`) → count.
+    pub replies: BTreeMap<String, u64>,
+    /// Flooders whose connection ended early: reason → count.
+    pub disconnects: BTreeMap<String, u64>,
+}
+
+impl FloodReport {
+    /// Adds one flooder's outcome.
+    pub fn add(&mut self, outcome: FloodOutcome) {
+        self.clients += 1;
+        self.sent += outcome.sent;
+        for (reply, count) in outcome.replies {
+            *self.replies.entry(reply).or_default() += count;
+        }
+        if let Some(reason) = outcome.disconnect {
+            *self.disconnects.entry(reason).or_default() += 1;
+        }
+    }
+}
+
+/// One flooder's outcome.
+#[derive(Debug, Clone, Default)]
+pub struct FloodOutcome {
+    /// Control messages sent.
+    pub sent: u64,
+    /// Replies by type.
+    pub replies: BTreeMap<String, u64>,
+    /// Why the connection ended early, if it did.
+    pub disconnect: Option<String>,
+}
+
+/// One round of every control message a speaker can send, valid or not. It ends with `leave`
+/// and `join`, so the flooder keeps coming back as a new participant.
+pub fn cycle(n: u64, room: &str, name: &str) -> Vec<Message> {
+    let text = |m: ClientMessage| Message::text(m.to_json());
+    vec![
+        text(ClientMessage::SetMode { mode: Mode::Listen }),
+        text(ClientMessage::SetMode { mode: Mode::Talk }),
+        text(ClientMessage::SetMode { mode: Mode::Talk }),
+        text(ClientMessage::Mute {
+            participant_id: None,
+            muted: true,
+        }),
+        text(ClientMessage::Mute {
+            participant_id: None,
+            muted: false,
+        }),
+        text(ClientMessage::Mute {
+            participant_id: Some(1),
+            muted: true,
+        }),
+        text(ClientMessage::MuteRoom { muted: true }),
+        text(ClientMessage::FloorRequest { preempt: true }),
+        text(ClientMessage::FloorRelease),
+        text(ClientMessage::Remove { participant_id: 1 }),
+        text(ClientMessage::SetGain {
+            participant_id: 1,
+            gain_db: -20,
+        }),
+        text(ClientMessage::Chat {
+            text: format!("flood {n}"),
+        }),
+        text(ClientMessage::ListRooms),
+        text(ClientMessage::RoomInfo {
+            room: room.to_owned(),
+        }),
+        text(ClientMessage::CreateRoom(RoomSettings {
+            room: format!("{name}-{n}"),
+            floor_policy: None,
+            max_participants: None,
+            max_talkers: None,
+            normalise: None,
+            max_talk_ms: None,
+        })),
+        text(ClientMessage::Ping { id: Some(n) }),
+        Message::text("{not json"),
+        Message::text(r#"{"type":"no_such_type"}"#),
+        text(ClientMessage::Leave),
+        Message::text(crate::client::join_json(room, name, Mode::Talk)),
+    ]
+}
+
+/// The key a reply is counted under: its type, or `error:<code>`.
+fn reply_key(text: &str) -> String {
+    match parse_server_message(text) {
+        Ok(ServerMessage::Error { code, .. }) => format!("error:{code}"),
+        Ok(message) => serde_json::from_str::<serde_json::Value>(&message.to_json())
+            .ok()
+            .and_then(|v| v.get("type")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "?".into()),
+        Err(_) => "unparsable".into(),
+    }
+}
+
+/// Floods `room` at `url` from `start_at` until `end`.
+pub async fn run_flooder(
+    url: String,
+    room: String,
+    name: String,
+    start_at: Instant,
+    end: Instant,
+) -> FloodOutcome {
+    let mut outcome = FloodOutcome::default();
+    tokio::time::sleep_until(start_at).await;
+    let ws = match tokio_tungstenite::connect_async(url.as_str()).await {
+        Ok((ws, _)) => ws,
+        Err(error) => {
+            outcome.disconnect = Some(format!("connect: {error}"));
+            return outcome;
+        }
+    };
+    let (mut sink, mut stream) = ws.split();
+    // Replies are read (and counted) as fast as they come: a flooder that stopped reading
+    // would be cut off as a slow consumer, which is the server's other defence.
+    let reader = tokio::spawn(async move {
+        let mut replies: BTreeMap<String, u64> = BTreeMap::new();
+        let mut ended = None;
+        while let Some(message) = stream.next().await {
+            match message {
+                Ok(Message::Text(text)) => {
+                    *replies.entry(reply_key(text.as_str())).or_default() += 1;
+                }
+                Ok(Message::Close(frame)) => {
+                    ended = frame.map(|f| format!("close {}", u16::from(f.code)));
+                    break;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    ended = Some(error.to_string());
+                    break;
+                }
+            }
+        }
+        (replies, ended)
+    });
+    let join = Message::text(crate::client::join_json(&room, &name, Mode::Talk));
+    let mut n = 0u64;
+    let mut failed = sink.send(join).await.is_err();
+    while !failed && Instant::now() < end {
+        for message in cycle(n, &room, &name) {
+            if sink.feed(message).await.is_err() {
+                failed = true;
+                break;
+            }
+            outcome.sent += 1;
+        }
+        failed |= sink.flush().await.is_err();
+        n += 1;
+    }
+    let _ = sink.close().await;
+    if let Ok(Ok((replies, ended))) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), reader).await
+    {
+        outcome.replies = replies;
+        if failed {
+            outcome.disconnect = ended.or_else(|| Some("send failed".into()));
+        }
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cycle_holds_every_control_message_type_and_each_serialises() {
+        let messages = cycle(7, "room", "flooder");
+        let types: std::collections::BTreeSet<String> = messages
+            .iter()
+            .filter_map(|m| {
+                let text = m.to_text().ok()?;
+                let value: serde_json::Value = serde_json::from_str(text).ok()?;
+                Some(value.get("type")?.as_str()?.to_owned())
+            })
+            .collect();
+        for expected in [
+            "join",
+            "leave",
+            "set_mode",
+            "mute",
+            "mute_room",
+            "floor_request",
+            "floor_release",
+            "remove",
+            "set_gain",
+            "chat",
+            "list_rooms",
+            "room_info",
+            "create_room",
+            "ping",
+            "no_such_type",
+        ] {
+            assert!(
+                types.contains(expected),
+                "{expected} missing from {types:?}"
+            );
+        }
+        assert_eq!(
+            reply_key(r#"{"type":"error","code":"control_rate_limited","message":"x"}"#),
+            "error:control_rate_limited"
+        );
+        assert_eq!(reply_key(r#"{"type":"pong","id":3}"#), "pong");
+    }
+}

@@ -1,0 +1,550 @@
+//! The room directory: which rooms exist, their settings, how many seats each has taken, and
+//! which mixer thread (and slot on it) mixes each one.
+//!
+//! It is plain data, with no locks, channels or clock inside: the pool holds it under one mutex
+//! and passes `now` in. Joins are admitted here (room limits, mode rules) before anything
+//! reaches a mixer thread, so a refused join costs the real-time threads nothing.
+//!
+//! Seats count memberships, not the mixer thread's roster: a seat is taken when a join is
+//! admitted and given back when its membership leaves, so a room's seats are a bound on (and,
+//! once the mixer thread has caught up with its commands, equal to) the members its thread knows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mixer_protocol::{
+    ErrorCode, FloorPolicy, JoinRequest, MAX_LISTED_ROOMS, Mode, Role, RoomSettings, RoomSummary,
+};
+
+use super::requests::mode_allowed;
+use crate::engine::EngineConfig;
+use crate::engine::floor::FloorConfig;
+
+/// How long a room made by `create_room` waits for its first participant before it is forgotten.
+pub const CREATED_ROOM_TTL: Duration = Duration::from_secs(60);
+
+/// A room's slot on its mixer thread: a small dense index, so a command finds its room with one
+/// array access instead of a lookup by name. Slots are reused once a room is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomKey(pub u32);
+
+/// Where a room is mixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// The mixer thread.
+    pub thread: usize,
+    /// The room's slot on that thread.
+    pub key: RoomKey,
+}
+
+/// Why a join was refused before it reached a room.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinRefused {
+    /// The room is at its participant limit.
+    #[error("room {room:?} is full ({limit} participants)")]
+    RoomFull {
+        /// The room asked for.
+        room: String,
+        /// Its limit.
+        limit: usize,
+    },
+    /// The server is at its room limit.
+    #[error("server has reached its limit of {limit} rooms")]
+    TooManyRooms {
+        /// The limit.
+        limit: usize,
+    },
+    /// The mode asked for is not allowed for the role in this room.
+    #[error("{0}")]
+    ModeNotAllowed(String),
+    /// The room's mixer thread has too many commands queued to take a join now.
+    #[error("the server is busy; try again in a moment")]
+    Busy,
+    /// The mixer pool has shut down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+impl JoinRefused {
+    /// The protocol error code for this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            JoinRefused::RoomFull { .. } => ErrorCode::RoomFull,
+            JoinRefused::TooManyRooms { .. } => ErrorCode::ServerFull,
+            JoinRefused::ModeNotAllowed(_) => ErrorCode::ModeNotAllowed,
+            JoinRefused::Busy => ErrorCode::ServerBusy,
+            JoinRefused::ShuttingDown => ErrorCode::ShuttingDown,
+        }
+    }
+}
+
+/// Why `create_room` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CreateRefused {
+    /// Settings out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// A room of that name exists.
+    #[error("room {0:?} already exists")]
+    Exists(String),
+    /// The server is at its room limit.
+    #[error("server has reached its limit of {limit} rooms")]
+    TooManyRooms {
+        /// The limit.
+        limit: usize,
+    },
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+impl CreateRefused {
+    /// The protocol error code for this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CreateRefused::Invalid(_) => ErrorCode::InvalidSettings,
+            CreateRefused::Exists(_) => ErrorCode::RoomExists,
+            CreateRefused::TooManyRooms { .. } => ErrorCode::ServerFull,
+            CreateRefused::ShuttingDown => ErrorCode::ShuttingDown,
+        }
+    }
+}
+
+/// The settings that can differ between rooms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoomConfig {
+    /// Push-to-talk floor.
+    pub floor: FloorConfig,
+    /// Participants at most.
+    pub max_participants: usize,
+    /// Talkers mixed at once at most.
+    pub max_talkers: usize,
+    /// Level normalisation.
+    pub normalise: bool,
+}
+
+impl RoomConfig {
+    /// The room settings inside an engine configuration.
+    pub fn of(engine: &EngineConfig) -> RoomConfig {
+        RoomConfig {
+            floor: engine.floor,
+            max_participants: engine.max_participants,
+            max_talkers: engine.max_talkers,
+            normalise: engine.normalise,
+        }
+    }
+
+    /// `engine` with these room settings.
+    pub fn apply(&self, engine: &EngineConfig) -> EngineConfig {
+        EngineConfig {
+            floor: self.floor,
+            max_participants: self.max_participants,
+            max_talkers: self.max_talkers,
+            normalise: self.normalise,
+            ..engine.clone()
+        }
+    }
+
+    /// These defaults overridden by what `settings` gives (already validated).
+    fn with(&self, settings: &RoomSettings) -> RoomConfig {
+        let mut config = *self;
+        if let Some(policy) = settings.floor_policy {
+            config.floor.policy = policy;
+        }
+        if let Some(n) = settings.max_participants {
+            config.max_participants = n as usize;
+        }
+        if let Some(n) = settings.max_talkers {
+            config.max_talkers = n as usize;
+        }
+        if let Some(normalise) = settings.normalise {
+            config.normalise = normalise;
+        }
+        if let Some(ms) = settings.max_talk_ms {
+            config.floor.max_talk = Duration::from_millis(ms);
+        }
+        config
+    }
+
+    /// The room as described to clients.
+    fn summary(&self, room: &str, participants: usize) -> RoomSummary {
+        RoomSummary {
+            settings: RoomSettings {
+                room: room.to_owned(),
+                floor_policy: Some(self.floor.policy),
+                max_participants: Some(self.max_participants as u32),
+                max_talkers: Some(self.max_talkers as u32),
+                normalise: Some(self.normalise),
+                max_talk_ms: Some(self.floor.max_talk.as_millis() as u64),
+            },
+            participants: participants as u32,
+        }
+    }
+}
+
+/// A seat taken in a room: what the room's mixer thread needs to seat the joiner.
+#[derive(Debug, Clone)]
+pub struct Seat {
+    /// The room's name (shared with the directory).
+    pub room: Arc<str>,
+    /// Where the room is mixed.
+    pub placement: Placement,
+    /// The room's settings, for the mixer thread to create it with if it is new there.
+    pub config: RoomConfig,
+    /// The joiner's mode, resolved from its request and checked against its role and the room.
+    pub mode: Mode,
+}
+
+#[derive(Debug)]
+struct Entry {
+    placement: Placement,
+    seats: usize,
+    config: RoomConfig,
+    /// When it was made (a room nobody has joined is forgotten after [`CREATED_ROOM_TTL`]).
+    created: Instant,
+}
+
+/// One mixer thread's share of the directory.
+#[derive(Debug, Default)]
+struct ThreadRooms {
+    rooms: usize,
+    /// Keys of rooms that are gone, for reuse (so keys stay dense).
+    free: Vec<u32>,
+    next: u32,
+}
+
+/// The room directory (see the module docs).
+#[derive(Debug)]
+pub struct Directory {
+    rooms: HashMap<Arc<str>, Entry>,
+    threads: Vec<ThreadRooms>,
+    max_rooms: usize,
+    defaults: RoomConfig,
+}
+
+impl Directory {
+    /// An empty directory for `threads` mixer threads, `max_rooms` rooms at most, and rooms
+    /// made by a join with `defaults`.
+    pub fn new(threads: usize, max_rooms: usize, defaults: RoomConfig) -> Directory {
+        Directory {
+            rooms: HashMap::new(),
+            threads: (0..threads.max(1))
+                .map(|_| ThreadRooms::default())
+                .collect(),
+            max_rooms,
+            defaults,
+        }
+    }
+
+    /// Rooms that exist.
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Whether there are no rooms.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
+    /// Takes a seat in `room` for a participant with `role` asking for `mode`, creating the room
+    /// (on the least-loaded mixer thread) if it does not exist.
+    pub fn take_seat(
+        &mut self,
+        room: &str,
+        role: Role,
+        mode: Option<Mode>,
+        now: Instant,
+    ) -> Result<Seat, JoinRefused> {
+        let config = self.rooms.get(room).map_or(self.defaults, |e| e.config);
+        let policy: FloorPolicy = config.floor.policy;
+        let mode = JoinRequest::default_mode(mode, role, policy);
+        mode_allowed(role, mode, policy).map_err(JoinRefused::ModeNotAllowed)?;
+        if let Some((name, entry)) = self.rooms.get_key_value(room) {
+            if entry.seats >= entry.config.max_participants {
+                return Err(JoinRefused::RoomFull {
+                    room: room.to_owned(),
+                    limit: entry.config.max_participants,
+                });
+            }
+            let name = name.clone();
+            let entry = self.rooms.get_mut(room).expect("found just above");
+            entry.seats += 1;
+            return Ok(Seat {
+                room: name,
+                placement: entry.placement,
+                config,
+                mode,
+            });
+        }
+        let name: Arc<str> = Arc::from(room);
+        let placement = self.insert(name.clone(), config, 1, now)?;
+        Ok(Seat {
+            room: name,
+            placement,
+            config,
+            mode,
+        })
+    }
+
+    /// Gives back a seat taken in `room`; returns true if that closed the room (its slot is
+    /// free for another room from now on).
+    pub fn release_seat(&mut self, room: &str) -> bool {
+        let Some(entry) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        entry.seats = entry.seats.saturating_sub(1);
+        if entry.seats > 0 {
+            return false;
+        }
+        self.remove(room);
+        true
+    }
+
+    /// Creates an empty room with `settings` (omitted ones from the defaults), where
+    /// `max_talkers_limit` is the largest talker cap a room may ask for.
+    pub fn create(
+        &mut self,
+        settings: &RoomSettings,
+        max_talkers_limit: usize,
+        now: Instant,
+    ) -> Result<RoomSummary, CreateRefused> {
+        settings
+            .validate(
+                self.defaults.max_participants as u32,
+                max_talkers_limit.max(1) as u32,
+            )
+            .map_err(|e| CreateRefused::Invalid(e.to_string()))?;
+        if self.rooms.contains_key(settings.room.as_str()) {
+            return Err(CreateRefused::Exists(settings.room.clone()));
+        }
+        let config = self.defaults.with(settings);
+        self.insert(Arc::from(settings.room.as_str()), config, 0, now)
+            .map_err(|_| CreateRefused::TooManyRooms {
+                limit: self.max_rooms,
+            })?;
+        Ok(config.summary(&settings.room, 0))
+    }
+
+    /// Forgets rooms made by `create_room` that nobody joined within [`CREATED_ROOM_TTL`];
+    /// returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let expired: Vec<Arc<str>> = self
+            .rooms
+            .iter()
+            .filter(|(_, e)| {
+                e.seats == 0 && now.saturating_duration_since(e.created) >= CREATED_ROOM_TTL
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &expired {
+            self.remove(name);
+        }
+        expired.len()
+    }
+
+    /// A room's settings and occupancy, if it exists.
+    pub fn info(&self, room: &str) -> Option<RoomSummary> {
+        let entry = self.rooms.get(room)?;
+        Some(entry.config.summary(room, entry.seats))
+    }
+
+    /// The rooms, sorted by name (at most [`MAX_LISTED_ROOMS`]), and whether there are more.
+    pub fn list(&self) -> (Vec<RoomSummary>, bool) {
+        let mut rooms: Vec<(&Arc<str>, &Entry)> = self.rooms.iter().collect();
+        rooms.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let truncated = rooms.len() > MAX_LISTED_ROOMS;
+        let rooms = rooms
+            .into_iter()
+            .take(MAX_LISTED_ROOMS)
+            .map(|(name, entry)| entry.config.summary(name, entry.seats))
+            .collect();
+        (rooms, truncated)
+    }
+
+    /// Adds a room on the least-loaded thread, in a free slot.
+    fn insert(
+        &mut self,
+        name: Arc<str>,
+        config: RoomConfig,
+        seats: usize,
+        now: Instant,
+    ) -> Result<Placement, JoinRefused> {
+        if self.rooms.len() >= self.max_rooms {
+            return Err(JoinRefused::TooManyRooms {
+                limit: self.max_rooms,
+            });
+        }
+        let thread = (0..self.threads.len())
+            .min_by_key(|&t| self.threads[t].rooms)
+            .unwrap_or(0);
+        let rooms = &mut self.threads[thread];
+        rooms.rooms += 1;
+        let key = rooms.free.pop().unwrap_or_else(|| {
+            rooms.next += 1;
+            rooms.next - 1
+        });
+        let placement = Placement {
+            thread,
+            key: RoomKey(key),
+        };
+        self.rooms.insert(
+            name,
+            Entry {
+                placement,
+                seats,
+                config,
+                created: now,
+            },
+        );
+        Ok(placement)
+    }
+
+    fn remove(&mut self, room: &str) {
+        if let Some(entry) = self.rooms.remove(room) {
+            let rooms = &mut self.threads[entry.placement.thread];
+            rooms.rooms -= 1;
+            rooms.free.push(entry.placement.key.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn directory(threads: usize, max_rooms: usize, max_participants: usize) -> Directory {
+        let engine = EngineConfig {
+            max_participants,
+            ..EngineConfig::default()
+        };
+        Directory::new(threads, max_rooms, RoomConfig::of(&engine))
+    }
+
+    fn seat(d: &mut Directory, room: &str) -> Result<Seat, JoinRefused> {
+        d.take_seat(room, Role::Speaker, None, Instant::now())
+    }
+
+    #[test]
+    fn new_rooms_go_to_the_thread_with_fewest_rooms_and_members_share_a_placement() {
+        let mut d = directory(2, 10, 10);
+        let a = seat(&mut d, "a").expect("room a");
+        let b = seat(&mut d, "b").expect("room b");
+        let a2 = seat(&mut d, "a").expect("second seat in a");
+        assert_ne!(a.placement.thread, b.placement.thread);
+        assert_eq!(a.placement, a2.placement);
+        assert!(Arc::ptr_eq(&a.room, &a2.room), "one shared name per room");
+        assert_eq!(d.info("a").map(|s| s.participants), Some(2));
+        assert_eq!(d.len(), 2);
+    }
+
+    #[test]
+    fn a_room_closes_when_its_last_seat_is_given_back_and_its_key_is_reused() {
+        let mut d = directory(1, 10, 10);
+        let a = seat(&mut d, "a").expect("a");
+        seat(&mut d, "a").expect("a again");
+        let b = seat(&mut d, "b").expect("b");
+        assert_ne!(a.placement.key, b.placement.key);
+        assert!(!d.release_seat("a"));
+        assert!(d.release_seat("a"), "the last seat closes the room");
+        assert!(d.info("a").is_none());
+        let c = seat(&mut d, "c").expect("c");
+        assert_eq!(c.placement.key, a.placement.key, "a's slot is reused");
+        assert!(!d.release_seat("nowhere"));
+    }
+
+    #[test]
+    fn limits_refuse_with_their_reason() {
+        let mut d = directory(1, 2, 2);
+        seat(&mut d, "a").expect("a");
+        seat(&mut d, "a").expect("a again");
+        assert_eq!(
+            seat(&mut d, "a").expect_err("full"),
+            JoinRefused::RoomFull {
+                room: "a".into(),
+                limit: 2
+            }
+        );
+        seat(&mut d, "b").expect("b");
+        assert_eq!(
+            seat(&mut d, "c").expect_err("too many rooms"),
+            JoinRefused::TooManyRooms { limit: 2 }
+        );
+        assert_eq!(d.len(), 2, "a refused join creates nothing");
+    }
+
+    #[test]
+    fn modes_are_resolved_and_checked_against_the_room() {
+        let mut d = directory(1, 10, 10);
+        let now = Instant::now();
+        let settings = RoomSettings {
+            room: "ptt".into(),
+            floor_policy: Some(FloorPolicy::Single),
+            max_participants: None,
+            max_talkers: None,
+            normalise: None,
+            max_talk_ms: None,
+        };
+        d.create(&settings, 16, now).expect("created");
+        let speaker = d
+            .take_seat("ptt", Role::Speaker, None, now)
+            .expect("speaker");
+        assert_eq!(speaker.mode, Mode::Ptt, "a speaker defaults to ptt here");
+        let refused = d.take_seat("ptt", Role::Speaker, Some(Mode::Talk), now);
+        assert!(matches!(refused, Err(JoinRefused::ModeNotAllowed(_))));
+        let listener = d
+            .take_seat("open", Role::Listener, None, now)
+            .expect("listener");
+        assert_eq!(listener.mode, Mode::Listen);
+        assert_eq!(d.info("ptt").map(|s| s.participants), Some(1));
+    }
+
+    #[test]
+    fn created_rooms_nobody_joins_are_forgotten_after_their_ttl() {
+        let mut d = directory(1, 10, 10);
+        let t0 = Instant::now();
+        let settings = |room: &str| RoomSettings {
+            room: room.into(),
+            floor_policy: None,
+            max_participants: Some(3),
+            max_talkers: None,
+            normalise: None,
+            max_talk_ms: None,
+        };
+        let summary = d.create(&settings("empty"), 16, t0).expect("created");
+        assert_eq!(summary.settings.max_participants, Some(3));
+        d.create(&settings("joined"), 16, t0).expect("created");
+        assert_eq!(
+            d.create(&settings("joined"), 16, t0)
+                .expect_err("exists")
+                .code(),
+            ErrorCode::RoomExists
+        );
+        d.take_seat("joined", Role::Speaker, None, t0)
+            .expect("joined");
+        assert_eq!(d.expire(t0 + CREATED_ROOM_TTL - Duration::from_secs(1)), 0);
+        assert_eq!(d.expire(t0 + CREATED_ROOM_TTL), 1);
+        assert!(d.info("empty").is_none());
+        assert_eq!(
+            d.info("joined").map(|s| s.settings.max_participants),
+            Some(Some(3)),
+            "a joined room keeps its created settings"
+        );
+    }
+
+    #[test]
+    fn the_list_is_sorted_and_capped() {
+        let mut d = directory(2, MAX_LISTED_ROOMS + 5, 10);
+        for n in (0..MAX_LISTED_ROOMS + 3).rev() {
+            seat(&mut d, &format!("room-{n:05}")).expect("room");
+        }
+        let (rooms, truncated) = d.list();
+        assert!(truncated);
+        assert_eq!(rooms.len(), MAX_LISTED_ROOMS);
+        assert!(
+            rooms
+                .windows(2)
+                .all(|w| w[0].settings.room < w[1].settings.room)
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! A connection's side of a room membership: how its audio and requests reach the room's mixer
+//! thread, and how it leaves, or is kept for a while after its connection drops so that the
+//! client can resume.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mixer_protocol::{AudioFormat, AudioHeader, LeaveReason, Mode, Role};
+use tracing::debug;
+
+use super::directory::Placement;
+use super::mixer_thread::{Busy, Command, MAX_IN_FLIGHT, MixerLink};
+use super::outbox::Outbox;
+use super::pool::Shared;
+use super::requests::RoomRequest;
+use crate::engine::ParticipantId;
+
+/// A participant about to join, as the mixer thread needs it.
+#[derive(Debug)]
+pub struct Joiner {
+    /// Display name.
+    pub name: String,
+    /// Talk, push-to-talk or listen; `None`: the room's default for the role.
+    pub mode: Option<Mode>,
+    /// What it may do.
+    pub role: Role,
+    /// The audio format it sends and receives (validated).
+    pub format: AudioFormat,
+    /// Where the mixer sends this participant's frames and messages.
+    pub outbox: Arc<Outbox>,
+}
+
+/// What happened to a forwarded audio frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarded {
+    /// Queued for the mixer thread.
+    Queued,
+    /// Dropped: too many of this participant's packets are already waiting.
+    Backlogged,
+    /// Dropped: the mixer thread has stopped.
+    Stopped,
+}
+
+/// A new resume token: 128 bits from the operating system's CSPRNG, as 32 hex digits.
+pub fn new_resume_token() -> Result<Arc<str>, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    let mut token = String::with_capacity(32);
+    for byte in bytes {
+        token.push_str(&format!("{byte:02x}"));
+    }
+    Ok(Arc::from(token))
+}
+
+/// The participant's side of a room membership; leaving (or dropping it) removes the participant.
+#[derive(Debug)]
+pub struct Membership {
+    pub(super) pool: Arc<Shared>,
+    /// Secret for taking this participant back after a dropped connection.
+    pub(super) token: Option<Arc<str>>,
+    /// The audio format it joined with (a resume must use the same).
+    pub(super) format: AudioFormat,
+    /// Which suspension this is (an expiry timer only ends its own).
+    pub(super) suspension: u64,
+    pub(super) room: Arc<str>,
+    pub(super) placement: Placement,
+    pub(super) id: ParticipantId,
+    pub(super) in_flight: Arc<AtomicUsize>,
+    pub(super) left: bool,
+}
+
+impl Membership {
+    /// This participant's id.
+    pub fn id(&self) -> ParticipantId {
+        self.id
+    }
+
+    /// The room's name.
+    pub fn room(&self) -> &str {
+        &self.room
+    }
+
+    fn link(&self) -> &MixerLink {
+        &self.pool.threads[self.placement.thread]
+    }
+
+    /// Forwards one checked audio frame: its header, and its payload sharing the received
+    /// message's memory.
+    pub fn send_audio(&self, header: AudioHeader, payload: Bytes, arrival: Instant) -> Forwarded {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Forwarded::Backlogged;
+        }
+        let command = Command::Audio {
+            room: self.placement.key,
+            participant: self.id,
+            header,
+            payload,
+            arrival,
+        };
+        if !self.link().send(command) {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Forwarded::Stopped;
+        }
+        Forwarded::Queued
+    }
+
+    /// Sends a control request (mode, mute, floor, moderation, chat) to the room; the answer
+    /// and the room's reaction arrive as messages on the participant's outbox. Fails if the
+    /// room's mixer thread has too many requests queued.
+    pub fn request(&self, request: RoomRequest, at: Instant) -> Result<(), Busy> {
+        self.link().send_control(Command::Request {
+            room: self.placement.key,
+            participant: self.id,
+            request,
+            at,
+        })
+    }
+
+    /// Keeps the participant in its room, silent, for `window` after its connection dropped, so
+    /// that a `join` with its resume token can take it back; then it leaves (`disconnected`).
+    /// Without a token it leaves at once.
+    pub fn suspend(mut self, window: Duration) {
+        static SUSPENSIONS: AtomicU64 = AtomicU64::new(1);
+        let Some(token) = self.token.clone() else {
+            return self.leave(LeaveReason::Disconnected);
+        };
+        let suspension = SUSPENSIONS.fetch_add(1, Ordering::Relaxed);
+        self.suspension = suspension;
+        let pool = self.pool.clone();
+        let mut registry = pool.registry();
+        if registry.shut_down {
+            drop(registry);
+            return self.leave(LeaveReason::Disconnected);
+        }
+        registry.suspended.insert(token.clone(), self);
+        drop(registry);
+        let expiry = Arc::downgrade(&pool);
+        tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            let Some(pool) = expiry.upgrade() else {
+                return;
+            };
+            let expired = {
+                let mut registry = pool.registry();
+                // Resumed and suspended again since: that later suspension has its own timer.
+                if registry
+                    .suspended
+                    .get(&token)
+                    .is_some_and(|m| m.suspension == suspension)
+                {
+                    registry.suspended.remove(&token)
+                } else {
+                    None
+                }
+            };
+            if let Some(membership) = expired {
+                debug!(participant = %membership.id, "resume window over");
+                membership.leave(LeaveReason::Disconnected);
+            }
+        });
+    }
+
+    /// Leaves the room, telling the others why.
+    pub fn leave(mut self, reason: LeaveReason) {
+        self.leave_inner(reason);
+    }
+
+    fn leave_inner(&mut self, reason: LeaveReason) {
+        if std::mem::replace(&mut self.left, true) {
+            return;
+        }
+        let pool = self.pool.clone();
+        let mut registry = pool.registry();
+        registry.directory.release_seat(&self.room);
+        pool.metrics.rooms.set(registry.directory.len() as i64);
+        // Sent under the registry lock so it is ordered before any later join of this room, or
+        // of another room given the same slot.
+        self.link().send(Command::Leave {
+            room: self.placement.key,
+            participant: self.id,
+            reason,
+        });
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        // A connection task that ends without leaving (an error, a panic) still frees its seat.
+        self.leave_inner(LeaveReason::Disconnected);
+    }
+}

@@ -1,0 +1,625 @@
+//! Where the tick runs: a mixer thread's event loop, the commands it takes, and the link
+//! connections use to send them.
+//!
+//! Mixing runs on dedicated OS threads, not on the tokio runtime: a busy network cannot delay a
+//! tick, and a long tick cannot stall socket I/O. Each room lives on exactly one mixer thread,
+//! in a slot of a dense array ([`RoomKey`]), and that thread owns its engine outright (no locks
+//! on the mix path). A thread with no rooms blocks on its command channel and uses no CPU;
+//! otherwise it sleeps until the earliest tick deadline of its rooms or the next command.
+//!
+//! # What keeps the tick on time
+//! - **Audio** is bounded per participant: at most [`MAX_IN_FLIGHT`] packets of one
+//!   participant wait for the thread; the rest are dropped and counted.
+//! - **Control** (joins, requests) is bounded per thread: at most [`MAX_CONTROL_QUEUED`] wait;
+//!   beyond that the connection answers `server_busy` and nothing is queued. Each connection's
+//!   control budget (see [`super::budget`]) keeps any one client far below that.
+//! - **Leaves and resumes** are never refused (a seat must always be given back); there is at
+//!   most one of each per connection.
+//! - The thread stops taking commands as soon as a tick is due, so however many are queued, a
+//!   tick waits for at most one command.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Instant;
+
+use bytes::Bytes;
+use mixer_protocol::{
+    AudioFrame, AudioHeader, ErrorCode, LeaveReason, ParticipantInfo, ServerMessage, close_code,
+};
+use tracing::{debug, info, warn};
+
+use super::directory::{RoomConfig, RoomKey};
+use super::membership::Joiner;
+use super::metrics::{Metrics, leave_label};
+use super::outbox::{Closed, Outbox};
+use super::requests::{self, RoomRequest};
+use super::room_fanout::{Member, RoomSlot, wire};
+use crate::engine::pcm::PcmRate;
+use crate::engine::{
+    ClientCodec, EngineConfig, EngineError, FRAME, ParticipantId, PhaseTimer, Room, TickPhase,
+};
+
+/// Audio packets one participant may have queued towards its mixer thread.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Control commands (joins and room requests) one mixer thread may have queued. A thread
+/// handles a request in microseconds, so a full queue means it is saturated: refusing more is
+/// better than letting memory and the delay of every request grow.
+pub const MAX_CONTROL_QUEUED: usize = 2048;
+
+/// A participant admitted by the directory, on its way to its room's mixer thread.
+#[derive(Debug)]
+pub struct Admission {
+    /// Its id.
+    pub id: ParticipantId,
+    /// The room's name.
+    pub room: Arc<str>,
+    /// The room's slot on the thread.
+    pub key: RoomKey,
+    /// Who it is.
+    pub joiner: Joiner,
+    /// Its mode, resolved and checked against its role and the room.
+    pub mode: mixer_protocol::Mode,
+    /// The room's settings, for the thread to create it with if it is new there.
+    pub config: RoomConfig,
+    /// The participant's resume token, for `joined`.
+    pub token: Option<Arc<str>>,
+    /// Its audio packets in flight (shared with its membership).
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+/// What a mixer thread is asked to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Seat a participant.
+    Join(Admission),
+    /// A participant left.
+    Leave {
+        /// Its room.
+        room: RoomKey,
+        /// Who.
+        participant: ParticipantId,
+        /// Why (told to the room).
+        reason: LeaveReason,
+    },
+    /// One audio frame, parsed and checked by the connection.
+    Audio {
+        /// Its room.
+        room: RoomKey,
+        /// Whose.
+        participant: ParticipantId,
+        /// Its header.
+        header: AudioHeader,
+        /// Its payload (Opus packet or PCM samples), sharing the received message's memory.
+        payload: Bytes,
+        /// When it arrived.
+        arrival: Instant,
+    },
+    /// A control request about the room.
+    Request {
+        /// Its room.
+        room: RoomKey,
+        /// From whom.
+        participant: ParticipantId,
+        /// What.
+        request: RoomRequest,
+        /// When it arrived.
+        at: Instant,
+    },
+    /// A suspended participant is back on a new connection.
+    Resume {
+        /// Its room.
+        room: RoomKey,
+        /// Who.
+        participant: ParticipantId,
+        /// The new connection's outbox.
+        outbox: Arc<Outbox>,
+        /// Its resume token (unchanged), for `joined`.
+        token: Option<Arc<str>>,
+    },
+    /// Stop the thread.
+    Shutdown,
+}
+
+/// The thread's queue is full; the command was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+/// The sending side of one mixer thread's command channel.
+#[derive(Debug, Clone)]
+pub struct MixerLink {
+    sender: mpsc::Sender<Command>,
+    control_queued: Arc<AtomicUsize>,
+}
+
+impl MixerLink {
+    /// Sends a join or a request, unless [`MAX_CONTROL_QUEUED`] are already waiting.
+    pub fn send_control(&self, command: Command) -> Result<(), Busy> {
+        if self.control_queued.fetch_add(1, Ordering::AcqRel) >= MAX_CONTROL_QUEUED {
+            self.control_queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(Busy);
+        }
+        self.sender.send(command).map_err(|_| {
+            self.control_queued.fetch_sub(1, Ordering::AcqRel);
+            Busy
+        })
+    }
+
+    /// Sends audio (bounded per participant by its membership), a leave, a resume or shutdown;
+    /// false if the thread has stopped.
+    pub fn send(&self, command: Command) -> bool {
+        self.sender.send(command).is_ok()
+    }
+}
+
+/// Starts one mixer thread named `name`.
+pub fn spawn(
+    name: String,
+    engine: EngineConfig,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(MixerLink, std::thread::JoinHandle<()>)> {
+    let (sender, rx) = mpsc::channel();
+    let control_queued = Arc::new(AtomicUsize::new(0));
+    let mut thread = MixerThread {
+        rx,
+        control_queued: control_queued.clone(),
+        engine,
+        rooms: Vec::new(),
+        metrics,
+        phases: PhaseClock::new(),
+        epoch: Instant::now(),
+    };
+    let handle = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || thread.run())?;
+    Ok((
+        MixerLink {
+            sender,
+            control_queued,
+        },
+        handle,
+    ))
+}
+
+struct MixerThread {
+    rx: mpsc::Receiver<Command>,
+    control_queued: Arc<AtomicUsize>,
+    engine: EngineConfig,
+    /// Rooms by [`RoomKey`]; `None` for a free slot.
+    rooms: Vec<Option<RoomSlot>>,
+    metrics: Arc<Metrics>,
+    phases: PhaseClock,
+    /// Origin of this thread's shared tick grid.
+    epoch: Instant,
+}
+
+impl MixerThread {
+    fn run(&mut self) {
+        loop {
+            let deadline = self.next_deadline();
+            // The mixer threads are the one place that reads the clock for the engine.
+            let received = match deadline {
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(deadline) => self
+                    .rx
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now())),
+            };
+            match received {
+                Ok(command) => {
+                    if !self.handle(command) {
+                        return;
+                    }
+                    // Take what else is queued, but only until a tick is due: a backlog of
+                    // commands (a burst of joins, say) waits for the tick, not the reverse.
+                    let mut due = self.next_deadline();
+                    while due.is_none_or(|due| Instant::now() < due) {
+                        let Ok(command) = self.rx.try_recv() else {
+                            break;
+                        };
+                        let joined = matches!(command, Command::Join(_));
+                        if !self.handle(command) {
+                            return;
+                        }
+                        if joined {
+                            // A new room has a deadline of its own.
+                            due = self.next_deadline();
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            self.run_due_ticks();
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.rooms
+            .iter()
+            .flatten()
+            .map(|slot| slot.engine.poll_timeout())
+            .min()
+    }
+
+    fn slot(&mut self, key: RoomKey) -> Option<&mut RoomSlot> {
+        self.rooms.get_mut(key.0 as usize)?.as_mut()
+    }
+
+    /// Applies one command; returns false on shutdown.
+    fn handle(&mut self, command: Command) -> bool {
+        match command {
+            Command::Audio {
+                room,
+                participant,
+                header,
+                payload,
+                arrival,
+            } => self.audio(room, participant, header, &payload, arrival),
+            Command::Join(admission) => {
+                self.control_queued.fetch_sub(1, Ordering::AcqRel);
+                self.join(admission);
+            }
+            Command::Leave {
+                room,
+                participant,
+                reason,
+            } => self.leave(room, participant, reason),
+            Command::Request {
+                room,
+                participant,
+                request,
+                at,
+            } => {
+                self.control_queued.fetch_sub(1, Ordering::AcqRel);
+                self.request(room, participant, request, at);
+            }
+            Command::Resume {
+                room,
+                participant,
+                outbox,
+                token,
+            } => self.resume(room, participant, outbox, token),
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn audio(
+        &mut self,
+        room: RoomKey,
+        participant: ParticipantId,
+        header: AudioHeader,
+        payload: &[u8],
+        arrival: Instant,
+    ) {
+        let metrics = self.metrics.clone();
+        let Some(slot) = self.slot(room) else {
+            return;
+        };
+        let Some(member) = slot.members.get(&participant) else {
+            return;
+        };
+        member.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let frame = AudioFrame { header, payload };
+        let (code, message) = match slot.engine.handle_audio(participant, frame, arrival) {
+            Ok(_) | Err(EngineError::UnknownParticipant(_)) => return,
+            Err(EngineError::Muted(_)) => {
+                // The participant was told it is muted; keeping on sending is not an error.
+                metrics.reject_audio("muted");
+                return;
+            }
+            Err(EngineError::ListenOnly(_)) => (
+                ErrorCode::ListenOnly,
+                "in listen mode; audio is ignored (send set_mode to talk)",
+            ),
+            Err(EngineError::NoFloor(_)) => (
+                ErrorCode::NoFloor,
+                "push-to-talk audio without the floor is dropped; send floor_request first",
+            ),
+            Err(error) => return debug!(%participant, %error, "audio not accepted"),
+        };
+        metrics.reject_audio(code.as_str());
+        if member
+            .outbox
+            .push_throttled_error(code, arrival, || wire(&ServerMessage::error(code, message)))
+        {
+            metrics.count_error(code);
+        }
+    }
+
+    /// A suspended participant's client is back on a new connection.
+    fn resume(
+        &mut self,
+        room: RoomKey,
+        participant: ParticipantId,
+        outbox: Arc<Outbox>,
+        token: Option<Arc<str>>,
+    ) {
+        let metrics = self.metrics.clone();
+        let slot = self
+            .slot(room)
+            .filter(|slot| slot.members.contains_key(&participant));
+        let Some(slot) = slot else {
+            // It left meanwhile (removed by a moderator). The connection already holds the
+            // membership, so close it: the client reconnects and joins afresh.
+            metrics.count_error(ErrorCode::ResumeFailed);
+            outbox.push_control(wire(&ServerMessage::error(
+                ErrorCode::ResumeFailed,
+                "the participant is no longer in the room; connect and join again without resume",
+            )));
+            outbox.close(Closed::Close {
+                code: close_code::POLICY_VIOLATION,
+                reason: "resume failed",
+            });
+            return;
+        };
+        let format = slot.members[&participant].format.clone();
+        let joined = slot.joined(participant, &format, token.as_deref(), true);
+        if let Some(member) = slot.members.get_mut(&participant) {
+            member.outbox = outbox;
+            member.outbox.push_control(wire(&joined));
+            info!(room = %slot.name, %participant, "resumed");
+            metrics.resumes_total.inc();
+        }
+    }
+
+    fn request(
+        &mut self,
+        room: RoomKey,
+        participant: ParticipantId,
+        request: RoomRequest,
+        at: Instant,
+    ) {
+        let metrics = self.metrics.clone();
+        let Some(slot) = self.slot(room) else {
+            return;
+        };
+        let outcome = requests::apply(slot, participant, request, &metrics, at);
+        slot.drain_events(&metrics);
+        for removed in outcome.removed {
+            self.leave(room, removed, LeaveReason::Removed);
+        }
+    }
+
+    fn join(&mut self, admission: Admission) {
+        let Admission {
+            id,
+            room,
+            key,
+            joiner,
+            mode,
+            config,
+            token,
+            in_flight,
+        } = admission;
+        let index = key.0 as usize;
+        if self.rooms.len() <= index {
+            self.rooms.resize_with(index + 1, || None);
+        }
+        if let Some(slot) = &self.rooms[index]
+            && slot.name != room
+        {
+            // The directory gives a slot to a new room only after the old room's last leave,
+            // which this thread handles first; a mismatch is a bug, not a client's doing.
+            warn!(%room, other = %slot.name, "room slot still taken; refusing the join");
+            return refuse(&self.metrics, &room, id, &joiner, None);
+        }
+        if self.rooms[index].is_none() {
+            // Every room on this thread ticks on the same 20 ms grid, so a thread wakes once per
+            // tick for all its rooms rather than once per room: hundreds of quiet rooms cost
+            // one wake-up, not hundreds. A new room waits at most one frame for its first tick.
+            let since = Instant::now().saturating_duration_since(self.epoch);
+            let slots = since.as_nanos().div_ceil(FRAME.as_nanos()) as u32;
+            let start = self.epoch + FRAME * slots;
+            match Room::new(config.apply(&self.engine), start) {
+                Ok(engine) => self.rooms[index] = Some(RoomSlot::new(room.clone(), engine)),
+                Err(error) => return refuse(&self.metrics, &room, id, &joiner, Some(error)),
+            }
+        }
+        let metrics = self.metrics.clone();
+        let Some(slot) = self.rooms[index].as_mut() else {
+            return;
+        };
+        let codec = match joiner.format.pcm_rate().map(PcmRate::from_hz) {
+            Some(Ok(rate)) => ClientCodec::Pcm(rate),
+            _ => ClientCodec::Opus,
+        };
+        if let Err(error) = slot.engine.add_participant_with(id, mode, codec) {
+            refuse(&metrics, &room, id, &joiner, Some(error));
+            if slot.members.is_empty() {
+                self.rooms[index] = None;
+            }
+            return;
+        }
+        let info = ParticipantInfo {
+            id: id.0,
+            name: joiner.name.clone(),
+            mode,
+            role: joiner.role,
+            muted: false,
+        };
+        let joined = slot.joined(id, &joiner.format, token.as_deref(), false);
+        if matches!(
+            joined,
+            ServerMessage::Joined {
+                replay_ms: Some(_),
+                ..
+            }
+        ) {
+            metrics.replays_total.inc();
+        }
+        joiner.outbox.push_control(wire(&joined));
+        slot.broadcast(id, &ServerMessage::ParticipantJoined { participant: info });
+        info!(%room, participant = %id, name = %joiner.name, mode = mode.as_str(), "joined");
+        metrics
+            .participants
+            .with_label_values(&[mode.as_str()])
+            .inc();
+        metrics
+            .joins_total
+            .with_label_values(&[mode.as_str()])
+            .inc();
+        slot.members.insert(
+            id,
+            Member {
+                name: joiner.name,
+                role: joiner.role,
+                format: joiner.format,
+                muted_by: None,
+                outbox: joiner.outbox,
+                in_flight,
+            },
+        );
+    }
+
+    fn leave(&mut self, room: RoomKey, participant: ParticipantId, reason: LeaveReason) {
+        let metrics = self.metrics.clone();
+        let Some(slot) = self.slot(room) else {
+            return;
+        };
+        if !slot.members.contains_key(&participant) {
+            return;
+        }
+        let mode = slot.mode(participant);
+        slot.engine.remove_participant(participant);
+        slot.members.remove(&participant);
+        // The engine's last word on the participant (the floor it held) before the room hears
+        // that it left.
+        slot.drain_events(&metrics);
+        slot.broadcast(
+            participant,
+            &ServerMessage::ParticipantLeft {
+                participant_id: participant.0,
+                reason,
+            },
+        );
+        info!(room = %slot.name, %participant, reason = leave_label(reason), "left");
+        metrics
+            .leaves_total
+            .with_label_values(&[leave_label(reason)])
+            .inc();
+        if reason == LeaveReason::SlowConsumer {
+            metrics.slow_consumer_disconnects_total.inc();
+        }
+        if let Some(mode) = mode {
+            metrics
+                .participants
+                .with_label_values(&[mode.as_str()])
+                .dec();
+        }
+        if slot.members.is_empty() {
+            slot.report(&metrics);
+            debug!(room = %slot.name, "room closed");
+            self.rooms[room.0 as usize] = None;
+        }
+    }
+
+    fn run_due_ticks(&mut self) {
+        let metrics = &self.metrics;
+        let mut ran = false;
+        for slot in self.rooms.iter_mut().flatten() {
+            loop {
+                let deadline = slot.engine.poll_timeout();
+                let start = Instant::now();
+                if deadline > start {
+                    break;
+                }
+                ran = true;
+                let lateness = start.saturating_duration_since(deadline);
+                metrics
+                    .tick_lateness_seconds
+                    .observe(lateness.as_secs_f64());
+                if lateness >= FRAME {
+                    metrics.tick_deadline_misses_total.inc();
+                }
+                slot.engine.handle_timeout_timed(start, &mut self.phases);
+                metrics.ticks_total.inc();
+                slot.fan_out_frames(metrics);
+                metrics
+                    .tick_duration_seconds
+                    .observe(start.elapsed().as_secs_f64());
+                slot.drain_events(metrics);
+                slot.ticked(metrics);
+            }
+        }
+        if ran && self.phases.started.elapsed() >= std::time::Duration::from_secs(1) {
+            self.phases.flush(metrics);
+            self.phases.started = Instant::now();
+        }
+    }
+}
+
+/// Tells a joiner its join failed on the mixer thread (room full in the engine, a codec that
+/// failed to build, a slot mix-up) and closes its connection.
+fn refuse(
+    metrics: &Metrics,
+    room: &str,
+    id: ParticipantId,
+    joiner: &Joiner,
+    error: Option<EngineError>,
+) {
+    let code = match &error {
+        Some(EngineError::RoomFull(_)) => ErrorCode::RoomFull,
+        _ => ErrorCode::Internal,
+    };
+    let message = error.map_or_else(|| "internal error".to_owned(), |e| e.to_string());
+    warn!(%room, participant = %id, %message, "join failed on the mixer thread");
+    metrics
+        .join_failures_total
+        .with_label_values(&[code.as_str()])
+        .inc();
+    joiner
+        .outbox
+        .push_control(wire(&ServerMessage::error(code, message)));
+    joiner.outbox.close(Closed::Close {
+        code: close_code::INTERNAL_ERROR,
+        reason: "join failed",
+    });
+}
+
+/// Measures the phases of a tick with the wall clock, for the phase-time metrics.
+struct PhaseClock {
+    started: Instant,
+    current: Option<(TickPhase, Instant)>,
+    spent: [f64; 3],
+}
+
+impl PhaseClock {
+    fn new() -> PhaseClock {
+        PhaseClock {
+            started: Instant::now(),
+            current: None,
+            spent: [0.0; 3],
+        }
+    }
+
+    fn flush(&mut self, metrics: &Metrics) {
+        for (phase, seconds) in super::metrics::TICK_PHASES.iter().zip(&mut self.spent) {
+            if *seconds > 0.0 {
+                metrics
+                    .tick_phase_seconds_total
+                    .with_label_values(&[*phase])
+                    .inc_by(*seconds);
+                *seconds = 0.0;
+            }
+        }
+    }
+}
+
+impl PhaseTimer for PhaseClock {
+    fn phase(&mut self, phase: TickPhase) {
+        let now = Instant::now();
+        if let Some((previous, since)) = self.current.take() {
+            let index = match previous {
+                TickPhase::Decode => 0,
+                TickPhase::Mix => 1,
+                TickPhase::Encode | TickPhase::Done => 2,
+            };
+            self.spent[index] += now.saturating_duration_since(since).as_secs_f64();
+        }
+        if phase != TickPhase::Done {
+            self.current = Some((phase, now));
+        }
+    }
+}

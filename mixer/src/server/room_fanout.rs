@@ -1,0 +1,276 @@
+//! Where a room's members live: a room on its mixer thread, its engine, and the fan-out of
+//! frames and messages to its members' outboxes.
+//!
+//! The engine is the one source of truth for a participant's mode and mute state; a [`Member`]
+//! holds only what the engine does not know (name, role, format, who muted it, its outbox).
+//! Every message for several members is serialised once and shared ([`Utf8Bytes`] is reference
+//! counted), so a broadcast to a room of 1,000 is one JSON encoding and 1,000 pointer copies.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use mixer_protocol::{
+    AUDIO_HEADER_LEN, AudioFormat, AudioHeader, ErrorCode, FloorInfo, Mode, ParticipantInfo, Role,
+    ServerMessage,
+};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::warn;
+
+use super::metrics::Metrics;
+use super::outbox::{Outbox, Pushed};
+use super::requests;
+use crate::engine::{Event, ParticipantId, Room, RoomTotals, StreamKind};
+
+/// A message serialised for the wire, ready to be shared by every recipient.
+pub fn wire(message: &ServerMessage) -> Utf8Bytes {
+    Utf8Bytes::from(message.to_json())
+}
+
+/// A participant as its mixer thread knows it, beyond what the engine knows.
+#[derive(Debug)]
+pub struct Member {
+    /// Display name.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The audio format it sends and receives.
+    pub format: AudioFormat,
+    /// The moderator who muted it, if one did (it may not unmute itself then).
+    pub muted_by: Option<ParticipantId>,
+    /// Where its frames and messages go.
+    pub outbox: Arc<Outbox>,
+    /// Its audio packets queued towards this thread (the connection bounds it).
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+/// Ticks between two copies of a room's engine counters into the metrics (one second).
+const REPORT_EVERY_TICKS: u32 = 50;
+
+/// A room on its mixer thread: the engine and who is in it.
+pub struct RoomSlot {
+    /// The room's name (for `joined` and logs).
+    pub name: Arc<str>,
+    /// The mixing engine.
+    pub engine: Room,
+    /// Who is in it.
+    pub members: HashMap<ParticipantId, Member>,
+    /// Chat messages delivered so far (the last chat id).
+    pub chats: u64,
+    /// Engine totals already added to the metrics.
+    reported: RoomTotals,
+    ticks_since_report: u32,
+    /// Reused buffer for the wire form of this tick's frames.
+    frames: BytesMut,
+}
+
+impl RoomSlot {
+    /// A room with no members yet.
+    pub fn new(name: Arc<str>, engine: Room) -> RoomSlot {
+        RoomSlot {
+            name,
+            engine,
+            members: HashMap::new(),
+            chats: 0,
+            reported: RoomTotals::default(),
+            ticks_since_report: 0,
+            frames: BytesMut::new(),
+        }
+    }
+
+    /// A member's mode, as the engine has it.
+    pub fn mode(&self, id: ParticipantId) -> Option<Mode> {
+        self.engine.mode(id)
+    }
+
+    /// Sends `message` to everyone in the room.
+    pub fn broadcast_all(&self, message: &ServerMessage) {
+        let json = wire(message);
+        for member in self.members.values() {
+            member.outbox.push_control(json.clone());
+        }
+    }
+
+    /// Sends `message` to everyone but `except`.
+    pub fn broadcast(&self, except: ParticipantId, message: &ServerMessage) {
+        let json = wire(message);
+        for (id, member) in &self.members {
+            if *id != except {
+                member.outbox.push_control(json.clone());
+            }
+        }
+    }
+
+    /// Sends `message` to one member.
+    pub fn send_to(&self, to: ParticipantId, message: &ServerMessage) {
+        if let Some(member) = self.members.get(&to) {
+            member.outbox.push_control(wire(message));
+        }
+    }
+
+    /// Sends an error to one member, counting it.
+    pub fn send_error(
+        &self,
+        to: ParticipantId,
+        code: ErrorCode,
+        message: impl Into<String>,
+        metrics: &Metrics,
+    ) {
+        if let Some(member) = self.members.get(&to) {
+            metrics.count_error(code);
+            member
+                .outbox
+                .push_control(wire(&ServerMessage::error(code, message)));
+        }
+    }
+
+    /// What the room says about `id`.
+    pub fn info(&self, id: ParticipantId, member: &Member) -> ParticipantInfo {
+        ParticipantInfo {
+            id: id.0,
+            name: member.name.clone(),
+            mode: self.mode(id).unwrap_or(Mode::Listen),
+            role: member.role,
+            muted: self.engine.is_muted(id).unwrap_or(false),
+        }
+    }
+
+    /// The `joined` message for `id`: the others in the room, the floor, the resume token.
+    pub fn joined(
+        &self,
+        id: ParticipantId,
+        format: &AudioFormat,
+        token: Option<&str>,
+        resumed: bool,
+    ) -> ServerMessage {
+        let mut others: Vec<ParticipantInfo> = self
+            .members
+            .iter()
+            .filter(|(other, _)| **other != id)
+            .map(|(other, m)| self.info(*other, m))
+            .collect();
+        others.sort_unstable_by_key(|p| p.id);
+        ServerMessage::Joined {
+            participant_id: id.0,
+            room: self.name.to_string(),
+            participants: others,
+            format: format.clone(),
+            floor: FloorInfo {
+                policy: self.engine.floor_config().policy,
+                holder: self.engine.floor_holder().map(|h| h.0),
+            },
+            resume_token: token.map(str::to_owned),
+            resumed,
+            replay_ms: self
+                .engine
+                .replay_backlog(id)
+                .map(|behind| behind.as_millis() as u64),
+        }
+    }
+
+    /// Hands this tick's frames to the members' outboxes. A shared frame is written to the wire
+    /// once and every listener of it gets a reference-counted clone of the same bytes.
+    pub fn fan_out_frames(&mut self, metrics: &Metrics) {
+        // The shared frames of one tick are the same bytes except for the marker bit, set for a
+        // listener whose stream resumes after a pause: at most two wire forms, each built once.
+        let mut shared: [Option<(AudioHeader, Bytes)>; 2] = [None, None];
+        while let Some(transmit) = self.engine.poll_transmit() {
+            let Some(member) = self.members.get(&transmit.to) else {
+                continue;
+            };
+            let cached = (transmit.stream == StreamKind::Shared)
+                .then(|| shared.iter().flatten().find(|(h, _)| *h == transmit.header))
+                .flatten()
+                .map(|(_, bytes)| bytes.clone());
+            let bytes = match cached {
+                Some(bytes) => bytes,
+                None => {
+                    self.frames
+                        .reserve(AUDIO_HEADER_LEN + transmit.payload.len());
+                    self.frames.put_slice(&transmit.header.to_bytes());
+                    self.frames.put_slice(transmit.payload);
+                    let bytes = self.frames.split().freeze();
+                    if transmit.stream == StreamKind::Shared
+                        && let Some(free) = shared.iter_mut().find(|s| s.is_none())
+                    {
+                        *free = Some((transmit.header, bytes.clone()));
+                    }
+                    bytes
+                }
+            };
+            let len = bytes.len();
+            match member.outbox.push_audio(bytes) {
+                Pushed::Queued => {}
+                Pushed::DroppedOldest => metrics.send_queue_drops_total.inc(),
+                Pushed::Closed => continue,
+            }
+            metrics.audio_frames_out_total.inc();
+            metrics.audio_bytes_out_total.inc_by(len as u64);
+        }
+    }
+
+    /// Acts on everything the engine has to say: the one place engine events are handled, after
+    /// a tick, a request or a leave. The match is exhaustive on purpose: a new kind of event
+    /// does not compile until it is handled here.
+    pub fn drain_events(&mut self, metrics: &Metrics) {
+        while let Some(event) = self.engine.poll_event() {
+            match event {
+                Event::DecodeFailed { participant } => self.send_error(
+                    participant,
+                    ErrorCode::InvalidOpus,
+                    "an audio packet failed to decode as Opus and was concealed",
+                    metrics,
+                ),
+                Event::EncodeFailed { participant } => {
+                    warn!(room = %self.name, %participant, "Opus encode failed");
+                }
+                Event::SharedEncodeFailed => {
+                    warn!(room = %self.name, "Opus encode of the shared mix failed");
+                }
+                Event::TicksSkipped { count } => {
+                    metrics.ticks_skipped_total.inc_by(count);
+                    warn!(room = %self.name, count, "mixer fell behind; ticks skipped");
+                }
+                Event::CaughtUp { participant } => {
+                    self.send_to(participant, &ServerMessage::CaughtUp);
+                }
+                Event::TalkingStarted { participant } => {
+                    self.broadcast_all(&ServerMessage::TalkingStarted {
+                        participant_id: participant.0,
+                    });
+                }
+                Event::TalkingStopped { participant } => {
+                    self.broadcast_all(&ServerMessage::TalkingStopped {
+                        participant_id: participant.0,
+                    });
+                }
+                Event::Floor(change) => {
+                    let message = requests::floor_message(self, change, metrics);
+                    self.broadcast_all(&message);
+                }
+            }
+        }
+    }
+
+    /// Counts a tick; copies the engine's counters into the metrics once a second.
+    pub fn ticked(&mut self, metrics: &Metrics) {
+        self.ticks_since_report += 1;
+        if self.ticks_since_report >= REPORT_EVERY_TICKS {
+            self.report(metrics);
+        }
+    }
+
+    /// Copies the growth of the engine's counters into the metrics.
+    pub fn report(&mut self, metrics: &Metrics) {
+        let totals = self.engine.totals();
+        metrics.add_room_delta(&self.reported, &totals);
+        self.reported = totals;
+        self.ticks_since_report = 0;
+        for delay in self.engine.jitter_delays() {
+            metrics
+                .jitter_buffer_delay_seconds
+                .observe(delay.as_secs_f64());
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The mixer's integration tests, one binary (see `autotests = false` in Cargo.toml), so the
+//! suite links libopus and the server once. The exception is `no_alloc.rs`, a binary of its own:
+//! its counting allocator counts every thread, so it must not share the process with other tests. Each module is a topic; `common` is the audio test
+//! kit they share (sources, tone detection, onsets, Opus talkers and listeners, a network
+//! emulator).
+//!
+//! - `simulation`: whole rooms on a virtual clock, asserting on decoded audio;
+//! - `room_properties`, `floor_properties`: property tests against reference models;
+//! - `codec`, `pcm`: the codec and PCM paths against libopus and on tones;
+//! - `e2e`: the real server on a loopback port, by topic;
+//! - `dashboards`: the dashboard and alert rules name only exported metrics.
+
+mod codec;
+mod common;
+mod dashboards;
+mod e2e;
+mod floor_properties;
+mod pcm;
+mod room_properties;
+mod simulation;
