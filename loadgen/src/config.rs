@@ -165,6 +165,11 @@ pub struct Args {
     /// gates judge what the other clients get meanwhile.
     #[arg(long, env = "LOADGEN_FLOODERS", default_value_t = 0)]
     pub flooders: usize,
+
+    /// Messages per second each flooder sends; 0 sends as fast as the connection takes them
+    /// (the server then cuts the flooder off, and it reconnects).
+    #[arg(long, env = "LOADGEN_FLOOD_RATE", default_value_t = 0)]
+    pub flood_rate: u32,
 }
 
 /// How talkers talk.
@@ -285,6 +290,8 @@ pub struct Scenario {
     pub find_max: Option<FindMax>,
     /// Control-flooding clients added to the rooms.
     pub flooders: usize,
+    /// Messages per second per flooder (`None`: as fast as possible).
+    pub flood_rate: Option<u32>,
 }
 
 /// How `--find-max` grows the load.
@@ -450,6 +457,7 @@ impl Args {
                 max_rounds: self.max_rounds,
             }),
             flooders: self.flooders,
+            flood_rate: (self.flood_rate > 0).then_some(self.flood_rate),
         })
     }
 }

@@ -1,7 +1,9 @@
 //! Misbehaving clients (`--flooders`): each joins a room as a speaker and sends every kind of
-//! control message as fast as its connection takes them, for the whole run. They are not
-//! counted as clients and not verified; the point is what the *other* clients measure while
-//! they flood (loss, receive rate, verification, disconnects), which the gates judge as usual.
+//! control message, as fast as its connection takes them or at `--flood-rate` messages a
+//! second, for the whole run; when the server cuts it off, it connects again and goes on. They
+//! are not counted as clients and not verified: the point is what the *other* clients measure
+//! while they flood (loss, receive rate, verification, disconnects), which the gates judge as
+//! usual.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +24,8 @@ pub struct FloodReport {
     pub per_second: f64,
     /// What the server answered: message type (errors as `error:<code>`) → count.
     pub replies: BTreeMap<String, u64>,
-    /// Flooders whose connection ended early: reason → count.
+    /// Connections the server ended during the flood, by reason (close code) → count; each was
+    /// followed by a reconnect.
     pub disconnects: BTreeMap<String, u64>,
 }
 
@@ -34,8 +37,8 @@ impl FloodReport {
         for (reply, count) in outcome.replies {
             *self.replies.entry(reply).or_default() += count;
         }
-        if let Some(reason) = outcome.disconnect {
-            *self.disconnects.entry(reason).or_default() += 1;
+        for (reason, count) in outcome.disconnects {
+            *self.disconnects.entry(reason).or_default() += count;
         }
     }
 }
@@ -47,8 +50,8 @@ pub struct FloodOutcome {
     pub sent: u64,
     /// Replies by type.
     pub replies: BTreeMap<String, u64>,
-    /// Why the connection ended early, if it did.
-    pub disconnect: Option<String>,
+    /// Why connections ended early → how often.
+    pub disconnects: BTreeMap<String, u64>,
 }
 
 /// One round of every control message a speaker can send, valid or not. It ends with `leave`
@@ -114,22 +117,44 @@ fn reply_key(text: &str) -> String {
     }
 }
 
-/// Floods `room` at `url` from `start_at` until `end`.
+/// Floods `room` at `url` from `start_at` until `end`, at `per_second` messages a second (or as
+/// fast as possible), connecting again whenever the server cuts it off.
 pub async fn run_flooder(
     url: String,
     room: String,
     name: String,
+    per_second: Option<u32>,
     start_at: Instant,
     end: Instant,
 ) -> FloodOutcome {
     let mut outcome = FloodOutcome::default();
     tokio::time::sleep_until(start_at).await;
-    let ws = match tokio_tungstenite::connect_async(url.as_str()).await {
-        Ok((ws, _)) => ws,
-        Err(error) => {
-            outcome.disconnect = Some(format!("connect: {error}"));
-            return outcome;
+    let mut n = 0u64;
+    while Instant::now() < end {
+        let ended = flood_once(&url, &room, &name, per_second, end, &mut n, &mut outcome).await;
+        if let Some(reason) = ended {
+            *outcome.disconnects.entry(reason).or_default() += 1;
+            // A cut-off attacker comes straight back; a little pause keeps a refused connect
+            // from spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+    outcome
+}
+
+/// One connection's flood; returns why the server ended it, if it did before `end`.
+async fn flood_once(
+    url: &str,
+    room: &str,
+    name: &str,
+    per_second: Option<u32>,
+    end: Instant,
+    n: &mut u64,
+    outcome: &mut FloodOutcome,
+) -> Option<String> {
+    let ws = match tokio_tungstenite::connect_async(url).await {
+        Ok((ws, _)) => ws,
+        Err(error) => return Some(format!("connect: {error}")),
     };
     let (mut sink, mut stream) = ws.split();
     // Replies are read (and counted) as fast as they come: a flooder that stopped reading
@@ -143,7 +168,9 @@ pub async fn run_flooder(
                     *replies.entry(reply_key(text.as_str())).or_default() += 1;
                 }
                 Ok(Message::Close(frame)) => {
-                    ended = frame.map(|f| format!("close {}", u16::from(f.code)));
+                    ended = frame
+                        .filter(|f| u16::from(f.code) != 1000)
+                        .map(|f| format!("close {} {}", u16::from(f.code), f.reason.as_str()));
                     break;
                 }
                 Ok(_) => {}
@@ -155,30 +182,43 @@ pub async fn run_flooder(
         }
         (replies, ended)
     });
-    let join = Message::text(crate::client::join_json(&room, &name, Mode::Talk));
-    let mut n = 0u64;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let join = Message::text(crate::client::join_json(room, name, Mode::Talk));
     let mut failed = sink.send(join).await.is_err();
-    while !failed && Instant::now() < end {
-        for message in cycle(n, &room, &name) {
-            if sink.feed(message).await.is_err() {
-                failed = true;
-                break;
+    'flood: while !failed && Instant::now() < end {
+        for message in cycle(*n, room, name) {
+            if let Some(rate) = per_second {
+                let due =
+                    started + std::time::Duration::from_secs_f64(sent as f64 / f64::from(rate));
+                tokio::time::sleep_until(due).await;
+                failed = sink.send(message).await.is_err();
+            } else {
+                failed = sink.feed(message).await.is_err();
             }
-            outcome.sent += 1;
+            if failed || Instant::now() >= end {
+                break 'flood;
+            }
+            sent += 1;
         }
         failed |= sink.flush().await.is_err();
-        n += 1;
+        *n += 1;
     }
+    outcome.sent += sent;
     let _ = sink.close().await;
-    if let Ok(Ok((replies, ended))) =
-        tokio::time::timeout(std::time::Duration::from_secs(5), reader).await
-    {
-        outcome.replies = replies;
-        if failed {
-            outcome.disconnect = ended.or_else(|| Some("send failed".into()));
-        }
+    let (replies, ended) = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    for (reply, count) in replies {
+        *outcome.replies.entry(reply).or_default() += count;
     }
-    outcome
+    if failed {
+        Some(ended.unwrap_or_else(|| "send failed".into()))
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -214,6 +214,7 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
                 scenario.urls[room % scenario.urls.len()].clone(),
                 scenario.room_name(round, room),
                 format!("flood-{n}"),
+                scenario.flood_rate,
                 epoch + ramp / 3,
                 end,
             ))

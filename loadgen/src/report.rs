@@ -371,7 +371,7 @@ impl Report {
         if let Some(flood) = &self.flood {
             let _ = writeln!(
                 s,
-                "flooders       {} sent {} control messages ({:.0}/s); replies: {}; cut off: {}",
+                "flooders       {} sent {} control messages ({:.0}/s); replies: {}; cut off (and reconnected): {}",
                 flood.clients,
                 flood.sent,
                 flood.per_second,

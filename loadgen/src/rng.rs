@@ -15,6 +15,12 @@ impl Rng {
         rng
     }
 
+    /// A generator whose state is `seed` as given: the stream the mixer's seeded simulations
+    /// were written against.
+    pub fn from_seed(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -29,9 +35,10 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// True with probability `p`.
+    /// True with probability `p`. It always draws, whatever `p`, so a stream does not shift
+    /// when a probability is set to zero.
     pub fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && self.unit() < p
+        self.unit() < p
     }
 
     /// Exponentially distributed with the given mean (inverse-CDF method).

@@ -250,6 +250,41 @@ pub fn parse_wav(bytes: &[u8]) -> Result<Vec<f32>, String> {
     Err("no data chunk".into())
 }
 
+/// A speech-like test signal of `frames` 20 ms frames peaking at `peak`: a harmonic series on a
+/// gliding fundamental, shaped by a 4 Hz syllable envelope, plus a little noise. `voice` picks
+/// the fundamental so talkers differ. The workspace's one synthetic voice: the mixer's
+/// benchmarks and capacity example use it, so their numbers describe the same signal.
+pub fn speech_like(voice: usize, frames: usize, peak: f32) -> Vec<f32> {
+    let rate = SAMPLE_RATE as f32;
+    let f0_base = 100.0 + 23.0 * (voice % 8) as f32;
+    let mut noise_state = 0x9e37_79b9_u32.wrapping_add(voice as u32);
+    let mut phase = 0.0f32;
+    let mut samples = Vec::with_capacity(frames * FRAME_SAMPLES);
+    for n in 0..frames * FRAME_SAMPLES {
+        let t = n as f32 / rate;
+        let f0 = f0_base * (1.0 + 0.08 * (2.0 * std::f32::consts::PI * 0.7 * t).sin());
+        phase = (phase + f0 / rate).fract();
+        let mut s = 0.0;
+        for k in 1..=12 {
+            // Harmonics fall off like a voiced glottal source, with a bump near 700 Hz.
+            let freq = f0 * k as f32;
+            let formant = 1.0 + 2.0 * (-((freq - 700.0) / 300.0).powi(2)).exp();
+            s += formant / k as f32 * (2.0 * std::f32::consts::PI * phase * k as f32).sin();
+        }
+        let envelope = 0.55 + 0.45 * (2.0 * std::f32::consts::PI * 4.0 * t + voice as f32).sin();
+        noise_state = noise_state
+            .wrapping_mul(1_664_525)
+            .wrapping_add(1_013_904_223);
+        let noise = (noise_state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+        samples.push(envelope * s + 0.05 * noise);
+    }
+    let max = samples.iter().fold(0.0f32, |m, s| m.max(s.abs()));
+    for s in &mut samples {
+        *s *= peak / max;
+    }
+    samples
+}
+
 /// A Hann window of `n` points.
 pub fn hann(n: usize) -> Vec<f32> {
     (0..n)

@@ -120,7 +120,20 @@ async fn small_run_against_the_real_mixer_passes_every_gate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flooders_sending_every_control_type_cost_the_rooms_nothing() {
     let mixer = start_mixer().await;
-    let scenario = scenario(mixer.addr, &["--flooders", "2"]);
+    // Two runs: flooders at full speed (cut off, back, cut off again...), then at 300 messages
+    // a second (under the cut-off, mostly dropped by their budgets).
+    let mut scenario = scenario(mixer.addr, &["--flooders", "2"]);
+    let paced = scenario.clone();
+    let report = loadgen::run(&scenario).await.expect("run");
+    let table = report.render();
+    assert!(report.passed, "{table}");
+    let flood = report.flood.as_ref().expect("a flood report");
+    assert!(
+        flood.disconnects.keys().any(|k| k.contains("1008")),
+        "the full-speed flooders were cut off\n{table}"
+    );
+    scenario = paced;
+    scenario.flood_rate = Some(300);
     let report = loadgen::run(&scenario).await.expect("run");
     let table = report.render();
     // Every gate still holds for the real clients: no loss, full rate, every receiver hears
@@ -133,6 +146,10 @@ async fn flooders_sending_every_control_type_cost_the_rooms_nothing() {
     assert!(
         flood.replies.contains_key("error:control_rate_limited"),
         "the budget refused the flood\n{table}"
+    );
+    assert!(
+        flood.disconnects.is_empty(),
+        "paced flooders stay connected\n{table}"
     );
     assert!(table.contains("flooders"), "{table}");
 }

@@ -38,7 +38,7 @@ use mixer::engine::mix::{self, accumulate, mix_minus};
 use mixer::engine::{EngineConfig, FRAME, ParticipantId, PhaseTimer, Room, TickPhase};
 use mixer::server::metrics::Metrics;
 use mixer_protocol::{
-    AudioFrame, AudioHeader, AudioLevel, FRAME_SAMPLES, Flags, MAX_OPUS_PACKET, Mode, SAMPLE_RATE,
+    AudioFrame, AudioHeader, AudioLevel, FRAME_SAMPLES, Flags, MAX_OPUS_PACKET, Mode,
 };
 
 /// Frames of audio pre-encoded per talker (2 s); the benches cycle through them.
@@ -51,46 +51,13 @@ const CLIENT_ENCODER: EncoderSettings = EncoderSettings {
     complexity: 9,
 };
 
-/// A speech-like test signal: a harmonic series on a gliding fundamental, shaped by a 4 Hz
-/// syllable envelope, plus a little noise. `voice` picks the fundamental so talkers differ.
-fn speech_like(voice: usize, frames: usize, peak: f32) -> Vec<f32> {
-    let rate = SAMPLE_RATE as f32;
-    let f0_base = 100.0 + 23.0 * (voice % 8) as f32;
-    let mut noise_state = 0x9e37_79b9_u32.wrapping_add(voice as u32);
-    let mut phase = 0.0f32;
-    let mut samples = Vec::with_capacity(frames * FRAME_SAMPLES);
-    for n in 0..frames * FRAME_SAMPLES {
-        let t = n as f32 / rate;
-        let f0 = f0_base * (1.0 + 0.08 * (2.0 * std::f32::consts::PI * 0.7 * t).sin());
-        phase = (phase + f0 / rate).fract();
-        let mut s = 0.0;
-        for k in 1..=12 {
-            // Harmonics fall off like a voiced glottal source, with a bump near 700 Hz.
-            let freq = f0 * k as f32;
-            let formant = 1.0 + 2.0 * (-((freq - 700.0) / 300.0).powi(2)).exp();
-            s += formant / k as f32 * (2.0 * std::f32::consts::PI * phase * k as f32).sin();
-        }
-        let envelope = 0.55 + 0.45 * (2.0 * std::f32::consts::PI * 4.0 * t + voice as f32).sin();
-        noise_state = noise_state
-            .wrapping_mul(1_664_525)
-            .wrapping_add(1_013_904_223);
-        let noise = (noise_state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
-        samples.push(envelope * s + 0.05 * noise);
-    }
-    let max = samples.iter().fold(0.0f32, |m, s| m.max(s.abs()));
-    for s in &mut samples {
-        *s *= peak / max;
-    }
-    samples
-}
-
 /// One talker's uplink, encoded the way a client would: `(level, packet)` per frame.
 fn encode_clip(voice: usize) -> Vec<(AudioLevel, Vec<u8>)> {
     let mut encoder = CLIENT_ENCODER
         .build()
         .expect("client encoder settings are valid");
     let mut out = vec![0u8; MAX_OPUS_PACKET];
-    speech_like(voice, CLIP_FRAMES, 0.3)
+    loadgen::signal::speech_like(voice, CLIP_FRAMES, 0.3)
         .chunks_exact(FRAME_SAMPLES)
         .map(|frame| {
             let len = encoder
@@ -125,9 +92,12 @@ fn bench_opus_decode(c: &mut Criterion) {
 
 fn bench_opus_encode(c: &mut Criterion) {
     // A mix of three talkers, as a participant in a small room would get.
-    let mut mix_frames = speech_like(1, CLIP_FRAMES, 0.3);
+    let mut mix_frames = loadgen::signal::speech_like(1, CLIP_FRAMES, 0.3);
     for voice in [2, 3] {
-        accumulate(&mut mix_frames, &speech_like(voice, CLIP_FRAMES, 0.3));
+        accumulate(
+            &mut mix_frames,
+            &loadgen::signal::speech_like(voice, CLIP_FRAMES, 0.3),
+        );
     }
     let lowdelay = |complexity| EncoderSettings {
         application: OpusApplication::LowDelay,
@@ -170,12 +140,12 @@ fn bench_opus_encode(c: &mut Criterion) {
 }
 
 fn bench_mix(c: &mut Criterion) {
-    let own = speech_like(0, 1, 0.3);
+    let own = loadgen::signal::speech_like(0, 1, 0.3);
     let mut group = c.benchmark_group("mix");
     group.throughput(Throughput::Elements(1));
     // The rest of the room peaks at 0.6 (under the -3 dBFS ceiling) or 2.0 (9 dB over it).
     for (name, others_peak) in [("quiet", 0.6), ("loud", 2.0)] {
-        let others = speech_like(1, 1, others_peak);
+        let others = loadgen::signal::speech_like(1, 1, others_peak);
         let mut bus = vec![0.0f32; FRAME_SAMPLES];
         let mut out = vec![0.0f32; FRAME_SAMPLES];
         let mut limiter = Limiter::new(LimiterConfig::default());

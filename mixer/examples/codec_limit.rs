@@ -24,7 +24,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use mixer::engine::codec::{self, EncoderSettings, OpusApplication};
 use mixer::engine::mix::accumulate;
-use mixer_protocol::{FRAME_MS, FRAME_SAMPLES, MAX_OPUS_PACKET, SAMPLE_RATE};
+use mixer_protocol::{FRAME_MS, FRAME_SAMPLES, MAX_OPUS_PACKET};
 
 /// Frames of audio prepared per voice (2 s); the timed loops cycle through them.
 const CLIP_FRAMES: usize = 100;
@@ -230,7 +230,7 @@ fn client_packets() -> anyhow::Result<Vec<Vec<u8>>> {
         .build()
         .context("building the client encoder")?;
     let mut out = vec![0u8; MAX_OPUS_PACKET];
-    speech_like(0, CLIP_FRAMES, 0.3)
+    loadgen::signal::speech_like(0, CLIP_FRAMES, 0.3)
         .chunks_exact(FRAME_SAMPLES)
         .map(|frame| {
             let len = encoder
@@ -243,45 +243,14 @@ fn client_packets() -> anyhow::Result<Vec<Vec<u8>>> {
 
 /// What a participant in a small room hears: three voices summed (peaking near 0.9).
 fn three_voice_mix() -> Vec<f32> {
-    let mut mix = speech_like(1, CLIP_FRAMES, 0.3);
+    let mut mix = loadgen::signal::speech_like(1, CLIP_FRAMES, 0.3);
     for voice in [2, 3] {
-        accumulate(&mut mix, &speech_like(voice, CLIP_FRAMES, 0.3));
+        accumulate(
+            &mut mix,
+            &loadgen::signal::speech_like(voice, CLIP_FRAMES, 0.3),
+        );
     }
     mix
-}
-
-/// A speech-like signal: a harmonic series on a gliding fundamental with a formant bump, shaped
-/// by a 4 Hz syllable envelope, plus a little noise, normalised to `peak`. `voice` picks the
-/// fundamental so voices differ. (The same signal as `benches/tick.rs`, so the figures compare.)
-fn speech_like(voice: usize, frames: usize, peak: f32) -> Vec<f32> {
-    use std::f32::consts::PI;
-    let rate = SAMPLE_RATE as f32;
-    let f0_base = 100.0 + 23.0 * (voice % 8) as f32;
-    let mut noise_state = 0x9e37_79b9_u32.wrapping_add(voice as u32);
-    let mut phase = 0.0f32;
-    let mut samples = Vec::with_capacity(frames * FRAME_SAMPLES);
-    for n in 0..frames * FRAME_SAMPLES {
-        let t = n as f32 / rate;
-        let f0 = f0_base * (1.0 + 0.08 * (2.0 * PI * 0.7 * t).sin());
-        phase = (phase + f0 / rate).fract();
-        let mut s = 0.0;
-        for k in 1..=12 {
-            let freq = f0 * k as f32;
-            let formant = 1.0 + 2.0 * (-((freq - 700.0) / 300.0).powi(2)).exp();
-            s += formant / k as f32 * (2.0 * PI * phase * k as f32).sin();
-        }
-        let envelope = 0.55 + 0.45 * (2.0 * PI * 4.0 * t + voice as f32).sin();
-        noise_state = noise_state
-            .wrapping_mul(1_664_525)
-            .wrapping_add(1_013_904_223);
-        let noise = (noise_state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
-        samples.push(envelope * s + 0.05 * noise);
-    }
-    let max = samples.iter().fold(0.0f32, |m, s| m.max(s.abs()));
-    for s in &mut samples {
-        *s *= peak / max;
-    }
-    samples
 }
 
 /// The median of a non-empty list (sorts it).

@@ -78,8 +78,10 @@ pub struct ServeArgs {
     #[arg(long, env = "MIXER_MAX_TALKERS", default_value_t = 16)]
     pub max_talkers: usize,
 
-    /// Rooms with at least this many talkers split each tick's decoding and encoding over two
-    /// threads, so one large room can use two cores; 0 keeps every room on one thread.
+    /// A room splits a tick's decoding or encoding over its own thread and a helper thread when
+    /// at least this many of its participants have that work to do this tick (talkers with
+    /// audio to decode; own, replayed or PCM streams to encode), so one large room can use two
+    /// cores; 0 keeps every room on one thread.
     #[arg(long, env = "MIXER_PARALLEL_ROOM_TALKERS", default_value_t = 48)]
     pub parallel_room_talkers: usize,
 

@@ -59,90 +59,11 @@ fn celt_and_garbage_never_claim_lbrr() {
     assert!(!opus_has_lbrr(&[0x08]));
 }
 
-/// Runs a four-tone mix (the shape of a busy room) through an encoder setting and returns the
-/// worst level, relative to the weakest tone, of eight frequencies absent from the mix: the
-/// codec's noise floor where a listener's own voice would be, i.e. the mix-minus isolation the
-/// codec allows. Also returns the mean packet size.
-fn isolation_db(settings: mixer::engine::codec::EncoderSettings) -> (f32, f32) {
-    let tones = [
-        (400.0f32, 0.2f32),
-        (650.0, 0.2),
-        (1000.0, 0.2),
-        (1500.0, 0.2),
-    ];
-    let absent = [
-        300.0f32, 530.0, 820.0, 1250.0, 1800.0, 2300.0, 3100.0, 4400.0,
-    ];
-    let mut sources: Vec<common::Tone> = tones
-        .iter()
-        .map(|(f, a)| common::Tone::new(*f, *a))
-        .collect();
-    let mut encoder = settings.build().expect("encoder");
-    let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).expect("decoder");
-    let (mut packet, mut out) = (vec![0u8; 1275], vec![0f32; 960]);
-    let (mut decoded, mut bytes) = (Vec::new(), 0usize);
-    for _ in 0..150 {
-        let mut frame = vec![0f32; 960];
-        for source in &mut sources {
-            for (x, s) in frame.iter_mut().zip(source.frame(true)) {
-                *x += s;
-            }
-        }
-        let n = encoder.encode_float(&frame, &mut packet).expect("encode");
-        bytes += n;
-        decoder
-            .decode_float(&packet[..n], &mut out, false)
-            .expect("decode");
-        decoded.extend_from_slice(&out);
-    }
-    let window = &decoded[48_000..];
-    let weakest = tones
-        .iter()
-        .map(|(f, _)| common::tone_db(window, *f))
-        .fold(f32::MAX, f32::min);
-    let noise = absent
-        .iter()
-        .map(|f| common::tone_db(window, *f))
-        .fold(f32::MIN, f32::max);
-    (weakest - noise, bytes as f32 / 150.0)
-}
-
 #[test]
 fn the_default_encoder_keeps_an_absent_voice_40_db_down_in_a_busy_mix() {
-    let (isolation, _) = isolation_db(mixer::engine::codec::EncoderSettings::default());
+    let (isolation, _) = common::isolation_db(mixer::engine::codec::EncoderSettings::default());
     assert!(
         isolation > 40.0,
         "default encoder isolation only {isolation:.1} dB"
     );
-}
-
-#[test]
-#[ignore = "prints the encoder trade-off table; run on purpose"]
-fn print_encoder_tradeoffs() {
-    use mixer::engine::codec::{EncoderSettings, OpusApplication::*};
-    println!("| setting | isolation dB | bytes/packet |");
-    for (application, bitrate, complexity) in [
-        (Voip, 32_000, 9),
-        (Voip, 32_000, 5),
-        (Voip, 32_000, 0),
-        (LowDelay, 32_000, 5),
-        (LowDelay, 48_000, 0),
-        (LowDelay, 48_000, 5),
-        (LowDelay, 48_000, 7),
-        (LowDelay, 48_000, 8),
-        (LowDelay, 48_000, 10),
-        (LowDelay, 64_000, 5),
-        (LowDelay, 64_000, 10),
-        (LowDelay, 96_000, 5),
-    ] {
-        let (isolation, bytes) = isolation_db(EncoderSettings {
-            application,
-            bitrate,
-            complexity,
-        });
-        println!(
-            "| {application} {} kb/s c{complexity} | {isolation:.1} | {bytes:.0} |",
-            bitrate / 1000
-        );
-    }
 }

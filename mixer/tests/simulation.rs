@@ -599,23 +599,6 @@ fn a_jitter_spike_raises_the_delay_which_then_shrinks_back() {
 }
 
 #[test]
-#[ignore = "prints delay figures; run on purpose"]
-fn print_delays() {
-    for speed in [1.0, 1.001, 0.999] {
-        let (sim, a, b) = drift_sim(speed, 60.0);
-        let d = sim.delays(a, b);
-        println!(
-            "speed {speed}: n={} first {:?} mid {:?} last {:?} max {:?}",
-            d.len(),
-            d[1],
-            d[d.len() / 2],
-            d[d.len() - 1],
-            d.iter().max()
-        );
-    }
-}
-
-#[test]
 fn a_town_hall_pays_one_shared_encode_for_all_listeners() {
     let mut sim = Sim::new();
     let talkers = sim.add_tone_talkers(3);

@@ -67,7 +67,7 @@
 //!
 //! In a single-floor push-to-talk room the transmission on the air is recorded, and a
 //! participant who joins during it hears it replayed from its start on a stream of its own
-//! until it has caught up with live (see [`replay`]).
+//! until it has caught up with live, or until it transmits itself (see [`replay`]).
 //!
 //! Nothing in a steady-state tick allocates: all buffers are sized when a participant joins
 //! (a recording grows by about 100 bytes per tick while a transmission is on the air).

@@ -21,6 +21,20 @@
 //! replay reaches the live frame the joiner simply hears the room mix: the replay decoder has
 //! just decoded the same packets as the live one, so the two agree.
 //!
+//! # Talking while behind
+//!
+//! A joiner who transmits while it is still behind goes live at once, and the rest of the
+//! replay is dropped: once it is heard in the room's mix (a talker, or a push-to-talk holder
+//! whose audio plays), or holds the single floor (pressed to talk, even before its first words
+//! arrive). That is what a push-to-talk user expects: pressing to talk interrupts the message
+//! being played back, and an answer is spoken into the room as it is now, not into a recording
+//! the others heard seconds ago; nor is anyone's own transmission ever replayed to them. It
+//! counts as catching up: [`Event::CaughtUp`](super::Event::CaughtUp) is reported then, once
+//! per replay, as when a replay reaches the live edge. A joiner heard in the mix hears its
+//! mix-minus on the stream it was replayed on (the same encoder, so the switch is seamless);
+//! one holding the floor in silence hears the room's mix, moving to the shared stream as a
+//! replay that reached the live edge does.
+//!
 //! Recordings are bounded ([`MAX_RECORDED_FRAMES`], [`MAX_RECORDED_BYTES`]): a transmission
 //! longer than that stops being recorded; a joiner after that point hears it live only, and a
 //! joiner replaying it jumps to live at the end of what was recorded.

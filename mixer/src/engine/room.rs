@@ -91,7 +91,8 @@ pub enum Event {
     /// The push-to-talk floor changed hands.
     Floor(FloorChange),
     /// A participant who joined during a transmission and heard it replayed from its start
-    /// has caught up: from now on it hears the room live (see [`replay`](super::replay)).
+    /// has caught up: from now on it hears the room live (see [`replay`](super::replay)). Also
+    /// reported, once, when such a joiner transmits before catching up: it goes live at once.
     CaughtUp {
         /// Who.
         participant: ParticipantId,
@@ -660,6 +661,139 @@ mod tests {
             level: AudioLevel::new(true, 10),
         };
         (header, len)
+    }
+
+    /// Sends one tone packet from `id`, numbered `tick`.
+    fn send_tone(
+        room: &mut Room,
+        id: ParticipantId,
+        encoder: &mut opus::Encoder,
+        tick: u32,
+        freq: f32,
+        now: Instant,
+    ) {
+        let mut packet = vec![0u8; MAX_OPUS_PACKET];
+        let (header, len) = tone_frame(encoder, tick, freq, &mut packet);
+        let frame = AudioFrame {
+            header,
+            payload: &packet[..len],
+        };
+        room.handle_audio(id, frame, now).expect("audio");
+    }
+
+    fn opus_encoder() -> opus::Encoder {
+        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).expect("encoder")
+    }
+
+    /// Runs one tick at `now`; returns the tick's frames as (to, stream, header) and its
+    /// events.
+    fn tick_at(
+        room: &mut Room,
+        now: Instant,
+    ) -> (Vec<(ParticipantId, StreamKind, AudioHeader)>, Vec<Event>) {
+        room.handle_timeout(now);
+        let mut frames = Vec::new();
+        while let Some(tx) = room.poll_transmit() {
+            frames.push((tx.to, tx.stream, tx.header));
+        }
+        (frames, std::iter::from_fn(|| room.poll_event()).collect())
+    }
+
+    #[test]
+    fn a_late_joiner_who_talks_goes_live_at_once_and_catches_up_once() {
+        let t0 = Instant::now();
+        let mut room = single_floor_room(t0);
+        let (holder, joiner) = (ParticipantId(1), ParticipantId(2));
+        room.add_participant(holder, Mode::Ptt).expect("join");
+        room.request_floor(holder, false, t0).expect("request");
+        let (mut holder_voice, mut joiner_voice) = (opus_encoder(), opus_encoder());
+        let mut caught_up = Vec::new();
+        let mut last_sequence = None;
+        let mut heard_own = 0;
+        for tick in 0..400u32 {
+            let now = t0 + FRAME * tick;
+            // The holder talks for 6 s; 1 s into it, someone joins in talk mode and hears it
+            // replayed; 0.4 s later it answers, over the holder, for 1 s.
+            if tick < 300 {
+                send_tone(&mut room, holder, &mut holder_voice, tick, 440.0, now);
+            }
+            if tick == 50 {
+                room.add_participant(joiner, Mode::Talk).expect("join");
+                assert!(room.replay_backlog(joiner).is_some(), "a replay");
+            }
+            if (70..120).contains(&tick) {
+                send_tone(&mut room, joiner, &mut joiner_voice, tick, 660.0, now);
+            }
+            if tick == 300 {
+                room.release_floor(holder).expect("release");
+            }
+            let (frames, events) = tick_at(&mut room, now);
+            for event in events {
+                if let Event::CaughtUp { participant } = event {
+                    caught_up.push((participant, tick));
+                }
+            }
+            for (to, stream, header) in frames.into_iter().filter(|f| f.0 == joiner) {
+                // One continuous stream through the move from the replay to its own.
+                if let Some(last) = last_sequence.replace(header.sequence) {
+                    assert!(
+                        header.sequence == u16::wrapping_add(last, 1) || header.flags.marker(),
+                        "{to}'s stream jumped from {last} to {}",
+                        header.sequence
+                    );
+                }
+                if (80..120).contains(&tick) {
+                    // Talking: it hears its own mix-minus of the room, live.
+                    assert_eq!(stream, StreamKind::Own, "tick {tick}");
+                    heard_own += 1;
+                }
+            }
+            if tick >= 80 {
+                assert_eq!(room.replay_backlog(joiner), None, "tick {tick}");
+            }
+        }
+        // Its first words ended the replay (about 1.4 s of speech still to hear): caught up
+        // then, once, and not again when the holder's turn ended.
+        assert_eq!(caught_up.len(), 1, "{caught_up:?}");
+        let (who, at) = caught_up[0];
+        assert_eq!(who, joiner);
+        assert!((70..80).contains(&at), "caught up at tick {at}");
+        assert_eq!(heard_own, 40);
+        assert_eq!(room.replays, 0);
+    }
+
+    #[test]
+    fn a_late_joiner_granted_the_floor_goes_live_at_once() {
+        let t0 = Instant::now();
+        let mut room = single_floor_room(t0);
+        let (holder, joiner) = (ParticipantId(1), ParticipantId(2));
+        room.add_participant(holder, Mode::Ptt).expect("join");
+        room.request_floor(holder, false, t0).expect("request");
+        let mut voice = opus_encoder();
+        let mut caught_up = Vec::new();
+        for tick in 0..200u32 {
+            let now = t0 + FRAME * tick;
+            if tick < 100 {
+                send_tone(&mut room, holder, &mut voice, tick, 440.0, now);
+            }
+            if tick == 50 {
+                room.add_participant(joiner, Mode::Ptt).expect("join");
+                assert!(room.replay_backlog(joiner).is_some(), "a replay");
+            }
+            if tick == 100 {
+                // The holder lets go and the joiner, still a second behind, presses to talk.
+                room.release_floor(holder).expect("release");
+                room.request_floor(joiner, false, now).expect("request");
+            }
+            let (_, events) = tick_at(&mut room, now);
+            for event in events {
+                if let Event::CaughtUp { participant } = event {
+                    caught_up.push((participant, tick));
+                }
+            }
+        }
+        assert_eq!(caught_up, [(joiner, 100)]);
+        assert_eq!(room.replays, 0);
     }
 
     #[test]

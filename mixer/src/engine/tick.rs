@@ -276,15 +276,17 @@ impl Room {
     /// Renders this tick's mix for every late joiner hearing a replay: the room's mix with the
     /// replayed transmission in place of the live one. Returns whether the shared stream must
     /// be encoded for a joiner about to move to it.
+    ///
+    /// A joiner who transmits (is heard in the mix, or holds the floor) goes live at once: see
+    /// "Talking while behind" in [`replay`](super::replay).
     fn run_replays(&mut self) -> bool {
         if self.replays == 0 {
             return false;
         }
+        let on_air = self.recordings.on_air();
         // The live transmission's voice, as mixed this tick: a joiner still behind hears it
         // later, from the recording.
-        let live = self
-            .recordings
-            .on_air()
+        let live = on_air
             .and_then(|id| self.index.get(&id))
             .map(|&i| &self.participants[i])
             .filter(|p| p.contributing);
@@ -297,9 +299,28 @@ impl Room {
             let Some(catchup) = participant.replay.as_mut() else {
                 continue;
             };
-            if participant.contributing || catchup.live_ticks > OWN_STREAM_HANGOVER {
-                // Live now (or talking: then it needs its own mix-minus, and hears the room
-                // live; the replay is abandoned).
+            let transmitting = participant.contributing || on_air == Some(participant.id);
+            if catchup.live_ticks == 0 && transmitting {
+                // Live now, the rest of the replay unheard: a talker answers the room as it is.
+                catchup.live_ticks = 1;
+                self.events.push_back(Event::CaughtUp {
+                    participant: participant.id,
+                });
+            }
+            if participant.contributing {
+                // Its mix must lack its own voice: the replay stream becomes its own stream
+                // (mix-minus from this tick), so its decoder goes on with the same encoder.
+                if let Some(own) = participant.own.as_mut() {
+                    std::mem::swap(own, &mut catchup.stream);
+                    participant.uses_own = true;
+                    participant.needs_prime = false;
+                }
+                participant.replay = None;
+                self.replays -= 1;
+                continue;
+            }
+            if catchup.live_ticks > OWN_STREAM_HANGOVER {
+                // The shared stream has encoded the same mix long enough: move to it.
                 participant.replay = None;
                 self.replays -= 1;
                 shared_needed = true;

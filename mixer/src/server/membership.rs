@@ -192,3 +192,31 @@ impl Drop for Membership {
         self.leave_inner(LeaveReason::Disconnected);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_tokens_are_128_random_bits_in_hex_and_never_repeat() {
+        let tokens: std::collections::HashSet<Arc<str>> = (0..1000)
+            .map(|_| new_resume_token().expect("the OS has randomness"))
+            .collect();
+        assert_eq!(tokens.len(), 1000);
+        for token in &tokens {
+            assert_eq!(token.len(), 32);
+            assert!(
+                token
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+        }
+        // Every bit position varies across tokens (a counter or a constant would not).
+        let first = u128::from_str_radix(tokens.iter().next().expect("a token"), 16).expect("hex");
+        let varying = tokens
+            .iter()
+            .map(|t| u128::from_str_radix(t, 16).expect("hex") ^ first)
+            .fold(0u128, |acc, x| acc | x);
+        assert_eq!(varying, u128::MAX);
+    }
+}

@@ -623,3 +623,52 @@ impl PhaseTimer for PhaseClock {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> Command {
+        Command::Request {
+            room: RoomKey(0),
+            participant: ParticipantId(1),
+            request: RoomRequest::FloorRelease,
+            at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn control_is_bounded_per_thread_but_leaves_always_get_through() {
+        let (sender, rx) = mpsc::channel();
+        let link = MixerLink {
+            sender,
+            control_queued: Arc::new(AtomicUsize::new(0)),
+        };
+        for _ in 0..MAX_CONTROL_QUEUED {
+            assert_eq!(link.send_control(request()), Ok(()));
+        }
+        // The thread is saturated: the next request is refused, nothing more is queued.
+        assert_eq!(link.send_control(request()), Err(Busy));
+        assert_eq!(
+            link.control_queued.load(Ordering::Acquire),
+            MAX_CONTROL_QUEUED
+        );
+        // A leave gives a seat back: it is never refused.
+        assert!(link.send(Command::Leave {
+            room: RoomKey(0),
+            participant: ParticipantId(1),
+            reason: LeaveReason::Left,
+        }));
+        assert_eq!(rx.try_iter().count(), MAX_CONTROL_QUEUED + 1);
+        // Once the thread has taken one (it decrements as it handles), there is room again.
+        link.control_queued.fetch_sub(1, Ordering::AcqRel);
+        assert_eq!(link.send_control(request()), Ok(()));
+        // A stopped thread refuses too, and the count stays true.
+        drop(rx);
+        assert_eq!(link.send_control(request()), Err(Busy));
+        assert_eq!(
+            link.control_queued.load(Ordering::Acquire),
+            MAX_CONTROL_QUEUED
+        );
+    }
+}

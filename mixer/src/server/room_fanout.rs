@@ -45,6 +45,9 @@ pub struct Member {
     pub in_flight: Arc<AtomicUsize>,
 }
 
+/// Bytes allocated at a time for the wire form of frames (about 130 Opus frames at 48 kb/s).
+const FRAME_BLOCK: usize = 16 * 1024;
+
 /// Ticks between two copies of a room's engine counters into the metrics (one second).
 const REPORT_EVERY_TICKS: u32 = 50;
 
@@ -186,8 +189,12 @@ impl RoomSlot {
             let bytes = match cached {
                 Some(bytes) => bytes,
                 None => {
-                    self.frames
-                        .reserve(AUDIO_HEADER_LEN + transmit.payload.len());
+                    let needed = AUDIO_HEADER_LEN + transmit.payload.len();
+                    if self.frames.capacity() < needed {
+                        // One allocation holds the next hundred or so frames; each frame handed
+                        // out keeps the block alive until every outbox has sent it.
+                        self.frames.reserve(FRAME_BLOCK.max(needed));
+                    }
                     self.frames.put_slice(&transmit.header.to_bytes());
                     self.frames.put_slice(transmit.payload);
                     let bytes = self.frames.split().freeze();

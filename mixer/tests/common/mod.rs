@@ -6,32 +6,13 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
+use loadgen::signal;
 use mixer_protocol::{AudioFrame, AudioHeader, AudioLevel, FRAME_SAMPLES, Flags, SAMPLE_RATE};
 
 pub const FS: f32 = SAMPLE_RATE as f32;
 
-/// splitmix64: tiny, seeded, good enough for test randomness.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    pub fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p
-    }
-}
+/// The seeded generator of the shared kit (see `loadgen::rng`).
+pub use loadgen::rng::Rng;
 
 /// A continuous-phase sine source that can be switched on and off (bursts) without clicks at
 /// the joints, with a 5 ms ramp.
@@ -74,27 +55,13 @@ impl Tone {
     }
 }
 
-/// Amplitude of `freq` in `samples` (Goertzel), so a full-scale sine reads about 1.0.
+/// Amplitude of `freq` in `samples` (Goertzel over a Hann window of the whole slice, from the
+/// shared kit), so a full-scale sine reads about 1.0.
 pub fn tone_amplitude(samples: &[f32], freq: f32) -> f32 {
     if samples.is_empty() {
         return 0.0;
     }
-    let n = samples.len();
-    // Hann window keeps leakage from neighbouring tones well below the 40 dB we test for.
-    let w = 2.0 * std::f64::consts::PI * f64::from(freq) / f64::from(SAMPLE_RATE);
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    let mut window_sum = 0.0f64;
-    for (i, &x) in samples.iter().enumerate() {
-        let hann =
-            0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / (n - 1).max(1) as f64).cos();
-        window_sum += hann;
-        let s0 = f64::from(x) * hann + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-    (2.0 * power.max(0.0).sqrt() / window_sum) as f32
+    signal::tone_amplitude(samples, &signal::hann(samples.len()), freq)
 }
 
 /// Level of `freq` in dB relative to full scale amplitude.
@@ -119,19 +86,13 @@ pub fn tone_step_bound(tones: &[(f32, f32)]) -> f32 {
         .sum()
 }
 
-/// Sample indices where `freq` switches from absent to present (5 ms blocks, Goertzel).
+/// Sample positions where `freq` rises through `threshold` after at least 100 ms below it (the
+/// shared kit's onset detector: 20 ms windows every 5 ms, interpolated).
 pub fn onsets(samples: &[f32], freq: f32, threshold: f32) -> Vec<usize> {
-    let block = 240;
-    let mut out = Vec::new();
-    let mut on = false;
-    for (k, chunk) in samples.chunks(block).enumerate() {
-        let present = tone_amplitude(chunk, freq) > threshold;
-        if present && !on {
-            out.push(k * block);
-        }
-        on = present;
-    }
-    out
+    signal::onsets(samples, freq, 2.0 * threshold)
+        .into_iter()
+        .map(|position| position.round() as usize)
+        .collect()
 }
 
 /// A client-side talker: tone source, Opus encoder (VOIP with in-band FEC, as a phone would
@@ -309,7 +270,7 @@ impl Netem {
     pub fn new(config: NetemConfig, seed: u64) -> Netem {
         Netem {
             config,
-            rng: Rng(seed),
+            rng: Rng::from_seed(seed),
             in_loss_burst: false,
             queue: BinaryHeap::new(),
             counter: 0,
@@ -427,4 +388,49 @@ pub fn pcm_samples(payload: &[u8]) -> Vec<f32> {
 /// at `freq * 48000 / rate` to the 48 kHz analysis.
 pub fn tone_db_at(samples: &[f32], freq: f32, rate: u32) -> f32 {
     tone_db(samples, freq * SAMPLE_RATE as f32 / rate as f32)
+}
+
+/// Runs a four-tone mix (the shape of a busy room) through an encoder setting and returns the
+/// worst level, relative to the weakest tone, of eight frequencies absent from the mix: the
+/// codec's noise floor where a listener's own voice would be, i.e. the mix-minus isolation the
+/// codec allows. Also returns the mean packet size.
+pub fn isolation_db(settings: mixer::engine::codec::EncoderSettings) -> (f32, f32) {
+    let tones = [
+        (400.0f32, 0.2f32),
+        (650.0, 0.2),
+        (1000.0, 0.2),
+        (1500.0, 0.2),
+    ];
+    let absent = [
+        300.0f32, 530.0, 820.0, 1250.0, 1800.0, 2300.0, 3100.0, 4400.0,
+    ];
+    let mut sources: Vec<Tone> = tones.iter().map(|(f, a)| Tone::new(*f, *a)).collect();
+    let mut encoder = settings.build().expect("encoder");
+    let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).expect("decoder");
+    let (mut packet, mut out) = (vec![0u8; 1275], vec![0f32; 960]);
+    let (mut decoded, mut bytes) = (Vec::new(), 0usize);
+    for _ in 0..150 {
+        let mut frame = vec![0f32; 960];
+        for source in &mut sources {
+            for (x, s) in frame.iter_mut().zip(source.frame(true)) {
+                *x += s;
+            }
+        }
+        let n = encoder.encode_float(&frame, &mut packet).expect("encode");
+        bytes += n;
+        decoder
+            .decode_float(&packet[..n], &mut out, false)
+            .expect("decode");
+        decoded.extend_from_slice(&out);
+    }
+    let window = &decoded[48_000..];
+    let weakest = tones
+        .iter()
+        .map(|(f, _)| tone_db(window, *f))
+        .fold(f32::MAX, f32::min);
+    let noise = absent
+        .iter()
+        .map(|f| tone_db(window, *f))
+        .fold(f32::MIN, f32::max);
+    (weakest - noise, bytes as f32 / 150.0)
 }
