@@ -4,10 +4,12 @@
 //! kit they share (sources, tone detection, onsets, Opus talkers and listeners, a network
 //! emulator).
 //!
-//! - `simulation`: whole rooms on a virtual clock, asserting on decoded audio;
+//! - `simulation`: whole rooms on a virtual clock, asserting on decoded audio, by topic
+//!   (`network`, `mixing`, `silence`, `voice_rooms`);
 //! - `room_properties`, `floor_properties`: property tests against reference models;
 //! - `codec`, `pcm`: the codec and PCM paths against libopus and on tones;
-//! - `e2e`: the real server on a loopback port, by topic;
+//! - `e2e`: the real server on a loopback port, by topic (`mixing`, `robustness`, `service`,
+//!   `voice_rooms`, `flood`);
 //! - `dashboards`: the dashboard and alert rules name only exported metrics.
 
 mod codec;
