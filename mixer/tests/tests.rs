@@ -1,8 +1,10 @@
 //! The mixer's integration tests, one binary (see `autotests = false` in Cargo.toml), so the
-//! suite links libopus and the server once. The exception is `no_alloc.rs`, a binary of its own:
-//! its counting allocator counts every thread, so it must not share the process with other tests. Each module is a topic; `common` is the audio test
-//! kit they share (sources, tone detection, onsets, Opus talkers and listeners, a network
-//! emulator).
+//! suite links libopus and the server once. The exception is `no_alloc.rs`, a binary of its
+//! own: its counting allocator counts every thread, so it must not share the process with other
+//! tests.
+//!
+//! Each module is a topic; `common` is what they share on top of loadgen's audio kit (Opus
+//! talkers and listeners, tone sources, a network emulator).
 //!
 //! - `simulation`: whole rooms on a virtual clock, asserting on decoded audio, by topic
 //!   (`network`, `mixing`, `silence`, `voice_rooms`);
