@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 
 use mixer_protocol::{
-    ClientMessage, ErrorCode, FloorPolicy, Mode, Role, ServerMessage, close_code,
-    parse_client_message, parse_server_message,
+    ClientMessage, ErrorCode, FloorEndReason, FloorPolicy, LeaveReason, Mode, Role, ServerMessage,
+    close_code, parse_client_message, parse_server_message,
 };
 
 use crate::support::{client_samples, server_samples};
@@ -34,6 +34,23 @@ fn enum_names() {
             Some(format!("\"{name}\""))
         );
     }
+    // The reasons' names (metric labels too) are what serde writes, and ALL lists every one.
+    assert_eq!(LeaveReason::ALL.len(), 6);
+    for &reason in LeaveReason::ALL {
+        assert_eq!(
+            serde_json::to_string(&reason).ok(),
+            Some(format!("\"{}\"", reason.as_str()))
+        );
+    }
+    assert_eq!(FloorEndReason::ALL.len(), 5);
+    for &reason in FloorEndReason::ALL {
+        assert_eq!(
+            serde_json::to_string(&reason).ok(),
+            Some(format!("\"{}\"", reason.as_str()))
+        );
+    }
+    assert_eq!(LeaveReason::SlowConsumer.as_str(), "slow_consumer");
+    assert_eq!(FloorEndReason::MaxTalkTime.as_str(), "max_talk_time");
     assert_eq!(Mode::default(), Mode::Talk);
     assert_eq!(Role::default(), Role::Speaker);
     assert_eq!(FloorPolicy::default(), FloorPolicy::Open);

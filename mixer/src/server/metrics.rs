@@ -18,22 +18,16 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use mixer_protocol::{ErrorCode, LeaveReason, Mode};
+use mixer_protocol::{ErrorCode, FloorEndReason, LeaveReason, Mode};
 
 use crate::engine::RoomTotals;
 
 /// The `phase` labels of `mixer_tick_phase_seconds_total`, in tick order.
 pub const TICK_PHASES: [&str; 3] = ["decode", "mix", "encode"];
 
-/// The `event` labels of `mixer_floor_events_total`: a grant, or why a floor ended.
-pub const FLOOR_EVENTS: [&str; 6] = [
-    "granted",
-    "released",
-    "max_talk_time",
-    "silence",
-    "left",
-    "preempted",
-];
+/// The `event` label of `mixer_floor_events_total` for a grant; the others are the reasons a
+/// floor ends ([`FloorEndReason`]).
+pub const FLOOR_GRANTED: &str = "granted";
 
 /// The `reason` labels of `mixer_audio_frames_rejected_total`: the error codes an audio frame
 /// can be refused with, `muted` (dropped without an error) and `mixer_backlog` (too many of the
@@ -70,28 +64,6 @@ pub const JOIN_FAILURES: [ErrorCode; 14] = [
     ErrorCode::BadMessage,
     ErrorCode::ControlRateLimited,
 ];
-
-/// Every leave reason, for the `reason` labels of `mixer_leaves_total`.
-pub const LEAVE_REASONS: [LeaveReason; 6] = [
-    LeaveReason::Left,
-    LeaveReason::Disconnected,
-    LeaveReason::TimedOut,
-    LeaveReason::SlowConsumer,
-    LeaveReason::ServerShutdown,
-    LeaveReason::Removed,
-];
-
-/// The `reason` label of a leave.
-pub fn leave_label(reason: LeaveReason) -> &'static str {
-    match reason {
-        LeaveReason::Left => "left",
-        LeaveReason::Disconnected => "disconnected",
-        LeaveReason::TimedOut => "timed_out",
-        LeaveReason::SlowConsumer => "slow_consumer",
-        LeaveReason::ServerShutdown => "server_shutdown",
-        LeaveReason::Removed => "removed",
-    }
-}
 
 /// Every metric the server exports.
 #[derive(Debug, Clone)]
@@ -443,8 +415,13 @@ impl Metrics {
         for reason in ["budget", "flood", "busy"] {
             metrics.control_refused_total.with_label_values(&[reason]);
         }
-        for event in FLOOR_EVENTS {
-            metrics.floor_events_total.with_label_values(&[event]);
+        metrics
+            .floor_events_total
+            .with_label_values(&[FLOOR_GRANTED]);
+        for reason in FloorEndReason::ALL {
+            metrics
+                .floor_events_total
+                .with_label_values(&[reason.as_str()]);
         }
         for reason in AUDIO_REJECT_REASONS {
             metrics
@@ -461,10 +438,8 @@ impl Metrics {
                 .errors_sent_total
                 .with_label_values(&[code.as_str()]);
         }
-        for reason in LEAVE_REASONS {
-            metrics
-                .leaves_total
-                .with_label_values(&[leave_label(reason)]);
+        for reason in LeaveReason::ALL {
+            metrics.leaves_total.with_label_values(&[reason.as_str()]);
         }
         #[cfg(target_os = "linux")]
         {

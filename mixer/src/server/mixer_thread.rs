@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::directory::{RoomConfig, RoomKey};
 use super::membership::Joiner;
-use super::metrics::{Metrics, leave_label};
+use super::metrics::Metrics;
 use super::outbox::{Closed, Outbox};
 use super::requests::{self, RoomRequest};
 use super::room_fanout::{Member, RoomSlot, wire};
@@ -494,10 +494,10 @@ impl MixerThread {
                 reason,
             },
         );
-        info!(room = %slot.name, %participant, reason = leave_label(reason), "left");
+        info!(room = %slot.name, %participant, reason = reason.as_str(), "left");
         metrics
             .leaves_total
-            .with_label_values(&[leave_label(reason)])
+            .with_label_values(&[reason.as_str()])
             .inc();
         if reason == LeaveReason::SlowConsumer {
             metrics.slow_consumer_disconnects_total.inc();

@@ -12,7 +12,7 @@ use mixer_protocol::{
 };
 use tracing::{info, warn};
 
-use super::metrics::Metrics;
+use super::metrics::{FLOOR_GRANTED, Metrics};
 use super::outbox::Closed;
 use super::room_fanout::{RoomSlot, wire};
 use crate::engine::floor::{FloorChange, FloorEnd, FloorReply};
@@ -364,7 +364,7 @@ pub(super) fn floor_message(
         FloorChange::Granted { to, .. } => {
             metrics
                 .floor_events_total
-                .with_label_values(&["granted"])
+                .with_label_values(&[FLOOR_GRANTED])
                 .inc();
             ServerMessage::FloorGranted {
                 participant_id: to.0,
@@ -381,7 +381,7 @@ pub(super) fn floor_message(
             };
             metrics
                 .floor_events_total
-                .with_label_values(&[floor_end_label(reason)])
+                .with_label_values(&[reason.as_str()])
                 .inc();
             ServerMessage::FloorReleased {
                 participant_id: from.0,
@@ -389,16 +389,5 @@ pub(super) fn floor_message(
                 by,
             }
         }
-    }
-}
-
-/// The `event` label of a floor that ended.
-pub(super) fn floor_end_label(reason: FloorEndReason) -> &'static str {
-    match reason {
-        FloorEndReason::Released => "released",
-        FloorEndReason::MaxTalkTime => "max_talk_time",
-        FloorEndReason::Silence => "silence",
-        FloorEndReason::Left => "left",
-        FloorEndReason::Preempted => "preempted",
     }
 }

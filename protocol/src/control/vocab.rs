@@ -2,7 +2,7 @@
 //! for a leave or the end of a turn.
 
 use serde::{Deserialize, Serialize};
-use strum::IntoStaticStr;
+use strum::{IntoStaticStr, VariantArray};
 
 /// Whether a participant sends audio (open mic or push-to-talk) or only listens.
 #[derive(
@@ -68,8 +68,11 @@ pub enum FloorPolicy {
 }
 
 /// Why the floor holder lost the floor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, IntoStaticStr, VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum FloorEndReason {
     /// It sent `floor_release`.
     Released,
@@ -84,8 +87,11 @@ pub enum FloorEndReason {
 }
 
 /// Why a participant left a room.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, IntoStaticStr, VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum LeaveReason {
     /// It sent `leave`, or closed its WebSocket cleanly.
     Left,
@@ -99,4 +105,24 @@ pub enum LeaveReason {
     ServerShutdown,
     /// A moderator removed it.
     Removed,
+}
+
+impl FloorEndReason {
+    /// Every reason, in declaration order.
+    pub const ALL: &'static [FloorEndReason] = <Self as VariantArray>::VARIANTS;
+
+    /// The reason's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl LeaveReason {
+    /// Every reason, in declaration order.
+    pub const ALL: &'static [LeaveReason] = <Self as VariantArray>::VARIANTS;
+
+    /// The reason's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
