@@ -6,10 +6,13 @@
 //! every text message draws on one budget whose cost per type reflects the work it causes (a
 //! `join` builds codecs on a mixer thread and tells the room; a `list_rooms` walks the room
 //! directory and sends a roster). What the budget cannot pay for is dropped and answered with
-//! `control_rate_limited`, at most once a second, so a flood is never amplified.
+//! `control_rate_limited`, at most once a second, so a flood is never amplified; a client that
+//! goes on sending regardless (more than [`CONTROL_FLOOD_DROPS_PER_SECOND`] drops within a
+//! second) is closed. A joined client's `leave` is applied even when the budget cannot pay for
+//! it: giving a seat back is never refused (see the connection).
 //!
 //! The numbers are part of the protocol (see "Control budget" in `protocol/README.md`), and live
-//! there: [`ClientMessage::budget_cost`], [`CONTROL_BUDGET_BURST`] and
+//! there: [`mixer_protocol::ClientMessage::budget_cost`], [`CONTROL_BUDGET_BURST`] and
 //! [`CONTROL_BUDGET_REFILL_PER_SECOND`]; a protocol test checks the spec's table against them.
 
 use std::time::{Duration, Instant};
@@ -61,12 +64,6 @@ impl TokenBucket {
         self.last = Some(now);
     }
 
-    /// Whether it holds at least `tokens` now (refilled up to `now`), without taking any.
-    pub fn holds(&mut self, tokens: u32, now: Instant) -> bool {
-        self.refill(now);
-        self.tokens >= f64::from(tokens)
-    }
-
     /// Takes one token; see [`TokenBucket::take`].
     pub fn allow(&mut self, now: Instant) -> bool {
         self.take(1, now)
@@ -109,13 +106,6 @@ impl Default for ControlBudget {
 }
 
 impl ControlBudget {
-    /// Whether the budget cannot pay even the cheapest message now. A connection whose budget
-    /// is exhausted has its messages dropped without being parsed, so a flood costs the server
-    /// as little as possible.
-    pub fn exhausted(&mut self, now: Instant) -> bool {
-        !self.bucket.holds(1, now)
-    }
-
     /// Pays for a message of `cost` tokens received at `now`.
     pub fn pay(&mut self, cost: u32, now: Instant) -> Verdict {
         if self.bucket.take(cost, now) {
@@ -125,8 +115,8 @@ impl ControlBudget {
         }
     }
 
-    /// Counts a message dropped unparsed (see [`ControlBudget::exhausted`]).
-    pub fn drop_one(&mut self, now: Instant) -> Verdict {
+    /// Counts a dropped message; a flood when there are too many within a second.
+    fn drop_one(&mut self, now: Instant) -> Verdict {
         match self.window {
             Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => {}
             _ => {
@@ -227,16 +217,14 @@ mod tests {
         for k in 0..u64::from(CONTROL_BUDGET_BURST) {
             assert_eq!(budget.pay(1, at(k)), Verdict::Paid);
         }
-        assert!(budget.exhausted(at(100)));
         let drops: Vec<Verdict> = (0..u64::from(CONTROL_FLOOD_DROPS_PER_SECOND))
-            .map(|k| budget.drop_one(at(100 + k)))
+            .map(|k| budget.pay(1, at(100 + k)))
             .collect();
         assert!(drops.iter().all(|v| *v == Verdict::Dropped));
         // ...the next one in the same second is a flood.
         assert_eq!(budget.pay(1, at(1_000)), Verdict::Flooding);
         // A client that slows down starts a new window: a few drops are just drops.
         let later = t0 + Duration::from_secs(5);
-        assert!(!budget.exhausted(later));
         assert_eq!(budget.pay(1, later), Verdict::Paid);
         for _ in 0..CONTROL_BUDGET_BURST {
             budget.pay(1, later);

@@ -31,6 +31,7 @@ use super::budget::{ControlBudget, TokenBucket, Verdict};
 use super::http::{self, Prefixed, Route};
 use super::membership::{Forwarded, Joiner, Membership};
 use super::metrics::Metrics;
+use super::mixer_thread::SendError;
 use super::outbox::{Closed, Outbox, Outgoing};
 use super::pool::MixerPool;
 use super::requests::RoomRequest;
@@ -216,7 +217,7 @@ impl Session {
                         ));
                         self.outbox.close(Closed::Close {
                             code: close_code::POLICY_VIOLATION,
-                            reason: "ping timeout",
+                            reason: PING_TIMEOUT,
                         });
                         break End::TimedOut;
                     }
@@ -259,16 +260,18 @@ impl Session {
             // A connection that dropped (rather than closed or was closed by the server) may
             // come back: keep the participant for the resume window.
             let window = self.context.settings.resume_window;
-            // Someone the server itself closed (removed, a failed resume, a protocol violation
-            // or a flood) is not coming back.
+            // Someone the server itself closed (removed, a failed join or resume, a protocol
+            // violation, a flood) is not coming back.
+            // A ping timeout is the one close of the server's that a dropped network causes.
             let closed_by_server = matches!(end, End::Fatal)
-                || matches!(
-                    self.outbox.closed(),
-                    Some(Closed::Close {
-                        reason: "removed" | "resume failed",
+                || match self.outbox.closed() {
+                    None
+                    | Some(Closed::Close {
+                        reason: PING_TIMEOUT,
                         ..
-                    })
-                );
+                    }) => false,
+                    Some(_) => true,
+                };
             if matches!(reason, LeaveReason::Disconnected | LeaveReason::TimedOut)
                 && !window.is_zero()
                 && !closed_by_server
@@ -391,20 +394,21 @@ impl Session {
             });
             return Some(End::Fatal);
         }
-        // An exhausted budget drops the message before it is even parsed.
-        let (verdict, parsed) = if self.budget.exhausted(now) {
-            (self.budget.drop_one(now), None)
-        } else {
-            let parsed = parse_client_message(text);
-            let cost = parsed
-                .as_ref()
-                .map_or(INVALID_MESSAGE_COST, ClientMessage::budget_cost);
-            (self.budget.pay(cost, now), Some(parsed))
-        };
+        let parsed = parse_client_message(text);
+        let cost = parsed
+            .as_ref()
+            .map_or(INVALID_MESSAGE_COST, ClientMessage::budget_cost);
+        let verdict = self.budget.pay(cost, now);
+        // A joined client can always give its seat back: its `leave` is applied even when the
+        // budget cannot pay for it (the seat is what the budget protects).
+        let leaving = matches!(parsed, Ok(ClientMessage::Leave)) && self.membership.is_some();
         match (verdict, parsed) {
-            (Verdict::Paid, Some(Ok(message))) => self.on_control(message, now),
-            (Verdict::Paid, Some(Err(error))) => self.send_error(error.code(), error.to_string()),
-            (Verdict::Paid, None) | (Verdict::Dropped, _) => {
+            (Verdict::Paid, Ok(message)) => self.on_control(message, now),
+            (Verdict::Paid, Err(error)) => self.send_error(error.code(), error.to_string()),
+            (Verdict::Dropped | Verdict::Flooding, Ok(message)) if leaving => {
+                self.on_control(message, now);
+            }
+            (Verdict::Dropped, _) => {
                 self.context
                     .metrics
                     .control_refused_total
@@ -584,16 +588,22 @@ impl Session {
         let Some(membership) = &self.membership else {
             return self.send_error(ErrorCode::NotJoined, "room requests need a join first");
         };
-        if membership.request(request, now).is_err() {
-            self.context
-                .metrics
-                .control_refused_total
-                .with_label_values(&["busy"])
-                .inc();
-            self.send_error(
-                ErrorCode::ServerBusy,
-                "the room's mixer is saturated with requests; this one was not applied, try again",
-            );
+        match membership.request(request, now) {
+            Ok(()) => {}
+            Err(SendError::Busy) => {
+                self.context
+                    .metrics
+                    .control_refused_total
+                    .with_label_values(&["busy"])
+                    .inc();
+                self.send_error(
+                    ErrorCode::ServerBusy,
+                    "the room's mixer is saturated with requests; this one was not applied, try again",
+                );
+            }
+            Err(SendError::Stopped) => {
+                self.send_error(ErrorCode::ShuttingDown, "server is shutting down");
+            }
         }
     }
 
@@ -675,6 +685,9 @@ impl Session {
         }
     }
 }
+
+/// The close reason of a ping timeout.
+const PING_TIMEOUT: &str = "ping timeout";
 
 /// Bytes tungstenite reads from a client socket at a time (see where it is used).
 const READ_BUFFER_BYTES: usize = 4 * 1024;

@@ -201,8 +201,11 @@ struct Entry {
     placement: Placement,
     seats: usize,
     config: RoomConfig,
-    /// When it was made (a room nobody has joined is forgotten after [`CREATED_ROOM_TTL`]).
-    created: Instant,
+    /// Since when it has waited for its first member (a room nobody joins is forgotten after
+    /// [`CREATED_ROOM_TTL`]).
+    waiting_since: Instant,
+    /// Made by `create_room`: its settings are the creator's.
+    created: bool,
 }
 
 /// One mixer thread's share of the directory.
@@ -221,6 +224,9 @@ pub struct Directory {
     threads: Vec<ThreadRooms>,
     max_rooms: usize,
     defaults: RoomConfig,
+    /// No waiting room expires before this (`None`: none is waiting), so most calls of
+    /// [`Directory::expire`] cost nothing instead of a scan of every room.
+    next_expiry: Option<Instant>,
 }
 
 impl Directory {
@@ -234,6 +240,7 @@ impl Directory {
                 .collect(),
             max_rooms,
             defaults,
+            next_expiry: None,
         }
     }
 
@@ -301,6 +308,23 @@ impl Directory {
         true
     }
 
+    /// Gives back a seat whose joiner never became a member (its join was refused after the
+    /// seat was taken). A room made by `create_room` that this empties is not removed: it goes
+    /// back to waiting for its first member, its settings kept, for another
+    /// [`CREATED_ROOM_TTL`] from `now`. Returns true if the room was removed.
+    pub fn cancel_seat(&mut self, room: &str, now: Instant) -> bool {
+        let Some(entry) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        if entry.seats == 1 && entry.created {
+            entry.seats = 0;
+            entry.waiting_since = now;
+            self.note_waiting(now);
+            return false;
+        }
+        self.release_seat(room)
+    }
+
     /// Creates an empty room with `settings` (omitted ones from the defaults), where
     /// `max_talkers_limit` is the largest talker cap a room may ask for.
     pub fn create(
@@ -323,24 +347,40 @@ impl Directory {
             .map_err(|_| CreateRefused::TooManyRooms {
                 limit: self.max_rooms,
             })?;
+        self.note_waiting(now);
         Ok(config.summary(&settings.room, 0))
     }
 
     /// Forgets rooms made by `create_room` that nobody joined within [`CREATED_ROOM_TTL`];
-    /// returns how many.
+    /// returns how many. Cheap when nothing is due.
     pub fn expire(&mut self, now: Instant) -> usize {
+        if self.next_expiry.is_none_or(|due| now < due) {
+            return 0;
+        }
         let expired: Vec<Arc<str>> = self
             .rooms
             .iter()
             .filter(|(_, e)| {
-                e.seats == 0 && now.saturating_duration_since(e.created) >= CREATED_ROOM_TTL
+                e.seats == 0 && now.saturating_duration_since(e.waiting_since) >= CREATED_ROOM_TTL
             })
             .map(|(name, _)| name.clone())
             .collect();
         for name in &expired {
             self.remove(name);
         }
+        self.next_expiry = self
+            .rooms
+            .values()
+            .filter(|e| e.seats == 0)
+            .map(|e| e.waiting_since + CREATED_ROOM_TTL)
+            .min();
         expired.len()
+    }
+
+    /// A room started waiting for its first member at `since`.
+    fn note_waiting(&mut self, since: Instant) {
+        let due = since + CREATED_ROOM_TTL;
+        self.next_expiry = Some(self.next_expiry.map_or(due, |t| t.min(due)));
     }
 
     /// A room's settings and occupancy, if it exists.
@@ -394,7 +434,9 @@ impl Directory {
                 placement,
                 seats,
                 config,
-                created: now,
+                waiting_since: now,
+                // A room is inserted empty only by create_room; a join inserts it with its seat.
+                created: seats == 0,
             },
         );
         Ok(placement)
@@ -530,6 +572,36 @@ mod tests {
             Some(Some(3)),
             "a joined room keeps its created settings"
         );
+    }
+
+    #[test]
+    fn a_refused_first_join_leaves_a_created_room_waiting_with_its_settings() {
+        let mut d = directory(1, 10, 10);
+        let t0 = Instant::now();
+        let settings = RoomSettings {
+            room: "ch1".into(),
+            floor_policy: Some(FloorPolicy::Single),
+            max_participants: Some(4),
+            max_talkers: None,
+            normalise: None,
+            max_talk_ms: None,
+        };
+        d.create(&settings, 16, t0).expect("created");
+        let later = t0 + Duration::from_secs(50);
+        d.take_seat("ch1", Role::Speaker, None, later)
+            .expect("seat");
+        assert!(!d.cancel_seat("ch1", later), "a created room stays");
+        let info = d.info("ch1").expect("still there");
+        assert_eq!(info.participants, 0);
+        assert_eq!(info.settings.max_participants, Some(4));
+        // Its wait starts again: not forgotten at the first deadline, but at the new one.
+        assert_eq!(d.expire(t0 + CREATED_ROOM_TTL), 0);
+        assert_eq!(d.expire(later + CREATED_ROOM_TTL), 1);
+        // A room a join made is removed when its refused joiner's seat is given back.
+        d.take_seat("adhoc", Role::Speaker, None, later)
+            .expect("seat");
+        assert!(d.cancel_seat("adhoc", later));
+        assert!(d.info("adhoc").is_none());
     }
 
     #[test]

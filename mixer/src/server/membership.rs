@@ -2,6 +2,7 @@
 //! thread, and how it leaves, or is kept for a while after its connection drops so that the
 //! client can resume.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use mixer_protocol::{AudioFormat, AudioHeader, LeaveReason, Mode, Role};
 use tracing::debug;
 
 use super::directory::Placement;
-use super::mixer_thread::{Busy, Command, MAX_IN_FLIGHT, MixerLink};
+use super::mixer_thread::{Command, MAX_IN_FLIGHT, MixerLink, SendError};
 use super::outbox::Outbox;
 use super::pool::Shared;
 use super::requests::RoomRequest;
@@ -49,7 +50,8 @@ pub fn new_resume_token() -> Result<Arc<str>, getrandom::Error> {
     getrandom::fill(&mut bytes)?;
     let mut token = String::with_capacity(32);
     for byte in bytes {
-        token.push_str(&format!("{byte:02x}"));
+        // Writing to a String cannot fail.
+        let _ = write!(token, "{byte:02x}");
     }
     Ok(Arc::from(token))
 }
@@ -109,8 +111,8 @@ impl Membership {
 
     /// Sends a control request (mode, mute, floor, moderation, chat) to the room; the answer
     /// and the room's reaction arrive as messages on the participant's outbox. Fails if the
-    /// room's mixer thread has too many requests queued.
-    pub fn request(&self, request: RoomRequest, at: Instant) -> Result<(), Busy> {
+    /// room's mixer thread has too many requests queued, or has stopped.
+    pub fn request(&self, request: RoomRequest, at: Instant) -> Result<(), SendError> {
         self.link().send_control(Command::Request {
             room: self.placement.key,
             participant: self.id,
@@ -130,13 +132,17 @@ impl Membership {
         let suspension = SUSPENSIONS.fetch_add(1, Ordering::Relaxed);
         self.suspension = suspension;
         let pool = self.pool.clone();
-        let mut registry = pool.registry();
+        let mut registry = pool.lock_registry();
         if registry.shut_down {
             drop(registry);
             return self.leave(LeaveReason::Disconnected);
         }
-        registry.suspended.insert(token.clone(), self);
+        let previous = registry.suspended.insert(token.clone(), self);
         drop(registry);
+        // Tokens are unique, so nothing was there; were something there, dropping it (a leave,
+        // which takes the lock) must happen outside the lock.
+        debug_assert!(previous.is_none(), "resume tokens are unique");
+        drop(previous);
         let expiry = Arc::downgrade(&pool);
         tokio::spawn(async move {
             tokio::time::sleep(window).await;
@@ -144,7 +150,7 @@ impl Membership {
                 return;
             };
             let expired = {
-                let mut registry = pool.registry();
+                let mut registry = pool.lock_registry();
                 // Resumed and suspended again since: that later suspension has its own timer.
                 if registry
                     .suspended
@@ -173,7 +179,7 @@ impl Membership {
             return;
         }
         let pool = self.pool.clone();
-        let mut registry = pool.registry();
+        let mut registry = pool.lock_registry();
         registry.directory.release_seat(&self.room);
         pool.metrics.rooms.set(registry.directory.len() as i64);
         // Sent under the registry lock so it is ordered before any later join of this room, or

@@ -14,7 +14,7 @@
 //!   beyond that the connection answers `server_busy` and nothing is queued. Each connection's
 //!   control budget (see [`super::budget`]) keeps any one client far below that.
 //! - **Leaves and resumes** are never refused (a seat must always be given back); there is at
-//!   most one of each per connection.
+//!   most one of each per membership, and a connection's joins are paid for by its budget.
 //! - The thread stops taking commands as soon as a tick is due, so however many are queued, a
 //!   tick waits for at most one command.
 
@@ -122,9 +122,14 @@ pub enum Command {
     Shutdown,
 }
 
-/// The thread's queue is full; the command was not sent.
+/// Why a control command was not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Busy;
+pub enum SendError {
+    /// The thread has [`MAX_CONTROL_QUEUED`] commands waiting.
+    Busy,
+    /// The thread has stopped (the server is shutting down).
+    Stopped,
+}
 
 /// The sending side of one mixer thread's command channel.
 #[derive(Debug, Clone)]
@@ -135,14 +140,14 @@ pub struct MixerLink {
 
 impl MixerLink {
     /// Sends a join or a request, unless [`MAX_CONTROL_QUEUED`] are already waiting.
-    pub fn send_control(&self, command: Command) -> Result<(), Busy> {
+    pub fn send_control(&self, command: Command) -> Result<(), SendError> {
         if self.control_queued.fetch_add(1, Ordering::AcqRel) >= MAX_CONTROL_QUEUED {
             self.control_queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(Busy);
+            return Err(SendError::Busy);
         }
         self.sender.send(command).map_err(|_| {
             self.control_queued.fetch_sub(1, Ordering::AcqRel);
-            Busy
+            SendError::Stopped
         })
     }
 
@@ -551,7 +556,8 @@ impl MixerThread {
 }
 
 /// Tells a joiner its join failed on the mixer thread (room full in the engine, a codec that
-/// failed to build, a slot mix-up) and closes its connection.
+/// failed to build, a slot mix-up) and closes its connection (1011). It is not kept for
+/// resuming: it never had a token.
 fn refuse(
     metrics: &Metrics,
     room: &str,
@@ -569,6 +575,7 @@ fn refuse(
         .join_failures_total
         .with_label_values(&[code.as_str()])
         .inc();
+    metrics.count_error(code);
     joiner
         .outbox
         .push_control(wire(&ServerMessage::error(code, message)));
@@ -648,7 +655,7 @@ mod tests {
             assert_eq!(link.send_control(request()), Ok(()));
         }
         // The thread is saturated: the next request is refused, nothing more is queued.
-        assert_eq!(link.send_control(request()), Err(Busy));
+        assert_eq!(link.send_control(request()), Err(SendError::Busy));
         assert_eq!(
             link.control_queued.load(Ordering::Acquire),
             MAX_CONTROL_QUEUED
@@ -665,10 +672,11 @@ mod tests {
         assert_eq!(link.send_control(request()), Ok(()));
         // A stopped thread refuses too, and the count stays true.
         drop(rx);
-        assert_eq!(link.send_control(request()), Err(Busy));
+        link.control_queued.fetch_sub(1, Ordering::AcqRel);
+        assert_eq!(link.send_control(request()), Err(SendError::Stopped));
         assert_eq!(
             link.control_queued.load(Ordering::Acquire),
-            MAX_CONTROL_QUEUED
+            MAX_CONTROL_QUEUED - 1
         );
     }
 }

@@ -3,7 +3,7 @@
 //! and hands out memberships ([`super::membership`]).
 //!
 //! The directory and the suspended participants sit under one mutex, held for a few map
-//! operations at a time and never by a mixer thread.
+//! operations at a time (a listing of the rooms is the longest) and never by a mixer thread.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::directory::{CreateRefused, Directory, JoinRefused, RoomConfig};
 use super::membership::{Joiner, Membership, new_resume_token};
 use super::metrics::Metrics;
-use super::mixer_thread::{self, Admission, Command, MixerLink};
+use super::mixer_thread::{self, Admission, Command, MixerLink, SendError};
 use super::outbox::Outbox;
 use crate::engine::{EngineConfig, ParticipantId};
 
@@ -65,7 +65,7 @@ pub(super) struct Registry {
 
 impl Shared {
     /// The registry, with created rooms nobody joined in time forgotten.
-    pub(super) fn registry(&self) -> MutexGuard<'_, Registry> {
+    pub(super) fn lock_registry(&self) -> MutexGuard<'_, Registry> {
         // Every critical section is a few map operations that cannot leave the maps
         // inconsistent, so a poisoned lock is still usable.
         let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -125,7 +125,7 @@ impl MixerPool {
                 None
             }
         };
-        let mut registry = shared.registry();
+        let mut registry = shared.lock_registry();
         if registry.shut_down {
             return Err(JoinRefused::ShuttingDown);
         }
@@ -148,13 +148,23 @@ impl MixerPool {
         };
         // Sent under the lock, like leaves, so the thread sees joins and leaves of a room (and
         // of rooms reusing its slot) in the order the directory decided them.
-        if shared.threads[seat.placement.thread]
-            .send_control(Command::Join(admission))
-            .is_err()
+        if let Err(error) =
+            shared.threads[seat.placement.thread].send_control(Command::Join(admission))
         {
-            registry.directory.release_seat(&seat.room);
+            // The joiner never became a member: a room made for it by create_room stays.
+            registry.directory.cancel_seat(&seat.room, Instant::now());
             shared.metrics.rooms.set(registry.directory.len() as i64);
-            return Err(JoinRefused::Busy);
+            return Err(match error {
+                SendError::Busy => {
+                    shared
+                        .metrics
+                        .control_refused_total
+                        .with_label_values(&["busy"])
+                        .inc();
+                    JoinRefused::Busy
+                }
+                SendError::Stopped => JoinRefused::ShuttingDown,
+            });
         }
         drop(registry);
         Ok(Membership {
@@ -179,7 +189,7 @@ impl MixerPool {
         format: &AudioFormat,
         outbox: Arc<Outbox>,
     ) -> Option<Membership> {
-        let mut registry = self.shared.registry();
+        let mut registry = self.shared.lock_registry();
         if registry
             .suspended
             .get(token)
@@ -200,7 +210,7 @@ impl MixerPool {
     /// Creates an empty room with `settings` (omitted ones from the server's defaults); it is
     /// forgotten if nobody joins within a minute.
     pub fn create_room(&self, settings: &RoomSettings) -> Result<RoomSummary, CreateRefused> {
-        let mut registry = self.shared.registry();
+        let mut registry = self.shared.lock_registry();
         if registry.shut_down {
             return Err(CreateRefused::ShuttingDown);
         }
@@ -218,18 +228,18 @@ impl MixerPool {
 
     /// A room's settings and occupancy, if it exists.
     pub fn room_info(&self, room: &str) -> Option<RoomSummary> {
-        self.shared.registry().directory.info(room)
+        self.shared.lock_registry().directory.info(room)
     }
 
     /// The rooms, sorted by name (at most `MAX_LISTED_ROOMS`), and whether there are more.
     pub fn list_rooms(&self) -> (Vec<RoomSummary>, bool) {
-        self.shared.registry().directory.list()
+        self.shared.lock_registry().directory.list()
     }
 
     /// Refuses further joins, stops every mixer thread and waits for them.
     pub fn shutdown(&self) {
         let suspended = {
-            let mut registry = self.shared.registry();
+            let mut registry = self.shared.lock_registry();
             registry.shut_down = true;
             std::mem::take(&mut registry.suspended)
         };

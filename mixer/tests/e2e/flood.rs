@@ -20,12 +20,14 @@ const FLOOD: Duration = Duration::from_secs(4);
 const SLOW_LINK_BYTES_PER_SECOND: f64 = 64_000.0;
 /// Messages per second of the paced flooder: well over its budget, under the cut-off.
 const PACED_FLOOD_PER_SECOND: u32 = 300;
+/// A participant id nobody has.
+const NOBODY: u32 = 999_999;
 /// Decoded audio a bystander keeps (the last second is what is checked).
 const KEEP_SAMPLES: usize = 2 * 48_000;
 
 /// Every control message type, valid or not, that a speaker can send. `leave` is followed by a
 /// `join` so the flooder keeps coming back as a new participant.
-fn flood_cycle(n: usize, other: u32) -> Vec<Message> {
+fn flood_cycle(n: usize, other: u32, role: Role) -> Vec<Message> {
     let text = |m: ClientMessage| Message::text(m.to_json());
     vec![
         text(ClientMessage::SetMode { mode: Mode::Listen }),
@@ -73,7 +75,7 @@ fn flood_cycle(n: usize, other: u32) -> Vec<Message> {
         Message::text("{not json"),
         Message::text(r#"{"type":"no_such_type"}"#),
         text(ClientMessage::Leave),
-        join_message("flood", "flooder", Mode::Talk),
+        join_message_as("flood", "flooder", Mode::Talk, role),
     ]
 }
 
@@ -156,14 +158,14 @@ struct Flooded {
 
 /// Sends every control message type for [`FLOOD`], as fast as possible or at `per_second`, while
 /// reading every reply.
-async fn flood(ws: Client, other: u32, per_second: Option<u32>) -> Flooded {
+async fn flood(ws: Client, other: u32, per_second: Option<u32>, role: Role) -> Flooded {
     let (mut sink, stream) = ws.split();
     let replies = tokio::spawn(read_replies(stream));
     let started = Instant::now();
     let mut sent = 0usize;
     let mut cycles = 0usize;
     'flood: while started.elapsed() < FLOOD {
-        for message in flood_cycle(cycles, other) {
+        for message in flood_cycle(cycles, other, role) {
             if let Some(rate) = per_second {
                 let due = started + Duration::from_secs_f64(sent as f64 / f64::from(rate));
                 tokio::time::sleep_until(due.into()).await;
@@ -234,6 +236,7 @@ fn about_flooders(events: &[String]) -> Vec<&String> {
             let about = value["participant_id"]
                 .as_u64()
                 .or(value["from"].as_u64())
+                .or(value["by"].as_u64())
                 .or(value["participant"]["id"].as_u64());
             about.is_some() && flooders.contains(&about)
         })
@@ -253,7 +256,9 @@ fn resident_bytes() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_flooding_every_control_type_costs_its_room_no_audio_no_event_and_no_memory() {
     let server = TestServer::start(&[]).await;
-    let (talker, talker_id) = join(&server, "flood", "talker", Mode::Talk).await;
+    // The talker is a moderator, so the flooding moderator's mute_room never mutes it.
+    let (talker, talker_id) =
+        join_as(&server, "flood", "talker", Mode::Talk, Role::Moderator).await;
     let mut bystanders = Vec::new();
     for n in 0..=BYSTANDERS {
         let (ws, _) = join(&server, "flood", &format!("ear-{n}"), Mode::Listen).await;
@@ -261,6 +266,7 @@ async fn a_client_flooding_every_control_type_costs_its_room_no_audio_no_event_a
     }
     let (paced, _) = join(&server, "flood", "flooder", Mode::Talk).await;
     let (rushed, _) = join(&server, "flood", "flooder", Mode::Talk).await;
+    let (chair, _) = join_as(&server, "flood", "flooder", Mode::Talk, Role::Moderator).await;
 
     // The talker talks throughout; everyone else listens from now until after the flood.
     let settle = Duration::from_millis(1500);
@@ -274,10 +280,24 @@ async fn a_client_flooding_every_control_type_costs_its_room_no_audio_no_event_a
     tokio::time::sleep(settle).await;
     let memory_before = resident_bytes();
 
-    let rushed = tokio::spawn(flood(rushed, talker_id, None));
-    let paced = tokio::spawn(flood(paced, talker_id, Some(PACED_FLOOD_PER_SECOND)));
+    let rushed = tokio::spawn(flood(rushed, talker_id, None, Role::Speaker));
+    let paced = tokio::spawn(flood(
+        paced,
+        talker_id,
+        Some(PACED_FLOOD_PER_SECOND),
+        Role::Speaker,
+    ));
+    // A moderator may do the expensive things (mute_room, set_gain, remove, preempt): it aims
+    // them at nobody in the room, so what it costs is the work and the room-wide room_muted.
+    let chair = tokio::spawn(flood(
+        chair,
+        NOBODY,
+        Some(PACED_FLOOD_PER_SECOND),
+        Role::Moderator,
+    ));
     let rushed = rushed.await.expect("rushed flooder");
     let paced = paced.await.expect("paced flooder");
+    let chair = chair.await.expect("moderator flooder");
     let memory_after = resident_bytes();
 
     let heard = talking.await.expect("talker task");
@@ -297,6 +317,7 @@ async fn a_client_flooding_every_control_type_costs_its_room_no_audio_no_event_a
     println!(
         "rushed flooder: {} messages in {:.2} s, replies {:?}, closed {:?}\n\
          paced flooder: {} messages in {:.1} s, replies {:?}, closed {:?}\n\
+         moderator flooder: {} messages in {:.1} s, replies {:?}, closed {:?}\n\
          resident memory {:.1} -> {:.1} MiB; refused: budget {}, flood {}, busy {}",
         rushed.sent,
         rushed.seconds,
@@ -306,6 +327,10 @@ async fn a_client_flooding_every_control_type_costs_its_room_no_audio_no_event_a
         paced.seconds,
         paced.replies,
         paced.closed,
+        chair.sent,
+        chair.seconds,
+        chair.replies,
+        chair.closed,
         memory_before as f64 / 1048576.0,
         memory_after as f64 / 1048576.0,
         refused("budget"),
@@ -317,9 +342,15 @@ async fn a_client_flooding_every_control_type_costs_its_room_no_audio_no_event_a
     assert_eq!(rushed.closed, Some(1008), "{:?}", rushed.replies);
     assert!(rushed.sent > 500, "it did flood: {}", rushed.sent);
     assert!(refused("flood") >= 1.0);
-    // The paced one was never cut off; the budget dropped most of what it sent and let through
-    // no more than its burst plus its refill.
+    // The paced ones were never cut off; the budget dropped most of what they sent and let
+    // through no more than its burst plus its refill.
     assert_eq!(paced.closed, None, "{:?}", paced.replies);
+    assert_eq!(chair.closed, None, "{:?}", chair.replies);
+    assert!(
+        chair.replies.contains_key("room_muted"),
+        "the moderator's mute_room was applied: {:?}",
+        chair.replies
+    );
     assert!(
         paced.sent as f64 >= 0.8 * f64::from(PACED_FLOOD_PER_SECOND) * FLOOD.as_secs_f64(),
         "{}",
@@ -335,7 +366,7 @@ async fn a_client_flooding_every_control_type_costs_its_room_no_audio_no_event_a
         "{:?}",
         paced.replies
     );
-    // Each message the budgets let through (the paced flooder's, and the rushed one's before
+    // Each message the budgets let through (the paced flooders', and the rushed one's before
     // it was cut off) causes at most one message to the paced flooder; talking indicators
     // follow the talker's audio instead.
     let answered: usize = paced
@@ -351,7 +382,7 @@ async fn a_client_flooding_every_control_type_costs_its_room_no_audio_no_event_a
         .sum();
     let burst = f64::from(mixer_protocol::CONTROL_BUDGET_BURST);
     let refill = f64::from(mixer_protocol::CONTROL_BUDGET_REFILL_PER_SECOND);
-    let budgets = 2.0 * burst + refill * (paced.seconds + rushed.seconds + 1.0);
+    let budgets = 3.0 * burst + refill * (paced.seconds + chair.seconds + rushed.seconds + 1.0);
     assert!(
         (answered as f64) <= budgets,
         "{answered} messages answered or announced, more than the budgets' {budgets:.0}"

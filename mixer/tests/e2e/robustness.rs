@@ -407,3 +407,39 @@ async fn close_code_of(ws: &mut Client) -> Option<u16> {
     .await
     .expect("closed in time")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_its_control_budget_can_still_leave() {
+    let server = TestServer::start(&["--resume-window-ms", "0"]).await;
+    let (mut stays, _) = join(&server, "exit", "stays", Mode::Listen).await;
+    let (mut spender, spender_id) = join(&server, "exit", "spender", Mode::Listen).await;
+    let _ = next_control(&mut stays).await; // spender joined
+    // Spend the budget (list_rooms costs 5): the last ones are dropped.
+    for _ in 0..20 {
+        spender
+            .send(Message::text(ClientMessage::ListRooms.to_json()))
+            .await
+            .expect("send");
+    }
+    spender
+        .send(Message::text(ClientMessage::Leave.to_json()))
+        .await
+        .expect("send leave");
+    let replies = drain_control(&mut spender, Duration::from_millis(500)).await;
+    assert!(
+        replies.iter().any(|m| matches!(
+            m,
+            ServerMessage::Error {
+                code: ErrorCode::ControlRateLimited,
+                ..
+            }
+        )),
+        "the budget ran out: {replies:?}"
+    );
+    // The leave went through all the same.
+    assert_eq!(
+        expect_left(&mut stays).await,
+        (spender_id, LeaveReason::Left)
+    );
+    server.shutdown().await;
+}

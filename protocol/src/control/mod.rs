@@ -6,9 +6,10 @@
 //! [`ErrorCode`] to report.
 //!
 //! One job per file: [`ClientMessage`] and its parser in `client`, [`ServerMessage`] and its
-//! parser in `server`, what each message costs the sender in `budget`, the shared enumerations in `vocab`, [`AudioFormat`] in `format`, errors and
-//! close codes in `error`, limits and the acceptance rules a server applies in `validate`, and the
-//! parsing steps both directions share in `parse`.
+//! parser in `server`, what each message costs the sender in `budget`, the shared enumerations
+//! in `vocab`, [`AudioFormat`] in `format`, errors and close codes in `error`, limits and the
+//! acceptance rules a server applies in `validate`, and the parsing steps both directions share
+//! in `parse`.
 
 mod budget;
 mod client;
