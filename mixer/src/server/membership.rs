@@ -56,6 +56,36 @@ pub fn new_resume_token() -> Result<Arc<str>, getrandom::Error> {
     Ok(Arc::from(token))
 }
 
+/// A membership kept while its participant's connection is away (see [`Membership::suspend`]):
+/// its seat is still taken. Dropping it gives nothing back; it is revived to leave or resume.
+#[derive(Debug)]
+pub(super) struct Suspended {
+    token: Option<Arc<str>>,
+    pub(super) format: AudioFormat,
+    suspension: u64,
+    pub(super) room: Arc<str>,
+    pub(super) placement: Placement,
+    pub(super) id: ParticipantId,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Suspended {
+    /// The membership again, in `pool`.
+    pub(super) fn revive(self, pool: Arc<Shared>) -> Membership {
+        Membership {
+            pool,
+            token: self.token,
+            format: self.format,
+            suspension: self.suspension,
+            room: self.room,
+            placement: self.placement,
+            id: self.id,
+            in_flight: self.in_flight,
+            left: false,
+        }
+    }
+}
+
 /// The participant's side of a room membership; leaving (or dropping it) removes the participant.
 #[derive(Debug)]
 pub struct Membership {
@@ -137,12 +167,10 @@ impl Membership {
             drop(registry);
             return self.leave(LeaveReason::Disconnected);
         }
-        let previous = registry.suspended.insert(token.clone(), self);
+        let previous = registry.suspended.insert(token.clone(), self.park());
         drop(registry);
-        // Tokens are unique, so nothing was there; were something there, dropping it (a leave,
-        // which takes the lock) must happen outside the lock.
         debug_assert!(previous.is_none(), "resume tokens are unique");
-        drop(previous);
+        // The timer holds the pool weakly: a pool shut down meanwhile has let everyone go.
         let expiry = Arc::downgrade(&pool);
         tokio::spawn(async move {
             tokio::time::sleep(window).await;
@@ -162,11 +190,27 @@ impl Membership {
                     None
                 }
             };
-            if let Some(membership) = expired {
-                debug!(participant = %membership.id, "resume window over");
-                membership.leave(LeaveReason::Disconnected);
+            if let Some(parked) = expired {
+                debug!(participant = %parked.id, "resume window over");
+                parked.revive(pool).leave(LeaveReason::Disconnected);
             }
         });
+    }
+
+    /// Everything about this membership but the pool, for keeping it while suspended: the
+    /// registry then holds no reference back to the pool that holds the registry. The seat
+    /// stays taken; [`Suspended::revive`] makes it a membership again.
+    fn park(mut self) -> Suspended {
+        self.left = true; // Nothing to give back when `self` is dropped: the seat moves on.
+        Suspended {
+            token: self.token.clone(),
+            format: self.format.clone(),
+            suspension: self.suspension,
+            room: self.room.clone(),
+            placement: self.placement,
+            id: self.id,
+            in_flight: self.in_flight.clone(),
+        }
     }
 
     /// Leaves the room, telling the others why.

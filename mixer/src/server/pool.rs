@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Instant;
 
-use mixer_protocol::{AudioFormat, RoomSettings, RoomSummary};
+use mixer_protocol::{AudioFormat, LeaveReason, RoomSettings, RoomSummary};
 use tracing::{info, warn};
 
 use super::directory::{CreateRefused, Directory, JoinRefused, RoomConfig};
-use super::membership::{Joiner, Membership, new_resume_token};
+use super::membership::{Joiner, Membership, Suspended, new_resume_token};
 use super::metrics::Metrics;
 use super::mixer_thread::{self, Admission, Command, MixerLink, SendError};
 use super::outbox::Outbox;
@@ -59,7 +59,7 @@ pub(super) struct Shared {
 pub(super) struct Registry {
     pub(super) directory: Directory,
     /// Participants whose connection dropped, by resume token, waiting to be taken back.
-    pub(super) suspended: HashMap<Arc<str>, Membership>,
+    pub(super) suspended: HashMap<Arc<str>, Suspended>,
     pub(super) shut_down: bool,
 }
 
@@ -197,7 +197,10 @@ impl MixerPool {
         {
             return None;
         }
-        let membership = registry.suspended.remove(token)?;
+        let membership = registry
+            .suspended
+            .remove(token)?
+            .revive(self.shared.clone());
         self.shared.threads[membership.placement.thread].send(Command::Resume {
             room: membership.placement.key,
             participant: membership.id,
@@ -243,8 +246,12 @@ impl MixerPool {
             registry.shut_down = true;
             std::mem::take(&mut registry.suspended)
         };
-        // Dropped outside the lock: each one leaves its room, which takes the lock.
-        drop(suspended);
+        // Outside the lock: each one leaves its room, which takes the lock.
+        for (_, parked) in suspended {
+            parked
+                .revive(self.shared.clone())
+                .leave(LeaveReason::ServerShutdown);
+        }
         for link in &self.shared.threads {
             link.send(Command::Shutdown);
         }
@@ -260,5 +267,62 @@ impl MixerPool {
                 warn!("a mixer thread panicked");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mixer_protocol::Role;
+
+    use super::*;
+
+    fn joiner() -> Joiner {
+        Joiner {
+            name: "away".into(),
+            mode: None,
+            role: Role::Speaker,
+            format: AudioFormat::opus_48k_mono_20ms(),
+            outbox: Arc::new(Outbox::new(4, 100)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_suspended_participant_keeps_its_seat_but_no_reference_to_the_pool() {
+        let pool = MixerPool::start(
+            PoolConfig {
+                threads: 1,
+                max_rooms: 10,
+                engine: EngineConfig::default(),
+                resumable: true,
+            },
+            Arc::new(Metrics::new()),
+        )
+        .expect("pool");
+        let membership = pool.join("lobby", joiner()).expect("joined");
+        let token = membership.token.clone().expect("a resume token");
+        assert_eq!(
+            Arc::strong_count(&pool.shared),
+            2,
+            "the pool and the membership"
+        );
+        membership.suspend(Duration::from_secs(60));
+        // Only the pool's own handle is left: the registry holds no reference back to it.
+        assert_eq!(Arc::strong_count(&pool.shared), 1);
+        assert_eq!(pool.room_info("lobby").map(|r| r.participants), Some(1));
+        // It resumes as the same participant, in the same seat.
+        let outbox = Arc::new(Outbox::new(4, 100));
+        let back = pool
+            .resume(&token, "lobby", &AudioFormat::opus_48k_mono_20ms(), outbox)
+            .expect("resumed");
+        assert_eq!(pool.room_info("lobby").map(|r| r.participants), Some(1));
+        back.suspend(Duration::from_secs(60));
+        // Shutting down lets the suspended go: the seat is given back.
+        let stopping = pool.clone();
+        tokio::task::spawn_blocking(move || stopping.shutdown())
+            .await
+            .expect("shutdown");
+        assert!(pool.room_info("lobby").is_none());
     }
 }
