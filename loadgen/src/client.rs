@@ -260,13 +260,18 @@ fn join_message(plan: &ClientPlan) -> Message {
 
 /// A `join` for `room` as a speaker named `name`, in Opus.
 pub fn join_json(room: &str, name: &str, mode: Mode) -> String {
+    join_json_as(room, name, mode, Role::default())
+}
+
+/// A `join` for `room` named `name` with `role`, in Opus.
+pub fn join_json_as(room: &str, name: &str, mode: Mode, role: Role) -> String {
     ClientMessage::Join(JoinRequest {
         room: room.to_owned(),
         name: name.to_owned(),
         token: None,
         mode: Some(mode),
         resume: None,
-        role: Role::default(),
+        role,
         format: AudioFormat::opus_48k_mono_20ms(),
     })
     .to_json()

@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 
 use futures_util::{SinkExt, StreamExt};
-use mixer_protocol::{ClientMessage, Mode, RoomSettings, ServerMessage, parse_server_message};
+use mixer_protocol::{
+    ClientMessage, Mode, Role, RoomSettings, ServerMessage, parse_server_message,
+};
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -54,9 +56,10 @@ pub struct FloodOutcome {
     pub disconnects: BTreeMap<String, u64>,
 }
 
-/// One round of every control message a speaker can send, valid or not. It ends with `leave`
-/// and `join`, so the flooder keeps coming back as a new participant.
-pub fn cycle(n: u64, room: &str, name: &str) -> Vec<Message> {
+/// One round of every control message, valid or not, that a client joined to `room` as `name`
+/// with `role` can send; requests about someone else name `other`. It ends with `leave` and
+/// `join`, so the flooder keeps coming back as a new participant.
+pub fn cycle(n: u64, room: &str, name: &str, role: Role, other: u32) -> Vec<Message> {
     let text = |m: ClientMessage| Message::text(m.to_json());
     vec![
         text(ClientMessage::SetMode { mode: Mode::Listen }),
@@ -71,15 +74,17 @@ pub fn cycle(n: u64, room: &str, name: &str) -> Vec<Message> {
             muted: false,
         }),
         text(ClientMessage::Mute {
-            participant_id: Some(1),
+            participant_id: Some(other),
             muted: true,
         }),
         text(ClientMessage::MuteRoom { muted: true }),
         text(ClientMessage::FloorRequest { preempt: true }),
         text(ClientMessage::FloorRelease),
-        text(ClientMessage::Remove { participant_id: 1 }),
+        text(ClientMessage::Remove {
+            participant_id: other,
+        }),
         text(ClientMessage::SetGain {
-            participant_id: 1,
+            participant_id: other,
             gain_db: -20,
         }),
         text(ClientMessage::Chat {
@@ -101,7 +106,7 @@ pub fn cycle(n: u64, room: &str, name: &str) -> Vec<Message> {
         Message::text("{not json"),
         Message::text(r#"{"type":"no_such_type"}"#),
         text(ClientMessage::Leave),
-        Message::text(crate::client::join_json(room, name, Mode::Talk)),
+        Message::text(crate::client::join_json_as(room, name, Mode::Talk, role)),
     ]
 }
 
@@ -187,7 +192,7 @@ async fn flood_once(
     let join = Message::text(crate::client::join_json(room, name, Mode::Talk));
     let mut failed = sink.send(join).await.is_err();
     'flood: while !failed && Instant::now() < end {
-        for message in cycle(*n, room, name) {
+        for message in cycle(*n, room, name, Role::Speaker, 1) {
             if let Some(rate) = per_second {
                 let due =
                     started + std::time::Duration::from_secs_f64(sent as f64 / f64::from(rate));
@@ -227,7 +232,7 @@ mod tests {
 
     #[test]
     fn a_cycle_holds_every_control_message_type_and_each_serialises() {
-        let messages = cycle(7, "room", "flooder");
+        let messages = cycle(7, "room", "flooder", Role::Speaker, 1);
         let types: std::collections::BTreeSet<String> = messages
             .iter()
             .filter_map(|m| {

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use futures_util::stream::SplitStream;
-use mixer_protocol::{RoomSettings, close_code};
+use mixer_protocol::close_code;
 
 use super::*;
 
@@ -24,60 +24,6 @@ const PACED_FLOOD_PER_SECOND: u32 = 300;
 const NOBODY: u32 = 999_999;
 /// Decoded audio a bystander keeps (the last second is what is checked).
 const KEEP_SAMPLES: usize = 2 * 48_000;
-
-/// Every control message type, valid or not, that a speaker can send. `leave` is followed by a
-/// `join` so the flooder keeps coming back as a new participant.
-fn flood_cycle(n: usize, other: u32, role: Role) -> Vec<Message> {
-    let text = |m: ClientMessage| Message::text(m.to_json());
-    vec![
-        text(ClientMessage::SetMode { mode: Mode::Listen }),
-        text(ClientMessage::SetMode { mode: Mode::Talk }),
-        // A no-op: the mode is already talk.
-        text(ClientMessage::SetMode { mode: Mode::Talk }),
-        text(ClientMessage::Mute {
-            participant_id: None,
-            muted: true,
-        }),
-        text(ClientMessage::Mute {
-            participant_id: None,
-            muted: false,
-        }),
-        text(ClientMessage::Mute {
-            participant_id: Some(other),
-            muted: true,
-        }),
-        text(ClientMessage::MuteRoom { muted: true }),
-        text(ClientMessage::FloorRequest { preempt: false }),
-        text(ClientMessage::FloorRelease),
-        text(ClientMessage::Remove {
-            participant_id: other,
-        }),
-        text(ClientMessage::SetGain {
-            participant_id: other,
-            gain_db: -20,
-        }),
-        text(ClientMessage::Chat {
-            text: format!("flood {n}"),
-        }),
-        text(ClientMessage::ListRooms),
-        text(ClientMessage::RoomInfo {
-            room: "flood".into(),
-        }),
-        text(ClientMessage::CreateRoom(RoomSettings {
-            room: format!("flood-{n}"),
-            floor_policy: None,
-            max_participants: None,
-            max_talkers: None,
-            normalise: None,
-            max_talk_ms: None,
-        })),
-        text(ClientMessage::Ping { id: Some(n as u64) }),
-        Message::text("{not json"),
-        Message::text(r#"{"type":"no_such_type"}"#),
-        text(ClientMessage::Leave),
-        join_message_as("flood", "flooder", Mode::Talk, role),
-    ]
-}
 
 /// What a bystander saw: the talker's audio and every room event, in order.
 struct Seen {
@@ -163,9 +109,9 @@ async fn flood(ws: Client, other: u32, per_second: Option<u32>, role: Role) -> F
     let replies = tokio::spawn(read_replies(stream));
     let started = Instant::now();
     let mut sent = 0usize;
-    let mut cycles = 0usize;
+    let mut cycles = 0u64;
     'flood: while started.elapsed() < FLOOD {
-        for message in flood_cycle(cycles, other, role) {
+        for message in loadgen::flood::cycle(cycles, "flood", "flooder", role, other) {
             if let Some(rate) = per_second {
                 let due = started + Duration::from_secs_f64(sent as f64 / f64::from(rate));
                 tokio::time::sleep_until(due.into()).await;
