@@ -13,9 +13,12 @@
 //!   replayed and catching up.
 //!
 //! Allocations are counted on every thread while counting is on, so the split room's helper
-//! thread is counted too. That needs the process to itself: this is the one test kept out of the
-//! shared `tests` binary (see Cargo.toml), and all its rooms run inside one test, one after the
-//! other, so no other test thread allocates meanwhile.
+//! thread is counted too. That needs the process to itself: this is the one test file kept out
+//! of the shared `tests` binary (see Cargo.toml), and its tests hold one lock while they run,
+//! so no other test thread allocates meanwhile.
+//!
+//! The shell's fan-out of a tick's frames to the members' outboxes is checked here too: it
+//! allocates once per block of about a hundred frames, not once per frame.
 //!
 //! Only Rust allocations go through the global allocator; libopus's C code would call `malloc`
 //! directly. libopus allocates only when a codec is created, so that is not a gap in practice.
@@ -79,6 +82,16 @@ unsafe impl GlobalAlloc for CountingAllocator {
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
+/// Held by each test for its whole run: counting covers every thread, so the tests of this
+/// binary must not run at the same time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Counts the allocations made (on any thread) while `f` runs.
 fn allocations_in(f: impl FnOnce()) -> usize {
     let before = ALLOCATIONS.load(Ordering::Relaxed);
@@ -141,6 +154,7 @@ type Scenario = fn() -> usize;
 
 #[test]
 fn steady_state_ticks_do_not_allocate() {
+    let _serial = serial();
     let rooms: [(&str, Scenario); 4] = [
         ("Opus talkers and a listener", opus_room),
         ("a split tick", split_room),
@@ -444,4 +458,91 @@ impl PcmUplink {
             payload: &self.frames[tick % self.frames.len()],
         }
     }
+}
+
+/// The shell's side of a tick: frames written to the wire form and handed to the members'
+/// outboxes (and drained, as the writer tasks do). Frames are built in shared blocks, so about
+/// one allocation serves a hundred frames; it used to be at least one per frame built.
+#[test]
+fn fanning_out_a_tick_allocates_per_block_of_frames_not_per_frame() {
+    let _serial = serial();
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize as Count;
+
+    use mixer::server::metrics::Metrics;
+    use mixer::server::outbox::Outbox;
+    use mixer::server::room_fanout::{Member, RoomSlot};
+    use mixer_protocol::{AudioFormat, Role};
+
+    const TALKERS: usize = 3;
+    const LISTENERS: u32 = 10;
+    let uplinks: Vec<Uplink> = (0..TALKERS).map(|t| Uplink::new(t, 0.3)).collect();
+    let t0 = Instant::now();
+    let mut slot = RoomSlot::new(
+        Arc::from("hall"),
+        Room::new(EngineConfig::default(), t0).expect("room"),
+    );
+    let mut members = HashMap::new();
+    for id in 0..TALKERS as u32 + LISTENERS {
+        let mode = if (id as usize) < TALKERS {
+            Mode::Talk
+        } else {
+            Mode::Listen
+        };
+        slot.engine
+            .add_participant(ParticipantId(id), mode)
+            .expect("room has space");
+        members.insert(
+            ParticipantId(id),
+            Member {
+                name: format!("p{id}"),
+                role: Role::Speaker,
+                format: AudioFormat::opus_48k_mono_20ms(),
+                muted_by: None,
+                outbox: Arc::new(Outbox::new(10, 250)),
+                in_flight: Arc::new(Count::new(0)),
+            },
+        );
+    }
+    slot.members = members;
+    let metrics = Metrics::new();
+    let mut batch = Vec::with_capacity(64);
+    let mut built_before = 0;
+    let mut step = |tick: usize| {
+        let now = t0 + FRAME * tick as u32;
+        for (id, uplink) in uplinks.iter().enumerate() {
+            slot.engine
+                .handle_audio(ParticipantId(id as u32), uplink.frame(tick), now)
+                .expect("a talker in the room");
+        }
+        slot.engine.handle_timeout(now);
+        slot.fan_out_frames(&metrics);
+        slot.drain_events(&metrics);
+        for member in slot.members.values() {
+            member.outbox.drain(&mut batch);
+            batch.clear();
+        }
+    };
+    for tick in 0..WARM_UP_TICKS {
+        step(tick);
+        built_before = metrics.audio_frames_out_total.get();
+    }
+    let allocations = allocations_in(|| {
+        for tick in WARM_UP_TICKS..WARM_UP_TICKS + COUNTED_TICKS {
+            step(tick);
+        }
+    });
+    let frames = metrics.audio_frames_out_total.get() - built_before;
+    // Every member gets a frame every tick: 13 frames a tick, 4 of them built (3 own streams
+    // and the shared one).
+    assert_eq!(
+        frames,
+        (TALKERS as u64 + u64::from(LISTENERS)) * COUNTED_TICKS as u64
+    );
+    let built = (TALKERS as u64 + 1) * COUNTED_TICKS as u64;
+    assert!(
+        (allocations as u64) * 20 <= built,
+        "{allocations} allocations for {built} frames built ({frames} handed out)"
+    );
 }
