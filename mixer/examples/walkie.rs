@@ -151,7 +151,8 @@ async fn main() -> anyhow::Result<()> {
                             flags: Flags::default().with_marker(first_of_spurt),
                             sequence,
                             timestamp,
-                            level: AudioLevel::new(true, 15),
+                            // Measured, as the protocol asks of a sender that can.
+                            level: AudioLevel::from_rms(true, rms(&pcm)),
                         },
                         payload: &packet[..len],
                     };
@@ -264,4 +265,9 @@ fn write_wav(path: &std::path::Path, samples: &[f32]) -> std::io::Result<()> {
         out.write_all(&((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes())?;
     }
     out.flush()
+}
+
+/// Root mean square of a frame.
+fn rms(samples: &[f32]) -> f32 {
+    (samples.iter().map(|x| x * x).sum::<f32>() / samples.len().max(1) as f32).sqrt()
 }

@@ -52,8 +52,10 @@ impl Flags {
 
 /// The audio level byte (offset 8), in the spirit of RFC 6464.
 ///
-/// Bit 7 is V (voice activity); bits 0-6 are the level in -dBov, 0 being the loudest and 127
-/// silence. Every byte value is a valid level, so decoding cannot fail.
+/// Bit 7 is V (voice activity); bits 0-6 are the level in -dBov, 0 being the loudest. A measured
+/// level is `0..=126`, 126 meaning -126 dBov or quieter (digital silence). `0x7F` (no V, 127)
+/// means "not measured": the server decodes such a frame like any other and measures it itself.
+/// Every byte value is a valid level, so decoding cannot fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AudioLevel {
     voice_activity: bool,
@@ -61,14 +63,24 @@ pub struct AudioLevel {
 }
 
 impl AudioLevel {
-    /// No voice activity, level 127 (-127 dBov): what a sender reports for digital silence.
+    /// No voice activity, level 126 (-126 dBov): what a measuring sender reports for digital
+    /// silence.
     pub const SILENT: AudioLevel = AudioLevel {
+        voice_activity: false,
+        level_dbov: Self::MAX_MEASURED,
+    };
+
+    /// `0x7F`: the sender does not measure the level. The server never skips such a frame.
+    pub const UNKNOWN: AudioLevel = AudioLevel {
         voice_activity: false,
         level_dbov: Self::MAX_LEVEL,
     };
 
-    /// Largest level value: 127, meaning -127 dBov or quieter.
+    /// Largest level value: 127 (with V clear, [`AudioLevel::UNKNOWN`]).
     pub const MAX_LEVEL: u8 = 0x7f;
+
+    /// Largest measured level: 126, meaning -126 dBov or quieter.
+    pub const MAX_MEASURED: u8 = 126;
 
     const V_BIT: u8 = 0x80;
 
@@ -104,18 +116,23 @@ impl AudioLevel {
         self.level_dbov
     }
 
+    /// Whether the sender said it does not measure the level (`0x7F`).
+    pub fn is_unknown(self) -> bool {
+        self == Self::UNKNOWN
+    }
+
     /// The level of a block of f32 samples (full scale is ±1.0) from their RMS.
     ///
-    /// The level is `-20 * log10(rms)` rounded and clamped to `0..=127`, so a full-scale sine
+    /// The level is `-20 * log10(rms)` rounded and clamped to `0..=126`, so a full-scale sine
     /// (RMS 0.707) gives 3 and a full-scale square wave 0. Zero, negative, tiny or NaN RMS values
-    /// give 127 (silence).
+    /// give 126 (silence). A measured level is never 127, which says "not measured".
     pub fn from_rms(voice_activity: bool, rms: f32) -> AudioLevel {
         if rms.is_nan() || rms <= 0.0 {
-            return AudioLevel::new(voice_activity, Self::MAX_LEVEL);
+            return AudioLevel::new(voice_activity, Self::MAX_MEASURED);
         }
         let dbov = (-20.0 * rms.log10()).round();
-        let clamped = dbov.clamp(0.0, f32::from(Self::MAX_LEVEL));
-        // In range 0..=127 after the clamp, so the cast is exact.
+        let clamped = dbov.clamp(0.0, f32::from(Self::MAX_MEASURED));
+        // In range 0..=126 after the clamp, so the cast is exact.
         AudioLevel::new(voice_activity, clamped as u8)
     }
 }
@@ -311,7 +328,7 @@ mod tests {
             payload: &OPUS_SILENCE,
         };
         let bytes = [
-            0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xc0, 0x7f, 0xf8, 0xff, 0xfe,
+            0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xc0, 0x7e, 0xf8, 0xff, 0xfe,
         ];
         assert_eq!(frame.to_vec(), bytes);
         assert_eq!(AudioFrame::parse(&bytes), Ok(frame));
@@ -429,8 +446,15 @@ mod tests {
 
     #[test]
     fn level_constructors() {
-        assert_eq!(AudioLevel::SILENT.to_byte(), 0x7f);
-        assert_eq!(AudioLevel::new(false, 200), AudioLevel::SILENT);
+        assert_eq!(AudioLevel::SILENT.to_byte(), 0x7e);
+        assert_eq!(AudioLevel::UNKNOWN.to_byte(), 0x7f);
+        assert!(AudioLevel::from_byte(0x7f).is_unknown());
+        assert!(!AudioLevel::SILENT.is_unknown());
+        assert!(
+            !AudioLevel::from_byte(0xff).is_unknown(),
+            "V set: a loud 'voice' at -127"
+        );
+        assert_eq!(AudioLevel::new(false, 200), AudioLevel::UNKNOWN);
         assert_eq!(AudioLevel::new(true, 0).to_byte(), 0x80);
         assert_eq!(AudioLevel::new(true, 127).to_byte(), 0xff);
         let l = AudioLevel::from_byte(0x9e);
@@ -441,11 +465,11 @@ mod tests {
     #[test]
     fn level_from_rms() {
         let cases = [
-            (0.0, 127),
-            (-1.0, 127),
-            (f32::NAN, 127),
-            (1e-12, 127),
-            (f32::MIN_POSITIVE, 127),
+            (0.0, 126),
+            (-1.0, 126),
+            (f32::NAN, 126),
+            (1e-12, 126),
+            (f32::MIN_POSITIVE, 126),
             (1.0, 0),
             (2.0, 0),
             (f32::INFINITY, 0),

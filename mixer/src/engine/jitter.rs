@@ -49,6 +49,8 @@
 
 use std::time::{Duration, Instant};
 
+use mixer_protocol::AudioLevel;
+
 /// Largest Opus packet (RFC 6716 section 3.4, R5) the buffer stores, in bytes.
 pub const MAX_PAYLOAD: usize = 1275;
 
@@ -278,14 +280,25 @@ impl Slot {
         self.data.get(..self.len).unwrap_or(&[])
     }
 
-    fn is_quiet(&self) -> bool {
-        !self.voice_activity || self.level_dbov >= QUIET_LEVEL_DBOV
+    /// The sender does not measure its level (`0x7F`): the header says nothing about the audio.
+    fn level_unknown(&self) -> bool {
+        !self.voice_activity && self.level_dbov == AudioLevel::MAX_LEVEL
     }
 
-    /// Silent by its header (no voice activity and below -60 dBov) or an Opus DTX frame (a TOC
-    /// byte with at most one more byte: "no audio, keep going").
+    /// Quiet by its header (no voice activity or below -50 dBov), so merging it with its
+    /// neighbour to shed delay is inaudible. A frame of unknown level is never quiet.
+    fn is_quiet(&self) -> bool {
+        !self.level_unknown() && (!self.voice_activity || self.level_dbov >= QUIET_LEVEL_DBOV)
+    }
+
+    /// Silent by its header (no voice activity and a measured level of -60 dBov or below) or an
+    /// Opus DTX frame (a TOC byte with at most one more byte: "no audio, keep going"). A frame
+    /// of unknown level (`0x7F`) is decoded: a sender that does not measure is heard.
     fn is_silent(&self) -> bool {
-        self.len <= 2 || (!self.voice_activity && self.level_dbov >= SILENT_LEVEL_DBOV)
+        self.len <= 2
+            || (!self.level_unknown()
+                && !self.voice_activity
+                && self.level_dbov >= SILENT_LEVEL_DBOV)
     }
 }
 

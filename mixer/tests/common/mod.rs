@@ -103,6 +103,8 @@ pub struct Talker {
     pub sequence: u16,
     pub timestamp: u32,
     pub first: bool,
+    /// The level byte to send; `None` measures each frame (`AudioLevel::from_rms`).
+    pub level: Option<AudioLevel>,
     buf: Vec<u8>,
 }
 
@@ -122,6 +124,7 @@ impl Talker {
             sequence: 0,
             timestamp: 0,
             first: true,
+            level: None,
             buf: vec![0; 1275],
         }
     }
@@ -137,7 +140,9 @@ impl Talker {
             flags: Flags::default().with_marker(self.first),
             sequence: self.sequence,
             timestamp: self.timestamp,
-            level: AudioLevel::from_rms(on, if on { self.tone.amp * 0.707 } else { 0.0 }),
+            level: self.level.unwrap_or_else(|| {
+                AudioLevel::from_rms(on, if on { self.tone.amp * 0.707 } else { 0.0 })
+            }),
         };
         self.first = false;
         self.sequence = self.sequence.wrapping_add(1);

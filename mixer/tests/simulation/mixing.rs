@@ -303,3 +303,32 @@ fn a_tick_split_across_two_threads_produces_exactly_the_same_audio() {
     assert!(serial.iter().all(|pcm| pcm.len() > 150_000));
     assert!(serial == parallel, "splitting the tick changed the audio");
 }
+
+/// The spec lets a sender that does not measure its level send `0x7F`; its audio must be mixed
+/// like anyone's. (It used to be taken for silence and skipped: 12 frames of 208 got through.)
+#[test]
+fn a_talker_that_does_not_measure_its_level_is_heard_in_full() {
+    let mut sim = Sim::new();
+    let talker = sim.add_talker(1, 650.0, NetemConfig::default(), Pattern::Continuous);
+    sim.talker(talker).talker.level = Some(AudioLevel::UNKNOWN);
+    // Loud, as in the report (-4 dBFS).
+    sim.talker(talker).talker.tone.amp = 0.63;
+    let listener = sim.add_listener(100);
+    sim.run_until(secs(4.5));
+    let heard = sim.heard(listener);
+    // Every 100 ms from the first half second on carries the tone at its level.
+    for k in 5..44 {
+        let at = 0.1 * f64::from(k);
+        let window = heard.window(secs(at), secs(at + 0.1));
+        let db = tone_db(window, 650.0);
+        assert!(db > -8.0, "at {at:.1} s the tone is at {db:.1} dB");
+    }
+    assert_eq!(
+        sim.room
+            .participant_stats(talker)
+            .expect("stats")
+            .frames_skipped,
+        0,
+        "no frame of unknown level is skipped"
+    );
+}

@@ -22,7 +22,7 @@ use crate::common::{
 };
 use mixer::engine::floor::{FloorChange, FloorConfig, FloorEnd, FloorPolicy, FloorReply};
 use mixer::engine::{EngineConfig, EngineError, Event, ParticipantId, Room};
-use mixer_protocol::{AudioFrame, FRAME_SAMPLES, Mode};
+use mixer_protocol::{AudioFrame, AudioLevel, FRAME_SAMPLES, Mode};
 
 const TICK: Duration = Duration::from_millis(20);
 
