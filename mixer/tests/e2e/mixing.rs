@@ -172,3 +172,52 @@ async fn a_pcm_client_and_an_opus_client_hear_each_other_over_real_sockets() {
     assert!(tone_db(phone_tail, TONES[2]) < -40.0, "not its own tone");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_sent_right_after_join_is_mixed_and_joined_comes_before_any_audio() {
+    let server = TestServer::start(&[]).await;
+    let (ear, _) = join(&server, "eager", "ear", Mode::Listen).await;
+    let listening = tokio::spawn(run_client(ear, None, Duration::from_millis(2000)));
+    // The talker does not wait for `joined`: its join and first frames leave together.
+    let mut eager = connect(&server).await;
+    let mut talker = Talker::new(TONES[1], 0.2);
+    eager
+        .feed(join_message("eager", "talker", Mode::Talk))
+        .await
+        .expect("join");
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    let mut first = None;
+    for _ in 0..80 {
+        ticker.tick().await;
+        eager
+            .send(Message::binary(talker.next_frame(true)))
+            .await
+            .expect("audio");
+        while let Ok(Some(Ok(message))) =
+            tokio::time::timeout(Duration::from_millis(1), eager.next()).await
+        {
+            first.get_or_insert(message);
+        }
+    }
+    match first {
+        Some(Message::Text(text)) => assert!(
+            matches!(
+                parse_server_message(text.as_str()),
+                Ok(ServerMessage::Joined { .. })
+            ),
+            "first message: {text}"
+        ),
+        other => panic!("the first message must be joined, got {other:?}"),
+    }
+    let heard = listening.await.expect("listener");
+    // Heard from the start: the first frames, sent before `joined` came back, were mixed too.
+    // (The listener's stream starts with the talker's first frame heard; 80 were sent.)
+    let with_tone = heard
+        .listener
+        .pcm
+        .chunks(960)
+        .filter(|frame| tone_db(frame, TONES[1]) > -30.0)
+        .count();
+    assert!(with_tone >= 76, "{with_tone} frames of 80 heard");
+    server.shutdown().await;
+}

@@ -10,6 +10,7 @@
 mod mixing;
 mod network;
 mod silence;
+mod spec;
 mod voice_rooms;
 
 use crate::common;
