@@ -157,7 +157,9 @@ pub struct ServeArgs {
     #[arg(long, env = "MIXER_OPUS_APPLICATION", default_value = "lowdelay")]
     pub opus_application: OpusApplication,
 
-    /// Opus bitrate of the mixes, in bits per second.
+    /// Opus bitrate of the mixes, in bits per second: the shared stream's, and the floor of a
+    /// talker's own stream, which adds 32 kb/s per voice beyond the first in its mix (up to
+    /// 256 kb/s) so its own voice stays far below the codec noise.
     #[arg(long, env = "MIXER_OPUS_BITRATE", default_value_t = 48_000)]
     pub opus_bitrate: u32,
 

@@ -72,7 +72,8 @@ pub struct EngineConfig {
     pub encoder: EncoderSettings,
     /// Jitter-buffer tuning for every talker.
     pub jitter: JitterConfig,
-    /// Output limiter.
+    /// Output limiter; each stream lowers its ceiling to what the encoder's mode needs (see
+    /// [`EngineConfig::stream_limiter`]).
     pub limiter: LimiterConfig,
     /// Late ticks still run when the room is behind by fewer than this many ticks; beyond it
     /// they are skipped (see the clock module).
@@ -99,6 +100,21 @@ pub struct EngineConfig {
     pub floor: FloorConfig,
     /// Bring every talker's speech towards a common level (slowly, within +-15 dB).
     pub normalise: bool,
+}
+
+impl EngineConfig {
+    /// The limiter every output stream uses: [`EngineConfig::limiter`], its ceiling lowered to
+    /// what the encoder's mode keeps within full scale once decoded
+    /// ([`OpusApplication::peak_ceiling`](super::codec::OpusApplication::peak_ceiling)).
+    pub fn stream_limiter(&self) -> LimiterConfig {
+        LimiterConfig {
+            threshold: self
+                .limiter
+                .threshold
+                .min(self.encoder.application.peak_ceiling()),
+            ..self.limiter
+        }
+    }
 }
 
 impl Default for EngineConfig {

@@ -23,7 +23,9 @@
 //!   `min_delay_frames`. The window forgets, so the target shrinks back a few seconds after a
 //!   spike, which is the fix Janus needed for its "stuck delay" (janus-gateway PR #3353).
 //! - **Idle and playing.** A talker starts idle. It starts playing when the buffer reaches the
-//!   target (or its oldest packet has waited the target delay), which re-anchors the delay at every
+//!   target (or its oldest packet has waited the target delay) and its first packet is far enough
+//!   past its earliest expected arrival for the jitter of the ones after it (else a spurt that
+//!   arrives just before a tick breaks up on its next packet). This re-anchors the delay at every
 //!   talk spurt, so DTX gaps never make it grow. An empty buffer is bridged by a few concealed
 //!   frames (which absorbs a sender clock slower than ours), then the talker goes idle again.
 //! - **Shedding delay.** When the backlog beyond the packet being played exceeds the target, two
@@ -63,6 +65,9 @@ const MAX_CAPACITY: usize = 4096;
 const MAX_WINDOW: usize = 8192;
 /// Percentile of the transit spread taken as the jitter, as in NetEq (95th to 97th).
 const JITTER_PERCENTILE: usize = 95;
+/// Percentile of the transit spread a talk spurt's first packet must be given before it plays
+/// (see [`JitterBuffer::ready_to_start`]): nearly all of it, but for one or two outliers.
+const START_PERCENTILE: usize = 99;
 /// A packet without voice activity at this level (in -dBov) or quieter carries nothing audible.
 const SILENT_LEVEL_DBOV: u8 = 60;
 /// A packet this quiet (in -dBov) or quieter, or without voice activity, may be merged away.
@@ -230,6 +235,10 @@ pub struct JitterBuffer {
     /// Frames of delay found to be surplus, to be shed by merging.
     surplus: u64,
     target_frames: u32,
+    /// Lowest relative transit in the window, µs: what a packet that met no queue took.
+    transit_floor: i64,
+    /// Transit spread (above `transit_floor`) at [`START_PERCENTILE`], µs.
+    start_margin_us: u64,
     /// Ring of relative transit times, µs.
     transit: Box<[i64]>,
     transit_len: usize,
@@ -249,6 +258,8 @@ struct Slot {
     level_dbov: u8,
     len: usize,
     arrival: Option<Instant>,
+    /// Relative transit time of this packet (see `measure`), µs.
+    transit: i64,
     data: Box<[u8]>,
 }
 
@@ -272,6 +283,7 @@ impl Slot {
             level_dbov: 0,
             len: 0,
             arrival: None,
+            transit: 0,
             data: vec![0; max_payload].into_boxed_slice(),
         }
     }
@@ -338,6 +350,8 @@ impl JitterBuffer {
             level_ticks: 0,
             surplus: 0,
             target_frames: config.min_delay_frames,
+            transit_floor: 0,
+            start_margin_us: 0,
             transit_len: 0,
             transit_pos: 0,
             stats: JitterStats::default(),
@@ -406,7 +420,7 @@ impl JitterBuffer {
             InsertOutcome::Accepted
         };
         self.store(&packet, ext, now);
-        self.measure(packet.timestamp, now, true);
+        self.measure_stored(packet.timestamp, ext, now);
         outcome
     }
 
@@ -603,14 +617,25 @@ impl JitterBuffer {
         self.seq_high.saturating_add_signed(i64::from(delta))
     }
 
-    /// Whether an idle talker has enough buffered to start a talk spurt.
+    /// Whether an idle talker has enough buffered to start a talk spurt: the target level (or,
+    /// for a short spurt, a packet held for the target delay), and a first packet given time
+    /// enough for its successors' jitter.
+    ///
+    /// The second condition is about the phase of the tick. A spurt's packets arrive at one
+    /// phase relative to the mix ticks; the first plays at the first tick after it arrived, and
+    /// each later one must arrive before its own tick, up to the jitter after that phase. A
+    /// first packet that arrived just before a tick leaves its successors no time: with a
+    /// jitter of 2 ms, one that arrived 1.7 ms before the tick made the next ones miss their
+    /// ticks, and the spurt broke up 20 ms in. So the first packet must be at least the
+    /// start margin (the 99th percentile of the transit spread) past the time it would have
+    /// arrived with the least transit seen; if it is not, the spurt starts a tick later.
+    /// Without jitter the margin is zero and nothing waits.
     fn ready_to_start(&self, now: Instant) -> bool {
-        if self.held == 0 {
+        let Some(first) = self.lowest_held().and_then(|ext| self.held_at(ext)) else {
             return false;
-        }
-        if self.buffered_frames() >= self.target_frames as usize {
-            return true;
-        }
+        };
+        let first = &self.slots[first];
+        let level_reached = self.buffered_frames() >= self.target_frames as usize;
         // A short spurt (or a trickle) must not wait forever for a level it never reaches.
         let oldest = self
             .slots
@@ -618,7 +643,19 @@ impl JitterBuffer {
             .filter(|s| s.occupied)
             .filter_map(|s| s.arrival)
             .min();
-        oldest.is_some_and(|oldest| now.saturating_duration_since(oldest) >= self.target_delay())
+        let held_long = oldest
+            .is_some_and(|oldest| now.saturating_duration_since(oldest) >= self.target_delay());
+        if !(level_reached || held_long) {
+            return false;
+        }
+        let waited_us = first.arrival.map_or(0, |arrival| {
+            u64::try_from(now.saturating_duration_since(arrival).as_micros()).unwrap_or(u64::MAX)
+        });
+        let late_us = u64::try_from(first.transit.saturating_sub(self.transit_floor)).unwrap_or(0);
+        let max_us = self
+            .frame_us
+            .saturating_mul(u64::from(self.config.max_delay_frames));
+        waited_us.saturating_add(late_us) >= self.start_margin_us.min(max_us)
     }
 
     /// Frees room so that `ext` fits in the window of `capacity` sequence numbers ending at the
@@ -676,6 +713,8 @@ impl JitterBuffer {
         self.level_ticks = 0;
         self.transit_len = 0;
         self.transit_pos = 0;
+        self.transit_floor = 0;
+        self.start_margin_us = 0;
         self.target_frames = self.config.min_delay_frames;
     }
 
@@ -700,14 +739,20 @@ impl JitterBuffer {
             ts_high: ts,
         });
         self.store(packet, ext, now);
-        self.measure(packet.timestamp, now, true);
+        self.measure_stored(packet.timestamp, ext, now);
     }
 
-    /// Records the relative transit time of one packet and updates the target.
-    fn measure(&mut self, timestamp: u32, now: Instant, accepted: bool) {
-        let Some(anchor) = self.anchor.as_mut() else {
-            return;
-        };
+    /// [`JitterBuffer::measure`] for a packet just stored as `ext`, which keeps its transit.
+    fn measure_stored(&mut self, timestamp: u32, ext: u64, now: Instant) {
+        let transit = self.measure(timestamp, now, true);
+        if let (Some(transit), Some(index)) = (transit, self.held_at(ext)) {
+            self.slots[index].transit = transit;
+        }
+    }
+
+    /// Records the relative transit time of one packet, updates the target and returns it.
+    fn measure(&mut self, timestamp: u32, now: Instant, accepted: bool) -> Option<i64> {
+        let anchor = self.anchor.as_mut()?;
         // Truncation intended: the low 32 bits are the wire timestamp of `ts_high`.
         let delta = timestamp.wrapping_sub(anchor.ts_high as u32) as i32;
         let ts = anchor.ts_high.saturating_add(i64::from(delta));
@@ -729,6 +774,7 @@ impl JitterBuffer {
         self.transit_pos = (self.transit_pos + 1) % self.transit.len();
         self.transit_len = (self.transit_len + 1).min(self.transit.len());
         self.update_target();
+        Some(transit)
     }
 
     /// Tracks the lowest backlog over a window of ticks; at the end of each window, whatever
@@ -767,11 +813,21 @@ impl JitterBuffer {
         for value in values.iter_mut() {
             *value = value.saturating_sub(floor);
         }
-        // Nearest-rank percentile: with 128 packets this is the 122nd smallest, so the 6 worst
-        // packets of the window are ignored (they are concealed rather than waited for).
+        self.transit_floor = floor;
+        // Nearest-rank percentiles: with 128 packets the start margin is the 127th smallest and
+        // the jitter the 122nd, so the 6 worst packets of the window are ignored (they are
+        // concealed rather than waited for). The start margin is selected first; the jitter,
+        // at or below it, is then selected among the values below it.
+        let start_rank = (n * START_PERCENTILE).div_ceil(100).max(1) - 1;
+        let (below, start_us, _) = values.select_nth_unstable(start_rank);
+        self.start_margin_us = u64::try_from(*start_us).unwrap_or(0);
         let rank = (n * JITTER_PERCENTILE).div_ceil(100).max(1) - 1;
-        let (_, jitter_us, _) = values.select_nth_unstable(rank);
-        let jitter_us = u64::try_from(*jitter_us).unwrap_or(0);
+        let jitter_us = if rank < start_rank {
+            *below.select_nth_unstable(rank).1
+        } else {
+            *start_us
+        };
+        let jitter_us = u64::try_from(jitter_us).unwrap_or(0);
         let frames = u32::try_from(
             jitter_us
                 .saturating_sub(self.frame_us / 4)
@@ -1509,6 +1565,35 @@ mod tests {
             insert(&mut jb, t0, &send(seq, 100 + 20 * u64::from(seq)));
         }
         assert_eq!(out(jb.pop(t0 + Duration::from_millis(140))), Out::Packet(0));
+    }
+
+    #[test]
+    fn a_spurt_whose_first_packet_leaves_no_room_for_the_jitter_starts_a_tick_later() {
+        for jitter_ms in [0, 3] {
+            let mut jb = JitterBuffer::new(config(1));
+            // A first spurt teaches the buffer the jitter: every other packet is late by it.
+            let mut sends = stream(20, 0, 0, PERIOD_NS, Duration::from_millis(19));
+            for send in sends.iter_mut().skip(1).step_by(2) {
+                send.arrives += Duration::from_millis(jitter_ms);
+            }
+            // After a pause, the next spurt's first packet arrives on time, 1 ms before a tick.
+            sends.extend(stream(
+                5,
+                20,
+                50 * FRAME_TS,
+                PERIOD_NS,
+                Duration::from_millis(1019),
+            ));
+            let (ticks, _) = run(&mut jb, &sends, 60, Duration::ZERO);
+            let (at_1020, at_1040) = (ticks[51].out, ticks[52].out);
+            if jitter_ms == 0 {
+                assert_eq!((at_1020, at_1040), (Out::Packet(20), Out::Packet(21)));
+            } else {
+                // 1 ms is less than the 3 ms its successors may need: start at the next tick.
+                assert_eq!((at_1020, at_1040), (Out::Silence, Out::Packet(20)));
+                assert_eq!(ticks[53].out, Out::Packet(21));
+            }
+        }
     }
 
     #[test]

@@ -53,7 +53,8 @@ pub struct LimiterConfig {
 impl Default for LimiterConfig {
     /// -3 dBFS ceiling and an 80 ms release. The headroom is for the codec: at 48 kb/s a dense,
     /// heavily limited mix came back from Opus with peaks past full scale at -1 dBFS (60 tones,
-    /// loadgen), and none at -3 dBFS.
+    /// loadgen), and none at -3 dBFS in CELT-only mode. VOIP mode needs more, so the engine
+    /// lowers the ceiling per encoder mode (`EngineConfig::stream_limiter`).
     fn default() -> Self {
         LimiterConfig {
             threshold: 10f32.powf(-3.0 / 20.0),

@@ -77,6 +77,9 @@ pub(super) struct Participant {
     pub(super) quiet_ticks: u32,
     /// Consecutive silent packets decoded (see `SILENT_DECODE_HANGOVER`).
     pub(super) silent_packets: u32,
+    /// The decoder has missed frames (the talker was idle or gated, or its silent packets were
+    /// skipped); see [`resync`].
+    pub(super) decoder_stale: bool,
     /// Smoothed power of this talker's decoded audio (for the talker cap).
     pub(super) loudness: f32,
     /// Result of this tick's own encode (when `uses_own`).
@@ -173,6 +176,7 @@ impl Participant {
             needs_prime: false,
             quiet_ticks: OWN_STREAM_HANGOVER + 1,
             silent_packets: 0,
+            decoder_stale: false,
             loudness: 0.0,
             own_level: None,
             selected: false,
@@ -229,6 +233,7 @@ impl Participant {
                 self.jitter.reset();
             }
             self.update_talking(None, events);
+            self.decoder_stale = true;
             if fade && decode_into(&mut self.decoder, &[], false, &mut self.decoded) {
                 mix::fade_out(&mut self.decoded);
                 return true;
@@ -374,20 +379,29 @@ impl Participant {
             );
         }
         let silent = self.jitter.next_is_silent();
+        let skipped = silent && self.silent_packets >= SILENT_DECODE_HANGOVER;
         let decoder = &mut self.decoder;
         let decoded = &mut self.decoded;
         let playout = self.jitter.pop(now);
         if let Some(capture) = self.capture.as_mut() {
-            let skipped = silent && self.silent_packets >= SILENT_DECODE_HANGOVER;
             capture_playout(capture, &playout, skipped);
         }
-        let ok = match playout {
-            Playout::Silence => return false,
-            Playout::Packet(_) if silent && self.silent_packets >= SILENT_DECODE_HANGOVER => {
-                // A silent uplink costs no decode and adds nothing to the mix.
-                self.stats.frames_skipped += 1;
+        match playout {
+            Playout::Silence => {
+                self.decoder_stale = true;
                 return false;
             }
+            Playout::Packet(_) if skipped => {
+                // A silent uplink costs no decode and adds nothing to the mix.
+                self.stats.frames_skipped += 1;
+                self.decoder_stale = true;
+                return false;
+            }
+            _ => {}
+        }
+        let fresh = resync(decoder, &mut self.decoder_stale);
+        let ok = match playout {
+            Playout::Silence => return false,
             Playout::Packet(packet) => decode_into(decoder, packet, false, decoded),
             Playout::Conceal {
                 fec_from: Some(next),
@@ -395,6 +409,9 @@ impl Participant {
             Playout::Conceal { fec_from: None } => decode_into(decoder, &[], false, decoded),
             Playout::Merge(first, second) => {
                 let a = decode_into(decoder, first, false, &mut self.scratch);
+                if fresh {
+                    fade_in_start(&mut self.scratch);
+                }
                 let b = decode_into(decoder, second, false, decoded);
                 if a && b {
                     mix::crossfade_into(&self.scratch, decoded);
@@ -403,6 +420,9 @@ impl Participant {
                 a && b
             }
         };
+        if fresh && !matches!(playout, Playout::Merge(..)) {
+            fade_in_start(decoded);
+        }
         self.stats.frames_decoded += 1;
         self.silent_packets = if silent {
             self.silent_packets.saturating_add(1)
@@ -471,6 +491,38 @@ pub(super) fn capture_playout(capture: &mut Capture, playout: &Playout<'_>, skip
             capture.push(Captured::Packet(first.len()), first);
             capture.push(Captured::Packet(second.len()), second);
         }
+    }
+}
+
+/// Samples over which the first frame of a reset decoder fades in (2.5 ms).
+const RESYNC_FADE_SAMPLES: usize = 120;
+
+/// Starts a decoder that missed frames afresh before it decodes again (and clears `stale`);
+/// returns whether it did, in which case the caller fades in the frame it decodes next with
+/// [`fade_in_start`].
+///
+/// A talker that stops sending (DTX, push-to-talk, a gate) leaves its decoder where the last
+/// concealed frames put it: an excitation history faded by packet loss concealment. The
+/// sender's encoder meanwhile went on over silence (or was reset), so it predicts the next
+/// spurt from silence. Decoded from the faded history, a voiced spurt came out about 20 dB low
+/// and took about 100 ms to recover. A reset decoder matches the sender's state, and the spurt
+/// starts at full level. The replay of a recording does the same at the same frames (see
+/// `replay`).
+pub(super) fn resync(decoder: &mut opus::Decoder, stale: &mut bool) -> bool {
+    // A reset only clears the decoder's state; should libopus refuse it, decoding from the old
+    // state is still sound audio.
+    std::mem::take(stale) && decoder.reset_state().is_ok()
+}
+
+/// Fades in the first 2.5 ms of a reset decoder's first frame. A sender that went on talking
+/// while its packets were dropped (gated, muted) resumes mid-word, and a decoder started from
+/// rest would begin that word mid-wave, with a click; a new spurt after a real pause starts
+/// from silence anyway (and later than 2.5 ms, behind the encoder's look-ahead).
+pub(super) fn fade_in_start(frame: &mut [f32]) {
+    let n = RESYNC_FADE_SAMPLES.min(frame.len());
+    let step = std::f32::consts::PI / n.max(1) as f32;
+    for (i, sample) in frame[..n].iter_mut().enumerate() {
+        *sample *= 0.5 - 0.5 * (step * (i as f32 + 0.5)).cos();
     }
 }
 

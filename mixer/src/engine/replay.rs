@@ -45,7 +45,7 @@ use mixer_protocol::FRAME_SAMPLES;
 
 use super::codec::{self, CodecError};
 use super::mix;
-use super::participant::decode_into;
+use super::participant::{decode_into, fade_in_start, resync};
 use super::pcm::{PcmError, PcmRate, PcmUplink};
 use super::{ClientCodec, ParticipantId};
 
@@ -360,6 +360,9 @@ pub(crate) struct Player {
     scratch: Box<[f32]>,
     silent_run: u32,
     merge_next: bool,
+    /// A silence slot was passed since the last decode: the talker's own decoder was reset
+    /// before its next one (see `participant::resync`), and so is this one.
+    decoder_stale: bool,
 }
 
 impl Player {
@@ -372,6 +375,7 @@ impl Player {
             // Silence before the first words is skipped whole.
             silent_run: KEEP_SILENT_FRAMES,
             merge_next: false,
+            decoder_stale: false,
         })
     }
 
@@ -418,7 +422,16 @@ impl Player {
                 }
             };
             self.cursor += 1;
+            let mut fresh = false;
+            if slot == Slot::Silence {
+                self.decoder_stale = true;
+            } else if let ReplayDecoder::Opus(decoder) = &mut self.decoder {
+                fresh = resync(decoder, &mut self.decoder_stale);
+            }
             let audible = self.decoder.decode(recording, slot, out);
+            if fresh {
+                fade_in_start(out);
+            }
             decodes += usize::from(audible);
             if !audible || mix::rms(out) < SILENCE_RMS {
                 self.silent_run += 1;

@@ -2,7 +2,7 @@
 
 use mixer_protocol::{AudioLevel, FRAME_SAMPLES, MAX_OPUS_PACKET};
 
-use super::codec::CodecError;
+use super::codec::{CodecError, EncoderSettings};
 use super::config::{EngineConfig, LIMITER_DB_BUCKETS, SILENCE_SETTLE_FRAMES, VOICE_RMS_THRESHOLD};
 use super::limiter::Limiter;
 use super::mix;
@@ -23,6 +23,13 @@ pub(super) enum Output {
 /// its mix-minus); the room has one more, shared by everyone who hears the full mix.
 pub(super) struct MixStream {
     pub(super) encoder: opus::Encoder,
+    settings: EncoderSettings,
+    /// The bitrate the encoder is set to.
+    bitrate: u32,
+    /// Talkers in this tick's mix, when the stream is a talker's own (mix-minus): its bitrate
+    /// follows them ([`EncoderSettings::bitrate_for`]). 0 for the shared and replay streams,
+    /// which keep the configured bitrate.
+    pub(super) voices: usize,
     pub(super) limiter: Limiter,
     /// This tick's mix, limited in place.
     pub(super) output: Box<[f32]>,
@@ -39,7 +46,10 @@ impl MixStream {
     pub(super) fn new(config: &EngineConfig) -> Result<MixStream, CodecError> {
         Ok(MixStream {
             encoder: config.encoder.build()?,
-            limiter: Limiter::new(config.limiter),
+            settings: config.encoder,
+            bitrate: config.encoder.bitrate,
+            voices: 0,
+            limiter: Limiter::new(config.stream_limiter()),
             output: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
             encoded: vec![0; MAX_OPUS_PACKET].into_boxed_slice(),
             encoded_len: 0,
@@ -72,6 +82,18 @@ impl MixStream {
             return Some(self.level);
         }
         self.silent_encodes = if silent { self.silent_encodes + 1 } else { 0 };
+        let bitrate = self.settings.bitrate_for(self.voices);
+        if bitrate != self.bitrate {
+            // A control call on the existing encoder: no allocation, applies from this frame.
+            // If libopus refused, the encoder keeps its bitrate and the next encode tries again.
+            if self
+                .encoder
+                .set_bitrate(opus::Bitrate::Bits(bitrate as i32))
+                .is_ok()
+            {
+                self.bitrate = bitrate;
+            }
+        }
         *encodes += 1;
         match self.encoder.encode_float(&self.output, &mut self.encoded) {
             Ok(len) => {

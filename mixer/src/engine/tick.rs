@@ -67,6 +67,7 @@ impl Room {
             self.shared.limit(&mut self.shared_stats);
         }
         timer.phase(TickPhase::Encode);
+        self.count_own_voices();
         self.prime_own_encoders();
         self.encode_shared(shared_needed);
         self.encode_streams();
@@ -169,9 +170,11 @@ impl Room {
                     self.ranking.push((participant.loudness * bonus, index));
                 }
             }
-            // Loudest first; only the split point matters, so a partial selection is enough.
+            // Loudest first, and at exactly equal loudness the earlier joiner (participants are
+            // kept in join order); only the split point matters, so a partial selection is
+            // enough.
             self.ranking
-                .select_nth_unstable_by(cap - 1, |a, b| b.0.total_cmp(&a.0));
+                .select_nth_unstable_by(cap - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             for &(_, index) in &self.ranking[cap..] {
                 let participant = &mut self.participants[index];
                 if participant.selected {
@@ -403,6 +406,18 @@ impl Room {
             own.limit(&mut participant.stats);
         }
         shared_needed
+    }
+
+    /// Step 4: tells every talker's own stream how many talkers its mix holds, for its bitrate
+    /// (see [`BITRATE_PER_VOICE`](super::codec::BITRATE_PER_VOICE)): everyone contributing this
+    /// tick but the talker itself.
+    fn count_own_voices(&mut self) {
+        let voices = self.participants.iter().filter(|p| p.contributing).count();
+        for participant in &mut self.participants {
+            if let Some(own) = participant.own.as_mut() {
+                own.voices = voices - usize::from(participant.contributing);
+            }
+        }
     }
 
     /// Step 4a: replays the shared stream's recent input into the encoder of every talker who

@@ -154,10 +154,15 @@ impl Talker {
         .to_vec()
     }
 
-    /// Skips `frames` frames of media time without sending (DTX / a pause).
+    /// Skips `frames` frames of media time without sending (DTX / a pause). The encoder keeps
+    /// encoding what the microphone hears (the silence), as a DTX encoder does, so the next
+    /// packet is coded from the state the receiver's decoder is in after the pause.
     pub fn pause(&mut self, frames: u32) {
         for _ in 0..frames {
-            self.tone.frame(false);
+            let pcm = self.tone.frame(false);
+            self.encoder
+                .encode_float(&pcm, &mut self.buf)
+                .expect("encode");
         }
         self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32 * frames);
     }
@@ -438,4 +443,24 @@ pub fn isolation_db(settings: mixer::engine::codec::EncoderSettings) -> (f32, f3
         .map(|f| tone_db(window, *f))
         .fold(f32::MIN, f32::max);
     (weakest - noise, bytes as f32 / 150.0)
+}
+
+/// Frequencies for `n` tone talkers in a dense room: 310 Hz upwards in steps of 17 %, half a
+/// hertz off the grid. Not evenly spaced, so the products of two tones (`2 * f1 - f2`, which a
+/// limiter's gain changes create) do not land on a third talker's frequency.
+pub fn dense_freqs(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| (310.0 * 1.17f32.powi(i as i32)).round() + 0.5)
+        .collect()
+}
+
+/// How far below the others a talker's own frequency is in what it hears, in dB: the weakest
+/// of `others` minus `own`. Its own voice is removed exactly from its mix, so what is left at
+/// its frequency is the codec's noise.
+pub fn own_voice_db(heard: &[f32], own: f32, others: &[f32]) -> f32 {
+    let weakest = others
+        .iter()
+        .map(|f| tone_db(heard, *f))
+        .fold(f32::MAX, f32::min);
+    weakest - tone_db(heard, own)
 }

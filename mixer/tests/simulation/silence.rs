@@ -204,3 +204,154 @@ fn talking_events_follow_speech_with_hysteresis_not_packets() {
     }
     assert!(talking_events(&sim, listener).is_empty());
 }
+
+/// Spurts of the onset test: 400 ms of tone, then 600 ms in which nothing is sent.
+const ONSET_SPURT: Pattern = Pattern::Spurts { on: 20, off: 30 };
+const ONSET_PERIOD: Duration = Duration::from_millis(1000);
+const ONSET_SPURTS: u32 = 5;
+/// A 1 kHz tone: one period is 48 samples, so the RMS of any 1 ms block measures its amplitude
+/// exactly, wherever the block starts.
+const ONSET_FREQ: f32 = 1000.0;
+const MS: usize = 48;
+
+/// One talk spurt as the listener heard it.
+struct HeardSpurt {
+    /// From the send of the spurt's first packet to its onset in the listener's audio.
+    delay: Duration,
+    /// Median amplitude over the middle of the spurt, in dBFS.
+    steady_db: f32,
+    /// Amplitude of each 1 ms from the onset, in dB relative to `steady_db`.
+    envelope_db: Vec<f32>,
+}
+
+impl HeardSpurt {
+    /// Level of the millisecond centred `ms` after the onset, relative to the steady level.
+    fn at(&self, ms: f32) -> f32 {
+        self.envelope_db[(ms - 0.5).max(0.0).round() as usize]
+    }
+}
+
+/// Amplitude of a 1 kHz tone in the 1 ms block of `pcm` starting at `start`, in dBFS.
+fn block_db(pcm: &[f32], start: usize) -> f32 {
+    let block = &pcm[start.min(pcm.len())..(start + MS).min(pcm.len())];
+    let amplitude = std::f32::consts::SQRT_2 * mixer::engine::mix::rms(block);
+    20.0 * amplitude.max(1e-9).log10()
+}
+
+/// What a talker does with its encoder while it sends nothing. (One that leaves it untouched
+/// resumes from the end of the last spurt, which no decoder that went through the pause can
+/// follow; the spec is to ask for one of these two, issue 12 item 5.)
+#[derive(Debug, Clone, Copy)]
+enum AcrossPause {
+    /// Keeps encoding (silence) and does not send: a DTX client.
+    Encodes,
+    /// Resets it before the next spurt: a push-to-talk client that stops its encoder.
+    Resets,
+}
+
+/// Runs a talker whose packets are sent `phase` after each mix tick (so they arrive `net`'s
+/// latency later), talking in spurts with nothing sent in between and the marker on each
+/// spurt's first packet, as the spec says; returns every spurt as a listener heard it.
+fn heard_spurts(phase: Duration, across: AcrossPause, net: NetemConfig) -> Vec<HeardSpurt> {
+    let mut sim = Sim::new();
+    let a = sim.add_talker(1, ONSET_FREQ, net, ONSET_SPURT);
+    sim.talker(a).next_send = phase;
+    let b = sim.add_listener(2);
+    for k in 1..ONSET_SPURTS {
+        sim.run_until(phase + ONSET_PERIOD * k - Duration::from_nanos(1));
+        let talker = &mut sim.talker(a).talker;
+        match across {
+            // `Talker::pause` has kept the encoder running on the silence.
+            AcrossPause::Encodes => {}
+            AcrossPause::Resets => talker.encoder.reset_state().expect("reset"),
+        }
+        talker.first = true;
+    }
+    sim.run_until(phase + ONSET_PERIOD * ONSET_SPURTS);
+    let start = sim.listeners[&b]
+        .first_frame_at
+        .expect("the listener heard something");
+    let pcm = &sim.heard(b).pcm;
+    let threshold = AMP * 0.03;
+    (0..ONSET_SPURTS)
+        .map(|k| {
+            let sent = phase + ONSET_PERIOD * k;
+            let from = ((sent.saturating_sub(start)).as_secs_f64() * 48_000.0) as usize;
+            let onset = pcm[from..]
+                .iter()
+                .position(|s| s.abs() > threshold)
+                .map(|i| from + i)
+                .unwrap_or_else(|| panic!("phase {phase:?}: spurt {k} never heard"));
+            let delay = start + Duration::from_secs_f64(onset as f64 / 48_000.0) - sent;
+            let mut body: Vec<f32> = (150..350)
+                .map(|ms| block_db(pcm, onset + ms * MS))
+                .collect();
+            body.sort_by(f32::total_cmp);
+            let steady_db = body[body.len() / 2];
+            let envelope_db = (0..400)
+                .map(|ms| block_db(pcm, onset + ms * MS) - steady_db)
+                .collect();
+            HeardSpurt {
+                delay,
+                steady_db,
+                envelope_db,
+            }
+        })
+        .collect()
+}
+
+/// A talk spurt after a pause in sending is heard at full level from its first milliseconds and
+/// does not break up, whatever the phase of its packets' arrival relative to the mix tick, on a
+/// clean link and with a few milliseconds of jitter. (Before: every spurt after the first faded
+/// in from about -20 dB over 100 ms, and with jitter a spurt whose first packet arrived just
+/// before a tick dropped out about 20 ms in.)
+#[test]
+fn every_talk_spurt_starts_at_full_level_at_every_arrival_phase() {
+    // The talker's tone itself ramps up over 5 ms; from 7 ms on it is at full level, to the
+    // end of its last packet (400 ms, less a margin for the onset's detection).
+    const FULL_FROM_MS: usize = 7;
+    const FULL_TO_MS: usize = 390;
+    const PHASES: u32 = 40;
+    let mut failures = Vec::new();
+    for across in [AcrossPause::Encodes, AcrossPause::Resets] {
+        for jitter_us in [0, 3_000] {
+            for step in 0..PHASES {
+                let phase = TICK * step / PHASES;
+                let net = NetemConfig {
+                    jitter: Duration::from_micros(jitter_us),
+                    ..NetemConfig::default()
+                };
+                for (k, spurt) in heard_spurts(phase, across, net).iter().enumerate().skip(1) {
+                    let (worst_ms, worst_db) = spurt.envelope_db[FULL_FROM_MS..FULL_TO_MS]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, db)| (i + FULL_FROM_MS, *db))
+                        .fold((0, f32::MAX), |w, x| if x.1 < w.1 { x } else { w });
+                    // A 0.2 tone is -14 dBFS.
+                    if (spurt.steady_db + 14.0).abs() > 2.0 || worst_db < -1.0 {
+                        failures.push(format!(
+                            "{across:?}, jitter {jitter_us} us, phase {:.1} ms, spurt {k}: \
+                             delay {:.1} ms, steady {:.1} dBFS; dB at +2.5/5/10/20/50/100 ms: \
+                             {:.1} {:.1} {:.1} {:.1} {:.1} {:.1}; {worst_db:.1} dB at {worst_ms} ms",
+                            phase.as_secs_f64() * 1e3,
+                            spurt.delay.as_secs_f64() * 1e3,
+                            spurt.steady_db,
+                            spurt.at(2.5),
+                            spurt.at(5.0),
+                            spurt.at(10.0),
+                            spurt.at(20.0),
+                            spurt.at(50.0),
+                            spurt.at(100.0),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} spurts faded in or broke up:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
