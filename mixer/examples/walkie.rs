@@ -145,6 +145,11 @@ async fn main() -> anyhow::Result<()> {
                         phase = (phase + std::f32::consts::TAU * args.tone / SAMPLE_RATE as f32)
                             % std::f32::consts::TAU;
                     }
+                    if first_of_spurt {
+                        // The encoder was idle across the pause: start the new press from a
+                        // clean state, as the protocol asks ("Across a pause").
+                        encoder.reset_state()?;
+                    }
                     let len = encoder.encode_float(&pcm, &mut packet)?;
                     let frame = AudioFrame {
                         header: AudioHeader {
