@@ -319,8 +319,9 @@ start_mixer() {
     shift 2
     MIXER_PORT=$NEXT_PORT
     NEXT_PORT=$((NEXT_PORT + 1))
+    # Every simulated client comes from this machine's address: no per-address limit.
     local -a cmd=("$MIXER" serve --listen "127.0.0.1:$MIXER_PORT" --max-participants 10000
-        --log warn "$@")
+        --max-connections-per-address 0 --log warn "$@")
     if [[ -n $MIXER_ARGS ]]; then
         # shellcheck disable=SC2206 # MIXER_ARGS is a flag list on purpose
         cmd+=($MIXER_ARGS)

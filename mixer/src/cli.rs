@@ -115,6 +115,12 @@ pub struct ServeArgs {
     #[arg(long, env = "MIXER_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// Simultaneous connections from one client address (an IPv6 /64) at most; further ones get
+    /// HTTP 503. 0 for no limit (behind a reverse proxy, whose address every client shares, or
+    /// for load tests from one machine).
+    #[arg(long, env = "MIXER_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 100)]
+    pub max_connections_per_address: usize,
+
     /// Audio a client's send queue holds, in ms; beyond it the oldest frames are dropped.
     #[arg(long, env = "MIXER_SEND_QUEUE_MS", default_value_t = 200)]
     pub send_queue_ms: u64,
@@ -297,6 +303,7 @@ impl ServeArgs {
                 handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
                 max_message_bytes: self.max_message_bytes,
                 max_connections: self.max_connections,
+                max_connections_per_address: self.max_connections_per_address,
                 socket_send_buffer: (self.socket_send_buffer > 0)
                     .then_some(self.socket_send_buffer),
                 shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),

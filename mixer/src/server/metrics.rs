@@ -73,7 +73,7 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Connections accepted (TCP), all routes.
     pub connections_total: IntCounter,
-    /// Connections refused at the connection limit.
+    /// Connections refused at the connection limit, the server's or one address's.
     pub connections_refused_total: IntCounter,
     /// Rooms that exist.
     pub rooms: IntGauge,
@@ -187,7 +187,7 @@ impl Metrics {
             connections_total: counter("mixer_connections_total", "TCP connections accepted."),
             connections_refused_total: counter(
                 "mixer_connections_refused_total",
-                "Connections refused at the connection limit.",
+                "Connections refused at the server's or an address's connection limit.",
             ),
             rooms: gauge("mixer_rooms", "Rooms that exist."),
             participants: IntGaugeVec::new(

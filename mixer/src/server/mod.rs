@@ -12,6 +12,7 @@
 //! Where things are:
 //! - [`connection`]: one client's WebSocket session, its reader and writer tasks.
 //! - [`budget`]: the per-connection control budget (what each message costs).
+//! - [`address_limit`]: how many connections one client address may hold.
 //! - [`pool`]: the façade connections use: join, resume, create and list rooms.
 //! - [`directory`]: which rooms exist, their settings, seats and mixer thread (pure, no locks).
 //! - [`membership`]: a connection's handle on its seat: audio, requests, leave, suspend.
@@ -25,6 +26,7 @@
 //! them are the command channel into a mixer thread and each client's outbox, and neither ever
 //! makes the mixer wait.
 
+pub mod address_limit;
 pub mod budget;
 pub mod connection;
 pub mod directory;
@@ -45,8 +47,9 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use self::address_limit::AddressLimits;
 use self::metrics::Metrics;
 use self::pool::{MixerPool, PoolConfig};
 
@@ -67,6 +70,8 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// Simultaneous connections at most.
     pub max_connections: usize,
+    /// Simultaneous connections from one address (an IPv6 /64) at most; 0 for no limit.
+    pub max_connections_per_address: usize,
     /// Kernel send buffer per client socket, in bytes (`None` leaves the OS default). Audio that
     /// sits in a kernel buffer is audio the drop-oldest queue cannot drop: a small buffer keeps a
     /// slow client's backlog, and so its latency, bounded.
@@ -87,6 +92,7 @@ impl Default for Settings {
             handshake_timeout: Duration::from_secs(10),
             max_message_bytes: 64 * 1024,
             max_connections: 10_000,
+            max_connections_per_address: 100,
             socket_send_buffer: Some(32 * 1024),
             shutdown_grace: Duration::from_secs(2),
             resume_window: Duration::from_secs(30),
@@ -139,6 +145,7 @@ pub async fn serve(
         tokio::spawn(async move { serve_metrics(listener, metrics).await })
     });
     let slots = Arc::new(Semaphore::new(config.settings.max_connections));
+    let addresses = AddressLimits::new(config.settings.max_connections_per_address);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -162,6 +169,21 @@ pub async fn serve(
                 if let Some(bytes) = config.settings.socket_send_buffer {
                     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(bytes);
                 }
+                // One address may not hold every slot: its own limit is checked first.
+                let Some(address) = addresses.admit(peer.ip()) else {
+                    debug!(%peer, "per-address connection limit reached; refusing");
+                    metrics.connections_refused_total.inc();
+                    connections.spawn(async move {
+                        let mut stream = stream;
+                        let _ = http::respond(
+                            &mut stream,
+                            "503 Service Unavailable",
+                            "too many connections from your address\n",
+                        )
+                        .await;
+                    });
+                    continue;
+                };
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     warn!(%peer, "connection limit reached; refusing");
                     metrics.connections_refused_total.inc();
@@ -175,7 +197,7 @@ pub async fn serve(
                 let stop = stop_rx.clone();
                 connections.spawn(async move {
                     connection::serve(stream, peer, context, stop).await;
-                    drop(permit);
+                    drop((permit, address));
                 });
             }
             () = &mut shutdown => break,

@@ -443,3 +443,37 @@ async fn a_client_past_its_control_budget_can_still_leave() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_more_than_its_share_of_connections() {
+    let server = TestServer::start(&["--max-connections-per-address", "3"]).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&server).await);
+    }
+    // The fourth from the same address is refused before the WebSocket handshake.
+    let refused = tokio_tungstenite::connect_async(server.url()).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503);
+        }
+        other => panic!("expected HTTP 503, got {:?}", other.map(|_| "a connection")),
+    }
+    // A place comes back when a connection ends.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio_tungstenite::connect_async(server.url()).await {
+            Ok((ws, _)) => {
+                held.push(ws);
+                break;
+            }
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("no place came back: {error}"),
+        }
+    }
+    assert_eq!(held.len(), 3);
+    server.shutdown().await;
+}

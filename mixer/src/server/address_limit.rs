@@ -1,0 +1,129 @@
+//! Connections per client address: one address (one host, or one IPv6 /64, which is what a
+//! single subscriber is usually given) may hold at most so many connections, so a few hundred
+//! idle or slow sockets from one place cannot take every connection slot.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// The address connections are counted under: an IPv4 address (IPv4-mapped IPv6 included) as
+/// it is, an IPv6 address by its /64 prefix.
+fn key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+    }
+}
+
+/// Live connections by address, with a limit per address.
+#[derive(Debug)]
+pub struct AddressLimits {
+    per_address: usize,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One admitted connection; dropping it gives its place back.
+#[derive(Debug)]
+pub struct AddressPermit {
+    key: IpAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl AddressLimits {
+    /// At most `per_address` connections per address; 0 for no limit.
+    pub fn new(per_address: usize) -> AddressLimits {
+        AddressLimits {
+            per_address,
+            counts: Arc::default(),
+        }
+    }
+
+    /// A place for a connection from `ip`, or `None` if its address holds its limit already.
+    pub fn admit(&self, ip: IpAddr) -> Option<AddressPermit> {
+        let key = key(ip);
+        // Each critical section is one map update, so a poisoned lock is still consistent.
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(key).or_insert(0);
+        if self.per_address > 0 && *count >= self.per_address {
+            return None;
+        }
+        *count += 1;
+        Some(AddressPermit {
+            key,
+            counts: self.counts.clone(),
+        })
+    }
+
+    /// Addresses holding at least one connection.
+    pub fn addresses(&self) -> usize {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.values().filter(|n| **n > 0).count()
+    }
+}
+
+impl Drop for AddressPermit {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an address")
+    }
+
+    #[test]
+    fn an_address_holds_at_most_its_limit_and_gets_places_back() {
+        let limits = AddressLimits::new(2);
+        let a = limits.admit(ip("192.0.2.1")).expect("first");
+        let _b = limits.admit(ip("192.0.2.1")).expect("second");
+        assert!(limits.admit(ip("192.0.2.1")).is_none(), "third refused");
+        let _other = limits
+            .admit(ip("192.0.2.2"))
+            .expect("another address is not affected");
+        drop(a);
+        assert!(limits.admit(ip("192.0.2.1")).is_some(), "a place came back");
+    }
+
+    #[test]
+    fn ipv6_counts_by_64_prefix_and_mapped_ipv4_as_ipv4() {
+        let limits = AddressLimits::new(1);
+        let _a = limits.admit(ip("2001:db8:1:2::1")).expect("first");
+        assert!(
+            limits.admit(ip("2001:db8:1:2:ffff::9")).is_none(),
+            "same /64, another host"
+        );
+        assert!(limits.admit(ip("2001:db8:1:3::1")).is_some(), "next /64");
+        let _v4 = limits.admit(ip("192.0.2.7")).expect("ipv4");
+        assert!(
+            limits.admit(ip("::ffff:192.0.2.7")).is_none(),
+            "the same host over IPv4-mapped IPv6"
+        );
+    }
+
+    #[test]
+    fn zero_means_no_limit_and_empty_addresses_are_forgotten() {
+        let limits = AddressLimits::new(0);
+        let permits: Vec<_> = (0..1000)
+            .map(|_| limits.admit(ip("198.51.100.1")).expect("no limit"))
+            .collect();
+        assert_eq!(limits.addresses(), 1);
+        drop(permits);
+        assert_eq!(limits.addresses(), 0);
+    }
+}
