@@ -82,6 +82,38 @@ fn validate_name() {
         assert_eq!(err.code(), ErrorCode::InvalidName);
         assert_eq!(err.to_string(), message);
     }
+    // Invisible formatting: zero-width characters and bidi overrides hide or reorder what
+    // others read ("Al\u{200B}ice" shows as "Alice"; an RLO turns "evil" around).
+    for (name, code) in [
+        ("Al\u{200B}ice", 0x200B),
+        ("Al\u{200D}ice", 0x200D),
+        ("\u{200D}👩", 0x200D),
+        ("\u{202E}live", 0x202E),
+        ("a\u{2066}b\u{2069}", 0x2066),
+        ("soft\u{00AD}hyphen", 0x00AD),
+        ("tag\u{E0041}", 0xE0041),
+        ("\u{FEFF}bom", 0xFEFF),
+    ] {
+        let err = join("r", name).validate().expect_err(name);
+        assert_eq!(err.code(), ErrorCode::InvalidName);
+        assert!(
+            err.to_string()
+                .contains(&format!("invisible formatting character U+{code:04X}")),
+            "{err}"
+        );
+    }
+    // Letters of any script, emoji and combining marks are fine.
+    for name in [
+        "Zoë",
+        "Ωμέγα",
+        "李小龙",
+        "🎙️ Ada",
+        "e\u{301}",
+        "👩\u{200D}💻",
+        "می\u{200C}خواهم",
+    ] {
+        join("r", name).validate().expect(name);
+    }
     let err = join("r", &"é".repeat(65)).validate().expect_err("long");
     assert!(
         err.to_string()

@@ -40,7 +40,8 @@ pub enum ErrorCode {
     /// The room name of a `join`, `create_room` or `room_info` is empty, too long or has a
     /// disallowed character.
     InvalidRoom,
-    /// The `join` name is empty, too long, blank or has a control character.
+    /// The `join` name is empty, too long, blank, or has a control or invisible formatting
+    /// character.
     InvalidName,
     /// The `join` token is rejected (currently only when over 4096 bytes), or its `resume` token
     /// is not 1 to 64 hex digits.

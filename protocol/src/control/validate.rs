@@ -152,8 +152,68 @@ fn validate_name(name: &str) -> Result<(), ControlError> {
             quote(name)
         ));
     }
+    if let Some(bad) = invisible_formatting(name) {
+        return invalid(format!(
+            "name {} contains invisible formatting character U+{:04X} (zero-width, bidi \
+             override or similar)",
+            quote(name),
+            u32::from(bad)
+        ));
+    }
     if name.chars().all(char::is_whitespace) {
         return invalid(format!("name {} is only whitespace", quote(name)));
     }
     Ok(())
+}
+
+/// Unicode's format characters (general category Cf, Unicode 15): invisible characters that
+/// change how text around them is shown (zero-width joiners and spaces, bidi overrides and
+/// isolates, the soft hyphen, tags). In a display name they hide or reorder what others read,
+/// so a name with one is refused.
+const FORMAT_CHARACTERS: &[(u32, u32)] = &[
+    (0x00AD, 0x00AD),
+    (0x0600, 0x0605),
+    (0x061C, 0x061C),
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
+    (0x180E, 0x180E),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x2064),
+    (0x2066, 0x206F),
+    (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001),
+    (0xE0020, 0xE007F),
+];
+
+/// The first format character in `name` that is not part of a script or an emoji sequence:
+/// zero-width joiners and non-joiners (U+200C, U+200D) are allowed between two non-ASCII,
+/// visible characters (emoji sequences such as 👩‍💻; Persian and Indic spelling), and refused
+/// elsewhere ("Al\u{200D}ice" shows as "Alice").
+fn invisible_formatting(name: &str) -> Option<char> {
+    let chars: Vec<char> = name.chars().collect();
+    let visible_non_ascii =
+        |c: Option<&char>| c.is_some_and(|c| !c.is_ascii() && !c.is_whitespace() && !is_format(*c));
+    chars.iter().enumerate().find_map(|(i, &c)| {
+        let joiner = matches!(c, '\u{200C}' | '\u{200D}');
+        let joins =
+            i > 0 && visible_non_ascii(chars.get(i - 1)) && visible_non_ascii(chars.get(i + 1));
+        (is_format(c) && !(joiner && joins)).then_some(c)
+    })
+}
+
+/// Whether `c` is a format character (see [`FORMAT_CHARACTERS`]).
+fn is_format(c: char) -> bool {
+    let c = u32::from(c);
+    FORMAT_CHARACTERS
+        .iter()
+        .any(|(first, last)| (*first..=*last).contains(&c))
 }
