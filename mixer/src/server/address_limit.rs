@@ -28,6 +28,17 @@ pub struct AddressLimits {
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
+/// What one connection holds: its slot under `--max-connections` and its place under its
+/// address's limit. A participant kept for resuming after its connection dropped keeps them
+/// until it resumes or its window ends, so ghosts count against the limits like connections.
+#[derive(Debug)]
+pub struct ConnectionPlaces {
+    /// The server-wide slot.
+    pub slot: tokio::sync::OwnedSemaphorePermit,
+    /// The address's place.
+    pub address: AddressPermit,
+}
+
 /// One admitted connection; dropping it gives its place back.
 #[derive(Debug)]
 pub struct AddressPermit {

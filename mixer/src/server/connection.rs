@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 use tracing::{debug, info};
 
 use super::Settings;
+use super::address_limit::ConnectionPlaces;
 use super::budget::{ControlBudget, TokenBucket, Verdict};
 use super::http::{self, Prefixed, Route};
 use super::membership::{Forwarded, Joiner, Membership};
@@ -54,10 +55,12 @@ pub struct Context {
     pub public_metrics: bool,
 }
 
-/// Serves one accepted TCP connection until it ends.
+/// Serves one accepted TCP connection until it ends. `places` are its places under the
+/// connection limits: given back when it ends, or kept by its participant while suspended.
 pub async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
+    places: ConnectionPlaces,
     context: Arc<Context>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -119,7 +122,9 @@ pub async fn serve(
     };
     debug!(%peer, "WebSocket connected");
     context.metrics.connections.inc();
-    Session::new(peer, context.clone()).run(ws, shutdown).await;
+    Session::new(peer, context.clone(), places)
+        .run(ws, shutdown)
+        .await;
     context.metrics.connections.dec();
 }
 
@@ -141,6 +146,8 @@ enum End {
 
 struct Session {
     peer: SocketAddr,
+    /// Its places under the connection limits (see [`ConnectionPlaces`]).
+    places: Option<ConnectionPlaces>,
     context: Arc<Context>,
     outbox: Arc<Outbox>,
     membership: Option<Membership>,
@@ -158,7 +165,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(peer: SocketAddr, context: Arc<Context>) -> Session {
+    fn new(peer: SocketAddr, context: Arc<Context>, places: ConnectionPlaces) -> Session {
         let settings = &context.settings;
         let outbox = Arc::new(Outbox::new(
             settings.send_queue_frames,
@@ -168,6 +175,7 @@ impl Session {
         let frames_per_second = f64::from(SAMPLE_RATE) / FRAME_SAMPLES as f64;
         Session {
             peer,
+            places: Some(places),
             context,
             outbox,
             membership: None,
@@ -276,7 +284,9 @@ impl Session {
                 && !window.is_zero()
                 && !closed_by_server
             {
-                membership.suspend(window);
+                // The ghost keeps this connection's places until it resumes or its window
+                // ends: a client cannot pile up ghosts past the connection limits.
+                membership.suspend(window, self.places.take());
             } else {
                 membership.leave(reason);
             }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use mixer_protocol::{AudioFormat, AudioHeader, LeaveReason, Mode, Role};
 use tracing::debug;
 
+use super::address_limit::ConnectionPlaces;
 use super::directory::Placement;
 use super::mixer_thread::{Command, MAX_IN_FLIGHT, MixerLink, SendError};
 use super::outbox::Outbox;
@@ -67,10 +68,13 @@ pub(super) struct Suspended {
     pub(super) placement: Placement,
     pub(super) id: ParticipantId,
     in_flight: Arc<AtomicUsize>,
+    /// The dropped connection's places under the connection limits, held while suspended.
+    places: Option<ConnectionPlaces>,
 }
 
 impl Suspended {
-    /// The membership again, in `pool`.
+    /// The membership again, in `pool`; the places it held for its old connection go back (a
+    /// resuming connection holds its own).
     pub(super) fn revive(self, pool: Arc<Shared>) -> Membership {
         Membership {
             pool,
@@ -153,8 +157,9 @@ impl Membership {
 
     /// Keeps the participant in its room, silent, for `window` after its connection dropped, so
     /// that a `join` with its resume token can take it back; then it leaves (`disconnected`).
-    /// Without a token it leaves at once.
-    pub fn suspend(mut self, window: Duration) {
+    /// Without a token it leaves at once. Meanwhile it holds `places`, the dropped connection's
+    /// places under the connection limits.
+    pub fn suspend(mut self, window: Duration, places: Option<ConnectionPlaces>) {
         static SUSPENSIONS: AtomicU64 = AtomicU64::new(1);
         let Some(token) = self.token.clone() else {
             return self.leave(LeaveReason::Disconnected);
@@ -167,7 +172,9 @@ impl Membership {
             drop(registry);
             return self.leave(LeaveReason::Disconnected);
         }
-        let previous = registry.suspended.insert(token.clone(), self.park());
+        let mut parked = self.park();
+        parked.places = places;
+        let previous = registry.suspended.insert(token.clone(), parked);
         drop(registry);
         debug_assert!(previous.is_none(), "resume tokens are unique");
         // The timer holds the pool weakly: a pool shut down meanwhile has let everyone go.
@@ -210,6 +217,7 @@ impl Membership {
             placement: self.placement,
             id: self.id,
             in_flight: self.in_flight.clone(),
+            places: None,
         }
     }
 

@@ -49,7 +49,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use self::address_limit::AddressLimits;
+use self::address_limit::{AddressLimits, ConnectionPlaces};
 use self::metrics::Metrics;
 use self::pool::{MixerPool, PoolConfig};
 
@@ -195,9 +195,9 @@ pub async fn serve(
                 };
                 let context = context.clone();
                 let stop = stop_rx.clone();
+                let places = ConnectionPlaces { slot: permit, address };
                 connections.spawn(async move {
-                    connection::serve(stream, peer, context, stop).await;
-                    drop((permit, address));
+                    connection::serve(stream, peer, places, context, stop).await;
                 });
             }
             () = &mut shutdown => break,

@@ -307,7 +307,7 @@ mod tests {
             2,
             "the pool and the membership"
         );
-        membership.suspend(Duration::from_secs(60));
+        membership.suspend(Duration::from_secs(60), None);
         // Only the pool's own handle is left: the registry holds no reference back to it.
         assert_eq!(Arc::strong_count(&pool.shared), 1);
         assert_eq!(pool.room_info("lobby").map(|r| r.participants), Some(1));
@@ -317,7 +317,7 @@ mod tests {
             .resume(&token, "lobby", &AudioFormat::opus_48k_mono_20ms(), outbox)
             .expect("resumed");
         assert_eq!(pool.room_info("lobby").map(|r| r.participants), Some(1));
-        back.suspend(Duration::from_secs(60));
+        back.suspend(Duration::from_secs(60), None);
         // Shutting down lets the suspended go: the seat is given back.
         let stopping = pool.clone();
         tokio::task::spawn_blocking(move || stopping.shutdown())

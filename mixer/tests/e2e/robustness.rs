@@ -477,3 +477,44 @@ async fn one_address_cannot_hold_more_than_its_share_of_connections() {
     assert_eq!(held.len(), 3);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_kept_for_resuming_count_against_their_address_limit() {
+    let server = TestServer::start(&[
+        "--max-connections-per-address",
+        "3",
+        "--resume-window-ms",
+        "1500",
+    ])
+    .await;
+    // Three clients join and vanish without a close: each is kept for resuming (a ghost).
+    for n in 0..3 {
+        let (ghost, _) = join(&server, "ghosts", &format!("ghost-{n}"), Mode::Listen).await;
+        drop(ghost);
+    }
+    // The ghosts hold their connections' places (a dropped connection's place passes straight
+    // to its ghost): a fourth connection from the address is refused, so one address cannot
+    // pile up ghosts past its limit.
+    match tokio_tungstenite::connect_async(server.url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503);
+        }
+        other => panic!("expected HTTP 503, got {:?}", other.map(|_| "a connection")),
+    }
+    assert_eq!(
+        http_get(server.addr, "/healthz").await.0,
+        "HTTP/1.1 503 Service Unavailable"
+    );
+    // When their window ends the ghosts leave and give the places back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio_tungstenite::connect_async(server.url()).await {
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("the places never came back: {error}"),
+        }
+    }
+    server.shutdown().await;
+}
