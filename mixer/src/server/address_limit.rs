@@ -1,10 +1,21 @@
-//! Connections per client address: one address (one host, or one IPv6 /64, which is what a
-//! single subscriber is usually given) may hold at most so many connections, so a few hundred
-//! idle or slow sockets from one place cannot take every connection slot.
+//! Limits per client address: one address (one host, or one IPv6 /64, which is what a single
+//! subscriber is usually given) may hold at most so many connections, so a few hundred idle or
+//! slow sockets from one place cannot take every connection slot; and it may create rooms only
+//! at a bounded rate, whatever connections it uses, so reconnecting does not reset the limit.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::budget::TokenBucket;
+
+/// `create_room` per address: a burst of this many...
+pub const CREATE_ROOM_BURST: f64 = 5.0;
+/// ...then this many a second (one every 10 s).
+pub const CREATE_ROOM_PER_SECOND: f64 = 0.1;
+/// Addresses whose room-creation rate is remembered before the full (idle) ones are forgotten.
+const CREATE_RATES_KEPT: usize = 4096;
 
 /// The address connections are counted under: an IPv4 address (IPv4-mapped IPv6 included) as
 /// it is, an IPv6 address by its /64 prefix.
@@ -26,6 +37,9 @@ fn key(ip: IpAddr) -> IpAddr {
 pub struct AddressLimits {
     per_address: usize,
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// `create_room` budget per address; an address whose bucket is full again is forgotten
+    /// (it would start from a full bucket anyway).
+    create_rates: Mutex<HashMap<IpAddr, TokenBucket>>,
 }
 
 /// What one connection holds: its slot under `--max-connections` and its place under its
@@ -52,6 +66,7 @@ impl AddressLimits {
         AddressLimits {
             per_address,
             counts: Arc::default(),
+            create_rates: Mutex::default(),
         }
     }
 
@@ -69,6 +84,19 @@ impl AddressLimits {
             key,
             counts: self.counts.clone(),
         })
+    }
+
+    /// Whether `ip` may create a room at `now` (and if so, counts it): a burst of
+    /// [`CREATE_ROOM_BURST`], then [`CREATE_ROOM_PER_SECOND`], per address.
+    pub fn allow_create(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut rates = self.create_rates.lock().unwrap_or_else(|p| p.into_inner());
+        if rates.len() >= CREATE_RATES_KEPT {
+            rates.retain(|_, bucket| !bucket.is_full(now));
+        }
+        rates
+            .entry(key(ip))
+            .or_insert_with(|| TokenBucket::new(CREATE_ROOM_BURST, CREATE_ROOM_PER_SECOND))
+            .allow(now)
     }
 
     /// Addresses holding at least one connection.
@@ -125,6 +153,22 @@ mod tests {
             limits.admit(ip("::ffff:192.0.2.7")).is_none(),
             "the same host over IPv4-mapped IPv6"
         );
+    }
+
+    #[test]
+    fn room_creation_is_limited_per_address_not_per_connection() {
+        let limits = AddressLimits::new(0);
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        // However many connections it uses, one address gets its burst...
+        assert!((0..5).all(|_| limits.allow_create(a, t0)));
+        assert!(!limits.allow_create(a, t0));
+        // ...while another address has its own.
+        assert!(limits.allow_create(ip("192.0.2.2"), t0));
+        // Then one every 10 s.
+        let later = t0 + std::time::Duration::from_secs(10);
+        assert!(limits.allow_create(a, later));
+        assert!(!limits.allow_create(a, later));
     }
 
     #[test]

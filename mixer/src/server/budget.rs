@@ -64,6 +64,12 @@ impl TokenBucket {
         self.last = Some(now);
     }
 
+    /// Whether it is full at `now` (refilled up to `now`): as good as a new one.
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.capacity
+    }
+
     /// Takes one token; see [`TokenBucket::take`].
     pub fn allow(&mut self, now: Instant) -> bool {
         self.take(1, now)

@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 use tracing::{debug, info};
 
 use super::Settings;
-use super::address_limit::ConnectionPlaces;
+use super::address_limit::{AddressLimits, ConnectionPlaces};
 use super::budget::{ControlBudget, TokenBucket, Verdict};
 use super::http::{self, Prefixed, Route};
 use super::membership::{Forwarded, Joiner, Membership};
@@ -53,6 +53,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Whether `/metrics` is served on this (public) port.
     pub public_metrics: bool,
+    /// Limits per client address.
+    pub addresses: Arc<AddressLimits>,
 }
 
 /// Serves one accepted TCP connection until it ends. `places` are its places under the
@@ -159,9 +161,6 @@ struct Session {
     budget: ControlBudget,
     /// Chat: a burst of 5 messages, then 1 a second.
     chat_rate: TokenBucket,
-    /// `create_room`: a burst of 5, then 1 every 10 s, so one client cannot fill the server's
-    /// room table with empty rooms (each is kept 60 s) and lock everyone else out.
-    create_rate: TokenBucket,
 }
 
 impl Session {
@@ -183,7 +182,6 @@ impl Session {
             rate: TokenBucket::new(frames_per_second, frames_per_second * 1.1),
             budget: ControlBudget::default(),
             chat_rate: TokenBucket::new(5.0, 1.0),
-            create_rate: TokenBucket::new(5.0, 0.1),
         }
     }
 
@@ -507,10 +505,12 @@ impl Session {
             }
             ClientMessage::Chat { text } => self.chat(text, now),
             ClientMessage::CreateRoom(settings) => {
-                if !self.create_rate.allow(now) {
+                // Per address, not per connection: reconnecting does not reset it, so one
+                // client cannot fill the server's room table with empty rooms (each kept 60 s).
+                if !self.context.addresses.allow_create(self.peer.ip(), now) {
                     return self.send_error(
                         ErrorCode::RateLimited,
-                        "more than 5 create_room at once or 1 per 10 s; no room was created",
+                        "more than 5 create_room at once or 1 per 10 s from your address; no room was created",
                     );
                 }
                 let reply = match self.context.pool.create_room(&settings) {

@@ -134,18 +134,21 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::new());
     let pool =
         MixerPool::start(config.pool.clone(), metrics.clone()).context("starting mixer threads")?;
+    let addresses = Arc::new(AddressLimits::new(
+        config.settings.max_connections_per_address,
+    ));
     let context = Arc::new(connection::Context {
         settings: config.settings.clone(),
         pool: pool.clone(),
         metrics: metrics.clone(),
         public_metrics: metrics_listener.is_none(),
+        addresses: addresses.clone(),
     });
     let metrics_task = metrics_listener.map(|listener| {
         let metrics = metrics.clone();
         tokio::spawn(async move { serve_metrics(listener, metrics).await })
     });
     let slots = Arc::new(Semaphore::new(config.settings.max_connections));
-    let addresses = AddressLimits::new(config.settings.max_connections_per_address);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);

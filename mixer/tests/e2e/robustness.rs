@@ -345,7 +345,7 @@ async fn room_and_server_limits_are_enforced_and_freed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_connection_cannot_fill_the_server_with_created_rooms() {
+async fn one_address_cannot_fill_the_server_with_created_rooms_even_by_reconnecting() {
     let server = TestServer::start(&[]).await;
     let mut lobby = connect(&server).await;
     // One connection cannot fill the server with empty rooms: after a burst it is refused,
@@ -377,8 +377,30 @@ async fn one_connection_cannot_fill_the_server_with_created_rooms() {
             ..
         }
     ));
-    // Another connection still can.
-    let mut other = connect(&server).await;
+    // Reconnecting does not reset the limit: it is per address, not per connection.
+    let mut again = connect(&server).await;
+    match ask(
+        &mut again,
+        ClientMessage::CreateRoom(mixer_protocol::RoomSettings {
+            room: "after-reconnecting".into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    {
+        ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::RateLimited),
+        other => panic!("expected rate_limited, got {other:?}"),
+    }
+    // Another address still can (127.0.0.2 is this machine too, but another address).
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("address"))
+        .expect("bind 127.0.0.2");
+    let stream = socket.connect(server.addr).await.expect("connect");
+    let (mut other, _) =
+        tokio_tungstenite::client_async(server.url(), MaybeTlsStream::Plain(stream))
+            .await
+            .expect("handshake");
     assert!(matches!(
         ask(
             &mut other,
