@@ -14,8 +14,43 @@ use super::budget::TokenBucket;
 pub const CREATE_ROOM_BURST: f64 = 5.0;
 /// ...then this many a second (one every 10 s).
 pub const CREATE_ROOM_PER_SECOND: f64 = 0.1;
-/// Addresses whose room-creation rate is remembered before the full (idle) ones are forgotten.
-const CREATE_RATES_KEPT: usize = 4096;
+/// Failed resume attempts per address: a burst of this many...
+pub const RESUME_FAILURES_BURST: f64 = 10.0;
+/// ...then this many a second (one every 6 s, ten a minute).
+pub const RESUME_FAILURES_PER_SECOND: f64 = 1.0 / 6.0;
+/// Addresses whose rates are remembered before the full (idle) ones are forgotten.
+const RATES_KEPT: usize = 4096;
+
+/// A token bucket per address; an address whose bucket is full again is forgotten (it would
+/// start from a full bucket anyway), so the map holds only recently busy addresses.
+#[derive(Debug)]
+struct RateByAddress {
+    burst: f64,
+    per_second: f64,
+    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
+}
+
+impl RateByAddress {
+    fn new(burst: f64, per_second: f64) -> RateByAddress {
+        RateByAddress {
+            burst,
+            per_second,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Runs `f` on `ip`'s bucket.
+    fn with<T>(&self, ip: IpAddr, now: Instant, f: impl FnOnce(&mut TokenBucket) -> T) -> T {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= RATES_KEPT {
+            buckets.retain(|_, bucket| !bucket.is_full(now));
+        }
+        let bucket = buckets
+            .entry(key(ip))
+            .or_insert_with(|| TokenBucket::new(self.burst, self.per_second));
+        f(bucket)
+    }
+}
 
 /// The address connections are counted under: an IPv4 address (IPv4-mapped IPv6 included) as
 /// it is, an IPv6 address by its /64 prefix.
@@ -37,9 +72,10 @@ fn key(ip: IpAddr) -> IpAddr {
 pub struct AddressLimits {
     per_address: usize,
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    /// `create_room` budget per address; an address whose bucket is full again is forgotten
-    /// (it would start from a full bucket anyway).
-    create_rates: Mutex<HashMap<IpAddr, TokenBucket>>,
+    /// `create_room` per address.
+    create_rates: RateByAddress,
+    /// Failed resume attempts per address.
+    resume_failures: RateByAddress,
 }
 
 /// What one connection holds: its slot under `--max-connections` and its place under its
@@ -66,7 +102,8 @@ impl AddressLimits {
         AddressLimits {
             per_address,
             counts: Arc::default(),
-            create_rates: Mutex::default(),
+            create_rates: RateByAddress::new(CREATE_ROOM_BURST, CREATE_ROOM_PER_SECOND),
+            resume_failures: RateByAddress::new(RESUME_FAILURES_BURST, RESUME_FAILURES_PER_SECOND),
         }
     }
 
@@ -89,14 +126,20 @@ impl AddressLimits {
     /// Whether `ip` may create a room at `now` (and if so, counts it): a burst of
     /// [`CREATE_ROOM_BURST`], then [`CREATE_ROOM_PER_SECOND`], per address.
     pub fn allow_create(&self, ip: IpAddr, now: Instant) -> bool {
-        let mut rates = self.create_rates.lock().unwrap_or_else(|p| p.into_inner());
-        if rates.len() >= CREATE_RATES_KEPT {
-            rates.retain(|_, bucket| !bucket.is_full(now));
-        }
-        rates
-            .entry(key(ip))
-            .or_insert_with(|| TokenBucket::new(CREATE_ROOM_BURST, CREATE_ROOM_PER_SECOND))
-            .allow(now)
+        self.create_rates.with(ip, now, |bucket| bucket.allow(now))
+    }
+
+    /// Whether `ip` may try a resume token at `now`: not after [`RESUME_FAILURES_BURST`] failed
+    /// tries, then one more every 6 s. Checked before the token is, so guessing is slow.
+    pub fn may_try_resume(&self, ip: IpAddr, now: Instant) -> bool {
+        self.resume_failures
+            .with(ip, now, |bucket| bucket.holds(1, now))
+    }
+
+    /// Counts a failed resume attempt from `ip`.
+    pub fn resume_failed(&self, ip: IpAddr, now: Instant) {
+        self.resume_failures
+            .with(ip, now, |bucket| bucket.take(1, now));
     }
 
     /// Addresses holding at least one connection.
@@ -169,6 +212,23 @@ mod tests {
         let later = t0 + std::time::Duration::from_secs(10);
         assert!(limits.allow_create(a, later));
         assert!(!limits.allow_create(a, later));
+    }
+
+    #[test]
+    fn failed_resume_attempts_are_limited_per_address() {
+        let limits = AddressLimits::new(0);
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        for _ in 0..10 {
+            assert!(limits.may_try_resume(a, t0));
+            limits.resume_failed(a, t0);
+        }
+        assert!(!limits.may_try_resume(a, t0), "ten failures, then wait");
+        assert!(
+            limits.may_try_resume(ip("192.0.2.9"), t0),
+            "others are not affected"
+        );
+        assert!(limits.may_try_resume(a, t0 + std::time::Duration::from_secs(6)));
     }
 
     #[test]

@@ -64,6 +64,12 @@ impl TokenBucket {
         self.last = Some(now);
     }
 
+    /// Whether it holds at least `tokens` at `now` (refilled up to `now`), taking none.
+    pub fn holds(&mut self, tokens: u32, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= f64::from(tokens)
+    }
+
     /// Whether it is full at `now` (refilled up to `now`): as good as a new one.
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);

@@ -467,19 +467,30 @@ impl Session {
                     .pcm_rate()
                     .and_then(|hz| PcmRate::from_hz(hz).ok());
                 if let Some(token) = &request.resume {
-                    return match self
-                        .context
-                        .pool
-                        .resume(token, &request.room, &request.format, self.outbox.clone())
-                    {
+                    let ip = self.peer.ip();
+                    if !self.context.addresses.may_try_resume(ip, now) {
+                        return self.refuse_join(
+                            ErrorCode::RateLimited,
+                            "too many failed resume attempts from your address; wait, or join again without resume",
+                        );
+                    }
+                    return match self.context.pool.resume(
+                        token,
+                        &request.room,
+                        &request.format,
+                        self.outbox.clone(),
+                    ) {
                         Some(membership) => self.membership = Some(membership),
-                        None => self.refuse_join(
-                            ErrorCode::ResumeFailed,
-                            format!(
-                                "nothing to resume in room {:?} with that token (unknown, expired, already resumed or in another format); join again without resume",
-                                request.room
-                            ),
-                        ),
+                        None => {
+                            self.context.addresses.resume_failed(ip, now);
+                            self.refuse_join(
+                                ErrorCode::ResumeFailed,
+                                format!(
+                                    "nothing to resume in room {:?} with that token (unknown, expired, already resumed or in another format); join again without resume",
+                                    request.room
+                                ),
+                            )
+                        }
                     };
                 }
                 let joiner = Joiner {

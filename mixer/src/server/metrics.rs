@@ -48,7 +48,7 @@ pub const AUDIO_REJECT_REASONS: [&str; 11] = [
 
 /// The error codes a `join` can be refused with (the `reason` of
 /// `mixer_join_failures_total`).
-pub const JOIN_FAILURES: [ErrorCode; 14] = [
+pub const JOIN_FAILURES: [ErrorCode; 15] = [
     ErrorCode::InvalidRoom,
     ErrorCode::InvalidName,
     ErrorCode::InvalidToken,
@@ -59,6 +59,7 @@ pub const JOIN_FAILURES: [ErrorCode; 14] = [
     ErrorCode::ServerBusy,
     ErrorCode::ModeNotAllowed,
     ErrorCode::ResumeFailed,
+    ErrorCode::RateLimited,
     ErrorCode::ShuttingDown,
     ErrorCode::Internal,
     ErrorCode::BadMessage,

@@ -540,3 +540,35 @@ async fn participants_kept_for_resuming_count_against_their_address_limit() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_resume_tokens_is_limited_per_address() {
+    let server = TestServer::start(&[]).await;
+    let mut guesser = connect(&server).await;
+    let guess = |n: u32| {
+        Message::text(
+            ClientMessage::Join(JoinRequest {
+                resume: Some(format!("{n:032x}")),
+                ..JoinRequest {
+                    room: "lobby".into(),
+                    name: "guesser".into(),
+                    token: None,
+                    mode: None,
+                    resume: None,
+                    role: Role::Speaker,
+                    format: AudioFormat::opus_48k_mono_20ms(),
+                }
+            })
+            .to_json(),
+        )
+    };
+    for n in 0..10 {
+        send_expect_error(&mut guesser, guess(n), ErrorCode::ResumeFailed).await;
+    }
+    // The eleventh is refused before the token is even looked at, from any connection of the
+    // address.
+    send_expect_error(&mut guesser, guess(10), ErrorCode::RateLimited).await;
+    let mut another = connect(&server).await;
+    send_expect_error(&mut another, guess(11), ErrorCode::RateLimited).await;
+    server.shutdown().await;
+}
