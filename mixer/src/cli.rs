@@ -115,6 +115,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MIXER_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// Close a connection that has not joined a room this many ms after connecting (or after
+    /// leaving), so idle sockets cannot hold connection slots; 0 never closes it.
+    #[arg(long, env = "MIXER_UNJOINED_TIMEOUT_MS", default_value_t = 60_000)]
+    pub unjoined_timeout_ms: u64,
+
     /// Simultaneous connections from one client address (an IPv6 /64) at most; further ones get
     /// HTTP 503. 0 for no limit (behind a reverse proxy, whose address every client shares, or
     /// for load tests from one machine).
@@ -308,6 +313,7 @@ impl ServeArgs {
                     .then_some(self.socket_send_buffer),
                 shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
                 resume_window: Duration::from_millis(self.resume_window_ms),
+                unjoined_timeout: Duration::from_millis(self.unjoined_timeout_ms),
             },
             pool: PoolConfig {
                 threads,

@@ -99,6 +99,7 @@ fn declaration_index(code: ErrorCode) -> usize {
         ErrorCode::ResumeFailed => 33,
         ErrorCode::ControlRateLimited => 34,
         ErrorCode::ServerBusy => 35,
+        ErrorCode::JoinTimeout => 36,
     }
 }
 
@@ -109,7 +110,7 @@ fn error_code_all_is_complete_and_in_order() {
         .copied()
         .map(declaration_index)
         .collect();
-    assert_eq!(indices, (0..=35).collect::<Vec<_>>());
+    assert_eq!(indices, (0..=36).collect::<Vec<_>>());
 }
 
 #[test]
@@ -141,6 +142,7 @@ fn error_code_names() {
         (ErrorCode::ResumeFailed, "resume_failed"),
         (ErrorCode::ControlRateLimited, "control_rate_limited"),
         (ErrorCode::ServerBusy, "server_busy"),
+        (ErrorCode::JoinTimeout, "join_timeout"),
     ];
     for (code, name) in new {
         assert_eq!(code.as_str(), name);
@@ -162,6 +164,7 @@ fn close_codes() {
             (ErrorCode::PingTimeout, 1008),
             (ErrorCode::ShuttingDown, 1001),
             (ErrorCode::Removed, 1008),
+            (ErrorCode::JoinTimeout, 1008),
         ]
     );
     assert_eq!(

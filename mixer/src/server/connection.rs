@@ -148,6 +148,8 @@ enum End {
 
 struct Session {
     peer: SocketAddr,
+    /// Since when the connection has been without a room (connected, or left), if it is.
+    unjoined_since: Option<Instant>,
     /// Its places under the connection limits (see [`ConnectionPlaces`]).
     places: Option<ConnectionPlaces>,
     context: Arc<Context>,
@@ -174,6 +176,7 @@ impl Session {
         let frames_per_second = f64::from(SAMPLE_RATE) / FRAME_SAMPLES as f64;
         Session {
             peer,
+            unjoined_since: Some(Instant::now()),
             places: Some(places),
             context,
             outbox,
@@ -215,6 +218,25 @@ impl Session {
                 _ = housekeeping.tick() => {
                     if self.outbox.closed() == Some(Closed::SlowConsumer) {
                         break End::SlowConsumer;
+                    }
+                    if self.membership.is_some() {
+                        self.unjoined_since = None;
+                    } else if !settings.unjoined_timeout.is_zero()
+                        && self
+                            .unjoined_since
+                            .get_or_insert_with(Instant::now)
+                            .elapsed()
+                            > settings.unjoined_timeout
+                    {
+                        self.send_error(ErrorCode::JoinTimeout, format!(
+                            "no room joined within {} s; closing (connect again to join)",
+                            settings.unjoined_timeout.as_secs()
+                        ));
+                        self.outbox.close(Closed::Close {
+                            code: close_code::POLICY_VIOLATION,
+                            reason: "join timeout",
+                        });
+                        break End::Fatal;
                     }
                     if last_seen.elapsed() > settings.ping_timeout {
                         self.send_error(ErrorCode::PingTimeout, format!(

@@ -80,6 +80,9 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// How long a participant whose connection dropped is kept for resuming (zero: not kept).
     pub resume_window: Duration,
+    /// A connection that has not joined a room this long after connecting (or after leaving)
+    /// is closed (zero: never), so idle sockets do not hold connection slots.
+    pub unjoined_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -96,6 +99,7 @@ impl Default for Settings {
             socket_send_buffer: Some(32 * 1024),
             shutdown_grace: Duration::from_secs(2),
             resume_window: Duration::from_secs(30),
+            unjoined_timeout: Duration::from_secs(60),
         }
     }
 }

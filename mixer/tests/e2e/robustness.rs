@@ -572,3 +572,25 @@ async fn guessing_resume_tokens_is_limited_per_address() {
     send_expect_error(&mut another, guess(11), ErrorCode::RateLimited).await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_joins_is_closed_and_a_joined_one_is_not() {
+    let server = TestServer::start(&["--unjoined-timeout-ms", "300"]).await;
+    let mut idle = connect(&server).await;
+    let (mut joined, _) = join(&server, "kept", "stays", Mode::Listen).await;
+    expect_error(&mut idle, ErrorCode::JoinTimeout).await;
+    assert_eq!(close_code_of(&mut idle).await, Some(1008));
+    // The joined connection is still served, well past the timeout.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        ask(&mut joined, ClientMessage::Ping { id: Some(7) }).await,
+        ServerMessage::Pong { id: Some(7) }
+    );
+    // Once it leaves, it is unjoined again and the timer runs again.
+    joined
+        .send(Message::text(ClientMessage::Leave.to_json()))
+        .await
+        .expect("leave");
+    expect_error(&mut joined, ErrorCode::JoinTimeout).await;
+    server.shutdown().await;
+}

@@ -111,6 +111,9 @@ pub enum ErrorCode {
     /// The room's mixer thread has too many control requests queued; the request was not
     /// applied: retry later. The connection stays open.
     ServerBusy,
+    /// The connection did not join a room within the server's timeout after connecting (or
+    /// after leaving). Closes (1008).
+    JoinTimeout,
 }
 
 impl ErrorCode {
@@ -127,9 +130,10 @@ impl ErrorCode {
     pub fn close_code(self) -> Option<u16> {
         match self {
             ErrorCode::MessageTooLarge => Some(close_code::MESSAGE_TOO_BIG),
-            ErrorCode::SlowConsumer | ErrorCode::PingTimeout | ErrorCode::Removed => {
-                Some(close_code::POLICY_VIOLATION)
-            }
+            ErrorCode::SlowConsumer
+            | ErrorCode::PingTimeout
+            | ErrorCode::Removed
+            | ErrorCode::JoinTimeout => Some(close_code::POLICY_VIOLATION),
             ErrorCode::ShuttingDown => Some(close_code::GOING_AWAY),
             _ => None,
         }
