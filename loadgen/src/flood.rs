@@ -114,10 +114,7 @@ pub fn cycle(n: u64, room: &str, name: &str, role: Role, other: u32) -> Vec<Mess
 fn reply_key(text: &str) -> String {
     match parse_server_message(text) {
         Ok(ServerMessage::Error { code, .. }) => format!("error:{code}"),
-        Ok(message) => serde_json::from_str::<serde_json::Value>(&message.to_json())
-            .ok()
-            .and_then(|v| v.get("type")?.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "?".into()),
+        Ok(message) => message.type_name().to_owned(),
         Err(_) => "unparsable".into(),
     }
 }

@@ -104,6 +104,19 @@ fn allocations_in(f: impl FnOnce()) -> usize {
 const WARM_UP_TICKS: usize = 100;
 const COUNTED_TICKS: usize = 200;
 
+/// The frame a client sends at `tick`, its payload cycled from `payloads`.
+fn looped_frame(payloads: &[Vec<u8>], tick: usize) -> AudioFrame<'_> {
+    AudioFrame {
+        header: AudioHeader {
+            flags: Flags::default().with_marker(tick == 0),
+            sequence: tick as u16,
+            timestamp: (tick as u32).wrapping_mul(FRAME_SAMPLES as u32),
+            level: AudioLevel::new(true, 10),
+        },
+        payload: &payloads[tick % payloads.len()],
+    }
+}
+
 /// One talker's uplink: a tone per talker, encoded as a client would, cycled.
 struct Uplink {
     packets: Vec<Vec<u8>>,
@@ -137,15 +150,7 @@ impl Uplink {
     }
 
     fn frame(&self, tick: usize) -> AudioFrame<'_> {
-        AudioFrame {
-            header: AudioHeader {
-                flags: Flags::default().with_marker(tick == 0),
-                sequence: tick as u16,
-                timestamp: (tick as u32).wrapping_mul(FRAME_SAMPLES as u32),
-                level: AudioLevel::new(true, 10),
-            },
-            payload: &self.packets[tick % self.packets.len()],
-        }
+        looped_frame(&self.packets, tick)
     }
 }
 
@@ -448,15 +453,7 @@ impl PcmUplink {
     }
 
     fn frame(&self, tick: usize) -> AudioFrame<'_> {
-        AudioFrame {
-            header: AudioHeader {
-                flags: Flags::default().with_marker(tick == 0),
-                sequence: tick as u16,
-                timestamp: (tick as u32).wrapping_mul(FRAME_SAMPLES as u32),
-                level: AudioLevel::new(true, 10),
-            },
-            payload: &self.frames[tick % self.frames.len()],
-        }
+        looped_frame(&self.frames, tick)
     }
 }
 

@@ -247,10 +247,6 @@ impl MixerThread {
             .min()
     }
 
-    fn slot(&mut self, key: RoomKey) -> Option<&mut RoomSlot> {
-        self.rooms.get_mut(key.0 as usize)?.as_mut()
-    }
-
     /// Applies one command; returns false on shutdown.
     fn handle(&mut self, command: Command) -> bool {
         match command {
@@ -298,8 +294,8 @@ impl MixerThread {
         payload: &[u8],
         arrival: Instant,
     ) {
-        let metrics = self.metrics.clone();
-        let Some(slot) = self.slot(room) else {
+        let metrics = &*self.metrics;
+        let Some(slot) = slot_mut(&mut self.rooms, room) else {
             return;
         };
         let Some(member) = slot.members.get(&participant) else {
@@ -341,10 +337,9 @@ impl MixerThread {
         outbox: Arc<Outbox>,
         token: Option<Arc<str>>,
     ) {
-        let metrics = self.metrics.clone();
-        let slot = self
-            .slot(room)
-            .filter(|slot| slot.members.contains_key(&participant));
+        let metrics = &*self.metrics;
+        let slot =
+            slot_mut(&mut self.rooms, room).filter(|slot| slot.members.contains_key(&participant));
         let Some(slot) = slot else {
             // It left meanwhile (removed by a moderator). The connection already holds the
             // membership, so close it: the client reconnects and joins afresh.
@@ -376,12 +371,12 @@ impl MixerThread {
         request: RoomRequest,
         at: Instant,
     ) {
-        let metrics = self.metrics.clone();
-        let Some(slot) = self.slot(room) else {
+        let metrics = &*self.metrics;
+        let Some(slot) = slot_mut(&mut self.rooms, room) else {
             return;
         };
-        let outcome = requests::apply(slot, participant, request, &metrics, at);
-        slot.drain_events(&metrics);
+        let outcome = requests::apply(slot, participant, request, metrics, at);
+        slot.drain_events(metrics);
         for removed in outcome.removed {
             self.leave(room, removed, LeaveReason::Removed);
         }
@@ -422,7 +417,7 @@ impl MixerThread {
                 Err(error) => return refuse(&self.metrics, &room, id, &joiner, Some(error)),
             }
         }
-        let metrics = self.metrics.clone();
+        let metrics = &*self.metrics;
         let Some(slot) = self.rooms[index].as_mut() else {
             return;
         };
@@ -431,7 +426,7 @@ impl MixerThread {
             _ => ClientCodec::Opus,
         };
         if let Err(error) = slot.engine.add_participant_with(id, mode, codec) {
-            refuse(&metrics, &room, id, &joiner, Some(error));
+            refuse(metrics, &room, id, &joiner, Some(error));
             if slot.members.is_empty() {
                 self.rooms[index] = None;
             }
@@ -479,8 +474,8 @@ impl MixerThread {
     }
 
     fn leave(&mut self, room: RoomKey, participant: ParticipantId, reason: LeaveReason) {
-        let metrics = self.metrics.clone();
-        let Some(slot) = self.slot(room) else {
+        let metrics = &*self.metrics;
+        let Some(slot) = slot_mut(&mut self.rooms, room) else {
             return;
         };
         if !slot.members.contains_key(&participant) {
@@ -491,7 +486,7 @@ impl MixerThread {
         slot.members.remove(&participant);
         // The engine's last word on the participant (the floor it held) before the room hears
         // that it left.
-        slot.drain_events(&metrics);
+        slot.drain_events(metrics);
         slot.broadcast(
             participant,
             &ServerMessage::ParticipantLeft {
@@ -514,7 +509,7 @@ impl MixerThread {
                 .dec();
         }
         if slot.members.is_empty() {
-            slot.report(&metrics);
+            slot.report(metrics);
             debug!(room = %slot.name, "room closed");
             self.rooms[room.0 as usize] = None;
         }
@@ -553,6 +548,12 @@ impl MixerThread {
             self.phases.started = Instant::now();
         }
     }
+}
+
+/// The room in slot `key`, if there is one. A free function rather than a method, so a caller
+/// can hold it beside a borrow of the thread's metrics.
+fn slot_mut(rooms: &mut [Option<RoomSlot>], key: RoomKey) -> Option<&mut RoomSlot> {
+    rooms.get_mut(key.0 as usize)?.as_mut()
 }
 
 /// Tells a joiner its join failed on the mixer thread (room full in the engine, a codec that

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::metrics::{FLOOR_GRANTED, Metrics};
 use super::outbox::Closed;
-use super::room_fanout::{RoomSlot, wire};
+use super::room_fanout::RoomSlot;
 use crate::engine::floor::{FloorChange, FloorEnd, FloorReply};
 use crate::engine::{EngineError, MAX_GAIN_DB, ParticipantId};
 
@@ -286,14 +286,12 @@ pub(super) fn apply(
                 return outcome;
             };
             info!(participant = %target, by = %from, "removed by a moderator");
-            metrics
-                .errors_sent_total
-                .with_label_values(&[ErrorCode::Removed.as_str()])
-                .inc();
-            member.outbox.push_control(wire(&ServerMessage::error(
+            slot.send_error(
+                target,
                 ErrorCode::Removed,
                 format!("removed from the room by moderator {from}"),
-            )));
+                metrics,
+            );
             member.outbox.close(Closed::Close {
                 code: close_code::POLICY_VIOLATION,
                 reason: "removed",
