@@ -271,7 +271,7 @@ pub fn join_json_as(room: &str, name: &str, mode: Mode, role: Role) -> String {
         token: None,
         mode: Some(mode),
         resume: None,
-        role,
+        role: Some(role),
         format: AudioFormat::opus_48k_mono_20ms(),
     })
     .to_json()

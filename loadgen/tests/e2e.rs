@@ -31,7 +31,9 @@ async fn start_mixer() -> Mixer {
 async fn start_mixer_with(extra: &[&str]) -> Mixer {
     let mut args = vec!["mixer", "serve", "--mixer-threads", "2"];
     args.extend_from_slice(extra);
-    let Command::Serve(serve) = Cli::parse_from(args).command;
+    let Command::Serve(serve) = Cli::parse_from(args).command else {
+        unreachable!("parsed as serve")
+    };
     let config = serve.to_config().expect("valid config");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");

@@ -35,9 +35,12 @@ struct Args {
     /// Display name.
     #[arg(long)]
     name: String,
-    /// Role: speaker, listener or moderator (not authenticated yet).
-    #[arg(long, default_value = "speaker")]
-    role: String,
+    /// Role: speaker, listener or moderator; default: the access token's, or speaker.
+    #[arg(long)]
+    role: Option<String>,
+    /// Access token (`mixer token create ...`), for a server with --auth-key-file.
+    #[arg(long, env = "MIXER_TOKEN")]
+    token: Option<String>,
     /// Press the talk button at START seconds for LENGTH seconds ("START:LENGTH"); repeatable.
     #[arg(long, value_parser = parse_press)]
     press: Vec<(f64, f64)>,
@@ -71,11 +74,12 @@ fn parse_press(text: &str) -> Result<(f64, f64), String> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let role = match args.role.as_str() {
-        "speaker" => Role::Speaker,
-        "listener" => Role::Listener,
-        "moderator" => Role::Moderator,
-        other => bail!("unknown role {other:?}: use speaker, listener or moderator"),
+    let role = match args.role.as_deref() {
+        None => None,
+        Some("speaker") => Some(Role::Speaker),
+        Some("listener") => Some(Role::Listener),
+        Some("moderator") => Some(Role::Moderator),
+        Some(other) => bail!("unknown role {other:?}: use speaker, listener or moderator"),
     };
     if !(args.join_after.is_finite() && args.join_after >= 0.0) {
         bail!("--join-after must be a number of seconds");
@@ -87,9 +91,9 @@ async fn main() -> anyhow::Result<()> {
     let join = ClientMessage::Join(JoinRequest {
         room: args.room.clone(),
         name: args.name.clone(),
-        token: None,
+        token: args.token.clone(),
         // Listeners listen; everyone else uses push-to-talk here, in any room.
-        mode: Some(if role == Role::Listener {
+        mode: Some(if role == Some(Role::Listener) {
             Mode::Listen
         } else {
             Mode::Ptt

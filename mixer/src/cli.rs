@@ -4,6 +4,7 @@
 //! containers and service managers usually configure it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -13,7 +14,8 @@ use crate::engine::codec::{EncoderSettings, OpusApplication};
 use crate::engine::floor::{FloorConfig, FloorPolicy};
 use crate::engine::jitter::JitterConfig;
 use crate::server::pool::PoolConfig;
-use crate::server::{ServerConfig, Settings};
+use crate::auth::{Claims, Signer, Verifier, parse_ttl, unix_now};
+use crate::server::{AccessConfig, ServerConfig, Settings};
 
 /// Real-time Opus audio mixer: every participant in a room hears everyone but themselves.
 #[derive(Debug, Parser)]
@@ -29,6 +31,104 @@ pub struct Cli {
 pub enum Command {
     /// Run the mixer server.
     Serve(ServeArgs),
+    /// Access tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `mixer token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new access token signed with the key file (an HMAC secret, or an Ed25519
+    /// private key whose public key the server holds).
+    Create(TokenCreateArgs),
+}
+
+/// A role a token grants (the protocol's roles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// May only listen.
+    Listener,
+    /// May talk and listen.
+    Speaker,
+    /// May also mute, remove and set the gain of others, mute the room and preempt the floor.
+    Moderator,
+}
+
+impl From<RoleArg> for mixer_protocol::Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::Listener => mixer_protocol::Role::Listener,
+            RoleArg::Speaker => mixer_protocol::Role::Speaker,
+            RoleArg::Moderator => mixer_protocol::Role::Moderator,
+        }
+    }
+}
+
+/// Flags of `mixer token create`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenCreateArgs {
+    /// The signing key: an HMAC secret (at least 32 bytes) or an Ed25519 private key (PEM).
+    #[arg(long, env = "MIXER_AUTH_KEY_FILE")]
+    pub key_file: PathBuf,
+    /// A room the token grants: a name, or a prefix ending in `*` (`team-*`; `*` is every
+    /// room). Repeat for several.
+    #[arg(long = "room", required = true)]
+    pub rooms: Vec<String>,
+    /// The holder's identity (`sub`): one seat per room per identity.
+    #[arg(long)]
+    pub identity: String,
+    /// Display name; default: the identity.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The highest role the holder may join with.
+    #[arg(long, value_enum, default_value_t = RoleArg::Speaker)]
+    pub role: RoleArg,
+    /// How long the token is valid: 90s, 30m, 1h, 7d.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// May create rooms (among its rooms).
+    #[arg(long)]
+    pub can_create_rooms: bool,
+    /// May list rooms (those among its rooms).
+    #[arg(long)]
+    pub can_list_rooms: bool,
+    /// May use the admin API.
+    #[arg(long)]
+    pub admin: bool,
+}
+
+impl TokenCreateArgs {
+    /// Signs the token these flags describe.
+    pub fn sign(&self) -> anyhow::Result<String> {
+        use anyhow::Context as _;
+        let ttl = parse_ttl(&self.ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+        for room in &self.rooms {
+            crate::auth::RoomPattern::parse(room).map_err(|e| anyhow::anyhow!("--room: {e}"))?;
+        }
+        let now = unix_now();
+        let claims = Claims {
+            sub: self.identity.clone(),
+            name: self.name.clone(),
+            role: self.role.into(),
+            rooms: self.rooms.clone(),
+            can_create_rooms: self.can_create_rooms,
+            can_list_rooms: self.can_list_rooms,
+            admin: self.admin,
+            exp: now + ttl.as_secs(),
+            nbf: None,
+            iat: Some(now),
+        };
+        let signer = Signer::from_file(&self.key_file)?;
+        let token = signer.sign(&claims).context("signing the token")?;
+        // What a server would make of it: a token the server would refuse is an error here.
+        if let Ok(verifier) = Verifier::from_file(&self.key_file) {
+            verifier
+                .verify(&token)
+                .map_err(|e| anyhow::anyhow!("the token would be refused: {e}"))?;
+        }
+        Ok(token)
+    }
 }
 
 /// Push-to-talk floor policy of new rooms.
@@ -110,6 +210,18 @@ pub struct ServeArgs {
     /// +-15 dB).
     #[arg(long, env = "MIXER_NORMALISE")]
     pub normalise: bool,
+
+    /// Key that verifies access tokens: an HMAC secret (at least 32 bytes; HS256) or an Ed25519
+    /// public key in PEM (EdDSA). With it, every join, create_room, room_info and list_rooms
+    /// needs a token that grants it, and the admin API is served. Without it the server is
+    /// open, which it allows only on a loopback address (see --insecure-no-auth).
+    #[arg(long, env = "MIXER_AUTH_KEY_FILE")]
+    pub auth_key_file: Option<PathBuf>,
+
+    /// Serve without access tokens on a non-loopback address: anyone who reaches the port can
+    /// join any room, claim any role and moderate. Logged loudly and shown in /healthz.
+    #[arg(long, env = "MIXER_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 
     /// Simultaneous connections at most; further ones get HTTP 503.
     #[arg(long, env = "MIXER_MAX_CONNECTIONS", default_value_t = 10_000)]
@@ -238,6 +350,18 @@ pub enum ConfigError {
     /// Bad Opus settings.
     #[error("{0}")]
     Encoder(String),
+    /// The auth key file cannot be used.
+    #[error("--auth-key-file: {0}")]
+    AuthKey(String),
+    /// An open server (no key) on an address other than loopback, without the flag that
+    /// allows it.
+    #[error(
+        "refusing to listen on {address} without authentication: give --auth-key-file (see the README's \"Access tokens\"), listen on a loopback address, or pass --insecure-no-auth to accept that anyone who reaches the port can join any room and moderate"
+    )]
+    InsecureListen {
+        /// --listen.
+        address: SocketAddr,
+    },
 }
 
 impl ServeArgs {
@@ -282,6 +406,22 @@ impl ServeArgs {
         encoder
             .validate()
             .map_err(|e| ConfigError::Encoder(e.to_string()))?;
+        let verifier = self
+            .auth_key_file
+            .as_deref()
+            .map(Verifier::from_file)
+            .transpose()
+            .map_err(|e| ConfigError::AuthKey(e.to_string()))?;
+        let public = !self.listen.ip().is_loopback();
+        if verifier.is_none() && public && !self.insecure_no_auth {
+            return Err(ConfigError::InsecureListen {
+                address: self.listen,
+            });
+        }
+        let access = AccessConfig {
+            insecure: verifier.is_none() && public,
+            verifier,
+        };
         let threads = match self.mixer_threads {
             0 => std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -299,6 +439,7 @@ impl ServeArgs {
                 .max(1)
         };
         Ok(ServerConfig {
+            access,
             settings: Settings {
                 send_queue_frames: frames(self.send_queue_ms),
                 slow_client_drops: u32::try_from(frames(self.slow_client_timeout_ms))
@@ -366,6 +507,7 @@ mod tests {
         full.extend_from_slice(args);
         Cli::try_parse_from(full).map(|cli| match cli.command {
             Command::Serve(args) => args,
+            Command::Token(_) => unreachable!("parsed as serve"),
         })
     }
 

@@ -15,6 +15,7 @@
 //! - [`server`] is the tokio shell: it accepts WebSocket connections, keeps the room directory,
 //!   and runs each room on one of a few dedicated mixer threads. Connections and mixer threads
 //!   meet only at bounded queues; the mixer never waits on a client.
+//! - [`auth`] verifies access tokens (signed JWTs) and mints them for `mixer token create`.
 //! - [`cli`] turns command-line flags and environment variables into a validated
 //!   [`server::ServerConfig`].
 //!
@@ -25,6 +26,7 @@
 //! call contract.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cli;
 pub mod engine;
 pub mod server;

@@ -5,19 +5,21 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use mixer::cli::{Cli, Command, LogFormat, ServeArgs};
+use mixer::cli::{Cli, Command, LogFormat, ServeArgs, TokenCommand};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(args) => match serve(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("mixer: {error:#}");
-                ExitCode::FAILURE
-            }
-        },
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Token(TokenCommand::Create(args)) => args.sign().map(|token| println!("{token}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mixer: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

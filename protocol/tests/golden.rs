@@ -15,7 +15,7 @@ use crate::support::{
 fn golden_resume() {
     golden_client(
         &format!(
-            r#"{{"type":"join","room":"lobby","name":"Ada","resume":"00ff","role":"speaker","format":{FORMAT_JSON}}}"#
+            r#"{{"type":"join","room":"lobby","name":"Ada","resume":"00ff","format":{FORMAT_JSON}}}"#
         ),
         ClientMessage::Join(JoinRequest {
             resume: Some("00ff".to_owned()),
@@ -57,7 +57,7 @@ fn golden_resume() {
 fn golden_join() {
     golden_client(
         &format!(
-            r#"{{"type":"join","room":"lobby","name":"Ada","mode":"talk","role":"speaker","format":{FORMAT_JSON}}}"#
+            r#"{{"type":"join","room":"lobby","name":"Ada","mode":"talk","format":{FORMAT_JSON}}}"#
         ),
         ClientMessage::Join(JoinRequest {
             mode: Some(Mode::Talk),
@@ -66,7 +66,7 @@ fn golden_join() {
     );
     golden_client(
         &format!(
-            r#"{{"type":"join","room":"lobby","name":"Ada","role":"speaker","format":{FORMAT_JSON}}}"#
+            r#"{{"type":"join","room":"lobby","name":"Ada","format":{FORMAT_JSON}}}"#
         ),
         ClientMessage::Join(join("lobby", "Ada")),
     );
@@ -77,7 +77,7 @@ fn golden_join() {
         ClientMessage::Join(JoinRequest {
             token: Some("t0k".to_owned()),
             mode: Some(Mode::Listen),
-            role: Role::Listener,
+            role: Some(Role::Listener),
             ..join("r-1", "Bob")
         }),
     );
@@ -87,7 +87,7 @@ fn golden_join() {
         ),
         ClientMessage::Join(JoinRequest {
             mode: Some(Mode::Ptt),
-            role: Role::Moderator,
+            role: Some(Role::Moderator),
             ..join("ops", "Cy")
         }),
     );
@@ -103,14 +103,14 @@ fn join_defaults_and_unknown_fields() {
     assert_eq!(req.mode, None);
     assert_eq!(req.mode_or_default(FloorPolicy::Open), Mode::Talk);
     assert_eq!(req.mode_or_default(FloorPolicy::Single), Mode::Ptt);
-    assert_eq!(req.role, Role::Speaker);
+    assert_eq!(req.role, None);
     let listener = JoinRequest {
-        role: Role::Listener,
+        role: Some(Role::Listener),
         ..req.clone()
     };
     assert_eq!(listener.mode_or_default(FloorPolicy::Open), Mode::Listen);
     let moderator = JoinRequest {
-        role: Role::Moderator,
+        role: Some(Role::Moderator),
         ..req.clone()
     };
     assert_eq!(moderator.mode_or_default(FloorPolicy::Single), Mode::Talk);

@@ -35,7 +35,7 @@ fn enum_names() {
         );
     }
     // The reasons' names (metric labels too) are what serde writes, and ALL lists every one.
-    assert_eq!(LeaveReason::ALL.len(), 6);
+    assert_eq!(LeaveReason::ALL.len(), 8);
     for &reason in LeaveReason::ALL {
         assert_eq!(
             serde_json::to_string(&reason).ok(),
@@ -100,6 +100,14 @@ fn declaration_index(code: ErrorCode) -> usize {
         ErrorCode::ControlRateLimited => 34,
         ErrorCode::ServerBusy => 35,
         ErrorCode::JoinTimeout => 36,
+        ErrorCode::TokenRequired => 37,
+        ErrorCode::TokenExpired => 38,
+        ErrorCode::TokenWrongRoom => 39,
+        ErrorCode::TokenInsufficient => 40,
+        ErrorCode::NameTaken => 41,
+        ErrorCode::Banned => 42,
+        ErrorCode::Replaced => 43,
+        ErrorCode::Draining => 44,
     }
 }
 
@@ -110,7 +118,7 @@ fn error_code_all_is_complete_and_in_order() {
         .copied()
         .map(declaration_index)
         .collect();
-    assert_eq!(indices, (0..=36).collect::<Vec<_>>());
+    assert_eq!(indices, (0..=44).collect::<Vec<_>>());
 }
 
 #[test]
@@ -143,6 +151,14 @@ fn error_code_names() {
         (ErrorCode::ControlRateLimited, "control_rate_limited"),
         (ErrorCode::ServerBusy, "server_busy"),
         (ErrorCode::JoinTimeout, "join_timeout"),
+        (ErrorCode::TokenRequired, "token_required"),
+        (ErrorCode::TokenExpired, "token_expired"),
+        (ErrorCode::TokenWrongRoom, "token_wrong_room"),
+        (ErrorCode::TokenInsufficient, "token_insufficient"),
+        (ErrorCode::NameTaken, "name_taken"),
+        (ErrorCode::Banned, "banned"),
+        (ErrorCode::Replaced, "replaced"),
+        (ErrorCode::Draining, "draining"),
     ];
     for (code, name) in new {
         assert_eq!(code.as_str(), name);
@@ -165,6 +181,7 @@ fn close_codes() {
             (ErrorCode::ShuttingDown, 1001),
             (ErrorCode::Removed, 1008),
             (ErrorCode::JoinTimeout, 1008),
+            (ErrorCode::Replaced, 1008),
         ]
     );
     assert_eq!(

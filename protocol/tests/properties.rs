@@ -114,7 +114,7 @@ fn arb_client() -> impl Strategy<Value = ClientMessage> {
         any::<Option<String>>(),
         proptest::option::of(arb_mode()),
         any::<Option<String>>(),
-        arb_role(),
+        proptest::option::of(arb_role()),
         arb_format(),
     )
         .prop_map(|(room, name, token, mode, resume, role, format)| {

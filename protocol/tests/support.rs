@@ -15,7 +15,7 @@ pub fn join(room: &str, name: &str) -> JoinRequest {
         token: None,
         mode: None,
         resume: None,
-        role: Role::Speaker,
+        role: None,
         format: AudioFormat::opus_48k_mono_20ms(),
     }
 }

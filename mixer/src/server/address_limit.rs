@@ -53,8 +53,8 @@ impl RateByAddress {
 }
 
 /// The address connections are counted under: an IPv4 address (IPv4-mapped IPv6 included) as
-/// it is, an IPv6 address by its /64 prefix.
-fn key(ip: IpAddr) -> IpAddr {
+/// it is, an IPv6 address by its /64 prefix (what one host or subscriber usually holds).
+pub fn key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -76,6 +76,8 @@ pub struct AddressLimits {
     create_rates: RateByAddress,
     /// Failed resume attempts per address.
     resume_failures: RateByAddress,
+    /// Joins per address (none when `per_address` is 0).
+    join_rates: RateByAddress,
 }
 
 /// What one connection holds: its slot under `--max-connections` and its place under its
@@ -104,7 +106,18 @@ impl AddressLimits {
             counts: Arc::default(),
             create_rates: RateByAddress::new(CREATE_ROOM_BURST, CREATE_ROOM_PER_SECOND),
             resume_failures: RateByAddress::new(RESUME_FAILURES_BURST, RESUME_FAILURES_PER_SECOND),
+            // As many joins at once as connections, then a tenth of that a second: every
+            // connection of an address can join (and rejoin after a blip), but one address
+            // cannot churn seats (each join and leave is broadcast to the room) without end.
+            join_rates: RateByAddress::new(per_address as f64, per_address as f64 / 10.0),
         }
+    }
+
+    /// Whether `ip` may join a room at `now` (and if so, counts it): a burst of the
+    /// per-address connection limit, then a tenth of it per second. Always true without a
+    /// per-address limit.
+    pub fn allow_join(&self, ip: IpAddr, now: Instant) -> bool {
+        self.per_address == 0 || self.join_rates.with(ip, now, |bucket| bucket.allow(now))
     }
 
     /// A place for a connection from `ip`, or `None` if its address holds its limit already.

@@ -28,15 +28,17 @@ use tracing::{debug, info};
 
 use super::Settings;
 use super::address_limit::{AddressLimits, ConnectionPlaces};
+use super::admin;
 use super::budget::{ControlBudget, TokenBucket, Verdict};
 use super::http::{self, Prefixed, Route};
-use super::membership::{Forwarded, Joiner, Membership};
+use super::membership::{Forwarded, Identity, Joiner, Membership};
 use super::metrics::Metrics;
 use super::mixer_thread::SendError;
 use super::outbox::{Closed, Outbox, Outgoing};
 use super::pool::MixerPool;
 use super::requests::RoomRequest;
 use super::room_fanout::wire;
+use crate::auth::{AuthError, Grant, Verifier};
 use crate::engine::ParticipantId;
 use crate::engine::pcm::PcmRate;
 
@@ -55,6 +57,11 @@ pub struct Context {
     pub public_metrics: bool,
     /// Limits per client address.
     pub addresses: Arc<AddressLimits>,
+    /// The access-token verifier; `None`: the server is open (no tokens).
+    pub auth: Option<Verifier>,
+    /// The body of `GET /healthz` when healthy (it says so when the server runs without
+    /// authentication on a public address).
+    pub health: &'static str,
 }
 
 /// Serves one accepted TCP connection until it ends. `places` are its places under the
@@ -81,7 +88,14 @@ pub async fn serve(
     };
     let reply = match route {
         Route::WebSocket => None,
-        Route::Health => Some(("200 OK", "ok\n")),
+        Route::Health if context.pool.is_draining() => {
+            Some(("503 Service Unavailable", "draining\n"))
+        }
+        Route::Health => Some(("200 OK", context.health)),
+        Route::Admin => {
+            admin::serve(&mut stream, &bytes, &context).await;
+            return;
+        }
         Route::NotFound => Some((
             "404 Not Found",
             "not found: WebSocket clients connect to /\n",
@@ -109,6 +123,7 @@ pub async fn serve(
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(settings.max_message_bytes))
         .max_frame_size(Some(settings.max_message_bytes));
+    let url_token = http::access_token(&bytes);
     let upgrade =
         tokio_tungstenite::accept_async_with_config(Prefixed::new(bytes, stream), Some(ws_config));
     let ws = match tokio::time::timeout(settings.handshake_timeout, upgrade).await {
@@ -124,7 +139,7 @@ pub async fn serve(
     };
     debug!(%peer, "WebSocket connected");
     context.metrics.connections.inc();
-    Session::new(peer, context.clone(), places)
+    Session::new(peer, context.clone(), places, url_token)
         .run(ws, shutdown)
         .await;
     context.metrics.connections.dec();
@@ -163,10 +178,18 @@ struct Session {
     budget: ControlBudget,
     /// Chat: a burst of 5 messages, then 1 a second.
     chat_rate: TokenBucket,
+    /// The connection's access token: from its URL or header, or the last `join` that carried
+    /// one and was accepted.
+    token: Option<String>,
 }
 
 impl Session {
-    fn new(peer: SocketAddr, context: Arc<Context>, places: ConnectionPlaces) -> Session {
+    fn new(
+        peer: SocketAddr,
+        context: Arc<Context>,
+        places: ConnectionPlaces,
+        token: Option<String>,
+    ) -> Session {
         let settings = &context.settings;
         let outbox = Arc::new(Outbox::new(
             settings.send_queue_frames,
@@ -185,7 +208,30 @@ impl Session {
             rate: TokenBucket::new(frames_per_second, frames_per_second * 1.1),
             budget: ControlBudget::default(),
             chat_rate: TokenBucket::new(5.0, 1.0),
+            token,
         }
+    }
+
+    /// What the presented token grants: `token` (from the message) or else the connection's.
+    /// `Ok(None)` on a server without tokens.
+    fn grant(&self, token: Option<&str>) -> Result<Option<Grant>, AuthError> {
+        let Some(verifier) = &self.context.auth else {
+            return Ok(None);
+        };
+        let token = token
+            .or(self.token.as_deref())
+            .ok_or(AuthError::Missing)?;
+        verifier.verify(token).map(Some)
+    }
+
+    /// Refuses a request for want of a token, counting it.
+    fn refuse_auth(&mut self, error: AuthError) {
+        self.context
+            .metrics
+            .auth_failures_total
+            .with_label_values(&[error.code().as_str()])
+            .inc();
+        self.send_error(error.code(), error.to_string());
     }
 
     async fn run(mut self, ws: Ws, mut shutdown: watch::Receiver<bool>) {
@@ -342,12 +388,16 @@ impl Session {
     }
 
     fn refuse_join(&mut self, code: ErrorCode, message: impl Into<String>) {
+        self.count_join_failure(code);
+        self.send_error(code, message);
+    }
+
+    fn count_join_failure(&self, code: ErrorCode) {
         self.context
             .metrics
             .join_failures_total
             .with_label_values(&[code.as_str()])
             .inc();
-        self.send_error(code, message);
     }
 
     /// Counts a refused audio frame and tells the client (at most once a second per code).
@@ -483,23 +533,61 @@ impl Session {
                 if let Err(error) = request.validate() {
                     return self.refuse_join(error.code(), error.to_string());
                 }
+                let ip = self.peer.ip();
+                if !self.context.addresses.allow_join(ip, now) {
+                    return self.refuse_join(
+                        ErrorCode::RateLimited,
+                        "too many joins from your address; wait a few seconds",
+                    );
+                }
+                // Who is joining, by what name and in what role: from the token on a server
+                // with keys, from the request on an open one.
+                let (identity, name, role) = match self.grant(request.token.as_deref()) {
+                    Err(error) => {
+                        self.count_join_failure(error.code());
+                        return self.refuse_auth(error);
+                    }
+                    Ok(Some(grant)) => match grant.admit(&request.room, request.role) {
+                        Ok(role) => {
+                            if let Some(token) = &request.token {
+                                self.token = Some(token.clone());
+                            }
+                            (Identity::Token(Arc::from(grant.identity)), grant.name, role)
+                        }
+                        Err(error) => {
+                            self.count_join_failure(error.code());
+                            return self.refuse_auth(error);
+                        }
+                    },
+                    Ok(None) => match mixer_protocol::normalise_name(&request.name) {
+                        Ok(name) => (
+                            Identity::Name(Arc::from(mixer_protocol::name_key(&name))),
+                            name,
+                            request.role.unwrap_or_default(),
+                        ),
+                        Err(error) => return self.refuse_join(error.code(), error.to_string()),
+                    },
+                };
                 // The format was validated above, so a pcm16 rate is one the engine takes.
                 self.pcm = request
                     .format
                     .pcm_rate()
                     .and_then(|hz| PcmRate::from_hz(hz).ok());
                 if let Some(token) = &request.resume {
-                    let ip = self.peer.ip();
                     if !self.context.addresses.may_try_resume(ip, now) {
                         return self.refuse_join(
                             ErrorCode::RateLimited,
                             "too many failed resume attempts from your address; wait, or join again without resume",
                         );
                     }
+                    // With tokens, a resume is bound to the identity: a leaked resume token
+                    // is no use without an access token for the same identity.
+                    let bound = matches!(identity, Identity::Token(_)).then_some(&identity);
                     return match self.context.pool.resume(
                         token,
                         &request.room,
                         &request.format,
+                        bound,
                         self.outbox.clone(),
                     ) {
                         Some(membership) => self.membership = Some(membership),
@@ -508,7 +596,7 @@ impl Session {
                             self.refuse_join(
                                 ErrorCode::ResumeFailed,
                                 format!(
-                                    "nothing to resume in room {:?} with that token (unknown, expired, already resumed or in another format); join again without resume",
+                                    "nothing to resume in room {:?} with that token (unknown, expired, already resumed, another identity's or in another format); join again without resume",
                                     request.room
                                 ),
                             )
@@ -516,9 +604,11 @@ impl Session {
                     };
                 }
                 let joiner = Joiner {
-                    name: request.name.clone(),
+                    identity,
+                    address: ip,
+                    name,
                     mode: request.mode,
-                    role: request.role,
+                    role,
                     format: request.format.clone(),
                     outbox: self.outbox.clone(),
                 };
@@ -538,6 +628,15 @@ impl Session {
             }
             ClientMessage::Chat { text } => self.chat(text, now),
             ClientMessage::CreateRoom(settings) => {
+                match self.grant(None) {
+                    Ok(Some(grant)) => {
+                        if let Err(error) = grant.may_create(&settings.room) {
+                            return self.refuse_auth(error);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => return self.refuse_auth(error),
+                }
                 // Per address, not per connection: reconnecting does not reset it, so one
                 // client cannot fill the server's room table with empty rooms (each kept 60 s).
                 if !self.context.addresses.allow_create(self.peer.ip(), now) {
@@ -556,6 +655,13 @@ impl Session {
                 if let Err(error) = mixer_protocol::JoinRequest::validate_room_name(&room) {
                     return self.send_error(error.code(), error.to_string());
                 }
+                match self.grant(None) {
+                    Ok(Some(grant)) if !grant.allows_room(&room) => {
+                        return self.refuse_auth(AuthError::WrongRoom { room });
+                    }
+                    Ok(_) => {}
+                    Err(error) => return self.refuse_auth(error),
+                }
                 match self.context.pool.room_info(&room) {
                     Some(summary) => {
                         self.outbox
@@ -566,7 +672,19 @@ impl Session {
                 }
             }
             ClientMessage::ListRooms => {
-                let (rooms, truncated) = self.context.pool.list_rooms();
+                let (rooms, truncated) = match self.grant(None) {
+                    Ok(None) => self.context.pool.list_rooms(),
+                    // Only the rooms the token grants: a token for "team-*" does not learn
+                    // of other teams' rooms.
+                    Ok(Some(grant)) => match grant.may_list() {
+                        Ok(()) => self
+                            .context
+                            .pool
+                            .list_rooms_matching(|room| grant.allows_room(room)),
+                        Err(error) => return self.refuse_auth(error),
+                    },
+                    Err(error) => return self.refuse_auth(error),
+                };
                 self.outbox
                     .push_control(wire(&ServerMessage::Rooms { rooms, truncated }));
             }

@@ -64,6 +64,23 @@ pub enum JoinRefused {
     /// The mixer pool has shut down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The identity (or name or address) is banned from the room.
+    #[error("you were removed from room {room:?} with a ban, which lasts as long as the room")]
+    Banned {
+        /// The room.
+        room: String,
+    },
+    /// Someone else in the room has this name, or one that looks like it.
+    #[error(
+        "someone in the room is already called {name:?} or something that looks like it; choose another name"
+    )]
+    NameTaken {
+        /// The name asked for.
+        name: String,
+    },
+    /// The server is draining and takes no new rooms.
+    #[error("this server is draining (being taken out of service) and takes no new rooms; try another server")]
+    Draining,
 }
 
 impl JoinRefused {
@@ -75,6 +92,9 @@ impl JoinRefused {
             JoinRefused::ModeNotAllowed(_) => ErrorCode::ModeNotAllowed,
             JoinRefused::Busy => ErrorCode::ServerBusy,
             JoinRefused::ShuttingDown => ErrorCode::ShuttingDown,
+            JoinRefused::Banned { .. } => ErrorCode::Banned,
+            JoinRefused::NameTaken { .. } => ErrorCode::NameTaken,
+            JoinRefused::Draining => ErrorCode::Draining,
         }
     }
 }
@@ -97,6 +117,9 @@ pub enum CreateRefused {
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The server is draining and takes no new rooms.
+    #[error("this server is draining (being taken out of service) and takes no new rooms; try another server")]
+    Draining,
 }
 
 impl CreateRefused {
@@ -107,6 +130,7 @@ impl CreateRefused {
             CreateRefused::Exists(_) => ErrorCode::RoomExists,
             CreateRefused::TooManyRooms { .. } => ErrorCode::ServerFull,
             CreateRefused::ShuttingDown => ErrorCode::ShuttingDown,
+            CreateRefused::Draining => ErrorCode::Draining,
         }
     }
 }
@@ -389,14 +413,36 @@ impl Directory {
         Some(entry.config.summary(room, entry.seats))
     }
 
+    /// Where `room` is mixed, if it exists.
+    pub fn placement(&self, room: &str) -> Option<Placement> {
+        self.rooms.get(room).map(|e| e.placement)
+    }
+
+    /// Every room, sorted by name, without the client listing's limit (for operators); the
+    /// second value is always false.
+    pub fn list_all(&self) -> (Vec<RoomSummary>, bool) {
+        self.list_at_most(usize::MAX, |_| true)
+    }
+
     /// The rooms, sorted by name (at most [`MAX_LISTED_ROOMS`]), and whether there are more.
     pub fn list(&self) -> (Vec<RoomSummary>, bool) {
-        let mut rooms: Vec<(&Arc<str>, &Entry)> = self.rooms.iter().collect();
+        self.list_at_most(MAX_LISTED_ROOMS, |_| true)
+    }
+
+    /// [`Directory::list`] of only the rooms whose names pass `filter` (those an access token
+    /// grants).
+    pub fn list_matching(&self, filter: impl Fn(&str) -> bool) -> (Vec<RoomSummary>, bool) {
+        self.list_at_most(MAX_LISTED_ROOMS, filter)
+    }
+
+    fn list_at_most(&self, limit: usize, filter: impl Fn(&str) -> bool) -> (Vec<RoomSummary>, bool) {
+        let mut rooms: Vec<(&Arc<str>, &Entry)> =
+            self.rooms.iter().filter(|(name, _)| filter(name)).collect();
         rooms.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let truncated = rooms.len() > MAX_LISTED_ROOMS;
+        let truncated = rooms.len() > limit;
         let rooms = rooms
             .into_iter()
-            .take(MAX_LISTED_ROOMS)
+            .take(limit)
             .map(|(name, entry)| entry.config.summary(name, entry.seats))
             .collect();
         (rooms, truncated)

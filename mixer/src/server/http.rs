@@ -22,6 +22,8 @@ pub enum Route {
     Health,
     /// `GET /metrics`.
     Metrics,
+    /// Anything under `/admin/` (the admin API, which checks method and path itself).
+    Admin,
     /// A path this server does not serve.
     NotFound,
     /// Not a parseable HTTP/1.x request.
@@ -53,6 +55,39 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(Vec<
     }
 }
 
+/// The access token a request head carries, if any: the `access_token` query parameter (what a
+/// browser's WebSocket can send) or an `Authorization: Bearer` header. A JWT is URL-safe as it
+/// is, so the query value is taken without percent-decoding.
+pub fn access_token(head: &[u8]) -> Option<String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    request.parse(head).ok()?;
+    let from_query = request.path.and_then(|target| {
+        let (_, query) = target.split_once('?')?;
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("access_token="))
+            .filter(|value| !value.is_empty())
+            .map(str::to_owned)
+    });
+    from_query.or_else(|| bearer(request.headers))
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(headers: &[httparse::Header<'_>]) -> Option<String> {
+    headers.iter().find_map(|header| {
+        if !header.name.eq_ignore_ascii_case("authorization") {
+            return None;
+        }
+        let value = std::str::from_utf8(header.value).ok()?.trim();
+        let (scheme, token) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned())
+            .filter(|t| !t.is_empty())
+    })
+}
+
 /// Decides the route from the bytes read so far; `None` while the head is incomplete.
 pub fn route(head: &[u8]) -> Option<Route> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -75,6 +110,7 @@ pub fn route(head: &[u8]) -> Option<Route> {
         ("GET", "/", true) => Route::WebSocket,
         ("GET", "/healthz", _) => Route::Health,
         ("GET", "/metrics", _) => Route::Metrics,
+        (_, path, false) if path.starts_with("/admin/") => Route::Admin,
         _ => Route::NotFound,
     })
 }

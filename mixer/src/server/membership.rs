@@ -19,9 +19,33 @@ use super::pool::Shared;
 use super::requests::RoomRequest;
 use crate::engine::ParticipantId;
 
+/// Who a participant is: a room holds one seat per identity, and bans name identities.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// Verified by an access token: its `sub`.
+    Token(Arc<str>),
+    /// On a server without tokens: the display name's key ([`mixer_protocol::name_key`]), so a
+    /// room never holds two names that look alike.
+    Name(Arc<str>),
+}
+
+impl Identity {
+    /// The identity as shown to operators: the token's `sub`, or `name:` and the name's key.
+    pub fn describe(&self) -> String {
+        match self {
+            Identity::Token(sub) => sub.to_string(),
+            Identity::Name(key) => format!("name:{key}"),
+        }
+    }
+}
+
 /// A participant about to join, as the mixer thread needs it.
 #[derive(Debug)]
 pub struct Joiner {
+    /// Who it is.
+    pub identity: Identity,
+    /// The client's address.
+    pub address: std::net::IpAddr,
     /// Display name.
     pub name: String,
     /// Talk, push-to-talk or listen; `None`: the room's default for the role.
@@ -232,7 +256,8 @@ impl Membership {
         }
         let pool = self.pool.clone();
         let mut registry = pool.lock_registry();
-        registry.directory.release_seat(&self.room);
+        registry.forget(self.id);
+        registry.release_seat(&self.room);
         pool.metrics.rooms.set(registry.directory.len() as i64);
         // Sent under the registry lock so it is ordered before any later join of this room, or
         // of another room given the same slot.

@@ -48,7 +48,7 @@ pub const AUDIO_REJECT_REASONS: [&str; 11] = [
 
 /// The error codes a `join` can be refused with (the `reason` of
 /// `mixer_join_failures_total`).
-pub const JOIN_FAILURES: [ErrorCode; 15] = [
+pub const JOIN_FAILURES: [ErrorCode; 23] = [
     ErrorCode::InvalidRoom,
     ErrorCode::InvalidName,
     ErrorCode::InvalidToken,
@@ -64,6 +64,24 @@ pub const JOIN_FAILURES: [ErrorCode; 15] = [
     ErrorCode::Internal,
     ErrorCode::BadMessage,
     ErrorCode::ControlRateLimited,
+    ErrorCode::TokenRequired,
+    ErrorCode::TokenExpired,
+    ErrorCode::TokenWrongRoom,
+    ErrorCode::TokenInsufficient,
+    ErrorCode::NameTaken,
+    ErrorCode::Banned,
+    ErrorCode::Draining,
+    ErrorCode::Replaced,
+];
+
+/// The error codes an access token can be refused with (the `code` of
+/// `mixer_auth_failures_total`).
+pub const AUTH_FAILURES: [ErrorCode; 5] = [
+    ErrorCode::TokenRequired,
+    ErrorCode::InvalidToken,
+    ErrorCode::TokenExpired,
+    ErrorCode::TokenWrongRoom,
+    ErrorCode::TokenInsufficient,
 ];
 
 /// Every metric the server exports.
@@ -84,6 +102,10 @@ pub struct Metrics {
     pub joins_total: IntCounterVec,
     /// Refused joins by reason (the error code sent).
     pub join_failures_total: IntCounterVec,
+    /// Requests refused for their access token, by error code.
+    pub auth_failures_total: IntCounterVec,
+    /// Admin API requests, by outcome (HTTP status).
+    pub admin_requests_total: IntCounterVec,
     /// Participants who left, by reason.
     pub leaves_total: IntCounterVec,
     /// Error messages sent to clients, by code.
@@ -201,6 +223,16 @@ impl Metrics {
                 "mixer_join_failures_total",
                 "Refused joins, by reason (the error code sent).",
                 &["reason"],
+            ),
+            auth_failures_total: counter_vec(
+                "mixer_auth_failures_total",
+                "Requests (join, create_room, room_info, list_rooms) refused for their access token, by error code.",
+                &["code"],
+            ),
+            admin_requests_total: counter_vec(
+                "mixer_admin_requests_total",
+                "Admin API requests, by HTTP status.",
+                &["status"],
             ),
             leaves_total: counter_vec(
                 "mixer_leaves_total",
@@ -360,6 +392,8 @@ impl Metrics {
             Box::new(metrics.participants.clone()),
             Box::new(metrics.joins_total.clone()),
             Box::new(metrics.join_failures_total.clone()),
+            Box::new(metrics.auth_failures_total.clone()),
+            Box::new(metrics.admin_requests_total.clone()),
             Box::new(metrics.leaves_total.clone()),
             Box::new(metrics.errors_sent_total.clone()),
             Box::new(metrics.audio_frames_in_total.clone()),
@@ -428,6 +462,14 @@ impl Metrics {
             metrics
                 .audio_frames_rejected_total
                 .with_label_values(&[reason]);
+        }
+        for code in AUTH_FAILURES {
+            metrics
+                .auth_failures_total
+                .with_label_values(&[code.as_str()]);
+        }
+        for status in ["200", "400", "401", "403", "404", "405"] {
+            metrics.admin_requests_total.with_label_values(&[status]);
         }
         for code in JOIN_FAILURES {
             metrics

@@ -118,8 +118,41 @@ pub enum Command {
         /// Its resume token (unchanged), for `joined`.
         token: Option<Arc<str>>,
     },
+    /// An action of the server itself on a room: the admin API, or an identity's new join
+    /// replacing its old connection.
+    Operator {
+        /// The room.
+        room: RoomKey,
+        /// What to do.
+        action: OperatorAction,
+    },
     /// Stop the thread.
     Shutdown,
+}
+
+/// What the server itself does to a room (see [`Command::Operator`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// Tell a participant why, close its connection (1008) and take it out of the room.
+    Evict {
+        /// Whom.
+        target: ParticipantId,
+        /// The error it is sent.
+        code: ErrorCode,
+        /// The error's message.
+        message: String,
+        /// What the room is told.
+        reason: LeaveReason,
+    },
+    /// Mute or unmute a participant (`by` 0 in `participant_muted`).
+    Mute {
+        /// Whom.
+        target: ParticipantId,
+        /// Mute or unmute.
+        muted: bool,
+    },
+    /// Close the room: everyone is told and disconnected.
+    Close,
 }
 
 /// Why a control command was not sent.
@@ -281,9 +314,57 @@ impl MixerThread {
                 outbox,
                 token,
             } => self.resume(room, participant, outbox, token),
+            Command::Operator { room, action } => self.operator(room, action),
             Command::Shutdown => return false,
         }
         true
+    }
+
+    fn operator(&mut self, room: RoomKey, action: OperatorAction) {
+        let metrics = &*self.metrics;
+        let Some(slot) = slot_mut(&mut self.rooms, room) else {
+            return;
+        };
+        let evicted: Vec<(ParticipantId, LeaveReason)> = match action {
+            OperatorAction::Mute { target, muted } => {
+                requests::operator_mute(slot, target, muted);
+                slot.drain_events(metrics);
+                Vec::new()
+            }
+            OperatorAction::Evict {
+                target,
+                code,
+                message,
+                reason,
+            } => {
+                if !evict(slot, target, code, message, metrics) {
+                    return;
+                }
+                info!(room = %slot.name, participant = %target, reason = reason.as_str(), "evicted by the server");
+                vec![(target, reason)]
+            }
+            OperatorAction::Close => {
+                let mut targets: Vec<ParticipantId> = slot.members.keys().copied().collect();
+                targets.sort_unstable();
+                for &target in &targets {
+                    evict(
+                        slot,
+                        target,
+                        ErrorCode::Removed,
+                        "the room was closed by the server's operator".to_owned(),
+                        metrics,
+                    );
+                }
+                info!(room = %slot.name, participants = targets.len(), "room closed by the operator");
+                targets
+                    .into_iter()
+                    .map(|t| (t, LeaveReason::RoomClosed))
+                    .collect()
+            }
+        };
+        for (target, reason) in evicted {
+            self.leave(room, target, reason);
+        }
     }
 
     fn audio(
@@ -548,6 +629,25 @@ impl MixerThread {
             self.phases.started = Instant::now();
         }
     }
+}
+
+/// Sends `target` an error and closes its connection (1008); false if it is not in the room.
+fn evict(
+    slot: &RoomSlot,
+    target: ParticipantId,
+    code: ErrorCode,
+    message: String,
+    metrics: &Metrics,
+) -> bool {
+    let Some(member) = slot.members.get(&target) else {
+        return false;
+    };
+    slot.send_error(target, code, message, metrics);
+    member.outbox.close(Closed::Close {
+        code: close_code::POLICY_VIOLATION,
+        reason: code.as_str(),
+    });
+    true
 }
 
 /// The room in slot `key`, if there is one. A free function rather than a method, so a caller

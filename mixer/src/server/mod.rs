@@ -21,12 +21,14 @@
 //! - [`requests`]: control requests (mode, mute, floor, moderation, chat) applied to a room.
 //! - [`outbox`]: a client's bounded send queue.
 //! - [`metrics`], [`http`]: Prometheus metrics and the plain-HTTP routes.
+//! - [`admin`]: the operators' JSON API (rooms, mute, remove with a ban, close, drain).
 //!
 //! Connections run on the tokio runtime; mixing runs on its own threads. The only links between
 //! them are the command channel into a mixer thread and each client's outbox, and neither ever
 //! makes the mixer wait.
 
 pub mod address_limit;
+pub mod admin;
 pub mod budget;
 pub mod connection;
 pub mod directory;
@@ -104,6 +106,16 @@ impl Default for Settings {
     }
 }
 
+/// Who may do what (see [`crate::auth`]).
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    /// The token verifier; `None`: no tokens (an open server).
+    pub verifier: Option<crate::auth::Verifier>,
+    /// Open on a non-loopback address, as `--insecure-no-auth` allowed: said in the log and in
+    /// `/healthz`.
+    pub insecure: bool,
+}
+
 /// Everything [`run`] needs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -111,7 +123,13 @@ pub struct ServerConfig {
     pub settings: Settings,
     /// Mixer threads and engine settings.
     pub pool: PoolConfig,
+    /// Access tokens.
+    pub access: AccessConfig,
 }
+
+/// The `/healthz` body of an open server on a public address.
+pub const INSECURE_HEALTH: &str =
+    "ok (INSECURE: no authentication; anyone who reaches this port can join any room)\n";
 
 /// Serves WebSocket clients on `listener` until `shutdown` completes, then closes every
 /// connection (telling clients why) and stops the mixer threads.
@@ -147,10 +165,23 @@ pub async fn serve(
         metrics: metrics.clone(),
         public_metrics: metrics_listener.is_none(),
         addresses: addresses.clone(),
+        auth: config.access.verifier.clone(),
+        health: if config.access.insecure {
+            INSECURE_HEALTH
+        } else {
+            "ok\n"
+        },
     });
+    match (&config.access.verifier, config.access.insecure) {
+        (Some(verifier), _) => info!(key = verifier.kind(), "access tokens required"),
+        (None, true) => warn!(
+            "INSECURE: no authentication on a non-loopback address (--insecure-no-auth): anyone who reaches this port can join any room, claim any role and moderate"
+        ),
+        (None, false) => info!("no access tokens (open server on a loopback address)"),
+    }
     let metrics_task = metrics_listener.map(|listener| {
-        let metrics = metrics.clone();
-        tokio::spawn(async move { serve_metrics(listener, metrics).await })
+        let context = context.clone();
+        tokio::spawn(async move { serve_metrics(listener, context).await })
     });
     let slots = Arc::new(Semaphore::new(config.settings.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -235,14 +266,15 @@ pub async fn serve(
 }
 
 /// Serves `GET /metrics` and `GET /healthz` on a separate listener until aborted.
-async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+async fn serve_metrics(listener: TcpListener, context: Arc<connection::Context>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let metrics = metrics.clone();
+        let context = context.clone();
         tokio::spawn(async move {
+            let metrics = &context.metrics;
             let head =
                 tokio::time::timeout(Duration::from_secs(10), http::read_head(&mut stream)).await;
             let Ok(Ok((_, route))) = head else { return };
@@ -256,7 +288,10 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
                     )
                     .await
                 }
-                http::Route::Health => http::respond(&mut stream, "200 OK", "ok\n").await,
+                http::Route::Health if context.pool.is_draining() => {
+                    http::respond(&mut stream, "503 Service Unavailable", "draining\n").await
+                }
+                http::Route::Health => http::respond(&mut stream, "200 OK", context.health).await,
                 _ => http::respond(&mut stream, "404 Not Found", "not found\n").await,
             };
         });

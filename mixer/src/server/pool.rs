@@ -5,19 +5,22 @@
 //! The directory and the suspended participants sit under one mutex, held for a few map
 //! operations at a time (a listing of the rooms is the longest) and never by a mixer thread.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Instant;
 
-use mixer_protocol::{AudioFormat, LeaveReason, RoomSettings, RoomSummary};
+use mixer_protocol::{AudioFormat, ErrorCode, LeaveReason, Role, RoomSettings, RoomSummary};
 use tracing::{info, warn};
 
 use super::directory::{CreateRefused, Directory, JoinRefused, RoomConfig};
-use super::membership::{Joiner, Membership, Suspended, new_resume_token};
+use super::address_limit;
+use super::directory::Placement;
+use super::membership::{Identity, Joiner, Membership, Suspended, new_resume_token};
 use super::metrics::Metrics;
-use super::mixer_thread::{self, Admission, Command, MixerLink, SendError};
+use super::mixer_thread::{self, Admission, Command, MixerLink, OperatorAction, SendError};
 use super::outbox::Outbox;
 use crate::engine::{EngineConfig, ParticipantId};
 
@@ -51,6 +54,8 @@ pub(super) struct Shared {
     max_talkers: usize,
     /// Participants get resume tokens.
     resumable: bool,
+    /// Draining: no new rooms (set by the admin API).
+    draining: AtomicBool,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -60,7 +65,111 @@ pub(super) struct Registry {
     pub(super) directory: Directory,
     /// Participants whose connection dropped, by resume token, waiting to be taken back.
     pub(super) suspended: HashMap<Arc<str>, Suspended>,
+    /// Every seated participant (live or suspended): who it is, for one seat per identity,
+    /// bans and the admin API.
+    pub(super) seated: HashMap<ParticipantId, SeatRecord>,
+    /// Which participant holds each identity's seat in each room.
+    identities: HashMap<(Arc<str>, Identity), ParticipantId>,
+    /// Who may not join each room again while it exists (the admin API's remove with ban).
+    bans: HashMap<Arc<str>, HashSet<Ban>>,
     pub(super) shut_down: bool,
+}
+
+/// A seated participant, as the pool knows it.
+#[derive(Debug, Clone)]
+pub(super) struct SeatRecord {
+    pub(super) room: Arc<str>,
+    pub(super) identity: Identity,
+    pub(super) name: Arc<str>,
+    pub(super) role: Role,
+    pub(super) address: IpAddr,
+    pub(super) placement: Placement,
+    /// Its resume token: while it is a key of `suspended`, the participant is suspended.
+    pub(super) token: Option<Arc<str>>,
+}
+
+/// What a ban holds back.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Ban {
+    /// An identity.
+    Identity(Identity),
+    /// A client address (its /64 for IPv6): on a server without tokens a name is free to
+    /// change, so the address is banned too.
+    Address(IpAddr),
+}
+
+impl Registry {
+    /// Forgets a participant that left (its seat is given back separately).
+    pub(super) fn forget(&mut self, id: ParticipantId) {
+        let Some(record) = self.seated.remove(&id) else {
+            return;
+        };
+        let key = (record.room, record.identity);
+        if self.identities.get(&key) == Some(&id) {
+            self.identities.remove(&key);
+        }
+    }
+
+    /// Gives back a seat in `room`; a room this empties is gone, and its bans with it.
+    pub(super) fn release_seat(&mut self, room: &str) {
+        if self.directory.release_seat(room) {
+            self.bans.remove(room);
+        }
+    }
+
+    fn banned(&self, room: &str, identity: &Identity, address: IpAddr) -> bool {
+        self.bans.get(room).is_some_and(|bans| {
+            bans.contains(&Ban::Identity(identity.clone()))
+                || (matches!(identity, Identity::Name(_))
+                    && bans.contains(&Ban::Address(address_limit::key(address))))
+        })
+    }
+}
+
+/// A participant as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ParticipantRecord {
+    /// Its id in the room.
+    pub id: u32,
+    /// Its identity (a token's `sub`, or `name:` and its name's key).
+    pub identity: String,
+    /// Its display name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Its client's address.
+    pub address: String,
+    /// Whether its connection dropped and it waits to be resumed.
+    pub suspended: bool,
+}
+
+/// A room as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RoomRecord {
+    /// Settings and occupancy.
+    #[serde(flatten)]
+    pub summary: RoomSummary,
+    /// Who is in it, by id.
+    pub members: Vec<ParticipantRecord>,
+}
+
+/// Why an admin action could not be done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminRefused {
+    /// No such room.
+    #[error("there is no room {0:?}")]
+    UnknownRoom(String),
+    /// No such participant in the room.
+    #[error("participant {id} is not in room {room:?}")]
+    UnknownParticipant {
+        /// The room.
+        room: String,
+        /// The id asked for.
+        id: u32,
+    },
+    /// The mixer thread has stopped.
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
 impl Shared {
@@ -103,11 +212,15 @@ impl MixerPool {
                         RoomConfig::of(&config.engine),
                     ),
                     suspended: HashMap::new(),
+                    seated: HashMap::new(),
+                    identities: HashMap::new(),
+                    bans: HashMap::new(),
                     shut_down: false,
                 }),
                 next_id: AtomicU32::new(1),
                 max_talkers: config.engine.max_talkers,
                 resumable: config.resumable,
+                draining: AtomicBool::new(false),
                 metrics,
             }),
         })
@@ -129,6 +242,22 @@ impl MixerPool {
         if registry.shut_down {
             return Err(JoinRefused::ShuttingDown);
         }
+        if registry.banned(room, &joiner.identity, joiner.address) {
+            return Err(JoinRefused::Banned {
+                room: room.to_owned(),
+            });
+        }
+        if self.is_draining() && registry.directory.info(room).is_none() {
+            return Err(JoinRefused::Draining);
+        }
+        // One seat per identity and room.
+        let holder = registry
+            .identities
+            .get(&(Arc::from(room), joiner.identity.clone()))
+            .copied();
+        if let Some(holder) = holder {
+            self.take_identity_seat(&mut registry, holder, &joiner)?;
+        }
         let seat = registry
             .directory
             .take_seat(room, joiner.role, joiner.mode, Instant::now())?;
@@ -136,6 +265,15 @@ impl MixerPool {
         let id = ParticipantId(shared.next_id.fetch_add(1, Ordering::Relaxed));
         let in_flight = Arc::new(AtomicUsize::new(0));
         let format = joiner.format.clone();
+        let record = SeatRecord {
+            room: seat.room.clone(),
+            identity: joiner.identity.clone(),
+            name: Arc::from(joiner.name.as_str()),
+            role: joiner.role,
+            address: joiner.address,
+            placement: seat.placement,
+            token: token.clone(),
+        };
         let admission = Admission {
             id,
             room: seat.room.clone(),
@@ -166,6 +304,10 @@ impl MixerPool {
                 SendError::Stopped => JoinRefused::ShuttingDown,
             });
         }
+        registry
+            .identities
+            .insert((record.room.clone(), record.identity.clone()), id);
+        registry.seated.insert(id, record);
         drop(registry);
         Ok(Membership {
             pool: shared.clone(),
@@ -182,18 +324,29 @@ impl MixerPool {
 
     /// Takes back the suspended participant with this resume token in `room`, for a new
     /// connection whose outbox is `outbox`; it is told with a `joined` (`resumed`).
+    ///
+    /// With `identity` (a server with access tokens), the participant must be that identity's:
+    /// a leaked resume token is no use without a token for the same identity.
     pub fn resume(
         &self,
         token: &str,
         room: &str,
         format: &AudioFormat,
+        identity: Option<&Identity>,
         outbox: Arc<Outbox>,
     ) -> Option<Membership> {
         let mut registry = self.shared.lock_registry();
-        if registry
-            .suspended
-            .get(token)
-            .is_none_or(|m| &*m.room != room || m.format != *format)
+        let Some(parked) = registry.suspended.get(token) else {
+            return None;
+        };
+        if &*parked.room != room || parked.format != *format {
+            return None;
+        }
+        if let Some(identity) = identity
+            && registry
+                .seated
+                .get(&parked.id)
+                .is_none_or(|record| record.identity != *identity)
         {
             return None;
         }
@@ -217,6 +370,9 @@ impl MixerPool {
         if registry.shut_down {
             return Err(CreateRefused::ShuttingDown);
         }
+        if self.is_draining() {
+            return Err(CreateRefused::Draining);
+        }
         let summary =
             registry
                 .directory
@@ -237,6 +393,229 @@ impl MixerPool {
     /// The rooms, sorted by name (at most `MAX_LISTED_ROOMS`), and whether there are more.
     pub fn list_rooms(&self) -> (Vec<RoomSummary>, bool) {
         self.shared.lock_registry().directory.list()
+    }
+
+    /// [`MixerPool::list_rooms`] of only the rooms whose names pass `filter`.
+    pub fn list_rooms_matching(&self, filter: impl Fn(&str) -> bool) -> (Vec<RoomSummary>, bool) {
+        self.shared.lock_registry().directory.list_matching(filter)
+    }
+
+    /// Makes way for `joiner` in the seat its identity holds in the room, held by `holder`:
+    /// a suspended holder (a ghost) is let go; a live one is replaced if the identity is a
+    /// verified one (the same person on a new connection), and the join is refused if it is
+    /// only a name (someone else may not take a name in use).
+    fn take_identity_seat(
+        &self,
+        registry: &mut Registry,
+        holder: ParticipantId,
+        joiner: &Joiner,
+    ) -> Result<(), JoinRefused> {
+        let Some(record) = registry.seated.get(&holder).cloned() else {
+            return Ok(());
+        };
+        let ghost = record
+            .token
+            .as_ref()
+            .and_then(|token| registry.suspended.remove(token));
+        if let Some(ghost) = ghost {
+            // Under the lock, like a leave: the seat goes back and the thread hears of it
+            // before it hears of the new join.
+            registry.forget(holder);
+            registry.release_seat(&record.room);
+            self.shared.threads[record.placement.thread].send(Command::Leave {
+                room: record.placement.key,
+                participant: holder,
+                reason: LeaveReason::Replaced,
+            });
+            drop(ghost);
+            return Ok(());
+        }
+        match joiner.identity {
+            Identity::Name(_) => Err(JoinRefused::NameTaken {
+                name: joiner.name.clone(),
+            }),
+            Identity::Token(_) => {
+                // The old connection is told and closed; its membership gives the seat back
+                // when its connection task ends, as for a moderator's removal.
+                registry.forget(holder);
+                self.shared.threads[record.placement.thread].send(Command::Operator {
+                    room: record.placement.key,
+                    action: OperatorAction::Evict {
+                        target: holder,
+                        code: ErrorCode::Replaced,
+                        message: "the same identity joined this room on another connection"
+                            .to_owned(),
+                        reason: LeaveReason::Replaced,
+                    },
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the node is draining (no new rooms).
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts (or stops) draining: existing rooms go on, new rooms are refused.
+    pub fn set_draining(&self, draining: bool) {
+        self.shared.draining.store(draining, Ordering::Relaxed);
+        info!(draining, "drain state changed");
+    }
+
+    /// Every room with its members, sorted by name (the admin API).
+    pub fn rooms_with_members(&self) -> Vec<RoomRecord> {
+        let registry = self.shared.lock_registry();
+        let (rooms, _) = registry.directory.list_all();
+        rooms
+            .into_iter()
+            .map(|summary| {
+                let members = members_of(&registry, &summary.settings.room);
+                RoomRecord { summary, members }
+            })
+            .collect()
+    }
+
+    /// One room with its members (the admin API).
+    pub fn room_with_members(&self, room: &str) -> Option<RoomRecord> {
+        let registry = self.shared.lock_registry();
+        let summary = registry.directory.info(room)?;
+        Some(RoomRecord {
+            members: members_of(&registry, room),
+            summary,
+        })
+    }
+
+    /// The operator mutes or unmutes a participant (the room hears it, `by` 0).
+    pub fn operator_mute(&self, room: &str, id: u32, muted: bool) -> Result<(), AdminRefused> {
+        let target = ParticipantId(id);
+        self.operator(room, Some(target), OperatorAction::Mute { target, muted })
+    }
+
+    /// The operator removes a participant and bans its identity (and, on a server without
+    /// tokens, its address) from the room for as long as the room exists.
+    pub fn operator_remove(&self, room: &str, id: u32) -> Result<(), AdminRefused> {
+        let target = ParticipantId(id);
+        {
+            let mut registry = self.shared.lock_registry();
+            let record = registry
+                .seated
+                .get(&target)
+                .filter(|r| &*r.room == room)
+                .cloned()
+                .ok_or_else(|| AdminRefused::UnknownParticipant {
+                    room: room.to_owned(),
+                    id,
+                })?;
+            let bans = registry.bans.entry(record.room.clone()).or_default();
+            bans.insert(Ban::Identity(record.identity.clone()));
+            if matches!(record.identity, Identity::Name(_)) {
+                bans.insert(Ban::Address(address_limit::key(record.address)));
+            }
+            // A suspended participant has no connection to close: it is let go here.
+            if let Some(ghost) = record
+                .token
+                .as_ref()
+                .and_then(|token| registry.suspended.remove(token))
+            {
+                registry.forget(target);
+                registry.release_seat(&record.room);
+                self.shared.threads[record.placement.thread].send(Command::Leave {
+                    room: record.placement.key,
+                    participant: target,
+                    reason: LeaveReason::Removed,
+                });
+                drop(ghost);
+                return Ok(());
+            }
+        }
+        self.operator(
+            room,
+            Some(target),
+            OperatorAction::Evict {
+                target,
+                code: ErrorCode::Removed,
+                message: "removed from the room by the server's operator; you may not rejoin it"
+                    .to_owned(),
+                reason: LeaveReason::Removed,
+            },
+        )
+    }
+
+    /// The operator closes a room: everyone in it is told and disconnected.
+    pub fn operator_close(&self, room: &str) -> Result<(), AdminRefused> {
+        let ghosts: Vec<Suspended> = {
+            let mut registry = self.shared.lock_registry();
+            if registry.directory.info(room).is_none() {
+                return Err(AdminRefused::UnknownRoom(room.to_owned()));
+            }
+            let ids: Vec<ParticipantId> = registry
+                .seated
+                .iter()
+                .filter(|(_, r)| &*r.room == room)
+                .map(|(id, _)| *id)
+                .collect();
+            let mut ghosts = Vec::new();
+            for id in ids {
+                let Some(record) = registry.seated.get(&id).cloned() else {
+                    continue;
+                };
+                if let Some(ghost) = record
+                    .token
+                    .as_ref()
+                    .and_then(|token| registry.suspended.remove(token))
+                {
+                    ghosts.push(ghost);
+                }
+            }
+            ghosts
+        };
+        // Outside the lock: leaving takes it.
+        for ghost in ghosts {
+            ghost.revive(self.shared.clone()).leave(LeaveReason::RoomClosed);
+        }
+        match self.operator(room, None, OperatorAction::Close) {
+            // Only ghosts were left: the room is gone already.
+            Err(AdminRefused::UnknownRoom(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Sends an operator action to `room`'s mixer thread, after checking that `target` (if
+    /// any) is in the room.
+    fn operator(
+        &self,
+        room: &str,
+        target: Option<ParticipantId>,
+        action: OperatorAction,
+    ) -> Result<(), AdminRefused> {
+        let registry = self.shared.lock_registry();
+        let placement = registry
+            .directory
+            .placement(room)
+            .ok_or_else(|| AdminRefused::UnknownRoom(room.to_owned()))?;
+        if let Some(target) = target
+            && registry
+                .seated
+                .get(&target)
+                .is_none_or(|r| &*r.room != room)
+        {
+            return Err(AdminRefused::UnknownParticipant {
+                room: room.to_owned(),
+                id: target.0,
+            });
+        }
+        // Unbounded, like leaves: operator actions are rare and authenticated, and one must
+        // not be refused because clients filled the control queue.
+        if self.shared.threads[placement.thread].send(Command::Operator {
+            room: placement.key,
+            action,
+        }) {
+            Ok(())
+        } else {
+            Err(AdminRefused::ShuttingDown)
+        }
     }
 
     /// Refuses further joins, stops every mixer thread and waits for them.
@@ -270,6 +649,28 @@ impl MixerPool {
     }
 }
 
+/// The members of `room`, by id.
+fn members_of(registry: &Registry, room: &str) -> Vec<ParticipantRecord> {
+    let mut members: Vec<ParticipantRecord> = registry
+        .seated
+        .iter()
+        .filter(|(_, r)| &*r.room == room)
+        .map(|(id, r)| ParticipantRecord {
+            id: id.0,
+            identity: r.identity.describe(),
+            name: r.name.to_string(),
+            role: r.role,
+            address: r.address.to_string(),
+            suspended: r
+                .token
+                .as_ref()
+                .is_some_and(|t| registry.suspended.contains_key(t)),
+        })
+        .collect();
+    members.sort_unstable_by_key(|m| m.id);
+    members
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -280,6 +681,8 @@ mod tests {
 
     fn joiner() -> Joiner {
         Joiner {
+            identity: Identity::Name("away".into()),
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
             name: "away".into(),
             mode: None,
             role: Role::Speaker,
@@ -314,7 +717,13 @@ mod tests {
         // It resumes as the same participant, in the same seat.
         let outbox = Arc::new(Outbox::new(4, 100));
         let back = pool
-            .resume(&token, "lobby", &AudioFormat::opus_48k_mono_20ms(), outbox)
+            .resume(
+                &token,
+                "lobby",
+                &AudioFormat::opus_48k_mono_20ms(),
+                None,
+                outbox,
+            )
             .expect("resumed");
         assert_eq!(pool.room_info("lobby").map(|r| r.participants), Some(1));
         back.suspend(Duration::from_secs(60), None);

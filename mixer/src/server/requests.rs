@@ -325,6 +325,16 @@ pub(super) fn apply(
 }
 
 /// Mutes or unmutes `target` and tells the room; nothing is said if nothing changed.
+/// The participant id that stands for the server's operator in `by` fields (the admin API):
+/// participant ids start at 1.
+pub const OPERATOR: ParticipantId = ParticipantId(0);
+
+/// The operator (the admin API) mutes or unmutes `target`; the room hears it with `by` 0, and
+/// only a moderator or the operator may unmute it.
+pub(super) fn operator_mute(slot: &mut RoomSlot, target: ParticipantId, muted: bool) {
+    set_muted(slot, target, muted, Some(OPERATOR));
+}
+
 fn set_muted(slot: &mut RoomSlot, target: ParticipantId, muted: bool, by: Option<ParticipantId>) {
     if mark_muted(slot, target, muted, by) {
         slot.broadcast_all(&ServerMessage::ParticipantMuted {

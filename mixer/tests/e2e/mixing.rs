@@ -106,7 +106,7 @@ async fn a_pcm_client_and_an_opus_client_hear_each_other_over_real_sockets() {
         token: None,
         mode: Some(Mode::Talk),
         resume: None,
-        role: Role::Speaker,
+        role: Some(Role::Speaker),
         format: AudioFormat::pcm16(44_100),
     });
     pcm.send(Message::text(pcm_join.to_json()))

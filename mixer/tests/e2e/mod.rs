@@ -37,7 +37,9 @@ impl TestServer {
     async fn start(extra: &[&str]) -> TestServer {
         let mut args = vec!["mixer", "serve", "--mixer-threads", "2"];
         args.extend_from_slice(extra);
-        let Command::Serve(serve) = <Cli as clap::Parser>::parse_from(args).command;
+        let Command::Serve(serve) = <Cli as clap::Parser>::parse_from(args).command else {
+            unreachable!("parsed as serve")
+        };
         let config: ServerConfig = serve.to_config().expect("valid config");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -119,7 +121,7 @@ fn join_message_as(room: &str, name: &str, mode: Mode, role: Role) -> Message {
             token: None,
             mode: Some(mode),
             resume: None,
-            role,
+            role: Some(role),
             format: AudioFormat::opus_48k_mono_20ms(),
         })
         .to_json(),

@@ -555,7 +555,7 @@ async fn guessing_resume_tokens_is_limited_per_address() {
                     token: None,
                     mode: None,
                     resume: None,
-                    role: Role::Speaker,
+                    role: Some(Role::Speaker),
                     format: AudioFormat::opus_48k_mono_20ms(),
                 }
             })

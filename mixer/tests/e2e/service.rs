@@ -114,7 +114,10 @@ async fn metrics_follow_traffic_loss_and_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_be_kept_off_the_public_port() {
     let Command::Serve(serve) =
-        <Cli as clap::Parser>::parse_from(["mixer", "serve", "--mixer-threads", "1"]).command;
+        <Cli as clap::Parser>::parse_from(["mixer", "serve", "--mixer-threads", "1"]).command
+    else {
+        unreachable!("parsed as serve")
+    };
     let config = serve.to_config().expect("config");
     let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let private = TcpListener::bind("127.0.0.1:0").await.expect("bind");

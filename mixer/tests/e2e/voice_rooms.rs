@@ -613,7 +613,7 @@ async fn a_dropped_client_resumes_as_the_same_participant_within_the_window() {
                 token: None,
                 mode: None,
                 resume: Some(token.into()),
-                role: Role::Speaker,
+                role: Some(Role::Speaker),
                 format: AudioFormat::opus_48k_mono_20ms(),
             })
             .to_json(),

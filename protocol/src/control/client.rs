@@ -111,9 +111,15 @@ impl ClientMessage {
 pub struct JoinRequest {
     /// Room to join, created on first join: 1 to 64 bytes of `A-Z a-z 0-9 _ . -`.
     pub room: String,
-    /// Display name shown to the others: 1 to 64 characters, no control characters, not blank.
+    /// Display name shown to the others: 1 to 64 characters after NFC normalisation, no control
+    /// or invisible formatting characters, not blank, not starting with `[`, each word in one
+    /// script, and unlike every other name in the room. On a server with access tokens the name
+    /// comes from the token and this field is ignored (it may be omitted).
+    #[serde(default)]
     pub name: String,
-    /// Reserved for authentication: accepted (at most 4096 bytes) and currently ignored.
+    /// Access token (a JWT signed with the server's key; at most 4096 bytes). Required by a
+    /// server with a key unless the connection's URL carried one (`?access_token=`); it then
+    /// also serves the connection's later `create_room`, `room_info` and `list_rooms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// Whether the client sends audio (`talk` or `ptt`) or only receives it (`listen`).
@@ -124,10 +130,11 @@ pub struct JoinRequest {
     /// mute and floor) after a dropped connection, within the server's resume window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<String>,
-    /// What the participant may do (`speaker`, the default, `listener` or `moderator`). Not yet
-    /// authenticated: any client may claim any role.
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub role: Role,
+    /// What the participant may do: `listener`, `speaker` or `moderator`. Omitted: the access
+    /// token's role, or `speaker` on a server without tokens. A role above the token's is
+    /// refused (`token_insufficient`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
     /// Format of the audio the client sends, and of the audio the server sends back:
     /// opus/48000/1/20, or pcm16/R/1/20 with R one of [`PCM_RATES`](super::PCM_RATES).
     pub format: AudioFormat,
@@ -137,7 +144,7 @@ impl JoinRequest {
     /// The mode asked for, or the default for the role in a room with `policy`: `listen` for
     /// listeners, `ptt` for speakers in a single-floor room, `talk` otherwise.
     pub fn mode_or_default(&self, policy: FloorPolicy) -> Mode {
-        Self::default_mode(self.mode, self.role, policy)
+        Self::default_mode(self.mode, self.role.unwrap_or_default(), policy)
     }
 
     /// `mode`, or the default for `role` in a room with `policy` (see

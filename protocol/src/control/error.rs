@@ -43,8 +43,8 @@ pub enum ErrorCode {
     /// The `join` name is empty, too long, blank, or has a control or invisible formatting
     /// character.
     InvalidName,
-    /// The `join` token is rejected (currently only when over 4096 bytes), or its `resume` token
-    /// is not 1 to 64 hex digits.
+    /// The access token is malformed, over 4096 bytes, signed with another key or algorithm,
+    /// or has invalid claims; or the `resume` token is not 1 to 64 hex digits.
     InvalidToken,
     /// Audio, `leave`, `chat` or a room request (`set_mode`, `mute`, ...) before a successful
     /// `join`.
@@ -114,6 +114,28 @@ pub enum ErrorCode {
     /// The connection did not join a room within the server's timeout after connecting (or
     /// after leaving). Closes (1008).
     JoinTimeout,
+    /// The server requires an access token for this request (`join`, `create_room`,
+    /// `room_info`, `list_rooms`) and none was given, in the message or the connection's URL.
+    TokenRequired,
+    /// The access token has expired (or is not valid yet).
+    TokenExpired,
+    /// The access token does not grant the room asked for.
+    TokenWrongRoom,
+    /// The access token does not grant what was asked: a role above its own, creating rooms,
+    /// or listing them.
+    TokenInsufficient,
+    /// Another participant in the room has this name, or one that looks the same (compared
+    /// case-insensitively by Unicode's confusable skeleton).
+    NameTaken,
+    /// This identity (or, on a server without tokens, this name or address) was removed from
+    /// the room with a ban, which lasts as long as the room.
+    Banned,
+    /// The same identity joined the room on another connection, which takes its place.
+    /// Closes (1008).
+    Replaced,
+    /// The server is draining (its operator is taking it out of service): it takes no new
+    /// rooms. Rooms it already mixes go on. Try another server.
+    Draining,
 }
 
 impl ErrorCode {
@@ -133,7 +155,8 @@ impl ErrorCode {
             ErrorCode::SlowConsumer
             | ErrorCode::PingTimeout
             | ErrorCode::Removed
-            | ErrorCode::JoinTimeout => Some(close_code::POLICY_VIOLATION),
+            | ErrorCode::JoinTimeout
+            | ErrorCode::Replaced => Some(close_code::POLICY_VIOLATION),
             ErrorCode::ShuttingDown => Some(close_code::GOING_AWAY),
             _ => None,
         }

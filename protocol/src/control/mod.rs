@@ -12,6 +12,7 @@
 //! in `parse`.
 
 mod budget;
+mod claims;
 mod client;
 mod error;
 mod format;
@@ -24,6 +25,7 @@ pub use budget::{
     CONTROL_BUDGET_BURST, CONTROL_BUDGET_REFILL_PER_SECOND, CONTROL_FLOOD_DROPS_PER_SECOND,
     INVALID_MESSAGE_COST,
 };
+pub use claims::AccessClaims;
 pub use client::{ClientMessage, JoinRequest, RoomSettings, parse_client_message};
 pub use error::{ControlError, ErrorCode, close_code};
 pub use format::{AudioFormat, MAX_PCM_AUDIO_FRAME, PCM_RATES};
@@ -32,6 +34,6 @@ pub use server::{
 };
 pub use validate::{
     MAX_CHAT_CHARS, MAX_CONTROL_MESSAGE, MAX_NAME_CHARS, MAX_RESUME_TOKEN_LEN, MAX_ROOM_LEN,
-    MAX_TOKEN_LEN, validate_chat,
+    MAX_TOKEN_LEN, name_key, normalise_name, validate_chat,
 };
 pub use vocab::{FloorEndReason, FloorPolicy, LeaveReason, Mode, Role};

@@ -25,10 +25,15 @@ impl JoinRequest {
         validate_room(room)
     }
 
-    /// Checks the room, name, token and format, in that order, reporting the first problem.
+    /// Checks the room, the name (when given: a server with access tokens takes the name from
+    /// the token), the token's size, the resume token and the format, in that order, reporting
+    /// the first problem. A server without tokens also requires the name, with
+    /// [`normalise_name`].
     pub fn validate(&self) -> Result<(), ControlError> {
         validate_room(&self.room)?;
-        validate_name(&self.name)?;
+        if !self.name.is_empty() {
+            normalise_name(&self.name)?;
+        }
         if let Some(token) = &self.token
             && token.len() > MAX_TOKEN_LEN
         {
@@ -134,25 +139,39 @@ fn validate_room(room: &str) -> Result<(), ControlError> {
     Ok(())
 }
 
-fn validate_name(name: &str) -> Result<(), ControlError> {
+/// Checks a display name and returns it as it will be shown: in Unicode normal form C, without
+/// surrounding whitespace.
+///
+/// Refused: an empty or blank name; more than [`MAX_NAME_CHARS`] characters; control characters;
+/// invisible formatting characters (zero-width, bidi overrides and isolates; see
+/// [`FORMAT_CHARACTERS`]); a leading `[`, which apps use for labels such as `[server]`; and a
+/// word (a run between spaces) that mixes scripts, such as Latin with a Cyrillic look-alike
+/// ("\u{0410}lice"), by Unicode's mixed-script detection (UTS #39). Names unlike each other
+/// but still confusable as wholes are caught by comparing [`name_key`]s within a room.
+pub fn normalise_name(name: &str) -> Result<String, ControlError> {
+    use unicode_normalization::UnicodeNormalization;
+    use unicode_security::MixedScript;
+
     let invalid = |detail: String| Err(ControlError::InvalidName { detail });
+    let normal: String = name.nfc().collect();
+    let trimmed = normal.trim();
     if name.is_empty() {
         return invalid("name is empty".to_owned());
     }
-    let chars = name.chars().count();
+    let chars = trimmed.chars().count();
     if chars > MAX_NAME_CHARS {
         return invalid(format!(
             "name {} is {chars} characters, the maximum is {MAX_NAME_CHARS}",
             quote(name)
         ));
     }
-    if let Some(bad) = name.chars().find(|c| c.is_control()) {
+    if let Some(bad) = normal.chars().find(|c| c.is_control()) {
         return invalid(format!(
             "name {} contains control character {bad:?}",
             quote(name)
         ));
     }
-    if let Some(bad) = invisible_formatting(name) {
+    if let Some(bad) = invisible_formatting(&normal) {
         return invalid(format!(
             "name {} contains invisible formatting character U+{:04X} (zero-width, bidi \
              override or similar)",
@@ -160,10 +179,38 @@ fn validate_name(name: &str) -> Result<(), ControlError> {
             u32::from(bad)
         ));
     }
-    if name.chars().all(char::is_whitespace) {
+    if trimmed.is_empty() {
         return invalid(format!("name {} is only whitespace", quote(name)));
     }
-    Ok(())
+    if trimmed.starts_with('[') {
+        return invalid(format!(
+            "name {} starts with '[', which is kept for labels such as [server]",
+            quote(name)
+        ));
+    }
+    if let Some(word) = trimmed
+        .split_whitespace()
+        .find(|word| !word.is_single_script())
+    {
+        return invalid(format!(
+            "name {} mixes scripts in the word {} (look-alike letters from another alphabet)",
+            quote(name),
+            quote(word)
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// The key under which a room compares names for uniqueness: the lower-cased name's confusable
+/// skeleton (UTS #39), with runs of whitespace as one space. "Alice", "alice", "ALICE" and
+/// "A\u{0406}ice" (a Cyrillic I for the l, as a whole word in one script it passes
+/// [`normalise_name`]) share a key; so do "rn" and "m".
+pub fn name_key(name: &str) -> String {
+    let lower = name.to_lowercase();
+    let skeleton: String = unicode_security::skeleton(&lower).collect();
+    // The skeleton may map to capitals (e.g. a Cyrillic letter to a Latin capital): fold again.
+    let folded: String = unicode_security::skeleton(&skeleton.to_lowercase()).collect();
+    folded.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Unicode's format characters (general category Cf, Unicode 15): invisible characters that

@@ -54,6 +54,21 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         self.into()
     }
+
+    /// How much the role may do: listener < speaker < moderator. An access token grants a role
+    /// as a ceiling; a join may ask for that role or a lower one.
+    pub fn rank(self) -> u8 {
+        match self {
+            Role::Listener => 0,
+            Role::Speaker => 1,
+            Role::Moderator => 2,
+        }
+    }
+
+    /// Whether this role includes everything `other` may do.
+    pub fn covers(self, other: Role) -> bool {
+        self.rank() >= other.rank()
+    }
 }
 
 /// How a room arbitrates push-to-talk.
@@ -103,8 +118,12 @@ pub enum LeaveReason {
     SlowConsumer,
     /// The server is shutting down.
     ServerShutdown,
-    /// A moderator removed it.
+    /// A moderator (or the server's operator, through the admin API) removed it.
     Removed,
+    /// The same identity joined again, on another connection, and took its place.
+    Replaced,
+    /// The server's operator closed the room.
+    RoomClosed,
 }
 
 impl FloorEndReason {
