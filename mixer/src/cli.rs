@@ -565,6 +565,33 @@ mod tests {
     }
 
     #[test]
+    fn an_open_server_listens_only_on_loopback_unless_told_otherwise() {
+        let err = parse(&["--listen", "0.0.0.0:8080"])
+            .expect("parse")
+            .to_config()
+            .expect_err("refused");
+        assert!(matches!(err, ConfigError::InsecureListen { .. }), "{err}");
+        assert!(err.to_string().contains("--insecure-no-auth"), "{err}");
+        let config = parse(&["--listen", "[::]:8080", "--insecure-no-auth"])
+            .expect("parse")
+            .to_config()
+            .expect("allowed");
+        assert!(config.access.insecure && config.access.verifier.is_none());
+        for loopback in ["127.0.0.1:8080", "[::1]:8080"] {
+            let config = parse(&["--listen", loopback])
+                .expect("parse")
+                .to_config()
+                .expect("loopback is fine");
+            assert!(!config.access.insecure);
+        }
+        let err = parse(&["--auth-key-file", "/nonexistent/key"])
+            .expect("parse")
+            .to_config()
+            .expect_err("no such file");
+        assert!(matches!(err, ConfigError::AuthKey(_)), "{err}");
+    }
+
+    #[test]
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();

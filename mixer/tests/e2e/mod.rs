@@ -1,6 +1,7 @@
 //! End-to-end tests against the real server on a loopback port, with real WebSocket clients:
 //! the harness (a server on port 0, clients, message helpers) here, the tests by topic below.
 
+mod access;
 mod flood;
 mod mixing;
 mod robustness;
