@@ -1,5 +1,8 @@
 # Build: docker build -t mixer .
-# Run:   docker run --rm -p 8080:8080 mixer
+# Run:   docker run --rm -p 8080:8080 -v $PWD/secret.key:/run/secrets/mixer-key:ro \
+#            -e MIXER_AUTH_KEY_FILE=/run/secrets/mixer-key mixer
+# It listens on 0.0.0.0, so without a key (README "Access tokens") it refuses to start unless
+# run with -e MIXER_INSECURE_NO_AUTH=1 (anyone who reaches it may then join and moderate).
 FROM rust:1-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src

@@ -170,6 +170,12 @@ pub struct Args {
     /// (the server then cuts the flooder off, and it reconnects).
     #[arg(long, env = "LOADGEN_FLOOD_RATE", default_value_t = 0)]
     pub flood_rate: u32,
+
+    /// For a server with access tokens: the signing key (the mixer's HMAC secret, or the
+    /// Ed25519 private key whose public key the mixer holds). Each client gets a token of its
+    /// own, with its own identity, in its connection URL.
+    #[arg(long, env = "LOADGEN_AUTH_KEY_FILE")]
+    pub auth_key_file: Option<std::path::PathBuf>,
 }
 
 /// How talkers talk.
@@ -292,6 +298,8 @@ pub struct Scenario {
     pub flooders: usize,
     /// Messages per second per flooder (`None`: as fast as possible).
     pub flood_rate: Option<u32>,
+    /// The key that signs each client's access token, for a server that requires them.
+    pub auth_key_file: Option<std::path::PathBuf>,
 }
 
 /// How `--find-max` grows the load.
@@ -458,6 +466,7 @@ impl Args {
             }),
             flooders: self.flooders,
             flood_rate: (self.flood_rate > 0).then_some(self.flood_rate),
+            auth_key_file: self.auth_key_file.clone(),
         })
     }
 }

@@ -16,6 +16,7 @@
 //! [`run`] runs one scenario; [`find_max`] grows the load round by round until a gate breaks.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod cpu;
@@ -33,6 +34,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
+use mixer_protocol::Role;
 use tokio::time::Instant;
 
 pub use config::{Args, Gates, Scenario, ScenarioError};
@@ -189,6 +191,22 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
     );
     let wall_start = Instant::now();
     let progress = tokio::spawn(progress(live.clone(), clients, epoch));
+    let mint = scenario
+        .auth_key_file
+        .as_deref()
+        .map(auth::TokenMint::from_file)
+        .transpose()?;
+    // Each client's URL, with a token of its own when the server requires them.
+    let url_for = |room: usize, identity: &str, role: Role| -> anyhow::Result<String> {
+        let url = &scenario.urls[room % scenario.urls.len()];
+        Ok(match &mint {
+            None => url.clone(),
+            Some(mint) => {
+                let name = scenario.room_name(round, room);
+                auth::with_token(url, &mint.mint(identity, &[name.as_str()], role)?)
+            }
+        })
+    };
     let mut tasks = Vec::with_capacity(clients);
     for (room, room_sources) in prepared.iter().enumerate() {
         for slot in 0..scenario.participants {
@@ -198,7 +216,8 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
                 room,
                 slot,
                 source: room_sources.get(slot).map(|(_, source)| source.clone()),
-                url: scenario.urls[room % scenario.urls.len()].clone(),
+                // Listeners join as speakers in listen mode, as without tokens.
+                url: url_for(room, &format!("lg-{room}-{slot}"), Role::Speaker)?,
                 room_name: scenario.room_name(round, room),
                 start_at: epoch + Duration::from_secs_f64(index as f64 / scenario.ramp_per_sec),
                 record: verified.contains(&(room, slot)),
@@ -210,16 +229,16 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
     let flooders: Vec<_> = (0..scenario.flooders)
         .map(|n| {
             let room = n % scenario.rooms;
-            tokio::spawn(flood::run_flooder(
-                scenario.urls[room % scenario.urls.len()].clone(),
+            Ok(tokio::spawn(flood::run_flooder(
+                url_for(room, &format!("lg-flood-{n}"), Role::Moderator)?,
                 scenario.room_name(round, room),
                 format!("flood-{n}"),
                 scenario.flood_rate,
                 epoch + ramp / 3,
                 end,
-            ))
+            )))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     let mut outcomes = Vec::with_capacity(clients);
     for task in tasks {
         outcomes.push(task.await.context("a client task panicked")?);
