@@ -27,4 +27,6 @@
 
 pub mod cli;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod server;

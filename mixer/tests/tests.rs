@@ -19,6 +19,7 @@ mod common;
 mod dashboards;
 mod e2e;
 mod floor_properties;
+mod fuzz_corpus;
 mod pcm;
 mod room_properties;
 mod simulation;
