@@ -29,4 +29,6 @@
 pub mod auth;
 pub mod cli;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod server;

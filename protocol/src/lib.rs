@@ -3,6 +3,8 @@
 
 pub mod audio;
 pub mod control;
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use audio::{
     AUDIO_HEADER_LEN, AudioError, AudioFrame, AudioHeader, AudioLevel, FRAME_MS, FRAME_SAMPLES,
