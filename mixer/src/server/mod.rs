@@ -248,6 +248,10 @@ pub async fn serve(
 
 /// Answers a connection refused under the connection limits with a 503 (after the TLS
 /// handshake, on a TLS port, so that the client can read it).
+///
+/// A refused connection holds no slot under the limits, so on a TLS port its handshake gets at
+/// most [`REFUSAL_HANDSHAKE_TIMEOUT`]: clients stalling handshakes past the limits cannot pile
+/// up sockets for the whole handshake timeout.
 async fn refuse(
     stream: TcpStream,
     peer: std::net::SocketAddr,
@@ -262,12 +266,16 @@ async fn refuse(
             let _ = http::respond(&mut stream, status, body).await;
         }
         Some(tls) => {
-            if let Some(mut stream) = tls.accept(stream, peer, handshake_timeout).await {
+            let timeout = handshake_timeout.min(REFUSAL_HANDSHAKE_TIMEOUT);
+            if let Some(mut stream) = tls.accept(stream, peer, timeout).await {
                 let _ = http::respond(&mut stream, status, body).await;
             }
         }
     }
 }
+
+/// Longest TLS handshake a refused connection is given (a few round trips on a slow link).
+const REFUSAL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves `GET /metrics` and `GET /healthz` on a separate listener until aborted.
 async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {

@@ -265,6 +265,26 @@ async fn tls_port_serves_https_and_turns_away_plain_and_stalled_clients() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_tls_server_refuses_with_a_503_the_client_can_read() {
+    let scratch = Scratch::new("full");
+    let ca = Ca::new("test CA");
+    scratch.install(&ca);
+    let trust = scratch.ca_file(&ca, "ca.pem");
+    let (server, _) = start_tls(&scratch, &["--max-connections", "1"]).await;
+    let first = join_wss(server.addr, &trust, "full", "first", Mode::Listen).await;
+    match connect_wss(server.addr, &trust).await {
+        Err(ConnectError::WebSocket(error)) => match *error {
+            tungstenite::Error::Http(response) => assert_eq!(response.status(), 503),
+            other => panic!("expected HTTP 503, got {other}"),
+        },
+        Err(other) => panic!("expected HTTP 503, got {other}"),
+        Ok(_) => panic!("a second connection was let in past --max-connections 1"),
+    }
+    drop(first);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_serves_the_new_certificate_to_new_clients_and_keeps_open_ones() {
     let scratch = Scratch::new("reload");
     let (ca_a, ca_b) = (Ca::new("CA A"), Ca::new("CA B"));
@@ -398,15 +418,17 @@ impl Binary {
     /// The next log line whose message contains `text`, within 10 s.
     fn wait_for(&self, text: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no log line with {text:?} within 10 s"));
+            let line = match self.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(why) => panic!("no log line with {text:?} ({why}); the mixer said: {seen:#?}"),
+            };
             if line["message"].as_str().is_some_and(|m| m.contains(text)) {
                 return line;
             }
+            seen.push(line);
         }
     }
 
