@@ -65,21 +65,22 @@ pub enum ConnectError {
     /// The system's trust store had no usable root certificate.
     #[error("no trusted root certificates found on this system; pass --ca-file")]
     NoRoots,
-    /// The TCP connection failed.
-    #[error("connecting to {address}: {source}")]
+    /// The TCP connection failed. (The error is in the message, not a `source`: loadgen
+    /// reports errors by their message alone, and a chain would say it twice.)
+    #[error("connecting to {address}: {error}")]
     Tcp {
         /// host:port.
         address: String,
         /// The socket error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The TLS handshake failed (an untrusted certificate, a name mismatch, not TLS...).
-    #[error("TLS handshake with {host}: {source}")]
+    #[error("TLS handshake with {host}: {error}")]
     Tls {
         /// The server name verified.
         host: String,
         /// rustls's reason, as an I/O error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The WebSocket handshake failed (an HTTP error status, a closed connection...).
     #[error("WebSocket handshake: {0}")]
@@ -140,7 +141,7 @@ impl Connector {
             .with_safe_default_protocol_versions()
             .map_err(|e| ConnectError::Tls {
                 host: String::new(),
-                source: io::Error::other(e),
+                error: io::Error::other(e),
             })?
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -216,9 +217,9 @@ impl Connector {
         let address = format!("{host}:{port}");
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
-            .map_err(|source| ConnectError::Tcp {
+            .map_err(|error| ConnectError::Tcp {
                 address: address.clone(),
-                source,
+                error,
             })?;
         let Some(tls) = tls else {
             return Ok((Stream::Plain(tcp), request));
@@ -228,7 +229,7 @@ impl Connector {
         let stream = tls
             .connect(name, tcp)
             .await
-            .map_err(|source| ConnectError::Tls { host, source })?;
+            .map_err(|error| ConnectError::Tls { host, error })?;
         Ok((Stream::Tls(Box::new(stream)), request))
     }
 }

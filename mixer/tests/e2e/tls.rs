@@ -238,8 +238,8 @@ async fn tls_port_serves_https_and_turns_away_plain_and_stalled_clients() {
     }
     // A client that does not trust the server's CA fails its handshake.
     match connect_wss(server.addr, &stranger).await {
-        Err(ConnectError::Tls { source, .. }) => {
-            assert!(source.to_string().contains("UnknownIssuer"), "{source}");
+        Err(ConnectError::Tls { error, .. }) => {
+            assert!(error.to_string().contains("UnknownIssuer"), "{error}");
         }
         Err(other) => panic!("expected a certificate error, got {other}"),
         Ok(_) => panic!("a client trusting another CA connected"),
@@ -308,8 +308,8 @@ async fn reload_serves_the_new_certificate_to_new_clients_and_keeps_open_ones() 
     // New handshakes get certificate B.
     let new = join_wss(server.addr, &trust_b, "reload", "new", Mode::Listen).await;
     match connect_wss(server.addr, &trust_a).await {
-        Err(ConnectError::Tls { source, .. }) => {
-            assert!(source.to_string().contains("UnknownIssuer"), "{source}");
+        Err(ConnectError::Tls { error, .. }) => {
+            assert!(error.to_string().contains("UnknownIssuer"), "{error}");
         }
         Err(other) => panic!("expected a certificate error, got {other}"),
         Ok(_) => panic!("a client trusting only CA A connected after the reload"),
