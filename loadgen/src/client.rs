@@ -328,21 +328,20 @@ pub async fn run_client(plan: ClientPlan, ctx: Arc<RunContext>) -> ClientOutcome
     };
     tokio::time::sleep_until(plan.start_at).await;
     let started = Instant::now();
-    let mut ws =
-        match tokio::time::timeout(ctx.join_timeout, connect_and_join(&plan, &ctx.connector)).await
-        {
-            Ok(Ok(ws)) => ws,
-            Ok(Err(e)) => {
-                out.failure = Some(e);
-                ctx.live.error();
-                return out;
-            }
-            Err(_) => {
-                out.failure = Some(format!("join timed out after {:?}", ctx.join_timeout));
-                ctx.live.error();
-                return out;
-            }
-        };
+    let connecting = connect_and_join(&plan, &ctx.connector);
+    let mut ws = match tokio::time::timeout(ctx.join_timeout, connecting).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            out.failure = Some(e);
+            ctx.live.error();
+            return out;
+        }
+        Err(_) => {
+            out.failure = Some(format!("join timed out after {:?}", ctx.join_timeout));
+            ctx.live.error();
+            return out;
+        }
+    };
     let joined = Instant::now();
     out.joined_at = Some(ctx.secs(joined));
     out.join_ms = Some((joined - started).as_secs_f64() * 1000.0);
