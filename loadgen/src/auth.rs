@@ -36,8 +36,9 @@ impl TokenMint {
             .trim_start()
             .starts_with("-----BEGIN PRIVATE KEY-----")
         {
-            let key = EncodingKey::from_ed_pem(&bytes)
-                .map_err(|e| anyhow::anyhow!("{}: not an Ed25519 private key: {e}", path.display()))?;
+            let key = EncodingKey::from_ed_pem(&bytes).map_err(|e| {
+                anyhow::anyhow!("{}: not an Ed25519 private key: {e}", path.display())
+            })?;
             return Ok(TokenMint {
                 key,
                 algorithm: Algorithm::EdDSA,

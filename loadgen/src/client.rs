@@ -21,18 +21,15 @@ use mixer_protocol::{
     AudioFormat, AudioFrame, AudioHeader, ClientMessage, FRAME_SAMPLES, Flags, JoinRequest, Mode,
     Role, ServerMessage, parse_server_message,
 };
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::config::{Impairment, TalkPattern};
+use crate::connect::{Connector, Ws};
 use crate::rng::Rng;
 use crate::signal::{PERIOD_FRAMES, Source};
 use crate::stats::{FrameCounts, Jitter, Live, SeqTracker};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const FRAME: Duration = Duration::from_millis(20);
 
@@ -42,6 +39,8 @@ const FRAME_SECS: f64 = 0.02;
 /// What is shared by all clients of a run.
 #[derive(Debug)]
 pub struct RunContext {
+    /// Opens the clients' connections (ws:// or wss://).
+    pub connector: Connector,
     /// Time zero of the run; all recorded times are seconds since it.
     pub epoch: Instant,
     /// When every client stops.
@@ -277,14 +276,14 @@ pub fn join_json_as(room: &str, name: &str, mode: Mode, role: Role) -> String {
     .to_json()
 }
 
-async fn connect_and_join(plan: &ClientPlan) -> Result<Ws, String> {
+async fn connect_and_join(plan: &ClientPlan, connector: &Connector) -> Result<Ws, String> {
     // tungstenite zero-fills the free part of its read buffer before every read; with the
     // 128 KiB default that memset, once per 20 ms frame per client, cost more than the read.
     let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async_with_config(plan.url.as_str(), Some(config), false)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+    let (mut ws, _) = connector
+        .websocket(&plan.url, Some(config))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     ws.send(join_message(plan))
         .await
         .map_err(|e| format!("sending join: {e}"))?;
@@ -329,7 +328,8 @@ pub async fn run_client(plan: ClientPlan, ctx: Arc<RunContext>) -> ClientOutcome
     };
     tokio::time::sleep_until(plan.start_at).await;
     let started = Instant::now();
-    let mut ws = match tokio::time::timeout(ctx.join_timeout, connect_and_join(&plan)).await {
+    let connecting = connect_and_join(&plan, &ctx.connector);
+    let mut ws = match tokio::time::timeout(ctx.join_timeout, connecting).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             out.failure = Some(e);

@@ -15,8 +15,8 @@ use serde::Serialize;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadgen", version, about, long_about)]
 pub struct Args {
-    /// Mixer WebSocket URL; repeat (or separate with commas) for several servers. Rooms are
-    /// spread over them round-robin (all members of a room on the same server).
+    /// Mixer WebSocket URL, ws:// or wss://; repeat (or separate with commas) for several
+    /// servers. Rooms are spread over them round-robin (all members of a room on the same server).
     #[arg(
         long,
         env = "LOADGEN_URL",
@@ -156,6 +156,11 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_ROOM_PREFIX", default_value = "loadgen")]
     pub room_prefix: String,
 
+    /// For wss:// URLs, trust only the CA certificate(s) in this PEM file (a self-signed test
+    /// CA, say) instead of the system's roots.
+    #[arg(long, env = "LOADGEN_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
     /// Time allowed for connecting and joining, in ms.
     #[arg(long, env = "LOADGEN_JOIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub join_timeout_ms: u64,
@@ -290,6 +295,8 @@ pub struct Scenario {
     pub mixer_pid: Option<u32>,
     /// Room name prefix.
     pub room_prefix: String,
+    /// The CA that wss:// URLs are checked against (`None`: the system's roots).
+    pub ca_file: Option<PathBuf>,
     /// Connect plus join timeout.
     pub join_timeout: Duration,
     /// Capacity search settings, when `--find-max` is given.
@@ -350,8 +357,8 @@ pub enum ScenarioError {
         /// Its value.
         value: f64,
     },
-    /// A URL that is not `ws://`.
-    #[error("--url {0:?} must start with ws:// (TLS is not supported)")]
+    /// A URL that is neither `ws://` nor `wss://`.
+    #[error("--url {0:?} must start with ws:// or wss://")]
     Url(String),
     /// A room prefix the server would reject.
     #[error("--room-prefix {0:?} may only contain A-Z a-z 0-9 _ . - and be at most 40 bytes")]
@@ -403,7 +410,7 @@ impl Args {
             }
         }
         for url in &self.url {
-            if !url.starts_with("ws://") {
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
                 return Err(ScenarioError::Url(url.clone()));
             }
         }
@@ -459,6 +466,7 @@ impl Args {
             gates,
             mixer_pid: self.mixer_pid,
             room_prefix: self.room_prefix.clone(),
+            ca_file: self.ca_file.clone(),
             join_timeout: Duration::from_millis(self.join_timeout_ms),
             find_max: self.find_max.then(|| FindMax {
                 step: self.step.unwrap_or(self.rooms),
@@ -504,6 +512,10 @@ mod tests {
             .to_scenario()
             .expect_err("invalid");
         assert!(matches!(err, ScenarioError::RoomPrefix(_)));
+        let s = parse(&["--url", "wss://a/", "--ca-file", "ca.pem"])
+            .to_scenario()
+            .expect("valid");
+        assert_eq!(s.ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
         let s = parse(&["--url", "ws://a/,ws://b/", "--loss", "5", "--max-loss", "1"])
             .to_scenario()
             .expect("valid");

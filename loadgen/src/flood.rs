@@ -15,6 +15,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::connect::{Connector, Ws};
+
 /// What the flooders did, summed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct FloodReport {
@@ -122,6 +124,7 @@ fn reply_key(text: &str) -> String {
 /// Floods `room` at `url` from `start_at` until `end`, at `per_second` messages a second (or as
 /// fast as possible), connecting again whenever the server cuts it off.
 pub async fn run_flooder(
+    connector: Connector,
     url: String,
     room: String,
     name: String,
@@ -133,7 +136,12 @@ pub async fn run_flooder(
     tokio::time::sleep_until(start_at).await;
     let mut n = 0u64;
     while Instant::now() < end {
-        let ended = flood_once(&url, &room, &name, per_second, end, &mut n, &mut outcome).await;
+        let ended = match connector.websocket(&url, None).await {
+            Ok((ws, _)) => {
+                flood_once(ws, &room, &name, per_second, end, &mut n, &mut outcome).await
+            }
+            Err(error) => Some(format!("connect: {error}")),
+        };
         if let Some(reason) = ended {
             *outcome.disconnects.entry(reason).or_default() += 1;
             // A cut-off attacker comes straight back; a little pause keeps a refused connect
@@ -146,7 +154,7 @@ pub async fn run_flooder(
 
 /// One connection's flood; returns why the server ended it, if it did before `end`.
 async fn flood_once(
-    url: &str,
+    ws: Ws,
     room: &str,
     name: &str,
     per_second: Option<u32>,
@@ -154,10 +162,6 @@ async fn flood_once(
     n: &mut u64,
     outcome: &mut FloodOutcome,
 ) -> Option<String> {
-    let ws = match tokio_tungstenite::connect_async(url).await {
-        Ok((ws, _)) => ws,
-        Err(error) => return Some(format!("connect: {error}")),
-    };
     let (mut sink, mut stream) = ws.split();
     // Replies are read (and counted) as fast as they come: a flooder that stopped reading
     // would be cut off as a slow consumer, which is the server's other defence.

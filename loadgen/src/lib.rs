@@ -9,6 +9,7 @@
 //! - [`config`]: clap [`Args`] → validated [`Scenario`] (+ [`Gates`]).
 //! - [`signal`]: the tone grid, the pre-encoded 1 s tone-burst period, WAV input, Goertzel.
 //! - [`client`]: one tokio task per simulated client; absolute 20 ms send schedule; impairment.
+//! - [`connect`]: `ws://` and `wss://` connections (TLS with rustls, `--ca-file` or system roots).
 //! - [`stats`]: sequence-gap and jitter kernels, live counters.
 //! - [`verify`]: decoding and checking sampled receivers after the run.
 //! - [`report`]: [`Report`], gate verdicts, the summary table.
@@ -19,6 +20,7 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod connect;
 pub mod cpu;
 pub mod flood;
 pub mod report;
@@ -173,7 +175,12 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
     let epoch = Instant::now() + Duration::from_millis(100);
     let ramp = Duration::from_secs_f64(clients as f64 / scenario.ramp_per_sec);
     let end = epoch + ramp + scenario.duration;
+    // Built once per run: a TLS configuration (and the trust store read for it) is shared by
+    // every client.
+    let connector = connect::Connector::for_urls(&scenario.urls, scenario.ca_file.as_deref())
+        .context("setting up TLS for wss:// URLs")?;
     let ctx = Arc::new(RunContext {
+        connector: connector.clone(),
         epoch,
         end,
         live: live.clone(),
@@ -230,6 +237,7 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
         .map(|n| {
             let room = n % scenario.rooms;
             Ok(tokio::spawn(flood::run_flooder(
+                connector.clone(),
                 url_for(room, &format!("lg-flood-{n}"), Role::Moderator)?,
                 scenario.room_name(round, room),
                 format!("flood-{n}"),

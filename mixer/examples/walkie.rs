@@ -8,6 +8,8 @@
 //! cargo run --release -p mixer --example walkie -- --name bob --record bob.wav --duration 10
 //! cargo run --release -p mixer --example walkie -- --name alice --press 2:3 --tone 440
 //! ```
+//!
+//! Against a TLS server, give a `wss://` URL (and `--ca-file` for a self-signed test CA).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -26,9 +28,13 @@ use tokio_tungstenite::tungstenite::Message;
 /// A push-to-talk test client for the mixer.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Mixer WebSocket URL.
+    /// Mixer WebSocket URL, ws:// or wss://.
     #[arg(long, default_value = "ws://127.0.0.1:8080/")]
     url: String,
+    /// For a wss:// URL, trust only the CA certificate(s) in this PEM file (a self-signed test
+    /// CA, say) instead of the system's roots.
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
     /// Channel (room) to join.
     #[arg(long, default_value = "channel-1")]
     room: String,
@@ -85,7 +91,13 @@ async fn main() -> anyhow::Result<()> {
         bail!("--join-after must be a number of seconds");
     }
     tokio::time::sleep(std::time::Duration::from_secs_f64(args.join_after)).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(args.url.as_str())
+    // loadgen's connector: TLS for wss:// with rustls, ws:// as plain as ever.
+    let connector = loadgen::connect::Connector::for_urls(
+        std::slice::from_ref(&args.url),
+        args.ca_file.as_deref(),
+    )?;
+    let (mut ws, _) = connector
+        .websocket(&args.url, None)
         .await
         .with_context(|| format!("connecting to {}", args.url))?;
     let join = ClientMessage::Join(JoinRequest {

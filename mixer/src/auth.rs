@@ -259,7 +259,9 @@ pub struct Verifier {
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key itself.
-        f.debug_struct("Verifier").field("kind", &self.kind).finish()
+        f.debug_struct("Verifier")
+            .field("kind", &self.kind)
+            .finish()
     }
 }
 
@@ -436,7 +438,11 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use s, m, h or d)"
+            ));
+        }
     };
     if number == 0 {
         return Err("the time to live must be positive".to_owned());
@@ -474,7 +480,9 @@ mod tests {
 
     #[test]
     fn a_signed_token_grants_its_rooms_and_role_ceiling() {
-        let grant = Verifier::hmac(SECRET).verify(&sign(&claims())).expect("valid");
+        let grant = Verifier::hmac(SECRET)
+            .verify(&sign(&claims()))
+            .expect("valid");
         assert_eq!(grant.identity, "alice");
         assert_eq!(grant.name, "Alice");
         assert_eq!(grant.admit("standup", None), Ok(Role::Speaker));

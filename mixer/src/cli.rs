@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::{Claims, Signer, Verifier, parse_ttl, unix_now};
 use crate::engine::EngineConfig;
 use crate::engine::codec::{EncoderSettings, OpusApplication};
 use crate::engine::floor::{FloorConfig, FloorPolicy};
 use crate::engine::jitter::JitterConfig;
 use crate::server::pool::PoolConfig;
-use crate::auth::{Claims, Signer, Verifier, parse_ttl, unix_now};
+use crate::server::tls::{TlsError, TlsFiles, TlsReloader};
 use crate::server::{AccessConfig, ServerConfig, Settings};
 
 /// Real-time Opus audio mixer: every participant in a room hears everyone but themselves.
@@ -160,6 +161,16 @@ pub struct ServeArgs {
     /// --listen, so it can be kept off the public port.
     #[arg(long, env = "MIXER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain (the server's certificate first) for TLS on --listen: clients then
+    /// connect with wss:// and https:// only. Needs --tls-key. Reread, with the key, on SIGHUP.
+    /// --metrics-listen stays plain HTTP.
+    #[arg(long, env = "MIXER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "MIXER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 
     /// Mixer threads; 0 means one per CPU core.
     #[arg(long, env = "MIXER_THREADS", default_value_t = 0)]
@@ -362,6 +373,17 @@ pub enum ConfigError {
         /// --listen.
         address: SocketAddr,
     },
+    /// One of --tls-cert and --tls-key without the other.
+    #[error("--{given} needs --{missing} too (TLS takes a certificate and its key)")]
+    TlsPair {
+        /// The flag given.
+        given: &'static str,
+        /// The flag missing.
+        missing: &'static str,
+    },
+    /// The TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 impl ServeArgs {
@@ -433,6 +455,26 @@ impl ServeArgs {
             max_delay_frames: max / 20,
             ..JitterConfig::default()
         };
+        // Last: the only check that reads files, and the slowest.
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsReloader::load(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })?),
+            (Some(_), None) => {
+                return Err(ConfigError::TlsPair {
+                    given: "tls-cert",
+                    missing: "tls-key",
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::TlsPair {
+                    given: "tls-key",
+                    missing: "tls-cert",
+                });
+            }
+        };
         let frames = |ms: u64| {
             usize::try_from(ms.div_ceil(20))
                 .unwrap_or(usize::MAX)
@@ -480,6 +522,7 @@ impl ServeArgs {
                     ..EngineConfig::default()
                 },
             },
+            tls,
         })
     }
 }
@@ -561,6 +604,39 @@ mod tests {
                 .is_ok()
         );
         assert!(parse(&["--opus-application", "speech"]).is_err());
+        let err = parse(&["--tls-cert", "cert.pem"])
+            .expect("parse")
+            .to_config()
+            .expect_err("no key");
+        assert_eq!(
+            err,
+            ConfigError::TlsPair {
+                given: "tls-cert",
+                missing: "tls-key"
+            }
+        );
+        let err = parse(&["--tls-key", "key.pem"])
+            .expect("parse")
+            .to_config()
+            .expect_err("no certificate");
+        assert!(
+            err.to_string().contains("--tls-key needs --tls-cert"),
+            "{err}"
+        );
+        let err = parse(&[
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ])
+        .expect("parse")
+        .to_config()
+        .expect_err("no such file");
+        assert!(
+            matches!(err, ConfigError::Tls(TlsError::Read { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
         assert!(parse(&["--listen", "nowhere"]).is_err());
     }
 

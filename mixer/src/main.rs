@@ -1,4 +1,5 @@
-//! The `mixer` binary: parses flags, sets up logging, runs the server until SIGINT or SIGTERM.
+//! The `mixer` binary: parses flags, sets up logging, runs the server until SIGINT or SIGTERM
+//! (and, with TLS, rereads its certificate and key on SIGHUP).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -54,11 +55,37 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ),
             None => None,
         };
+        if let Some(tls) = config.tls.clone() {
+            reload_on_hangup(tls)?;
+        }
         mixer::server::serve(config, listener, metrics_listener, shutdown_signal()).await
     });
     // `run` has already closed every connection; don't wait on idle runtime threads.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     result
+}
+
+/// Rereads the TLS certificate and key on every SIGHUP, for the life of the process. The handler
+/// is installed before this returns, so a SIGHUP sent once the server is listening never takes
+/// the default action (ending the process).
+#[cfg(unix)]
+fn reload_on_hangup(tls: mixer::server::tls::TlsReloader) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            // Two small files: reading them on a runtime thread costs less than a hand-off.
+            // reload() logs its outcome, and a failure keeps the certificate in use.
+            let _ = tls.reload();
+        }
+    });
+    Ok(())
+}
+
+/// Without SIGHUP there is nothing to reload on.
+#[cfg(not(unix))]
+fn reload_on_hangup(_tls: mixer::server::tls::TlsReloader) -> anyhow::Result<()> {
+    Ok(())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -14,7 +14,7 @@
 //! - `fuzz_corpus`: the `http_head` fuzz target's corpus, replayed;
 //! - `codec`, `pcm`: the codec and PCM paths against libopus and on tones;
 //! - `e2e`: the real server on a loopback port, by topic (`mixing`, `robustness`, `service`,
-//!   `voice_rooms`, `flood`);
+//!   `voice_rooms`, `flood`, `tls`);
 //! - `dashboards`: the dashboard and alert rules name only exported metrics.
 
 mod codec;

@@ -65,9 +65,7 @@ fn golden_join() {
         }),
     );
     golden_client(
-        &format!(
-            r#"{{"type":"join","room":"lobby","name":"Ada","format":{FORMAT_JSON}}}"#
-        ),
+        &format!(r#"{{"type":"join","room":"lobby","name":"Ada","format":{FORMAT_JSON}}}"#),
         ClientMessage::Join(join("lobby", "Ada")),
     );
     golden_client(

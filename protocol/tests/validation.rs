@@ -1,9 +1,9 @@
 //! The checks a server makes on a well-formed message: `join`, `chat` and `create_room`.
 
-use mixer_protocol::{name_key, normalise_name, 
+use mixer_protocol::{
     AudioFormat, ClientMessage, ControlError, ErrorCode, FloorPolicy, JoinRequest, MAX_CHAT_CHARS,
     MAX_CONTROL_MESSAGE, MAX_ROOM_LEN, MAX_TOKEN_LEN, Mode, PCM_RATES, Role, RoomSettings,
-    parse_client_message, validate_chat,
+    name_key, normalise_name, parse_client_message, validate_chat,
 };
 
 use crate::support::{join, settings};
@@ -133,7 +133,10 @@ fn validate_name() {
         assert!(err.to_string().contains(detail), "{name:?}: {err}");
     }
     // Words of different scripts side by side are fine; so are Japanese's several scripts.
-    for name in ["Ivan \u{0418}\u{0432}\u{0430}\u{043D}", "\u{5C71}\u{7530}\u{305F}\u{308D}\u{3046}"] {
+    for name in [
+        "Ivan \u{0418}\u{0432}\u{0430}\u{043D}",
+        "\u{5C71}\u{7530}\u{305F}\u{308D}\u{3046}",
+    ] {
         normalise_name(name).expect(name);
     }
     // NFC: a decomposed e + combining acute is stored as the single character; surrounding
@@ -141,7 +144,13 @@ fn validate_name() {
     assert_eq!(normalise_name(" Zoe\u{0308} ").as_deref(), Ok("Zo\u{00EB}"));
     // Names that look alike share a key, so a room cannot hold both.
     let key = name_key("Alice");
-    for same in ["alice", "ALICE", "Al\u{0131}ce", "A l i c e".replace(' ', "").as_str(), "Alice  "] {
+    for same in [
+        "alice",
+        "ALICE",
+        "Al\u{0131}ce",
+        "A l i c e".replace(' ', "").as_str(),
+        "Alice  ",
+    ] {
         assert_eq!(name_key(same), key, "{same:?}");
     }
     // An all-Cyrillic look-alike is one script, so it passes the rules; its key catches it.

@@ -17,7 +17,7 @@ use mixer_protocol::{
     FRAME_SAMPLES, INVALID_MESSAGE_COST, LeaveReason, MAX_AUDIO_FRAME, MAX_CONTROL_MESSAGE,
     SAMPLE_RATE, ServerMessage, close_code, parse_client_message,
 };
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
@@ -42,7 +42,13 @@ use crate::auth::{AuthError, Grant, Verifier};
 use crate::engine::ParticipantId;
 use crate::engine::pcm::PcmRate;
 
-type Ws = WebSocketStream<Prefixed<TcpStream>>;
+type Ws<S> = WebSocketStream<Prefixed<S>>;
+
+/// The byte stream a connection runs over: a TCP socket, or TLS over one. The session code is
+/// generic over it rather than an enum of the two, so plain TCP pays nothing for TLS.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for S {}
 
 /// What a connection task needs from the server.
 #[derive(Debug)]
@@ -64,10 +70,11 @@ pub struct Context {
     pub health: &'static str,
 }
 
-/// Serves one accepted TCP connection until it ends. `places` are its places under the
-/// connection limits: given back when it ends, or kept by its participant while suspended.
-pub async fn serve(
-    mut stream: TcpStream,
+/// Serves one accepted connection (after its TLS handshake, on a TLS port) until it ends.
+/// `places` are its places under the connection limits: given back when it ends, or kept by its
+/// participant while suspended.
+pub async fn serve<S: Transport>(
+    mut stream: S,
     peer: SocketAddr,
     places: ConnectionPlaces,
     context: Arc<Context>,
@@ -218,9 +225,7 @@ impl Session {
         let Some(verifier) = &self.context.auth else {
             return Ok(None);
         };
-        let token = token
-            .or(self.token.as_deref())
-            .ok_or(AuthError::Missing)?;
+        let token = token.or(self.token.as_deref()).ok_or(AuthError::Missing)?;
         verifier.verify(token).map(Some)
     }
 
@@ -234,7 +239,7 @@ impl Session {
         self.send_error(error.code(), error.to_string());
     }
 
-    async fn run(mut self, ws: Ws, mut shutdown: watch::Receiver<bool>) {
+    async fn run<S: Transport>(mut self, ws: Ws<S>, mut shutdown: watch::Receiver<bool>) {
         let settings = self.context.settings.clone();
         let (sink, mut stream) = ws.split();
         let mut writer = tokio::spawn(write_loop(
@@ -853,8 +858,8 @@ const PING_TIMEOUT: &str = "ping timeout";
 /// Bytes tungstenite reads from a client socket at a time (see where it is used).
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 
-async fn write_loop(
-    mut sink: SplitSink<Ws, Message>,
+async fn write_loop<S: Transport>(
+    mut sink: SplitSink<Ws<S>, Message>,
     outbox: Arc<Outbox>,
     ping_interval: Duration,
 ) {

@@ -79,7 +79,9 @@ pub enum JoinRefused {
         name: String,
     },
     /// The server is draining and takes no new rooms.
-    #[error("this server is draining (being taken out of service) and takes no new rooms; try another server")]
+    #[error(
+        "this server is draining (being taken out of service) and takes no new rooms; try another server"
+    )]
     Draining,
 }
 
@@ -118,7 +120,9 @@ pub enum CreateRefused {
     #[error("server is shutting down")]
     ShuttingDown,
     /// The server is draining and takes no new rooms.
-    #[error("this server is draining (being taken out of service) and takes no new rooms; try another server")]
+    #[error(
+        "this server is draining (being taken out of service) and takes no new rooms; try another server"
+    )]
     Draining,
 }
 
@@ -435,7 +439,11 @@ impl Directory {
         self.list_at_most(MAX_LISTED_ROOMS, filter)
     }
 
-    fn list_at_most(&self, limit: usize, filter: impl Fn(&str) -> bool) -> (Vec<RoomSummary>, bool) {
+    fn list_at_most(
+        &self,
+        limit: usize,
+        filter: impl Fn(&str) -> bool,
+    ) -> (Vec<RoomSummary>, bool) {
         let mut rooms: Vec<(&Arc<str>, &Entry)> =
             self.rooms.iter().filter(|(name, _)| filter(name)).collect();
         rooms.sort_unstable_by(|a, b| a.0.cmp(b.0));

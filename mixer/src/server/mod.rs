@@ -22,6 +22,7 @@
 //! - [`outbox`]: a client's bounded send queue.
 //! - [`metrics`], [`http`]: Prometheus metrics and the plain-HTTP routes.
 //! - [`admin`]: the operators' JSON API (rooms, mute, remove with a ban, close, drain).
+//! - [`tls`]: TLS on the public port (`wss://`, `https://`), its certificate reloaded on SIGHUP.
 //!
 //! Connections run on the tokio runtime; mixing runs on its own threads. The only links between
 //! them are the command channel into a mixer thread and each client's outbox, and neither ever
@@ -40,13 +41,14 @@ pub mod outbox;
 pub mod pool;
 pub mod requests;
 pub mod room_fanout;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -54,6 +56,7 @@ use tracing::{debug, info, warn};
 use self::address_limit::{AddressLimits, ConnectionPlaces};
 use self::metrics::Metrics;
 use self::pool::{MixerPool, PoolConfig};
+use self::tls::TlsReloader;
 
 /// Connection-level settings.
 #[derive(Debug, Clone)]
@@ -125,6 +128,8 @@ pub struct ServerConfig {
     pub pool: PoolConfig,
     /// Access tokens.
     pub access: AccessConfig,
+    /// TLS on the public port (`None`: plain). Keep a clone to reload its certificate.
+    pub tls: Option<TlsReloader>,
 }
 
 /// The `/healthz` body of an open server on a public address.
@@ -187,7 +192,10 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
-    info!(address = %listener.local_addr()?, threads = config.pool.threads, "mixer listening");
+    let tls = config.tls.clone();
+    let handshake_timeout = config.settings.handshake_timeout;
+    info!(address = %listener.local_addr()?, threads = config.pool.threads, tls = tls.is_some(),
+          "mixer listening");
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -211,31 +219,35 @@ pub async fn serve(
                 let Some(address) = addresses.admit(peer.ip()) else {
                     debug!(%peer, "per-address connection limit reached; refusing");
                     metrics.connections_refused_total.inc();
-                    connections.spawn(async move {
-                        let mut stream = stream;
-                        let _ = http::respond(
-                            &mut stream,
-                            "503 Service Unavailable",
-                            "too many connections from your address\n",
-                        )
-                        .await;
-                    });
+                    connections.spawn(refuse(
+                        stream,
+                        peer,
+                        tls.clone(),
+                        handshake_timeout,
+                        "too many connections from your address\n",
+                    ));
                     continue;
                 };
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     warn!(%peer, "connection limit reached; refusing");
                     metrics.connections_refused_total.inc();
-                    connections.spawn(async move {
-                        let mut stream = stream;
-                        let _ = http::respond(&mut stream, "503 Service Unavailable", "server full\n").await;
-                    });
+                    connections.spawn(refuse(stream, peer, tls.clone(), handshake_timeout, "server full\n"));
                     continue;
                 };
                 let context = context.clone();
                 let stop = stop_rx.clone();
                 let places = ConnectionPlaces { slot: permit, address };
+                let tls = tls.clone();
                 connections.spawn(async move {
-                    connection::serve(stream, peer, places, context, stop).await;
+                    // The TLS handshake runs here, in the connection's task, not in this loop.
+                    match tls {
+                        None => connection::serve(stream, peer, places, context, stop).await,
+                        Some(tls) => {
+                            if let Some(stream) = tls.accept(stream, peer, handshake_timeout).await {
+                                connection::serve(stream, peer, places, context, stop).await;
+                            }
+                        }
+                    }
                 });
             }
             () = &mut shutdown => break,
@@ -264,6 +276,37 @@ pub async fn serve(
     info!("stopped");
     Ok(())
 }
+
+/// Answers a connection refused under the connection limits with a 503 (after the TLS
+/// handshake, on a TLS port, so that the client can read it).
+///
+/// A refused connection holds no slot under the limits, so on a TLS port its handshake gets at
+/// most [`REFUSAL_HANDSHAKE_TIMEOUT`]: clients stalling handshakes past the limits cannot pile
+/// up sockets for the whole handshake timeout.
+async fn refuse(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    tls: Option<TlsReloader>,
+    handshake_timeout: Duration,
+    body: &'static str,
+) {
+    let status = "503 Service Unavailable";
+    match tls {
+        None => {
+            let mut stream = stream;
+            let _ = http::respond(&mut stream, status, body).await;
+        }
+        Some(tls) => {
+            let timeout = handshake_timeout.min(REFUSAL_HANDSHAKE_TIMEOUT);
+            if let Some(mut stream) = tls.accept(stream, peer, timeout).await {
+                let _ = http::respond(&mut stream, status, body).await;
+            }
+        }
+    }
+}
+
+/// Longest TLS handshake a refused connection is given (a few round trips on a slow link).
+const REFUSAL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves `GET /metrics` and `GET /healthz` on a separate listener until aborted.
 async fn serve_metrics(listener: TcpListener, context: Arc<connection::Context>) {

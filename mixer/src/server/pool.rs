@@ -15,9 +15,9 @@ use std::time::Instant;
 use mixer_protocol::{AudioFormat, ErrorCode, LeaveReason, Role, RoomSettings, RoomSummary};
 use tracing::{info, warn};
 
-use super::directory::{CreateRefused, Directory, JoinRefused, RoomConfig};
 use super::address_limit;
 use super::directory::Placement;
+use super::directory::{CreateRefused, Directory, JoinRefused, RoomConfig};
 use super::membership::{Identity, Joiner, Membership, Suspended, new_resume_token};
 use super::metrics::Metrics;
 use super::mixer_thread::{self, Admission, Command, MixerLink, OperatorAction, SendError};
@@ -573,7 +573,9 @@ impl MixerPool {
         };
         // Outside the lock: leaving takes it.
         for ghost in ghosts {
-            ghost.revive(self.shared.clone()).leave(LeaveReason::RoomClosed);
+            ghost
+                .revive(self.shared.clone())
+                .leave(LeaveReason::RoomClosed);
         }
         match self.operator(room, None, OperatorAction::Close) {
             // Only ghosts were left: the room is gone already.

@@ -239,7 +239,11 @@ async fn with_a_key_no_join_succeeds_without_a_valid_token() {
     let (_, body) = http_get(server.addr, "/metrics").await;
     assert_eq!(metric(&body, "mixer_rooms", ""), 0.0);
     assert_eq!(
-        metric(&body, "mixer_auth_failures_total", "code=\"token_required\""),
+        metric(
+            &body,
+            "mixer_auth_failures_total",
+            "code=\"token_required\""
+        ),
         4.0
     );
     assert_eq!(
@@ -266,7 +270,10 @@ async fn with_a_key_no_join_succeeds_without_a_valid_token() {
     ))
     .await
     .expect("send");
-    assert!(matches!(next_control(&mut ws).await, ServerMessage::Joined { .. }));
+    assert!(matches!(
+        next_control(&mut ws).await,
+        ServerMessage::Joined { .. }
+    ));
     let (_, _, roster) = join_token(
         &server,
         "standup",
@@ -316,7 +323,13 @@ async fn a_token_in_the_url_authenticates_the_connection_and_scopes_listing() {
     )
     .await;
     assert!(
-        matches!(reply, ServerMessage::Error { code: ErrorCode::TokenWrongRoom, .. }),
+        matches!(
+            reply,
+            ServerMessage::Error {
+                code: ErrorCode::TokenWrongRoom,
+                ..
+            }
+        ),
         "{reply:?}"
     );
     // Someone else's room exists...
@@ -336,7 +349,13 @@ async fn a_token_in_the_url_authenticates_the_connection_and_scopes_listing() {
     )
     .await;
     assert!(
-        matches!(reply, ServerMessage::Error { code: ErrorCode::TokenWrongRoom, .. }),
+        matches!(
+            reply,
+            ServerMessage::Error {
+                code: ErrorCode::TokenWrongRoom,
+                ..
+            }
+        ),
         "{reply:?}"
     );
     // ... and is not listed to a token for team-*.
@@ -355,7 +374,13 @@ async fn a_token_in_the_url_authenticates_the_connection_and_scopes_listing() {
     .expect("connect");
     let reply = ask(&mut plain, ClientMessage::ListRooms).await;
     assert!(
-        matches!(reply, ServerMessage::Error { code: ErrorCode::TokenInsufficient, .. }),
+        matches!(
+            reply,
+            ServerMessage::Error {
+                code: ErrorCode::TokenInsufficient,
+                ..
+            }
+        ),
         "{reply:?}"
     );
     server.shutdown().await;
@@ -367,8 +392,14 @@ async fn each_role_can_do_exactly_what_its_role_allows() {
     let server = secured(&[]).await;
     let room = "roles";
     // The victim, a speaker every action is aimed at.
-    let (mut victim, victim_id, _) =
-        join_token(&server, room, token("victim", Role::Speaker, room), None, None).await;
+    let (mut victim, victim_id, _) = join_token(
+        &server,
+        room,
+        token("victim", Role::Speaker, room),
+        None,
+        None,
+    )
+    .await;
     for role in [Role::Listener, Role::Speaker, Role::Moderator] {
         let identity = format!("actor-{}", role.as_str());
         let (mut actor, actor_id, _) = join_token(
@@ -448,7 +479,13 @@ async fn each_role_can_do_exactly_what_its_role_allows() {
             assert_eq!(close_code(&mut victim).await, Some(1008));
         } else {
             assert!(
-                matches!(reply, ServerMessage::Error { code: ErrorCode::Forbidden, .. }),
+                matches!(
+                    reply,
+                    ServerMessage::Error {
+                        code: ErrorCode::Forbidden,
+                        ..
+                    }
+                ),
                 "{role:?} remove: {reply:?}"
             );
             // Drain what the victim saw of this actor, then let the actor go.
@@ -494,7 +531,12 @@ async fn floor_rights_follow_the_token_and_a_listener_is_never_heard() {
     let mut ws = connect(&server).await;
     send_expect_error(
         &mut ws,
-        join_with(room, Some(token("s", Role::Speaker, room)), None, Some(Mode::Talk)),
+        join_with(
+            room,
+            Some(token("s", Role::Speaker, room)),
+            None,
+            Some(Mode::Talk),
+        ),
         ErrorCode::ModeNotAllowed,
     )
     .await;
@@ -514,7 +556,13 @@ async fn floor_rights_follow_the_token_and_a_listener_is_never_heard() {
     ) {}
     let reply = ask(&mut speaker, ClientMessage::FloorRequest { preempt: true }).await;
     assert!(
-        matches!(reply, ServerMessage::Error { code: ErrorCode::Forbidden, .. }),
+        matches!(
+            reply,
+            ServerMessage::Error {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ),
         "{reply:?}"
     );
     // A moderator may do both.
@@ -529,8 +577,14 @@ async fn floor_rights_follow_the_token_and_a_listener_is_never_heard() {
     drop((speaker, holder));
     // A listener's audio: refused and unheard by an open-mic moderator listening in.
     let lroom = "listen-only";
-    let (listener_ws, _, _) =
-        join_token(&server, lroom, token("l", Role::Listener, lroom), None, None).await;
+    let (listener_ws, _, _) = join_token(
+        &server,
+        lroom,
+        token("l", Role::Listener, lroom),
+        None,
+        None,
+    )
+    .await;
     let (audience, _, _) = join_token(
         &server,
         lroom,
@@ -565,17 +619,35 @@ async fn floor_rights_follow_the_token_and_a_listener_is_never_heard() {
 async fn one_identity_holds_one_seat_and_a_new_connection_replaces_the_old() {
     let server = secured(&["--resume-window-ms", "30000"]).await;
     let room = "seats";
-    let (mut watcher, _, _) =
-        join_token(&server, room, token("watcher", Role::Speaker, room), None, None).await;
-    let (mut first, first_id, _) =
-        join_token(&server, room, token("alice", Role::Speaker, room), None, None).await;
+    let (mut watcher, _, _) = join_token(
+        &server,
+        room,
+        token("watcher", Role::Speaker, room),
+        None,
+        None,
+    )
+    .await;
+    let (mut first, first_id, _) = join_token(
+        &server,
+        room,
+        token("alice", Role::Speaker, room),
+        None,
+        None,
+    )
+    .await;
     assert!(matches!(
         next_control(&mut watcher).await,
         ServerMessage::ParticipantJoined { .. }
     ));
     // The same identity on a new connection takes the seat: the old one is told and closed.
-    let (_second, second_id, roster) =
-        join_token(&server, room, token("alice", Role::Speaker, room), None, None).await;
+    let (_second, second_id, roster) = join_token(
+        &server,
+        room,
+        token("alice", Role::Speaker, room),
+        None,
+        None,
+    )
+    .await;
     assert_ne!(first_id, second_id);
     assert!(
         roster.iter().all(|(id, _, _)| *id != first_id),
@@ -624,9 +696,14 @@ async fn a_resume_token_is_bound_to_its_identity() {
     let server = secured(&["--resume-window-ms", "30000"]).await;
     let room = "resume";
     let mut ws = connect(&server).await;
-    ws.send(join_with(room, Some(token("alice", Role::Moderator, room)), None, None))
-        .await
-        .expect("send");
+    ws.send(join_with(
+        room,
+        Some(token("alice", Role::Moderator, room)),
+        None,
+        None,
+    ))
+    .await
+    .expect("send");
     let ServerMessage::Joined {
         resume_token: Some(resume),
         participant_id,
@@ -683,7 +760,10 @@ async fn an_open_server_refuses_look_alike_and_reserved_names() {
         ("Alice", ErrorCode::NameTaken),
         ("alice", ErrorCode::NameTaken),
         // All Cyrillic: one script, but its confusable skeleton is "alice".
-        ("\u{0410}\u{04CF}\u{0456}\u{0441}\u{0435}", ErrorCode::NameTaken),
+        (
+            "\u{0410}\u{04CF}\u{0456}\u{0441}\u{0435}",
+            ErrorCode::NameTaken,
+        ),
         // A Cyrillic A in a Latin word.
         ("\u{0410}lice", ErrorCode::InvalidName),
         ("Al\u{200B}ice", ErrorCode::InvalidName),
@@ -702,9 +782,14 @@ async fn an_open_server_refuses_look_alike_and_reserved_names() {
     let (mut third, _) = super::join(&server, "names", "Third", Mode::Talk).await;
     let _ = third.close(None).await;
     let mut ws = connect(&server).await;
-    ws.send(join_message_as("names", "Fourth", Mode::Talk, Role::Speaker))
-        .await
-        .expect("send");
+    ws.send(join_message_as(
+        "names",
+        "Fourth",
+        Mode::Talk,
+        Role::Speaker,
+    ))
+    .await
+    .expect("send");
     let ServerMessage::Joined { participants, .. } = next_control(&mut ws).await else {
         panic!("expected joined");
     };
@@ -772,16 +857,26 @@ async fn the_admin_api_lists_mutes_bans_closes_and_drains() {
     // Closed to everyone but an admin token.
     assert_eq!(admin(&server, "GET", "/admin/rooms", None).await.0, 401);
     assert_eq!(
-        admin(&server, "GET", "/admin/rooms", Some("garbage")).await.0,
+        admin(&server, "GET", "/admin/rooms", Some("garbage"))
+            .await
+            .0,
         401
     );
     assert_eq!(
-        admin(&server, "GET", "/admin/rooms", Some(&not_admin)).await.0,
+        admin(&server, "GET", "/admin/rooms", Some(&not_admin))
+            .await
+            .0,
         403
     );
 
-    let (talker, talker_id, _) =
-        join_token(&server, room, token("talker", Role::Speaker, room), None, None).await;
+    let (talker, talker_id, _) = join_token(
+        &server,
+        room,
+        token("talker", Role::Speaker, room),
+        None,
+        None,
+    )
+    .await;
     let (mut audience, _, _) = join_token(
         &server,
         room,
@@ -835,8 +930,14 @@ async fn the_admin_api_lists_mutes_bans_closes_and_drains() {
     );
     let _ = talking.await;
     // Remove with a ban: the identity cannot come back while the room exists.
-    let (mut victim, victim_id, _) =
-        join_token(&server, room, token("victim", Role::Speaker, room), None, None).await;
+    let (mut victim, victim_id, _) = join_token(
+        &server,
+        room,
+        token("victim", Role::Speaker, room),
+        None,
+        None,
+    )
+    .await;
     let path = format!("/admin/rooms/{room}/participants/{victim_id}/remove");
     assert_eq!(admin(&server, "POST", &path, Some(&operator)).await.0, 200);
     expect_error(&mut victim, ErrorCode::Removed).await;
@@ -849,9 +950,14 @@ async fn the_admin_api_lists_mutes_bans_closes_and_drains() {
     )
     .await;
     assert_eq!(
-        admin(&server, "POST", "/admin/rooms/ops/participants/999/remove", Some(&operator))
-            .await
-            .0,
+        admin(
+            &server,
+            "POST",
+            "/admin/rooms/ops/participants/999/remove",
+            Some(&operator)
+        )
+        .await
+        .0,
         404
     );
     assert_eq!(
@@ -860,26 +966,57 @@ async fn the_admin_api_lists_mutes_bans_closes_and_drains() {
             .0,
         404
     );
-    assert_eq!(admin(&server, "GET", "/admin/drain", Some(&operator)).await.0, 405);
+    assert_eq!(
+        admin(&server, "GET", "/admin/drain", Some(&operator))
+            .await
+            .0,
+        405
+    );
     // Drain: existing rooms go on, new ones are refused, and /healthz tells load balancers.
-    assert_eq!(admin(&server, "POST", "/admin/drain", Some(&operator)).await.0, 200);
+    assert_eq!(
+        admin(&server, "POST", "/admin/drain", Some(&operator))
+            .await
+            .0,
+        200
+    );
     let (status, _) = http_get(server.addr, "/healthz").await;
     assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
     let mut newcomer = connect(&server).await;
     send_expect_error(
         &mut newcomer,
-        join_with("fresh", Some(token("n", Role::Speaker, "fresh")), None, None),
+        join_with(
+            "fresh",
+            Some(token("n", Role::Speaker, "fresh")),
+            None,
+            None,
+        ),
         ErrorCode::Draining,
     )
     .await;
-    let (_late, _, _) =
-        join_token(&server, room, token("late", Role::Speaker, room), None, None).await;
-    assert_eq!(admin(&server, "POST", "/admin/undrain", Some(&operator)).await.0, 200);
-    // Close: everyone in the room is told and disconnected.
+    let (_late, _, _) = join_token(
+        &server,
+        room,
+        token("late", Role::Speaker, room),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(
-        admin(&server, "POST", &format!("/admin/rooms/{room}/close"), Some(&operator))
+        admin(&server, "POST", "/admin/undrain", Some(&operator))
             .await
             .0,
+        200
+    );
+    // Close: everyone in the room is told and disconnected.
+    assert_eq!(
+        admin(
+            &server,
+            "POST",
+            &format!("/admin/rooms/{room}/close"),
+            Some(&operator)
+        )
+        .await
+        .0,
         200
     );
     loop {
@@ -925,11 +1062,8 @@ async fn tokens_from_the_cli_are_accepted_with_hmac_and_ed25519_keys() {
             .expect("run mixer token create");
         assert!(output.status.success(), "{output:?}");
         let minted = String::from_utf8(output.stdout).expect("utf-8");
-        let server = TestServer::start(&[
-            "--auth-key-file",
-            verifying.to_str().expect("utf-8 path"),
-        ])
-        .await;
+        let server =
+            TestServer::start(&["--auth-key-file", verifying.to_str().expect("utf-8 path")]).await;
         let (_ws, _, _) = join_token(
             &server,
             "cli-room",

@@ -212,7 +212,14 @@ async fn a_client_flooding_every_control_type_costs_its_room_no_audio_no_event_a
     }
     let (paced, _) = join(&server, "flood", "flooder-paced", Mode::Talk).await;
     let (rushed, _) = join(&server, "flood", "flooder-rushed", Mode::Talk).await;
-    let (chair, _) = join_as(&server, "flood", "flooder-chair", Mode::Talk, Role::Moderator).await;
+    let (chair, _) = join_as(
+        &server,
+        "flood",
+        "flooder-chair",
+        Mode::Talk,
+        Role::Moderator,
+    )
+    .await;
 
     // The talker talks throughout; everyone else listens from now until after the flood.
     let settle = Duration::from_millis(1500);

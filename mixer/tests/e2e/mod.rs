@@ -6,6 +6,7 @@ mod flood;
 mod mixing;
 mod robustness;
 mod service;
+mod tls;
 mod voice_rooms;
 
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ use mixer_protocol::{
     AudioFormat, AudioFrame, ClientMessage, ErrorCode, JoinRequest, LeaveReason, Mode, Role,
     ServerMessage, parse_server_message,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -131,7 +132,9 @@ fn join_message_as(room: &str, name: &str, mode: Mode, role: Role) -> Message {
 
 /// Reads until a control message arrives (skipping audio and talking indicators, which come
 /// whenever someone speaks), with a timeout.
-async fn next_control(ws: &mut Client) -> ServerMessage {
+async fn next_control<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+) -> ServerMessage {
     loop {
         match next_message(ws).await {
             ServerMessage::TalkingStarted { .. } | ServerMessage::TalkingStopped { .. } => {}
@@ -141,7 +144,9 @@ async fn next_control(ws: &mut Client) -> ServerMessage {
 }
 
 /// Reads until any control message arrives (skipping audio), with a timeout.
-async fn next_message(ws: &mut Client) -> ServerMessage {
+async fn next_message<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+) -> ServerMessage {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -210,8 +215,12 @@ struct Heard {
 }
 
 /// Runs one client for `duration`: sends its tone (if any) every 20 ms on an absolute schedule
-/// and decodes everything it receives.
-async fn run_client(mut ws: Client, tone: Option<f32>, duration: Duration) -> Heard {
+/// and decodes everything it receives (over plain TCP or TLS).
+async fn run_client<S: AsyncRead + AsyncWrite + Unpin>(
+    mut ws: WebSocketStream<S>,
+    tone: Option<f32>,
+    duration: Duration,
+) -> Heard {
     let mut talker = tone.map(|f| Talker::new(f, 0.2));
     let mut heard = Heard {
         listener: Listener::default(),

@@ -43,4 +43,3 @@ pub struct AccessClaims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
 }
-
