@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the mixer server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Access tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -549,7 +549,7 @@ mod tests {
         let mut full = vec!["mixer", "serve"];
         full.extend_from_slice(args);
         Cli::try_parse_from(full).map(|cli| match cli.command {
-            Command::Serve(args) => args,
+            Command::Serve(args) => *args,
             Command::Token(_) => unreachable!("parsed as serve"),
         })
     }

@@ -65,7 +65,7 @@ pub enum JoinRefused {
     #[error("server is shutting down")]
     ShuttingDown,
     /// The identity (or name or address) is banned from the room.
-    #[error("you were removed from room {room:?} with a ban, which lasts as long as the room")]
+    #[error("you were removed from room {room:?}, and may not rejoin it while it exists")]
     Banned {
         /// The room.
         room: String,

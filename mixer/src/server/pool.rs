@@ -117,6 +117,22 @@ impl Registry {
         }
     }
 
+    /// Bans a seated participant's identity from its room while the room exists; with
+    /// `address` and on a server without tokens (where a name is free to change) also its
+    /// client address, as the operator's removal does. A moderator's removal bans only the
+    /// identity: on an open server anyone may claim to be a moderator, and an address may be
+    /// shared by many (a NAT, or every test on loopback).
+    pub(super) fn ban(&mut self, id: ParticipantId, address: bool) {
+        let Some(record) = self.seated.get(&id) else {
+            return;
+        };
+        let bans = self.bans.entry(record.room.clone()).or_default();
+        bans.insert(Ban::Identity(record.identity.clone()));
+        if address && matches!(record.identity, Identity::Name(_)) {
+            bans.insert(Ban::Address(address_limit::key(record.address)));
+        }
+    }
+
     fn banned(&self, room: &str, identity: &Identity, address: IpAddr) -> bool {
         self.bans.get(room).is_some_and(|bans| {
             bans.contains(&Ban::Identity(identity.clone()))
@@ -336,9 +352,7 @@ impl MixerPool {
         outbox: Arc<Outbox>,
     ) -> Option<Membership> {
         let mut registry = self.shared.lock_registry();
-        let Some(parked) = registry.suspended.get(token) else {
-            return None;
-        };
+        let parked = registry.suspended.get(token)?;
         if &*parked.room != room || parked.format != *format {
             return None;
         }
@@ -508,11 +522,7 @@ impl MixerPool {
                     room: room.to_owned(),
                     id,
                 })?;
-            let bans = registry.bans.entry(record.room.clone()).or_default();
-            bans.insert(Ban::Identity(record.identity.clone()));
-            if matches!(record.identity, Identity::Name(_)) {
-                bans.insert(Ban::Address(address_limit::key(record.address)));
-            }
+            registry.ban(target, true);
             // A suspended participant has no connection to close: it is let go here.
             if let Some(ghost) = record
                 .token

@@ -127,6 +127,17 @@ async fn ask(ws: &mut Client, message: ClientMessage) -> ServerMessage {
     }
 }
 
+/// A join of `room` as `identity` on a new connection is refused as `banned`.
+async fn expect_banned(server: &TestServer, room: &str, identity: &str) {
+    let mut again = connect(server).await;
+    send_expect_error(
+        &mut again,
+        join_with(room, Some(token(identity, Role::Speaker, room)), None, None),
+        ErrorCode::Banned,
+    )
+    .await;
+}
+
 /// The close code the server ends `ws` with (skipping whatever comes before).
 async fn close_code(ws: &mut Client) -> Option<u16> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -477,6 +488,8 @@ async fn each_role_can_do_exactly_what_its_role_allows() {
                 "{reply:?}"
             );
             assert_eq!(close_code(&mut victim).await, Some(1008));
+            // Removed is banned: the same identity cannot come back while the room exists.
+            expect_banned(&server, room, "victim").await;
         } else {
             assert!(
                 matches!(
@@ -942,13 +955,7 @@ async fn the_admin_api_lists_mutes_bans_closes_and_drains() {
     assert_eq!(admin(&server, "POST", &path, Some(&operator)).await.0, 200);
     expect_error(&mut victim, ErrorCode::Removed).await;
     assert_eq!(close_code(&mut victim).await, Some(1008));
-    let mut again = connect(&server).await;
-    send_expect_error(
-        &mut again,
-        join_with(room, Some(token("victim", Role::Speaker, room)), None, None),
-        ErrorCode::Banned,
-    )
-    .await;
+    expect_banned(&server, room, "victim").await;
     assert_eq!(
         admin(
             &server,
