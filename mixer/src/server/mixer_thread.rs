@@ -337,7 +337,7 @@ impl MixerThread {
                 message,
                 reason,
             } => {
-                if !evict(slot, target, code, message, metrics) {
+                if !evict(slot, target, (code, message), code.as_str(), metrics) {
                     return;
                 }
                 info!(room = %slot.name, participant = %target, reason = reason.as_str(), "evicted by the server");
@@ -347,11 +347,16 @@ impl MixerThread {
                 let mut targets: Vec<ParticipantId> = slot.members.keys().copied().collect();
                 targets.sort_unstable();
                 for &target in &targets {
+                    // Closed as "room closed", not "removed": nobody is banned from a room
+                    // that is going away.
                     evict(
                         slot,
                         target,
-                        ErrorCode::Removed,
-                        "the room was closed by the server's operator".to_owned(),
+                        (
+                            ErrorCode::Removed,
+                            "the room was closed by the server's operator".to_owned(),
+                        ),
+                        "room closed",
                         metrics,
                     );
                 }
@@ -631,12 +636,13 @@ impl MixerThread {
     }
 }
 
-/// Sends `target` an error and closes its connection (1008); false if it is not in the room.
+/// Sends `target` an error and closes its connection (1008) with `reason` (a connection closed
+/// as `removed` bans its identity from the room); false if it is not in the room.
 fn evict(
     slot: &RoomSlot,
     target: ParticipantId,
-    code: ErrorCode,
-    message: String,
+    (code, message): (ErrorCode, String),
+    reason: &'static str,
     metrics: &Metrics,
 ) -> bool {
     let Some(member) = slot.members.get(&target) else {
@@ -645,7 +651,7 @@ fn evict(
     slot.send_error(target, code, message, metrics);
     member.outbox.close(Closed::Close {
         code: close_code::POLICY_VIOLATION,
-        reason: code.as_str(),
+        reason,
     });
     true
 }
