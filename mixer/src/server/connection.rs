@@ -351,15 +351,7 @@ impl Session {
                     }) => false,
                     Some(_) => true,
                 };
-            // Removed by a moderator (the mixer thread closed the connection as `removed`):
-            // banned from the room while it exists, so it cannot simply come back.
-            let removed = matches!(
-                self.outbox.closed(),
-                Some(Closed::Close { reason, .. }) if reason == ErrorCode::Removed.as_str()
-            );
-            if removed {
-                membership.ban_and_leave(reason);
-            } else if matches!(reason, LeaveReason::Disconnected | LeaveReason::TimedOut)
+            if matches!(reason, LeaveReason::Disconnected | LeaveReason::TimedOut)
                 && !window.is_zero()
                 && !closed_by_server
             {

@@ -245,13 +245,6 @@ impl Membership {
         }
     }
 
-    /// Bans this participant's identity from its room while the room exists (a moderator
-    /// removed it), then leaves. The operator's removal has banned its address too already.
-    pub fn ban_and_leave(self, reason: LeaveReason) {
-        self.pool.lock_registry().ban(self.id, false);
-        self.leave(reason);
-    }
-
     /// Leaves the room, telling the others why.
     pub fn leave(mut self, reason: LeaveReason) {
         self.leave_inner(reason);

@@ -192,14 +192,19 @@ impl MixerLink {
 }
 
 /// Starts one mixer thread named `name`.
+///
+/// `removed` hears of every participant a moderator removes, so the pool can ban it and, if
+/// it was waiting to resume, give its seat back (the thread never takes the pool's lock).
 pub fn spawn(
     name: String,
     engine: EngineConfig,
     metrics: Arc<Metrics>,
+    removed: mpsc::Sender<ParticipantId>,
 ) -> std::io::Result<(MixerLink, std::thread::JoinHandle<()>)> {
     let (sender, rx) = mpsc::channel();
     let control_queued = Arc::new(AtomicUsize::new(0));
     let mut thread = MixerThread {
+        removed,
         rx,
         control_queued: control_queued.clone(),
         engine,
@@ -221,6 +226,8 @@ pub fn spawn(
 }
 
 struct MixerThread {
+    /// Where removals by moderators are reported (see [`spawn`]).
+    removed: mpsc::Sender<ParticipantId>,
     rx: mpsc::Receiver<Command>,
     control_queued: Arc<AtomicUsize>,
     engine: EngineConfig,
@@ -465,6 +472,8 @@ impl MixerThread {
         slot.drain_events(metrics);
         for removed in outcome.removed {
             self.leave(room, removed, LeaveReason::Removed);
+            // Never blocks; fails only once the pool is gone.
+            let _ = self.removed.send(removed);
         }
     }
 

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::Instant;
 
@@ -56,6 +56,9 @@ pub(super) struct Shared {
     resumable: bool,
     /// Draining: no new rooms (set by the admin API).
     draining: AtomicBool,
+    /// Participants the mixer threads report removed by a moderator, handled at the next
+    /// [`Shared::lock_registry`].
+    removals: Mutex<mpsc::Receiver<ParticipantId>>,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -133,6 +136,29 @@ impl Registry {
         }
     }
 
+    /// A moderator removed `id` (its mixer thread has taken it out of the room): its identity
+    /// is banned from the room, and if it was waiting to resume, its seat is given back now
+    /// rather than at the end of its window. Returns whether a seat was given back.
+    fn removed_by_moderator(&mut self, id: ParticipantId) -> bool {
+        self.ban(id, false);
+        let Some(record) = self.seated.get(&id).cloned() else {
+            return false;
+        };
+        let Some(ghost) = record
+            .token
+            .as_ref()
+            .and_then(|token| self.suspended.remove(token))
+        else {
+            // Live: its connection was closed, and its membership leaves when that ends.
+            return false;
+        };
+        self.forget(id);
+        self.release_seat(&record.room);
+        // Its places under the connection limits go back with it.
+        drop(ghost);
+        true
+    }
+
     fn banned(&self, room: &str, identity: &Identity, address: IpAddr) -> bool {
         self.bans.get(room).is_some_and(|bans| {
             bans.contains(&Ban::Identity(identity.clone()))
@@ -194,7 +220,13 @@ impl Shared {
         // Every critical section is a few map operations that cannot leave the maps
         // inconsistent, so a poisoned lock is still usable.
         let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        if registry.directory.expire(Instant::now()) > 0 {
+        let removals = self.removals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed = false;
+        while let Ok(id) = removals.try_recv() {
+            changed |= registry.removed_by_moderator(id);
+        }
+        drop(removals);
+        if registry.directory.expire(Instant::now()) > 0 || changed {
             self.metrics.rooms.set(registry.directory.len() as i64);
         }
         registry
@@ -208,11 +240,13 @@ impl MixerPool {
         metrics.mixer_threads.set(count as i64);
         let mut links = Vec::with_capacity(count);
         let mut handles = Vec::with_capacity(count);
+        let (removed, removals) = mpsc::channel();
         for index in 0..count {
             let (link, handle) = mixer_thread::spawn(
                 format!("mixer-{index}"),
                 config.engine.clone(),
                 metrics.clone(),
+                removed.clone(),
             )?;
             links.push(link);
             handles.push(handle);
@@ -237,6 +271,7 @@ impl MixerPool {
                 max_talkers: config.engine.max_talkers,
                 resumable: config.resumable,
                 draining: AtomicBool::new(false),
+                removals: Mutex::new(removals),
                 metrics,
             }),
         })

@@ -1117,3 +1117,61 @@ async fn tokens_from_the_cli_are_accepted_with_hmac_and_ed25519_keys() {
         assert!(error.to_string().contains(message), "{error}");
     }
 }
+
+/// A moderator removing someone whose connection dropped (kept for resuming) gives its seat
+/// back at once and bans it, as for someone connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_participant_waiting_to_resume_frees_its_seat_and_bans_it() {
+    let server = secured(&["--resume-window-ms", "30000"]).await;
+    let room = "away";
+    let (mut moderator, _, _) = join_token(
+        &server,
+        room,
+        token("mod", Role::Moderator, room),
+        None,
+        None,
+    )
+    .await;
+    let (gone, gone_id, _) = join_token(
+        &server,
+        room,
+        token("gone", Role::Speaker, room),
+        None,
+        None,
+    )
+    .await;
+    assert!(matches!(
+        next_control(&mut moderator).await,
+        ServerMessage::ParticipantJoined { .. }
+    ));
+    reset(gone).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let participants = |reply: ServerMessage| match reply {
+        ServerMessage::RoomInfo(summary) => summary.participants,
+        other => panic!("expected room_info, got {other:?}"),
+    };
+    let info = ClientMessage::RoomInfo { room: room.into() };
+    assert_eq!(
+        participants(ask(&mut moderator, info.clone()).await),
+        2,
+        "the dropped participant is kept for resuming"
+    );
+    let reply = ask(
+        &mut moderator,
+        ClientMessage::Remove {
+            participant_id: gone_id,
+        },
+    )
+    .await;
+    assert!(
+        matches!(reply, ServerMessage::ParticipantLeft { participant_id, reason: LeaveReason::Removed } if participant_id == gone_id),
+        "{reply:?}"
+    );
+    assert_eq!(
+        participants(ask(&mut moderator, info).await),
+        1,
+        "its seat is given back at once, not after its resume window"
+    );
+    expect_banned(&server, room, "gone").await;
+    server.shutdown().await;
+}

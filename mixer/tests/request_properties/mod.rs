@@ -495,9 +495,12 @@ impl Case {
                 if removed.live {
                     // Its connection sees its outbox closed and leaves (see `settle`).
                     self.model.release_seat(&removed.room);
-                } else if let Some(ghost) = self.model.ghosts.values_mut().find(|g| g.id == target)
-                {
-                    ghost.removed = true;
+                } else {
+                    // Waiting to resume: the pool hears of the removal from the mixer thread
+                    // and lets the ghost go (its seat with it) at its next lock, which comes
+                    // before any later request is answered.
+                    self.model.ghosts.retain(|_, g| g.id != target);
+                    self.model.release_seat(&removed.room);
                 }
             }
             Op::FloorRequest { client, preempt } => {
@@ -671,11 +674,7 @@ impl Case {
                 self.clients[client].outbox = None;
                 self.clients[client].ghost = Some(token.clone());
                 self.model.participants.get_mut(&id).expect("live").live = false;
-                let ghost = Ghost {
-                    id,
-                    room: p.room,
-                    removed: false,
-                };
+                let ghost = Ghost { id, room: p.room };
                 self.model.ghosts.insert(token, ghost);
             }
             Op::Resume {
@@ -800,13 +799,6 @@ impl Case {
         self.clients[client].outbox = Some(outbox);
         self.clients[client].membership = Some(membership);
         self.clients[client].token = Some(token.to_owned());
-        if ghost.removed {
-            // Removed while away: the mixer thread refuses it and closes the new connection,
-            // which then gives the seat back (see `settle`).
-            self.model.expected[client].push(ServerMessage::error(ErrorCode::ResumeFailed, ""));
-            self.model.release_seat(room);
-            return;
-        }
         let p = self.model.participants.get_mut(&ghost.id).expect("a ghost");
         p.live = true;
         p.client = client;

@@ -11,7 +11,7 @@ use mixer_protocol::{
 
 use super::{LONG, MAX_PARTICIPANTS};
 
-/// The model of one participant the mixer thread knows (live, or suspended and not removed).
+/// The model of one participant the mixer thread knows (live, or suspended).
 #[derive(Debug, Clone)]
 pub(super) struct Participant {
     pub(super) client: usize,
@@ -30,9 +30,6 @@ pub(super) struct Participant {
 pub(super) struct Ghost {
     pub(super) id: u32,
     pub(super) room: String,
-    /// A moderator removed it while suspended: its seat stays taken until it resumes (and is
-    /// refused) or its window ends.
-    pub(super) removed: bool,
 }
 
 /// The model of one room in the directory, and of its slot on the mixer thread.
@@ -41,7 +38,7 @@ pub(super) struct Room {
     pub(super) policy: FloorPolicy,
     pub(super) max_participants: u32,
     pub(super) max_talk_ms: u64,
-    /// Memberships (live, suspended, or removed but still suspended).
+    /// Memberships (live or suspended).
     pub(super) seats: u32,
     /// Who the mixer thread has in the room.
     pub(super) roster: BTreeSet<u32>,
