@@ -82,6 +82,9 @@ pub struct ClientPlan {
     pub source: Option<Arc<Source>>,
     /// Server URL.
     pub url: String,
+    /// Its access token (for a server with keys), sent in the URL of every connection it
+    /// makes, redirected ones included.
+    pub access_token: Option<String>,
     /// Room name.
     pub room_name: String,
     /// When to connect.
@@ -122,6 +125,8 @@ pub struct ClientOutcome {
     pub join_ms: Option<f64>,
     /// Why connecting or joining failed.
     pub failure: Option<String>,
+    /// `redirect`s followed to reach the node that mixes its room.
+    pub redirects: u32,
     /// Why the connection ended before the run did.
     pub disconnect: Option<String>,
     /// Server `error` messages: (code, message).
@@ -247,14 +252,25 @@ impl Sender {
     }
 }
 
-fn join_message(plan: &ClientPlan) -> Message {
+fn join_message(plan: &ClientPlan, resume: Option<String>) -> Message {
     let mode = if plan.source.is_some() {
         Mode::Talk
     } else {
         Mode::Listen
     };
     let name = format!("lg-{}-{}", plan.room, plan.slot);
-    Message::text(join_json(&plan.room_name, &name, mode))
+    Message::text(
+        ClientMessage::Join(JoinRequest {
+            room: plan.room_name.clone(),
+            name,
+            token: None,
+            mode: Some(mode),
+            resume,
+            role: Some(Role::default()),
+            format: AudioFormat::opus_48k_mono_20ms(),
+        })
+        .to_json(),
+    )
 }
 
 /// A `join` for `room` as a speaker named `name`, in Opus.
@@ -276,21 +292,76 @@ pub fn join_json_as(room: &str, name: &str, mode: Mode, role: Role) -> String {
     .to_json()
 }
 
-async fn connect_and_join(plan: &ClientPlan, connector: &Connector) -> Result<Ws, String> {
+/// Redirects a client follows in a row before it gives up (a misconfigured fleet must not
+/// bounce it forever).
+pub const MAX_REDIRECTS: u32 = 3;
+
+/// Connects and joins, following `redirect`s to the node that mixes the room; returns the
+/// joined connection and how many redirects it followed.
+async fn connect_and_join(plan: &ClientPlan, connector: &Connector) -> Result<(Ws, u32), String> {
+    let mut url = plan.url.clone();
+    let mut resume = None;
+    for redirects in 0..=MAX_REDIRECTS {
+        match join_at(plan, connector, &url, resume.take()).await? {
+            Joined::Yes(ws) => return Ok((*ws, redirects)),
+            Joined::Redirect { to, resume_token } => {
+                url = to;
+                resume = resume_token;
+            }
+        }
+    }
+    Err(format!(
+        "more than {MAX_REDIRECTS} redirects in a row (last to {url})"
+    ))
+}
+
+/// What one connection's `join` came to.
+enum Joined {
+    /// Joined (boxed: a connection is large, and this is one value per join).
+    Yes(Box<Ws>),
+    /// Sent elsewhere.
+    Redirect {
+        /// Where.
+        to: String,
+        /// To resume with there.
+        resume_token: Option<String>,
+    },
+}
+
+async fn join_at(
+    plan: &ClientPlan,
+    connector: &Connector,
+    url: &str,
+    resume: Option<String>,
+) -> Result<Joined, String> {
     // tungstenite zero-fills the free part of its read buffer before every read; with the
     // 128 KiB default that memset, once per 20 ms frame per client, cost more than the read.
     let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
+    // The client's own token goes with it to whichever node it is sent to.
+    let url = match &plan.access_token {
+        Some(token) => crate::auth::with_token(url, token),
+        None => url.to_owned(),
+    };
     let (mut ws, _) = connector
-        .websocket(&plan.url, Some(config))
+        .websocket(&url, Some(config))
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    ws.send(join_message(plan))
+    ws.send(join_message(plan, resume))
         .await
         .map_err(|e| format!("sending join: {e}"))?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => match parse_server_message(text.as_str()) {
-                Ok(ServerMessage::Joined { .. }) => return Ok(ws),
+                Ok(ServerMessage::Joined { .. }) => return Ok(Joined::Yes(Box::new(ws))),
+                Ok(ServerMessage::Redirect {
+                    url, resume_token, ..
+                }) => {
+                    let _ = ws.close(None).await;
+                    return Ok(Joined::Redirect {
+                        to: url,
+                        resume_token,
+                    });
+                }
                 Ok(ServerMessage::Error { code, message }) => {
                     return Err(format!("join rejected: {code}: {message}"));
                 }
@@ -330,7 +401,10 @@ pub async fn run_client(plan: ClientPlan, ctx: Arc<RunContext>) -> ClientOutcome
     let started = Instant::now();
     let connecting = connect_and_join(&plan, &ctx.connector);
     let mut ws = match tokio::time::timeout(ctx.join_timeout, connecting).await {
-        Ok(Ok(ws)) => ws,
+        Ok(Ok((ws, redirects))) => {
+            out.redirects = redirects;
+            ws
+        }
         Ok(Err(e)) => {
             out.failure = Some(e);
             ctx.live.error();

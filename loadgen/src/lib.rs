@@ -203,15 +203,20 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
         .as_deref()
         .map(auth::TokenMint::from_file)
         .transpose()?;
-    // Each client's URL, with a token of its own when the server requires them.
+    // Each client's own token, when the server requires them.
+    let token_for = |room: usize, identity: &str, role: Role| -> anyhow::Result<Option<String>> {
+        mint.as_ref()
+            .map(|mint| {
+                let name = scenario.room_name(round, room);
+                mint.mint(identity, &[name.as_str()], role)
+            })
+            .transpose()
+    };
     let url_for = |room: usize, identity: &str, role: Role| -> anyhow::Result<String> {
         let url = &scenario.urls[room % scenario.urls.len()];
-        Ok(match &mint {
+        Ok(match token_for(room, identity, role)? {
             None => url.clone(),
-            Some(mint) => {
-                let name = scenario.room_name(round, room);
-                auth::with_token(url, &mint.mint(identity, &[name.as_str()], role)?)
-            }
+            Some(token) => auth::with_token(url, &token),
         })
     };
     let mut tasks = Vec::with_capacity(clients);
@@ -223,8 +228,9 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
                 room,
                 slot,
                 source: room_sources.get(slot).map(|(_, source)| source.clone()),
+                url: scenario.urls[room % scenario.urls.len()].clone(),
                 // Listeners join as speakers in listen mode, as without tokens.
-                url: url_for(room, &format!("lg-{room}-{slot}"), Role::Speaker)?,
+                access_token: token_for(room, &format!("lg-{room}-{slot}"), Role::Speaker)?,
                 room_name: scenario.room_name(round, room),
                 start_at: epoch + Duration::from_secs_f64(index as f64 / scenario.ramp_per_sec),
                 record: verified.contains(&(room, slot)),
@@ -307,6 +313,7 @@ fn analyse(
     let ready = verify::room_ready_times(&outcomes);
     let mut join = micros_histogram();
     let mut join_failures = BTreeMap::new();
+    let mut redirects = 0u64;
     let mut disconnects = BTreeMap::new();
     let mut server_errors = BTreeMap::new();
     let (mut received, mut lost, mut paused, mut skips, mut sent, mut impaired) =
@@ -321,6 +328,7 @@ fn analyse(
         if let Some(f) = &o.failure {
             *join_failures.entry(f.clone()).or_insert(0) += 1;
         }
+        redirects += u64::from(o.redirects);
         if let Some(d) = &o.disconnect {
             *disconnects.entry(d.clone()).or_insert(0) += 1;
         }
@@ -423,6 +431,7 @@ fn analyse(
         listeners: outcomes.iter().filter(|o| !o.talker).count(),
         joined: outcomes.iter().filter(|o| o.joined_at.is_some()).count(),
         join_failures,
+        redirects,
         join_ms: Percentiles::from_micros(&join),
         rx_rate,
         frames_received: received,

@@ -121,6 +121,8 @@ pub struct Report {
     pub joined: usize,
     /// Why joins failed: reason → count.
     pub join_failures: BTreeMap<String, u64>,
+    /// `redirect`s the clients followed to the nodes that mix their rooms (a fleet).
+    pub redirects: u64,
     /// Connect plus join time.
     pub join_ms: Percentiles,
     /// Receive rate.
@@ -356,6 +358,9 @@ impl Report {
             }
         };
         let _ = writeln!(s, "join failures  {}", counts(&self.join_failures));
+        if self.redirects > 0 {
+            let _ = writeln!(s, "redirects      {} followed", self.redirects);
+        }
         let _ = writeln!(s, "disconnects    {}", counts(&self.disconnects));
         let _ = writeln!(s, "server errors  {}", counts(&self.server_errors));
         if sc.impairment.is_active() {
@@ -508,6 +513,7 @@ mod tests {
             listeners: 2,
             joined: 4,
             join_failures: BTreeMap::new(),
+            redirects: 0,
             join_ms: percentiles(5.0),
             rx_rate: RxRate {
                 expected: 50.0,

@@ -429,3 +429,79 @@ async fn clients_bring_their_own_tokens_to_a_server_with_a_key() {
     assert!(report.passed, "{table}");
     assert_eq!(report.verification.passed, 8, "{table}");
 }
+
+/// A stand-in for a fleet node that mixes nothing: it answers every `join` with a `redirect`
+/// to `target` and closes with 4307, as a node that does not own the room does.
+async fn redirector(target: String) -> SocketAddr {
+    use mixer_protocol::{ClientMessage, RedirectReason, parse_client_message};
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let target = if target.is_empty() {
+        format!("ws://{addr}/")
+    } else {
+        target
+    };
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    let Message::Text(text) = message else {
+                        continue;
+                    };
+                    let Ok(ClientMessage::Join(join)) = parse_client_message(text.as_str()) else {
+                        continue;
+                    };
+                    let redirect = ServerMessage::Redirect {
+                        room: join.room,
+                        url: target.clone(),
+                        reason: RedirectReason::OtherNode,
+                        resume_token: None,
+                    };
+                    let _ = ws.send(Message::text(redirect.to_json())).await;
+                    let _ = ws
+                        .send(Message::Close(Some(CloseFrame {
+                            code: 4307.into(),
+                            reason: "redirect".into(),
+                        })))
+                        .await;
+                    break;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Clients sent to another node follow the redirect, join there and verify; the report counts
+/// the redirects. A redirect loop ends in a clear failure instead of going on forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_follow_redirects_to_the_node_that_mixes_their_room() {
+    let mixer = start_mixer_with(&["--max-connections-per-address", "0"]).await;
+    let front = redirector(format!("ws://{}/", mixer.addr)).await;
+    let report = loadgen::run(&scenario(front, &[])).await.expect("run");
+    let table = report.render();
+    assert!(report.passed, "{table}");
+    assert_eq!(report.verification.passed, 8, "{table}");
+    assert_eq!(report.redirects, 8, "{table}");
+    assert!(table.contains("redirects      8 followed"), "{table}");
+
+    let looping = redirector(String::new()).await;
+    let report = loadgen::run(&scenario(looping, &["--rooms", "1"]))
+        .await
+        .expect("run");
+    assert!(!report.passed);
+    assert!(
+        report
+            .join_failures
+            .keys()
+            .any(|f| f.contains("more than 3 redirects")),
+        "{}",
+        report.render()
+    );
+}

@@ -25,6 +25,10 @@ use mixer_protocol::{
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Redirects followed in a row before giving up, so a misconfigured fleet cannot bounce the
+/// client forever.
+const MAX_REDIRECTS: u32 = 3;
+
 /// A push-to-talk test client for the mixer.
 #[derive(Debug, Parser)]
 struct Args {
@@ -133,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
     let mut pressed = false;
     let mut first_of_spurt = true;
     let mut last_sequence: Option<u16> = None;
+    let mut redirects = 0;
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     let end = start + Duration::from_secs_f64(args.duration);
     loop {
@@ -202,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
                     let name = |id: &u32| names.get(id).cloned().unwrap_or_else(|| format!("#{id}"));
                     match &message {
                         ServerMessage::Joined { participant_id, participants, floor, replay_ms, .. } => {
+                            redirects = 0;
                             me = Some(*participant_id);
                             names.insert(*participant_id, format!("{} (me)", args.name));
                             for p in participants {
@@ -216,6 +222,24 @@ async fn main() -> anyhow::Result<()> {
                                     .unwrap_or_default();
                                 say(format!("{holder} is on the air: replaying from the start ({behind} ms behind)"));
                             }
+                        }
+                        ServerMessage::Redirect { url, reason, resume_token, .. } => {
+                            // Another node of the fleet mixes the room: join there.
+                            redirects += 1;
+                            if redirects > MAX_REDIRECTS {
+                                bail!("more than {MAX_REDIRECTS} redirects in a row (last to {url})");
+                            }
+                            say(format!("redirected ({reason:?}) to {url}"));
+                            let (next, _) = connector
+                                .websocket(url, None)
+                                .await
+                                .with_context(|| format!("connecting to {url}"))?;
+                            ws = next;
+                            let mut again = join.clone();
+                            if let ClientMessage::Join(request) = &mut again {
+                                request.resume = resume_token.clone();
+                            }
+                            ws.send(Message::text(again.to_json())).await?;
                         }
                         ServerMessage::CaughtUp => say("caught up: live".to_owned()),
                         ServerMessage::ParticipantJoined { participant } => {

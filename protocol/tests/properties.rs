@@ -282,6 +282,23 @@ fn arb_server() -> impl Strategy<Value = ServerMessage> {
             any::<bool>()
         )
             .prop_map(|(rooms, truncated)| ServerMessage::Rooms { rooms, truncated }),
+        (
+            ".*",
+            ".*",
+            prop_oneof![
+                Just(mixer_protocol::RedirectReason::OtherNode),
+                Just(mixer_protocol::RedirectReason::Moved)
+            ],
+            proptest::option::of("[0-9a-f]{32}")
+        )
+            .prop_map(
+                |(room, url, reason, resume_token)| ServerMessage::Redirect {
+                    room,
+                    url,
+                    reason,
+                    resume_token,
+                }
+            ),
     ]
 }
 

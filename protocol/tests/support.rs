@@ -2,8 +2,8 @@
 
 use mixer_protocol::{
     AudioFormat, ClientMessage, ControlError, ErrorCode, FloorEndReason, FloorInfo, FloorPolicy,
-    JoinRequest, LeaveReason, Mode, ParticipantInfo, Role, RoomSettings, RoomSummary,
-    ServerMessage, parse_client_message, parse_server_message,
+    JoinRequest, LeaveReason, Mode, ParticipantInfo, RedirectReason, Role, RoomSettings,
+    RoomSummary, ServerMessage, parse_client_message, parse_server_message,
 };
 
 pub const FORMAT_JSON: &str = r#"{"codec":"opus","sample_rate":48000,"channels":1,"frame_ms":20}"#;
@@ -181,6 +181,12 @@ pub fn server_samples() -> Vec<ServerMessage> {
         ServerMessage::Rooms {
             rooms: vec![summary("ch1", 0)],
             truncated: false,
+        },
+        ServerMessage::Redirect {
+            room: "ch1".into(),
+            url: "ws://node-2/".into(),
+            reason: RedirectReason::OtherNode,
+            resume_token: None,
         },
     ]
 }

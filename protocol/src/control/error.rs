@@ -180,6 +180,9 @@ pub mod close_code {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The server failed to do what it had accepted (a `join` that failed on its mixer thread).
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// After a `redirect`: the room is mixed elsewhere; reconnect to the URL it gave. (An
+    /// application code, from the 4000-4999 range; 4307 echoes HTTP's 307 Temporary Redirect.)
+    pub const REDIRECT: u16 = 4307;
 }
 
 /// Why a text frame is not an acceptable control message.

@@ -30,7 +30,8 @@ pub use client::{ClientMessage, JoinRequest, RoomSettings, parse_client_message}
 pub use error::{ControlError, ErrorCode, close_code};
 pub use format::{AudioFormat, MAX_PCM_AUDIO_FRAME, PCM_RATES};
 pub use server::{
-    FloorInfo, MAX_LISTED_ROOMS, ParticipantInfo, RoomSummary, ServerMessage, parse_server_message,
+    FloorInfo, MAX_LISTED_ROOMS, ParticipantInfo, RedirectReason, RoomSummary, ServerMessage,
+    parse_server_message,
 };
 pub use validate::{
     MAX_CHAT_CHARS, MAX_CONTROL_MESSAGE, MAX_NAME_CHARS, MAX_RESUME_TOKEN_LEN, MAX_ROOM_LEN,

@@ -87,7 +87,8 @@ pub enum ServerMessage {
         participant_id: u32,
         /// Muted now or not.
         muted: bool,
-        /// The moderator who did it; omitted when the participant did it itself.
+        /// The moderator who did it (0: the server's operator, through the admin API);
+        /// omitted when the participant did it itself.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<u32>,
     },
@@ -175,6 +176,32 @@ pub enum ServerMessage {
         )]
         truncated: bool,
     },
+    /// The room is mixed by another node of the fleet: connect to `url` and send the `join`
+    /// there (with `resume` set to `resume_token` when one is given). The server closes the
+    /// connection after it, with [`close_code::REDIRECT`](super::close_code::REDIRECT).
+    Redirect {
+        /// The room concerned.
+        room: String,
+        /// Where to connect instead (a `ws://` or `wss://` URL).
+        url: String,
+        /// Why.
+        reason: RedirectReason,
+        /// For a participant moved with its room: the token that resumes it at `url` as the
+        /// same participant (same id, mode, role, floor).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_token: Option<String>,
+    },
+}
+
+/// Why a client is sent elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum RedirectReason {
+    /// Another node mixes the room (answer to `join`, `create_room` or `room_info`).
+    OtherNode,
+    /// This node is draining and has moved the room (with the participants in it).
+    Moved,
 }
 
 /// Most rooms one `rooms` answer lists.
