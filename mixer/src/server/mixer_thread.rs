@@ -471,9 +471,11 @@ impl MixerThread {
         let outcome = requests::apply(slot, participant, request, metrics, at);
         slot.drain_events(metrics);
         for removed in outcome.removed {
-            self.leave(room, removed, LeaveReason::Removed);
-            // Never blocks; fails only once the pool is gone.
+            // Reported before the room hears of it, so anyone who reacts to that
+            // `participant_left` finds the pool already told. Never blocks; fails only once
+            // the pool is gone.
             let _ = self.removed.send(removed);
+            self.leave(room, removed, LeaveReason::Removed);
         }
     }
 

@@ -690,7 +690,7 @@ async fn one_identity_holds_one_seat_and_a_new_connection_replaces_the_old() {
             metric(&body, "mixer_participants", "")
         }
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         info(&server).await,
         3.0,
@@ -726,7 +726,7 @@ async fn a_resume_token_is_bound_to_its_identity() {
         panic!("expected joined with a resume token");
     };
     reset(ws).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let resume_as = |identity: &str| {
         Message::text(
             ClientMessage::Join(JoinRequest {
@@ -1040,7 +1040,7 @@ async fn the_admin_api_lists_mutes_bans_closes_and_drains() {
         }
     }
     assert_eq!(close_code(&mut audience).await, Some(1008));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, body) = admin(&server, "GET", "/admin/rooms", Some(&operator)).await;
     assert_eq!(body["rooms"].as_array().map(Vec::len), Some(0), "{body}");
     // Closing is not a ban: the audience may come back to a new room of that name.
@@ -1145,7 +1145,7 @@ async fn removing_a_participant_waiting_to_resume_frees_its_seat_and_bans_it() {
         ServerMessage::ParticipantJoined { .. }
     ));
     reset(gone).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let participants = |reply: ServerMessage| match reply {
         ServerMessage::RoomInfo(summary) => summary.participants,
         other => panic!("expected room_info, got {other:?}"),
