@@ -73,7 +73,8 @@ pub(super) struct Registry {
     pub(super) seated: HashMap<ParticipantId, SeatRecord>,
     /// Which participant holds each identity's seat in each room.
     identities: HashMap<(Arc<str>, Identity), ParticipantId>,
-    /// Who may not join each room again while it exists (the admin API's remove with ban).
+    /// Who may not join each room again while it exists (removed by a moderator or the
+    /// operator).
     bans: HashMap<Arc<str>, HashSet<Ban>>,
     pub(super) shut_down: bool,
 }
@@ -341,7 +342,9 @@ impl MixerPool {
             shared.threads[seat.placement.thread].send_control(Command::Join(admission))
         {
             // The joiner never became a member: a room made for it by create_room stays.
-            registry.directory.cancel_seat(&seat.room, Instant::now());
+            if registry.directory.cancel_seat(&seat.room, Instant::now()) {
+                registry.bans.remove(&*seat.room);
+            }
             shared.metrics.rooms.set(registry.directory.len() as i64);
             return Err(match error {
                 SendError::Busy => {
