@@ -15,12 +15,15 @@
 //! - `codec`, `pcm`: the codec and PCM paths against libopus and on tones;
 //! - `e2e`: the real server on a loopback port, by topic (`mixing`, `robustness`, `service`,
 //!   `voice_rooms`, `flood`, `tls`);
+//! - `fleet`: the fleet's coordination layer (registry, room leases, placement) against a
+//!   private `redis-server` the tests start themselves;
 //! - `dashboards`: the dashboard and alert rules name only exported metrics.
 
 mod codec;
 mod common;
 mod dashboards;
 mod e2e;
+mod fleet;
 mod floor_properties;
 mod fuzz_corpus;
 mod pcm;
