@@ -8,7 +8,8 @@
 //!
 //! - `simulation`: whole rooms on a virtual clock, asserting on decoded audio, by topic
 //!   (`network`, `mixing`, `silence`, `voice_rooms`);
-//! - `room_properties`, `floor_properties`: property tests against reference models;
+//! - `room_properties`, `floor_properties`, `fleet_properties`: property tests against reference
+//!   models;
 //! - `request_properties`: random control sequences from several clients through the mixer pool,
 //!   against a reference model;
 //! - `fuzz_corpus`: the `http_head` fuzz target's corpus, replayed;
@@ -24,6 +25,7 @@ mod common;
 mod dashboards;
 mod e2e;
 mod fleet;
+mod fleet_properties;
 mod floor_properties;
 mod fuzz_corpus;
 mod pcm;
