@@ -14,6 +14,7 @@ use crate::engine::EngineConfig;
 use crate::engine::codec::{EncoderSettings, OpusApplication};
 use crate::engine::floor::{FloorConfig, FloorPolicy};
 use crate::engine::jitter::JitterConfig;
+use crate::fleet::{FleetConfig, FleetSettings, NodeId};
 use crate::server::pool::PoolConfig;
 use crate::server::tls::{TlsError, TlsFiles, TlsReloader};
 use crate::server::{AccessConfig, ServerConfig, Settings};
@@ -307,6 +308,27 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub resume_window_ms: u64,
 
+    /// Redis of a fleet of mixer nodes (redis://host:port/db). Not used yet: the fleet is being
+    /// built (issue 14); the flag is checked and the node runs alone.
+    #[arg(long, env = "MIXER_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// With --redis-url: where clients reach this node (ws:// or wss://), as other nodes'
+    /// redirects will tell them.
+    #[arg(long, env = "MIXER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// With --redis-url: this node's id in the fleet (1 to 64 of A-Z a-z 0-9 . _ -); default:
+    /// random.
+    #[arg(long, env = "MIXER_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// With --redis-url: how long a draining node keeps its rooms before moving them to other
+    /// nodes, in ms.
+    #[arg(long, env = "MIXER_DRAIN_TIMEOUT_MS", default_value_t = 300_000,
+          value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub drain_timeout_ms: u64,
+
     /// How long shutdown waits for clients to close, in ms.
     #[arg(long, env = "MIXER_SHUTDOWN_GRACE_MS", default_value_t = 2_000)]
     pub shutdown_grace_ms: u64,
@@ -384,6 +406,14 @@ pub enum ConfigError {
     /// The TLS certificate or key cannot be used.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// A fleet flag that cannot work.
+    #[error("--{flag}: {reason}")]
+    Fleet {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong, with the value.
+        reason: String,
+    },
 }
 
 impl ServeArgs {
@@ -455,6 +485,7 @@ impl ServeArgs {
             max_delay_frames: max / 20,
             ..JitterConfig::default()
         };
+        let fleet = self.fleet_settings(tls_configured(self))?;
         // Last: the only check that reads files, and the slowest.
         let tls = match (&self.tls_cert, &self.tls_key) {
             (None, None) => None,
@@ -523,8 +554,74 @@ impl ServeArgs {
                 },
             },
             tls,
+            fleet,
         })
     }
+
+    /// Validates the fleet flags: `None` without --redis-url, the other fleet flags then being
+    /// refused rather than silently ignored.
+    fn fleet_settings(&self, tls: bool) -> Result<Option<FleetSettings>, ConfigError> {
+        let Some(redis_url) = &self.redis_url else {
+            let orphan = [
+                ("public-url", self.public_url.is_some()),
+                ("node-id", self.node_id.is_some()),
+            ];
+            if let Some(&(flag, _)) = orphan.iter().find(|(_, given)| *given) {
+                return Err(ConfigError::Fleet {
+                    flag,
+                    reason: "only means something in a fleet: give --redis-url too".into(),
+                });
+            }
+            return Ok(None);
+        };
+        let fleet_error = |flag, reason| ConfigError::Fleet { flag, reason };
+        redis::Client::open(redis_url.as_str()).map_err(|e| {
+            fleet_error(
+                "redis-url",
+                format!("{redis_url:?} is not a Redis URL: {e}"),
+            )
+        })?;
+        let public_url = self.public_url.clone().ok_or_else(|| {
+            fleet_error(
+                "public-url",
+                "a fleet node needs the URL clients reach it at (ws://host:port/ or wss://...)"
+                    .into(),
+            )
+        })?;
+        let host = public_url
+            .strip_prefix("wss://")
+            .or_else(|| public_url.strip_prefix("ws://"))
+            .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""));
+        if host.is_none_or(str::is_empty) {
+            return Err(fleet_error(
+                "public-url",
+                format!("{public_url:?} is not a ws:// or wss:// URL with a host"),
+            ));
+        }
+        // Behind a TLS-terminating proxy a plain server is reached by wss://; the reverse never
+        // works.
+        if tls && public_url.starts_with("ws://") {
+            return Err(fleet_error(
+                "public-url",
+                format!("{public_url:?} is ws://, but this server takes only TLS: use wss://"),
+            ));
+        }
+        let node = match &self.node_id {
+            Some(id) => NodeId::new(id).map_err(|e| fleet_error("node-id", e.to_string()))?,
+            None => NodeId::random()
+                .map_err(|e| fleet_error("node-id", format!("no random id: {e}")))?,
+        };
+        Ok(Some(FleetSettings {
+            store: FleetConfig::new(redis_url.clone()),
+            node,
+            public_url,
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+        }))
+    }
+}
+
+fn tls_configured(args: &ServeArgs) -> bool {
+    args.tls_cert.is_some() && args.tls_key.is_some()
 }
 
 /// The smallest `--max-message-bytes` that still takes every valid client message: the
@@ -665,6 +762,91 @@ mod tests {
             .to_config()
             .expect_err("no such file");
         assert!(matches!(err, ConfigError::AuthKey(_)), "{err}");
+    }
+
+    #[test]
+    fn fleet_flags_are_checked_and_absent_by_default() {
+        let config = parse(&[]).expect("parse").to_config().expect("valid");
+        assert!(config.fleet.is_none());
+        let config = parse(&[
+            "--redis-url",
+            "redis://10.0.0.5:6379/0",
+            "--public-url",
+            "wss://mixer-1.example.com/",
+            "--node-id",
+            "mixer-1",
+            "--drain-timeout-ms",
+            "60000",
+        ])
+        .expect("parse")
+        .to_config()
+        .expect("valid");
+        let fleet = config.fleet.expect("a fleet node");
+        assert_eq!(fleet.node.as_str(), "mixer-1");
+        assert_eq!(fleet.store.redis_url, "redis://10.0.0.5:6379/0");
+        assert_eq!(fleet.drain_timeout, Duration::from_secs(60));
+        let random = parse(&["--redis-url", "redis://r/", "--public-url", "ws://h:8080/"])
+            .expect("parse")
+            .to_config()
+            .expect("valid");
+        assert!(
+            random
+                .fleet
+                .expect("fleet")
+                .node
+                .as_str()
+                .starts_with("node-")
+        );
+        for (args, flag, needle) in [
+            (
+                &["--public-url", "ws://h/"][..],
+                "public-url",
+                "--redis-url",
+            ),
+            (&["--node-id", "n1"][..], "node-id", "--redis-url"),
+            (
+                &["--redis-url", "redis://r/"][..],
+                "public-url",
+                "needs the URL",
+            ),
+            (
+                &["--redis-url", "http://r/", "--public-url", "ws://h/"][..],
+                "redis-url",
+                "http://r/",
+            ),
+            (
+                &["--redis-url", "redis://r/", "--public-url", "http://h/"][..],
+                "public-url",
+                "http://h/",
+            ),
+            (
+                &["--redis-url", "redis://r/", "--public-url", "ws:///x"][..],
+                "public-url",
+                "ws:///x",
+            ),
+            (
+                &[
+                    "--redis-url",
+                    "redis://r/",
+                    "--public-url",
+                    "ws://h/",
+                    "--node-id",
+                    "a b",
+                ][..],
+                "node-id",
+                "\"a b\"",
+            ),
+        ] {
+            let err = parse(args)
+                .expect("parse")
+                .to_config()
+                .expect_err("invalid");
+            assert!(
+                matches!(&err, ConfigError::Fleet { flag: f, .. } if *f == flag),
+                "{args:?}: {err}"
+            );
+            assert!(err.to_string().contains(needle), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //!   and runs each room on one of a few dedicated mixer threads. Connections and mixer threads
 //!   meet only at bounded queues; the mixer never waits on a client.
 //! - [`auth`] verifies access tokens (signed JWTs) and mints them for `mixer token create`.
+//! - [`fleet`] coordinates several mixer nodes through Redis: node registry, room-ownership
+//!   leases with fencing epochs, placement of new rooms (issue 14; not yet used by the server).
 //! - [`cli`] turns command-line flags and environment variables into a validated
 //!   [`server::ServerConfig`].
 //!
@@ -29,6 +31,7 @@
 pub mod auth;
 pub mod cli;
 pub mod engine;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod server;

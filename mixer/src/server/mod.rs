@@ -130,6 +130,9 @@ pub struct ServerConfig {
     pub access: AccessConfig,
     /// TLS on the public port (`None`: plain). Keep a clone to reload its certificate.
     pub tls: Option<TlsReloader>,
+    /// Membership of a fleet (`--redis-url`); not used by the server yet (issue 14), which runs
+    /// alone either way.
+    pub fleet: Option<crate::fleet::FleetSettings>,
 }
 
 /// The `/healthz` body of an open server on a public address.

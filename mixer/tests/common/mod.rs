@@ -1,6 +1,9 @@
 //! Test helpers shared by the simulation and end-to-end tests: signal sources, a tone detector,
-//! click and onset detection, Opus talkers and listeners, and a seeded network emulator.
+//! click and onset detection, Opus talkers and listeners, and a seeded network emulator; and a
+//! private Redis for the fleet tests (`private_redis`).
 #![allow(dead_code, missing_docs)]
+
+pub mod private_redis;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
