@@ -38,10 +38,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     let config = args.to_config().context("invalid configuration")?;
-    if let Some(fleet) = &config.fleet {
-        tracing::warn!(node = %fleet.node, public_url = %fleet.public_url,
-            "--redis-url is accepted but not used yet (issue 14 is in progress): this node runs alone");
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("mixer-io")

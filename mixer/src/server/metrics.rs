@@ -106,6 +106,8 @@ pub struct Metrics {
     pub auth_failures_total: IntCounterVec,
     /// Admin API requests, by outcome (HTTP status).
     pub admin_requests_total: IntCounterVec,
+    /// Fleet registrations renewed in Redis, by outcome (`ok`, `error`).
+    pub fleet_heartbeats_total: IntCounterVec,
     /// Participants who left, by reason.
     pub leaves_total: IntCounterVec,
     /// Error messages sent to clients, by code.
@@ -233,6 +235,11 @@ impl Metrics {
                 "mixer_admin_requests_total",
                 "Admin API requests, by HTTP status.",
                 &["status"],
+            ),
+            fleet_heartbeats_total: counter_vec(
+                "mixer_fleet_heartbeats_total",
+                "Fleet registrations renewed in Redis (--redis-url), by outcome: ok or error.",
+                &["outcome"],
             ),
             leaves_total: counter_vec(
                 "mixer_leaves_total",
@@ -394,6 +401,7 @@ impl Metrics {
             Box::new(metrics.join_failures_total.clone()),
             Box::new(metrics.auth_failures_total.clone()),
             Box::new(metrics.admin_requests_total.clone()),
+            Box::new(metrics.fleet_heartbeats_total.clone()),
             Box::new(metrics.leaves_total.clone()),
             Box::new(metrics.errors_sent_total.clone()),
             Box::new(metrics.audio_frames_in_total.clone()),
@@ -467,6 +475,9 @@ impl Metrics {
             metrics
                 .auth_failures_total
                 .with_label_values(&[code.as_str()]);
+        }
+        for outcome in ["ok", "error"] {
+            metrics.fleet_heartbeats_total.with_label_values(&[outcome]);
         }
         for status in ["200", "400", "401", "403", "404", "405"] {
             metrics.admin_requests_total.with_label_values(&[status]);

@@ -21,6 +21,7 @@
 //! - [`requests`]: control requests (mode, mute, floor, moderation, chat) applied to a room.
 //! - [`outbox`]: a client's bounded send queue.
 //! - [`metrics`], [`http`]: Prometheus metrics and the plain-HTTP routes.
+//! - [`fleet_node`]: this node's registration in a fleet's Redis (`--redis-url`).
 //! - [`admin`]: the operators' JSON API (rooms, mute, remove with a ban, close, drain).
 //! - [`tls`]: TLS on the public port (`wss://`, `https://`), its certificate reloaded on SIGHUP.
 //!
@@ -33,6 +34,7 @@ pub mod admin;
 pub mod budget;
 pub mod connection;
 pub mod directory;
+pub mod fleet_node;
 pub mod http;
 pub mod membership;
 pub mod metrics;
@@ -130,8 +132,8 @@ pub struct ServerConfig {
     pub access: AccessConfig,
     /// TLS on the public port (`None`: plain). Keep a clone to reload its certificate.
     pub tls: Option<TlsReloader>,
-    /// Membership of a fleet (`--redis-url`); not used by the server yet (issue 14), which runs
-    /// alone either way.
+    /// Membership of a fleet (`--redis-url`): the node registers and announces its load (see
+    /// [`fleet_node`]); rooms are not yet placed through the fleet (issue 14 is in progress).
     pub fleet: Option<crate::fleet::FleetSettings>,
 }
 
@@ -193,6 +195,15 @@ pub async fn serve(
     });
     let slots = Arc::new(Semaphore::new(config.settings.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let fleet_task = config.fleet.clone().map(|settings| {
+        tokio::spawn(fleet_node::run(
+            settings,
+            pool.clone(),
+            metrics.clone(),
+            config.pool.threads,
+            stop_rx.clone(),
+        ))
+    });
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     let tls = config.tls.clone();
@@ -272,6 +283,10 @@ pub async fn serve(
     }
     if let Some(task) = metrics_task {
         task.abort();
+    }
+    if let Some(task) = fleet_task {
+        // It deregisters (one Redis round trip, bounded by the fleet's timeout).
+        let _ = task.await;
     }
     tokio::task::spawn_blocking(move || pool.shutdown())
         .await

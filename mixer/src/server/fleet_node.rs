@@ -1,0 +1,199 @@
+//! This server's membership of a fleet (`--redis-url`): it registers in Redis and renews its
+//! registration every second with its state and load, so the fleet's placement sees it, and
+//! deregisters when it stops.
+//!
+//! This is the first piece of the server's side of the fleet (issue 14). Rooms are not yet
+//! claimed through Redis, so a node still mixes whatever room a client joins on it; what the
+//! registry shows is real: the node, its URL, whether it drains, and its load.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::metrics::Metrics;
+use super::pool::MixerPool;
+use crate::fleet::{Fleet, FleetSettings, Load, NodeState};
+
+/// The load one mixer thread takes, in [`Load::cost`] units: the all-talk capacity measured in
+/// the README (about 160 talkers held on one core; a talker costs 3 units, its room's share
+/// about 0). A node announces its thread count times this.
+pub const COST_PER_THREAD: u32 = 480;
+
+/// Runs until `stop` turns true: connects (retrying each renewal interval while Redis is
+/// unreachable), then announces this node every renewal interval; deregisters at the end.
+pub async fn run(
+    settings: FleetSettings,
+    pool: MixerPool,
+    metrics: Arc<Metrics>,
+    threads: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let interval = settings.store.lease / 3;
+    let capacity = u32::try_from(threads)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(COST_PER_THREAD);
+    let mut cpu = CpuMeter::new();
+    let mut ticks = TickMeter::new(&metrics);
+    let mut fleet: Option<Fleet> = None;
+    let (mut failing, mut registered) = (false, false);
+    let mut timer = tokio::time::interval(interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = timer.tick() => {}
+            _ = stop.changed() => break,
+        }
+        if fleet.is_none() {
+            match Fleet::connect(
+                settings.store.clone(),
+                settings.node.clone(),
+                settings.public_url.clone(),
+            )
+            .await
+            {
+                Ok(connected) => fleet = Some(connected),
+                Err(error) => {
+                    note_failure(&metrics, &mut failing, "connect", &error);
+                    continue;
+                }
+            }
+        }
+        let Some(connected) = &fleet else { continue };
+        let state = if pool.is_draining() {
+            NodeState::Draining
+        } else {
+            NodeState::Active
+        };
+        let load = Load {
+            capacity,
+            cpu: cpu.cores(),
+            tick_headroom: ticks.headroom(&metrics, threads),
+            ..pool_load(&metrics)
+        };
+        match connected.heartbeat(state, load).await {
+            Ok(()) => {
+                metrics
+                    .fleet_heartbeats_total
+                    .with_label_values(&["ok"])
+                    .inc();
+                if !std::mem::replace(&mut registered, true) {
+                    info!(node = %settings.node, url = %settings.public_url, "registered in the fleet");
+                } else if failing {
+                    info!(node = %settings.node, "registered in the fleet again");
+                }
+                failing = false;
+            }
+            Err(error) => note_failure(&metrics, &mut failing, "heartbeat", &error),
+        }
+    }
+    if let Some(fleet) = fleet {
+        // Gone at once rather than after the lease, so no new room is placed here meanwhile.
+        match fleet.deregister().await {
+            Ok(()) => info!(node = %settings.node, "left the fleet"),
+            Err(error) => {
+                warn!(node = %settings.node, %error, "could not deregister; the registration lapses by itself")
+            }
+        }
+    }
+}
+
+/// Counts a failed connect or heartbeat, logging only the first of a run of failures.
+fn note_failure(
+    metrics: &Metrics,
+    failing: &mut bool,
+    what: &str,
+    error: &crate::fleet::FleetError,
+) {
+    metrics
+        .fleet_heartbeats_total
+        .with_label_values(&["error"])
+        .inc();
+    if !std::mem::replace(failing, true) {
+        warn!(%error, what, "fleet registry unreachable; retrying every renewal interval");
+    }
+}
+
+/// Rooms, participants and talkers (participants in `talk` or `ptt` mode, the most that can
+/// be mixed as talkers) from the server's gauges.
+fn pool_load(metrics: &Metrics) -> Load {
+    let by_mode = |mode: &str| metrics.participants.with_label_values(&[mode]).get().max(0);
+    let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+    let talkers = by_mode("talk") + by_mode("ptt");
+    Load {
+        rooms: count(metrics.rooms.get()),
+        participants: count(talkers + by_mode("listen")),
+        talkers: count(talkers),
+        ..Load::default()
+    }
+}
+
+/// The mixer threads' unused share of their ticks since the last reading, from the tick-time
+/// histogram: 1 − (seconds spent ticking) ÷ (threads × seconds elapsed). An average over the
+/// threads; one overloaded thread among idle ones shows as partial headroom.
+struct TickMeter {
+    busy: f64,
+    at: Instant,
+}
+
+impl TickMeter {
+    fn new(metrics: &Metrics) -> TickMeter {
+        TickMeter {
+            busy: metrics.tick_duration_seconds.get_sample_sum(),
+            at: Instant::now(),
+        }
+    }
+
+    fn headroom(&mut self, metrics: &Metrics, threads: usize) -> f32 {
+        let busy = metrics.tick_duration_seconds.get_sample_sum();
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.at).as_secs_f64() * threads.max(1) as f64;
+        let used = (busy - self.busy).max(0.0);
+        self.busy = busy;
+        self.at = now;
+        if elapsed <= 0.0 {
+            return 1.0;
+        }
+        (1.0 - used / elapsed).clamp(0.0, 1.0) as f32
+    }
+}
+
+/// The process's CPU use in cores since the last reading (Linux: `/proc/self/stat`; elsewhere
+/// always 0, which placement does not use).
+struct CpuMeter {
+    last: Option<(Duration, Instant)>,
+}
+
+impl CpuMeter {
+    fn new() -> CpuMeter {
+        CpuMeter {
+            last: process_cpu().map(|cpu| (cpu, Instant::now())),
+        }
+    }
+
+    fn cores(&mut self) -> f32 {
+        let Some(cpu) = process_cpu() else { return 0.0 };
+        let now = Instant::now();
+        let cores = match self.last {
+            Some((before, at)) if now > at => {
+                cpu.saturating_sub(before).as_secs_f64() / now.duration_since(at).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        self.last = Some((cpu, now));
+        cores as f32
+    }
+}
+
+/// User plus system CPU time of this process.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may contain spaces; the fields after it start past its ')'.
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Clock ticks per second: 100 on every Linux this runs on (USER_HZ).
+    Some(Duration::from_millis(ticks * 10))
+}
