@@ -24,7 +24,7 @@ async fn node(redis: &PrivateRedis, id: &str) -> TestServer {
 }
 
 /// A handle on the fleet's Redis that only reads it.
-async fn observer(redis: &PrivateRedis) -> Fleet {
+async fn observe(redis: &PrivateRedis) -> Fleet {
     Fleet::connect(
         FleetConfig::new(redis.url()),
         NodeId::new("observer").expect("id"),
@@ -55,7 +55,7 @@ async fn nodes_register_announce_their_load_and_leave_when_they_stop() {
     let redis = PrivateRedis::start();
     let a = node(&redis, "node-a").await;
     let b = node(&redis, "node-b").await;
-    let observer = observer(&redis).await;
+    let observer = observe(&redis).await;
     let nodes = until(&observer, |nodes| nodes.len() == 2).await;
     assert_eq!(nodes[0].id.as_str(), "node-a");
     assert_eq!(nodes[0].url, "ws://node-a.example.net:8080/");
@@ -94,7 +94,7 @@ async fn nodes_register_announce_their_load_and_leave_when_they_stop() {
     redis.stop();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     redis.restart();
-    let observer = observer(&redis).await;
+    let observer = observe(&redis).await;
     until(&observer, |nodes| {
         nodes
             .iter()
