@@ -3,15 +3,25 @@
 
 use std::time::Duration;
 
+use futures_util::SinkExt;
+use mixer::auth::{Claims, Signer, unix_now};
 use mixer::fleet::{Fleet, FleetConfig, NodeId, NodeInfo, NodeState};
-use mixer_protocol::Mode;
+use mixer_protocol::{AudioFormat, ClientMessage, JoinRequest, Mode, Role, ServerMessage};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
-use super::{TestServer, join};
+use super::TestServer;
 use crate::common::private_redis::PrivateRedis;
+
+/// The HMAC secret the nodes verify admin tokens with.
+const SECRET: &[u8] = b"fleet test secret, 32 bytes or more";
 
 async fn node(redis: &PrivateRedis, id: &str) -> TestServer {
     let url = redis.url();
     let public = format!("ws://{id}.example.net:8080/");
+    let key = std::env::temp_dir().join(format!("mixer-fleet-{}-{id}.key", std::process::id()));
+    std::fs::write(&key, SECRET).expect("write key");
     TestServer::start(&[
         "--redis-url",
         url.as_str(),
@@ -19,8 +29,61 @@ async fn node(redis: &PrivateRedis, id: &str) -> TestServer {
         public.as_str(),
         "--node-id",
         id,
+        "--auth-key-file",
+        key.to_str().expect("utf-8 path"),
     ])
     .await
+}
+
+/// A join token for `room`.
+fn token(identity: &str, room: &str) -> String {
+    Signer::hmac(SECRET)
+        .sign(&Claims {
+            sub: identity.into(),
+            name: None,
+            role: Role::Speaker,
+            rooms: vec![room.into()],
+            can_create_rooms: false,
+            can_list_rooms: false,
+            admin: identity == "ops",
+            exp: unix_now() + 600,
+            nbf: None,
+            iat: None,
+        })
+        .expect("sign")
+}
+
+/// Joins `room` on `server` as `identity` in `mode`.
+async fn join(server: &TestServer, room: &str, identity: &str, mode: Mode) -> super::Client {
+    let mut ws = super::connect(server).await;
+    let join = ClientMessage::Join(JoinRequest {
+        room: room.into(),
+        name: String::new(),
+        token: Some(token(identity, room)),
+        mode: Some(mode),
+        resume: None,
+        role: None,
+        format: AudioFormat::opus_48k_mono_20ms(),
+    });
+    ws.send(Message::text(join.to_json())).await.expect("send");
+    assert!(matches!(
+        super::next_control(&mut ws).await,
+        ServerMessage::Joined { .. }
+    ));
+    ws
+}
+
+/// Asks `server`'s admin API to drain, with an operator's token.
+async fn drain(server: &TestServer) {
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let request = format!(
+        "POST /admin/drain HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\r\n",
+        token("ops", "none")
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
 
 /// A handle on the fleet's Redis that only reads it.
@@ -66,8 +129,8 @@ async fn nodes_register_announce_their_load_and_leave_when_they_stop() {
         assert!(node.load.capacity > 0, "{node:?}");
     }
     // A talker and a listener on node A show in its load within a heartbeat or two.
-    let (_talker, _) = join(&a, "busy", "talker", Mode::Talk).await;
-    let (_listener, _) = join(&a, "busy", "listener", Mode::Listen).await;
+    let _talker = join(&a, "busy", "talker", Mode::Talk).await;
+    let _listener = join(&a, "busy", "listener", Mode::Listen).await;
     let nodes = until(&observer, |nodes| {
         nodes
             .iter()
@@ -81,6 +144,14 @@ async fn nodes_register_announce_their_load_and_leave_when_they_stop() {
     );
     assert!(loaded.cost() > nodes[1].load.cost());
     assert!((0.0..=1.0).contains(&loaded.tick_headroom));
+    // The admin API's drain shows in the registry, so placement passes the node by.
+    drain(&b).await;
+    until(&observer, |nodes| {
+        nodes
+            .iter()
+            .any(|n| n.id.as_str() == "node-b" && n.state == NodeState::Draining)
+    })
+    .await;
     // A node that stops leaves at once, not a lease later.
     b.shutdown().await;
     let nodes = observer.nodes().await.expect("list nodes");
