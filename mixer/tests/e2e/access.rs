@@ -113,6 +113,17 @@ async fn join_token(
     }
 }
 
+/// Joins `room` as `identity` with a token granting `role` in it, in the token's role and
+/// the room's default mode.
+async fn join_as(
+    server: &TestServer,
+    room: &str,
+    identity: &str,
+    role: Role,
+) -> (Client, u32, Vec<(u32, String, Role)>) {
+    join_token(server, room, token(identity, role, room), None, None).await
+}
+
 /// Sends `message` and returns the next control message but news of someone joining (which
 /// may arrive at any time).
 async fn ask(ws: &mut Client, message: ClientMessage) -> ServerMessage {
@@ -136,6 +147,11 @@ async fn expect_banned(server: &TestServer, room: &str, identity: &str) {
         ErrorCode::Banned,
     )
     .await;
+}
+
+/// Whether `reply` is an `error` with `code`.
+fn is_error(reply: &ServerMessage, code: ErrorCode) -> bool {
+    matches!(reply, ServerMessage::Error { code: got, .. } if *got == code)
 }
 
 /// The close code the server ends `ws` with (skipping whatever comes before).
@@ -236,13 +252,7 @@ async fn with_a_key_no_join_succeeds_without_a_valid_token() {
     ] {
         let reply = ask(&mut ws, message.clone()).await;
         assert!(
-            matches!(
-                reply,
-                ServerMessage::Error {
-                    code: ErrorCode::TokenRequired,
-                    ..
-                }
-            ),
+            is_error(&reply, ErrorCode::TokenRequired),
             "{message:?}: {reply:?}"
         );
     }
@@ -285,14 +295,7 @@ async fn with_a_key_no_join_succeeds_without_a_valid_token() {
         next_control(&mut ws).await,
         ServerMessage::Joined { .. }
     ));
-    let (_, _, roster) = join_token(
-        &server,
-        "standup",
-        token("bob", Role::Speaker, "standup"),
-        None,
-        None,
-    )
-    .await;
+    let (_, _, roster) = join_as(&server, "standup", "bob", Role::Speaker).await;
     assert_eq!(
         roster,
         [(1, "Alice".to_owned(), Role::Moderator)],
@@ -333,25 +336,9 @@ async fn a_token_in_the_url_authenticates_the_connection_and_scopes_listing() {
         }),
     )
     .await;
-    assert!(
-        matches!(
-            reply,
-            ServerMessage::Error {
-                code: ErrorCode::TokenWrongRoom,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    assert!(is_error(&reply, ErrorCode::TokenWrongRoom), "{reply:?}");
     // Someone else's room exists...
-    let (_other, _, _) = join_token(
-        &server,
-        "secret",
-        token("spy-target", Role::Speaker, "secret"),
-        None,
-        None,
-    )
-    .await;
+    let (_other, _, _) = join_as(&server, "secret", "spy-target", Role::Speaker).await;
     let reply = ask(
         &mut ws,
         ClientMessage::RoomInfo {
@@ -359,16 +346,7 @@ async fn a_token_in_the_url_authenticates_the_connection_and_scopes_listing() {
         },
     )
     .await;
-    assert!(
-        matches!(
-            reply,
-            ServerMessage::Error {
-                code: ErrorCode::TokenWrongRoom,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    assert!(is_error(&reply, ErrorCode::TokenWrongRoom), "{reply:?}");
     // ... and is not listed to a token for team-*.
     let ServerMessage::Rooms { rooms, .. } = ask(&mut ws, ClientMessage::ListRooms).await else {
         panic!("expected rooms");
@@ -384,16 +362,7 @@ async fn a_token_in_the_url_authenticates_the_connection_and_scopes_listing() {
     .await
     .expect("connect");
     let reply = ask(&mut plain, ClientMessage::ListRooms).await;
-    assert!(
-        matches!(
-            reply,
-            ServerMessage::Error {
-                code: ErrorCode::TokenInsufficient,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    assert!(is_error(&reply, ErrorCode::TokenInsufficient), "{reply:?}");
     server.shutdown().await;
 }
 
@@ -403,14 +372,7 @@ async fn each_role_can_do_exactly_what_its_role_allows() {
     let server = secured(&[]).await;
     let room = "roles";
     // The victim, a speaker every action is aimed at.
-    let (mut victim, victim_id, _) = join_token(
-        &server,
-        room,
-        token("victim", Role::Speaker, room),
-        None,
-        None,
-    )
-    .await;
+    let (mut victim, victim_id, _) = join_as(&server, room, "victim", Role::Speaker).await;
     for role in [Role::Listener, Role::Speaker, Role::Moderator] {
         let identity = format!("actor-{}", role.as_str());
         let (mut actor, actor_id, _) = join_token(
@@ -492,13 +454,7 @@ async fn each_role_can_do_exactly_what_its_role_allows() {
             expect_banned(&server, room, "victim").await;
         } else {
             assert!(
-                matches!(
-                    reply,
-                    ServerMessage::Error {
-                        code: ErrorCode::Forbidden,
-                        ..
-                    }
-                ),
+                is_error(&reply, ErrorCode::Forbidden),
                 "{role:?} remove: {reply:?}"
             );
             // Drain what the victim saw of this actor, then let the actor go.
@@ -553,10 +509,8 @@ async fn floor_rights_follow_the_token_and_a_listener_is_never_heard() {
         ErrorCode::ModeNotAllowed,
     )
     .await;
-    let (mut speaker, _, _) =
-        join_token(&server, room, token("s", Role::Speaker, room), None, None).await;
-    let (mut holder, holder_id, _) =
-        join_token(&server, room, token("h", Role::Speaker, room), None, None).await;
+    let (mut speaker, _, _) = join_as(&server, room, "s", Role::Speaker).await;
+    let (mut holder, holder_id, _) = join_as(&server, room, "h", Role::Speaker).await;
     let reply = ask(&mut holder, ClientMessage::FloorRequest { preempt: false }).await;
     assert!(
         matches!(reply, ServerMessage::FloorGranted { participant_id, .. } if participant_id == holder_id),
@@ -568,16 +522,7 @@ async fn floor_rights_follow_the_token_and_a_listener_is_never_heard() {
         ServerMessage::FloorGranted { .. }
     ) {}
     let reply = ask(&mut speaker, ClientMessage::FloorRequest { preempt: true }).await;
-    assert!(
-        matches!(
-            reply,
-            ServerMessage::Error {
-                code: ErrorCode::Forbidden,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    assert!(is_error(&reply, ErrorCode::Forbidden), "{reply:?}");
     // A moderator may do both.
     let (_moderator, _, _) = join_token(
         &server,
@@ -590,14 +535,7 @@ async fn floor_rights_follow_the_token_and_a_listener_is_never_heard() {
     drop((speaker, holder));
     // A listener's audio: refused and unheard by an open-mic moderator listening in.
     let lroom = "listen-only";
-    let (listener_ws, _, _) = join_token(
-        &server,
-        lroom,
-        token("l", Role::Listener, lroom),
-        None,
-        None,
-    )
-    .await;
+    let (listener_ws, _, _) = join_as(&server, lroom, "l", Role::Listener).await;
     let (audience, _, _) = join_token(
         &server,
         lroom,
@@ -611,13 +549,9 @@ async fn floor_rights_follow_the_token_and_a_listener_is_never_heard() {
     let sent = sender.await.expect("listener");
     let heard = receiver.await.expect("audience");
     assert!(
-        sent.roster.iter().any(|m| matches!(
-            m,
-            ServerMessage::Error {
-                code: ErrorCode::ListenOnly,
-                ..
-            }
-        )),
+        sent.roster
+            .iter()
+            .any(|m| is_error(m, ErrorCode::ListenOnly)),
         "the listener is told its audio is ignored"
     );
     let level = tone_db(&heard.listener.pcm, 700.0);
@@ -632,35 +566,14 @@ async fn floor_rights_follow_the_token_and_a_listener_is_never_heard() {
 async fn one_identity_holds_one_seat_and_a_new_connection_replaces_the_old() {
     let server = secured(&["--resume-window-ms", "30000"]).await;
     let room = "seats";
-    let (mut watcher, _, _) = join_token(
-        &server,
-        room,
-        token("watcher", Role::Speaker, room),
-        None,
-        None,
-    )
-    .await;
-    let (mut first, first_id, _) = join_token(
-        &server,
-        room,
-        token("alice", Role::Speaker, room),
-        None,
-        None,
-    )
-    .await;
+    let (mut watcher, _, _) = join_as(&server, room, "watcher", Role::Speaker).await;
+    let (mut first, first_id, _) = join_as(&server, room, "alice", Role::Speaker).await;
     assert!(matches!(
         next_control(&mut watcher).await,
         ServerMessage::ParticipantJoined { .. }
     ));
     // The same identity on a new connection takes the seat: the old one is told and closed.
-    let (_second, second_id, roster) = join_token(
-        &server,
-        room,
-        token("alice", Role::Speaker, room),
-        None,
-        None,
-    )
-    .await;
+    let (_second, second_id, roster) = join_as(&server, room, "alice", Role::Speaker).await;
     assert_ne!(first_id, second_id);
     assert!(
         roster.iter().all(|(id, _, _)| *id != first_id),
@@ -676,8 +589,7 @@ async fn one_identity_holds_one_seat_and_a_new_connection_replaces_the_old() {
     ));
     // A dropped connection leaves a ghost, kept for resuming; the identity rejoining frees it
     // at once instead of the room holding both for the resume window.
-    let (dropping, dropped_id, _) =
-        join_token(&server, room, token("bob", Role::Speaker, room), None, None).await;
+    let (dropping, dropped_id, _) = join_as(&server, room, "bob", Role::Speaker).await;
     assert!(matches!(
         next_control(&mut watcher).await,
         ServerMessage::ParticipantJoined { .. }
@@ -696,8 +608,7 @@ async fn one_identity_holds_one_seat_and_a_new_connection_replaces_the_old() {
         3.0,
         "the watcher, alice's new seat (not her old one) and bob's ghost"
     );
-    let (_back, _, _) =
-        join_token(&server, room, token("bob", Role::Speaker, room), None, None).await;
+    let (_back, _, _) = join_as(&server, room, "bob", Role::Speaker).await;
     let (left, reason) = expect_left(&mut watcher).await;
     assert_eq!((left, reason), (dropped_id, LeaveReason::Replaced));
     assert_eq!(info(&server).await, 3.0, "bob's ghost gave its seat to bob");
@@ -882,22 +793,8 @@ async fn the_admin_api_lists_mutes_bans_closes_and_drains() {
         403
     );
 
-    let (talker, talker_id, _) = join_token(
-        &server,
-        room,
-        token("talker", Role::Speaker, room),
-        None,
-        None,
-    )
-    .await;
-    let (mut audience, _, _) = join_token(
-        &server,
-        room,
-        token("audience", Role::Listener, room),
-        None,
-        None,
-    )
-    .await;
+    let (talker, talker_id, _) = join_as(&server, room, "talker", Role::Speaker).await;
+    let (mut audience, _, _) = join_as(&server, room, "audience", Role::Listener).await;
     let (status, body) = admin(&server, "GET", "/admin/rooms", Some(&operator)).await;
     assert_eq!(status, 200, "{body}");
     let members = &body["rooms"][0]["members"];
@@ -943,14 +840,7 @@ async fn the_admin_api_lists_mutes_bans_closes_and_drains() {
     );
     let _ = talking.await;
     // Remove with a ban: the identity cannot come back while the room exists.
-    let (mut victim, victim_id, _) = join_token(
-        &server,
-        room,
-        token("victim", Role::Speaker, room),
-        None,
-        None,
-    )
-    .await;
+    let (mut victim, victim_id, _) = join_as(&server, room, "victim", Role::Speaker).await;
     let path = format!("/admin/rooms/{room}/participants/{victim_id}/remove");
     assert_eq!(admin(&server, "POST", &path, Some(&operator)).await.0, 200);
     expect_error(&mut victim, ErrorCode::Removed).await;
@@ -1000,14 +890,7 @@ async fn the_admin_api_lists_mutes_bans_closes_and_drains() {
         ErrorCode::Draining,
     )
     .await;
-    let (_late, _, _) = join_token(
-        &server,
-        room,
-        token("late", Role::Speaker, room),
-        None,
-        None,
-    )
-    .await;
+    let (_late, _, _) = join_as(&server, room, "late", Role::Speaker).await;
     assert_eq!(
         admin(&server, "POST", "/admin/undrain", Some(&operator))
             .await
@@ -1044,14 +927,7 @@ async fn the_admin_api_lists_mutes_bans_closes_and_drains() {
     let (_, body) = admin(&server, "GET", "/admin/rooms", Some(&operator)).await;
     assert_eq!(body["rooms"].as_array().map(Vec::len), Some(0), "{body}");
     // Closing is not a ban: the audience may come back to a new room of that name.
-    let (_back, _, _) = join_token(
-        &server,
-        room,
-        token("audience", Role::Listener, room),
-        None,
-        None,
-    )
-    .await;
+    let (_back, _, _) = join_as(&server, room, "audience", Role::Listener).await;
     server.shutdown().await;
 }
 
@@ -1124,22 +1000,8 @@ async fn tokens_from_the_cli_are_accepted_with_hmac_and_ed25519_keys() {
 async fn removing_a_participant_waiting_to_resume_frees_its_seat_and_bans_it() {
     let server = secured(&["--resume-window-ms", "30000"]).await;
     let room = "away";
-    let (mut moderator, _, _) = join_token(
-        &server,
-        room,
-        token("mod", Role::Moderator, room),
-        None,
-        None,
-    )
-    .await;
-    let (gone, gone_id, _) = join_token(
-        &server,
-        room,
-        token("gone", Role::Speaker, room),
-        None,
-        None,
-    )
-    .await;
+    let (mut moderator, _, _) = join_as(&server, room, "mod", Role::Moderator).await;
+    let (gone, gone_id, _) = join_as(&server, room, "gone", Role::Speaker).await;
     assert!(matches!(
         next_control(&mut moderator).await,
         ServerMessage::ParticipantJoined { .. }
