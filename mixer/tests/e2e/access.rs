@@ -12,13 +12,13 @@ use mixer_protocol::{
     AudioFormat, ClientMessage, ErrorCode, FloorPolicy, JoinRequest, LeaveReason, Mode, Role,
     RoomSettings, ServerMessage,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{
-    Client, TestServer, connect, expect_error, expect_left, http_get, join_message_as, metric,
-    next_control, run_client, send_expect_error,
+    Client, TestServer, connect, expect_error, expect_left, http_exchange, http_get,
+    join_message_as, metric, next_control, run_client, send_expect_error,
 };
 use crate::common::tone_db;
 
@@ -747,24 +747,19 @@ async fn admin(
 ) -> (u16, serde_json::Value) {
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    stream
-        .write_all(
-            format!("{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
+    let (status_line, body) = http_exchange(
+        &mut stream,
+        &format!("{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\n\r\n"),
+    )
+    .await;
+    let status = status_line
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (
         status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
     )
 }
 

@@ -7,7 +7,7 @@ use futures_util::SinkExt;
 use mixer::auth::{Claims, Signer, unix_now};
 use mixer::fleet::{Fleet, FleetConfig, NodeId, NodeInfo, NodeState};
 use mixer_protocol::{AudioFormat, ClientMessage, JoinRequest, Mode, Role, ServerMessage};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -80,10 +80,8 @@ async fn drain(server: &TestServer) {
         "POST /admin/drain HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\r\n",
         token("ops", "none")
     );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let (status, body) = super::http_exchange(&mut stream, &request).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
 }
 
 /// A handle on the fleet's Redis that only reads it.

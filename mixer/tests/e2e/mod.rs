@@ -83,10 +83,20 @@ async fn connect(server: &TestServer) -> Client {
 /// Fetches a plain HTTP path and returns (status line, body).
 async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
+    http_exchange(
+        &mut stream,
+        &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"),
+    )
+    .await
+}
+
+/// Writes a whole HTTP request (head, no body) on `stream`, reads the response to the end of
+/// the stream (the server closes after answering) and returns (status line, body).
+async fn http_exchange<S>(stream: &mut S, request: &str) -> (String, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).await.expect("read");
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));

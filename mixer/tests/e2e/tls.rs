@@ -149,18 +149,12 @@ async fn https_get(addr: SocketAddr, ca_file: &Path, path: &str) -> (String, Str
     let connector = Connector::tls(Some(ca_file)).expect("connector");
     let url = format!("https://localhost:{}{path}", addr.port());
     let (mut stream, _) = connector.open(&url).await.expect("https connect");
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut response = String::new();
     // The server ends its reply with a TLS close_notify: a clean end of stream, not an error.
-    stream.read_to_string(&mut response).await.expect("read");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (
-        head.lines().next().unwrap_or_default().to_owned(),
-        body.to_owned(),
+    http_exchange(
+        &mut stream,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"),
     )
+    .await
 }
 
 /// Sends a ping with `id` and returns the next control message in reply, other than news of
