@@ -142,22 +142,21 @@ impl Registry {
     /// rather than at the end of its window. Returns whether a seat was given back.
     fn removed_by_moderator(&mut self, id: ParticipantId) -> bool {
         self.ban(id, false);
-        let Some(record) = self.seated.get(&id).cloned() else {
-            return false;
-        };
-        let Some(ghost) = record
-            .token
-            .as_ref()
-            .and_then(|token| self.suspended.remove(token))
-        else {
-            // Live: its connection was closed, and its membership leaves when that ends.
-            return false;
-        };
+        // Live, its connection was closed and its membership leaves when that ends.
+        self.release_ghost(id).is_some()
+    }
+
+    /// If `id` is suspended (waiting to resume), lets it go: forgets it and gives its seat, and
+    /// its dropped connection's places, back. Returns its record, for telling its mixer
+    /// thread; `None` if it is not suspended.
+    fn release_ghost(&mut self, id: ParticipantId) -> Option<SeatRecord> {
+        let record = self.seated.get(&id)?.clone();
+        let ghost = self.suspended.remove(record.token.as_ref()?)?;
         self.forget(id);
         self.release_seat(&record.room);
         // Its places under the connection limits go back with it.
         drop(ghost);
-        true
+        Some(record)
     }
 
     fn banned(&self, room: &str, identity: &Identity, address: IpAddr) -> bool {
@@ -462,26 +461,14 @@ impl MixerPool {
         holder: ParticipantId,
         joiner: &Joiner,
     ) -> Result<(), JoinRefused> {
+        // Under the lock, like a leave: the seat goes back and the thread hears of it before
+        // it hears of the new join.
+        if self.let_ghost_go(registry, holder, LeaveReason::Replaced) {
+            return Ok(());
+        }
         let Some(record) = registry.seated.get(&holder).cloned() else {
             return Ok(());
         };
-        let ghost = record
-            .token
-            .as_ref()
-            .and_then(|token| registry.suspended.remove(token));
-        if let Some(ghost) = ghost {
-            // Under the lock, like a leave: the seat goes back and the thread hears of it
-            // before it hears of the new join.
-            registry.forget(holder);
-            registry.release_seat(&record.room);
-            self.shared.threads[record.placement.thread].send(Command::Leave {
-                room: record.placement.key,
-                participant: holder,
-                reason: LeaveReason::Replaced,
-            });
-            drop(ghost);
-            return Ok(());
-        }
         match joiner.identity {
             Identity::Name(_) => Err(JoinRefused::NameTaken {
                 name: joiner.name.clone(),
@@ -503,6 +490,30 @@ impl MixerPool {
                 Ok(())
             }
         }
+    }
+
+    /// If `id` is suspended, lets it go (see [`Registry::release_ghost`]) and tells its mixer
+    /// thread that it left for `reason`, under the lock so that the thread hears of it before
+    /// any later join of the room. Returns whether it was suspended.
+    fn let_ghost_go(
+        &self,
+        registry: &mut Registry,
+        id: ParticipantId,
+        reason: LeaveReason,
+    ) -> bool {
+        let Some(record) = registry.release_ghost(id) else {
+            return false;
+        };
+        self.shared
+            .metrics
+            .rooms
+            .set(registry.directory.len() as i64);
+        self.shared.threads[record.placement.thread].send(Command::Leave {
+            room: record.placement.key,
+            participant: id,
+            reason,
+        });
+        true
     }
 
     /// Whether the node is draining (no new rooms).
@@ -551,30 +562,19 @@ impl MixerPool {
         let target = ParticipantId(id);
         {
             let mut registry = self.shared.lock_registry();
-            let record = registry
+            if registry
                 .seated
                 .get(&target)
-                .filter(|r| &*r.room == room)
-                .cloned()
-                .ok_or_else(|| AdminRefused::UnknownParticipant {
+                .is_none_or(|r| &*r.room != room)
+            {
+                return Err(AdminRefused::UnknownParticipant {
                     room: room.to_owned(),
                     id,
-                })?;
+                });
+            }
             registry.ban(target, true);
             // A suspended participant has no connection to close: it is let go here.
-            if let Some(ghost) = record
-                .token
-                .as_ref()
-                .and_then(|token| registry.suspended.remove(token))
-            {
-                registry.forget(target);
-                registry.release_seat(&record.room);
-                self.shared.threads[record.placement.thread].send(Command::Leave {
-                    room: record.placement.key,
-                    participant: target,
-                    reason: LeaveReason::Removed,
-                });
-                drop(ghost);
+            if self.let_ghost_go(&mut registry, target, LeaveReason::Removed) {
                 return Ok(());
             }
         }
@@ -593,7 +593,7 @@ impl MixerPool {
 
     /// The operator closes a room: everyone in it is told and disconnected.
     pub fn operator_close(&self, room: &str) -> Result<(), AdminRefused> {
-        let ghosts: Vec<Suspended> = {
+        {
             let mut registry = self.shared.lock_registry();
             if registry.directory.info(room).is_none() {
                 return Err(AdminRefused::UnknownRoom(room.to_owned()));
@@ -604,26 +604,10 @@ impl MixerPool {
                 .filter(|(_, r)| &*r.room == room)
                 .map(|(id, _)| *id)
                 .collect();
-            let mut ghosts = Vec::new();
+            // Those waiting to resume have no connection to close: they are let go here.
             for id in ids {
-                let Some(record) = registry.seated.get(&id).cloned() else {
-                    continue;
-                };
-                if let Some(ghost) = record
-                    .token
-                    .as_ref()
-                    .and_then(|token| registry.suspended.remove(token))
-                {
-                    ghosts.push(ghost);
-                }
+                self.let_ghost_go(&mut registry, id, LeaveReason::RoomClosed);
             }
-            ghosts
-        };
-        // Outside the lock: leaving takes it.
-        for ghost in ghosts {
-            ghost
-                .revive(self.shared.clone())
-                .leave(LeaveReason::RoomClosed);
         }
         match self.operator(room, None, OperatorAction::Close) {
             // Only ghosts were left: the room is gone already.
