@@ -130,6 +130,15 @@ async fn hold(
     (stopped, last_renewal)
 }
 
+/// Nodes `a`, `b` and `c` on `redis`.
+async fn three_nodes(redis: &PrivateRedis) -> [Fleet; 3] {
+    [
+        node(redis, "a").await,
+        node(redis, "b").await,
+        node(redis, "c").await,
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_register_list_each_other_and_vanish_after_their_lease() {
     let redis = PrivateRedis::start();
@@ -185,11 +194,7 @@ async fn nodes_register_list_each_other_and_vanish_after_their_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_is_exclusive_and_every_new_claim_has_a_higher_epoch() {
     let redis = PrivateRedis::start();
-    let fleets = [
-        node(&redis, "a").await,
-        node(&redis, "b").await,
-        node(&redis, "c").await,
-    ];
+    let fleets = three_nodes(&redis).await;
     // A fresh data set holds every claim for one lease (see the module docs).
     let first = fleets[0].claim("warm-up").await.expect("claim");
     assert!(
@@ -470,11 +475,7 @@ async fn a_quick_redis_restart_cannot_hand_a_room_to_a_second_node_while_its_hol
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_spreads_300_rooms_evenly_over_3_equal_nodes() {
     let redis = PrivateRedis::start();
-    let fleets = [
-        node(&redis, "a").await,
-        node(&redis, "b").await,
-        node(&redis, "c").await,
-    ];
+    let fleets = three_nodes(&redis).await;
     let mut leases: Vec<Leases> = (0..3).map(|_| Leases::new(LEASE)).collect();
     // A fresh data set holds claims for one lease; the registrations are renewed after it.
     claim(&fleets[0], "warm-up").await;
