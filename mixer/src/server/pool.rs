@@ -56,9 +56,6 @@ pub(super) struct Shared {
     resumable: bool,
     /// Draining: no new rooms (set by the admin API).
     draining: AtomicBool,
-    /// Participants the mixer threads report removed by a moderator, handled at the next
-    /// [`Shared::lock_registry`].
-    removals: Mutex<mpsc::Receiver<ParticipantId>>,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -76,6 +73,9 @@ pub(super) struct Registry {
     /// Who may not join each room again while it exists (removed by a moderator or the
     /// operator).
     bans: HashMap<Arc<str>, HashSet<Ban>>,
+    /// Participants the mixer threads report removed by a moderator, handled at the next
+    /// [`Shared::lock_registry`].
+    removals: mpsc::Receiver<ParticipantId>,
     pub(super) shut_down: bool,
 }
 
@@ -220,12 +220,13 @@ impl Shared {
         // Every critical section is a few map operations that cannot leave the maps
         // inconsistent, so a poisoned lock is still usable.
         let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        let removals = self.removals.lock().unwrap_or_else(|p| p.into_inner());
+        // Collected first: handling one needs the registry. Usually none, and an empty Vec
+        // does not allocate.
+        let removed: Vec<ParticipantId> = registry.removals.try_iter().collect();
         let mut changed = false;
-        while let Ok(id) = removals.try_recv() {
+        for id in removed {
             changed |= registry.removed_by_moderator(id);
         }
-        drop(removals);
         if registry.directory.expire(Instant::now()) > 0 || changed {
             self.metrics.rooms.set(registry.directory.len() as i64);
         }
@@ -265,13 +266,13 @@ impl MixerPool {
                     seated: HashMap::new(),
                     identities: HashMap::new(),
                     bans: HashMap::new(),
+                    removals,
                     shut_down: false,
                 }),
                 next_id: AtomicU32::new(1),
                 max_talkers: config.engine.max_talkers,
                 resumable: config.resumable,
                 draining: AtomicBool::new(false),
-                removals: Mutex::new(removals),
                 metrics,
             }),
         })
