@@ -259,18 +259,11 @@ fn join_message(plan: &ClientPlan, resume: Option<String>) -> Message {
         Mode::Listen
     };
     let name = format!("lg-{}-{}", plan.room, plan.slot);
-    Message::text(
-        ClientMessage::Join(JoinRequest {
-            room: plan.room_name.clone(),
-            name,
-            token: None,
-            mode: Some(mode),
-            resume,
-            role: Some(Role::default()),
-            format: AudioFormat::opus_48k_mono_20ms(),
-        })
-        .to_json(),
-    )
+    let request = JoinRequest {
+        resume,
+        ..join_request(&plan.room_name, &name, mode, Role::default())
+    };
+    Message::text(ClientMessage::Join(request).to_json())
 }
 
 /// A `join` for `room` as a speaker named `name`, in Opus.
@@ -280,7 +273,13 @@ pub fn join_json(room: &str, name: &str, mode: Mode) -> String {
 
 /// A `join` for `room` named `name` with `role`, in Opus.
 pub fn join_json_as(room: &str, name: &str, mode: Mode, role: Role) -> String {
-    ClientMessage::Join(JoinRequest {
+    ClientMessage::Join(join_request(room, name, mode, role)).to_json()
+}
+
+/// The `join` every loadgen client sends: Opus, no token in the message (it travels in the
+/// URL), not a resume.
+fn join_request(room: &str, name: &str, mode: Mode, role: Role) -> JoinRequest {
+    JoinRequest {
         room: room.to_owned(),
         name: name.to_owned(),
         token: None,
@@ -288,8 +287,7 @@ pub fn join_json_as(room: &str, name: &str, mode: Mode, role: Role) -> String {
         resume: None,
         role: Some(role),
         format: AudioFormat::opus_48k_mono_20ms(),
-    })
-    .to_json()
+    }
 }
 
 /// Redirects a client follows in a row before it gives up (a misconfigured fleet must not
