@@ -60,7 +60,7 @@ async fn claim(fleet: &Fleet, room: &str) -> (Claim, Instant) {
 
 fn claimed(answer: &Claim) -> Epoch {
     match answer {
-        Claim::Claimed { epoch } => *epoch,
+        Claim::Claimed { epoch, .. } => *epoch,
         other => panic!("expected Claimed, got {other:?}"),
     }
 }
@@ -453,7 +453,7 @@ async fn a_quick_redis_restart_cannot_hand_a_room_to_a_second_node_while_its_hol
         async {
             let start = Instant::now();
             loop {
-                if let Ok(Claim::Claimed { epoch }) = b.claim("r").await {
+                if let Ok(Claim::Claimed { epoch, .. }) = b.claim("r").await {
                     // b may start mixing once it has the answer.
                     return (Instant::now(), epoch);
                 }

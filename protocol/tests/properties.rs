@@ -287,7 +287,8 @@ fn arb_server() -> impl Strategy<Value = ServerMessage> {
             ".*",
             prop_oneof![
                 Just(mixer_protocol::RedirectReason::OtherNode),
-                Just(mixer_protocol::RedirectReason::Moved)
+                Just(mixer_protocol::RedirectReason::Moved),
+                Just(mixer_protocol::RedirectReason::LeaseLost)
             ],
             proptest::option::of("[0-9a-f]{32}")
         )

@@ -85,6 +85,9 @@ pub enum Claim {
     Claimed {
         /// The lease's fencing epoch.
         epoch: Epoch,
+        /// Whether the room's previous lease lapsed (its node died or was cut off from Redis)
+        /// rather than being released within the last minute: the claim is a failover.
+        took_over: bool,
     },
     /// Another node holds the room.
     OwnedBy(Owner),
@@ -114,6 +117,9 @@ pub struct RoomOwner {
     pub room: String,
     /// Its owner.
     pub owner: Owner,
+    /// What its owner last published about it with a renewal (its settings and occupancy,
+    /// JSON), if anything yet.
+    pub summary: Option<String>,
 }
 
 /// A node's handle on the fleet: its id and public URL, and a connection to Redis.
@@ -287,6 +293,23 @@ impl Fleet {
     /// Redis unreachable, slow or answering an error: the room's owner is then unknown, and the
     /// node must not mix it.
     pub async fn claim(&self, room: &str) -> Result<Claim, FleetError> {
+        self.claim_for(room, &self.node, &self.url).await
+    }
+
+    /// Claims `room` on behalf of `node` (reachable at `url`): how a node that placed a new room
+    /// elsewhere reserves it for the node it chose before redirecting the client there. The
+    /// chosen node does not mix the room until it claims it itself (which finds its own lease
+    /// and renews it under the same epoch); a reservation nobody takes up lapses with its lease.
+    ///
+    /// # Errors
+    ///
+    /// As [`Fleet::claim`].
+    pub async fn claim_for(
+        &self,
+        room: &str,
+        node: &NodeId,
+        url: &str,
+    ) -> Result<Claim, FleetError> {
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
             .key(self.key_room(room))
@@ -294,8 +317,8 @@ impl Fleet {
             .key(self.key("generation"))
             .key(self.key("hold"))
             .key(self.key("epoch"))
-            .arg(self.node.as_str())
-            .arg(self.url.as_str())
+            .arg(node.as_str())
+            .arg(url)
             .arg(self.lease_ms())
             .arg(room);
         let reply = self
@@ -316,6 +339,23 @@ impl Fleet {
     /// Redis unreachable, slow or answering an error; a batch already renewed stays renewed
     /// (which only makes the local deadlines more conservative than Redis).
     pub async fn renew(&self, rooms: &[(String, Epoch)]) -> Result<Vec<String>, FleetError> {
+        let rooms: Vec<(String, Epoch, Option<String>)> = rooms
+            .iter()
+            .map(|(room, epoch)| (room.clone(), *epoch, None))
+            .collect();
+        self.renew_publishing(&rooms).await
+    }
+
+    /// [`Fleet::renew`], also publishing with each renewed room what the cluster-wide room list
+    /// shows of it (`summary`, JSON; `None` leaves the last one published).
+    ///
+    /// # Errors
+    ///
+    /// As [`Fleet::renew`].
+    pub async fn renew_publishing(
+        &self,
+        rooms: &[(String, Epoch, Option<String>)],
+    ) -> Result<Vec<String>, FleetError> {
         let mut lost = Vec::new();
         for batch in rooms.chunks(RENEW_BATCH) {
             let mut invocation = self.scripts.renew.prepare_invoke();
@@ -323,12 +363,13 @@ impl Fleet {
                 .key(self.key("rooms"))
                 .arg(self.node.as_str())
                 .arg(self.lease_ms());
-            for (room, epoch) in batch {
+            for (room, epoch, summary) in batch {
                 invocation
                     .key(self.key_room(room))
                     .arg(room.as_str())
                     .arg(epoch.generation)
-                    .arg(epoch.n);
+                    .arg(epoch.n)
+                    .arg(summary.as_deref().unwrap_or(""));
             }
             let reply = self
                 .run(
@@ -415,18 +456,22 @@ impl Fleet {
             )
             .await?;
         let flat = array("rooms", &reply)?;
-        if flat.len() % 5 != 0 {
+        if flat.len() % 6 != 0 {
             return Err(FleetError::Reply {
                 op: "rooms",
-                detail: format!("{} values, not a multiple of 5", flat.len()),
+                detail: format!("{} values, not a multiple of 6", flat.len()),
             });
         }
         let mut rooms = flat
-            .chunks_exact(5)
+            .chunks_exact(6)
             .map(|entry| {
                 Ok(RoomOwner {
                     room: text("rooms", &entry[0])?,
-                    owner: parse_owner("rooms", &entry[1..])?,
+                    owner: parse_owner("rooms", &entry[1..5])?,
+                    summary: match &entry[5] {
+                        Value::Nil => None,
+                        value => Some(text("rooms", value)?).filter(|s| !s.is_empty()),
+                    },
                 })
             })
             .collect::<Result<Vec<_>, FleetError>>()?;
@@ -535,7 +580,8 @@ return out
 ";
 
 /// KEYS: room key, rooms index, generation, hold, epoch counter. ARGV: node id, url, lease ms,
-/// room name. Returns {'claimed', gen, n}, {'owned', node, url, gen, n} or {'held', ms}.
+/// room name. Returns {'claimed', gen, n, lapsed}, {'owned', node, url, gen, n} or
+/// {'held', ms}.
 const CLAIM: &str = r"
 fresh(KEYS[3], KEYS[4], ARGV[3])
 local hold = redis.call('PTTL', KEYS[4])
@@ -549,23 +595,28 @@ if owner[1] then
   -- Our own lease, still running (a node that lost track of it): renew it, same epoch.
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
-  return {'claimed', owner[3], owner[4]}
+  return {'claimed', owner[3], owner[4], '0'}
 end
+-- Still in the index but without a lease: it lapsed instead of being released (release
+-- removes it from the index), so this claim takes over from a node that died or was cut off.
+local lapsed = redis.call('ZSCORE', KEYS[2], ARGV[4]) and '1' or '0'
 local n = redis.call('INCR', KEYS[5])
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'url', ARGV[2], 'gen', generation, 'n', n)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
-return {'claimed', generation, tostring(n)}
+return {'claimed', generation, tostring(n), lapsed}
 ";
 
 /// KEYS: rooms index, then one room key per room. ARGV: node id, lease ms, then room name,
-/// gen, n per room. Returns the 1-based indexes of the rooms not renewed.
+/// gen, n, summary (empty: unchanged) per room. Returns the 1-based indexes of the rooms not
+/// renewed.
 const RENEW: &str = r"
 local lost = {}
 for i = 2, #KEYS do
-  local base = 3 + (i - 2) * 3
+  local base = 3 + (i - 2) * 4
   local owner = redis.call('HMGET', KEYS[i], 'node', 'gen', 'n')
   if owner[1] == ARGV[1] and owner[2] == ARGV[base + 1] and owner[3] == ARGV[base + 2] then
+    if ARGV[base + 3] ~= '' then redis.call('HSET', KEYS[i], 'summary', ARGV[base + 3]) end
     redis.call('PEXPIRE', KEYS[i], ARGV[2])
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[base])
   else
@@ -586,17 +637,18 @@ end
 return 0
 ";
 
-/// KEYS: rooms index. ARGV: room key prefix. Returns room, node, url, gen, n for every room with
-/// a live lease, flattened.
+/// KEYS: rooms index. ARGV: room key prefix. Returns room, node, url, gen, n, summary for every
+/// room with a live lease, flattened. Index entries of lapsed leases are kept for a minute, so
+/// that a claim can tell a failover from a fresh room (see the claim script).
 const ROOMS: &str = r"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local names = redis.call('ZRANGE', KEYS[1], 0, -1)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+local names = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 local out = {}
 for _, name in ipairs(names) do
-  local owner = redis.call('HMGET', ARGV[1] .. name, 'node', 'url', 'gen', 'n')
+  local owner = redis.call('HMGET', ARGV[1] .. name, 'node', 'url', 'gen', 'n', 'summary')
   if owner[1] then
     out[#out + 1] = name
-    for j = 1, 4 do out[#out + 1] = owner[j] end
+    for j = 1, 5 do out[#out + 1] = owner[j] or '' end
   end
 end
 return out
@@ -607,11 +659,12 @@ fn parse_claim(reply: &Value) -> Result<Claim, FleetError> {
     let fields = array(OP, reply)?;
     let kind = fields.first().map(|v| text(OP, v)).transpose()?;
     match (kind.as_deref(), fields.len()) {
-        (Some("claimed"), 3) => Ok(Claim::Claimed {
+        (Some("claimed"), 4) => Ok(Claim::Claimed {
             epoch: Epoch {
                 generation: int(OP, &fields[1])?,
                 n: int(OP, &fields[2])?,
             },
+            took_over: int(OP, &fields[3])? == 1,
         }),
         (Some("owned"), 5) => parse_owner(OP, &fields[1..]).map(Claim::OwnedBy),
         (Some("held"), 2) => Ok(Claim::Held {
@@ -696,14 +749,20 @@ mod tests {
 
     #[test]
     fn claim_replies_parse_and_odd_ones_are_errors_not_panics() {
-        let claimed = Value::Array(vec![bulk("claimed"), bulk("1712345678901"), bulk("7")]);
+        let claimed = Value::Array(vec![
+            bulk("claimed"),
+            bulk("1712345678901"),
+            bulk("7"),
+            bulk("1"),
+        ]);
         assert_eq!(
             parse_claim(&claimed).expect("claimed"),
             Claim::Claimed {
                 epoch: Epoch {
                     generation: 1_712_345_678_901,
                     n: 7
-                }
+                },
+                took_over: true,
             }
         );
         let owned = Value::Array(vec![
@@ -727,8 +786,9 @@ mod tests {
             Value::Nil,
             Value::Int(1),
             Value::Array(vec![]),
-            Value::Array(vec![bulk("claimed"), bulk("x"), bulk("1")]),
-            Value::Array(vec![bulk("claimed"), Value::Int(-1), bulk("1")]),
+            Value::Array(vec![bulk("claimed"), bulk("x"), bulk("1"), bulk("0")]),
+            Value::Array(vec![bulk("claimed"), Value::Int(-1), bulk("1"), bulk("0")]),
+            Value::Array(vec![bulk("claimed"), bulk("1"), bulk("1")]),
             Value::Array(vec![
                 bulk("owned"),
                 bulk("bad id"),

@@ -15,7 +15,7 @@ use mixer_protocol::AudioHeader;
 use mixer_protocol::{
     AUDIO_HEADER_LEN, AudioFrame, CONTROL_FLOOD_DROPS_PER_SECOND, ClientMessage, ErrorCode,
     FRAME_SAMPLES, INVALID_MESSAGE_COST, LeaveReason, MAX_AUDIO_FRAME, MAX_CONTROL_MESSAGE,
-    SAMPLE_RATE, ServerMessage, close_code, parse_client_message,
+    RedirectReason, SAMPLE_RATE, ServerMessage, close_code, parse_client_message,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -30,6 +30,7 @@ use super::Settings;
 use super::address_limit::{AddressLimits, ConnectionPlaces};
 use super::admin;
 use super::budget::{ControlBudget, TokenBucket, Verdict};
+use super::fleet_rooms::{FleetRooms, LeaseGate, Located, Purpose};
 use super::http::{self, Prefixed, Route};
 use super::membership::{Forwarded, Identity, Joiner, Membership};
 use super::metrics::Metrics;
@@ -68,6 +69,8 @@ pub struct Context {
     /// The body of `GET /healthz` when healthy (it says so when the server runs without
     /// authentication on a public address).
     pub health: &'static str,
+    /// In a fleet (`--redis-url`): where rooms are mixed, and this node's room leases.
+    pub fleet: Option<Arc<FleetRooms>>,
 }
 
 /// Serves one accepted connection (after its TLS handshake, on a TLS port) until it ends.
@@ -258,7 +261,7 @@ impl Session {
                     last_seen = now;
                     match message {
                         Some(Ok(message)) => {
-                            if let Some(end) = self.on_message(message, now) {
+                            if let Some(end) = self.on_message(message, now).await {
                                 break end;
                             }
                         }
@@ -453,9 +456,9 @@ impl Session {
         }
     }
 
-    fn on_message(&mut self, message: Message, now: Instant) -> Option<End> {
+    async fn on_message(&mut self, message: Message, now: Instant) -> Option<End> {
         match message {
-            Message::Text(text) => return self.on_text(text.as_str(), now),
+            Message::Text(text) => return self.on_text(text.as_str(), now).await,
             Message::Binary(bytes) => self.on_audio(bytes, now),
             Message::Close(_) => return Some(End::ClientClosed),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
@@ -463,7 +466,7 @@ impl Session {
         None
     }
 
-    fn on_text(&mut self, text: &str, now: Instant) -> Option<End> {
+    async fn on_text(&mut self, text: &str, now: Instant) -> Option<End> {
         if text.len() > MAX_CONTROL_MESSAGE {
             // As the protocol says: message_too_large closes the connection (1009).
             self.send_error(
@@ -488,10 +491,10 @@ impl Session {
         // budget cannot pay for it (the seat is what the budget protects).
         let leaving = matches!(parsed, Ok(ClientMessage::Leave)) && self.membership.is_some();
         match (verdict, parsed) {
-            (Verdict::Paid, Ok(message)) => self.on_control(message, now),
+            (Verdict::Paid, Ok(message)) => self.on_control(message, now).await,
             (Verdict::Paid, Err(error)) => self.send_error(error.code(), error.to_string()),
             (Verdict::Dropped | Verdict::Flooding, Ok(message)) if leaving => {
-                self.on_control(message, now);
+                self.on_control(message, now).await;
             }
             (Verdict::Dropped, _) => {
                 self.context
@@ -526,7 +529,57 @@ impl Session {
         None
     }
 
-    fn on_control(&mut self, message: ClientMessage, now: Instant) {
+    /// Where `room` is mixed, for a request of `purpose`: `Ok(None)` on a single server,
+    /// `Ok(Some(gate))` when this fleet node mixes it. Otherwise the client has been answered
+    /// (a `redirect`, `unknown_room` or `fleet_unavailable`) and `Err(())` says so.
+    async fn locate(&mut self, room: &str, purpose: Purpose) -> Result<Option<Arc<LeaseGate>>, ()> {
+        let Some(fleet) = self.context.fleet.clone() else {
+            return Ok(None);
+        };
+        match fleet
+            .locate(room, purpose, self.context.pool.is_draining())
+            .await
+        {
+            Ok(Located::Here(gate)) => Ok(Some(gate)),
+            Ok(Located::Elsewhere { url }) => {
+                self.redirect(room, url, RedirectReason::OtherNode);
+                Err(())
+            }
+            Ok(Located::Nowhere) => {
+                self.send_error(ErrorCode::UnknownRoom, format!("there is no room {room:?}"));
+                Err(())
+            }
+            Err(unavailable) => {
+                if purpose == Purpose::Join {
+                    self.count_join_failure(ErrorCode::FleetUnavailable);
+                }
+                self.send_error(ErrorCode::FleetUnavailable, unavailable.to_string());
+                Err(())
+            }
+        }
+    }
+
+    /// Sends the client to another node: a `redirect`, then the close (4307).
+    fn redirect(&mut self, room: &str, url: String, reason: RedirectReason) {
+        self.context
+            .metrics
+            .redirects_total
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        debug!(peer = %self.peer, room, %url, "redirecting");
+        self.outbox.push_control(wire(&ServerMessage::Redirect {
+            room: room.to_owned(),
+            url,
+            reason,
+            resume_token: None,
+        }));
+        self.outbox.close(Closed::Close {
+            code: close_code::REDIRECT,
+            reason: "redirect",
+        });
+    }
+
+    async fn on_control(&mut self, message: ClientMessage, now: Instant) {
         match message {
             ClientMessage::Join(request) => {
                 if self.membership.is_some() {
@@ -578,6 +631,9 @@ impl Session {
                     .format
                     .pcm_rate()
                     .and_then(|hz| PcmRate::from_hz(hz).ok());
+                let Ok(gate) = self.locate(&request.room, Purpose::Join).await else {
+                    return;
+                };
                 if let Some(token) = &request.resume {
                     if !self.context.addresses.may_try_resume(ip, now) {
                         return self.refuse_join(
@@ -617,7 +673,7 @@ impl Session {
                     format: request.format.clone(),
                     outbox: self.outbox.clone(),
                 };
-                match self.context.pool.join(&request.room, joiner) {
+                match self.context.pool.join(&request.room, joiner, gate) {
                     Ok(membership) => {
                         self.membership = Some(membership);
                     }
@@ -650,6 +706,9 @@ impl Session {
                         "more than 5 create_room at once or 1 per 10 s from your address; no room was created",
                     );
                 }
+                if self.locate(&settings.room, Purpose::Create).await.is_err() {
+                    return;
+                }
                 let reply = match self.context.pool.create_room(&settings) {
                     Ok(summary) => ServerMessage::RoomInfo(summary),
                     Err(refused) => return self.send_error(refused.code(), refused.to_string()),
@@ -667,6 +726,9 @@ impl Session {
                     Ok(_) => {}
                     Err(error) => return self.refuse_auth(error),
                 }
+                if self.locate(&room, Purpose::Info).await.is_err() {
+                    return;
+                }
                 match self.context.pool.room_info(&room) {
                     Some(summary) => {
                         self.outbox
@@ -677,18 +739,28 @@ impl Session {
                 }
             }
             ClientMessage::ListRooms => {
-                let (rooms, truncated) = match self.grant(None) {
-                    Ok(None) => self.context.pool.list_rooms(),
-                    // Only the rooms the token grants: a token for "team-*" does not learn
-                    // of other teams' rooms.
-                    Ok(Some(grant)) => match grant.may_list() {
-                        Ok(()) => self
-                            .context
-                            .pool
-                            .list_rooms_matching(|room| grant.allows_room(room)),
-                        Err(error) => return self.refuse_auth(error),
-                    },
+                let grant = match self.grant(None) {
+                    Ok(grant) => grant,
                     Err(error) => return self.refuse_auth(error),
+                };
+                if let Some(grant) = &grant
+                    && let Err(error) = grant.may_list()
+                {
+                    return self.refuse_auth(error);
+                }
+                // Only the rooms the token grants: a token for "team-*" does not learn of
+                // other teams' rooms.
+                let allowed = |room: &str| grant.as_ref().is_none_or(|g| g.allows_room(room));
+                let listed = match &self.context.fleet {
+                    None => Ok(self.context.pool.list_rooms_matching(allowed)),
+                    Some(fleet) => fleet.list_rooms(&self.context.pool, allowed).await,
+                };
+                let (rooms, truncated) = match listed {
+                    Ok(listed) => listed,
+                    Err(unavailable) => {
+                        return self
+                            .send_error(ErrorCode::FleetUnavailable, unavailable.to_string());
+                    }
                 };
                 self.outbox
                     .push_control(wire(&ServerMessage::Rooms { rooms, truncated }));

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::fleet_rooms::FleetRooms;
 use super::metrics::Metrics;
 use super::pool::MixerPool;
-use crate::fleet::{Fleet, FleetSettings, Load, NodeState};
+use crate::fleet::{Fleet, Load, NodeState};
 
 /// The load one mixer thread takes, in [`Load::cost`] units: the all-talk capacity measured in
 /// the README (about 160 talkers held on one core; a talker costs 3 units, its room's share
@@ -24,12 +25,13 @@ pub const COST_PER_THREAD: u32 = 480;
 /// Runs until `stop` turns true: connects (retrying each renewal interval while Redis is
 /// unreachable), then announces this node every renewal interval; deregisters at the end.
 pub async fn run(
-    settings: FleetSettings,
+    rooms: Arc<FleetRooms>,
     pool: MixerPool,
     metrics: Arc<Metrics>,
     threads: usize,
     mut stop: watch::Receiver<bool>,
 ) {
+    let settings = rooms.settings().clone();
     let interval = settings.store.lease / 3;
     let capacity = u32::try_from(threads)
         .unwrap_or(u32::MAX)
@@ -53,7 +55,10 @@ pub async fn run(
             )
             .await
             {
-                Ok(connected) => fleet = Some(connected),
+                Ok(connected) => {
+                    rooms.connected(connected.clone());
+                    fleet = Some(connected);
+                }
                 Err(error) => {
                     note_failure(&metrics, &mut failing, "connect", &error);
                     continue;
@@ -61,6 +66,8 @@ pub async fn run(
             }
         }
         let Some(connected) = &fleet else { continue };
+        // The leases first: they are what keeps rooms mixing.
+        rooms.renew(connected, |room| pool.room_info(room)).await;
         let state = if pool.is_draining() {
             NodeState::Draining
         } else {

@@ -108,6 +108,24 @@ pub struct Metrics {
     pub admin_requests_total: IntCounterVec,
     /// Fleet registrations renewed in Redis, by outcome (`ok`, `error`).
     pub fleet_heartbeats_total: IntCounterVec,
+    /// TEMP (the ops helper's version replaces this file).
+    pub fleet_rooms_owned: IntGauge,
+    /// TEMP.
+    pub fleet_claims_total: IntCounterVec,
+    /// TEMP.
+    pub redirects_total: IntCounterVec,
+    /// TEMP.
+    pub fleet_lease_losses_total: IntCounterVec,
+    /// TEMP.
+    pub fleet_failovers_total: IntCounter,
+    /// TEMP.
+    pub fleet_drains_total: IntCounter,
+    /// TEMP.
+    pub fleet_rooms_moved_total: IntCounter,
+    /// TEMP.
+    pub fleet_nodes: IntGauge,
+    /// TEMP.
+    pub fleet_redis_commands_total: IntCounterVec,
     /// Participants who left, by reason.
     pub leaves_total: IntCounterVec,
     /// Error messages sent to clients, by code.
@@ -240,6 +258,23 @@ impl Metrics {
                 "mixer_fleet_heartbeats_total",
                 "Fleet registrations renewed in Redis (--redis-url), by outcome: ok or error.",
                 &["outcome"],
+            ),
+            fleet_rooms_owned: gauge("mixer_fleet_rooms_owned", "t"),
+            fleet_claims_total: counter_vec("mixer_fleet_claims_total", "t", &["outcome"]),
+            redirects_total: counter_vec("mixer_redirects_total", "t", &["reason"]),
+            fleet_lease_losses_total: counter_vec(
+                "mixer_fleet_lease_losses_total",
+                "t",
+                &["cause"],
+            ),
+            fleet_failovers_total: counter("mixer_fleet_failovers_total", "t"),
+            fleet_drains_total: counter("mixer_fleet_drains_total", "t"),
+            fleet_rooms_moved_total: counter("mixer_fleet_rooms_moved_total", "t"),
+            fleet_nodes: gauge("mixer_fleet_nodes", "t"),
+            fleet_redis_commands_total: counter_vec(
+                "mixer_fleet_redis_commands_total",
+                "t",
+                &["op"],
             ),
             leaves_total: counter_vec(
                 "mixer_leaves_total",
@@ -402,6 +437,15 @@ impl Metrics {
             Box::new(metrics.auth_failures_total.clone()),
             Box::new(metrics.admin_requests_total.clone()),
             Box::new(metrics.fleet_heartbeats_total.clone()),
+            Box::new(metrics.fleet_rooms_owned.clone()),
+            Box::new(metrics.fleet_claims_total.clone()),
+            Box::new(metrics.redirects_total.clone()),
+            Box::new(metrics.fleet_lease_losses_total.clone()),
+            Box::new(metrics.fleet_failovers_total.clone()),
+            Box::new(metrics.fleet_drains_total.clone()),
+            Box::new(metrics.fleet_rooms_moved_total.clone()),
+            Box::new(metrics.fleet_nodes.clone()),
+            Box::new(metrics.fleet_redis_commands_total.clone()),
             Box::new(metrics.leaves_total.clone()),
             Box::new(metrics.errors_sent_total.clone()),
             Box::new(metrics.audio_frames_in_total.clone()),

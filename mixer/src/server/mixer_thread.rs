@@ -25,11 +25,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use mixer_protocol::{
-    AudioFrame, AudioHeader, ErrorCode, LeaveReason, ParticipantInfo, ServerMessage, close_code,
+    AudioFrame, AudioHeader, ErrorCode, LeaveReason, ParticipantInfo, RedirectReason,
+    ServerMessage, close_code,
 };
 use tracing::{debug, info, warn};
 
 use super::directory::{RoomConfig, RoomKey};
+use super::fleet_rooms::LeaseGate;
 use super::membership::Joiner;
 use super::metrics::Metrics;
 use super::outbox::{Closed, Outbox};
@@ -67,6 +69,9 @@ pub struct Admission {
     pub token: Option<Arc<str>>,
     /// Its audio packets in flight (shared with its membership).
     pub in_flight: Arc<AtomicUsize>,
+    /// In a fleet, the room's lease as the node last claimed or renewed it (the room is
+    /// mixed only while it is open); `None` on a single server.
+    pub gate: Option<Arc<LeaseGate>>,
 }
 
 /// What a mixer thread is asked to do.
@@ -489,6 +494,7 @@ impl MixerThread {
             config,
             token,
             in_flight,
+            gate,
         } = admission;
         let index = key.0 as usize;
         if self.rooms.len() <= index {
@@ -518,6 +524,11 @@ impl MixerThread {
         let Some(slot) = self.rooms[index].as_mut() else {
             return;
         };
+        if gate.is_some() {
+            // The lease the node holds now: a room stopped for an old one and claimed again
+            // carries on under the new one.
+            slot.gate = gate;
+        }
         let codec = match joiner.format.pcm_rate().map(PcmRate::from_hz) {
             Some(Ok(rate)) => ClientCodec::Pcm(rate),
             _ => ClientCodec::Opus,
@@ -615,11 +626,20 @@ impl MixerThread {
     fn run_due_ticks(&mut self) {
         let metrics = &self.metrics;
         let mut ran = false;
-        for slot in self.rooms.iter_mut().flatten() {
+        let mut stopped = Vec::new();
+        for (index, slot) in self.rooms.iter_mut().enumerate() {
+            let Some(slot) = slot else { continue };
             loop {
                 let deadline = slot.engine.poll_timeout();
                 let start = Instant::now();
                 if deadline > start {
+                    break;
+                }
+                // In a fleet, a room is mixed only under its lease: checked before every tick,
+                // so it stops within a tick of its local deadline whatever the rest of the
+                // node is doing.
+                if slot.gate.as_ref().is_some_and(|gate| !gate.is_open(start)) {
+                    stopped.push(RoomKey(index as u32));
                     break;
                 }
                 ran = true;
@@ -643,6 +663,47 @@ impl MixerThread {
         if ran && self.phases.started.elapsed() >= std::time::Duration::from_secs(1) {
             self.phases.flush(metrics);
             self.phases.started = Instant::now();
+        }
+        for room in stopped {
+            self.stop_for_lease(room);
+        }
+    }
+
+    /// Stops a room whose lease gate has closed: every member is sent a `redirect`
+    /// (`lease_lost`) to this node, which finds the room wherever it is now, and is closed
+    /// (4307); the room is gone from this thread.
+    fn stop_for_lease(&mut self, room: RoomKey) {
+        let metrics = &*self.metrics;
+        let Some(slot) = slot_mut(&mut self.rooms, room) else {
+            return;
+        };
+        let Some(gate) = slot.gate.clone() else {
+            return;
+        };
+        let mut targets: Vec<ParticipantId> = slot.members.keys().copied().collect();
+        targets.sort_unstable();
+        let redirect = wire(&ServerMessage::Redirect {
+            room: slot.name.to_string(),
+            url: gate.url().to_owned(),
+            reason: RedirectReason::LeaseLost,
+            resume_token: None,
+        });
+        for target in &targets {
+            if let Some(member) = slot.members.get(target) {
+                member.outbox.push_control(redirect.clone());
+                member.outbox.close(Closed::Close {
+                    code: close_code::REDIRECT,
+                    reason: "lease lost",
+                });
+            }
+        }
+        metrics
+            .redirects_total
+            .with_label_values(&[RedirectReason::LeaseLost.as_str()])
+            .inc_by(targets.len() as u64);
+        warn!(room = %slot.name, participants = targets.len(), "room stopped: its lease is no longer held");
+        for target in targets {
+            self.leave(room, target, LeaveReason::Moved);
         }
     }
 }

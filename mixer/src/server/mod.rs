@@ -35,6 +35,7 @@ pub mod budget;
 pub mod connection;
 pub mod directory;
 pub mod fleet_node;
+pub mod fleet_rooms;
 pub mod http;
 pub mod membership;
 pub mod metrics;
@@ -166,6 +167,10 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::new());
     let pool =
         MixerPool::start(config.pool.clone(), metrics.clone()).context("starting mixer threads")?;
+    let fleet_rooms = config
+        .fleet
+        .clone()
+        .map(|settings| Arc::new(fleet_rooms::FleetRooms::new(settings, metrics.clone())));
     let addresses = Arc::new(AddressLimits::new(
         config.settings.max_connections_per_address,
     ));
@@ -181,6 +186,7 @@ pub async fn serve(
         } else {
             "ok\n"
         },
+        fleet: fleet_rooms.clone(),
     });
     match (&config.access.verifier, config.access.insecure) {
         (Some(verifier), _) => info!(key = verifier.kind(), "access tokens required"),
@@ -195,9 +201,9 @@ pub async fn serve(
     });
     let slots = Arc::new(Semaphore::new(config.settings.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let fleet_task = config.fleet.clone().map(|settings| {
+    let fleet_task = fleet_rooms.clone().map(|rooms| {
         tokio::spawn(fleet_node::run(
-            settings,
+            rooms,
             pool.clone(),
             metrics.clone(),
             config.pool.threads,

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use super::address_limit;
 use super::directory::Placement;
 use super::directory::{CreateRefused, Directory, JoinRefused, RoomConfig};
+use super::fleet_rooms::LeaseGate;
 use super::membership::{Identity, Joiner, Membership, Suspended, new_resume_token};
 use super::metrics::Metrics;
 use super::mixer_thread::{self, Admission, Command, MixerLink, OperatorAction, SendError};
@@ -279,8 +280,14 @@ impl MixerPool {
     }
 
     /// Reserves a seat in `room` (creating it if needed) and hands the joiner to its mixer thread,
-    /// which answers with `joined` and tells the others.
-    pub fn join(&self, room: &str, joiner: Joiner) -> Result<Membership, JoinRefused> {
+    /// which answers with `joined` and tells the others. In a fleet, `gate` is the room's lease
+    /// (the room is mixed only while it is open).
+    pub fn join(
+        &self,
+        room: &str,
+        joiner: Joiner,
+        gate: Option<Arc<LeaseGate>>,
+    ) -> Result<Membership, JoinRefused> {
         let shared = &self.shared;
         let token = match shared.resumable.then(new_resume_token).transpose() {
             Ok(token) => token,
@@ -299,7 +306,9 @@ impl MixerPool {
                 room: room.to_owned(),
             });
         }
-        if self.is_draining() && registry.directory.info(room).is_none() {
+        // A fleet node places new rooms elsewhere while draining (a room placed here before
+        // the drain began may still arrive with its gate).
+        if self.is_draining() && gate.is_none() && registry.directory.info(room).is_none() {
             return Err(JoinRefused::Draining);
         }
         // One seat per identity and room.
@@ -335,6 +344,7 @@ impl MixerPool {
             config: seat.config,
             token: token.clone(),
             in_flight: in_flight.clone(),
+            gate,
         };
         // Sent under the lock, like leaves, so the thread sees joins and leaves of a room (and
         // of rooms reusing its slot) in the order the directory decided them.
@@ -738,7 +748,7 @@ mod tests {
             Arc::new(Metrics::new()),
         )
         .expect("pool");
-        let membership = pool.join("lobby", joiner()).expect("joined");
+        let membership = pool.join("lobby", joiner(), None).expect("joined");
         let token = membership.token.clone().expect("a resume token");
         assert_eq!(
             Arc::strong_count(&pool.shared),

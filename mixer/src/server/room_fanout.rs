@@ -66,6 +66,8 @@ pub struct RoomSlot {
     ticks_since_report: u32,
     /// Reused buffer for the wire form of this tick's frames.
     frames: BytesMut,
+    /// In a fleet, the room's lease: the room is mixed only while it is open.
+    pub gate: Option<Arc<super::fleet_rooms::LeaseGate>>,
 }
 
 impl RoomSlot {
@@ -79,6 +81,7 @@ impl RoomSlot {
             reported: RoomTotals::default(),
             ticks_since_report: 0,
             frames: BytesMut::new(),
+            gate: None,
         }
     }
 

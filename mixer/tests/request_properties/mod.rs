@@ -273,6 +273,7 @@ impl Case {
             .join(
                 PROBE_ROOM,
                 joiner("probe", Role::Listener, None, probe_outbox.clone()),
+                None,
             )
             .expect("the probe joins");
         let mut model = Model {
@@ -717,7 +718,7 @@ impl Case {
         let outbox = new_outbox();
         let result = self
             .pool
-            .join(room, joiner(&name, role, mode, outbox.clone()));
+            .join(room, joiner(&name, role, mode, outbox.clone()), None);
         let entry = self.model.rooms.get(room).cloned();
         let config = entry
             .clone()

@@ -136,6 +136,10 @@ pub enum ErrorCode {
     /// The server is draining (its operator is taking it out of service): it takes no new
     /// rooms. Rooms it already mixes go on. Try another server.
     Draining,
+    /// A node of a fleet cannot find or place the room now: the fleet's registry (Redis) is
+    /// unreachable or just restarted, or no node can take a new room. Rooms already mixed go
+    /// on. Try again in a few seconds.
+    FleetUnavailable,
 }
 
 impl ErrorCode {

@@ -202,6 +202,17 @@ pub enum RedirectReason {
     OtherNode,
     /// This node is draining and has moved the room (with the participants in it).
     Moved,
+    /// This node may no longer mix the room (its lease lapsed while the fleet's registry was
+    /// unreachable, or another node took it over): join again at `url`, which finds where the
+    /// room is now, or places it anew.
+    LeaseLost,
+}
+
+impl RedirectReason {
+    /// The reason's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
 
 /// Most rooms one `rooms` answer lists.

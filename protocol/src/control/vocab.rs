@@ -124,6 +124,9 @@ pub enum LeaveReason {
     Replaced,
     /// The server's operator closed the room.
     RoomClosed,
+    /// The room left this node: moved to another node while this one drained, or stopped here
+    /// because this node lost the room's lease. It was sent a `redirect`.
+    Moved,
 }
 
 impl FloorEndReason {
