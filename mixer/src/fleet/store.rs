@@ -416,6 +416,70 @@ impl Fleet {
         Ok(int("release", &reply)? == 1)
     }
 
+    /// Hands `room`, held by this node under `epoch`, to `target` (a draining node moving its
+    /// rooms): atomically, the lease becomes `target`'s under a new epoch, and `handoff` (what
+    /// the target needs to take the room's participants back, JSON) is stored for it for one
+    /// minute. Returns false, changing nothing, if this node no longer holds the lease.
+    ///
+    /// The target takes the room up when the first moved client reaches it: its claim finds its
+    /// own lease, and [`Fleet::take_handoff`] gives it the participants.
+    ///
+    /// # Errors
+    ///
+    /// Redis unreachable, slow or answering an error: the room may or may not have moved, and
+    /// this node must not mix it either way (its lease may be the target's now).
+    pub async fn hand_off(
+        &self,
+        room: &str,
+        epoch: Epoch,
+        target: &NodeId,
+        target_url: &str,
+        handoff: &str,
+    ) -> Result<bool, FleetError> {
+        let mut invocation = self.scripts.hand_off.prepare_invoke();
+        invocation
+            .key(self.key_room(room))
+            .key(self.key("rooms"))
+            .key(self.key("epoch"))
+            .key(self.key_handoff(room))
+            .arg(self.node.as_str())
+            .arg(epoch.generation)
+            .arg(epoch.n)
+            .arg(target.as_str())
+            .arg(target_url)
+            .arg(self.lease_ms())
+            .arg(room)
+            .arg(handoff);
+        let reply = self
+            .run(
+                "handoff",
+                invocation.invoke_async::<Value>(&mut self.conn.clone()),
+            )
+            .await?;
+        Ok(int("handoff", &reply)? == 1)
+    }
+
+    /// Takes (reads and deletes) what the node that handed `room` to this one left for it, if
+    /// anything.
+    ///
+    /// # Errors
+    ///
+    /// Redis unreachable, slow or answering an error.
+    pub async fn take_handoff(&self, room: &str) -> Result<Option<String>, FleetError> {
+        let mut invocation = self.scripts.take_handoff.prepare_invoke();
+        invocation.key(self.key_handoff(room));
+        let reply = self
+            .run(
+                "handoff",
+                invocation.invoke_async::<Value>(&mut self.conn.clone()),
+            )
+            .await?;
+        match reply {
+            Value::Nil => Ok(None),
+            other => text("handoff", &other).map(Some),
+        }
+    }
+
     /// The owner of `room`, if any node holds its lease.
     ///
     /// # Errors
@@ -514,6 +578,10 @@ impl Fleet {
     fn key_room(&self, room: &str) -> String {
         format!("{}{room}", self.key_room_prefix())
     }
+
+    fn key_handoff(&self, room: &str) -> String {
+        format!("{}{room}", self.key("handoff:"))
+    }
 }
 
 /// The fleet's Lua scripts. Each runs atomically in Redis; each reads Redis's clock (`TIME`)
@@ -526,6 +594,8 @@ struct Scripts {
     renew: Script,
     release: Script,
     rooms: Script,
+    hand_off: Script,
+    take_handoff: Script,
 }
 
 /// The scripts, built once (a [`Script`] hashes its source when built).
@@ -538,6 +608,8 @@ fn scripts() -> &'static Scripts {
         renew: Script::new(&format!("{PRELUDE}{RENEW}")),
         release: Script::new(RELEASE),
         rooms: Script::new(&format!("{PRELUDE}{ROOMS}")),
+        hand_off: Script::new(&format!("{PRELUDE}{HAND_OFF}")),
+        take_handoff: Script::new(TAKE_HANDOFF),
     })
 }
 
@@ -652,6 +724,27 @@ for _, name in ipairs(names) do
   end
 end
 return out
+";
+
+/// KEYS: room key, rooms index, epoch counter, handoff key. ARGV: node id, gen, n, target id,
+/// target url, lease ms, room name, handoff JSON. Returns 1 if handed off.
+const HAND_OFF: &str = r"
+local owner = redis.call('HMGET', KEYS[1], 'node', 'gen', 'n')
+if owner[1] ~= ARGV[1] or owner[2] ~= ARGV[2] or owner[3] ~= ARGV[3] then return 0 end
+local n = redis.call('INCR', KEYS[3])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'node', ARGV[4], 'url', ARGV[5], 'gen', owner[2], 'n', n)
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[7])
+redis.call('SET', KEYS[4], ARGV[8], 'PX', 60000)
+return 1
+";
+
+/// KEYS: handoff key. Returns its value (nil if none) and deletes it.
+const TAKE_HANDOFF: &str = r"
+local value = redis.call('GET', KEYS[1])
+if value then redis.call('DEL', KEYS[1]) end
+return value
 ";
 
 fn parse_claim(reply: &Value) -> Result<Claim, FleetError> {

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use super::fleet_rooms::FleetRooms;
@@ -29,6 +29,7 @@ pub async fn run(
     pool: MixerPool,
     metrics: Arc<Metrics>,
     threads: usize,
+    drained: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let settings = rooms.settings().clone();
@@ -40,6 +41,7 @@ pub async fn run(
     let mut ticks = TickMeter::new(&metrics);
     let mut fleet: Option<Fleet> = None;
     let (mut failing, mut registered) = (false, false);
+    let mut drain_started: Option<Instant> = None;
     let mut timer = tokio::time::interval(interval);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -68,6 +70,22 @@ pub async fn run(
         let Some(connected) = &fleet else { continue };
         // The leases first: they are what keeps rooms mixing.
         rooms.renew(connected, |room| pool.room_info(room)).await;
+        if pool.is_draining() {
+            let started = *drain_started.get_or_insert_with(|| {
+                metrics.fleet_drains_total.inc();
+                info!(rooms = rooms.held_count(), timeout = ?settings.drain_timeout, "draining: no new rooms; rooms move to other nodes when they have not emptied by the drain timeout");
+                Instant::now()
+            });
+            if started.elapsed() >= settings.drain_timeout {
+                rooms.move_rooms(connected).await;
+            }
+            if rooms.held_count() == 0 {
+                // Whoever waits for the drain to end (a SIGTERM) may stop the node now.
+                drained.notify_one();
+            }
+        } else {
+            drain_started = None;
+        }
         let state = if pool.is_draining() {
             NodeState::Draining
         } else {

@@ -15,7 +15,7 @@
 //! lease. Renewals ([`FleetRooms::renew`], every second from [`super::fleet_node`]) move the
 //! deadlines on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,8 +24,8 @@ use mixer_protocol::{MAX_LISTED_ROOMS, RoomSummary};
 use tracing::{info, warn};
 
 use super::metrics::Metrics;
-use super::pool::MixerPool;
-use crate::fleet::{Claim, Fleet, FleetError, FleetSettings, Leases, NodeInfo, place};
+use super::pool::{MixerPool, MovedRoom};
+use crate::fleet::{Claim, Epoch, Fleet, FleetError, FleetSettings, Leases, NodeInfo, place};
 
 /// How long a room this node claimed may stay without anyone in it before its lease is
 /// released: the time a client redirected here, or one that created the room, has to join.
@@ -137,6 +137,9 @@ pub enum Unavailable {
     /// No active node has room to spare (every node draining or at its capacity).
     #[error("no node of the fleet can take a new room now (all draining or full); try again later")]
     NoNode,
+    /// This node is handing the room to another one, right now.
+    #[error("the room is moving to another node; join again in a moment")]
+    Moving,
 }
 
 /// This node's side of the fleet's room ownership: the handle on Redis, the leases held, their
@@ -145,9 +148,17 @@ pub enum Unavailable {
 pub struct FleetRooms {
     settings: FleetSettings,
     metrics: Arc<Metrics>,
+    /// The rooms, for taking over rooms handed to this node.
+    pool: MixerPool,
+    /// How long a participant of a room handed to this node waits to resume.
+    resume_window: Duration,
     /// The connection to Redis, once [`super::fleet_node`] has made it.
     fleet: Mutex<Option<Fleet>>,
     local: Mutex<Local>,
+    /// One lock per room being located through Redis: concurrent requests for a room this node
+    /// does not hold yet ask Redis one at a time, so the first takes the room over (and its
+    /// moved participants) before the others look.
+    locating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The leases and what goes with them, under one lock held for a few map operations.
@@ -160,22 +171,34 @@ struct Local {
     used: HashMap<String, Instant>,
     /// The node list last read, and when.
     nodes: Option<(Instant, Vec<NodeInfo>)>,
+    /// Rooms being handed to another node (requests for them wait).
+    moving: HashSet<String>,
 }
 
 impl FleetRooms {
-    /// No leases yet, and no connection until [`FleetRooms::connected`].
-    pub fn new(settings: FleetSettings, metrics: Arc<Metrics>) -> FleetRooms {
+    /// No leases yet, and no connection until [`FleetRooms::connected`]. Participants of rooms
+    /// handed to this node get `resume_window` to come back.
+    pub fn new(
+        settings: FleetSettings,
+        metrics: Arc<Metrics>,
+        pool: MixerPool,
+        resume_window: Duration,
+    ) -> FleetRooms {
         let leases = Leases::new(settings.store.lease);
         FleetRooms {
             settings,
             metrics,
+            pool,
+            resume_window,
             fleet: Mutex::new(None),
             local: Mutex::new(Local {
                 leases,
                 gates: HashMap::new(),
                 used: HashMap::new(),
                 nodes: None,
+                moving: HashSet::new(),
             }),
+            locating: Mutex::new(HashMap::new()),
         }
     }
 
@@ -202,6 +225,9 @@ impl FleetRooms {
     pub fn held(&self, room: &str) -> Option<Arc<LeaseGate>> {
         let now = Instant::now();
         let mut local = self.local();
+        if local.moving.contains(room) {
+            return None;
+        }
         local.leases.holds(room, now)?;
         local.used.insert(room.to_owned(), now);
         local.gates.get(room).cloned()
@@ -228,6 +254,39 @@ impl FleetRooms {
         if let Some(gate) = self.held(room) {
             return Ok(Located::Here(gate));
         }
+        let lock = self
+            .locating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(room.to_owned())
+            .or_default()
+            .clone();
+        let located = {
+            let _turn = lock.lock().await;
+            self.locate_through_redis(room, purpose, draining).await
+        };
+        drop(lock);
+        let mut locating = self.locating.lock().unwrap_or_else(|p| p.into_inner());
+        // The last one out removes the room's lock (the map holds one reference).
+        if locating.get(room).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locating.remove(room);
+        }
+        located
+    }
+
+    async fn locate_through_redis(
+        &self,
+        room: &str,
+        purpose: Purpose,
+        draining: bool,
+    ) -> Result<Located, Unavailable> {
+        // Someone ahead in the queue may have taken the room over meanwhile.
+        if let Some(gate) = self.held(room) {
+            return Ok(Located::Here(gate));
+        }
+        if self.local().moving.contains(room) {
+            return Err(Unavailable::Moving);
+        }
         let fleet = self.fleet().ok_or_else(|| {
             Unavailable::Registry("not connected yet since this node started".into())
         })?;
@@ -247,8 +306,11 @@ impl FleetRooms {
             None if purpose == Purpose::Info => return Ok(Located::Nowhere),
             None => {}
         }
-        let nodes = self.nodes(&fleet).await?;
         let me = fleet.node();
+        let mut nodes = self.nodes(&fleet).await?;
+        if draining {
+            nodes.retain(|node| node.id != *me);
+        }
         let target = match place(&nodes, room) {
             Some(node) => node.clone(),
             // Not registered yet (just started, or Redis just came back): a node that is not
@@ -281,23 +343,38 @@ impl FleetRooms {
                     self.metrics.fleet_failovers_total.inc();
                     info!(room, %epoch, "took over a room whose node's lease lapsed");
                 }
-                let gate = {
-                    let mut local = self.local();
-                    local.leases.claimed(room, epoch, sent);
-                    let deadline = local.leases.deadline(room).unwrap_or(sent);
-                    let url = Arc::<str>::from(fleet.url());
-                    let gate = local
-                        .gates
-                        .entry(room.to_owned())
-                        .or_insert_with(|| Arc::new(LeaseGate::new(url)))
-                        .clone();
-                    gate.open_until(deadline);
-                    local.used.insert(room.to_owned(), Instant::now());
-                    self.metrics
-                        .fleet_rooms_owned
-                        .set(local.leases.len() as i64);
+                let (gate, new) = {
+                    let local = self.local();
+                    let lease = local.leases.lease().saturating_sub(local.leases.margin());
+                    let gate = match local.gates.get(room) {
+                        Some(gate) => (gate.clone(), false),
+                        None => (Arc::new(LeaseGate::new(Arc::from(fleet.url()))), true),
+                    };
+                    gate.0.open_until(sent + lease);
                     gate
                 };
+                if new {
+                    // A room handed to this node by a draining one: its participants are
+                    // seated, waiting to resume, before anyone else can find the room here.
+                    match self.redis("handoff", fleet.take_handoff(room)).await {
+                        Ok(Some(json)) => match serde_json::from_str::<MovedRoom>(&json) {
+                            Ok(moved) => {
+                                self.pool.adopt(moved, gate.clone(), self.resume_window);
+                            }
+                            Err(error) => warn!(room, %error, "a handoff that does not decode"),
+                        },
+                        Ok(None) => {}
+                        // Its participants then join afresh (their resume fails).
+                        Err(error) => warn!(room, %error, "could not read a room's handoff"),
+                    }
+                }
+                let mut local = self.local();
+                local.leases.claimed(room, epoch, sent);
+                local.gates.insert(room.to_owned(), gate.clone());
+                local.used.insert(room.to_owned(), Instant::now());
+                self.metrics
+                    .fleet_rooms_owned
+                    .set(local.leases.len() as i64);
                 Ok(Located::Here(gate))
             }
             Claim::OwnedBy(owner) => Ok(Located::Elsewhere { url: owner.url }),
@@ -500,6 +577,78 @@ impl FleetRooms {
                 // The deadlines stay where they are: the rooms stop at them unless a later
                 // renewal gets through.
                 warn!(%error, rooms = asked.len(), "could not renew room leases");
+            }
+        }
+    }
+
+    /// Hands every room this node holds to other nodes (the end of a drain): each goes to the
+    /// node placement picks among the others, with its participants, who are sent there with
+    /// their resume tokens. Returns how many rooms are still held (no other node could take
+    /// them, or Redis failed; the next round tries again).
+    pub async fn move_rooms(&self, fleet: &Fleet) -> usize {
+        let held = self.local().leases.to_renew();
+        if held.is_empty() {
+            return 0;
+        }
+        let nodes = match self.redis("nodes", fleet.nodes()).await {
+            Ok(nodes) => nodes,
+            Err(error) => {
+                warn!(%error, "cannot list the fleet's nodes to move rooms to");
+                return held.len();
+            }
+        };
+        let me = fleet.node();
+        let others: Vec<NodeInfo> = nodes.into_iter().filter(|n| n.id != *me).collect();
+        for (room, epoch) in held {
+            let Some(target) = place(&others, &room) else {
+                warn!(room, "no other node can take the room; it stays here for now");
+                continue;
+            };
+            self.move_room(fleet, &room, epoch, target).await;
+        }
+        self.held_count()
+    }
+
+    /// Hands one room to `target`.
+    async fn move_room(&self, fleet: &Fleet, room: &str, epoch: Epoch, target: &NodeInfo) {
+        self.local().moving.insert(room.to_owned());
+        let handoff = match self.pool.snapshot(room).await {
+            // Empty: released by the next renewal.
+            None => {
+                self.local().moving.remove(room);
+                return;
+            }
+            Some(moved) => serde_json::to_string(&moved),
+        };
+        let Ok(handoff) = handoff else {
+            self.local().moving.remove(room);
+            return;
+        };
+        let answer = self
+            .redis(
+                "handoff",
+                fleet.hand_off(room, epoch, &target.id, &target.url, &handoff),
+            )
+            .await;
+        let mut local = self.local();
+        local.moving.remove(room);
+        match answer {
+            Ok(true) => {
+                local.leases.released(room);
+                // Not closed: the room is moved out below, not stopped for a lost lease.
+                local.gates.remove(room);
+                local.used.remove(room);
+                self.metrics.fleet_rooms_owned.set(local.leases.len() as i64);
+                drop(local);
+                self.pool.move_out(room, &target.url);
+                self.metrics.fleet_rooms_moved_total.inc();
+                info!(room, to = %target.id, "room handed to another node");
+            }
+            Ok(false) => self.lost(&mut local, room, "taken"),
+            // Moved or not, it may be the other node's now: stop mixing it here.
+            Err(error) => {
+                warn!(room, %error, "handing a room over failed");
+                self.lost(&mut local, room, "expired");
             }
         }
     }

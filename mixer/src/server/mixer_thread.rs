@@ -18,6 +18,7 @@
 //! - The thread stops taking commands as soon as a tick is due, so however many are queued, a
 //!   tick waits for at most one command.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -131,8 +132,36 @@ pub enum Command {
         /// What to do.
         action: OperatorAction,
     },
+    /// Report who is in the room, in what mode, and who holds the floor (a draining fleet node
+    /// about to move the room).
+    Snapshot {
+        /// The room.
+        room: RoomKey,
+        /// Where the answer goes (`None` if the room is not on the thread).
+        reply: tokio::sync::oneshot::Sender<Option<RoomSnapshot>>,
+    },
+    /// The room has been handed to another node: send every member there (`redirect`,
+    /// `moved`, with its resume token) and close the room here.
+    MoveOut {
+        /// The room.
+        room: RoomKey,
+        /// The node that mixes it now.
+        url: String,
+        /// Each member's resume token, which the new node honours.
+        tokens: HashMap<ParticipantId, Arc<str>>,
+    },
     /// Stop the thread.
     Shutdown,
+}
+
+/// Who is in a room, as its mixer thread knows it: what a room moved to another node needs to
+/// be the same room there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSnapshot {
+    /// Every member (connected or waiting to resume) and its mode, by id.
+    pub members: Vec<(ParticipantId, mixer_protocol::Mode)>,
+    /// Who holds the floor.
+    pub floor: Option<ParticipantId>,
 }
 
 /// What the server itself does to a room (see [`Command::Operator`]).
@@ -327,6 +356,22 @@ impl MixerThread {
                 token,
             } => self.resume(room, participant, outbox, token),
             Command::Operator { room, action } => self.operator(room, action),
+            Command::Snapshot { room, reply } => {
+                let snapshot = slot_mut(&mut self.rooms, room).map(|slot| {
+                    let mut members: Vec<_> = slot
+                        .members
+                        .keys()
+                        .filter_map(|&id| Some((id, slot.mode(id)?)))
+                        .collect();
+                    members.sort_unstable_by_key(|(id, _)| *id);
+                    RoomSnapshot {
+                        members,
+                        floor: slot.engine.floor_holder(),
+                    }
+                });
+                let _ = reply.send(snapshot);
+            }
+            Command::MoveOut { room, url, tokens } => self.move_out(room, &url, &tokens),
             Command::Shutdown => return false,
         }
         true
@@ -665,43 +710,63 @@ impl MixerThread {
             self.phases.started = Instant::now();
         }
         for room in stopped {
-            self.stop_for_lease(room);
+            let url = slot_mut(&mut self.rooms, room)
+                .and_then(|slot| slot.gate.as_ref().map(|gate| gate.url().to_owned()));
+            if let Some(url) = url {
+                self.send_away(room, &url, RedirectReason::LeaseLost, &HashMap::new());
+            }
         }
     }
 
-    /// Stops a room whose lease gate has closed: every member is sent a `redirect`
-    /// (`lease_lost`) to this node, which finds the room wherever it is now, and is closed
-    /// (4307); the room is gone from this thread.
-    fn stop_for_lease(&mut self, room: RoomKey) {
+    /// A room handed to another node: everyone goes there, with a resume token.
+    fn move_out(&mut self, room: RoomKey, url: &str, tokens: &HashMap<ParticipantId, Arc<str>>) {
+        // No renewal moves the gate on any more; closed, it cannot reopen for this slot.
+        if let Some(gate) = slot_mut(&mut self.rooms, room).and_then(|slot| slot.gate.take()) {
+            drop(gate);
+        }
+        self.send_away(room, url, RedirectReason::Moved, tokens);
+    }
+
+    /// Sends every member of `room` a `redirect` to `url` for `reason` (with its resume token
+    /// when the room moved with its participants), closes each connection (4307), and takes the
+    /// room off this thread. A room stopped because its lease gate closed is sent back to this
+    /// node (`lease_lost`), which finds the room wherever it is now.
+    fn send_away(
+        &mut self,
+        room: RoomKey,
+        url: &str,
+        reason: RedirectReason,
+        tokens: &HashMap<ParticipantId, Arc<str>>,
+    ) {
         let metrics = &*self.metrics;
         let Some(slot) = slot_mut(&mut self.rooms, room) else {
             return;
         };
-        let Some(gate) = slot.gate.clone() else {
-            return;
-        };
         let mut targets: Vec<ParticipantId> = slot.members.keys().copied().collect();
         targets.sort_unstable();
-        let redirect = wire(&ServerMessage::Redirect {
-            room: slot.name.to_string(),
-            url: gate.url().to_owned(),
-            reason: RedirectReason::LeaseLost,
-            resume_token: None,
-        });
         for target in &targets {
             if let Some(member) = slot.members.get(target) {
-                member.outbox.push_control(redirect.clone());
+                member.outbox.push_control(wire(&ServerMessage::Redirect {
+                    room: slot.name.to_string(),
+                    url: url.to_owned(),
+                    reason,
+                    resume_token: tokens.get(target).map(|t| t.to_string()),
+                }));
                 member.outbox.close(Closed::Close {
                     code: close_code::REDIRECT,
-                    reason: "lease lost",
+                    reason: "redirect",
                 });
             }
         }
         metrics
             .redirects_total
-            .with_label_values(&[RedirectReason::LeaseLost.as_str()])
+            .with_label_values(&[reason.as_str()])
             .inc_by(targets.len() as u64);
-        warn!(room = %slot.name, participants = targets.len(), "room stopped: its lease is no longer held");
+        if reason == RedirectReason::LeaseLost {
+            warn!(room = %slot.name, participants = targets.len(), "room stopped: its lease is no longer held");
+        } else {
+            info!(room = %slot.name, participants = targets.len(), %url, "room moved to another node");
+        }
         for target in targets {
             self.leave(room, target, LeaveReason::Moved);
         }

@@ -170,7 +170,14 @@ pub async fn serve(
     let fleet_rooms = config
         .fleet
         .clone()
-        .map(|settings| Arc::new(fleet_rooms::FleetRooms::new(settings, metrics.clone())));
+        .map(|settings| {
+            Arc::new(fleet_rooms::FleetRooms::new(
+                settings,
+                metrics.clone(),
+                pool.clone(),
+                config.settings.resume_window,
+            ))
+        });
     let addresses = Arc::new(AddressLimits::new(
         config.settings.max_connections_per_address,
     ));
@@ -201,15 +208,24 @@ pub async fn serve(
     });
     let slots = Arc::new(Semaphore::new(config.settings.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let drained = Arc::new(tokio::sync::Notify::new());
     let fleet_task = fleet_rooms.clone().map(|rooms| {
+        // Ids from different nodes then rarely meet when a room moves between them.
+        pool.randomise_ids();
         tokio::spawn(fleet_node::run(
             rooms,
             pool.clone(),
             metrics.clone(),
             config.pool.threads,
+            drained.clone(),
             stop_rx.clone(),
         ))
     });
+    // A fleet node drains before it stops: the first shutdown signal starts the drain, and the
+    // node stops once its rooms have emptied or moved (or the drain timeout and a grace period
+    // have passed).
+    let mut signalled = false;
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     let tls = config.tls.clone();
@@ -270,7 +286,27 @@ pub async fn serve(
                     }
                 });
             }
-            () = &mut shutdown => break,
+            () = &mut shutdown, if !signalled => {
+                signalled = true;
+                match &config.fleet {
+                    Some(fleet) => {
+                        info!(timeout = ?fleet.drain_timeout, "shutdown signal: draining first");
+                        pool.set_draining(true);
+                        drain_deadline = Some(
+                            tokio::time::Instant::now() + fleet.drain_timeout + DRAIN_GRACE,
+                        );
+                    }
+                    None => break,
+                }
+            }
+            () = drained.notified(), if drain_deadline.is_some() => {
+                info!("drained: every room emptied or moved");
+                break;
+            }
+            () = sleep_until_or_never(drain_deadline) => {
+                warn!("drain did not finish in time; stopping anyway");
+                break;
+            }
         }
     }
     info!(connections = connections.len(), "shutting down");
@@ -326,6 +362,18 @@ async fn refuse(
                 let _ = http::respond(&mut stream, status, body).await;
             }
         }
+    }
+}
+
+/// How long past its drain timeout a fleet node stopping on a signal waits for its rooms to
+/// move before it stops anyway (no other node could take them, say).
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mixer_protocol::{AudioFormat, ErrorCode, LeaveReason, Role, RoomSettings, RoomSummary};
 use tracing::{info, warn};
@@ -89,6 +89,8 @@ pub(super) struct SeatRecord {
     pub(super) role: Role,
     pub(super) address: IpAddr,
     pub(super) placement: Placement,
+    /// The audio format it joined with.
+    pub(super) format: AudioFormat,
     /// Its resume token: while it is a key of `suspended`, the participant is suspended.
     pub(super) token: Option<Arc<str>>,
 }
@@ -167,6 +169,48 @@ impl Registry {
                     && bans.contains(&Ban::Address(address_limit::key(address))))
         })
     }
+}
+
+/// A room on its way from one node of a fleet to another (see [`MixerPool::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MovedRoom {
+    /// Its settings.
+    pub settings: RoomSettings,
+    /// Who held the floor.
+    pub floor: Option<u32>,
+    /// Who was in it.
+    pub members: Vec<MovedMember>,
+}
+
+/// A participant of a moved room: what it is seated with again at the new node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MovedMember {
+    /// Its id, kept if free at the new node.
+    pub id: u32,
+    /// Its resume token.
+    pub token: String,
+    /// Who it is.
+    pub identity: MovedIdentity,
+    /// Its display name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Its mode.
+    pub mode: mixer_protocol::Mode,
+    /// Its audio format.
+    pub format: AudioFormat,
+    /// Its client's address.
+    pub address: IpAddr,
+}
+
+/// A moved participant's [`Identity`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MovedIdentity {
+    /// An access token's `sub`.
+    Token(String),
+    /// A name's key, on a server without tokens.
+    Name(String),
 }
 
 /// A participant as the admin API lists it.
@@ -288,8 +332,24 @@ impl MixerPool {
         joiner: Joiner,
         gate: Option<Arc<LeaseGate>>,
     ) -> Result<Membership, JoinRefused> {
+        self.join_with(room, joiner, gate, None)
+    }
+
+    /// [`MixerPool::join`]; `moved` is the id and resume token of a participant whose room
+    /// another node handed to this one, kept if the id is free here.
+    fn join_with(
+        &self,
+        room: &str,
+        joiner: Joiner,
+        gate: Option<Arc<LeaseGate>>,
+        moved: Option<(ParticipantId, Arc<str>)>,
+    ) -> Result<Membership, JoinRefused> {
         let shared = &self.shared;
-        let token = match shared.resumable.then(new_resume_token).transpose() {
+        let token = match moved.as_ref() {
+            Some((_, token)) => Ok(Some(token.clone())),
+            None => shared.resumable.then(new_resume_token).transpose(),
+        };
+        let token = match token {
             Ok(token) => token,
             Err(error) => {
                 // Without the OS's randomness there is no safe token; the join goes on without.
@@ -323,7 +383,12 @@ impl MixerPool {
             .directory
             .take_seat(room, joiner.role, joiner.mode, Instant::now())?;
         shared.metrics.rooms.set(registry.directory.len() as i64);
-        let id = ParticipantId(shared.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = match moved {
+            // Ids come from each node's own counter, started at a random point in a fleet:
+            // one taken here already is rare, and the participant then gets a new one.
+            Some((id, _)) if !registry.seated.contains_key(&id) => id,
+            _ => ParticipantId(shared.next_id.fetch_add(1, Ordering::Relaxed)),
+        };
         let in_flight = Arc::new(AtomicUsize::new(0));
         let format = joiner.format.clone();
         let record = SeatRecord {
@@ -333,6 +398,7 @@ impl MixerPool {
             role: joiner.role,
             address: joiner.address,
             placement: seat.placement,
+            format: format.clone(),
             token: token.clone(),
         };
         let admission = Admission {
@@ -527,6 +593,160 @@ impl MixerPool {
         true
     }
 
+    /// Starts this node's participant ids at a random point, so that ids from different nodes
+    /// of a fleet rarely meet when a room moves between them (a moved participant keeps its id
+    /// when it is free at the new node).
+    pub fn randomise_ids(&self) {
+        let mut bytes = [0u8; 4];
+        if getrandom::fill(&mut bytes).is_ok() {
+            // Below 2^31: billions of joins before the counter wraps.
+            let start = (u32::from_le_bytes(bytes) >> 1).max(1);
+            self.shared.next_id.store(start, Ordering::Relaxed);
+        }
+    }
+
+    /// What another node needs to take `room` over with everyone in it: its settings, its
+    /// members (connected or waiting to resume) with their identity, role, mode, format and
+    /// resume token, and its floor holder. `None` if the room is not here.
+    pub async fn snapshot(&self, room: &str) -> Option<MovedRoom> {
+        let (placement, settings, records) = {
+            let registry = self.shared.lock_registry();
+            let placement = registry.directory.placement(room)?;
+            let settings = registry.directory.info(room)?.settings;
+            let records: HashMap<ParticipantId, SeatRecord> = registry
+                .seated
+                .iter()
+                .filter(|(_, r)| &*r.room == room)
+                .map(|(id, r)| (*id, r.clone()))
+                .collect();
+            (placement, settings, records)
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.shared.threads[placement.thread].send(Command::Snapshot {
+            room: placement.key,
+            reply,
+        });
+        let snapshot = answer.await.ok()??;
+        let members = snapshot
+            .members
+            .into_iter()
+            .filter_map(|(id, mode)| {
+                let record = records.get(&id)?;
+                Some(MovedMember {
+                    id: id.0,
+                    token: record.token.as_deref()?.to_owned(),
+                    identity: match &record.identity {
+                        Identity::Token(sub) => MovedIdentity::Token(sub.to_string()),
+                        Identity::Name(key) => MovedIdentity::Name(key.to_string()),
+                    },
+                    name: record.name.to_string(),
+                    role: record.role,
+                    mode,
+                    format: record.format.clone(),
+                    address: record.address,
+                })
+            })
+            .collect();
+        Some(MovedRoom {
+            settings,
+            floor: snapshot.floor.map(|id| id.0),
+            members,
+        })
+    }
+
+    /// `room` has been handed to the node at `url`: every member is sent there with its resume
+    /// token, and the room is gone from this node (those waiting to resume are let go here:
+    /// they resume at the new node).
+    pub fn move_out(&self, room: &str, url: &str) {
+        let mut registry = self.shared.lock_registry();
+        let Some(placement) = registry.directory.placement(room) else {
+            return;
+        };
+        let ids: Vec<ParticipantId> = registry
+            .seated
+            .iter()
+            .filter(|(_, r)| &*r.room == room)
+            .map(|(id, _)| *id)
+            .collect();
+        let tokens = ids
+            .iter()
+            .filter_map(|id| Some((*id, registry.seated.get(id)?.token.clone()?)))
+            .collect();
+        // Under the lock, like leaves: ordered before any later join of the room's slot.
+        self.shared.threads[placement.thread].send(Command::MoveOut {
+            room: placement.key,
+            url: url.to_owned(),
+            tokens,
+        });
+        for id in ids {
+            // The thread has taken them out with the room.
+            registry.release_ghost(id);
+        }
+        self.shared
+            .metrics
+            .rooms
+            .set(registry.directory.len() as i64);
+    }
+
+    /// Takes over a room another node handed to this one: creates it with its settings and
+    /// seats each moved participant under its id (when free here) and resume token, waiting
+    /// `window` to resume, the floor holder holding the floor again. Returns how many were
+    /// seated.
+    pub fn adopt(&self, moved: MovedRoom, gate: Arc<LeaseGate>, window: Duration) -> usize {
+        let room = moved.settings.room.clone();
+        {
+            let mut registry = self.shared.lock_registry();
+            if registry.directory.info(&room).is_none()
+                && let Err(error) = registry.directory.create(
+                    &moved.settings,
+                    self.shared.max_talkers,
+                    Instant::now(),
+                )
+            {
+                warn!(%room, %error, "could not take over a moved room");
+                return 0;
+            }
+        }
+        let mut seated = 0;
+        for member in moved.members {
+            let id = ParticipantId(member.id);
+            let outbox = Arc::new(Outbox::new(1, 1));
+            // Nobody reads it until the participant resumes on a connection of its own.
+            outbox.close(super::outbox::Closed::Close {
+                code: mixer_protocol::close_code::NORMAL,
+                reason: "moved",
+            });
+            let joiner = Joiner {
+                identity: match member.identity {
+                    MovedIdentity::Token(sub) => Identity::Token(Arc::from(sub)),
+                    MovedIdentity::Name(key) => Identity::Name(Arc::from(key)),
+                },
+                address: member.address,
+                name: member.name,
+                mode: Some(member.mode),
+                role: member.role,
+                format: member.format,
+                outbox,
+            };
+            let token: Arc<str> = Arc::from(member.token);
+            match self.join_with(&room, joiner, Some(gate.clone()), Some((id, token))) {
+                Ok(membership) => {
+                    if moved.floor == Some(member.id) {
+                        let _ = membership.request(
+                            super::requests::RoomRequest::FloorRequest { preempt: false },
+                            Instant::now(),
+                        );
+                    }
+                    membership.suspend(window, None);
+                    seated += 1;
+                }
+                Err(refused) => warn!(%room, participant = member.id, %refused, "a moved participant could not be seated"),
+            }
+        }
+        info!(%room, participants = seated, "took over a room moved from another node");
+        seated
+    }
+
     /// Whether the node is draining (no new rooms).
     pub fn is_draining(&self) -> bool {
         self.shared.draining.load(Ordering::Relaxed)
@@ -718,7 +938,6 @@ fn members_of(registry: &Registry, room: &str) -> Vec<ParticipantRecord> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use mixer_protocol::Role;
 
