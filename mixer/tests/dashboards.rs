@@ -1,5 +1,6 @@
 //! The Grafana dashboard and the Prometheus alert rules in `dashboards/` name only metrics the
-//! server exports, and every dashboard query goes through the `${datasource}` variable.
+//! server exports, every dashboard query goes through the `${datasource}` variable, and every
+//! selector filters by the `instance` and `node` variables.
 //!
 //! Renaming a metric in `server::metrics` without updating the dashboards fails here rather than
 //! as an empty panel or an alert that can never fire.
@@ -214,9 +215,9 @@ fn dashboard_queries_name_only_exported_metrics() {
     );
 }
 
-#[test]
-fn dashboard_queries_filter_by_the_instance_variable() {
-    let unfiltered: Vec<String> = dashboard_exprs(&dashboard())
+/// The metrics the dashboard's queries select without `matcher` in their label selector.
+fn selectors_without(matcher: &str) -> Vec<String> {
+    dashboard_exprs(&dashboard())
         .iter()
         .flat_map(|expr| metric_references(expr))
         .filter(|reference| {
@@ -224,14 +225,44 @@ fn dashboard_queries_filter_by_the_instance_variable() {
                 .rest
                 .strip_prefix('{')
                 .and_then(|s| s.split('}').next());
-            !selector.is_some_and(|s| s.contains("instance=~\"$instance\""))
+            !selector.is_some_and(|s| s.contains(matcher))
         })
         .map(|reference| reference.name.to_owned())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn dashboard_queries_filter_by_the_instance_variable() {
+    let unfiltered = selectors_without("instance=~\"$instance\"");
     assert!(
         unfiltered.is_empty(),
         "selectors without instance=~\"$instance\": {unfiltered:?}"
     );
+}
+
+/// Every selector also filters by `node`, which a fleet's nodes carry on every series
+/// (`Metrics::with_node`) and a server running alone does not. That keeps the lone server's
+/// series only because *All* is `.*`: a missing label matches as the empty string, which `.*`
+/// matches. Grafana's default *All* is the listed values joined (`a|b`), which leaves out every
+/// series without the label.
+#[test]
+fn dashboard_queries_filter_by_the_node_variable_whose_all_matches_no_label() {
+    let unfiltered = selectors_without("node=~\"$node\"");
+    assert!(
+        unfiltered.is_empty(),
+        "selectors without node=~\"$node\": {unfiltered:?}"
+    );
+    let dashboard = dashboard();
+    let node = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating.list is an array")
+        .iter()
+        .find(|variable| variable["name"] == "node")
+        .expect("a `node` variable");
+    assert_eq!(node["datasource"]["uid"], DATASOURCE_UID);
+    assert_eq!(node["multi"], true);
+    assert_eq!(node["includeAll"], true);
+    assert_eq!(node["allValue"], ".*");
 }
 
 #[test]

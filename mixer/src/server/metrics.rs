@@ -4,13 +4,18 @@
 //! second per room, and time each tick's phases. Everything lives in an explicit registry owned by
 //! the server (no global state), served as text on `GET /metrics`.
 //!
-//! Labels are bounded on purpose: `mode` (talk, ptt, listen), `reason` (a fixed set of leave and
-//! refusal reasons), `code` (the protocol's error codes), `event` (floor changes) and `phase`
-//! (tick phases). Every known label value is created at start-up, so a series exists (at zero)
-//! before its first event: dashboards show zeros rather than gaps, and `increase()` sees the
-//! first event. There are no per-room or
-//! per-participant labels: rooms are created by clients, so their number is unbounded, and a label
-//! per room would let any client grow the server's memory and every scrape.
+//! Labels are bounded on purpose: `mode` (talk, ptt, listen), `reason` (a fixed set of leave,
+//! refusal and redirect reasons), `code` (the protocol's error codes), `event` (floor changes),
+//! `phase` (tick phases), and the fleet's `outcome`, `cause` and `op` (fixed sets below). Every
+//! known label value is created at start-up, so a series exists (at zero) before its first event:
+//! dashboards show zeros rather than gaps, and `increase()` sees the first event. There are no
+//! per-room or per-participant labels: rooms are created by clients, so their number is unbounded,
+//! and a label per room would let any client grow the server's memory and every scrape.
+//!
+//! A node of a fleet builds its metrics with [`Metrics::with_node`], which adds one constant label,
+//! `node="<id>"`, to every series: one value per process, so no series are added.
+
+use std::collections::HashMap;
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -84,6 +89,36 @@ pub const AUTH_FAILURES: [ErrorCode; 5] = [
     ErrorCode::TokenInsufficient,
 ];
 
+/// The `outcome` labels of `mixer_fleet_claims_total`: the answers to a room claim in Redis.
+/// `claimed`: the room is this node's (a new lease, or its own lease renewed); `owned`: another
+/// node holds it (the client is redirected); `held`: claims are held back while leases granted
+/// before Redis lost its data may still run; `error`: Redis failed or gave an odd reply.
+pub const FLEET_CLAIM_OUTCOMES: [&str; 4] = ["claimed", "owned", "held", "error"];
+
+/// The `reason` labels of `mixer_redirects_total`: `other_node` (the room lives on another node
+/// when the client asks for it), `moved` (a draining node handed the room to another node) and
+/// `lease_lost` (this node lost the room's lease, so its participants go to the new owner).
+pub const REDIRECT_REASONS: [&str; 3] = ["other_node", "moved", "lease_lost"];
+
+/// The `cause` labels of `mixer_fleet_lease_losses_total`: `taken` (Redis said another node holds
+/// the lease, or that it is gone) and `expired` (the local deadline passed without a renewal, e.g.
+/// Redis unreachable). They point at different faults: `expired` at this node's link to Redis,
+/// `taken` at a lease that lapsed in Redis all the same (a Redis restart, a renewal too late).
+pub const LEASE_LOSS_CAUSES: [&str; 2] = ["taken", "expired"];
+
+/// The `op` labels of `mixer_fleet_redis_commands_total`: every kind of Redis operation a node
+/// sends (each a command or a script call), so Redis load can be traced to its cause.
+pub const FLEET_REDIS_OPS: [&str; 8] = [
+    "heartbeat",
+    "claim",
+    "renew",
+    "release",
+    "owner",
+    "nodes",
+    "rooms",
+    "handoff",
+];
+
 /// Every metric the server exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -108,23 +143,23 @@ pub struct Metrics {
     pub admin_requests_total: IntCounterVec,
     /// Fleet registrations renewed in Redis, by outcome (`ok`, `error`).
     pub fleet_heartbeats_total: IntCounterVec,
-    /// TEMP (the ops helper's version replaces this file).
+    /// Room leases this node holds.
     pub fleet_rooms_owned: IntGauge,
-    /// TEMP.
+    /// Room claims sent to Redis, by outcome ([`FLEET_CLAIM_OUTCOMES`]).
     pub fleet_claims_total: IntCounterVec,
-    /// TEMP.
+    /// Redirect messages sent to clients, by reason ([`REDIRECT_REASONS`]).
     pub redirects_total: IntCounterVec,
-    /// TEMP.
+    /// Room leases this node lost, by cause ([`LEASE_LOSS_CAUSES`]).
     pub fleet_lease_losses_total: IntCounterVec,
-    /// TEMP.
+    /// Rooms this node claimed after their previous lease lapsed instead of being released.
     pub fleet_failovers_total: IntCounter,
-    /// TEMP.
+    /// Drains this node started (SIGTERM or the admin API).
     pub fleet_drains_total: IntCounter,
-    /// TEMP.
+    /// Rooms this node handed to another node while draining.
     pub fleet_rooms_moved_total: IntCounter,
-    /// TEMP.
+    /// Live nodes in the fleet, as this node last read the registry.
     pub fleet_nodes: IntGauge,
-    /// TEMP.
+    /// Redis operations this node sent, by operation ([`FLEET_REDIS_OPS`]).
     pub fleet_redis_commands_total: IntCounterVec,
     /// Participants who left, by reason.
     pub leaves_total: IntCounterVec,
@@ -220,12 +255,32 @@ fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
 impl Metrics {
     /// Creates every metric and registers it, with the process collector (CPU, memory, fds).
     pub fn new() -> Metrics {
+        Metrics::with_registry(Registry::new())
+    }
+
+    /// The same metrics for a node of a fleet: every series the registry exports, the process
+    /// collector's included, carries the constant label `node="<node>"`.
+    ///
+    /// `instance` is whatever address Prometheus scrapes, which may be a proxy or change with the
+    /// host; `node` is the id the fleet knows the node by (in Redis, redirects and logs), so a
+    /// dashboard's rooms per node match the registry. The registry adds the label when it gathers
+    /// (prometheus 0.14's `Registry::new_custom`), so no metric's definition changes.
+    pub fn with_node(node: &str) -> Metrics {
+        let labels = HashMap::from([("node".to_owned(), node.to_owned())]);
+        // `new_custom` fails only for an empty prefix, and this passes none.
+        let registry =
+            Registry::new_custom(None, Some(labels)).expect("a registry without a prefix");
+        Metrics::with_registry(registry)
+    }
+
+    /// Creates every metric and registers it in `registry`: the one list both constructors share.
+    fn with_registry(registry: Registry) -> Metrics {
         let tick_buckets = vec![
             0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.015, 0.02, 0.03,
             0.05, 0.1,
         ];
         let metrics = Metrics {
-            registry: Registry::new(),
+            registry,
             connections: gauge("mixer_connections", "Open WebSocket connections."),
             connections_total: counter("mixer_connections_total", "TCP connections accepted."),
             connections_refused_total: counter(
@@ -259,21 +314,41 @@ impl Metrics {
                 "Fleet registrations renewed in Redis (--redis-url), by outcome: ok or error.",
                 &["outcome"],
             ),
-            fleet_rooms_owned: gauge("mixer_fleet_rooms_owned", "t"),
-            fleet_claims_total: counter_vec("mixer_fleet_claims_total", "t", &["outcome"]),
-            redirects_total: counter_vec("mixer_redirects_total", "t", &["reason"]),
+            fleet_rooms_owned: gauge("mixer_fleet_rooms_owned", "Room leases this node holds."),
+            fleet_claims_total: counter_vec(
+                "mixer_fleet_claims_total",
+                "Room claims sent to Redis, by outcome: claimed (this node's), owned (another node's), held (claims held back after Redis lost its data) or error.",
+                &["outcome"],
+            ),
+            redirects_total: counter_vec(
+                "mixer_redirects_total",
+                "Clients sent to another node (redirect messages sent), by reason.",
+                &["reason"],
+            ),
             fleet_lease_losses_total: counter_vec(
                 "mixer_fleet_lease_losses_total",
-                "t",
+                "Room leases this node lost, by cause: taken (Redis said another node holds it or it is gone) or expired (the local deadline passed without a renewal).",
                 &["cause"],
             ),
-            fleet_failovers_total: counter("mixer_fleet_failovers_total", "t"),
-            fleet_drains_total: counter("mixer_fleet_drains_total", "t"),
-            fleet_rooms_moved_total: counter("mixer_fleet_rooms_moved_total", "t"),
-            fleet_nodes: gauge("mixer_fleet_nodes", "t"),
+            fleet_failovers_total: counter(
+                "mixer_fleet_failovers_total",
+                "Rooms this node claimed whose previous lease lapsed instead of being released (their node died or was cut off).",
+            ),
+            fleet_drains_total: counter(
+                "mixer_fleet_drains_total",
+                "Drains this node started (SIGTERM or the admin API).",
+            ),
+            fleet_rooms_moved_total: counter(
+                "mixer_fleet_rooms_moved_total",
+                "Rooms this node handed to another node while draining.",
+            ),
+            fleet_nodes: gauge(
+                "mixer_fleet_nodes",
+                "Live nodes in the fleet, as this node last read the registry.",
+            ),
             fleet_redis_commands_total: counter_vec(
                 "mixer_fleet_redis_commands_total",
-                "t",
+                "Redis operations this node sent, by operation.",
                 &["op"],
             ),
             leaves_total: counter_vec(
@@ -523,6 +598,18 @@ impl Metrics {
         for outcome in ["ok", "error"] {
             metrics.fleet_heartbeats_total.with_label_values(&[outcome]);
         }
+        for outcome in FLEET_CLAIM_OUTCOMES {
+            metrics.fleet_claims_total.with_label_values(&[outcome]);
+        }
+        for reason in REDIRECT_REASONS {
+            metrics.redirects_total.with_label_values(&[reason]);
+        }
+        for cause in LEASE_LOSS_CAUSES {
+            metrics.fleet_lease_losses_total.with_label_values(&[cause]);
+        }
+        for op in FLEET_REDIS_OPS {
+            metrics.fleet_redis_commands_total.with_label_values(&[op]);
+        }
         for status in ["200", "400", "401", "403", "404", "405"] {
             metrics.admin_requests_total.with_label_values(&[status]);
         }
@@ -676,6 +763,54 @@ mod tests {
         ] {
             assert!(text.contains(series), "missing {series}");
         }
+    }
+
+    #[test]
+    fn fleet_series_are_exported_before_their_first_event() {
+        let text = Metrics::new().render();
+        for series in [
+            "mixer_fleet_rooms_owned 0",
+            "mixer_fleet_nodes 0",
+            "mixer_fleet_failovers_total 0",
+            "mixer_fleet_drains_total 0",
+            "mixer_fleet_rooms_moved_total 0",
+            "mixer_fleet_claims_total{outcome=\"held\"} 0",
+            "mixer_redirects_total{reason=\"lease_lost\"} 0",
+            "mixer_fleet_lease_losses_total{cause=\"expired\"} 0",
+            "mixer_fleet_redis_commands_total{op=\"handoff\"} 0",
+            "mixer_fleet_heartbeats_total{outcome=\"error\"} 0",
+        ] {
+            assert!(text.contains(series), "missing {series}");
+        }
+    }
+
+    #[test]
+    fn a_node_labels_every_series_and_a_lone_server_none() {
+        let metrics = Metrics::with_node("node-a");
+        metrics.ticks_total.inc();
+        let text = metrics.render();
+        assert!(
+            text.contains("mixer_ticks_total{node=\"node-a\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("mixer_participants{mode=\"talk\",node=\"node-a\"} 0"));
+        for family in metrics.registry().gather() {
+            for metric in family.get_metric() {
+                assert!(
+                    metric
+                        .get_label()
+                        .iter()
+                        .any(|pair| pair.name() == "node" && pair.value() == "node-a"),
+                    "{} without the node label",
+                    family.name()
+                );
+            }
+        }
+        // The process collector's series too (Linux only).
+        if cfg!(target_os = "linux") {
+            assert!(text.contains("process_start_time_seconds{node=\"node-a\"}"));
+        }
+        assert!(!Metrics::new().render().contains("node="));
     }
 
     #[test]
