@@ -97,6 +97,10 @@ pub async fn run(
             tick_headroom: ticks.headroom(&metrics, threads),
             ..pool_load(&metrics)
         };
+        metrics
+            .fleet_redis_commands_total
+            .with_label_values(&["heartbeat"])
+            .inc();
         match connected.heartbeat(state, load).await {
             Ok(()) => {
                 metrics

@@ -268,7 +268,10 @@ impl FleetRooms {
         drop(lock);
         let mut locating = self.locating.lock().unwrap_or_else(|p| p.into_inner());
         // The last one out removes the room's lock (the map holds one reference).
-        if locating.get(room).is_some_and(|l| Arc::strong_count(l) == 1) {
+        if locating
+            .get(room)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
             locating.remove(room);
         }
         located
@@ -601,7 +604,10 @@ impl FleetRooms {
         let others: Vec<NodeInfo> = nodes.into_iter().filter(|n| n.id != *me).collect();
         for (room, epoch) in held {
             let Some(target) = place(&others, &room) else {
-                warn!(room, "no other node can take the room; it stays here for now");
+                warn!(
+                    room,
+                    "no other node can take the room; it stays here for now"
+                );
                 continue;
             };
             self.move_room(fleet, &room, epoch, target).await;
@@ -638,7 +644,9 @@ impl FleetRooms {
                 // Not closed: the room is moved out below, not stopped for a lost lease.
                 local.gates.remove(room);
                 local.used.remove(room);
-                self.metrics.fleet_rooms_owned.set(local.leases.len() as i64);
+                self.metrics
+                    .fleet_rooms_owned
+                    .set(local.leases.len() as i64);
                 drop(local);
                 self.pool.move_out(room, &target.url);
                 self.metrics.fleet_rooms_moved_total.inc();

@@ -164,20 +164,21 @@ pub async fn serve(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
+    // A fleet node's series carry its id, so one Prometheus and one dashboard serve the fleet.
+    let metrics = Arc::new(match &config.fleet {
+        Some(fleet) => Metrics::with_node(fleet.node.as_str()),
+        None => Metrics::new(),
+    });
     let pool =
         MixerPool::start(config.pool.clone(), metrics.clone()).context("starting mixer threads")?;
-    let fleet_rooms = config
-        .fleet
-        .clone()
-        .map(|settings| {
-            Arc::new(fleet_rooms::FleetRooms::new(
-                settings,
-                metrics.clone(),
-                pool.clone(),
-                config.settings.resume_window,
-            ))
-        });
+    let fleet_rooms = config.fleet.clone().map(|settings| {
+        Arc::new(fleet_rooms::FleetRooms::new(
+            settings,
+            metrics.clone(),
+            pool.clone(),
+            config.settings.resume_window,
+        ))
+    });
     let addresses = Arc::new(AddressLimits::new(
         config.settings.max_connections_per_address,
     ));

@@ -740,7 +740,9 @@ impl MixerPool {
                     membership.suspend(window, None);
                     seated += 1;
                 }
-                Err(refused) => warn!(%room, participant = member.id, %refused, "a moved participant could not be seated"),
+                Err(refused) => {
+                    warn!(%room, participant = member.id, %refused, "a moved participant could not be seated")
+                }
             }
         }
         info!(%room, participants = seated, "took over a room moved from another node");

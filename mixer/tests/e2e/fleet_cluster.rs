@@ -212,8 +212,15 @@ impl Node {
 
 /// What a join at one URL came to.
 enum Outcome {
-    Joined { ws: Client, id: u32 },
-    Redirected { url: String, reason: RedirectReason },
+    Joined {
+        ws: Box<Client>,
+        id: u32,
+        resumed: bool,
+    },
+    Redirected {
+        url: String,
+        reason: RedirectReason,
+    },
     Refused(ErrorCode),
     Unreachable,
 }
@@ -265,10 +272,15 @@ async fn try_join(
             continue;
         };
         match parse_server_message(text.as_str()).expect("server JSON") {
-            ServerMessage::Joined { participant_id, .. } => {
+            ServerMessage::Joined {
+                participant_id,
+                resumed,
+                ..
+            } => {
                 return Outcome::Joined {
-                    ws,
+                    ws: Box::new(ws),
                     id: participant_id,
+                    resumed,
                 };
             }
             ServerMessage::Redirect { url, reason, .. } => {
@@ -280,11 +292,13 @@ async fn try_join(
     }
 }
 
-/// A joined client: its socket, the node it is on, its id, and the redirects it followed.
+/// A joined client: its socket, the node it is on, its id, whether it resumed, and the
+/// redirects it followed.
 struct Joined {
-    ws: Client,
+    ws: Box<Client>,
     url: String,
     id: u32,
+    resumed: bool,
     redirects: usize,
 }
 
@@ -310,11 +324,12 @@ async fn join_fleet(
             "{name} could not join {room} within {patience:?}: {seen:?}"
         );
         match try_join(&url, room, name, mode, None).await {
-            Outcome::Joined { ws, id } => {
+            Outcome::Joined { ws, id, resumed } => {
                 return Joined {
                     ws,
                     url,
                     id,
+                    resumed,
                     redirects,
                 };
             }
@@ -351,7 +366,11 @@ struct Roamed {
     rejoins: Vec<(Instant, Instant)>,
     /// The node of each connection, in order.
     nodes: Vec<String>,
+    /// The participant id of each connection, and whether it resumed.
+    ids: Vec<(u32, bool)>,
+    /// Redirects followed, by reason (joins included).
     redirects: usize,
+    moved: usize,
 }
 
 impl Roamed {
@@ -398,13 +417,15 @@ async fn roam(
     let mut joined = join_fleet(&urls, start, &room, &name, mode, Duration::from_secs(15)).await;
     loop {
         roamed.nodes.push(joined.url.clone());
+        roamed.ids.push((joined.id, joined.resumed));
         roamed.redirects += joined.redirects;
         // A decoder per connection: a new node's stream starts its own sequence.
         let mut listener = Listener::default();
         let mut ticker = tokio::time::interval(Duration::from_millis(20));
+        let mut sent_away = None;
         let dropped = loop {
             if Instant::now() >= end {
-                let _ = joined.ws.close(None).await;
+                let _ = (*joined.ws).close(None).await;
                 return roamed;
             }
             tokio::select! {
@@ -422,14 +443,45 @@ async fn roam(
                         listener.receive_wire(&bytes);
                         roamed.pcm.extend_from_slice(&listener.pcm[before..]);
                     }
+                    Some(Ok(Message::Text(text))) => {
+                        if let Ok(ServerMessage::Redirect { url, reason, resume_token, .. }) =
+                            parse_server_message(text.as_str())
+                        {
+                            sent_away = Some((url, reason, resume_token));
+                        }
+                    }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break Instant::now(),
                     Some(Ok(_)) => {}
                 },
             }
         };
-        // The node went away (or sent us elsewhere): try the others, starting after it.
-        start = (urls.iter().position(|u| *u == joined.url).unwrap_or(start) + 1) % urls.len();
-        joined = join_fleet(&urls, start, &room, &name, mode, Duration::from_secs(15)).await;
+        // Sent elsewhere with our room (a drain): resume there as the same participant.
+        let mut resumed = None;
+        if let Some((url, reason, Some(token))) = sent_away {
+            roamed.redirects += 1;
+            roamed.moved += usize::from(reason == RedirectReason::Moved);
+            if let Outcome::Joined { ws, id, resumed: r } =
+                try_join(&url, &room, &name, mode, Some(token)).await
+            {
+                resumed = Some(Joined {
+                    ws,
+                    url,
+                    id,
+                    resumed: r,
+                    redirects: 0,
+                });
+            }
+        }
+        // Otherwise the node went away (or sent us back to join again): try the nodes in
+        // turn, starting after it.
+        joined = match resumed {
+            Some(joined) => joined,
+            None => {
+                start =
+                    (urls.iter().position(|u| *u == joined.url).unwrap_or(start) + 1) % urls.len();
+                join_fleet(&urls, start, &room, &name, mode, Duration::from_secs(15)).await
+            }
+        };
         roamed.rejoins.push((dropped, Instant::now()));
     }
 }
@@ -623,4 +675,141 @@ async fn a_killed_node_s_clients_are_back_in_their_room_hearing_each_other_withi
     assert_eq!(Some(&room_owner.url), a.nodes.last());
     assert!(cluster.nodes.iter().filter(|n| n.child.is_some()).count() == 2);
     let _ = &cluster.nodes[owner].id;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_moves_its_live_room_and_everyone_resumes_as_the_same_participant() {
+    let mut cluster = Cluster::start(3, &["--drain-timeout-ms", "1000"]).await;
+    let urls = cluster.urls();
+    let probe = join_fleet(
+        &urls,
+        0,
+        "choir",
+        "probe",
+        Mode::Listen,
+        Duration::from_secs(5),
+    )
+    .await;
+    let owner = cluster.index_of(&probe.url);
+    drop(probe);
+    let run = Duration::from_secs(10);
+    let a = tokio::spawn(roam(
+        urls.clone(),
+        owner,
+        "choir".into(),
+        "a".into(),
+        Some(400.0),
+        run,
+    ));
+    let b = tokio::spawn(roam(
+        urls.clone(),
+        owner,
+        "choir".into(),
+        "b".into(),
+        Some(1000.0),
+        run,
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let signalled = Instant::now();
+    cluster.nodes[owner].terminate();
+    let (a, b) = (a.await.expect("a"), b.await.expect("b"));
+    assert!(
+        cluster.nodes[owner].wait_exit(Duration::from_secs(10)),
+        "the drained node stops by itself once its room has moved"
+    );
+    for (who, roamed, other) in [("a", &a, 1000.0), ("b", &b, 400.0)] {
+        assert_eq!(roamed.moved, 1, "{who} was moved once: {:?}", roamed.nodes);
+        assert_eq!(roamed.ids.len(), 2, "{who}: {:?}", roamed.ids);
+        let (before, after) = (roamed.ids[0], roamed.ids[1]);
+        assert_eq!(
+            after,
+            (before.0, true),
+            "{who} resumed as the same participant"
+        );
+        assert_ne!(roamed.nodes[1], urls[owner]);
+        let (dropped, back) = roamed.rejoins[0];
+        let gap = roamed.longest_gap_since(dropped - Duration::from_millis(100));
+        eprintln!(
+            "{who}: moved {:?} after SIGTERM; back in {:?}; longest gap in its audio {gap:?}",
+            dropped - signalled,
+            back - dropped
+        );
+        assert!(
+            gap < Duration::from_millis(1500),
+            "{who} heard a gap of {gap:?}"
+        );
+        let after = roamed.pcm_since(back + Duration::from_secs(1));
+        assert!(
+            tone_db(after, other) > -22.0,
+            "{who} hears the other after the move"
+        );
+    }
+    assert_eq!(a.nodes[1], b.nodes[1], "the room moved to one node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_rooms_go_on_until_their_lease_new_rooms_are_refused_and_all_recovers() {
+    let mut cluster = Cluster::start(2, &[]).await;
+    let urls = cluster.urls();
+    let run = Duration::from_secs(16);
+    let a = tokio::spawn(roam(
+        urls.clone(),
+        0,
+        "radio".into(),
+        "a".into(),
+        Some(400.0),
+        run,
+    ));
+    let b = tokio::spawn(roam(
+        urls.clone(),
+        1,
+        "radio".into(),
+        "b".into(),
+        Some(1000.0),
+        run,
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stopped = Instant::now();
+    cluster.redis.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A new room cannot be placed without the registry.
+    for url in &urls {
+        match try_join(url, "new-room", "c", Mode::Listen, None).await {
+            Outcome::Refused(code) => assert_eq!(code, ErrorCode::FleetUnavailable),
+            _ => panic!("a new room was placed without Redis"),
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let restarted = Instant::now();
+    cluster.redis.restart();
+    let (a, b) = (a.await.expect("a"), b.await.expect("b"));
+    for (who, roamed, other) in [("a", &a, 1000.0), ("b", &b, 400.0)] {
+        let (dropped, back) = *roamed
+            .rejoins
+            .first()
+            .unwrap_or_else(|| panic!("{who}'s room never stopped"));
+        // The room went on while the lease could still be running in Redis, and stopped
+        // before it could have ended there (at most one lease after the last renewal).
+        let mixed = dropped - stopped;
+        eprintln!(
+            "{who}: room stopped {mixed:?} after Redis did; back {:?} after Redis restarted",
+            back.saturating_duration_since(restarted)
+        );
+        assert!(
+            mixed > Duration::from_millis(1800) && mixed < Duration::from_millis(3100),
+            "{who}'s room stopped {mixed:?} after Redis"
+        );
+        assert!(back > restarted, "{who} was back before Redis was");
+        assert!(
+            back - restarted < Duration::from_secs(6),
+            "{who} took {:?} after Redis came back",
+            back - restarted
+        );
+        let after = roamed.pcm_since(back + Duration::from_secs(1));
+        assert!(
+            tone_db(after, other) > -22.0,
+            "{who} hears the other after the recovery"
+        );
+    }
+    assert_eq!(a.nodes.last(), b.nodes.last());
 }
