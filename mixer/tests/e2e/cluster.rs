@@ -10,6 +10,8 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -110,6 +112,11 @@ impl Cluster {
     }
 
     pub(super) async fn spawn(redis: &PrivateRedis, id: &str, extra: &[&str]) -> Node {
+        Cluster::spawn_at(&redis.url(), id, extra).await
+    }
+
+    /// A node that reaches Redis at `redis_url` (a [`RedisCut`] in front of it, say).
+    pub(super) async fn spawn_at(redis_url: &str, id: &str, extra: &[&str]) -> Node {
         for _ in 0..5 {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
             let log = std::env::temp_dir().join(format!(
@@ -122,7 +129,7 @@ impl Cluster {
             let child = Command::new(env!("CARGO_BIN_EXE_mixer"))
                 .args(["serve", "--mixer-threads", "1", "--log", "info"])
                 .args(["--listen", &addr.to_string()])
-                .args(["--redis-url", &redis.url()])
+                .args(["--redis-url", redis_url])
                 .args(["--public-url", &url])
                 .args(["--node-id", id])
                 .args(extra)
@@ -481,5 +488,114 @@ pub(super) async fn roam(
             }
         };
         roamed.rejoins.push((dropped, Instant::now()));
+    }
+}
+
+/// A TCP relay between one node and Redis that the test can cut: while cut, it forwards nothing
+/// either way but keeps every connection open (a black hole, like a partition, not a refused
+/// connection), and accepts new connections into the same black hole. Healing closes the
+/// connections that were cut, so the node connects afresh.
+pub(super) struct RedisCut {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    heals: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RedisCut {
+    /// A relay on a free loopback port to Redis on `redis_port`.
+    pub(super) async fn start(redis_port: u16) -> RedisCut {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind the relay");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let heals = Arc::new(AtomicU64::new(0));
+        let (cut_flag, heal_count) = (cut.clone(), heals.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) =
+                    tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, redis_port)).await
+                else {
+                    continue;
+                };
+                let (cut, heals) = (cut_flag.clone(), heal_count.clone());
+                tokio::spawn(relay(client, server, cut, heals));
+            }
+        });
+        RedisCut {
+            port,
+            cut,
+            heals,
+            task,
+        }
+    }
+
+    /// `redis://127.0.0.1:port/` of the relay.
+    pub(super) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Stops forwarding.
+    pub(super) fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+
+    /// Forwards again; the connections that were cut are closed.
+    pub(super) fn heal(&self) {
+        self.heals.fetch_add(1, Ordering::SeqCst);
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for RedisCut {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies both ways until either side closes, dropping what arrives while cut, and ending a
+/// connection that was cut once the cut heals.
+async fn relay(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    cut: Arc<AtomicBool>,
+    heals: Arc<AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let heals_at_start = heals.load(Ordering::SeqCst);
+    let was_cut = Arc::new(AtomicBool::new(cut.load(Ordering::SeqCst)));
+    let pump = |mut from: tokio::net::tcp::OwnedReadHalf,
+                mut to: tokio::net::tcp::OwnedWriteHalf| {
+        let (cut, heals, was_cut) = (cut.clone(), heals.clone(), was_cut.clone());
+        async move {
+            let mut buffer = vec![0u8; 16 * 1024];
+            loop {
+                let read =
+                    tokio::time::timeout(Duration::from_millis(100), from.read(&mut buffer)).await;
+                if was_cut.load(Ordering::SeqCst) && heals.load(Ordering::SeqCst) != heals_at_start
+                {
+                    return;
+                }
+                let n = match read {
+                    Err(_) => continue,
+                    Ok(Ok(0) | Err(_)) => return,
+                    Ok(Ok(n)) => n,
+                };
+                if cut.load(Ordering::SeqCst) {
+                    was_cut.store(true, Ordering::SeqCst);
+                    continue;
+                }
+                if to.write_all(&buffer[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = pump(client_read, server_write) => {}
+        () = pump(server_read, client_write) => {}
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use mixer_protocol::{ClientMessage, ErrorCode, Mode, ServerMessage};
 
-use super::cluster::{Cluster, Node, Outcome, join_fleet, roam, try_join};
+use super::cluster::{Cluster, Node, Outcome, RedisCut, join_fleet, roam, try_join};
 use crate::common::tone_db;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,4 +337,120 @@ async fn without_redis_rooms_go_on_until_their_lease_new_rooms_are_refused_and_a
         );
     }
     assert_eq!(a.nodes.last(), b.nodes.last());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_stops_mixing_its_room_before_another_node_takes_it() {
+    let mut cluster = Cluster::start(1, &[]).await;
+    // Node 1 reaches Redis through a relay the test cuts; its clients still reach it.
+    let relay = RedisCut::start(cluster.redis.port()).await;
+    cluster
+        .nodes
+        .push(Cluster::spawn_at(&relay.url(), "node-1", &[]).await);
+    cluster.until_registered(2).await;
+    let urls = cluster.urls();
+    // A room placed on node 1.
+    let mut room = None;
+    for index in 0..40 {
+        let name = format!("ops-{index}");
+        let probe = join_fleet(
+            &urls,
+            1,
+            &name,
+            "probe",
+            Mode::Listen,
+            Duration::from_secs(5),
+        )
+        .await;
+        if cluster.index_of(&probe.url) == 1 {
+            room = Some(name);
+            break;
+        }
+    }
+    let room = room.expect("placement put one of 40 rooms on node 1");
+    let run = Duration::from_secs(14);
+    let a = tokio::spawn(roam(
+        vec![urls[1].clone(), urls[0].clone()],
+        0,
+        room.clone(),
+        "a".into(),
+        Some(400.0),
+        run,
+    ));
+    let b = tokio::spawn(roam(
+        vec![urls[1].clone(), urls[0].clone()],
+        0,
+        room.clone(),
+        "b".into(),
+        Some(1000.0),
+        run,
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cut_at = Instant::now();
+    relay.cut();
+    let (a, b) = (a.await.expect("a"), b.await.expect("b"));
+    relay.heal();
+    // When node 1 last sent audio of the room, and when node 0 first did, at either client.
+    let mut last_from_cut_node = cut_at;
+    let mut first_from_other = None::<Instant>;
+    for (who, roamed, other) in [("a", &a, 1000.0), ("b", &b, 400.0)] {
+        assert_eq!(
+            roamed.nodes.first(),
+            Some(&urls[1]),
+            "{who} started on node 1"
+        );
+        assert_eq!(roamed.nodes.last(), Some(&urls[0]), "{who} ended on node 0");
+        let (dropped, back) = *roamed.rejoins.first().expect("the room stopped on node 1");
+        let last = roamed
+            .arrivals
+            .iter()
+            .map(|(at, _)| *at)
+            .filter(|at| *at <= dropped)
+            .max()
+            .expect("audio before");
+        let first = roamed
+            .arrivals
+            .iter()
+            .map(|(at, _)| *at)
+            .find(|at| *at >= back)
+            .expect("audio after");
+        last_from_cut_node = last_from_cut_node.max(last);
+        first_from_other = Some(first_from_other.map_or(first, |f| f.min(first)));
+        eprintln!(
+            "{who}: node 1 mixed {:?} past the cut; node 0 started {:?} after the cut",
+            last - cut_at,
+            first - cut_at
+        );
+        let after = roamed.pcm_since(back + Duration::from_secs(1));
+        assert!(
+            tone_db(after, other) > -22.0,
+            "{who} hears the other on node 0"
+        );
+    }
+    let first_from_other = first_from_other.expect("node 0 mixed the room");
+    assert!(
+        last_from_cut_node < first_from_other,
+        "the room was mixed by both nodes at once: node 1 until {:?}, node 0 from {:?} after the cut",
+        last_from_cut_node - cut_at,
+        first_from_other - cut_at
+    );
+    // Node 1 stopped at its own deadline, without hearing from Redis; node 0 took over.
+    let (_, metrics) = super::http_get(cluster.nodes[1].addr, "/metrics").await;
+    assert!(
+        super::metric(
+            &metrics,
+            "mixer_fleet_lease_losses_total",
+            "cause=\"expired\""
+        ) >= 1.0
+    );
+    let (_, metrics) = super::http_get(cluster.nodes[0].addr, "/metrics").await;
+    assert!(super::metric(&metrics, "mixer_fleet_failovers_total", "node=\"node-0\"") >= 1.0);
+    let owner = cluster
+        .observer()
+        .await
+        .owner(&room)
+        .await
+        .expect("owner")
+        .expect("owned");
+    assert_eq!(owner.url, urls[0]);
 }
