@@ -308,8 +308,9 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub resume_window_ms: u64,
 
-    /// Redis of a fleet of mixer nodes (redis://host:port/db). Not used yet: the fleet is being
-    /// built (issue 14); the flag is checked and the node runs alone.
+    /// Redis of a fleet of mixer nodes (redis://host:port/db): the node registers there, and
+    /// rooms are placed on the fleet's nodes through it (a client joining a room another node
+    /// mixes is redirected there). Without it the node runs alone.
     #[arg(long, env = "MIXER_REDIS_URL")]
     pub redis_url: Option<String>,
 

@@ -17,7 +17,8 @@
 //!   meet only at bounded queues; the mixer never waits on a client.
 //! - [`auth`] verifies access tokens (signed JWTs) and mints them for `mixer token create`.
 //! - [`fleet`] coordinates several mixer nodes through Redis: node registry, room-ownership
-//!   leases with fencing epochs, placement of new rooms (issue 14; not yet used by the server).
+//!   leases with fencing epochs, placement of new rooms; the server's side of it (redirects,
+//!   lease gates, drain, failover) is in [`server::fleet_rooms`] and [`server::fleet_node`].
 //! - [`cli`] turns command-line flags and environment variables into a validated
 //!   [`server::ServerConfig`].
 //!

@@ -1,8 +1,10 @@
 //! A fleet of mixer nodes coordinated through Redis (issue 14): which nodes are alive and how
 //! loaded, which node mixes each room, and where a new room should go.
 //!
-//! This is the coordination layer only; the server does not use it yet (it stays one node with
-//! or without these types). The pure parts are sans-IO and take `now` as an argument, as the
+//! This is the coordination layer; the server's side (locating rooms, redirects, the gates that
+//! stop a room at its lease's local deadline, drain and handoff) is
+//! [`crate::server::fleet_rooms`], driven every second by [`crate::server::fleet_node`]. The
+//! pure parts are sans-IO and take `now` as an argument, as the
 //! engine does: [`node`] (what a node announces), [`lease`] (a node's local view of the room
 //! leases it holds, and when it must stop mixing each), [`placement`] (which node takes a new
 //! room). All Redis I/O is in [`store`], a node's handle on the fleet.
@@ -17,8 +19,9 @@
 //! |---|---|---|---|
 //! | `{P}:node:<id>` | string | the node lease (3 s) | the node's [`NodeInfo`], JSON |
 //! | `{P}:nodes` | sorted set | never | node ids, scored by their lease's expiry (ms); members whose score has passed are pruned when the set is read |
-//! | `{P}:room:<room>` | hash | the room lease (3 s) | the owner: `node`, `url`, and its epoch `gen`, `n` |
-//! | `{P}:rooms` | sorted set | never | room names, scored by their lease's expiry (ms); pruned like `{P}:nodes` |
+//! | `{P}:room:<room>` | hash | the room lease (3 s) | the owner: `node`, `url`, and its epoch `gen`, `n`; `summary`, the room's settings and occupancy as the owner last published them with a renewal (for the cluster-wide `list_rooms`) |
+//! | `{P}:rooms` | sorted set | never | room names, scored by their lease's expiry (ms); an entry stays a minute past its expiry (released rooms leave at once), so that a claim can tell a room whose node died (a *failover*) from a new one |
+//! | `{P}:handoff:<room>` | string | one minute | what a draining node left for the node it handed the room to: the room's settings, its participants (id, identity, name, role, mode, format, resume token) and floor holder, JSON; taken (read and deleted) by the new owner's first claim |
 //! | `{P}:generation` | string | never | this Redis data set's generation: Redis's clock (ms) when a claim first found it missing |
 //! | `{P}:epoch` | string | never | the epoch counter, `INCR`ed by every successful claim |
 //! | `{P}:hold` | string | one room lease | while it exists, no room can be claimed (see "Data loss") |
@@ -77,6 +80,20 @@
 //!
 //! Redis must not evict these keys (`maxmemory-policy noeviction`, the default): an evicted lease
 //! would be claimable while its holder still mixes. Restoring an old snapshot is not detected.
+//!
+//! # Reservations and handoffs
+//!
+//! A node that places a new room on another node claims it *for* that node
+//! ([`Fleet::claim_for`]) before redirecting the client there: the lease is the other node's
+//! from the start, so two nodes placing one room at once agree on its owner, and the chosen
+//! node, whose own claim then finds its own lease, does not place the room again. It does not
+//! mix the room before claiming it itself; a reservation nobody takes up lapses with its lease.
+//!
+//! A draining node hands a room over with [`Fleet::hand_off`]: atomically, if it still holds the
+//! lease, the lease becomes the target's under a new epoch and the handoff is stored; then the
+//! old node redirects the room's clients to the target with their resume tokens. It stops
+//! mixing the room as it redirects them, a few milliseconds after the lease changed hands; the
+//! target starts mixing only when the first of them arrives, so the two never mix at once.
 //!
 //! # Placement
 //!

@@ -320,7 +320,10 @@ impl Fleet {
             .arg(node.as_str())
             .arg(url)
             .arg(self.lease_ms())
-            .arg(room);
+            .arg(room)
+            // A reservation for another node stays out of the room index until that node claims
+            // it: a reservation nobody took up then lapses without looking like a failover.
+            .arg(if *node == self.node { "0" } else { "1" });
         let reply = self
             .run(
                 "claim",
@@ -652,7 +655,7 @@ return out
 ";
 
 /// KEYS: room key, rooms index, generation, hold, epoch counter. ARGV: node id, url, lease ms,
-/// room name. Returns {'claimed', gen, n, lapsed}, {'owned', node, url, gen, n} or
+/// room name, '1' for a reservation (a claim for another node). Returns {'claimed', gen, n, lapsed}, {'owned', node, url, gen, n} or
 /// {'held', ms}.
 const CLAIM: &str = r"
 fresh(KEYS[3], KEYS[4], ARGV[3])
@@ -675,7 +678,7 @@ local lapsed = redis.call('ZSCORE', KEYS[2], ARGV[4]) and '1' or '0'
 local n = redis.call('INCR', KEYS[5])
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'url', ARGV[2], 'gen', generation, 'n', n)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
+if ARGV[5] ~= '1' then redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4]) end
 return {'claimed', generation, tostring(n), lapsed}
 ";
 

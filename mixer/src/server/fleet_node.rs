@@ -1,10 +1,7 @@
-//! This server's membership of a fleet (`--redis-url`): it registers in Redis and renews its
-//! registration every second with its state and load, so the fleet's placement sees it, and
-//! deregisters when it stops.
-//!
-//! This is the first piece of the server's side of the fleet (issue 14). Rooms are not yet
-//! claimed through Redis, so a node still mixes whatever room a client joins on it; what the
-//! registry shows is real: the node, its URL, whether it drains, and its load.
+//! This server's membership of a fleet (`--redis-url`): every second it renews its room leases
+//! (releasing rooms that emptied, publishing each room's summary), registers with its state and
+//! load so the fleet's placement sees it, and, while draining, hands its rooms to other nodes
+//! once the drain timeout has passed; it deregisters when it stops.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -323,6 +323,10 @@ impl FleetRooms {
             }
             None => return Err(Unavailable::NoNode),
         };
+        // Until the chosen node's next announcement (within a second), this node's placements
+        // count the room there themselves: a burst of new rooms spreads by load, not only by
+        // the hash that breaks ties.
+        self.note_placed(&target.id);
         if target.id == *me {
             return self.claim_here(&fleet, room).await;
         }
@@ -446,6 +450,15 @@ impl FleetRooms {
         Ok(nodes)
     }
 
+    /// Counts a room placed on `node` in the cached node list.
+    fn note_placed(&self, node: &crate::fleet::NodeId) {
+        if let Some((_, nodes)) = &mut self.local().nodes
+            && let Some(info) = nodes.iter_mut().find(|n| n.id == *node)
+        {
+            info.load.rooms = info.load.rooms.saturating_add(1);
+        }
+    }
+
     /// Runs one Redis operation, counting it.
     async fn redis<T>(
         &self,
@@ -527,7 +540,9 @@ impl FleetRooms {
             let mut release = Vec::new();
             for (room, epoch) in local.leases.to_renew() {
                 let used = local.used.get(&room).copied();
-                if summary(&room).is_none() && used.is_none_or(|at| now - at > UNUSED_GRACE) {
+                if summary(&room).is_none()
+                    && used.is_none_or(|at| now.saturating_duration_since(at) > UNUSED_GRACE)
+                {
                     local.leases.released(&room);
                     if let Some(gate) = local.gates.remove(&room) {
                         gate.close();

@@ -21,7 +21,9 @@
 //! - [`requests`]: control requests (mode, mute, floor, moderation, chat) applied to a room.
 //! - [`outbox`]: a client's bounded send queue.
 //! - [`metrics`], [`http`]: Prometheus metrics and the plain-HTTP routes.
-//! - [`fleet_node`]: this node's registration in a fleet's Redis (`--redis-url`).
+//! - [`fleet_rooms`]: in a fleet (`--redis-url`), where each room is mixed, the room leases
+//!   this node holds and the gates that stop a room at its lease's deadline; drain handoffs.
+//! - [`fleet_node`]: the fleet's clock: lease renewals, this node's registration, the drain.
 //! - [`admin`]: the operators' JSON API (rooms, mute, remove with a ban, close, drain).
 //! - [`tls`]: TLS on the public port (`wss://`, `https://`), its certificate reloaded on SIGHUP.
 //!
@@ -133,8 +135,8 @@ pub struct ServerConfig {
     pub access: AccessConfig,
     /// TLS on the public port (`None`: plain). Keep a clone to reload its certificate.
     pub tls: Option<TlsReloader>,
-    /// Membership of a fleet (`--redis-url`): the node registers and announces its load (see
-    /// [`fleet_node`]); rooms are not yet placed through the fleet (issue 14 is in progress).
+    /// Membership of a fleet (`--redis-url`): rooms are placed on the fleet's nodes through
+    /// Redis (see [`fleet_rooms`] and [`fleet_node`]).
     pub fleet: Option<crate::fleet::FleetSettings>,
 }
 

@@ -60,6 +60,11 @@ impl PrivateRedis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// The server's process id (0 when stopped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
+    }
+
     /// The port.
     pub fn port(&self) -> u16 {
         self.port

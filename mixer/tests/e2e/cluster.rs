@@ -360,6 +360,10 @@ pub(super) async fn join_fleet(
     }
 }
 
+/// How long a roaming client keeps trying to get back into its room (a Redis outage of 30 s
+/// included).
+const REJOIN_PATIENCE: Duration = Duration::from_secs(45);
+
 /// What a roaming client saw over its run.
 #[derive(Default)]
 pub(super) struct Roamed {
@@ -387,6 +391,31 @@ impl Roamed {
             .find(|(at, _)| *at >= from)
             .map_or(self.pcm.len(), |(_, offset)| *offset);
         &self.pcm[start..]
+    }
+
+    /// The longest run of received frames after `from` (until `to`) in which `freq` is not
+    /// heard, in frames: the gap in another talker's voice around a move, which counts the
+    /// frames the new node sends before its jitter buffer has that talker again.
+    pub(super) fn longest_silence(&self, from: Instant, to: Instant, freq: f32) -> usize {
+        let mut longest = 0;
+        let mut run = 0;
+        for (index, (at, offset)) in self.arrivals.iter().enumerate() {
+            if *at < from || *at > to {
+                continue;
+            }
+            let end = self
+                .arrivals
+                .get(index + 1)
+                .map_or(self.pcm.len(), |(_, o)| *o);
+            let frame = &self.pcm[*offset..end.min(*offset + 960)];
+            if crate::common::tone_db(frame, freq) < -30.0 {
+                run += 1;
+                longest = longest.max(run);
+            } else {
+                run = 0;
+            }
+        }
+        longest
     }
 
     /// The longest gap between two frames received after `from`.
@@ -419,7 +448,7 @@ pub(super) async fn roam(
     let mut talker = tone.map(|f| Talker::new(f, 0.2));
     let mut roamed = Roamed::default();
     let mut start = first;
-    let mut joined = join_fleet(&urls, start, &room, &name, mode, Duration::from_secs(15)).await;
+    let mut joined = join_fleet(&urls, start, &room, &name, mode, REJOIN_PATIENCE).await;
     loop {
         roamed.nodes.push(joined.url.clone());
         roamed.ids.push((joined.id, joined.resumed));
@@ -484,7 +513,7 @@ pub(super) async fn roam(
             None => {
                 start =
                     (urls.iter().position(|u| *u == joined.url).unwrap_or(start) + 1) % urls.len();
-                join_fleet(&urls, start, &room, &name, mode, Duration::from_secs(15)).await
+                join_fleet(&urls, start, &room, &name, mode, REJOIN_PATIENCE).await
             }
         };
         roamed.rejoins.push((dropped, Instant::now()));

@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use mixer_protocol::{ClientMessage, ErrorCode, Mode, ServerMessage};
+use tokio_tungstenite::tungstenite::Message;
 
 use super::cluster::{Cluster, Node, Outcome, RedisCut, join_fleet, roam, try_join};
 use crate::common::tone_db;
@@ -79,8 +81,24 @@ async fn rooms_spread_over_the_fleet_and_a_join_anywhere_reaches_its_room() {
         tone_db(&heard.pcm[heard.pcm.len() / 2..], 650.0) > -22.0,
         "the redirected talker is heard in its room"
     );
-    // list_rooms at any node lists the whole fleet's rooms (owners publish within a second).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past a whole lease, every member is still in its room: the owners renewed their leases
+    // (a node that failed to would have sent its members away with `lease_lost`).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (index, member) in members.iter_mut().enumerate() {
+        while let Ok(message) =
+            tokio::time::timeout(Duration::from_millis(5), member.ws.next()).await
+        {
+            match message {
+                Some(Ok(Message::Text(text))) => assert!(
+                    !text.contains("redirect"),
+                    "room-{index}'s member was sent away: {text}"
+                ),
+                Some(Ok(_)) => {}
+                other => panic!("room-{index}'s member lost its connection: {other:?}"),
+            }
+        }
+    }
+    // list_rooms at any node lists the whole fleet's rooms (owners publish every second).
     let mut ws = match try_join(&urls[2], "room-0", "probe", Mode::Listen, None).await {
         Outcome::Redirected { .. } | Outcome::Joined { .. } => {
             tokio_tungstenite::connect_async(urls[2].as_str())
@@ -254,14 +272,25 @@ async fn a_drained_node_moves_its_live_room_and_everyone_resumes_as_the_same_par
         assert_ne!(roamed.nodes[1], urls[owner]);
         let (dropped, back) = roamed.rejoins[0];
         let gap = roamed.longest_gap_since(dropped - Duration::from_millis(100));
+        let silent = roamed.longest_silence(
+            dropped - Duration::from_millis(500),
+            back + Duration::from_secs(2),
+            other,
+        );
         eprintln!(
-            "{who}: moved {:?} after SIGTERM; back in {:?}; longest gap in its audio {gap:?}",
+            "{who}: moved {:?} after SIGTERM; back in {:?}; longest gap between frames {gap:?}; \
+             the other's voice missing for {silent} frames",
             dropped - signalled,
             back - dropped
         );
         assert!(
             gap < Duration::from_millis(1500),
             "{who} heard a gap of {gap:?}"
+        );
+        // A short gap: the reconnection, and the new node's jitter buffer filling.
+        assert!(
+            silent <= 25,
+            "{who} missed the other's voice for {silent} frames"
         );
         let after = roamed.pcm_since(back + Duration::from_secs(1));
         assert!(

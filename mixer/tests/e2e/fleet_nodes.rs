@@ -1,5 +1,5 @@
 //! Servers started with `--redis-url` register in the fleet's Redis, announce their real load
-//! and state, and leave it when they stop (the first piece of issue 14's fleet).
+//! and state, and leave it when they stop.
 
 use std::time::Duration;
 
