@@ -34,13 +34,15 @@ stop() {
 }
 trap stop EXIT INT TERM
 
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+# Each in a session of its own (setsid), so that Ctrl-C reaches only this script, which stops
+# them in order, rather than every process of the terminal at once.
+setsid redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$work" --logfile "$work/redis.log" &
 redis_pid=$!
 
 for i in $(seq 1 "$nodes"); do
     port=$((base_port + i - 1))
-    target/release/mixer serve --listen "127.0.0.1:$port" \
+    setsid target/release/mixer serve --listen "127.0.0.1:$port" \
         --redis-url "redis://127.0.0.1:$redis_port/" \
         --public-url "ws://127.0.0.1:$port/" --node-id "mixer-$i" \
         --drain-timeout-ms "$drain_ms" &
