@@ -539,3 +539,108 @@ async fn placement_spreads_300_rooms_evenly_over_3_equal_nodes() {
     );
     eprintln!("placed 300 rooms in {took:?}: {per_node:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_moves_the_lease_atomically_and_its_record_is_taken_once() {
+    let redis = PrivateRedis::start();
+    let [a, b, c] = three_nodes(&redis).await;
+    let (answer, _) = claim(&a, "moving").await;
+    let old = claimed(&answer);
+    // Only the holder, under its epoch, can hand a room over.
+    let stale = Epoch {
+        n: old.n + 1000,
+        ..old
+    };
+    assert!(
+        !a.hand_off("moving", stale, b.node(), b.url(), "{}")
+            .await
+            .expect("hand off")
+    );
+    assert!(
+        !c.hand_off("moving", old, b.node(), b.url(), "{}")
+            .await
+            .expect("hand off")
+    );
+    assert!(
+        a.hand_off("moving", old, b.node(), b.url(), "{\"members\":[]}")
+            .await
+            .expect("hand off")
+    );
+    // The lease is b's now, under a higher epoch: a's renewal reports it lost, c is sent to b,
+    // and b's own claim takes it up under the same epoch.
+    assert_eq!(
+        a.renew(&[("moving".to_owned(), old)]).await.expect("renew"),
+        vec!["moving".to_owned()]
+    );
+    let owner = c.owner("moving").await.expect("owner").expect("owned");
+    assert_eq!(owner.node, *b.node());
+    assert!(owner.epoch > old);
+    assert!(
+        matches!(c.claim("moving").await.expect("claim"), Claim::OwnedBy(o) if o.node == *b.node())
+    );
+    let (answer, _) = claim(&b, "moving").await;
+    assert_eq!(claimed(&answer), owner.epoch);
+    assert!(
+        !matches!(
+            answer,
+            Claim::Claimed {
+                took_over: true,
+                ..
+            }
+        ),
+        "a handoff is not a failover"
+    );
+    // The record is b's to take, once.
+    assert_eq!(
+        b.take_handoff("moving").await.expect("take").as_deref(),
+        Some("{\"members\":[]}")
+    );
+    assert_eq!(b.take_handoff("moving").await.expect("take"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_after_a_lapsed_lease_is_a_failover_and_after_a_release_or_reservation_it_is_not() {
+    let redis = PrivateRedis::start();
+    let [a, b, _] = three_nodes(&redis).await;
+    // Released: not a failover.
+    let (answer, _) = claim(&a, "released").await;
+    assert!(
+        a.release("released", claimed(&answer))
+            .await
+            .expect("release")
+    );
+    let (answer, _) = claim(&b, "released").await;
+    assert!(matches!(
+        answer,
+        Claim::Claimed {
+            took_over: false,
+            ..
+        }
+    ));
+    // Lapsed: a failover.
+    let (answer, _) = claim(&a, "lapsed").await;
+    claimed(&answer);
+    // A reservation for a that a never takes up lapses too, but was never a's room.
+    let reserved = b
+        .claim_for("reserved", a.node(), a.url())
+        .await
+        .expect("reserve");
+    assert!(matches!(reserved, Claim::Claimed { .. }));
+    tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
+    let (answer, _) = claim(&b, "lapsed").await;
+    assert!(matches!(
+        answer,
+        Claim::Claimed {
+            took_over: true,
+            ..
+        }
+    ));
+    let (answer, _) = claim(&b, "reserved").await;
+    assert!(matches!(
+        answer,
+        Claim::Claimed {
+            took_over: false,
+            ..
+        }
+    ));
+}
