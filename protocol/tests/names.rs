@@ -35,7 +35,7 @@ fn enum_names() {
         );
     }
     // The reasons' names (metric labels too) are what serde writes, and ALL lists every one.
-    assert_eq!(LeaveReason::ALL.len(), 8);
+    assert_eq!(LeaveReason::ALL.len(), 9);
     for &reason in LeaveReason::ALL {
         assert_eq!(
             serde_json::to_string(&reason).ok(),
@@ -108,6 +108,7 @@ fn declaration_index(code: ErrorCode) -> usize {
         ErrorCode::Banned => 42,
         ErrorCode::Replaced => 43,
         ErrorCode::Draining => 44,
+        ErrorCode::FleetUnavailable => 45,
     }
 }
 
@@ -118,7 +119,7 @@ fn error_code_all_is_complete_and_in_order() {
         .copied()
         .map(declaration_index)
         .collect();
-    assert_eq!(indices, (0..=44).collect::<Vec<_>>());
+    assert_eq!(indices, (0..=45).collect::<Vec<_>>());
 }
 
 #[test]

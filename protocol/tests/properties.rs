@@ -499,7 +499,10 @@ proptest! {
         match join(&room, &name).validate() {
             Ok(()) => {
                 prop_assert!(!room.is_empty() && room.len() <= MAX_ROOM_LEN);
-                prop_assert!(!name.trim().is_empty());
+                // An empty name is the token's business (a server with keys takes the name from
+                // the token; an open one refuses it when it normalises the name); any other
+                // name must normalise to something non-empty.
+                prop_assert!(name.is_empty() || !name.trim().is_empty());
             }
             Err(err) => prop_assert!(err.to_string().len() < 512, "{}", err),
         }
