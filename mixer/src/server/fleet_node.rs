@@ -19,6 +19,11 @@ use crate::fleet::{Fleet, Load, NodeState};
 /// about 0). A node announces its thread count times this.
 pub const COST_PER_THREAD: u32 = 480;
 
+/// How long after a room is claimed here the node announces its new load (the room's first
+/// client has joined by then, so the announced counts include it), instead of at the next
+/// renewal round. Claims within the delay share one announcement.
+const ANNOUNCE_DELAY: Duration = Duration::from_millis(100);
+
 /// Runs until `stop` turns true: connects (retrying each renewal interval while Redis is
 /// unreachable), then announces this node every renewal interval; deregisters at the end.
 pub async fn run(
@@ -41,11 +46,18 @@ pub async fn run(
     let mut drain_started: Option<Instant> = None;
     let mut timer = tokio::time::interval(interval);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut last_cpu, mut last_headroom) = (0.0, 1.0);
     loop {
-        tokio::select! {
-            _ = timer.tick() => {}
+        // A full round every renewal interval; in between, a room claimed here is announced
+        // within ANNOUNCE_DELAY, so that other nodes placing a burst of new rooms see it.
+        let full = tokio::select! {
+            _ = timer.tick() => true,
+            () = rooms.load_changed(), if fleet.is_some() => {
+                tokio::time::sleep(ANNOUNCE_DELAY).await;
+                false
+            }
             _ = stop.changed() => break,
-        }
+        };
         if fleet.is_none() {
             match Fleet::connect(
                 settings.store.clone(),
@@ -65,9 +77,12 @@ pub async fn run(
             }
         }
         let Some(connected) = &fleet else { continue };
-        // The leases first: they are what keeps rooms mixing.
-        rooms.renew(connected, |room| pool.room_info(room)).await;
-        if pool.is_draining() {
+        if full {
+            // The leases first: they are what keeps rooms mixing.
+            rooms.renew(connected, |room| pool.room_info(room)).await;
+            (last_cpu, last_headroom) = (cpu.cores(), ticks.headroom(&metrics, threads));
+        }
+        if full && pool.is_draining() {
             let started = *drain_started.get_or_insert_with(|| {
                 metrics.fleet_drains_total.inc();
                 info!(rooms = rooms.held_count(), timeout = ?settings.drain_timeout, "draining: no new rooms; rooms move to other nodes when they have not emptied by the drain timeout");
@@ -80,7 +95,7 @@ pub async fn run(
                 // Whoever waits for the drain to end (a SIGTERM) may stop the node now.
                 drained.notify_one();
             }
-        } else {
+        } else if !pool.is_draining() {
             drain_started = None;
         }
         let state = if pool.is_draining() {
@@ -90,8 +105,8 @@ pub async fn run(
         };
         let load = Load {
             capacity,
-            cpu: cpu.cores(),
-            tick_headroom: ticks.headroom(&metrics, threads),
+            cpu: last_cpu,
+            tick_headroom: last_headroom,
             ..pool_load(&metrics)
         };
         metrics
@@ -112,6 +127,9 @@ pub async fn run(
                 failing = false;
             }
             Err(error) => note_failure(&metrics, &mut failing, "heartbeat", &error),
+        }
+        if full {
+            rooms.refresh_nodes(connected).await;
         }
     }
     if let Some(fleet) = fleet {

@@ -32,7 +32,7 @@ use crate::fleet::{Claim, Epoch, Fleet, FleetError, FleetSettings, Leases, NodeI
 const UNUSED_GRACE: Duration = Duration::from_secs(10);
 
 /// How long a read of the node list is reused for placing new rooms.
-const NODES_CACHE: Duration = Duration::from_millis(500);
+const NODES_CACHE: Duration = Duration::from_millis(100);
 
 /// The longest a request waits for Redis's hold after data loss (one lease) before it is
 /// refused: a fresh or restarted Redis delays the first rooms by up to this much.
@@ -159,6 +159,8 @@ pub struct FleetRooms {
     /// does not hold yet ask Redis one at a time, so the first takes the room over (and its
     /// moved participants) before the others look.
     locating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Told when a room is claimed here, so the node announces its new load soon.
+    claimed: tokio::sync::Notify,
 }
 
 /// The leases and what goes with them, under one lock held for a few map operations.
@@ -199,7 +201,13 @@ impl FleetRooms {
                 moving: HashSet::new(),
             }),
             locating: Mutex::new(HashMap::new()),
+            claimed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Resolves when a room has been claimed here since the last call (the node's load grew).
+    pub async fn load_changed(&self) {
+        self.claimed.notified().await;
     }
 
     /// The node's settings.
@@ -301,10 +309,9 @@ impl FleetRooms {
             Some(owner) if owner.node != *fleet.node() => {
                 return Ok(Located::Elsewhere { url: owner.url });
             }
-            // Ours in Redis but not here: claimed for this node by another that placed the
-            // room (a reservation), or a lease this node lost track of. Taken up (or given up
-            // below, if draining: another claim then finds it owned and redirects here, so a
-            // draining node takes up its reservations too).
+            // Ours in Redis but not here: reserved for this node by another that placed the
+            // room and redirected the client here, or a lease this node lost track of. Taken
+            // up, even while draining (the client was sent here for it).
             Some(_) => return self.claim_here(&fleet, room).await,
             None if purpose == Purpose::Info => return Ok(Located::Nowhere),
             None => {}
@@ -346,6 +353,7 @@ impl FleetRooms {
         let (claim, sent) = self.claim_waiting(fleet, room, None).await?;
         match claim {
             Claim::Claimed { epoch, took_over } => {
+                self.claimed.notify_one();
                 if took_over {
                     self.metrics.fleet_failovers_total.inc();
                     info!(room, %epoch, "took over a room whose node's lease lapsed");
@@ -450,12 +458,24 @@ impl FleetRooms {
         Ok(nodes)
     }
 
+    /// Reads the node list afresh (every renewal round): the placement cache and the
+    /// `mixer_fleet_nodes` gauge stay current even on a node that places nothing.
+    pub async fn refresh_nodes(&self, fleet: &Fleet) {
+        self.local().nodes = None;
+        if let Err(error) = self.nodes(fleet).await {
+            // Counted and logged with the heartbeat's failure; nothing else to do.
+            tracing::debug!(%error, "could not read the node list");
+        }
+    }
+
     /// Counts a room placed on `node` in the cached node list.
     fn note_placed(&self, node: &crate::fleet::NodeId) {
         if let Some((_, nodes)) = &mut self.local().nodes
             && let Some(info) = nodes.iter_mut().find(|n| n.id == *node)
         {
+            // A new room and the client joining it: the least it adds to the node's cost.
             info.load.rooms = info.load.rooms.saturating_add(1);
+            info.load.participants = info.load.participants.saturating_add(1);
         }
     }
 
