@@ -117,6 +117,15 @@ impl Registry {
         }
     }
 
+    /// Every participant seated in `room` (live or suspended).
+    pub(super) fn seated_in(&self, room: &str) -> Vec<ParticipantId> {
+        self.seated
+            .iter()
+            .filter(|(_, r)| &*r.room == room)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Gives back a seat in `room`; a room this empties is gone, and its bans with it.
     pub(super) fn release_seat(&mut self, room: &str) {
         if self.directory.release_seat(room) {
@@ -662,12 +671,7 @@ impl MixerPool {
         let Some(placement) = registry.directory.placement(room) else {
             return;
         };
-        let ids: Vec<ParticipantId> = registry
-            .seated
-            .iter()
-            .filter(|(_, r)| &*r.room == room)
-            .map(|(id, _)| *id)
-            .collect();
+        let ids = registry.seated_in(room);
         let tokens = ids
             .iter()
             .filter_map(|id| Some((*id, registry.seated.get(id)?.token.clone()?)))

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use mixer::fleet::{Fleet, FleetConfig, NodeId};
 use mixer_protocol::{
-    AudioFormat, ClientMessage, ErrorCode, JoinRequest, Mode, RedirectReason, ServerMessage,
-    parse_server_message,
+    ClientMessage, ErrorCode, Mode, RedirectReason, Role, ServerMessage, parse_server_message,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -231,18 +230,9 @@ pub(super) enum Outcome {
 }
 
 pub(super) fn join_request(room: &str, name: &str, mode: Mode, resume: Option<String>) -> Message {
-    Message::text(
-        ClientMessage::Join(JoinRequest {
-            room: room.into(),
-            name: name.into(),
-            token: None,
-            mode: Some(mode),
-            resume,
-            role: None,
-            format: AudioFormat::opus_48k_mono_20ms(),
-        })
-        .to_json(),
-    )
+    let mut join = super::join_request_as(room, name, mode, Role::Speaker);
+    join.resume = resume;
+    Message::text(ClientMessage::Join(join).to_json())
 }
 
 /// Connects to `url` and sends a join; returns what came of it.
@@ -626,5 +616,66 @@ async fn relay(
     tokio::select! {
         () = pump(client_read, server_write) => {}
         () = pump(server_read, client_write) => {}
+    }
+}
+
+impl Cluster {
+    /// The node that a new room `room` is placed on, found by joining it (at `first`) and
+    /// leaving: the lease stays with that node while the room is in use.
+    pub(super) async fn owner_of_new_room(&self, room: &str, first: usize) -> usize {
+        let urls = self.urls();
+        let probe = join_fleet(
+            &urls,
+            first,
+            room,
+            "probe",
+            Mode::Listen,
+            Duration::from_secs(5),
+        )
+        .await;
+        self.index_of(&probe.url)
+    }
+}
+
+/// Two roaming talkers in one room: `a` sends 400 Hz and starts at `urls[starts.0]`, `b` sends
+/// 1000 Hz and starts at `urls[starts.1]`; each should hear the other's tone.
+pub(super) struct TalkingPair {
+    a: tokio::task::JoinHandle<Roamed>,
+    b: tokio::task::JoinHandle<Roamed>,
+}
+
+/// The tones of a [`TalkingPair`].
+pub(super) const PAIR_TONES: (f32, f32) = (400.0, 1000.0);
+
+impl TalkingPair {
+    /// Starts both for `run`.
+    pub(super) fn start(
+        urls: &[String],
+        room: &str,
+        starts: (usize, usize),
+        run: Duration,
+    ) -> TalkingPair {
+        let talker = |start: usize, name: &str, tone: f32| {
+            tokio::spawn(roam(
+                urls.to_vec(),
+                start,
+                room.to_owned(),
+                name.to_owned(),
+                Some(tone),
+                run,
+            ))
+        };
+        TalkingPair {
+            a: talker(starts.0, "a", PAIR_TONES.0),
+            b: talker(starts.1, "b", PAIR_TONES.1),
+        }
+    }
+
+    /// Waits for both runs to end: `(a, b)`.
+    pub(super) async fn finish(self) -> (Roamed, Roamed) {
+        (
+            self.a.await.expect("a's task"),
+            self.b.await.expect("b's task"),
+        )
     }
 }

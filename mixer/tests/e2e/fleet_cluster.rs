@@ -10,7 +10,9 @@ use futures_util::StreamExt;
 use mixer_protocol::{ClientMessage, ErrorCode, Mode, ServerMessage};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::cluster::{Cluster, Node, Outcome, RedisCut, join_fleet, roam, try_join};
+use super::cluster::{
+    Cluster, Node, Outcome, PAIR_TONES, RedisCut, TalkingPair, join_fleet, roam, try_join,
+};
 use crate::common::tone_db;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,39 +141,14 @@ async fn a_killed_node_s_clients_are_back_in_their_room_hearing_each_other_withi
     let urls = cluster.urls();
     // Find a room placed on node 1, so that the clients' first URL (node 0) is not the owner.
     let observer = cluster.observer().await;
-    let probe = join_fleet(
-        &urls,
-        0,
-        "standup",
-        "probe",
-        Mode::Listen,
-        Duration::from_secs(5),
-    )
-    .await;
-    let owner = cluster.index_of(&probe.url);
-    drop(probe);
+    let owner = cluster.owner_of_new_room("standup", 0).await;
     let run = Duration::from_secs(16);
-    let a = tokio::spawn(roam(
-        urls.clone(),
-        0,
-        "standup".into(),
-        "a".into(),
-        Some(400.0),
-        run,
-    ));
-    let b = tokio::spawn(roam(
-        urls.clone(),
-        2,
-        "standup".into(),
-        "b".into(),
-        Some(1000.0),
-        run,
-    ));
+    let pair = TalkingPair::start(&urls, "standup", (0, 2), run);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let killed_at = Instant::now();
     cluster.nodes[owner].kill();
-    let (a, b) = (a.await.expect("a"), b.await.expect("b"));
-    for (who, roamed, other) in [("a", &a, 1000.0), ("b", &b, 400.0)] {
+    let (a, b) = pair.finish().await;
+    for (who, roamed, other) in [("a", &a, PAIR_TONES.1), ("b", &b, PAIR_TONES.0)] {
         let (dropped, back) = roamed
             .rejoins
             .first()
@@ -217,50 +194,24 @@ async fn a_killed_node_s_clients_are_back_in_their_room_hearing_each_other_withi
         .expect("owned");
     assert_eq!(Some(&room_owner.url), a.nodes.last());
     assert!(cluster.nodes.iter().filter(|n| n.child.is_some()).count() == 2);
-    let _ = &cluster.nodes[owner].id;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_moves_its_live_room_and_everyone_resumes_as_the_same_participant() {
     let mut cluster = Cluster::start(3, &["--drain-timeout-ms", "1000"]).await;
     let urls = cluster.urls();
-    let probe = join_fleet(
-        &urls,
-        0,
-        "choir",
-        "probe",
-        Mode::Listen,
-        Duration::from_secs(5),
-    )
-    .await;
-    let owner = cluster.index_of(&probe.url);
-    drop(probe);
+    let owner = cluster.owner_of_new_room("choir", 0).await;
     let run = Duration::from_secs(10);
-    let a = tokio::spawn(roam(
-        urls.clone(),
-        owner,
-        "choir".into(),
-        "a".into(),
-        Some(400.0),
-        run,
-    ));
-    let b = tokio::spawn(roam(
-        urls.clone(),
-        owner,
-        "choir".into(),
-        "b".into(),
-        Some(1000.0),
-        run,
-    ));
+    let pair = TalkingPair::start(&urls, "choir", (owner, owner), run);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let signalled = Instant::now();
     cluster.nodes[owner].terminate();
-    let (a, b) = (a.await.expect("a"), b.await.expect("b"));
+    let (a, b) = pair.finish().await;
     assert!(
         cluster.nodes[owner].wait_exit(Duration::from_secs(10)),
         "the drained node stops by itself once its room has moved"
     );
-    for (who, roamed, other) in [("a", &a, 1000.0), ("b", &b, 400.0)] {
+    for (who, roamed, other) in [("a", &a, PAIR_TONES.1), ("b", &b, PAIR_TONES.0)] {
         assert_eq!(roamed.moved, 1, "{who} was moved once: {:?}", roamed.nodes);
         assert_eq!(roamed.ids.len(), 2, "{who}: {:?}", roamed.ids);
         let (before, after) = (roamed.ids[0], roamed.ids[1]);
@@ -306,22 +257,7 @@ async fn without_redis_rooms_go_on_until_their_lease_new_rooms_are_refused_and_a
     let mut cluster = Cluster::start(2, &[]).await;
     let urls = cluster.urls();
     let run = Duration::from_secs(16);
-    let a = tokio::spawn(roam(
-        urls.clone(),
-        0,
-        "radio".into(),
-        "a".into(),
-        Some(400.0),
-        run,
-    ));
-    let b = tokio::spawn(roam(
-        urls.clone(),
-        1,
-        "radio".into(),
-        "b".into(),
-        Some(1000.0),
-        run,
-    ));
+    let pair = TalkingPair::start(&urls, "radio", (0, 1), run);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stopped = Instant::now();
     cluster.redis.stop();
@@ -336,8 +272,8 @@ async fn without_redis_rooms_go_on_until_their_lease_new_rooms_are_refused_and_a
     tokio::time::sleep(Duration::from_secs(4)).await;
     let restarted = Instant::now();
     cluster.redis.restart();
-    let (a, b) = (a.await.expect("a"), b.await.expect("b"));
-    for (who, roamed, other) in [("a", &a, 1000.0), ("b", &b, 400.0)] {
+    let (a, b) = pair.finish().await;
+    for (who, roamed, other) in [("a", &a, PAIR_TONES.1), ("b", &b, PAIR_TONES.0)] {
         let (dropped, back) = *roamed
             .rejoins
             .first()
@@ -384,47 +320,23 @@ async fn a_node_cut_off_from_redis_stops_mixing_its_room_before_another_node_tak
     let mut room = None;
     for index in 0..40 {
         let name = format!("ops-{index}");
-        let probe = join_fleet(
-            &urls,
-            1,
-            &name,
-            "probe",
-            Mode::Listen,
-            Duration::from_secs(5),
-        )
-        .await;
-        if cluster.index_of(&probe.url) == 1 {
+        if cluster.owner_of_new_room(&name, 1).await == 1 {
             room = Some(name);
             break;
         }
     }
     let room = room.expect("placement put one of 40 rooms on node 1");
     let run = Duration::from_secs(14);
-    let a = tokio::spawn(roam(
-        vec![urls[1].clone(), urls[0].clone()],
-        0,
-        room.clone(),
-        "a".into(),
-        Some(400.0),
-        run,
-    ));
-    let b = tokio::spawn(roam(
-        vec![urls[1].clone(), urls[0].clone()],
-        0,
-        room.clone(),
-        "b".into(),
-        Some(1000.0),
-        run,
-    ));
+    let pair = TalkingPair::start(&[urls[1].clone(), urls[0].clone()], &room, (0, 0), run);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let cut_at = Instant::now();
     relay.cut();
-    let (a, b) = (a.await.expect("a"), b.await.expect("b"));
+    let (a, b) = pair.finish().await;
     relay.heal();
     // When node 1 last sent audio of the room, and when node 0 first did, at either client.
     let mut last_from_cut_node = cut_at;
     let mut first_from_other = None::<Instant>;
-    for (who, roamed, other) in [("a", &a, 1000.0), ("b", &b, 400.0)] {
+    for (who, roamed, other) in [("a", &a, PAIR_TONES.1), ("b", &b, PAIR_TONES.0)] {
         assert_eq!(
             roamed.nodes.first(),
             Some(&urls[1]),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use mixer_protocol::Mode;
 
-use super::cluster::{Cluster, join_fleet, roam};
+use super::cluster::{Cluster, PAIR_TONES, TalkingPair, join_fleet};
 
 /// The middle and the largest of `values`.
 fn p50_max(mut values: Vec<Duration>) -> (Duration, Duration) {
@@ -119,38 +119,13 @@ async fn heal_time_after_kill_9_over_ten_kills() {
     for round in 0..10 {
         let urls = cluster.urls();
         let room = format!("heal-{round}");
-        let probe = join_fleet(
-            &urls,
-            round,
-            &room,
-            "probe",
-            Mode::Listen,
-            Duration::from_secs(10),
-        )
-        .await;
-        let owner = cluster.index_of(&probe.url);
-        drop(probe);
+        let owner = cluster.owner_of_new_room(&room, round).await;
         let run = Duration::from_secs(9);
-        let a = tokio::spawn(roam(
-            urls.clone(),
-            owner,
-            room.clone(),
-            "a".into(),
-            Some(400.0),
-            run,
-        ));
-        let b = tokio::spawn(roam(
-            urls.clone(),
-            owner + 1,
-            room.clone(),
-            "b".into(),
-            Some(1000.0),
-            run,
-        ));
+        let pair = TalkingPair::start(&urls, &room, (owner, owner + 1), run);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let killed = Instant::now();
         cluster.nodes[owner].kill();
-        let (a, b) = (a.await.expect("a"), b.await.expect("b"));
+        let (a, b) = pair.finish().await;
         for roamed in [&a, &b] {
             let (_, back) = roamed.rejoins[0];
             heals.push(back - killed);
@@ -179,29 +154,14 @@ async fn a_30_second_redis_outage() {
     let mut cluster = Cluster::start(3, &[]).await;
     let urls = cluster.urls();
     let run = Duration::from_secs(45);
-    let a = tokio::spawn(roam(
-        urls.clone(),
-        0,
-        "outage".into(),
-        "a".into(),
-        Some(400.0),
-        run,
-    ));
-    let b = tokio::spawn(roam(
-        urls.clone(),
-        1,
-        "outage".into(),
-        "b".into(),
-        Some(1000.0),
-        run,
-    ));
+    let pair = TalkingPair::start(&urls, "outage", (0, 1), run);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stopped = Instant::now();
     cluster.redis.stop();
     tokio::time::sleep(Duration::from_secs(30)).await;
     let restarted = Instant::now();
     cluster.redis.restart();
-    let (a, b) = (a.await.expect("a"), b.await.expect("b"));
+    let (a, b) = pair.finish().await;
     for (who, roamed) in [("a", &a), ("b", &b)] {
         let (dropped, _) = roamed.rejoins[0];
         let (_, back) = *roamed.rejoins.last().expect("rejoined");
@@ -223,38 +183,13 @@ async fn the_gap_participants_hear_when_a_drain_moves_their_room() {
     for round in 0..5 {
         let cluster = Cluster::start(3, &["--drain-timeout-ms", "500"]).await;
         let urls = cluster.urls();
-        let probe = join_fleet(
-            &urls,
-            0,
-            "move",
-            "probe",
-            Mode::Listen,
-            Duration::from_secs(5),
-        )
-        .await;
-        let owner = cluster.index_of(&probe.url);
-        drop(probe);
+        let owner = cluster.owner_of_new_room("move", 0).await;
         let run = Duration::from_secs(7);
-        let a = tokio::spawn(roam(
-            urls.clone(),
-            owner,
-            "move".into(),
-            "a".into(),
-            Some(400.0),
-            run,
-        ));
-        let b = tokio::spawn(roam(
-            urls.clone(),
-            owner,
-            "move".into(),
-            "b".into(),
-            Some(1000.0),
-            run,
-        ));
+        let pair = TalkingPair::start(&urls, "move", (owner, owner), run);
         tokio::time::sleep(Duration::from_secs(2)).await;
         cluster.nodes[owner].terminate();
-        let (a, b) = (a.await.expect("a"), b.await.expect("b"));
-        for (roamed, other) in [(&a, 1000.0), (&b, 400.0)] {
+        let (a, b) = pair.finish().await;
+        for (roamed, other) in [(&a, PAIR_TONES.1), (&b, PAIR_TONES.0)] {
             let (dropped, back) = roamed.rejoins[0];
             gaps.push(roamed.longest_gap_since(dropped - Duration::from_millis(100)));
             let frames = roamed.longest_silence(

@@ -130,18 +130,20 @@ fn join_message(room: &str, name: &str, mode: Mode) -> Message {
 }
 
 fn join_message_as(room: &str, name: &str, mode: Mode, role: Role) -> Message {
-    Message::text(
-        ClientMessage::Join(JoinRequest {
-            room: room.into(),
-            name: name.into(),
-            token: None,
-            mode: Some(mode),
-            resume: None,
-            role: Some(role),
-            format: AudioFormat::opus_48k_mono_20ms(),
-        })
-        .to_json(),
-    )
+    Message::text(ClientMessage::Join(join_request_as(room, name, mode, role)).to_json())
+}
+
+/// A plain Opus join (no token, no resume).
+fn join_request_as(room: &str, name: &str, mode: Mode, role: Role) -> JoinRequest {
+    JoinRequest {
+        room: room.into(),
+        name: name.into(),
+        token: None,
+        mode: Some(mode),
+        resume: None,
+        role: Some(role),
+        format: AudioFormat::opus_48k_mono_20ms(),
+    }
 }
 
 /// Reads until a control message arrives (skipping audio and talking indicators, which come
