@@ -10,7 +10,17 @@
 //! numbers and timestamps jump over the pause and the frame that resumes carries the marker bit.
 //! Receivers count such gaps as paused, not lost, and count the paused 20 ms periods as covered
 //! in the per-second receive counts, so a stream that pauses in silence does not look choppy.
+//!
+//! A session can break mid-run in a fleet: a `redirect` (`moved`: the node drained and handed
+//! the room on, with a resume token; `lease_lost`: the node may no longer mix the room) or a
+//! dropped connection (a node killed). The client then rejoins (see [`crate::join`]) while its
+//! talker keeps its 20 ms schedule, counting the frames it could not send, and records each
+//! [`Reconnection`]: why, when, how long until it was back, and how long its audio was gone.
+//! Each connection is a stream of its own (sequence numbers, timestamps, jitter start afresh).
 
+use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -19,14 +29,15 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use mixer_protocol::{
     AudioFormat, AudioFrame, AudioHeader, ClientMessage, FRAME_SAMPLES, Flags, JoinRequest, Mode,
-    Role, ServerMessage, parse_server_message,
+    RedirectReason, Role, ServerMessage, close_code, parse_server_message,
 };
+use serde::Serialize;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::config::{Impairment, TalkPattern};
 use crate::connect::{Connector, Ws};
+use crate::join::{self, AttemptError, Joined, REJOIN_WINDOW, close_reason};
 use crate::rng::Rng;
 use crate::signal::{PERIOD_FRAMES, Source};
 use crate::stats::{FrameCounts, Jitter, Live, SeqTracker};
@@ -35,6 +46,10 @@ const FRAME: Duration = Duration::from_millis(20);
 
 /// One frame period in seconds.
 const FRAME_SECS: f64 = 0.02;
+
+/// How long a connection on which sending failed is still read, for a `redirect` (or the
+/// error) that explains the failure, before its session counts as dropped.
+const SEND_FAILED_GRACE: Duration = Duration::from_millis(500);
 
 /// What is shared by all clients of a run.
 #[derive(Debug)]
@@ -82,6 +97,9 @@ pub struct ClientPlan {
     pub source: Option<Arc<Source>>,
     /// Server URL.
     pub url: String,
+    /// Every server URL of the run: after a dropped connection the client rejoins at the one
+    /// after the node it was on.
+    pub urls: Arc<Vec<String>>,
     /// Its access token (for a server with keys), sent in the URL of every connection it
     /// makes, redirected ones included.
     pub access_token: Option<String>,
@@ -125,8 +143,14 @@ pub struct ClientOutcome {
     pub join_ms: Option<f64>,
     /// Why connecting or joining failed.
     pub failure: Option<String>,
-    /// `redirect`s followed to reach the node that mixes its room.
+    /// `redirect`s followed: to reach the node that mixes its room when joining, mid-session
+    /// ones (also counted in `reconnections`), and those followed while rejoining.
     pub redirects: u32,
+    /// Each time its session broke and it (tried to) rejoin, in order.
+    pub reconnections: Vec<Reconnection>,
+    /// Talker: frames due while it was rejoining (or queued by the impairment when the
+    /// connection broke), which it could not send. Not in `sent`.
+    pub unsent: u64,
     /// Why the connection ended before the run did.
     pub disconnect: Option<String>,
     /// Server `error` messages: (code, message).
@@ -146,10 +170,143 @@ pub struct ClientOutcome {
     pub onsets: Vec<f64>,
     /// Talker: seconds (since the epoch) it spent talking, as (from, to) intervals.
     pub talking: Vec<(f64, f64)>,
-    /// Talker: packets sent.
+    /// Talker: packets sent (before the impairment), while connected.
     pub sent: u64,
     /// Talker: packets the impairment dropped.
     pub impaired_drops: u64,
+}
+
+impl ClientOutcome {
+    /// Its connections in order, as verification reads them: when each joined, which of
+    /// `recording`'s packets came on it, and when it broke (`None`: it lasted to the end of the
+    /// run, or the client gave up on it).
+    pub fn segments(&self) -> Vec<Segment> {
+        let Some(first) = self.joined_at else {
+            return Vec::new();
+        };
+        let mut segments = vec![Segment {
+            joined_at: first,
+            packets: 0..self.recording.len(),
+            broke_at: None,
+        }];
+        for r in &self.reconnections {
+            if let Some(last) = segments.last_mut() {
+                last.broke_at = Some(r.broke_at);
+                last.packets.end = r.first_packet.min(self.recording.len());
+            }
+            let Some(joined_at) = r.rejoined_at else {
+                break;
+            };
+            segments.push(Segment {
+                joined_at,
+                packets: r.first_packet.min(self.recording.len())..self.recording.len(),
+                broke_at: None,
+            });
+        }
+        segments
+    }
+}
+
+/// One connection of a client, between its join and its break.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    /// When it joined (or rejoined), seconds since the epoch.
+    pub joined_at: f64,
+    /// The packets of [`ClientOutcome::recording`] that came on it.
+    pub packets: Range<usize>,
+    /// When it broke, seconds since the epoch; `None` if it did not.
+    pub broke_at: Option<f64>,
+}
+
+/// Why a client's session broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconnectCause {
+    /// A `redirect` with reason `moved`: the node drained and handed the room to another.
+    Moved,
+    /// A `redirect` with reason `lease_lost`: the node may no longer mix the room.
+    LeaseLost,
+    /// A `redirect` with reason `other_node` mid-session (a server sends it only at join).
+    OtherNode,
+    /// No redirect: the connection failed or ended, or the node went away (close 1001).
+    Dropped,
+}
+
+impl ReconnectCause {
+    /// Its name in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReconnectCause::Moved => "moved",
+            ReconnectCause::LeaseLost => "lease_lost",
+            ReconnectCause::OtherNode => "other_node",
+            ReconnectCause::Dropped => "dropped",
+        }
+    }
+}
+
+impl From<RedirectReason> for ReconnectCause {
+    fn from(reason: RedirectReason) -> ReconnectCause {
+        match reason {
+            RedirectReason::Moved => ReconnectCause::Moved,
+            RedirectReason::LeaseLost => ReconnectCause::LeaseLost,
+            RedirectReason::OtherNode => ReconnectCause::OtherNode,
+        }
+    }
+}
+
+/// One break of a client's session and its way back. Times are seconds since the epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reconnection {
+    /// Why it broke.
+    pub cause: ReconnectCause,
+    /// What broke it, in words: the redirect, or the connection's error.
+    pub reason: String,
+    /// When it broke: the redirect came, or the connection ended or failed.
+    pub broke_at: f64,
+    /// Arrival of the last audio frame on the connection that broke, if any came.
+    pub last_frame_at: Option<f64>,
+    /// When the client was joined again; `None` if it never was (it gave up, or the run ended).
+    pub rejoined_at: Option<f64>,
+    /// Arrival of the first audio frame on the new connection.
+    pub first_frame_at: Option<f64>,
+    /// The server resumed it as the same participant (a moved room, with its token).
+    pub resumed: bool,
+    /// The node it rejoined at.
+    pub url: Option<String>,
+    /// Connections tried to rejoin.
+    pub attempts: u32,
+    /// It gave up: no rejoin within [`REJOIN_WINDOW`], or an answer no retry could change.
+    pub gave_up: bool,
+    /// Index in [`ClientOutcome::recording`] of the first packet of the new connection.
+    pub first_packet: usize,
+}
+
+impl Reconnection {
+    /// Its audio gap, ms: from the last frame received before the break to the first after.
+    /// `None` without a frame on either side (a stream paused in silence, or never back).
+    pub fn gap_ms(&self) -> Option<f64> {
+        Some((self.first_frame_at? - self.last_frame_at?) * 1000.0)
+    }
+
+    /// From the break to being joined again, ms.
+    pub fn rejoin_ms(&self) -> Option<f64> {
+        Some((self.rejoined_at? - self.broke_at) * 1000.0)
+    }
+
+    /// The time the client was out of its room, for a run ending at `end`: from the last frame
+    /// before the break (or the break) to the rejoin (or the end). Receive rates and
+    /// verification leave it out: it is reported as the gap, not counted as loss. `None` for a
+    /// client that gave up, whose silence from then on is a failure like any disconnect.
+    pub fn outage(&self, end: f64) -> Option<(f64, f64)> {
+        if self.gave_up {
+            return None;
+        }
+        let from = self
+            .last_frame_at
+            .unwrap_or(self.broke_at)
+            .min(self.broke_at);
+        Some((from, self.rejoined_at.unwrap_or(end).min(end)))
+    }
 }
 
 /// The talker's send state: header counters, talk-spurt state and the impairment queue.
@@ -169,14 +326,39 @@ struct Sender {
 }
 
 impl Sender {
+    /// A talker starting its schedule at `joined`, its header counters drawn from the seed.
+    fn new(source: Arc<Source>, ctx: &RunContext, index: usize, joined: Instant) -> Sender {
+        let mut rng = Rng::new(ctx.seed, index as u64);
+        let sequence = rng.next_u64() as u16;
+        let timestamp = rng.next_u64() as u32;
+        Sender {
+            source,
+            rng,
+            next: joined,
+            sequence,
+            timestamp,
+            position: 0,
+            // Spurt mode starts with a spurt (so everyone is heard early): the first frame
+            // flips it on.
+            talking: ctx.pattern != TalkPattern::Spurts,
+            frames_left: 0,
+            first_of_spurt: true,
+            in_loss: false,
+            held: None,
+            pending: Vec::new(),
+        }
+    }
+
     fn frames_for(&mut self, mean: Duration) -> u64 {
         let secs = self.rng.exponential(mean.as_secs_f64());
         ((secs / FRAME.as_secs_f64()).round() as u64).max(1)
     }
 
     /// Produces the frame scheduled at `self.next`, advances the schedule, and queues the
-    /// frame (if the impairment lets it through) for its due time.
-    fn generate(&mut self, ctx: &RunContext, out: &mut ClientOutcome) {
+    /// frame (if the impairment lets it through) for its due time. While not `connected` the
+    /// frame is only counted: the audio goes on (position, sequence, timestamp), as a real
+    /// client's capture would, but nothing is recorded as said.
+    fn generate(&mut self, ctx: &RunContext, out: &mut ClientOutcome, connected: bool) {
         let scheduled = self.next;
         self.next += FRAME;
         if ctx.pattern == TalkPattern::Spurts {
@@ -198,6 +380,12 @@ impl Sender {
         let timestamp = self.timestamp;
         self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
         if !self.talking {
+            return;
+        }
+        if !connected {
+            self.position = (self.position + 1) % self.source.packets.len();
+            self.sequence = self.sequence.wrapping_add(1);
+            out.unsent += 1;
             return;
         }
         let at = ctx.secs(scheduled);
@@ -250,9 +438,35 @@ impl Sender {
     fn next_due(&self) -> Option<Instant> {
         self.pending.iter().map(|(at, _)| *at).min()
     }
+
+    /// The queued frames due by `now`, in order.
+    fn take_due(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        let mut due = Vec::new();
+        if self.pending.iter().any(|(at, _)| *at <= now) {
+            self.pending.retain_mut(|(at, frame)| {
+                if *at <= now {
+                    due.push(std::mem::take(frame));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        due
+    }
+
+    /// The connection broke: frames queued by the impairment will not be sent.
+    fn lose_pending(&mut self, out: &mut ClientOutcome) {
+        let lost = self.pending.len() as u64 + u64::from(self.held.is_some());
+        self.pending.clear();
+        self.held = None;
+        out.sent -= lost;
+        out.unsent += lost;
+    }
 }
 
-fn join_message(plan: &ClientPlan, resume: Option<String>) -> Message {
+/// The `join` a loadgen client sends (resuming with `resume`, if given).
+pub(crate) fn join_message(plan: &ClientPlan, resume: Option<String>) -> Message {
     let mode = if plan.source.is_some() {
         Mode::Talk
     } else {
@@ -290,102 +504,6 @@ fn join_request(room: &str, name: &str, mode: Mode, role: Role) -> JoinRequest {
     }
 }
 
-/// Redirects a client follows in a row before it gives up (a misconfigured fleet must not
-/// bounce it forever).
-pub const MAX_REDIRECTS: u32 = 3;
-
-/// Connects and joins, following `redirect`s to the node that mixes the room; returns the
-/// joined connection and how many redirects it followed.
-async fn connect_and_join(plan: &ClientPlan, connector: &Connector) -> Result<(Ws, u32), String> {
-    let mut url = plan.url.clone();
-    let mut resume = None;
-    for redirects in 0..=MAX_REDIRECTS {
-        match join_at(plan, connector, &url, resume.take()).await? {
-            Joined::Yes(ws) => return Ok((*ws, redirects)),
-            Joined::Redirect { to, resume_token } => {
-                url = to;
-                resume = resume_token;
-            }
-        }
-    }
-    Err(format!(
-        "more than {MAX_REDIRECTS} redirects in a row (last to {url})"
-    ))
-}
-
-/// What one connection's `join` came to.
-enum Joined {
-    /// Joined (boxed: a connection is large, and this is one value per join).
-    Yes(Box<Ws>),
-    /// Sent elsewhere.
-    Redirect {
-        /// Where.
-        to: String,
-        /// To resume with there.
-        resume_token: Option<String>,
-    },
-}
-
-async fn join_at(
-    plan: &ClientPlan,
-    connector: &Connector,
-    url: &str,
-    resume: Option<String>,
-) -> Result<Joined, String> {
-    // tungstenite zero-fills the free part of its read buffer before every read; with the
-    // 128 KiB default that memset, once per 20 ms frame per client, cost more than the read.
-    let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
-    // The client's own token goes with it to whichever node it is sent to.
-    let url = match &plan.access_token {
-        Some(token) => crate::auth::with_token(url, token),
-        None => url.to_owned(),
-    };
-    let (mut ws, _) = connector
-        .websocket(&url, Some(config))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    ws.send(join_message(plan, resume))
-        .await
-        .map_err(|e| format!("sending join: {e}"))?;
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => match parse_server_message(text.as_str()) {
-                Ok(ServerMessage::Joined { .. }) => return Ok(Joined::Yes(Box::new(ws))),
-                Ok(ServerMessage::Redirect {
-                    url, resume_token, ..
-                }) => {
-                    let _ = ws.close(None).await;
-                    return Ok(Joined::Redirect {
-                        to: url,
-                        resume_token,
-                    });
-                }
-                Ok(ServerMessage::Error { code, message }) => {
-                    return Err(format!("join rejected: {code}: {message}"));
-                }
-                _ => {}
-            },
-            Some(Ok(Message::Close(frame))) => {
-                return Err(format!(
-                    "closed during join: {}",
-                    close_reason(frame.as_ref())
-                ));
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(format!("during join: {e}")),
-            None => return Err("connection dropped during join".into()),
-        }
-    }
-}
-
-fn close_reason(frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> String {
-    match frame {
-        Some(f) if f.reason.is_empty() => format!("close {}", u16::from(f.code)),
-        Some(f) => format!("close {} {}", u16::from(f.code), f.reason.as_str()),
-        None => "close without code".into(),
-    }
-}
-
 /// Runs one client to the end of the run.
 pub async fn run_client(plan: ClientPlan, ctx: Arc<RunContext>) -> ClientOutcome {
     let mut out = ClientOutcome {
@@ -397,14 +515,11 @@ pub async fn run_client(plan: ClientPlan, ctx: Arc<RunContext>) -> ClientOutcome
     };
     tokio::time::sleep_until(plan.start_at).await;
     let started = Instant::now();
-    let connecting = connect_and_join(&plan, &ctx.connector);
-    let mut ws = match tokio::time::timeout(ctx.join_timeout, connecting).await {
-        Ok(Ok((ws, redirects))) => {
-            out.redirects = redirects;
-            ws
-        }
+    let connecting = join::connect_and_join(&plan, &ctx.connector);
+    let joined = match tokio::time::timeout(ctx.join_timeout, connecting).await {
+        Ok(Ok(joined)) => joined,
         Ok(Err(e)) => {
-            out.failure = Some(e);
+            out.failure = Some(e.to_string());
             ctx.live.error();
             return out;
         }
@@ -414,58 +529,118 @@ pub async fn run_client(plan: ClientPlan, ctx: Arc<RunContext>) -> ClientOutcome
             return out;
         }
     };
-    let joined = Instant::now();
-    out.joined_at = Some(ctx.secs(joined));
-    out.join_ms = Some((joined - started).as_secs_f64() * 1000.0);
+    out.redirects = joined.redirects;
+    let now = Instant::now();
+    out.joined_at = Some(ctx.secs(now));
+    out.join_ms = Some((now - started).as_secs_f64() * 1000.0);
     ctx.live.connected.fetch_add(1, Ordering::Relaxed);
-    receive_and_send(&plan, &ctx, &mut ws, joined, &mut out).await;
-    ctx.live.connected.fetch_sub(1, Ordering::Relaxed);
-    if out.disconnect.is_none() {
-        let _ = tokio::time::timeout(Duration::from_millis(500), ws.close(None)).await;
+    let link = Link::Up {
+        ws: joined.ws,
+        url: joined.url,
+    };
+    if let Some(Link::Up { mut ws, .. }) = run_session(&plan, &ctx, link, now, &mut out).await {
+        ctx.live.connected.fetch_sub(1, Ordering::Relaxed);
+        let _ = tokio::time::timeout(Duration::from_millis(500), (*ws).close(None)).await;
     }
     out
 }
 
-async fn receive_and_send(
-    plan: &ClientPlan,
-    ctx: &RunContext,
-    ws: &mut Ws,
+/// A rejoin under way (see [`join::rejoin`]).
+type Rejoining<'a> = Pin<Box<dyn Future<Output = Result<Joined, AttemptError>> + Send + 'a>>;
+
+/// The client's connection to its room: joined, or getting back in after a break.
+enum Link<'a> {
+    /// Joined at `url`.
+    Up {
+        /// The connection.
+        ws: Box<Ws>,
+        /// The node's URL.
+        url: String,
+    },
+    /// The session broke; the client is rejoining.
+    Down(Rejoining<'a>),
+}
+
+/// What the link did next.
+enum LinkEvent {
+    /// A message (or the end) on the connection.
+    Message(Option<Result<Message, WsError>>),
+    /// The rejoin ended.
+    Rejoined(Result<Joined, AttemptError>),
+}
+
+/// Waits for the link's next event. Cancel-safe: a connection's `next` is, and a rejoin lives
+/// on in its box.
+async fn link_event(link: &mut Link<'_>) -> LinkEvent {
+    match link {
+        Link::Up { ws, .. } => LinkEvent::Message(ws.next().await),
+        Link::Down(rejoining) => LinkEvent::Rejoined(rejoining.as_mut().await),
+    }
+}
+
+/// What a connection's stream looks like to the receiver so far. A new one per connection: a
+/// new node's stream (or a resumed one) starts its own sequence numbers and timestamps.
+struct Stream {
+    /// When this connection joined.
+    joined: Instant,
+    jitter: Jitter,
+    last_timestamp: Option<u32>,
+    /// Arrival and voice activity of the last in-order frame, to cover a trailing pause.
+    last_frame: Option<(f64, bool)>,
+    /// Arrival of the last frame of any order.
+    last_arrival: Option<f64>,
+}
+
+impl Stream {
+    fn new(joined: Instant) -> Stream {
+        Stream {
+            joined,
+            jitter: Jitter::default(),
+            last_timestamp: None,
+            last_frame: None,
+            last_arrival: None,
+        }
+    }
+}
+
+/// What a message on the connection means for the session.
+enum Next {
+    /// Carry on.
+    Continue,
+    /// The session broke (`reason`): rejoin, starting at `url` (resuming with `resume`).
+    Rejoin {
+        cause: ReconnectCause,
+        reason: String,
+        url: String,
+        resume: Option<String>,
+    },
+    /// The connection ended for good (the server's verdict on this client, not a node going
+    /// away): it counts as disconnected.
+    Stop(String),
+}
+
+/// Sends and receives until the end of the run, rejoining whenever the session breaks, and
+/// returns the link as it is then (`None` when the client gave up).
+async fn run_session<'a>(
+    plan: &'a ClientPlan,
+    ctx: &'a RunContext,
+    mut link: Link<'a>,
     joined: Instant,
     out: &mut ClientOutcome,
-) {
-    let mut sender = plan.source.as_ref().map(|source| {
-        let mut rng = Rng::new(ctx.seed, plan.index as u64);
-        let sequence = rng.next_u64() as u16;
-        let timestamp = rng.next_u64() as u32;
-        Sender {
-            source: source.clone(),
-            rng,
-            next: joined,
-            sequence,
-            timestamp,
-            position: 0,
-            talking: true,
-            // Spurt mode starts with a spurt (so everyone is heard early); drawn at first frame.
-            frames_left: 0,
-            first_of_spurt: true,
-            in_loss: false,
-            held: None,
-            pending: Vec::new(),
-        }
-    });
-    if let Some(s) = sender.as_mut()
-        && ctx.pattern == TalkPattern::Spurts
-    {
-        s.talking = false; // flipped to a spurt by the first frame
-    }
+) -> Option<Link<'a>> {
+    let mut sender = plan
+        .source
+        .as_ref()
+        .map(|source| Sender::new(source.clone(), ctx, plan.index, joined));
     let warm_from = joined + ctx.warmup;
-    let joined_secs = ctx.secs(joined);
-    let mut jitter = Jitter::default();
-    let mut last_timestamp: Option<u32> = None;
-    // Arrival and voice activity of the last in-order frame, to cover a trailing pause.
-    let mut last_frame: Option<(f64, bool)> = None;
+    let mut stream = Stream::new(joined);
     let mut flushed = FrameCounts::default();
     let mut next_flush = joined + Duration::from_secs(1);
+    // When and why sending failed on the current connection. The session is not broken there
+    // and then: a server that sent a `redirect` and closed may have reset the connection under
+    // a frame being sent, and the redirect still waits to be read. Reading decides, or the
+    // grace runs out.
+    let mut send_failed: Option<(Instant, String)> = None;
     let sleep = tokio::time::sleep_until(joined);
     tokio::pin!(sleep);
     loop {
@@ -476,10 +651,13 @@ async fn receive_and_send(
                 wake = wake.min(due);
             }
         }
+        if let Some((at, _)) = &send_failed {
+            wake = wake.min(*at + SEND_FAILED_GRACE);
+        }
         if sleep.deadline() != wake {
             sleep.as_mut().reset(wake);
         }
-        tokio::select! {
+        let next = tokio::select! {
             () = &mut sleep => {
                 let now = Instant::now();
                 if now >= ctx.end {
@@ -490,114 +668,150 @@ async fn receive_and_send(
                     let counts = FrameCounts::of(&out.seq);
                     ctx.live.flush(
                         counts.since(flushed),
-                        if now >= warm_from { Some(jitter.millis()) } else { None },
+                        if now >= warm_from { Some(stream.jitter.millis()) } else { None },
                     );
                     flushed = counts;
                 }
-                if let Some(s) = sender.as_mut() {
+                if let (Some((at, reason)), Link::Up { url, .. }) = (&send_failed, &link)
+                    && now >= *at + SEND_FAILED_GRACE
+                {
+                    Next::Rejoin {
+                        cause: ReconnectCause::Dropped,
+                        reason: reason.clone(),
+                        url: join::next_url(plan, url).to_owned(),
+                        resume: None,
+                    }
+                } else if let Some(s) = sender.as_mut() {
+                    // The talker keeps its schedule through a break: frames due while it
+                    // cannot send are not sent, only counted.
+                    let connected = matches!(link, Link::Up { .. }) && send_failed.is_none();
                     while s.next <= now {
-                        s.generate(ctx, out);
+                        s.generate(ctx, out, connected);
                     }
-                    if s.pending.iter().any(|(at, _)| *at <= now) {
-                        let mut due = Vec::new();
-                        s.pending.retain_mut(|(at, frame)| {
-                            if *at <= now {
-                                due.push(std::mem::take(frame));
-                                false
-                            } else {
-                                true
-                            }
-                        });
-                        for frame in due {
-                            if let Err(e) = ws.feed(Message::binary(frame)).await {
-                                out.disconnect = Some(format!("send failed: {e}"));
-                                ctx.live.error();
-                                return;
+                    let due = s.take_due(now);
+                    match &mut link {
+                        Link::Up { ws, .. } if connected && !due.is_empty() => {
+                            if let Err(e) = send_all(ws, due).await {
+                                send_failed = Some((now, format!("send failed: {e}")));
                             }
                         }
-                        if let Err(e) = ws.flush().await {
-                            out.disconnect = Some(format!("send failed: {e}"));
-                            ctx.live.error();
-                            return;
+                        _ => {
+                            let lost = due.len() as u64;
+                            out.sent -= lost;
+                            out.unsent += lost;
                         }
                     }
+                    Next::Continue
+                } else {
+                    Next::Continue
                 }
             }
-            message = ws.next() => match message {
-                Some(Ok(Message::Binary(bytes))) => {
-                    let Ok(frame) = AudioFrame::parse(&bytes) else {
-                        out.server_errors.push(("bad_frame".into(), "unparsable audio frame".into()));
-                        continue;
+            event = link_event(&mut link) => match event {
+                LinkEvent::Message(message) => {
+                    let Link::Up { url, .. } = &link else {
+                        unreachable!("messages come only from a link that is up")
                     };
+                    receive(plan, ctx, url, message, &mut stream, out)
+                }
+                LinkEvent::Rejoined(Ok(joined)) => {
                     let now = Instant::now();
-                    let arrival = ctx.secs(now);
-                    let header = frame.header;
-                    let marker = header.flags.marker();
-                    let voice_activity = header.level.voice_activity();
-                    let ahead = out.seq.record(header.sequence, marker);
-                    jitter.record(arrival, header.timestamp);
-                    match (ahead, last_timestamp) {
-                        (Some(ahead), Some(last)) => {
-                            if is_tick_skip(ahead, header.timestamp.wrapping_sub(last)) {
-                                out.tick_skips += 1;
-                            }
-                            if marker {
-                                cover_before(&mut out.per_second, arrival, u64::from(ahead - 1));
-                            }
-                        }
-                        (None, None) if marker => {
-                            // The first frame: the mix was silent from the join until now.
-                            let paused = ((arrival - joined_secs) / FRAME_SECS).max(0.0) as u64;
-                            cover_before(&mut out.per_second, arrival, paused);
-                        }
-                        _ => {}
+                    if let Some(r) = out.reconnections.last_mut() {
+                        r.rejoined_at = Some(ctx.secs(now));
+                        r.resumed = joined.resumed;
+                        r.url = Some(joined.url.clone());
+                        r.attempts = joined.attempts;
+                        r.first_packet = out.recording.len();
                     }
-                    if ahead.is_some() || last_timestamp.is_none() {
-                        last_timestamp = Some(header.timestamp);
-                        last_frame = Some((arrival, voice_activity));
+                    out.redirects += joined.redirects;
+                    out.seq.restart();
+                    stream = Stream::new(now);
+                    if let Some(s) = sender.as_mut() {
+                        // The first frame on the new connection starts a spurt: the server's
+                        // jitter buffer takes it as a stream (re)starting, not as loss.
+                        s.first_of_spurt = true;
                     }
-                    count_at(&mut out.per_second, arrival);
-                    if plan.record {
-                        let start = mixer_protocol::AUDIO_HEADER_LEN;
-                        out.recording.push(Recorded {
-                            arrival,
-                            sequence: header.sequence,
-                            marker,
-                            voice_activity,
-                            payload: bytes.slice(start..),
-                        });
-                    }
+                    ctx.live.connected.fetch_add(1, Ordering::Relaxed);
+                    link = Link::Up { ws: joined.ws, url: joined.url };
+                    Next::Continue
                 }
-                Some(Ok(Message::Text(text))) => {
-                    if let Ok(ServerMessage::Error { code, message }) =
-                        parse_server_message(text.as_str())
-                    {
-                        ctx.live.error();
-                        out.server_errors.push((code.as_str().to_owned(), message));
-                    }
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    out.disconnect = Some(format!("closed by server: {}", close_reason(frame.as_ref())));
+                LinkEvent::Rejoined(Err(e)) => {
+                    let cause = out.reconnections.last_mut().map(|r| {
+                        r.gave_up = true;
+                        r.cause
+                    });
+                    let cause = cause.map_or("?", ReconnectCause::as_str);
+                    out.disconnect = Some(format!(
+                        "{cause}: gave up rejoining (within {REJOIN_WINDOW:?}): {e}"
+                    ));
                     ctx.live.error();
-                    return;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    out.disconnect = Some(format!("connection error: {e}"));
-                    ctx.live.error();
-                    return;
-                }
-                None => {
-                    out.disconnect = Some("connection dropped".into());
-                    ctx.live.error();
-                    return;
+                    return None;
                 }
             },
+        };
+        match next {
+            Next::Continue => {}
+            Next::Stop(reason) => {
+                out.disconnect = Some(reason);
+                ctx.live.connected.fetch_sub(1, Ordering::Relaxed);
+                ctx.live.error();
+                return None;
+            }
+            Next::Rejoin {
+                cause,
+                reason,
+                url,
+                resume,
+            } => {
+                let now = Instant::now();
+                out.reconnections.push(Reconnection {
+                    cause,
+                    reason,
+                    broke_at: ctx.secs(now),
+                    last_frame_at: stream.last_arrival,
+                    rejoined_at: None,
+                    first_frame_at: None,
+                    resumed: false,
+                    url: None,
+                    attempts: 0,
+                    gave_up: false,
+                    first_packet: out.recording.len(),
+                });
+                if cause == ReconnectCause::Dropped {
+                    ctx.live.error();
+                } else {
+                    // The mid-session redirect itself: followed, so counted with the others.
+                    out.redirects += 1;
+                }
+                ctx.live.connected.fetch_sub(1, Ordering::Relaxed);
+                ctx.live.reconnections.fetch_add(1, Ordering::Relaxed);
+                send_failed = None;
+                if let Some(s) = sender.as_mut() {
+                    s.lose_pending(out);
+                }
+                let rejoining = join::rejoin(
+                    plan,
+                    &ctx.connector,
+                    url,
+                    resume,
+                    ctx.join_timeout,
+                    now + REJOIN_WINDOW,
+                );
+                if let Link::Up { mut ws, .. } =
+                    std::mem::replace(&mut link, Link::Down(Box::pin(rejoining)))
+                {
+                    // The server closes after a redirect anyway; closing from this side too, in
+                    // the background, keeps the talker on its schedule meanwhile.
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(Duration::from_millis(500), (*ws).close(None))
+                            .await;
+                    });
+                }
+            }
         }
     }
     // Frames before a pause are encoded silence: a stream whose last frame had no voice activity
     // is paused until the end, not cut off.
-    if let Some((arrival, false)) = last_frame {
+    if let (Link::Up { .. }, Some((arrival, false))) = (&link, stream.last_frame) {
         let end = ctx.secs(ctx.end);
         let paused = ((end - arrival) / FRAME_SECS).max(0.0) as u64;
         for k in 1..=paused {
@@ -606,6 +820,122 @@ async fn receive_and_send(
     }
     ctx.live
         .flush(FrameCounts::of(&out.seq).since(flushed), None);
+    Some(link)
+}
+
+/// Feeds `frames` to the connection and flushes once.
+async fn send_all(ws: &mut Ws, frames: Vec<Vec<u8>>) -> Result<(), WsError> {
+    for frame in frames {
+        ws.feed(Message::binary(frame)).await?;
+    }
+    ws.flush().await
+}
+
+/// Takes in one message of the connection to `url`.
+fn receive(
+    plan: &ClientPlan,
+    ctx: &RunContext,
+    url: &str,
+    message: Option<Result<Message, WsError>>,
+    stream: &mut Stream,
+    out: &mut ClientOutcome,
+) -> Next {
+    // A dropped connection's node may be gone: the next URL of the client's list.
+    let dropped = |reason: String| Next::Rejoin {
+        cause: ReconnectCause::Dropped,
+        reason,
+        url: join::next_url(plan, url).to_owned(),
+        resume: None,
+    };
+    match message {
+        Some(Ok(Message::Binary(bytes))) => {
+            let Ok(frame) = AudioFrame::parse(&bytes) else {
+                out.server_errors
+                    .push(("bad_frame".into(), "unparsable audio frame".into()));
+                return Next::Continue;
+            };
+            let arrival = ctx.secs(Instant::now());
+            let header = frame.header;
+            let marker = header.flags.marker();
+            let voice_activity = header.level.voice_activity();
+            if stream.last_arrival.is_none()
+                && let Some(r) = out.reconnections.last_mut()
+            {
+                r.first_frame_at = Some(arrival);
+            }
+            stream.last_arrival = Some(arrival);
+            let ahead = out.seq.record(header.sequence, marker);
+            stream.jitter.record(arrival, header.timestamp);
+            match (ahead, stream.last_timestamp) {
+                (Some(ahead), Some(last)) => {
+                    if is_tick_skip(ahead, header.timestamp.wrapping_sub(last)) {
+                        out.tick_skips += 1;
+                    }
+                    if marker {
+                        cover_before(&mut out.per_second, arrival, u64::from(ahead - 1));
+                    }
+                }
+                (None, None) if marker => {
+                    // The connection's first frame: the mix was silent from the join until now.
+                    let joined = ctx.secs(stream.joined);
+                    let paused = ((arrival - joined) / FRAME_SECS).max(0.0) as u64;
+                    cover_before(&mut out.per_second, arrival, paused);
+                }
+                _ => {}
+            }
+            if ahead.is_some() || stream.last_timestamp.is_none() {
+                stream.last_timestamp = Some(header.timestamp);
+                stream.last_frame = Some((arrival, voice_activity));
+            }
+            count_at(&mut out.per_second, arrival);
+            if plan.record {
+                let start = mixer_protocol::AUDIO_HEADER_LEN;
+                out.recording.push(Recorded {
+                    arrival,
+                    sequence: header.sequence,
+                    marker,
+                    voice_activity,
+                    payload: bytes.slice(start..),
+                });
+            }
+            Next::Continue
+        }
+        Some(Ok(Message::Text(text))) => match parse_server_message(text.as_str()) {
+            Ok(ServerMessage::Error { code, message }) => {
+                ctx.live.error();
+                out.server_errors.push((code.as_str().to_owned(), message));
+                Next::Continue
+            }
+            // Sent elsewhere mid-session (the server closes with 4307 next): a moved room is
+            // resumed at its new node with the token; otherwise the client joins afresh at
+            // `url`, which finds the room wherever it is now.
+            Ok(ServerMessage::Redirect {
+                url,
+                reason,
+                resume_token,
+                ..
+            }) => Next::Rejoin {
+                cause: ReconnectCause::from(reason),
+                reason: format!("redirect ({}) to {url}", reason.as_str()),
+                url,
+                resume: resume_token,
+            },
+            _ => Next::Continue,
+        },
+        Some(Ok(Message::Close(frame))) => {
+            let reason = format!("closed by server: {}", close_reason(frame.as_ref()));
+            // A node going away (1001, shutting down) is rejoined elsewhere; any other close
+            // is the server's verdict on this client (slow consumer, removed, ...), and a
+            // client that came back after it would hide it.
+            match frame.map(|f| u16::from(f.code)) {
+                Some(close_code::GOING_AWAY | close_code::REDIRECT) => dropped(reason),
+                _ => Next::Stop(reason),
+            }
+        }
+        Some(Ok(_)) => Next::Continue,
+        Some(Err(e)) => dropped(format!("connection error: {e}")),
+        None => dropped("connection dropped".into()),
+    }
 }
 
 /// Whether a frame `ahead` sequence numbers past the previous one, its timestamp `step` samples

@@ -2,14 +2,17 @@
 //!
 //! Joins `rooms × participants` simulated clients (talkers and listeners) to one or more mixers
 //! and measures, per run: join time, receive rate, loss (gaps in the server's sequence numbers;
-//! gaps the server marks as pauses in silence are counted apart), RFC 3550 jitter, disconnects and server errors, its own and the mixer's CPU use, and, on a
-//! sample of receivers, whether the audio is right: every talker heard, own voice absent
-//! (mix-minus), no other room leaking in, no clipping, and the mouth-to-ear delay of tone onsets.
+//! gaps the server marks as pauses in silence are counted apart), RFC 3550 jitter, disconnects
+//! and server errors, a fleet's redirects and mid-session reconnections (with their gaps), its
+//! own and the mixer's CPU use, and, on a sample of receivers, whether the audio is right: every
+//! talker heard, own voice absent (mix-minus), no other room leaking in, no clipping, and the
+//! mouth-to-ear delay of tone onsets.
 //!
 //! - [`config`]: clap [`Args`] → validated [`Scenario`] (+ [`Gates`]).
 //! - [`signal`]: the tone grid, the pre-encoded 1 s tone-burst period, WAV input, Goertzel.
 //! - [`client`]: one tokio task per simulated client; absolute 20 ms send schedule; impairment.
 //! - [`connect`]: `ws://` and `wss://` connections (TLS with rustls, `--ca-file` or system roots).
+//! - [`join`]: joining, following a fleet's redirects, and rejoining after a session breaks.
 //! - [`stats`]: sequence-gap and jitter kernels, live counters.
 //! - [`verify`]: decoding and checking sampled receivers after the run.
 //! - [`report`]: [`Report`], gate verdicts, the summary table.
@@ -23,6 +26,7 @@ pub mod config;
 pub mod connect;
 pub mod cpu;
 pub mod flood;
+pub mod join;
 pub mod report;
 pub mod rng;
 pub mod signal;
@@ -42,9 +46,12 @@ use tokio::time::Instant;
 pub use config::{Args, Gates, Scenario, ScenarioError};
 pub use report::{Capacity, Report};
 
-use client::{ClientOutcome, ClientPlan, RunContext, run_client};
+use client::{ClientOutcome, ClientPlan, ReconnectCause, RunContext, run_client};
 use config::Signal;
-use report::{CpuUse, EXPECTED_FPS, Percentiles, Round, RxRate, Verification};
+use report::{
+    ClientReconnections, CpuUse, EXPECTED_FPS, Percentiles, ReconnectionReport, Reconnections,
+    Round, RxRate, Verification,
+};
 use signal::Source;
 use stats::{Live, micros_histogram};
 use verify::{Talkers, VerifySettings};
@@ -219,6 +226,7 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
             Some(token) => auth::with_token(url, &token),
         })
     };
+    let urls = Arc::new(scenario.urls.clone());
     let mut tasks = Vec::with_capacity(clients);
     for (room, room_sources) in prepared.iter().enumerate() {
         for slot in 0..scenario.participants {
@@ -229,6 +237,7 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
                 slot,
                 source: room_sources.get(slot).map(|(_, source)| source.clone()),
                 url: scenario.urls[room % scenario.urls.len()].clone(),
+                urls: urls.clone(),
                 // Listeners join as speakers in listen mode, as without tokens.
                 access_token: token_for(room, &format!("lg-{room}-{slot}"), Role::Speaker)?,
                 room_name: scenario.room_name(round, room),
@@ -321,7 +330,13 @@ fn analyse(
     let mut rates = Vec::new();
     let mut silent = 0;
     let mut min_second = u32::MAX;
+    let (mut reconnections, mut gap, mut rejoin) = (
+        Reconnections::default(),
+        micros_histogram(),
+        micros_histogram(),
+    );
     for o in &outcomes {
+        count_reconnections(o, &mut reconnections, &mut gap, &mut rejoin);
         if let Some(ms) = o.join_ms {
             let _ = join.record((ms * 1000.0).max(1.0) as u64);
         }
@@ -346,14 +361,25 @@ fn analyse(
             silent += 1;
             continue;
         }
-        // Whole seconds after the room's warm-up and before the end.
+        // Whole seconds after the room's warm-up and before the end, but for those the client
+        // spent (partly) out of its room between two connections: that is the reconnection's
+        // gap, reported apart.
         if let (Some(_), Some(ready)) = (o.joined_at, ready.get(&o.room)) {
             let first = (ready + scenario.warmup.as_secs_f64()).ceil() as usize;
             let last = end.floor() as usize;
-            if last > first {
-                let seconds: Vec<u32> = (first..last)
-                    .map(|s| o.per_second.get(s).copied().unwrap_or(0))
-                    .collect();
+            let outages: Vec<(f64, f64)> = o
+                .reconnections
+                .iter()
+                .filter_map(|r| r.outage(end))
+                .collect();
+            let seconds: Vec<u32> = (first..last)
+                .filter(|&s| {
+                    let (a, b) = (s as f64, (s + 1) as f64);
+                    !outages.iter().any(|&(from, to)| from < b && to > a)
+                })
+                .map(|s| o.per_second.get(s).copied().unwrap_or(0))
+                .collect();
+            if !seconds.is_empty() {
                 min_second = min_second.min(seconds.iter().copied().min().unwrap_or(0));
                 rates.push(f64::from(seconds.iter().sum::<u32>()) / seconds.len() as f64);
             }
@@ -432,6 +458,11 @@ fn analyse(
         joined: outcomes.iter().filter(|o| o.joined_at.is_some()).count(),
         join_failures,
         redirects,
+        reconnections: Reconnections {
+            rejoin_ms: Percentiles::from_micros(&rejoin),
+            ..reconnections
+        },
+        reconnect_gap_ms: Percentiles::from_micros(&gap),
         join_ms: Percentiles::from_micros(&join),
         rx_rate,
         frames_received: received,
@@ -460,6 +491,56 @@ fn analyse(
     report
 }
 
+/// Adds one client's reconnections to the run's: counts by cause, and the gap and rejoin time of
+/// each (in the histograms, µs).
+fn count_reconnections(
+    o: &ClientOutcome,
+    into: &mut Reconnections,
+    gap: &mut hdrhistogram::Histogram<u64>,
+    rejoin: &mut hdrhistogram::Histogram<u64>,
+) {
+    if o.reconnections.is_empty() {
+        return;
+    }
+    into.clients += 1;
+    into.frames_unsent += o.unsent;
+    let mut reports = Vec::with_capacity(o.reconnections.len());
+    for r in &o.reconnections {
+        into.total += 1;
+        *match r.cause {
+            ReconnectCause::Moved => &mut into.moved,
+            ReconnectCause::LeaseLost => &mut into.lease_lost,
+            ReconnectCause::OtherNode => &mut into.other_node,
+            ReconnectCause::Dropped => &mut into.dropped,
+        } += 1;
+        into.resumed += u64::from(r.resumed);
+        into.gave_up += u64::from(r.gave_up);
+        if let Some(ms) = r.gap_ms() {
+            let _ = gap.record((ms * 1000.0).max(1.0) as u64);
+        }
+        if let Some(ms) = r.rejoin_ms() {
+            let _ = rejoin.record((ms * 1000.0).max(1.0) as u64);
+        }
+        reports.push(ReconnectionReport {
+            cause: r.cause,
+            reason: r.reason.clone(),
+            at_secs: r.broke_at,
+            rejoin_ms: r.rejoin_ms(),
+            gap_ms: r.gap_ms(),
+            resumed: r.resumed,
+            url: r.url.clone(),
+            attempts: r.attempts,
+            gave_up: r.gave_up,
+        });
+    }
+    into.per_client.push(ClientReconnections {
+        room: o.room,
+        slot: o.slot,
+        frames_unsent: o.unsent,
+        reconnections: reports,
+    });
+}
+
 /// Prints a progress line about once a second while stderr is a terminal.
 async fn progress(live: Arc<Live>, clients: usize, epoch: Instant) {
     if !std::io::stderr().is_terminal() {
@@ -474,6 +555,10 @@ async fn progress(live: Arc<Live>, clients: usize, epoch: Instant) {
         let paused = live.paused.load(Ordering::Relaxed);
         let connected = live.connected.load(Ordering::Relaxed);
         let errors = live.errors.load(Ordering::Relaxed);
+        let reconnects = match live.reconnections.load(Ordering::Relaxed) {
+            0 => String::new(),
+            n => format!("  reconnections {n}"),
+        };
         let p99 = live
             .jitter
             .lock()
@@ -496,7 +581,7 @@ async fn progress(live: Arc<Live>, clients: usize, epoch: Instant) {
             df as f64 / connected as f64
         };
         eprint!(
-            "\r\x1b[2K[{:>5.0}s] connected {connected}/{clients}  rx {df} f/s ({per_client:.1}/client)  paused {dp} f/s  loss {loss:.2}%  jitter p99 {p99:.1} ms  errors {errors}",
+            "\r\x1b[2K[{:>5.0}s] connected {connected}/{clients}  rx {df} f/s ({per_client:.1}/client)  paused {dp} f/s  loss {loss:.2}%  jitter p99 {p99:.1} ms  errors {errors}{reconnects}",
             epoch.elapsed().as_secs_f64()
         );
     }

@@ -80,6 +80,72 @@ pub struct Verification {
     pub details: Vec<ReceiverVerdict>,
 }
 
+/// Sessions that broke mid-run and were rejoined (a fleet moving rooms, nodes going away), over
+/// all clients. See [`crate::join`] for how clients rejoin.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Reconnections {
+    /// Breaks in all: the sum of the four causes.
+    pub total: u64,
+    /// A `redirect` with reason `moved` (a draining node handed the room on): resumed at the
+    /// new node with the redirect's token.
+    pub moved: u64,
+    /// A `redirect` with reason `lease_lost`: joined afresh at its URL, following redirects.
+    pub lease_lost: u64,
+    /// A `redirect` with reason `other_node` mid-session: joined afresh at its URL.
+    pub other_node: u64,
+    /// No redirect: the connection dropped (or the node closed it going away). Rejoined at the
+    /// next `--url`. Also counted as errors.
+    pub dropped: u64,
+    /// Breaks after which the server resumed the client as the same participant.
+    pub resumed: u64,
+    /// Breaks after which the client gave up (also in `disconnects`).
+    pub gave_up: u64,
+    /// Clients that reconnected at least once.
+    pub clients: usize,
+    /// Talker frames due while their talker was rejoining, not sent.
+    pub frames_unsent: u64,
+    /// From the break to being joined again.
+    pub rejoin_ms: Percentiles,
+    /// Each client that reconnected, with each of its reconnections.
+    pub per_client: Vec<ClientReconnections>,
+}
+
+/// One client's reconnections.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientReconnections {
+    /// Room index.
+    pub room: usize,
+    /// Index within the room.
+    pub slot: usize,
+    /// Talker frames due while it was rejoining, not sent.
+    pub frames_unsent: u64,
+    /// In order.
+    pub reconnections: Vec<ReconnectionReport>,
+}
+
+/// One reconnection of one client.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReconnectionReport {
+    /// Why the session broke.
+    pub cause: crate::client::ReconnectCause,
+    /// What broke it, in words.
+    pub reason: String,
+    /// When, seconds since the start of the run.
+    pub at_secs: f64,
+    /// From the break to being joined again, ms; `None` if it never was.
+    pub rejoin_ms: Option<f64>,
+    /// From the last audio frame before the break to the first after, ms.
+    pub gap_ms: Option<f64>,
+    /// Resumed as the same participant.
+    pub resumed: bool,
+    /// The node it rejoined at.
+    pub url: Option<String>,
+    /// Connections tried.
+    pub attempts: u32,
+    /// It gave up.
+    pub gave_up: bool,
+}
+
 /// CPU use over the run, in percent of one core.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct CpuUse {
@@ -121,8 +187,16 @@ pub struct Report {
     pub joined: usize,
     /// Why joins failed: reason → count.
     pub join_failures: BTreeMap<String, u64>,
-    /// `redirect`s the clients followed to the nodes that mix their rooms (a fleet).
+    /// `redirect`s the clients followed (a fleet): when joining, to the node that mixes their
+    /// room; mid-session (a room moved or its lease lost, also counted in `reconnections`); and
+    /// while rejoining.
     pub redirects: u64,
+    /// Sessions that broke mid-run and were rejoined: how many, why, how long it took.
+    pub reconnections: Reconnections,
+    /// The audio gap of each reconnection: from the last frame received before the break to
+    /// the first after (for breaks with a frame on both sides). A gap is reported here, not
+    /// counted as loss or against the receive rate.
+    pub reconnect_gap_ms: Percentiles,
     /// Connect plus join time.
     pub join_ms: Percentiles,
     /// Receive rate.
@@ -165,11 +239,14 @@ pub struct Report {
 }
 
 impl Report {
-    /// Failed joins, disconnects and server error messages.
+    /// Failed joins, disconnects, dropped connections (rejoined or not) and server error
+    /// messages. A redirect mid-session is the fleet at work, not an error; a connection that
+    /// dropped is a fault a user would have heard, even if the client got back.
     pub fn errors(&self) -> u64 {
         self.join_failures.values().sum::<u64>()
             + self.disconnects.values().sum::<u64>()
             + self.server_errors.values().sum::<u64>()
+            + self.reconnections.dropped
     }
 
     /// The verdict on each gate that is set.
@@ -358,8 +435,39 @@ impl Report {
             }
         };
         let _ = writeln!(s, "join failures  {}", counts(&self.join_failures));
+        let rc = &self.reconnections;
         if self.redirects > 0 {
-            let _ = writeln!(s, "redirects      {} followed", self.redirects);
+            let mid = rc.moved + rc.lease_lost + rc.other_node;
+            if mid > 0 {
+                let _ = writeln!(
+                    s,
+                    "redirects      {} followed ({mid} of them mid-session)",
+                    self.redirects
+                );
+            } else {
+                let _ = writeln!(s, "redirects      {} followed", self.redirects);
+            }
+        }
+        if rc.total > 0 {
+            let other = if rc.other_node > 0 {
+                format!(", other_node {}", rc.other_node)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                s,
+                "reconnections  {} by {} clients (moved {}, lease_lost {}, dropped {}{other}); {} resumed, {} gave up; {} talker frames unsent",
+                rc.total,
+                rc.clients,
+                rc.moved,
+                rc.lease_lost,
+                rc.dropped,
+                rc.resumed,
+                rc.gave_up,
+                rc.frames_unsent
+            );
+            let _ = writeln!(s, "  rejoin       {}", p(&rc.rejoin_ms));
+            let _ = writeln!(s, "  audio gap    {}", p(&self.reconnect_gap_ms));
         }
         let _ = writeln!(s, "disconnects    {}", counts(&self.disconnects));
         let _ = writeln!(s, "server errors  {}", counts(&self.server_errors));
@@ -514,6 +622,8 @@ mod tests {
             joined: 4,
             join_failures: BTreeMap::new(),
             redirects: 0,
+            reconnections: Reconnections::default(),
+            reconnect_gap_ms: Percentiles::default(),
             join_ms: percentiles(5.0),
             rx_rate: RxRate {
                 expected: 50.0,

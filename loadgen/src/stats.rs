@@ -32,6 +32,12 @@ pub struct SeqTracker {
 }
 
 impl SeqTracker {
+    /// A new stream starts (a new connection, at another node, say): its first frame is not
+    /// compared with the old stream's last. The counts go on.
+    pub fn restart(&mut self) {
+        self.last = None;
+    }
+
     /// Records a received frame; returns how far its sequence number is ahead of the previous
     /// frame's (1 when consecutive), or `None` for the first frame and frames out of order.
     pub fn record(&mut self, sequence: u16, marker: bool) -> Option<u16> {
@@ -134,8 +140,11 @@ pub struct Live {
     pub lost: AtomicU64,
     /// Frames paused in silence (marked sequence gaps) in total.
     pub paused: AtomicU64,
-    /// Failed joins, disconnects and server error messages.
+    /// Failed joins, disconnects, dropped connections and server error messages.
     pub errors: AtomicU64,
+    /// Sessions that broke mid-run (a redirect, or a dropped connection) and were rejoined or
+    /// are being rejoined.
+    pub reconnections: AtomicU64,
     /// Jitter samples (µs) since the progress line last read them.
     pub jitter: Mutex<Histogram<u64>>,
     /// All jitter samples (µs) of the run, one per client per second after its warm-up.
@@ -150,6 +159,7 @@ impl Default for Live {
             lost: AtomicU64::new(0),
             paused: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            reconnections: AtomicU64::new(0),
             jitter: Mutex::new(micros_histogram()),
             jitter_total: Mutex::new(micros_histogram()),
         }

@@ -8,8 +8,19 @@
 //! and Opus concealment for every other gap (loss), so the timeline stays true either way. Pauses
 //! count as covered in the receive-rate check; a pause while an expected talker's tone sounded
 //! is a failure of its own.
+//!
+//! A receiver that reconnected mid-run (a fleet moved its room, or its node went away) has one
+//! stream per connection, each with its own sequence numbers, timestamps and encoder. They are
+//! decoded one by one, with silence between them for the outage (the last frame before the break
+//! to the rejoin), which is reported as the reconnection's gap and left out of the receive-rate
+//! check rather than counted as loss. What is heard is then checked on each connection on its
+//! own (each that lasted [`MIN_CONNECTION_SECS`] of the window): every talker heard on it, no
+//! own voice, no other room. So a receiver that came back to the wrong room, to a stream
+//! without a talker, or to silence fails, however right its first connection was, while the gap
+//! itself fails nothing: its length is a measurement, for the report and its reader to judge.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use mixer_protocol::{FRAME_SAMPLES, SAMPLE_RATE};
@@ -41,6 +52,21 @@ const PAUSE_DELAY_SLACK: f64 = 0.5;
 /// and the start of a spurt are fuzzy edges).
 const PAUSE_TOLERANCE: f64 = 0.2;
 
+/// The shortest stretch of a connection, within the window, whose audio is checked on its own:
+/// shorter ones (a connection that broke again at once, or a rejoin just before the end) hold
+/// too little of each talker's one-second tone period to judge.
+pub const MIN_CONNECTION_SECS: f64 = 1.0;
+
+/// After a (re)join, onsets are not timed for this long: audio coming back mid-tone after an
+/// outage looks like an onset to the detector but is not one.
+const REJOIN_SETTLE_SECS: f64 = 1.0;
+
+/// Frames at the start of each connection after the first that no check reads. A fresh decoder
+/// that picks up a stream already under way (a session resumed on the same node, whose encoder
+/// went on) overshoots on its first packet: a two-tone mix peaking at 0.4 decodes to 0.93 there.
+/// That is the decoder catching up, not the server's audio.
+const DECODER_SETTLE_FRAMES: usize = 3;
+
 /// Thresholds and the run's layout, as verification needs them.
 #[derive(Debug, Clone)]
 pub struct VerifySettings {
@@ -71,9 +97,9 @@ pub struct ReceiverVerdict {
     pub passed: bool,
     /// Human-readable failures.
     pub problems: Vec<String>,
-    /// Level of each expected talker: (slot, Hz, dBFS).
+    /// Level of each expected talker: (slot, Hz, dBFS), once per connection checked.
     pub heard: Vec<(usize, f32, f64)>,
-    /// Level of its own tone, dBFS (talkers).
+    /// Level of its own tone, dBFS (talkers), the loudest over its connections.
     pub own_db: Option<f64>,
     /// Loudest tone of another room, dBFS.
     pub worst_leak_db: Option<f64>,
@@ -81,6 +107,9 @@ pub struct ReceiverVerdict {
     pub clipped_samples: usize,
     /// Seconds of audio checked.
     pub window_secs: f64,
+    /// Connections whose audio was checked, each on its own: 1, or more after reconnections
+    /// (only those with [`MIN_CONNECTION_SECS`] in the window).
+    pub connections: usize,
     /// Mouth-to-ear delays measured at this receiver, ms.
     #[serde(skip)]
     pub delays_ms: Vec<f64>,
@@ -104,6 +133,8 @@ pub enum FrameKind {
     Paused,
     /// Opus concealment for a frame lost (a gap ending in an unmarked frame).
     Concealed,
+    /// Digital silence while the client was out of its room, between two connections.
+    Outage,
 }
 
 /// A receiver's stream as heard: 20 ms frames of PCM, each with its arrival (synthetic, 20 ms
@@ -119,6 +150,11 @@ pub struct Timeline {
     /// Each pause in silence as (last arrival before it, first arrival after it), or from the
     /// join, or to the end of the run.
     pub pauses: Vec<(f64, f64)>,
+    /// Each outage between two connections as (last arrival before the break, or the break;
+    /// the rejoin, or the end of the run).
+    pub outages: Vec<(f64, f64)>,
+    /// The frames of each connection, in order (outages fall between them).
+    pub segments: Vec<Range<usize>>,
 }
 
 impl Timeline {
@@ -141,87 +177,129 @@ impl Timeline {
         self.pauses.push((after, until));
     }
 
-    /// Frames in `from..=to` the server sent or paused: concealed frames do not count.
+    /// Adds silence for an outage from `after` to `until`: frames 20 ms apart from `after`
+    /// (at most [`MAX_PAUSE_FILL`]), so the timeline stays true in time.
+    fn outage(&mut self, after: f64, until: f64) {
+        let frames = ((until - after) / FRAME_SECS).max(0.0) as usize;
+        for k in 1..=frames.min(MAX_PAUSE_FILL) {
+            self.push(&[], after + FRAME_SECS * k as f64, FrameKind::Outage);
+        }
+        self.outages.push((after, until));
+    }
+
+    /// Frames in `from..=to` the server sent or paused: concealed frames and outages do not
+    /// count.
     pub fn covered(&self, from: f64, to: f64) -> usize {
         self.arrivals
             .iter()
             .zip(&self.kinds)
-            .filter(|(a, k)| **a >= from && **a <= to && **k != FrameKind::Concealed)
+            .filter(|(a, k)| {
+                **a >= from && **a <= to && matches!(**k, FrameKind::Received | FrameKind::Paused)
+            })
             .count()
     }
 }
 
 /// Decodes a receiver's recording into a [`Timeline`] up to `end` (seconds since the epoch):
-/// silence for pauses, concealment for loss.
+/// silence for pauses, concealment for loss, and each connection on its own (see
+/// [`Timeline::segments`]) with silence for the outage between them.
 pub fn decode(out: &ClientOutcome, end: f64, problems: &mut Vec<String>) -> Timeline {
     let mut timeline = Timeline {
         pcm: Vec::with_capacity(out.recording.len() * FRAME_SAMPLES),
         arrivals: Vec::with_capacity(out.recording.len()),
         ..Timeline::default()
     };
-    let Ok(mut decoder) = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono) else {
-        problems.push("cannot create an Opus decoder".into());
-        return timeline;
-    };
     let mut buf = vec![0.0f32; FRAME_SAMPLES * 6];
-    // Sequence, arrival and voice activity of the last frame in order.
-    let mut last: Option<(u16, f64, bool)> = None;
     let mut bad = 0usize;
-    for packet in &out.recording {
-        match last {
-            None => {
-                // The first frame is marked: the mix was silent from the join until it came.
-                if packet.marker
-                    && let Some(joined) = out.joined_at
-                {
-                    let frames = ((packet.arrival - joined) / FRAME_SECS).max(0.0) as usize;
-                    if frames > 0 {
-                        timeline.pause(joined, packet.arrival, frames);
+    let segments = out.segments();
+    for (k, segment) in segments.iter().enumerate() {
+        if k > 0
+            && let Some((from, to)) = out.reconnections[k - 1].outage(end)
+        {
+            timeline.outage(from, to);
+        }
+        // A decoder per connection: a new node's stream is a new encoder's, and its first
+        // packet must not be decoded as a continuation of the old stream.
+        let Ok(mut decoder) = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono) else {
+            problems.push("cannot create an Opus decoder".into());
+            return timeline;
+        };
+        let start = timeline.arrivals.len();
+        // Sequence, arrival and voice activity of the last frame in order, on this connection:
+        // a new node's sequence numbers and timestamps start afresh, so they are compared only
+        // within a connection.
+        let mut last: Option<(u16, f64, bool)> = None;
+        for packet in &out.recording[segment.packets.clone()] {
+            match last {
+                None => {
+                    // The first frame is marked: the mix was silent from the join until it came.
+                    if packet.marker {
+                        let joined = segment.joined_at;
+                        let frames = ((packet.arrival - joined) / FRAME_SECS).max(0.0) as usize;
+                        if frames > 0 {
+                            timeline.pause(joined, packet.arrival, frames);
+                        }
+                    }
+                }
+                Some((sequence, arrival, _)) => {
+                    let ahead = packet.sequence.wrapping_sub(sequence);
+                    // As in `SeqTracker`: only a marked frame (which resumes a pause) can be more
+                    // than half the sequence space ahead; anything else there is behind.
+                    if ahead == 0 || (ahead >= 0x8000 && !packet.marker) {
+                        continue;
+                    }
+                    let gap = usize::from(ahead - 1);
+                    if packet.marker {
+                        if gap > 0 {
+                            timeline.pause(arrival, packet.arrival, gap);
+                        }
+                    } else {
+                        // Conceal short losses so the timeline stays true.
+                        for k in 1..=gap.min(MAX_CONCEAL) {
+                            let n = decoder.decode_float(&[], &mut buf, false).unwrap_or(0);
+                            let at = (arrival + FRAME_SECS * k as f64).min(packet.arrival);
+                            timeline.push(&buf[..n], at, FrameKind::Concealed);
+                        }
                     }
                 }
             }
-            Some((sequence, arrival, _)) => {
-                let ahead = packet.sequence.wrapping_sub(sequence);
-                // As in `SeqTracker`: only a marked frame (which resumes a pause) can be more
-                // than half the sequence space ahead; anything else there is behind.
-                if ahead == 0 || (ahead >= 0x8000 && !packet.marker) {
-                    continue;
-                }
-                let gap = usize::from(ahead - 1);
-                if packet.marker {
-                    if gap > 0 {
-                        timeline.pause(arrival, packet.arrival, gap);
-                    }
-                } else {
-                    // Conceal short losses so the timeline stays true.
-                    for k in 1..=gap.min(MAX_CONCEAL) {
-                        let n = decoder.decode_float(&[], &mut buf, false).unwrap_or(0);
-                        let at = (arrival + FRAME_SECS * k as f64).min(packet.arrival);
-                        timeline.push(&buf[..n], at, FrameKind::Concealed);
-                    }
+            last = Some((packet.sequence, packet.arrival, packet.voice_activity));
+            match decoder.decode_float(&packet.payload, &mut buf, false) {
+                Ok(n) => timeline.push(&buf[..n], packet.arrival, FrameKind::Received),
+                Err(_) => {
+                    bad += 1;
+                    timeline.push(&[], packet.arrival, FrameKind::Received);
                 }
             }
         }
-        last = Some((packet.sequence, packet.arrival, packet.voice_activity));
-        match decoder.decode_float(&packet.payload, &mut buf, false) {
-            Ok(n) => timeline.push(&buf[..n], packet.arrival, FrameKind::Received),
-            Err(_) => {
-                bad += 1;
-                timeline.push(&[], packet.arrival, FrameKind::Received);
+        // Frames before a pause are encoded silence: a stream whose last frame had no voice
+        // activity was paused from then on, not cut off (unless its connection ended). A
+        // connection after a rejoin that got no frame at all was paused throughout (the first
+        // connection's case is judged before decoding).
+        if segment.broke_at.is_none() && out.disconnect.is_none() {
+            match last {
+                Some((_, arrival, false)) if arrival < end => {
+                    let frames = ((end - arrival) / FRAME_SECS) as usize;
+                    for k in 1..=frames.min(MAX_PAUSE_FILL) {
+                        timeline.push(&[], arrival + FRAME_SECS * k as f64, FrameKind::Paused);
+                    }
+                    timeline.pauses.push((arrival, end));
+                }
+                None if k > 0 && segment.joined_at < end => {
+                    let frames = ((end - segment.joined_at) / FRAME_SECS) as usize;
+                    timeline.pause(segment.joined_at, end, frames);
+                }
+                _ => {}
             }
         }
+        timeline.segments.push(start..timeline.arrivals.len());
     }
-    // Frames before a pause are encoded silence: a stream whose last frame had no voice activity
-    // was paused from then on, not cut off (unless its connection ended).
-    if let Some((_, arrival, false)) = last
-        && out.disconnect.is_none()
-        && arrival < end
+    // The run ended while the client was rejoining: out of its room until the end.
+    if let Some(r) = out.reconnections.last()
+        && r.rejoined_at.is_none()
+        && let Some((from, to)) = r.outage(end)
     {
-        let frames = ((end - arrival) / FRAME_SECS) as usize;
-        for k in 1..=frames.min(MAX_PAUSE_FILL) {
-            timeline.push(&[], arrival + FRAME_SECS * k as f64, FrameKind::Paused);
-        }
-        timeline.pauses.push((arrival, end));
+        timeline.outage(from, to);
     }
     if bad > 0 {
         problems.push(format!(
@@ -277,6 +355,7 @@ pub fn verify_receiver(
         worst_leak_db: None,
         clipped_samples: 0,
         window_secs: 0.0,
+        connections: 0,
         delays_ms: Vec::new(),
     };
     let who = format!(
@@ -332,19 +411,26 @@ fn check(
         return;
     }
     let timeline = decode(receiver, settings.end, problems);
-    let (pcm, arrivals) = (&timeline.pcm, &timeline.arrivals);
+    let arrivals = &timeline.arrivals;
     let first = arrivals.partition_point(|a| *a < from);
     let last = arrivals.partition_point(|a| *a <= to);
-    if last <= first + 50 {
-        let got = last.saturating_sub(first) * 20;
+    let in_window = timeline.kinds[first.min(last)..last]
+        .iter()
+        .filter(|k| **k != FrameKind::Outage)
+        .count();
+    if in_window <= 50 {
+        let got = in_window * 20;
         problems.push(format!(
             "only {got} ms of audio received after the warm-up (need more than 1 s; \
              lengthen --duration or check the receive rate)"
         ));
         return;
     }
-    // Count only frames the server sent or paused (not concealment) against 50 per second.
-    let rate = timeline.covered(from, to) as f64 / (to - from);
+    // Count only frames the server sent or paused (not concealment) against 50 per second of
+    // the time the client was in its room: an outage between connections is the reconnection's
+    // gap, reported as such, not loss.
+    let connected = (to - from) - overlap(&timeline.outages, from, to);
+    let rate = timeline.covered(from, to) as f64 / connected.max(FRAME_SECS);
     if rate < 0.9 * 50.0 {
         problems.push(format!(
             "received {rate:.1} frames/s after the warm-up (expected 50/s, frames paused in \
@@ -372,15 +458,111 @@ fn check(
             ));
         }
     }
-    let window = &pcm[first * FRAME_SAMPLES..last * FRAME_SAMPLES];
-    verdict.window_secs = window.len() as f64 / f64::from(SAMPLE_RATE);
-    verdict.clipped_samples = window.iter().filter(|x| x.abs() > 1.0).count();
+    // Each connection's frames in the window, but for a later connection's first few (see
+    // `DECODER_SETTLE_FRAMES`).
+    let settled: Vec<Range<usize>> = timeline
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(k, segment)| {
+            let skip = if k > 0 { DECODER_SETTLE_FRAMES } else { 0 };
+            (segment.start + skip).max(first)..segment.end.min(last)
+        })
+        .collect();
+    verdict.window_secs = (last - first) as f64 * FRAME_SECS;
+    verdict.clipped_samples = settled
+        .iter()
+        .filter(|frames| !frames.is_empty())
+        .flat_map(|frames| &timeline.pcm[frames.start * FRAME_SAMPLES..frames.end * FRAME_SAMPLES])
+        .filter(|x| x.abs() > 1.0)
+        .count();
     if verdict.clipped_samples > 0 {
         problems.push(format!(
             "{} samples clipped (|x| > 1.0, beyond full scale)",
             verdict.clipped_samples
         ));
     }
+    // What is heard, connection by connection: each stretch of the window on one connection
+    // long enough to judge.
+    let stretches: Vec<(usize, Range<usize>)> = settled
+        .into_iter()
+        .enumerate()
+        .filter(|(_, frames)| frames.len() as f64 * FRAME_SECS >= MIN_CONNECTION_SECS)
+        .collect();
+    if stretches.is_empty() {
+        problems.push(format!(
+            "no connection lasted {MIN_CONNECTION_SECS} s of the window after the warm-up: \
+             its audio cannot be checked"
+        ));
+        return;
+    }
+    let several = timeline.segments.len() > 1;
+    let segments = receiver.segments();
+    for (k, frames) in stretches {
+        let span = Stretch {
+            // The window's own edges where a stretch reaches them, so a receiver that never
+            // reconnected is judged exactly over the window.
+            from: if frames.start == first {
+                from
+            } else {
+                arrivals[frames.start]
+            },
+            to: if frames.end == last {
+                to
+            } else {
+                arrivals[frames.end - 1]
+            },
+            // Onsets right after a rejoin are audio coming back, not tones starting.
+            settle_until: (k > 0).then(|| segments[k].joined_at + REJOIN_SETTLE_SECS),
+            frames,
+        };
+        let mut found = Vec::new();
+        check_connection(
+            receiver, &timeline, &span, talkers, settings, verdict, &mut found,
+        );
+        verdict.connections += 1;
+        problems.extend(found.into_iter().map(|p| {
+            if several {
+                format!(
+                    "on connection {} of {}: {p}",
+                    k + 1,
+                    timeline.segments.len()
+                )
+            } else {
+                p
+            }
+        }));
+    }
+}
+
+/// A stretch of the window on one connection.
+struct Stretch {
+    /// Its frames in the timeline.
+    frames: Range<usize>,
+    /// Its start, seconds since the epoch.
+    from: f64,
+    /// Its end.
+    to: f64,
+    /// No onset is timed before this (a connection after a rejoin).
+    settle_until: Option<f64>,
+}
+
+/// Checks what `receiver` heard over one stretch of one connection: every expected talker
+/// heard, own voice and other rooms not, and the delay of each onset.
+fn check_connection(
+    receiver: &ClientOutcome,
+    timeline: &Timeline,
+    stretch: &Stretch,
+    talkers: &Talkers<'_>,
+    settings: &VerifySettings,
+    verdict: &mut ReceiverVerdict,
+    problems: &mut Vec<String>,
+) {
+    let (from, to) = (stretch.from, stretch.to);
+    let room = &talkers.rooms[receiver.room];
+    let expected: Vec<_> = room.iter().filter(|t| t.0 != receiver.slot).collect();
+    let window =
+        &timeline.pcm[stretch.frames.start * FRAME_SAMPLES..stretch.frames.end * FRAME_SAMPLES];
     if !settings.tones {
         if expected.is_empty() {
             return;
@@ -400,7 +582,8 @@ fn check(
     let mut heard = Vec::new();
     for (slot, freq, source, outcome) in &expected {
         let Some(freq) = *freq else { continue };
-        // Judge a talker only if it talked for at least 0.5 s of the window (spurts mode).
+        // Judge a talker only if it talked for at least 0.5 s of the stretch (spurts mode, or
+        // a talker that was itself out of the room).
         if overlap(&outcome.talking, from - 0.1, to - 0.3) < 0.5 {
             continue;
         }
@@ -426,7 +609,7 @@ fn check(
         let separated = present.iter().all(|f| (f - own).abs() >= MIN_SEPARATION_HZ);
         if separated {
             let level = db(peak_level(window, &block, *own));
-            verdict.own_db = Some(level);
+            verdict.own_db = Some(verdict.own_db.map_or(level, |w| w.max(level)));
             if level > limit {
                 problems.push(format!(
                     "own tone {own:.0} Hz heard at {level:.0} dB (must be {:.0} dB below the \
@@ -471,8 +654,15 @@ fn check(
             }
         }
     }
-    let offset = (first * FRAME_SAMPLES) as f64;
+    let arrivals = &timeline.arrivals;
+    let offset = (stretch.frames.start * FRAME_SAMPLES) as f64;
     for (freq, amplitude, source, outcome) in heard {
+        // A talker's own rejoins bring its tone back mid-period, too.
+        let rejoins: Vec<f64> = outcome
+            .reconnections
+            .iter()
+            .filter_map(|r| r.rejoined_at)
+            .collect();
         for position in onsets(window, freq, amplitude) {
             let at = offset + position - source.onset_bias;
             if at < 0.0 {
@@ -483,6 +673,13 @@ fn check(
                 continue;
             };
             let ear = arrival + (at - (frame * FRAME_SAMPLES) as f64) / f64::from(SAMPLE_RATE);
+            let settling = stretch.settle_until.is_some_and(|until| ear < until)
+                || rejoins
+                    .iter()
+                    .any(|r| (*r..*r + REJOIN_SETTLE_SECS).contains(&ear));
+            if settling {
+                continue;
+            }
             let index = outcome.onsets.partition_point(|m| *m <= ear);
             if index == 0 {
                 continue;
@@ -839,5 +1036,122 @@ mod tests {
         assert_eq!(timeline.pauses[0], (T0, receiver.recording[0].arrival));
         let verdict = verify(&source, &talker, &receiver);
         assert!(verdict.passed, "{:?}", verdict.problems);
+    }
+
+    /// The listener's stream of a continuous talker, broken by a reconnection: frames
+    /// `outage` are not received; the connection after it is a new stream (its sequence
+    /// numbers start elsewhere, its first frame is marked), carrying `after`'s audio.
+    fn reconnected(source: &Source, after: &Source, outage: (usize, usize)) -> ClientOutcome {
+        let mut receiver = listener(
+            source,
+            &Stream {
+                spurts: vec![(0, FRAMES)],
+                dtx: false,
+                drop: None,
+            },
+        );
+        let arrival = |k: usize| mouth(k) + FRAME_SECS + NET;
+        let (broke, back) = outage;
+        receiver
+            .recording
+            .retain(|p| !(broke..back).contains(&usize::from(p.sequence.wrapping_sub(SEQ0))));
+        for p in &mut receiver.recording {
+            let k = usize::from(p.sequence.wrapping_sub(SEQ0));
+            if k >= back {
+                p.sequence = 1000 + (k - back) as u16;
+                p.marker = k == back;
+                p.payload = after.packets[k % PERIOD_FRAMES].clone();
+            }
+        }
+        receiver.reconnections.push(crate::client::Reconnection {
+            cause: crate::client::ReconnectCause::Moved,
+            reason: "redirect (moved)".into(),
+            broke_at: arrival(broke - 1) + 0.01,
+            last_frame_at: Some(arrival(broke - 1)),
+            rejoined_at: Some(arrival(back) - 0.03),
+            first_frame_at: Some(arrival(back)),
+            resumed: true,
+            url: None,
+            attempts: 1,
+            gave_up: false,
+            first_packet: broke,
+        });
+        receiver
+    }
+
+    #[test]
+    fn a_reconnection_starts_a_new_stream_and_its_outage_is_not_loss() {
+        let source = Arc::new(tone_source(FREQ).expect("encodes"));
+        let talker = talker(&[(0, FRAMES)]);
+        // Out of the room for 0.7 s in the middle of the window.
+        let receiver = reconnected(&source, &source, (180, 215));
+        let r = &receiver.reconnections[0];
+        assert!((r.gap_ms().expect("frames on both sides") - 720.0).abs() < 1e-6);
+        let segments = receiver.segments();
+        assert_eq!(segments.len(), 2);
+        assert_eq!(segments[0].packets, 0..180);
+        assert_eq!(segments[1].packets, 180..receiver.recording.len());
+
+        let timeline = decode(&receiver, END, &mut Vec::new());
+        // Silence for the outage, nothing concealed: the new stream's sequence numbers are not
+        // compared with the old one's. The only pauses are each connection's wait for its
+        // (marked) first frame.
+        assert_eq!(timeline.outages, vec![r.outage(END).expect("rejoined")]);
+        assert!(timeline.kinds.iter().all(|k| *k != FrameKind::Concealed));
+        let firsts = (
+            receiver.recording[0].arrival,
+            receiver.recording[180].arrival,
+        );
+        assert_eq!(
+            timeline.pauses,
+            vec![(T0, firsts.0), (r.rejoined_at.expect("rejoined"), firsts.1)]
+        );
+        let outage = timeline
+            .kinds
+            .iter()
+            .filter(|k| **k == FrameKind::Outage)
+            .count();
+        assert_eq!(outage, 34, "0.69 s of silence, 20 ms a frame");
+        assert_eq!(timeline.segments.len(), 2);
+        assert!(timeline.arrivals.windows(2).all(|w| w[0] <= w[1]));
+
+        let verdict = verify(&source, &talker, &receiver);
+        assert!(verdict.passed, "{:?}", verdict.problems);
+        assert_eq!(verdict.connections, 2);
+        // Onsets on both connections, none timed while the audio came back (1 s settle).
+        assert!(verdict.delays_ms.len() >= 4, "{:?}", verdict.delays_ms);
+        assert!(
+            verdict.delays_ms.iter().all(|d| *d > 50.0 && *d < 80.0),
+            "{:?}",
+            verdict.delays_ms
+        );
+    }
+
+    #[test]
+    fn a_receiver_that_comes_back_to_the_wrong_audio_fails_on_that_connection() {
+        let source = Arc::new(tone_source(FREQ).expect("encodes"));
+        // After the rejoin the stream is someone else's: another tone, not the talker's.
+        let other = tone_source(1500.0).expect("encodes");
+        let talker = talker(&[(0, FRAMES)]);
+        let receiver = reconnected(&source, &other, (180, 215));
+        let verdict = verify(&source, &talker, &receiver);
+        assert!(!verdict.passed);
+        assert!(
+            verdict
+                .problems
+                .iter()
+                .any(|p| p.contains("on connection 2 of 2: talker 0 (700 Hz) not heard")),
+            "{:?}",
+            verdict.problems
+        );
+        // The first connection was right, and is not blamed.
+        assert!(
+            !verdict
+                .problems
+                .iter()
+                .any(|p| p.contains("connection 1 of")),
+            "{:?}",
+            verdict.problems
+        );
     }
 }

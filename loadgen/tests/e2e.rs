@@ -505,3 +505,211 @@ async fn clients_follow_redirects_to_the_node_that_mixes_their_room() {
         report.render()
     );
 }
+
+/// What a stand-in node in front of a real mixer does to each session it relays, a while after
+/// the session joined.
+#[derive(Clone, Copy, PartialEq)]
+enum Break {
+    /// Closes its side of the session at the mixer (which keeps the participant for a resume),
+    /// then sends the client a `redirect` (`moved`) to the mixer itself, with the resume token
+    /// the mixer gave, and closes (4307): a draining fleet node that handed its room on.
+    Move,
+    /// Drops both connections without a close frame: a node killed.
+    Drop,
+}
+
+/// A stand-in fleet node: relays every session to the real mixer at `mixer` and breaks it as
+/// `action` says, `after` its join. Returns its address and the resume tokens it handed out.
+async fn stand_in(
+    mixer: SocketAddr,
+    action: Break,
+    after: std::time::Duration,
+) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let handed_out = Arc::new(Mutex::new(Vec::new()));
+    let tokens = handed_out.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(relay(tcp, mixer, action, after, tokens.clone()));
+        }
+    });
+    (addr, handed_out)
+}
+
+async fn relay(
+    tcp: tokio::net::TcpStream,
+    mixer: SocketAddr,
+    action: Break,
+    after: std::time::Duration,
+    tokens: Arc<Mutex<Vec<String>>>,
+) {
+    use mixer_protocol::{RedirectReason, parse_server_message};
+    use tokio::time::Instant;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    let Ok(client) = tokio_tungstenite::accept_async(tcp).await else {
+        return;
+    };
+    let Ok((upstream, _)) = tokio_tungstenite::connect_async(format!("ws://{mixer}/")).await else {
+        return;
+    };
+    let (mut to_client, mut from_client) = client.split();
+    let (mut to_mixer, mut from_mixer) = upstream.split();
+    let mut joined: Option<(String, Option<String>)> = None;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let due = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            message = from_client.next() => match message {
+                Some(Ok(message)) => {
+                    if to_mixer.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            },
+            message = from_mixer.next() => match message {
+                Some(Ok(message)) => {
+                    if let Message::Text(text) = &message
+                        && let Ok(ServerMessage::Joined { room, resume_token, .. }) =
+                            parse_server_message(text.as_str())
+                    {
+                        joined = Some((room, resume_token));
+                        deadline = Some(Instant::now() + after);
+                    }
+                    if to_client.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            },
+            () = due => break,
+        }
+    }
+    if action == Break::Drop {
+        // Both sockets dropped, no close frame either way.
+        return;
+    }
+    // The handoff first: the mixer must hold the participant for a resume before the client
+    // comes back with the token. It does for a connection lost (a close frame would be a
+    // leave), and notices the loss on loopback at once.
+    drop((to_mixer, from_mixer));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (room, token) = joined.expect("joined before the break");
+    let token = token.expect("the mixer gives resume tokens");
+    if let Ok(mut tokens) = tokens.lock() {
+        tokens.push(token.clone());
+    }
+    let redirect = ServerMessage::Redirect {
+        room,
+        url: format!("ws://{mixer}/"),
+        reason: RedirectReason::Moved,
+        resume_token: Some(token),
+    };
+    let _ = to_client.send(Message::text(redirect.to_json())).await;
+    let _ = to_client
+        .send(Message::Close(Some(CloseFrame {
+            code: 4307.into(),
+            reason: "redirect".into(),
+        })))
+        .await;
+}
+
+/// A node hands its room on mid-session (`redirect`, `moved`, with a resume token): every
+/// client resumes at the new node as the same participant, with the token it was given, keeps
+/// hearing the right audio on both connections, and the report shows each reconnection and its
+/// gap, not loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_moved_mid_session_resume_at_the_new_node_with_their_token() {
+    let mixer = start_mixer_with(&["--max-connections-per-address", "0"]).await;
+    let (front, tokens) = stand_in(
+        mixer.addr,
+        Break::Move,
+        std::time::Duration::from_millis(3500),
+    )
+    .await;
+    let scenario = scenario(front, &["--rooms", "1", "--duration", "6"]);
+    let report = loadgen::run(&scenario).await.expect("run");
+    let table = report.render();
+    assert!(
+        report.passed,
+        "{:?}\n{table}\n{:#?}",
+        report.violations(&scenario.gates),
+        report.reconnections.per_client
+    );
+    let rc = &report.reconnections;
+    assert_eq!((rc.total, rc.moved, rc.clients), (4, 4, 4), "{table}");
+    // The mixer resumes only with the token it issued: every client sent the one it was given.
+    assert_eq!(rc.resumed, 4, "{:#?}\n{table}", rc.per_client);
+    assert_eq!(tokens.lock().map(|t| t.len()).unwrap_or(0), 4);
+    let target = format!("ws://{}/", mixer.addr);
+    for client in &rc.per_client {
+        let r = &client.reconnections[0];
+        assert_eq!(r.url.as_deref(), Some(target.as_str()), "{r:?}");
+        assert!(r.reason.contains("moved"), "{r:?}");
+    }
+    assert_eq!(report.redirects, 4, "the mid-session redirects\n{table}");
+    assert_eq!(report.reconnect_gap_ms.count, 4, "{table}");
+    assert!(report.reconnect_gap_ms.max < 2000.0, "{table}");
+    assert_eq!(report.frames_lost, 0, "a new stream is not loss\n{table}");
+    // Both connections of every receiver were checked on their own.
+    assert!(
+        report
+            .verification
+            .details
+            .iter()
+            .all(|d| d.connections == 2),
+        "{:?}",
+        report.verification.details
+    );
+    assert!(
+        table.contains("reconnections  4 by 4 clients (moved 4"),
+        "{table}"
+    );
+    let json = serde_json::to_string(&report).expect("json");
+    assert!(json.contains("\"reconnect_gap_ms\""), "{json}");
+}
+
+/// A node drops its clients (killed): each rejoins at the next `--url` and verifies there,
+/// while the rooms on the other node see nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_whose_node_drops_them_rejoin_at_the_next_url() {
+    let mixer = start_mixer_with(&["--max-connections-per-address", "0"]).await;
+    let (dropper, _) = stand_in(
+        mixer.addr,
+        Break::Drop,
+        std::time::Duration::from_millis(3500),
+    )
+    .await;
+    let direct = format!("ws://{}/", mixer.addr);
+    let urls = format!("ws://{dropper}/,{direct}");
+    // Room 0 goes through the node that drops, room 1 straight to the mixer.
+    let mut scenario = scenario(mixer.addr, &["--duration", "6"]);
+    scenario.urls = urls.split(',').map(str::to_owned).collect();
+    // A dropped connection is an error even when the client gets back.
+    scenario.gates.max_errors = Some(4);
+    let report = loadgen::run(&scenario).await.expect("run");
+    let table = report.render();
+    assert!(
+        report.passed,
+        "{:?}\n{table}",
+        report.violations(&scenario.gates)
+    );
+    let rc = &report.reconnections;
+    assert_eq!((rc.total, rc.dropped, rc.clients), (4, 4, 4), "{table}");
+    assert_eq!((rc.resumed, rc.gave_up), (0, 0), "{table}");
+    assert_eq!(report.errors(), 4, "{table}");
+    for client in &rc.per_client {
+        assert_eq!(client.room, 0);
+        let r = &client.reconnections[0];
+        assert_eq!(r.url.as_deref(), Some(direct.as_str()), "{r:?}");
+    }
+    assert_eq!(report.verification.passed, 8, "{table}");
+    assert!(report.disconnects.is_empty(), "{table}");
+}

@@ -4,6 +4,7 @@
 mod access;
 mod cluster;
 mod fleet_cluster;
+mod fleet_loadgen;
 mod fleet_measure;
 mod fleet_nodes;
 mod flood;
