@@ -671,28 +671,38 @@ impl FleetRooms {
                 fleet.hand_off(room, epoch, &target.id, &target.url, &handoff),
             )
             .await;
-        let mut local = self.local();
-        local.moving.remove(room);
-        match answer {
-            Ok(true) => {
-                local.leases.released(room);
-                // Not closed: the room is moved out below, not stopped for a lost lease.
-                local.gates.remove(room);
-                local.used.remove(room);
-                self.metrics
-                    .fleet_rooms_owned
-                    .set(local.leases.len() as i64);
-                drop(local);
-                self.pool.move_out(room, &target.url);
-                self.metrics.fleet_rooms_moved_total.inc();
-                info!(room, to = %target.id, "room handed to another node");
+        let moved = {
+            let mut local = self.local();
+            local.moving.remove(room);
+            match answer {
+                Ok(true) => {
+                    local.leases.released(room);
+                    // Not closed: the room is moved out below, not stopped for a lost lease.
+                    local.gates.remove(room);
+                    local.used.remove(room);
+                    self.metrics
+                        .fleet_rooms_owned
+                        .set(local.leases.len() as i64);
+                    true
+                }
+                Ok(false) => {
+                    self.lost(&mut local, room, "taken");
+                    false
+                }
+                // Moved or not, it may be the other node's now: stop mixing it here.
+                Err(error) => {
+                    warn!(room, %error, "handing a room over failed");
+                    self.lost(&mut local, room, "expired");
+                    false
+                }
             }
-            Ok(false) => self.lost(&mut local, room, "taken"),
-            // Moved or not, it may be the other node's now: stop mixing it here.
-            Err(error) => {
-                warn!(room, %error, "handing a room over failed");
-                self.lost(&mut local, room, "expired");
-            }
+        };
+        if moved {
+            // Returns once every client has its redirect: only then may a node stopping after
+            // its drain close its connections.
+            self.pool.move_out(room, &target.url).await;
+            self.metrics.fleet_rooms_moved_total.inc();
+            info!(room, to = %target.id, "room handed to another node");
         }
     }
 

@@ -149,6 +149,9 @@ pub enum Command {
         url: String,
         /// Each member's resume token, which the new node honours.
         tokens: HashMap<ParticipantId, Arc<str>>,
+        /// Told once every member has its redirect (a node stopping after its drain waits for
+        /// it, so that no client gets `shutting_down` instead).
+        done: tokio::sync::oneshot::Sender<()>,
     },
     /// Stop the thread.
     Shutdown,
@@ -371,7 +374,15 @@ impl MixerThread {
                 });
                 let _ = reply.send(snapshot);
             }
-            Command::MoveOut { room, url, tokens } => self.move_out(room, &url, &tokens),
+            Command::MoveOut {
+                room,
+                url,
+                tokens,
+                done,
+            } => {
+                self.move_out(room, &url, &tokens);
+                let _ = done.send(());
+            }
             Command::Shutdown => return false,
         }
         true

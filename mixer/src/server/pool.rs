@@ -666,7 +666,15 @@ impl MixerPool {
     /// `room` has been handed to the node at `url`: every member is sent there with its resume
     /// token, and the room is gone from this node (those waiting to resume are let go here:
     /// they resume at the new node).
-    pub fn move_out(&self, room: &str, url: &str) {
+    ///
+    /// Returns once the room's mixer thread has sent every member its redirect.
+    pub async fn move_out(&self, room: &str, url: &str) {
+        let (done, redirected) = tokio::sync::oneshot::channel();
+        self.send_move_out(room, url, done);
+        let _ = redirected.await;
+    }
+
+    fn send_move_out(&self, room: &str, url: &str, done: tokio::sync::oneshot::Sender<()>) {
         let mut registry = self.shared.lock_registry();
         let Some(placement) = registry.directory.placement(room) else {
             return;
@@ -681,6 +689,7 @@ impl MixerPool {
             room: placement.key,
             url: url.to_owned(),
             tokens,
+            done,
         });
         for id in ids {
             // The thread has taken them out with the room.
