@@ -84,6 +84,11 @@ fn check_route(route: &Route, stream: &[u8]) {
                 .is_some_and(|target| target.starts_with(b"/admin/")),
             "admin route for another request"
         ),
+        Route::Listen(room) => {
+            let mut expected = b"/listen/".to_vec();
+            expected.extend_from_slice(room.as_bytes());
+            assert!(target_is(&expected), "listen route for another request");
+        }
         Route::NotFound | Route::BadRequest => {}
     }
 }

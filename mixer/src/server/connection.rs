@@ -106,6 +106,10 @@ pub async fn serve<S: Transport>(
             admin::serve(&mut stream, &bytes, &context).await;
             return;
         }
+        Route::Listen(room) => {
+            super::listen::serve(stream, &bytes, &room, peer, &context, shutdown).await;
+            return;
+        }
         Route::NotFound => Some((
             "404 Not Found",
             "not found: WebSocket clients connect to /\n",

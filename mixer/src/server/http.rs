@@ -24,6 +24,9 @@ pub enum Route {
     Metrics,
     /// Anything under `/admin/` (the admin API, which checks method and path itself).
     Admin,
+    /// `GET /listen/ROOM`: the room's mix as an Ogg/Opus stream (the room name as given; it is
+    /// validated by the listen handler).
+    Listen(String),
     /// A path this server does not serve.
     NotFound,
     /// Not a parseable HTTP/1.x request.
@@ -71,6 +74,15 @@ pub fn access_token(head: &[u8]) -> Option<String> {
             .map(str::to_owned)
     });
     from_query.or_else(|| bearer(request.headers))
+}
+
+/// The query string of a request head's target (after `?`), if it has one.
+pub fn query(head: &[u8]) -> Option<String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    request.parse(head).ok()?;
+    let (_, query) = request.path?.split_once('?')?;
+    Some(query.to_owned()).filter(|q| !q.is_empty())
 }
 
 /// The token of an `Authorization: Bearer` header.
@@ -124,6 +136,9 @@ pub fn route(head: &[u8]) -> Option<Route> {
         ("GET", "/healthz", _) => Route::Health,
         ("GET", "/metrics", _) => Route::Metrics,
         (_, path, false) if path.starts_with("/admin/") => Route::Admin,
+        ("GET", path, false) if path.starts_with("/listen/") => {
+            Route::Listen(path["/listen/".len()..].to_owned())
+        }
         _ => Route::NotFound,
     })
 }

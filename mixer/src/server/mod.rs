@@ -24,6 +24,7 @@
 //! - [`fleet_rooms`]: in a fleet (`--redis-url`), where each room is mixed, the room leases
 //!   this node holds and the gates that stop a room at its lease's deadline; drain handoffs.
 //! - [`fleet_node`]: the fleet's clock: lease renewals, this node's registration, the drain.
+//! - [`listen`]: `GET /listen/ROOM`, a room's mix as Ogg/Opus over HTTP for any player.
 //! - [`admin`]: the operators' JSON API (rooms, mute, remove with a ban, close, drain).
 //! - [`tls`]: TLS on the public port (`wss://`, `https://`), its certificate reloaded on SIGHUP.
 //!
@@ -39,6 +40,7 @@ pub mod directory;
 pub mod fleet_node;
 pub mod fleet_rooms;
 pub mod http;
+pub mod listen;
 pub mod membership;
 pub mod metrics;
 pub mod mixer_thread;

@@ -8,6 +8,7 @@ mod fleet_loadgen;
 mod fleet_measure;
 mod fleet_nodes;
 mod flood;
+mod listen;
 mod mixing;
 mod robustness;
 mod service;

@@ -1,0 +1,394 @@
+//! `GET /listen/ROOM`: a room's mix as an Ogg/Opus stream over chunked HTTP, which any player
+//! plays (VLC, ffplay, mpv, a browser's `<audio>`), as an Icecast mount does.
+//!
+//! An HTTP listener is a participant in listen mode, like a WebSocket listener: it takes a seat,
+//! counts against the room's and the address's limits, is refused as any join is, and gets the
+//! room's shared listener frame: the one encode every listener of the room shares, so a listener
+//! costs a copy of its bytes into an Ogg page, never an encode. It is dropped like any client
+//! that does not read (its bounded outbox). The room sees it join and leave like anyone.
+//!
+//! The stream is Ogg with one Opus stream (RFC 7845): the `OpusHead` and `OpusTags` headers, then
+//! one page per 20 ms frame, so a player is never more than a frame behind the room. The room
+//! sends nothing while its mix is settled silence (downlink DTX); a player would stall, so the
+//! gaps are filled with silence packets, keeping the stream's clock with the wall clock.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use mixer_protocol::{AudioFormat, AudioFrame, JoinRequest, LeaveReason, Mode, Role};
+use ogg::writing::{PacketWriteEndInfo, PacketWriter};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use super::connection::{Context, Transport};
+use super::fleet_rooms::{Located, Purpose};
+use super::http;
+use super::membership::{Identity, Joiner, new_resume_token};
+use super::outbox::{Closed, Outbox, Outgoing};
+
+/// Samples in one 20 ms frame at 48 kHz: the granule position's unit is a 48 kHz sample.
+const FRAME_SAMPLES: u64 = 960;
+
+/// Samples a player discards at the start of the stream (`pre-skip`): 80 ms, what RFC 7845
+/// recommends when decoding starts in the middle of a stream, which a live mix always is.
+const PRE_SKIP: u16 = 3840;
+
+/// How far (in frames) the stream may fall behind the wall clock before the gap is filled with
+/// silence: more than the room's own jitter, less than a player's buffer.
+const FILL_AFTER_FRAMES: u64 = 3;
+
+/// An Ogg/Opus stream of 48 kHz mono 20 ms packets, written page by page into memory.
+///
+/// Pure: the caller hands it packets and takes the bytes to send.
+pub struct OggOpusStream {
+    writer: PacketWriter<'static, Vec<u8>>,
+    serial: u32,
+    granule: u64,
+}
+
+impl OggOpusStream {
+    /// A stream with serial number `serial`, titled `title` (its `OpusTags`); its two header
+    /// pages are ready to be taken.
+    pub fn new(serial: u32, title: &str) -> OggOpusStream {
+        let mut stream = OggOpusStream {
+            writer: PacketWriter::new(Vec::with_capacity(4096)),
+            serial,
+            granule: 0,
+        };
+        let mut head = Vec::with_capacity(19);
+        head.extend_from_slice(b"OpusHead");
+        head.push(1); // version
+        head.push(1); // channels
+        head.extend_from_slice(&PRE_SKIP.to_le_bytes());
+        head.extend_from_slice(&48_000u32.to_le_bytes()); // the input's sample rate
+        head.extend_from_slice(&0i16.to_le_bytes()); // output gain
+        head.push(0); // channel mapping family 0: mono or stereo, no table
+        let vendor = concat!("mixer ", env!("CARGO_PKG_VERSION"));
+        let comment = format!("TITLE={title}");
+        let mut tags = Vec::with_capacity(64);
+        tags.extend_from_slice(b"OpusTags");
+        tags.extend_from_slice(&(vendor.len() as u32).to_le_bytes());
+        tags.extend_from_slice(vendor.as_bytes());
+        tags.extend_from_slice(&1u32.to_le_bytes());
+        tags.extend_from_slice(&(comment.len() as u32).to_le_bytes());
+        tags.extend_from_slice(comment.as_bytes());
+        // Each header ends its page, as RFC 7845 requires; writing to a Vec cannot fail.
+        for header in [head, tags] {
+            let _ = stream
+                .writer
+                .write_packet(header, serial, PacketWriteEndInfo::EndPage, 0);
+        }
+        stream
+    }
+
+    /// Adds one 20 ms Opus packet, on a page of its own.
+    pub fn push(&mut self, packet: &[u8]) {
+        self.granule += FRAME_SAMPLES;
+        let _ = self.writer.write_packet(
+            packet.to_vec(),
+            self.serial,
+            PacketWriteEndInfo::EndPage,
+            self.granule,
+        );
+    }
+
+    /// The 20 ms frames in the stream so far.
+    pub fn frames(&self) -> u64 {
+        self.granule / FRAME_SAMPLES
+    }
+
+    /// Takes the bytes written since the last call.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(self.writer.inner_mut())
+    }
+}
+
+/// 20 ms of silence as an Opus packet (encoded once, like the room's mixes: CELT, 48 kHz mono).
+fn silence_packet() -> &'static [u8] {
+    static SILENCE: OnceLock<Vec<u8>> = OnceLock::new();
+    SILENCE.get_or_init(|| {
+        let encoded = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::LowDelay)
+            .and_then(|mut encoder| encoder.encode_vec(&[0i16; 960], 256));
+        // A zero-length frame (TOC byte only: CELT, 20 ms, mono) is what a decoder conceals
+        // as silence: the fallback if the encoder cannot be built.
+        encoded.unwrap_or_else(|_| vec![0xf8])
+    })
+}
+
+/// Serves `GET /listen/ROOM` (the request head already read into `head`) until the player goes
+/// away, the room drops it, or the server shuts down.
+pub async fn serve<S: Transport>(
+    mut stream: S,
+    head: &[u8],
+    room: &str,
+    peer: SocketAddr,
+    context: &Arc<Context>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let outbox = Arc::new(Outbox::new(
+        context.settings.send_queue_frames,
+        context.settings.slow_client_drops,
+    ));
+    let membership = match admit(head, room, peer, context, outbox.clone()).await {
+        Ok(membership) => membership,
+        Err(Refusal::Status(status, body)) => {
+            let _ = http::respond(&mut stream, status, &body).await;
+            return;
+        }
+        Err(Refusal::Redirect(location)) => {
+            let response = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\n\
+                 connection: close\r\n\r\n"
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    };
+    info!(%peer, room, "HTTP listener joined");
+    let reason = stream_room(&mut stream, room, &outbox, &mut shutdown).await;
+    debug!(%peer, room, ?reason, "HTTP listener left");
+    membership.leave(reason);
+}
+
+/// Why a listen request was not admitted.
+enum Refusal {
+    /// Answer with this status and body.
+    Status(&'static str, String),
+    /// Another node of the fleet mixes the room: send the player there.
+    Redirect(String),
+}
+
+/// Checks the request (room name, token, fleet) and seats the listener.
+async fn admit(
+    head: &[u8],
+    room: &str,
+    peer: SocketAddr,
+    context: &Arc<Context>,
+    outbox: Arc<Outbox>,
+) -> Result<super::membership::Membership, Refusal> {
+    let status = |status: &'static str, body: String| Refusal::Status(status, body + "\n");
+    JoinRequest::validate_room_name(room).map_err(|e| status("400 Bad Request", e.to_string()))?;
+    let token = http::access_token(head);
+    let (identity, name) = match &context.auth {
+        None => {
+            // Every HTTP listener is someone of its own: a fresh identity, never a name taken.
+            let key = new_resume_token()
+                .map_err(|_| status("503 Service Unavailable", "no randomness".into()))?;
+            (
+                Identity::Name(Arc::from(format!("listen:{key}"))),
+                "HTTP listener".to_owned(),
+            )
+        }
+        Some(verifier) => {
+            let Some(token) = token else {
+                return Err(status(
+                    "401 Unauthorized",
+                    "this server needs an access token: ?access_token=TOKEN or Authorization: Bearer TOKEN".into(),
+                ));
+            };
+            let grant = verifier
+                .verify(&token)
+                .map_err(|e| status("401 Unauthorized", e.to_string()))?;
+            grant
+                .admit(room, Some(Role::Listener))
+                .map_err(|e| status("403 Forbidden", e.to_string()))?;
+            let name = if grant.name.is_empty() {
+                "HTTP listener".to_owned()
+            } else {
+                grant.name.clone()
+            };
+            (Identity::Token(Arc::from(grant.identity.as_str())), name)
+        }
+    };
+    if !context.addresses.allow_join(peer.ip(), Instant::now()) {
+        return Err(status(
+            "429 Too Many Requests",
+            "too many joins from your address; wait a few seconds".into(),
+        ));
+    }
+    let gate = match &context.fleet {
+        None => None,
+        Some(fleet) => match fleet
+            .locate(room, Purpose::Join, context.pool.is_draining())
+            .await
+        {
+            Ok(Located::Here(gate)) => Some(gate),
+            Ok(Located::Elsewhere { url }) => {
+                return Err(Refusal::Redirect(listen_url(&url, head, room)));
+            }
+            Ok(Located::Nowhere) => return Err(status("404 Not Found", "no such room".into())),
+            Err(unavailable) => {
+                return Err(status("503 Service Unavailable", unavailable.to_string()));
+            }
+        },
+    };
+    let joiner = Joiner {
+        identity,
+        address: peer.ip(),
+        name,
+        mode: Some(Mode::Listen),
+        role: Role::Listener,
+        format: AudioFormat::opus_48k_mono_20ms(),
+        outbox,
+    };
+    context
+        .pool
+        .join(room, joiner, gate)
+        .map_err(|refused| status("503 Service Unavailable", refused.to_string()))
+}
+
+/// The listen URL of `room` at the node whose WebSocket URL is `node` (`ws://host/` becomes
+/// `http://host/listen/ROOM`, `wss://` becomes `https://`), with the request's query (its
+/// token) carried over.
+fn listen_url(node: &str, head: &[u8], room: &str) -> String {
+    let base = node
+        .strip_prefix("wss://")
+        .map(|rest| format!("https://{rest}"))
+        .or_else(|| {
+            node.strip_prefix("ws://")
+                .map(|rest| format!("http://{rest}"))
+        })
+        .unwrap_or_else(|| node.to_owned());
+    let query = http::query(head)
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    format!("{}/listen/{room}{query}", base.trim_end_matches('/'))
+}
+
+/// Streams the room until it ends; returns why, as the room is told.
+async fn stream_room<S: Transport>(
+    stream: &mut S,
+    room: &str,
+    outbox: &Outbox,
+    shutdown: &mut watch::Receiver<bool>,
+) -> LeaveReason {
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: audio/ogg\r\ntransfer-encoding: chunked\r\n\
+         cache-control: no-cache, no-store\r\nconnection: close\r\n\
+         x-content-type-options: nosniff\r\naccess-control-allow-origin: *\r\n\
+         icy-name: {room}\r\nicy-description: the live mix of room {room}\r\nicy-pub: 0\r\n\r\n"
+    );
+    if stream.write_all(response.as_bytes()).await.is_err() {
+        return LeaveReason::Disconnected;
+    }
+    let mut ogg = OggOpusStream::new(serial(), room);
+    let started = Instant::now();
+    let mut fill = tokio::time::interval(Duration::from_millis(20));
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            () = outbox.wait() => {}
+            _ = fill.tick() => {}
+            _ = shutdown.changed() => {
+                let _ = stream.write_all(b"0\r\n\r\n").await;
+                return LeaveReason::ServerShutdown;
+            }
+        }
+        let closed = outbox.drain(&mut batch);
+        for item in batch.drain(..) {
+            // Roster and other control messages have no place in an audio stream.
+            if let Outgoing::Audio(bytes) = item
+                && let Ok(frame) = AudioFrame::parse(&bytes)
+            {
+                ogg.push(frame.payload);
+            }
+        }
+        // The room paused (its mix is silence): keep the stream's clock with the wall clock.
+        let due = (started.elapsed().as_millis() / 20) as u64;
+        if due > ogg.frames() + FILL_AFTER_FRAMES {
+            while ogg.frames() + 1 < due {
+                ogg.push(silence_packet());
+            }
+        }
+        let bytes = ogg.take();
+        if !bytes.is_empty() && write_chunk(stream, &bytes).await.is_err() {
+            return LeaveReason::Disconnected;
+        }
+        match closed {
+            None => {}
+            Some(Closed::SlowConsumer) => return LeaveReason::SlowConsumer,
+            Some(Closed::Close { .. }) => {
+                let _ = stream.write_all(b"0\r\n\r\n").await;
+                // Removed, moved or the room closed: the room already knows why.
+                return LeaveReason::Left;
+            }
+        }
+    }
+}
+
+/// Writes one HTTP chunk.
+async fn write_chunk<S: Transport>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    stream
+        .write_all(format!("{:x}\r\n", bytes.len()).as_bytes())
+        .await?;
+    stream.write_all(bytes).await?;
+    stream.write_all(b"\r\n").await?;
+    stream.flush().await
+}
+
+/// A random Ogg serial number (a player tells streams apart by it).
+fn serial() -> u32 {
+    let mut bytes = [0u8; 4];
+    let _ = getrandom::fill(&mut bytes);
+    u32::from_le_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pages of `bytes`: (granule position, packet) for each page, parsed by hand.
+    fn pages(mut bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            assert_eq!(&bytes[..4], b"OggS");
+            let granule = u64::from_le_bytes(bytes[6..14].try_into().expect("8 bytes"));
+            let segments = bytes[26] as usize;
+            let lacing = &bytes[27..27 + segments];
+            let size: usize = lacing.iter().map(|&l| l as usize).sum();
+            let start = 27 + segments;
+            out.push((granule, bytes[start..start + size].to_vec()));
+            bytes = &bytes[start + size..];
+        }
+        out
+    }
+
+    #[test]
+    fn a_stream_has_its_headers_then_a_page_per_frame_with_the_granule_in_48_khz_samples() {
+        let mut stream = OggOpusStream::new(7, "radio");
+        let headers = pages(&stream.take());
+        assert_eq!(headers.len(), 2);
+        assert_eq!(&headers[0].1[..8], b"OpusHead");
+        assert_eq!(headers[0].1.len(), 19);
+        assert_eq!(headers[0].1[9], 1, "mono");
+        assert_eq!(
+            u16::from_le_bytes([headers[0].1[10], headers[0].1[11]]),
+            PRE_SKIP
+        );
+        assert_eq!(&headers[1].1[..8], b"OpusTags");
+        assert!(String::from_utf8_lossy(&headers[1].1).contains("TITLE=radio"));
+        assert_eq!((headers[0].0, headers[1].0), (0, 0));
+        stream.push(&[0xfc, 1, 2, 3]);
+        stream.push(silence_packet());
+        let audio = pages(&stream.take());
+        assert_eq!(audio.len(), 2);
+        assert_eq!(audio[0], (960, vec![0xfc, 1, 2, 3]));
+        assert_eq!(audio[1].0, 1920);
+        assert_eq!(stream.frames(), 2);
+        assert!(stream.take().is_empty());
+    }
+
+    #[test]
+    fn the_silence_packet_decodes_to_20_ms_of_silence() {
+        let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).expect("decoder");
+        let mut pcm = [1.0f32; 960];
+        let n = decoder
+            .decode_float(silence_packet(), &mut pcm, false)
+            .expect("decodes");
+        assert_eq!(n, 960);
+        assert!(pcm.iter().all(|s| s.abs() < 1e-3));
+    }
+}

@@ -1,0 +1,230 @@
+//! `GET /listen/ROOM` played by Debian's ffmpeg and probed by ffprobe, as any player would: the
+//! stream is Ogg/Opus, carries the room's talkers, keeps time through the room's silences, and
+//! respects the server's tokens.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use mixer::auth::{Claims, Signer, unix_now};
+use mixer_protocol::{Mode, Role};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::TestServer;
+use crate::common::tone_db;
+
+/// Runs `program` with `args` for at most `timeout`; returns its standard output.
+///
+/// # Panics
+///
+/// If the program is not installed (with how to install it), or fails.
+async fn run(program: &str, args: &[&str], timeout: Duration) -> Vec<u8> {
+    let child = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("these tests need {program} ({e}); install it with `bash .ci/setup`")
+        });
+    let pid = child.id();
+    let waited = tokio::time::timeout(
+        timeout,
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await;
+    let Ok(output) = waited else {
+        // Ended by its own PID, as every process a test starts.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        panic!("{program} did not finish within {timeout:?}");
+    };
+    let output = output.expect("join").expect("wait for the program");
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// Decodes `seconds` of the room's listen stream with ffmpeg, as 48 kHz mono floats.
+async fn decode_with_ffmpeg(url: &str, seconds: u32) -> Vec<f32> {
+    let seconds = seconds.to_string();
+    let raw = run(
+        "ffmpeg",
+        &[
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-i",
+            url,
+            "-t",
+            &seconds,
+            "-f",
+            "f32le",
+            "-ac",
+            "1",
+            "-ar",
+            "48000",
+            "pipe:1",
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    raw.chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// The response head of a plain GET (the stream is left unread).
+async fn head_of(server: &TestServer, target: &str) -> String {
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_plays_the_room_and_ffprobe_sees_ogg_opus() {
+    let server = TestServer::start(&[]).await;
+    let url = format!("http://{}/listen/radio", server.addr);
+    // Two talkers for the whole test; the stream must carry both.
+    let (first, _) = super::join(&server, "radio", "first", Mode::Talk).await;
+    let (second, _) = super::join(&server, "radio", "second", Mode::Talk).await;
+    let talking = Duration::from_secs(12);
+    let talkers = tokio::spawn(async move {
+        tokio::join!(
+            super::run_client(first, Some(650.0), talking),
+            super::run_client(second, Some(1000.0), talking),
+        )
+    });
+    let head = head_of(&server, "/listen/radio").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("content-type: audio/ogg"), "{head}");
+    assert!(lower.contains("icy-name: radio"), "{head}");
+    assert!(lower.contains("transfer-encoding: chunked"), "{head}");
+
+    let probe = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,sample_rate,channels:format=format_name",
+            "-of",
+            "default=noprint_wrappers=1",
+            &url,
+        ],
+        Duration::from_secs(20),
+    )
+    .await;
+    let probe = String::from_utf8_lossy(&probe);
+    for expected in [
+        "codec_name=opus",
+        "sample_rate=48000",
+        "channels=1",
+        "format_name=ogg",
+    ] {
+        assert!(probe.contains(expected), "ffprobe said:\n{probe}");
+    }
+
+    let pcm = decode_with_ffmpeg(&url, 5).await;
+    assert!(
+        pcm.len() >= 48_000 * 9 / 2,
+        "ffmpeg decoded {} samples",
+        pcm.len()
+    );
+    let settled = &pcm[pcm.len() / 2..];
+    for tone in [650.0, 1000.0] {
+        assert!(
+            tone_db(settled, tone) > -22.0,
+            "{tone} Hz at {} dB",
+            tone_db(settled, tone)
+        );
+    }
+    assert!(tone_db(settled, 1500.0) < -50.0, "a tone nobody sent");
+    drop(talkers.await);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_room_streams_silence_in_real_time_instead_of_stalling() {
+    let server = TestServer::start(&[]).await;
+    // One listener keeps the room alive, and nobody talks: the room sends nothing (its mix is
+    // settled silence), and the stream must still run at real time.
+    let (_member, _) = super::join(&server, "quiet", "member", Mode::Listen).await;
+    let url = format!("http://{}/listen/quiet", server.addr);
+    let started = std::time::Instant::now();
+    let pcm = decode_with_ffmpeg(&url, 3).await;
+    // 3 s of audio, decoded as it arrived: it took about 3 s (the stream kept time), and is
+    // silence.
+    assert!(pcm.len() >= 48_000 * 3 - 960 * 4, "{} samples", pcm.len());
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "3 s of stream arrived in {:?}: faster than real time",
+        started.elapsed()
+    );
+    let peak = pcm.iter().fold(0.0f32, |m, s| m.max(s.abs()));
+    assert!(peak < 0.01, "silence peaks at {peak}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_keys_wants_a_listener_token_for_the_room() {
+    const SECRET: &[u8] = b"listen test secret, 32 bytes or more";
+    let key = std::env::temp_dir().join(format!("mixer-listen-{}.key", std::process::id()));
+    std::fs::write(&key, SECRET).expect("write key");
+    let server = TestServer::start(&["--auth-key-file", key.to_str().expect("utf-8")]).await;
+    let token = |rooms: &str| {
+        Signer::hmac(SECRET)
+            .sign(&Claims {
+                sub: "radio-fan".into(),
+                name: None,
+                role: Role::Listener,
+                rooms: vec![rooms.into()],
+                can_create_rooms: false,
+                can_list_rooms: false,
+                admin: false,
+                exp: unix_now() + 600,
+                nbf: None,
+                iat: None,
+            })
+            .expect("sign")
+    };
+    let head = head_of(&server, "/listen/radio").await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    let head = head_of(
+        &server,
+        &format!("/listen/radio?access_token={}", token("other")),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let head = head_of(&server, "/listen/no%20such").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let head = head_of(
+        &server,
+        &format!("/listen/radio?access_token={}", token("radio")),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    server.shutdown().await;
+    let _ = std::fs::remove_file(key);
+}
