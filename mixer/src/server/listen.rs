@@ -39,6 +39,9 @@ const PRE_SKIP: u16 = 3840;
 /// silence: more than the room's own jitter, less than a player's buffer.
 const FILL_AFTER_FRAMES: u64 = 3;
 
+/// How often a blocked write checks whether the player has been given up on.
+const SLOW_CHECK: Duration = Duration::from_millis(100);
+
 /// An Ogg/Opus stream of 48 kHz mono 20 ms packets, written page by page into memory.
 ///
 /// Pure: the caller hands it packets and takes the bytes to send.
@@ -304,8 +307,27 @@ async fn stream_room<S: Transport>(
             }
         }
         let bytes = ogg.take();
-        if !bytes.is_empty() && write_chunk(stream, &bytes).await.is_err() {
-            return LeaveReason::Disconnected;
+        if !bytes.is_empty() {
+            // A player that stops reading blocks this write once the socket's buffers are full;
+            // meanwhile its outbox drops frames and, after the slow-client timeout, closes: the
+            // write is abandoned then, as a WebSocket writer's is.
+            let write = write_chunk(stream, &bytes);
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    written = &mut write => {
+                        if written.is_err() {
+                            return LeaveReason::Disconnected;
+                        }
+                        break;
+                    }
+                    () = tokio::time::sleep(SLOW_CHECK) => {
+                        if outbox.closed() == Some(Closed::SlowConsumer) {
+                            return LeaveReason::SlowConsumer;
+                        }
+                    }
+                }
+            }
         }
         match closed {
             None => {}

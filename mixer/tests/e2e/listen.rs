@@ -228,3 +228,72 @@ async fn a_server_with_keys_wants_a_listener_token_for_the_room() {
     server.shutdown().await;
     let _ = std::fs::remove_file(key);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_that_stops_reading_is_dropped_like_a_slow_client_and_nobody_else_notices() {
+    use futures_util::StreamExt;
+    use mixer_protocol::{LeaveReason, ServerMessage, parse_server_message};
+    use tokio_tungstenite::tungstenite::Message;
+
+    // A high mix bitrate fills the stalled player's socket buffers within a second or two.
+    let server = TestServer::start(&[
+        "--opus-bitrate",
+        "510000",
+        "--send-queue-ms",
+        "100",
+        "--slow-client-timeout-ms",
+        "1000",
+    ])
+    .await;
+    let (mut watcher, _) = super::join(&server, "busy", "watcher", Mode::Listen).await;
+    let (talker, _) = super::join(&server, "busy", "talker", Mode::Talk).await;
+    let talking = tokio::spawn(super::run_client(
+        talker,
+        Some(1000.0),
+        Duration::from_secs(8),
+    ));
+    // The player: a tiny receive buffer, asks for the stream, never reads it.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut player = socket.connect(server.addr).await.expect("connect");
+    player
+        .write_all(b"GET /listen/busy HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .expect("request");
+    let mut player_id = None;
+    let mut frames = 0usize;
+    let mut heard = crate::common::Listener::default();
+    let left = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match watcher.next().await {
+                Some(Ok(Message::Binary(bytes))) => {
+                    frames += 1;
+                    heard.receive_wire(&bytes);
+                }
+                Some(Ok(Message::Text(text))) => match parse_server_message(text.as_str()) {
+                    Ok(ServerMessage::ParticipantJoined { participant })
+                        if participant.name == "HTTP listener" =>
+                    {
+                        player_id = Some(participant.id);
+                    }
+                    Ok(ServerMessage::ParticipantLeft {
+                        participant_id,
+                        reason,
+                    }) if Some(participant_id) == player_id => return reason,
+                    _ => {}
+                },
+                Some(Ok(_)) => {}
+                other => panic!("the watcher lost its connection: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the stalled player is dropped within 15 s");
+    assert_eq!(left, LeaveReason::SlowConsumer);
+    // Meanwhile the watcher missed nothing.
+    assert!(frames > 20, "the watcher got {frames} frames");
+    assert_eq!(heard.sequence_gaps, 0);
+    drop(player);
+    drop(talking.await);
+    server.shutdown().await;
+}
