@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -230,6 +231,20 @@ pub struct ServeArgs {
     #[arg(long, env = "MIXER_AUTH_KEY_FILE")]
     pub auth_key_file: Option<PathBuf>,
 
+    /// File holding the password of Icecast-style sources (`PUT /ROOM` or `SOURCE /ROOM` with
+    /// HTTP Basic auth, as `ffmpeg ... icecast://source:PASSWORD@host:port/ROOM` sends) on a
+    /// server without access tokens; at least 8 characters, surrounding whitespace ignored.
+    /// With --auth-key-file the password is an access token instead. Without either, sources
+    /// are refused.
+    #[arg(long, env = "MIXER_SOURCE_PASSWORD_FILE")]
+    pub source_password_file: Option<PathBuf>,
+
+    /// Directory that room recordings are written to (created if missing), as
+    /// ROOM-YYYYMMDDTHHMMSSZ.opus; moderators (`record`) and the admin API start and stop
+    /// them. Without it, rooms cannot be recorded.
+    #[arg(long, env = "MIXER_RECORD_DIR")]
+    pub record_dir: Option<PathBuf>,
+
     /// Serve without access tokens on a non-loopback address: anyone who reaches the port can
     /// join any room, claim any role and moderate. Logged loudly and shown in /healthz.
     #[arg(long, env = "MIXER_INSECURE_NO_AUTH")]
@@ -346,6 +361,12 @@ pub struct ServeArgs {
 /// A flag value that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// The source password file cannot be used.
+    #[error("--source-password-file: {0}")]
+    SourcePassword(String),
+    /// The recording directory cannot be used.
+    #[error("--record-dir: {0}")]
+    RecordDir(String),
     /// A value that must be positive was zero.
     #[error("--{flag} must be greater than zero")]
     Zero {
@@ -471,9 +492,47 @@ impl ServeArgs {
                 address: self.listen,
             });
         }
+        let source_password = self
+            .source_password_file
+            .as_deref()
+            .map(|path| {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::SourcePassword(format!("reading {}: {e}", path.display()))
+                })?;
+                let password = text.trim();
+                if password.chars().count() < 8 {
+                    return Err(ConfigError::SourcePassword(format!(
+                        "{} holds a password of {} characters; at least 8 are needed",
+                        path.display(),
+                        password.chars().count()
+                    )));
+                }
+                Ok(Arc::<str>::from(password))
+            })
+            .transpose()?;
+        let record_dir = self
+            .record_dir
+            .as_deref()
+            .map(|dir| {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    ConfigError::RecordDir(format!("creating {}: {e}", dir.display()))
+                })?;
+                let metadata = std::fs::metadata(dir).map_err(|e| {
+                    ConfigError::RecordDir(format!("reading {}: {e}", dir.display()))
+                })?;
+                if metadata.permissions().readonly() {
+                    return Err(ConfigError::RecordDir(format!(
+                        "{} is read-only",
+                        dir.display()
+                    )));
+                }
+                Ok(dir.to_path_buf())
+            })
+            .transpose()?;
         let access = AccessConfig {
             insecure: verifier.is_none() && public,
             verifier,
+            source_password,
         };
         let threads = match self.mixer_threads {
             0 => std::thread::available_parallelism()
@@ -556,6 +615,7 @@ impl ServeArgs {
             },
             tls,
             fleet,
+            record_dir,
         })
     }
 

@@ -89,6 +89,18 @@ fn check_route(route: &Route, stream: &[u8]) {
             expected.extend_from_slice(room.as_bytes());
             assert!(target_is(&expected), "listen route for another request");
         }
+        Route::Source(room) => {
+            let target = request_line
+                .split(|&b| b == b' ')
+                .nth(1)
+                .unwrap_or_default();
+            let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+            assert!(
+                (request_line.starts_with(b"PUT ") || request_line.starts_with(b"SOURCE "))
+                    && path.strip_prefix(b"/") == Some(room.as_bytes()),
+                "source route for another request"
+            );
+        }
         Route::NotFound | Route::BadRequest => {}
     }
 }

@@ -15,7 +15,7 @@ pub use control::{
     CONTROL_FLOOD_DROPS_PER_SECOND, ClientMessage, ControlError, ErrorCode, FloorEndReason,
     FloorInfo, FloorPolicy, INVALID_MESSAGE_COST, JoinRequest, LeaveReason, MAX_CHAT_CHARS,
     MAX_CONTROL_MESSAGE, MAX_LISTED_ROOMS, MAX_NAME_CHARS, MAX_PCM_AUDIO_FRAME, MAX_ROOM_LEN,
-    MAX_TOKEN_LEN, Mode, PCM_RATES, ParticipantInfo, RedirectReason, Role, RoomSettings,
-    RoomSummary, ServerMessage, close_code, name_key, normalise_name, parse_client_message,
-    parse_server_message, validate_chat,
+    MAX_TOKEN_LEN, Mode, PCM_RATES, ParticipantInfo, RecordingEnd, RedirectReason, Role,
+    RoomSettings, RoomSummary, ServerMessage, close_code, name_key, normalise_name,
+    parse_client_message, parse_server_message, validate_chat,
 };

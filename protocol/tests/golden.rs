@@ -645,6 +645,19 @@ fn golden_room_info_and_list_rooms() {
         },
     );
     golden_client(r#"{"type":"list_rooms"}"#, ClientMessage::ListRooms);
+    golden_client(
+        r#"{"type":"record","recording":true}"#,
+        ClientMessage::Record { recording: true },
+    );
+    golden_server(
+        r#"{"type":"recording","recording":false,"file":"ch1-20261202T061500Z.opus","reason":"room_empty"}"#,
+        ServerMessage::Recording {
+            recording: false,
+            file: "ch1-20261202T061500Z.opus".into(),
+            by: None,
+            reason: Some(mixer_protocol::RecordingEnd::RoomEmpty),
+        },
+    );
     // The summary's settings are flattened into the message, next to `participants`.
     golden_server(
         r#"{"type":"room_info","room":"ch1","floor_policy":"single","max_participants":256,"max_talkers":4,"normalise":false,"max_talk_ms":60000,"participants":3}"#,

@@ -109,6 +109,7 @@ fn declaration_index(code: ErrorCode) -> usize {
         ErrorCode::Replaced => 43,
         ErrorCode::Draining => 44,
         ErrorCode::FleetUnavailable => 45,
+        ErrorCode::RecordingUnavailable => 46,
     }
 }
 
@@ -119,7 +120,7 @@ fn error_code_all_is_complete_and_in_order() {
         .copied()
         .map(declaration_index)
         .collect();
-    assert_eq!(indices, (0..=45).collect::<Vec<_>>());
+    assert_eq!(indices, (0..=46).collect::<Vec<_>>());
 }
 
 #[test]
@@ -160,6 +161,7 @@ fn error_code_names() {
         (ErrorCode::Banned, "banned"),
         (ErrorCode::Replaced, "replaced"),
         (ErrorCode::Draining, "draining"),
+        (ErrorCode::RecordingUnavailable, "recording_unavailable"),
     ];
     for (code, name) in new {
         assert_eq!(code.as_str(), name);

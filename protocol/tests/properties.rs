@@ -153,6 +153,7 @@ fn arb_client() -> impl Strategy<Value = ClientMessage> {
         arb_room_settings().prop_map(ClientMessage::CreateRoom),
         any::<String>().prop_map(|room| ClientMessage::RoomInfo { room }),
         Just(ClientMessage::ListRooms),
+        any::<bool>().prop_map(|recording| ClientMessage::Record { recording }),
     ]
 }
 
@@ -300,6 +301,20 @@ fn arb_server() -> impl Strategy<Value = ServerMessage> {
                     resume_token,
                 }
             ),
+        (
+            any::<bool>(),
+            "[a-z0-9-]{1,20}\\.opus",
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(proptest::sample::select(
+                <mixer_protocol::RecordingEnd as strum::VariantArray>::VARIANTS
+            ))
+        )
+            .prop_map(|(recording, file, by, reason)| ServerMessage::Recording {
+                recording,
+                file,
+                by,
+                reason,
+            }),
     ]
 }
 

@@ -122,6 +122,7 @@ pub fn client_samples() -> Vec<ClientMessage> {
             room: "ch1".to_owned(),
         },
         ClientMessage::ListRooms,
+        ClientMessage::Record { recording: true },
     ]
 }
 
@@ -187,6 +188,12 @@ pub fn server_samples() -> Vec<ServerMessage> {
             url: "ws://node-2/".into(),
             reason: RedirectReason::OtherNode,
             resume_token: None,
+        },
+        ServerMessage::Recording {
+            recording: true,
+            file: "ch1-20261202T061500Z.opus".into(),
+            by: Some(1),
+            reason: None,
         },
     ]
 }

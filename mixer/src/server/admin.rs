@@ -10,12 +10,17 @@
 //! | POST | `/admin/rooms/{room}/participants/{id}/unmute` | unmute |
 //! | POST | `/admin/rooms/{room}/participants/{id}/remove` | remove, banned while the room exists |
 //! | POST | `/admin/rooms/{room}/close` | disconnect everyone in the room |
+//! | POST | `/admin/rooms/{room}/record/start` | record the room's mix (`--record-dir`): `{"room","file","already"}` |
+//! | POST | `/admin/rooms/{room}/record/stop` | stop recording: `{"room","file"}` |
 //! | POST | `/admin/drain` | take no new rooms; `/healthz` answers 503 `draining` |
 //! | POST | `/admin/undrain` | take new rooms again |
 //!
 //! Requests have no body. Answers are JSON: the data asked for, `{"ok":true}`, or
 //! `{"error":"...","message":"..."}` with a 4xx status.
 
+use std::sync::Arc;
+
+use mixer_protocol::ErrorCode;
 use serde::Serialize;
 use tokio::io::AsyncWrite;
 use tracing::info;
@@ -69,8 +74,8 @@ impl From<AdminRefused> for Reply {
 }
 
 /// Answers one admin request whose head is `head`, then the connection closes.
-pub async fn serve<S: AsyncWrite + Unpin>(stream: &mut S, head: &[u8], context: &Context) {
-    let reply = handle(head, context);
+pub async fn serve<S: AsyncWrite + Unpin>(stream: &mut S, head: &[u8], context: &Arc<Context>) {
+    let reply = handle(head, context).await;
     let code = reply.status.split(' ').next().unwrap_or("500");
     context
         .metrics
@@ -80,7 +85,7 @@ pub async fn serve<S: AsyncWrite + Unpin>(stream: &mut S, head: &[u8], context: 
     let _ = http::respond_with(stream, reply.status, "application/json", &reply.body).await;
 }
 
-fn handle(head: &[u8], context: &Context) -> Reply {
+async fn handle(head: &[u8], context: &Arc<Context>) -> Reply {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
     if request.parse(head).is_err() {
@@ -161,6 +166,32 @@ fn handle(head: &[u8], context: &Context) -> Reply {
             }
             Err(refused) => refused.into(),
         },
+        ("POST", ["rooms", room, "record", "start"]) => {
+            match context.recorders.start(room, None, context).await {
+                Ok(recording) => {
+                    info!(identity = %grant.identity, %room, file = %recording.file, "admin started a recording");
+                    Reply::json(&recording)
+                }
+                Err(error) => {
+                    let (status, code) = match error.code() {
+                        ErrorCode::UnknownRoom => ("404 Not Found", "unknown_room"),
+                        _ => ("409 Conflict", "recording_unavailable"),
+                    };
+                    Reply::error(status, code, error.to_string())
+                }
+            }
+        }
+        ("POST", ["rooms", room, "record", "stop"]) => match context.recorders.stop(room, None) {
+            Some(file) => {
+                info!(identity = %grant.identity, %room, %file, "admin stopped a recording");
+                Reply::json(&serde_json::json!({ "room": room, "file": file }))
+            }
+            None => Reply::error(
+                "409 Conflict",
+                "recording_unavailable",
+                format!("room {room:?} is not being recorded"),
+            ),
+        },
         ("POST", ["drain"]) => {
             pool.set_draining(true);
             Reply::json(&serde_json::json!({ "draining": true }))
@@ -174,6 +205,7 @@ fn handle(head: &[u8], context: &Context) -> Reply {
             ["rooms"]
             | ["rooms", _]
             | ["rooms", _, "close"]
+            | ["rooms", _, "record", "start" | "stop"]
             | ["rooms", _, "participants", _, _]
             | ["drain"]
             | ["undrain"],

@@ -15,7 +15,7 @@ use mixer_protocol::AudioHeader;
 use mixer_protocol::{
     AUDIO_HEADER_LEN, AudioFrame, CONTROL_FLOOD_DROPS_PER_SECOND, ClientMessage, ErrorCode,
     FRAME_SAMPLES, INVALID_MESSAGE_COST, LeaveReason, MAX_AUDIO_FRAME, MAX_CONTROL_MESSAGE,
-    RedirectReason, SAMPLE_RATE, ServerMessage, close_code, parse_client_message,
+    RedirectReason, Role, SAMPLE_RATE, ServerMessage, close_code, parse_client_message,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -71,6 +71,10 @@ pub struct Context {
     pub health: &'static str,
     /// In a fleet (`--redis-url`): where rooms are mixed, and this node's room leases.
     pub fleet: Option<Arc<FleetRooms>>,
+    /// The password of Icecast-style sources on a server without tokens.
+    pub source_password: Option<Arc<str>>,
+    /// Rooms being recorded (`--record-dir`).
+    pub recorders: Arc<super::recording::Recorders>,
 }
 
 /// Serves one accepted connection (after its TLS handshake, on a TLS port) until it ends.
@@ -108,6 +112,10 @@ pub async fn serve<S: Transport>(
         }
         Route::Listen(room) => {
             super::listen::serve(stream, &bytes, &room, peer, &context, shutdown).await;
+            return;
+        }
+        Route::Source(room) => {
+            super::source::serve(stream, bytes, &room, peer, &context, shutdown).await;
             return;
         }
         Route::NotFound => Some((
@@ -801,6 +809,43 @@ impl Session {
                     gain_db,
                 },
             ),
+            ClientMessage::Record { recording } => self.record(recording).await,
+        }
+    }
+
+    /// A moderator starts or stops the recording of its room; the room hears of it (with
+    /// `recording`), or the asker gets an error.
+    async fn record(&mut self, recording: bool) {
+        let Some(membership) = &self.membership else {
+            return self.send_error(ErrorCode::NotJoined, "record needs a join first");
+        };
+        let (room, id) = (membership.room().to_owned(), membership.id());
+        if self.context.pool.role_in(&room, id) != Some(Role::Moderator) {
+            return self.send_error(
+                ErrorCode::Forbidden,
+                "only moderators may start or stop a recording",
+            );
+        }
+        let recorders = self.context.recorders.clone();
+        if recording {
+            match recorders.start(&room, Some(id.0), &self.context).await {
+                // Already running: the asker is told the state; the room heard at its start.
+                Ok(started) if started.already => {
+                    self.outbox.push_control(wire(&ServerMessage::Recording {
+                        recording: true,
+                        file: started.file,
+                        by: None,
+                        reason: None,
+                    }));
+                }
+                Ok(_) => {}
+                Err(error) => self.send_error(error.code(), error.to_string()),
+            }
+        } else if recorders.stop(&room, Some(id.0)).is_none() {
+            self.send_error(
+                ErrorCode::RecordingUnavailable,
+                format!("room {room:?} is not being recorded"),
+            );
         }
     }
 

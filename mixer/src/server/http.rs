@@ -27,6 +27,8 @@ pub enum Route {
     /// `GET /listen/ROOM`: the room's mix as an Ogg/Opus stream (the room name as given; it is
     /// validated by the listen handler).
     Listen(String),
+    /// `PUT /ROOM` or `SOURCE /ROOM` (Icecast's methods): a source streaming into the room.
+    Source(String),
     /// A path this server does not serve.
     NotFound,
     /// Not a parseable HTTP/1.x request.
@@ -85,6 +87,54 @@ pub fn query(head: &[u8]) -> Option<String> {
     Some(query.to_owned()).filter(|q| !q.is_empty())
 }
 
+/// The user and password of an `Authorization: Basic` header.
+pub fn basic_auth(head: &[u8]) -> Option<(String, String)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    request.parse(head).ok()?;
+    let value = request
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("authorization"))?
+        .value;
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(base64_decode(encoded.trim())?).ok()?;
+    let (user, password) = decoded.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+/// Standard base64 (with or without padding); `None` for anything else.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes = text.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        if chunk.len() == 1 {
+            return None;
+        }
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
 /// The token of an `Authorization: Bearer` header.
 pub fn bearer(headers: &[httparse::Header<'_>]) -> Option<String> {
     headers.iter().find_map(|header| {
@@ -138,6 +188,9 @@ pub fn route(head: &[u8]) -> Option<Route> {
         (_, path, false) if path.starts_with("/admin/") => Route::Admin,
         ("GET", path, false) if path.starts_with("/listen/") => {
             Route::Listen(path["/listen/".len()..].to_owned())
+        }
+        ("PUT" | "SOURCE", path, false) if path.len() > 1 && !path[1..].contains('/') => {
+            Route::Source(path[1..].to_owned())
         }
         _ => Route::NotFound,
     })
@@ -324,5 +377,34 @@ mod tests {
         let (bytes, route) = read_head(&mut b).await.expect("head");
         assert_eq!(route, Route::Health);
         assert!(bytes.ends_with(b"extra"));
+    }
+
+    #[test]
+    fn basic_auth_decodes_what_ffmpeg_sends() {
+        // ffmpeg's icecast:// sends `Authorization: Basic base64("source:SECRET")`.
+        let head = b"PUT /lobby HTTP/1.1\r\nAuthorization: Basic c291cmNlOlNFQ1JFVA==\r\n\r\n";
+        assert_eq!(
+            basic_auth(head),
+            Some(("source".to_owned(), "SECRET".to_owned()))
+        );
+        // Unpadded, and a password holding a colon.
+        assert_eq!(base64_decode("YTpiOmM").as_deref(), Some(&b"a:b:c"[..]));
+        assert_eq!(base64_decode("").as_deref(), Some(&b""[..]));
+        // Not base64, a lone trailing character, another scheme, no colon.
+        assert_eq!(base64_decode("a$b="), None);
+        assert_eq!(base64_decode("YWJjZ"), None);
+        assert_eq!(
+            basic_auth(b"PUT /x HTTP/1.1\r\nAuthorization: Bearer abc\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            basic_auth(b"PUT /x HTTP/1.1\r\nAuthorization: Basic bm9jb2xvbg==\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            route(b"SOURCE /lobby HTTP/1.0\r\n\r\n"),
+            Some(Route::Source("lobby".to_owned()))
+        );
+        assert_eq!(route(b"PUT /a/b HTTP/1.1\r\n\r\n"), Some(Route::NotFound));
     }
 }

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use super::connection::{Context, Transport};
-use super::fleet_rooms::{Located, Purpose};
+use super::fleet_rooms::{LeaseGate, Located, Purpose};
 use super::http;
 use super::membership::{Identity, Joiner, new_resume_token};
 use super::outbox::{Closed, Outbox, Outgoing};
@@ -95,6 +95,30 @@ impl OggOpusStream {
             PacketWriteEndInfo::EndPage,
             self.granule,
         );
+    }
+
+    /// Ends the stream: a last 20 ms of silence on a page flagged end-of-stream, as a file's
+    /// last page must be.
+    pub fn finish(&mut self) {
+        self.granule += FRAME_SAMPLES;
+        let _ = self.writer.write_packet(
+            silence_packet().to_vec(),
+            self.serial,
+            PacketWriteEndInfo::EndStream,
+            self.granule,
+        );
+    }
+
+    /// Keeps the stream's clock with the wall clock, `elapsed` after its start: if the room
+    /// paused (its mix is silence, which it does not send) for more than a few frames, the
+    /// gap is filled with silence packets.
+    pub fn keep_time(&mut self, elapsed: Duration) {
+        let due = (elapsed.as_millis() / 20) as u64;
+        if due > self.frames() + FILL_AFTER_FRAMES {
+            while self.frames() + 1 < due {
+                self.push(silence_packet());
+            }
+        }
     }
 
     /// The 20 ms frames in the stream so far.
@@ -206,27 +230,12 @@ async fn admit(
             (Identity::Token(Arc::from(grant.identity.as_str())), name)
         }
     };
-    if !context.addresses.allow_join(peer.ip(), Instant::now()) {
-        return Err(status(
-            "429 Too Many Requests",
-            "too many joins from your address; wait a few seconds".into(),
-        ));
-    }
-    let gate = match &context.fleet {
-        None => None,
-        Some(fleet) => match fleet
-            .locate(room, Purpose::Join, context.pool.is_draining())
-            .await
-        {
-            Ok(Located::Here(gate)) => Some(gate),
-            Ok(Located::Elsewhere { url }) => {
-                return Err(Refusal::Redirect(listen_url(&url, head, room)));
-            }
-            Ok(Located::Nowhere) => return Err(status("404 Not Found", "no such room".into())),
-            Err(unavailable) => {
-                return Err(status("503 Service Unavailable", unavailable.to_string()));
-            }
-        },
+    let gate = match http_seat(room, peer, context).await {
+        Ok(gate) => gate,
+        Err(HttpSeatRefused::Status(code, body)) => return Err(status(code, body)),
+        Err(HttpSeatRefused::Elsewhere(url)) => {
+            return Err(Refusal::Redirect(listen_url(&url, head, room)));
+        }
     };
     let joiner = Joiner {
         identity,
@@ -241,6 +250,47 @@ async fn admit(
         .pool
         .join(room, joiner, gate)
         .map_err(|refused| status("503 Service Unavailable", refused.to_string()))
+}
+
+/// Why an HTTP client (a player, a source) may not take a seat in a room here.
+pub(super) enum HttpSeatRefused {
+    /// Answer with this status and body.
+    Status(&'static str, String),
+    /// Another node of the fleet mixes the room; its WebSocket URL.
+    Elsewhere(String),
+}
+
+/// The checks before an HTTP client takes a seat, as a WebSocket join has them: the address's
+/// join rate, and in a fleet where the room is mixed (and its lease gate here).
+pub(super) async fn http_seat(
+    room: &str,
+    peer: SocketAddr,
+    context: &Arc<Context>,
+) -> Result<Option<Arc<LeaseGate>>, HttpSeatRefused> {
+    if !context.addresses.allow_join(peer.ip(), Instant::now()) {
+        return Err(HttpSeatRefused::Status(
+            "429 Too Many Requests",
+            "too many joins from your address; wait a few seconds".into(),
+        ));
+    }
+    let Some(fleet) = &context.fleet else {
+        return Ok(None);
+    };
+    match fleet
+        .locate(room, Purpose::Join, context.pool.is_draining())
+        .await
+    {
+        Ok(Located::Here(gate)) => Ok(Some(gate)),
+        Ok(Located::Elsewhere { url }) => Err(HttpSeatRefused::Elsewhere(url)),
+        Ok(Located::Nowhere) => Err(HttpSeatRefused::Status(
+            "404 Not Found",
+            "no such room".into(),
+        )),
+        Err(unavailable) => Err(HttpSeatRefused::Status(
+            "503 Service Unavailable",
+            unavailable.to_string(),
+        )),
+    }
 }
 
 /// The listen URL of `room` at the node whose WebSocket URL is `node` (`ws://host/` becomes
@@ -299,13 +349,7 @@ async fn stream_room<S: Transport>(
                 ogg.push(frame.payload);
             }
         }
-        // The room paused (its mix is silence): keep the stream's clock with the wall clock.
-        let due = (started.elapsed().as_millis() / 20) as u64;
-        if due > ogg.frames() + FILL_AFTER_FRAMES {
-            while ogg.frames() + 1 < due {
-                ogg.push(silence_packet());
-            }
-        }
+        ogg.keep_time(started.elapsed());
         let bytes = ogg.take();
         if !bytes.is_empty() {
             // A player that stops reading blocks this write once the socket's buffers are full;
@@ -352,7 +396,7 @@ async fn write_chunk<S: Transport>(stream: &mut S, bytes: &[u8]) -> std::io::Res
 }
 
 /// A random Ogg serial number (a player tells streams apart by it).
-fn serial() -> u32 {
+pub(super) fn serial() -> u32 {
     let mut bytes = [0u8; 4];
     let _ = getrandom::fill(&mut bytes);
     u32::from_le_bytes(bytes)

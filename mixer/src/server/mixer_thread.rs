@@ -190,6 +190,8 @@ pub enum OperatorAction {
     },
     /// Close the room: everyone is told and disconnected.
     Close,
+    /// Tell everyone in the room (a recording started or stopped, say).
+    Announce(Box<ServerMessage>),
 }
 
 /// Why a control command was not sent.
@@ -410,6 +412,10 @@ impl MixerThread {
                 }
                 info!(room = %slot.name, participant = %target, reason = reason.as_str(), "evicted by the server");
                 vec![(target, reason)]
+            }
+            OperatorAction::Announce(message) => {
+                slot.broadcast_all(&message);
+                Vec::new()
             }
             OperatorAction::Close => {
                 let mut targets: Vec<ParticipantId> = slot.members.keys().copied().collect();

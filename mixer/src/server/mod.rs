@@ -25,6 +25,9 @@
 //!   this node holds and the gates that stop a room at its lease's deadline; drain handoffs.
 //! - [`fleet_node`]: the fleet's clock: lease renewals, this node's registration, the drain.
 //! - [`listen`]: `GET /listen/ROOM`, a room's mix as Ogg/Opus over HTTP for any player.
+//! - [`source`]: Icecast-style sources (`PUT /ROOM`, `SOURCE /ROOM`): an Ogg/Opus stream, from
+//!   ffmpeg say, becomes a talker in the room.
+//! - [`recording`]: a room's mix recorded to an Ogg/Opus file under `--record-dir`.
 //! - [`admin`]: the operators' JSON API (rooms, mute, remove with a ban, close, drain).
 //! - [`tls`]: TLS on the public port (`wss://`, `https://`), its certificate reloaded on SIGHUP.
 //!
@@ -46,8 +49,10 @@ pub mod metrics;
 pub mod mixer_thread;
 pub mod outbox;
 pub mod pool;
+pub mod recording;
 pub mod requests;
 pub mod room_fanout;
+pub mod source;
 pub mod tls;
 
 use std::future::Future;
@@ -124,6 +129,9 @@ pub struct AccessConfig {
     /// Open on a non-loopback address, as `--insecure-no-auth` allowed: said in the log and in
     /// `/healthz`.
     pub insecure: bool,
+    /// The password of Icecast-style sources on a server without tokens
+    /// (`--source-password-file`); `None`: sources need a token, or are refused.
+    pub source_password: Option<Arc<str>>,
 }
 
 /// Everything [`run`] needs.
@@ -140,6 +148,8 @@ pub struct ServerConfig {
     /// Membership of a fleet (`--redis-url`): rooms are placed on the fleet's nodes through
     /// Redis (see [`fleet_rooms`] and [`fleet_node`]).
     pub fleet: Option<crate::fleet::FleetSettings>,
+    /// Where recordings are written (`--record-dir`); `None`: rooms cannot be recorded.
+    pub record_dir: Option<std::path::PathBuf>,
 }
 
 /// The `/healthz` body of an open server on a public address.
@@ -186,6 +196,7 @@ pub async fn serve(
     let addresses = Arc::new(AddressLimits::new(
         config.settings.max_connections_per_address,
     ));
+    let (stop_tx, stop_rx) = watch::channel(false);
     let context = Arc::new(connection::Context {
         settings: config.settings.clone(),
         pool: pool.clone(),
@@ -199,6 +210,11 @@ pub async fn serve(
             "ok\n"
         },
         fleet: fleet_rooms.clone(),
+        source_password: config.access.source_password.clone(),
+        recorders: Arc::new(recording::Recorders::new(
+            config.record_dir.clone(),
+            stop_rx.clone(),
+        )),
     });
     match (&config.access.verifier, config.access.insecure) {
         (Some(verifier), _) => info!(key = verifier.kind(), "access tokens required"),
@@ -212,7 +228,6 @@ pub async fn serve(
         tokio::spawn(async move { serve_metrics(listener, context).await })
     });
     let slots = Arc::new(Semaphore::new(config.settings.max_connections));
-    let (stop_tx, stop_rx) = watch::channel(false);
     let drained = Arc::new(tokio::sync::Notify::new());
     let fleet_task = fleet_rooms.clone().map(|rooms| {
         // Ids from different nodes then rarely meet when a room moves between them.
@@ -321,6 +336,13 @@ pub async fn serve(
         while connections.join_next().await.is_some() {}
     })
     .await;
+    // Recordings end at the same signal, each writing its last page and syncing its file.
+    if tokio::time::timeout(config.settings.shutdown_grace, context.recorders.closed())
+        .await
+        .is_err()
+    {
+        warn!("recordings still closing after the grace period");
+    }
     if drained.is_err() {
         warn!(
             remaining = connections.len(),

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mixer_protocol::{AudioFormat, ErrorCode, LeaveReason, Role, RoomSettings, RoomSummary};
+use mixer_protocol::{
+    AudioFormat, ErrorCode, LeaveReason, Role, RoomSettings, RoomSummary, ServerMessage,
+};
 use tracing::{info, warn};
 
 use super::address_limit;
@@ -860,6 +862,21 @@ impl MixerPool {
             Err(AdminRefused::UnknownRoom(_)) => Ok(()),
             other => other,
         }
+    }
+
+    /// Tells everyone in `room` (the server's own news, such as a recording's start).
+    pub fn announce(&self, room: &str, message: ServerMessage) -> Result<(), AdminRefused> {
+        self.operator(room, None, OperatorAction::Announce(Box::new(message)))
+    }
+
+    /// The role participant `id` holds in `room`, if it is seated there.
+    pub fn role_in(&self, room: &str, id: ParticipantId) -> Option<Role> {
+        let registry = self.shared.lock_registry();
+        registry
+            .seated
+            .get(&id)
+            .filter(|record| &*record.room == room)
+            .map(|record| record.role)
     }
 
     /// Sends an operator action to `room`'s mixer thread, after checking that `target` (if

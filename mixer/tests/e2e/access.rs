@@ -1032,3 +1032,77 @@ async fn removing_a_participant_waiting_to_resume_frees_its_seat_and_bans_it() {
     expect_banned(&server, room, "gone").await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_starts_and_stops_a_recording_that_the_room_is_told_of() {
+    let dir = scratch().join("recordings");
+    let server = secured(&["--record-dir", dir.to_str().expect("utf-8")]).await;
+    let operator = sign(&Claims {
+        admin: true,
+        ..claims("ops-team", Role::Listener, &[])
+    });
+    let record = |path: &'static str| admin(&server, "POST", path, Some(&operator));
+    let (mut member, _, _) = join_as(&server, "ops", "member", Role::Listener).await;
+    let (status, body) = record("/admin/rooms/ops/record/start").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room"], "ops");
+    assert_eq!(body["already"], false);
+    let file = body["file"].as_str().expect("a file name").to_owned();
+    let told = next_recording(&mut member).await;
+    assert_eq!(
+        told,
+        ServerMessage::Recording {
+            recording: true,
+            file: file.clone(),
+            by: None,
+            reason: None,
+        }
+    );
+    assert!(dir.join(&file).exists());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = record("/admin/rooms/ops/record/stop").await;
+    assert_eq!((status, body["file"].as_str()), (200, Some(file.as_str())));
+    let told = next_recording(&mut member).await;
+    assert_eq!(
+        told,
+        ServerMessage::Recording {
+            recording: false,
+            file,
+            by: None,
+            reason: Some(mixer_protocol::RecordingEnd::Stopped),
+        }
+    );
+    // Nothing to stop; no such room; and only for admins.
+    let (status, body) = record("/admin/rooms/ops/record/stop").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("recording_unavailable"))
+    );
+    let (status, body) = record("/admin/rooms/nowhere/record/start").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("unknown_room"))
+    );
+    let member_token = token("member", Role::Moderator, "ops");
+    assert_eq!(
+        admin(
+            &server,
+            "POST",
+            "/admin/rooms/ops/record/start",
+            Some(&member_token)
+        )
+        .await
+        .0,
+        403
+    );
+    server.shutdown().await;
+}
+
+/// Reads control messages until a `recording` arrives.
+async fn next_recording(ws: &mut super::Client) -> ServerMessage {
+    loop {
+        if let message @ ServerMessage::Recording { .. } = super::next_control(ws).await {
+            return message;
+        }
+    }
+}

@@ -18,7 +18,7 @@ use crate::common::tone_db;
 /// # Panics
 ///
 /// If the program is not installed (with how to install it), or fails.
-async fn run(program: &str, args: &[&str], timeout: Duration) -> Vec<u8> {
+pub(super) async fn run(program: &str, args: &[&str], timeout: Duration) -> Vec<u8> {
     let child = std::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -51,7 +51,7 @@ async fn run(program: &str, args: &[&str], timeout: Duration) -> Vec<u8> {
 }
 
 /// Decodes `seconds` of the room's listen stream with ffmpeg, as 48 kHz mono floats.
-async fn decode_with_ffmpeg(url: &str, seconds: u32) -> Vec<f32> {
+pub(super) async fn decode_with_ffmpeg(url: &str, seconds: u32) -> Vec<f32> {
     let seconds = seconds.to_string();
     let raw = run(
         "ffmpeg",

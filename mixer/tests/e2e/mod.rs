@@ -10,8 +10,10 @@ mod fleet_nodes;
 mod flood;
 mod listen;
 mod mixing;
+mod recording;
 mod robustness;
 mod service;
+mod source;
 mod tls;
 mod voice_rooms;
 

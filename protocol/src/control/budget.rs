@@ -37,7 +37,8 @@ impl ClientMessage {
             | ClientMessage::Leave
             | ClientMessage::SetMode { .. }
             | ClientMessage::MuteRoom { .. }
-            | ClientMessage::ListRooms => 5,
+            | ClientMessage::ListRooms
+            | ClientMessage::Record { .. } => 5,
             ClientMessage::CreateRoom(_) => 10,
         }
     }

@@ -89,6 +89,14 @@ pub enum ClientMessage {
     },
     /// Ask for the list of rooms (need not be joined); answered with `rooms`.
     ListRooms,
+    /// Moderators: start or stop recording the room's mix to a file on the server (a server
+    /// started with `--record-dir`); the whole room is told with `recording`.
+    Record {
+        /// Start (`true`) or stop (`false`). Starting a recorded room changes nothing and is
+        /// answered, to the asker, with the running `recording`; stopping a room that is not
+        /// recorded gets `recording_unavailable`.
+        recording: bool,
+    },
 }
 
 impl ClientMessage {

@@ -140,6 +140,9 @@ pub enum ErrorCode {
     /// unreachable or just restarted, or no node can take a new room. Rooms already mixed go
     /// on. Try again in a few seconds.
     FleetUnavailable,
+    /// A `record` the server cannot carry out: it was started without `--record-dir`, or the
+    /// recording's file could not be created, or another node of the fleet mixes the room.
+    RecordingUnavailable,
 }
 
 impl ErrorCode {

@@ -37,4 +37,4 @@ pub use validate::{
     MAX_CHAT_CHARS, MAX_CONTROL_MESSAGE, MAX_NAME_CHARS, MAX_RESUME_TOKEN_LEN, MAX_ROOM_LEN,
     MAX_TOKEN_LEN, name_key, normalise_name, validate_chat,
 };
-pub use vocab::{FloorEndReason, FloorPolicy, LeaveReason, Mode, Role};
+pub use vocab::{FloorEndReason, FloorPolicy, LeaveReason, Mode, RecordingEnd, Role};

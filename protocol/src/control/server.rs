@@ -7,7 +7,7 @@ use super::client::RoomSettings;
 use super::error::{ControlError, ErrorCode};
 use super::format::AudioFormat;
 use super::parse::{null_as_default, parse_tagged};
-use super::vocab::{FloorEndReason, FloorPolicy, LeaveReason, Mode, Role};
+use super::vocab::{FloorEndReason, FloorPolicy, LeaveReason, Mode, RecordingEnd, Role};
 
 /// A message from the server to a client.
 ///
@@ -190,6 +190,21 @@ pub enum ServerMessage {
         /// same participant (same id, mode, role, floor).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume_token: Option<String>,
+    },
+    /// The room's mix started or stopped being recorded to a file on the server (sent to the
+    /// whole room, so everyone knows; the recorder is also in the roster, named `recorder`).
+    Recording {
+        /// Whether the room is being recorded now.
+        recording: bool,
+        /// The recording's file name (under the server's `--record-dir`).
+        file: String,
+        /// The moderator who started or stopped it; `None`: the server's operator, or the
+        /// server itself (see `reason`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<u32>,
+        /// Why it stopped (`recording` false only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<RecordingEnd>,
     },
 }
 

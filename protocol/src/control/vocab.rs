@@ -101,6 +101,25 @@ pub enum FloorEndReason {
     Preempted,
 }
 
+/// Why a recording ended.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, IntoStaticStr, VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum RecordingEnd {
+    /// A moderator sent `record` with `recording: false`, or the operator stopped it.
+    Stopped,
+    /// Everyone else left the room.
+    RoomEmpty,
+    /// The server is shutting down (the file was closed cleanly first).
+    ServerShutdown,
+    /// The room moved to another node of the fleet, or closed.
+    RoomGone,
+    /// Writing the file failed (a full disk, say); what was written is kept.
+    WriteFailed,
+}
+
 /// Why a participant left a room.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, IntoStaticStr, VariantArray,
