@@ -49,6 +49,7 @@ pub mod pool;
 pub mod requests;
 pub mod room_fanout;
 pub mod tls;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
