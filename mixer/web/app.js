@@ -793,6 +793,8 @@ if (testing) {
       participantId: state.me,
       audioPath: audio.path,
       sampleRate: audio.ctx ? audio.ctx.sampleRate : null,
+      // What the browser says its audio output adds (the device's buffer), in ms.
+      outputLatencyMs: audio.ctx ? ((audio.ctx.baseLatency || 0) + (audio.ctx.outputLatency || 0)) * 1000 : null,
       contextState: audio.ctx ? audio.ctx.state : null,
       errors: [...state.errors],
       alert: $("alert").hidden ? null : $("alert").textContent,

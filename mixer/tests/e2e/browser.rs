@@ -67,10 +67,11 @@ async fn hear_each_other(path: &str) {
     let (ws, _) = super::join(&server, &room, "rust", Mode::Talk).await;
     let (say, said) = mpsc::unbounded_channel();
     let (stop, stopped) = oneshot::channel();
-    let peer = tokio::spawn(run_peer(ws, RUST_TONE, |_| true, said, stopped));
-
     let mut browser = Chromium::launch(&tone_wav(PAGE_TONE, 0.3, None)).await;
     let state = browser.join(&server, &room, path).await;
+    // Talking from now on, so that the page sees it start (`joined` says who is in the room,
+    // not who is talking).
+    let peer = tokio::spawn(run_peer(ws, RUST_TONE, |_| true, said, stopped));
     assert_eq!(state["audioPath"], path, "{state}");
     assert_eq!(state["roster"], json!(["rust"]), "{state}");
     // Heard within a few seconds; then two more seconds of both talking.
@@ -127,7 +128,7 @@ async fn hear_each_other(path: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement (about a minute); run with --ignored --nocapture"]
+#[ignore = "a measurement (about two minutes); run with --ignored --nocapture"]
 async fn browser_measure_mouth_to_ear_delay() {
     for path in ["webcodecs", "pcm"] {
         measure_mouth_to_ear(path).await;
@@ -154,6 +155,9 @@ async fn measure_mouth_to_ear(path: &str) {
     ));
     let mut browser = Chromium::launch(&tone_wav(PAGE_TONE, 0.3, Some((0.16, 0.6)))).await;
     browser.join(&server, &room, path).await;
+    // The first seconds are the page warming up (Chromium still starting its audio under load):
+    // bursts from then on are measured.
+    let settled = epoch_ms() + 3000.0;
     tokio::time::sleep(Duration::from_secs(40)).await;
     // Half the level of each tone as it arrives: the Talker's 0.2, and whatever the browser's
     // capture made of the WAV's 0.3 (its automatic gain control moves it).
@@ -183,8 +187,10 @@ async fn measure_mouth_to_ear(path: &str) {
         .into_iter()
         .map(|sample| peer.arrival_of(sample))
         .collect();
-    let forward = delays(&peer.burst_sent_at, &epochs(&played));
-    let backward = delays(&epochs(&captured), &heard_at);
+    let after =
+        |times: Vec<f64>| -> Vec<f64> { times.into_iter().filter(|&t| t >= settled).collect() };
+    let forward = delays(&after(peer.burst_sent_at.clone()), &epochs(&played));
+    let backward = delays(&after(epochs(&captured)), &heard_at);
     eprintln!("{path}: page state {state}");
     report(
         &format!("{path}: Rust client -> server -> page's speakers"),
