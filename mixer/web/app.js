@@ -104,6 +104,7 @@ const state = {
   pttHeld: false,
   closingError: null, // an error that announced the close
   errors: [], // every error code received (for tests and the curious)
+  resumes: 0, // times the page got its place back after a dropped connection
   pendingCreate: null,
 };
 
@@ -391,6 +392,7 @@ function onControl(message) {
       state.room = message.room;
       state.floor = message.floor || { policy: "open" };
       state.resumeToken = message.resume_token || null;
+      if (message.resumed) state.resumes++;
       state.roster.clear();
       for (const p of message.participants) state.roster.set(p.id, { ...p });
       if (!message.resumed) {
@@ -797,6 +799,7 @@ if (testing) {
       outputLatencyMs: audio.ctx ? ((audio.ctx.baseLatency || 0) + (audio.ctx.outputLatency || 0)) * 1000 : null,
       contextState: audio.ctx ? audio.ctx.state : null,
       errors: [...state.errors],
+      resumes: state.resumes,
       alert: $("alert").hidden ? null : $("alert").textContent,
       roster: [...state.roster.values()].map((p) => p.name),
       sent: audio.sent,

@@ -14,13 +14,19 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use mixer_protocol::{ClientMessage, Mode, SAMPLE_RATE};
+use mixer_protocol::{ClientMessage, Mode, SAMPLE_RATE, ServerMessage, parse_server_message};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
+use super::cluster::RedisCut;
 use super::{Client, TestServer};
 use crate::common::{Listener, Talker, onsets, tone_db};
+
+/// A tone is heard above this level (dB, 0 = a full-scale sine). Chromium's noise suppression
+/// takes a steady tone for noise and pulls the page's 1 kHz (-10 dB in the WAV file) down to
+/// about -30 dB within seconds; a tone that is absent measures below -50 dB.
+const HEARD_DB: f32 = -40.0;
 
 /// The Rust client's tone, and the page's (its fake microphone's WAV file).
 const RUST_TONE: f32 = 650.0;
@@ -67,8 +73,10 @@ async fn hear_each_other(path: &str) {
     let (ws, _) = super::join(&server, &room, "rust", Mode::Talk).await;
     let (say, said) = mpsc::unbounded_channel();
     let (stop, stopped) = oneshot::channel();
+    // The page reaches the server through a relay that the test cuts, to drop its connection.
+    let relay = RedisCut::start(server.addr.port()).await;
     let mut browser = Chromium::launch(&tone_wav(PAGE_TONE, 0.3, None)).await;
-    let state = browser.join(&server, &room, path).await;
+    let state = browser.join(relay.port(), &room, path).await;
     // Talking from now on, so that the page sees it start (`joined` says who is in the room,
     // not who is talking).
     let peer = tokio::spawn(run_peer(ws, RUST_TONE, |_| true, said, stopped));
@@ -77,7 +85,7 @@ async fn hear_each_other(path: &str) {
     // Heard within a few seconds; then two more seconds of both talking.
     browser
         .wait_for(
-            &format!("mixerTest.toneDb('played', {RUST_TONE}, 1) > -30"),
+            &format!("mixerTest.toneDb('played', {RUST_TONE}, 1) > {HEARD_DB}"),
             "the page to play the Rust client's tone",
         )
         .await;
@@ -101,9 +109,58 @@ async fn hear_each_other(path: &str) {
     {
         browser.screenshot(Path::new(&shot)).await;
     }
+    // A dropped connection (no close frame): the page rejoins with its resume token as the
+    // same participant, and both directions carry on.
+    let cut_at = epoch_ms();
+    relay.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.heal();
+    let resumed = browser
+        .wait_for(
+            "(() => { const s = mixerTest.state(); return s.resumes === 1 && s.joined ? s : null; })()",
+            "the page to resume after its connection dropped",
+        )
+        .await;
+    assert_eq!(
+        resumed["participantId"], state["participantId"],
+        "{resumed}"
+    );
+    browser
+        .wait_for(
+            &format!("mixerTest.toneDb('played', {RUST_TONE}, 0.5) > {HEARD_DB}"),
+            "the page to play the Rust client's tone again",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let played_after = browser.tone_db("played", RUST_TONE, 0.5).await;
+    let played_own_after = browser.tone_db("played", PAGE_TONE, 0.5).await;
     stop.send(()).expect("peer running");
-    let heard = peer.await.expect("peer task").listener;
-    let last = &heard.pcm[heard.pcm.len().saturating_sub(2 * SAMPLE_RATE as usize)..];
+    let peer = peer.await.expect("peer task");
+    let heard = &peer.listener;
+    let after = &heard.pcm[heard.pcm.len().saturating_sub(SAMPLE_RATE as usize / 2)..];
+    assert!(
+        tone_db(after, PAGE_TONE) > HEARD_DB && played_after > HEARD_DB && played_own_after < -50.0,
+        "after resuming: the Rust client heard the page at {:.1} dB, the page played it at \
+         {played_after:.1} dB and itself at {played_own_after:.1} dB",
+        tone_db(after, PAGE_TONE)
+    );
+    assert!(
+        !peer
+            .roster
+            .iter()
+            .any(|m| matches!(m, ServerMessage::ParticipantLeft { .. })),
+        "the room saw the page leave: {:?}",
+        peer.roster
+    );
+    // The two seconds before the drop.
+    let cut = heard.pcm.len().min(
+        peer.arrivals[peer
+            .arrivals
+            .partition_point(|&(_, at)| at < cut_at)
+            .saturating_sub(1)]
+        .0,
+    );
+    let last = &heard.pcm[cut.saturating_sub(2 * SAMPLE_RATE as usize)..cut];
     let rust_heard_page = tone_db(last, PAGE_TONE);
     let rust_heard_itself = tone_db(last, RUST_TONE);
     eprintln!(
@@ -111,14 +168,14 @@ async fn hear_each_other(path: &str) {
          (captured {captured_own:.1} dB); the Rust client heard the page at {rust_heard_page:.1} dB \
          and itself at {rust_heard_itself:.1} dB; page state {state}"
     );
-    assert!(captured_own > -30.0, "the fake microphone: {state}");
+    assert!(captured_own > HEARD_DB, "the fake microphone: {state}");
     assert!(
-        played_rust > -30.0,
+        played_rust > HEARD_DB,
         "the page does not play the Rust client: {state}"
     );
     assert!(played_own < -50.0, "the page plays its own voice: {state}");
     assert!(
-        rust_heard_page > -30.0,
+        rust_heard_page > HEARD_DB,
         "the Rust client does not hear the page: {state}"
     );
     assert!(rust_heard_itself < -50.0, "the Rust client hears itself");
@@ -154,7 +211,7 @@ async fn measure_mouth_to_ear(path: &str) {
         stopped,
     ));
     let mut browser = Chromium::launch(&tone_wav(PAGE_TONE, 0.3, Some((0.16, 0.6)))).await;
-    browser.join(&server, &room, path).await;
+    browser.join(server.addr.port(), &room, path).await;
     // The first seconds are the page warming up (Chromium still starting its audio under load):
     // bursts from then on are measured.
     let settled = epoch_ms() + 3000.0;
@@ -249,6 +306,8 @@ struct Peer {
     burst_sent_at: Vec<f64>,
     /// For each received frame: where it starts in `listener.pcm`, and when it arrived.
     arrivals: Vec<(usize, f64)>,
+    /// The control messages it received.
+    roster: Vec<ServerMessage>,
 }
 
 impl Peer {
@@ -277,6 +336,7 @@ async fn run_peer(
         listener: Listener::default(),
         burst_sent_at: Vec::new(),
         arrivals: Vec::new(),
+        roster: Vec::new(),
     };
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     let mut frame = 0u64;
@@ -304,6 +364,9 @@ async fn run_peer(
                     // A pause in silence is filled in before the frame: it starts at the end.
                     let start = start.max(peer.listener.pcm.len() - crate::common::FS as usize / 50);
                     peer.arrivals.push((start, epoch_ms()));
+                }
+                Some(Ok(Message::Text(text))) => {
+                    peer.roster.push(parse_server_message(text.as_str()).expect("server JSON"));
                 }
                 Some(Ok(_)) => {}
                 other => panic!("the Rust client's connection ended: {other:?}"),
@@ -509,11 +572,9 @@ impl Chromium {
 
     /// Opens the server's page on a link that joins `room` as "page" on the audio `path`, in
     /// test mode; returns the page's state once joined.
-    async fn join(&mut self, server: &TestServer, room: &str, path: &str) -> Value {
-        let url = format!(
-            "http://{}/?room={room}&name=page&join=1&audio={path}&test=1",
-            server.addr
-        );
+    async fn join(&mut self, port: u16, room: &str, path: &str) -> Value {
+        let url =
+            format!("http://127.0.0.1:{port}/?room={room}&name=page&join=1&audio={path}&test=1");
         self.call("Page.navigate", json!({"url": url})).await;
         self.wait_for(
             "(() => { const s = window.mixerTest && mixerTest.state(); return s && s.joined ? s : null; })()",
