@@ -101,6 +101,14 @@ fn check_route(route: &Route, stream: &[u8]) {
                 "source route for another request"
             );
         }
+        Route::App(file) => {
+            let mut expected = b"/app/".to_vec();
+            expected.extend_from_slice(file.as_bytes());
+            assert!(
+                target_is(&expected) || (file == crate::server::web::INDEX && target_is(b"/")),
+                "app route for another request"
+            );
+        }
         Route::NotFound | Route::BadRequest => {}
     }
 }

@@ -118,6 +118,10 @@ pub async fn serve<S: Transport>(
             super::source::serve(stream, bytes, &room, peer, &context, shutdown).await;
             return;
         }
+        Route::App(file) => {
+            let _ = super::web::serve(&mut stream, &file).await;
+            return;
+        }
         Route::NotFound => Some((
             "404 Not Found",
             "not found: WebSocket clients connect to /\n",

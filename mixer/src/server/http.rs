@@ -29,6 +29,9 @@ pub enum Route {
     Listen(String),
     /// `PUT /ROOM` or `SOURCE /ROOM` (Icecast's methods): a source streaming into the room.
     Source(String),
+    /// The browser client: `GET /` without an upgrade is its page (`index.html`), `GET
+    /// /app/FILE` one of its files (the file name as given; [`super::web`] serves it or `404`).
+    App(String),
     /// A path this server does not serve.
     NotFound,
     /// Not a parseable HTTP/1.x request.
@@ -183,6 +186,10 @@ pub fn route(head: &[u8]) -> Option<Route> {
     });
     Some(match (method, path, upgrade) {
         ("GET", "/", true) => Route::WebSocket,
+        ("GET", "/", false) => Route::App(super::web::INDEX.to_owned()),
+        ("GET", path, false) if path.starts_with("/app/") => {
+            Route::App(path["/app/".len()..].to_owned())
+        }
         ("GET", "/healthz", _) => Route::Health,
         ("GET", "/metrics", _) => Route::Metrics,
         (_, path, false) if path.starts_with("/admin/") => Route::Admin,
@@ -315,7 +322,7 @@ mod tests {
             Some(Route::Metrics)
         );
         assert_eq!(
-            route(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            route(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n"),
             Some(Route::NotFound)
         );
         assert_eq!(
@@ -327,6 +334,35 @@ mod tests {
         // Incomplete heads wait for more bytes.
         assert_eq!(route(b"GET /healthz HTTP/1.1\r\nHost: x\r\n"), None);
         assert_eq!(route(b"GE"), None);
+    }
+
+    #[test]
+    fn routes_the_browser_client() {
+        // The same path is the page for a browser and the WebSocket for a client that upgrades.
+        assert_eq!(
+            route(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(Route::App("index.html".into()))
+        );
+        assert_eq!(
+            route(b"GET /?room=lobby&join=1 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(Route::App("index.html".into()))
+        );
+        assert_eq!(
+            route(b"GET /app/app.js?v=2 HTTP/1.1\r\n\r\n"),
+            Some(Route::App("app.js".into()))
+        );
+        assert_eq!(
+            route(b"GET /app/../secret HTTP/1.1\r\n\r\n"),
+            Some(Route::App("../secret".into())),
+            "looked up in the embedded table, never on disk"
+        );
+        assert_eq!(route(b"GET /app HTTP/1.1\r\n\r\n"), Some(Route::NotFound));
+        assert_eq!(
+            route(b"GET /favicon.ico HTTP/1.1\r\n\r\n"),
+            Some(Route::NotFound)
+        );
+        let upgrade = b"GET /app/app.js HTTP/1.1\r\nUpgrade: websocket\r\n\r\n";
+        assert_eq!(route(upgrade), Some(Route::NotFound));
     }
 
     #[test]

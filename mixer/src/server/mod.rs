@@ -54,6 +54,7 @@ pub mod requests;
 pub mod room_fanout;
 pub mod source;
 pub mod tls;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -550,6 +550,11 @@ impl RedisCut {
         }
     }
 
+    /// The relay's port (it relays any TCP, not only Redis).
+    pub(super) fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `redis://127.0.0.1:port/` of the relay.
     pub(super) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)

@@ -2,6 +2,7 @@
 //! the harness (a server on port 0, clients, message helpers) here, the tests by topic below.
 
 mod access;
+mod browser;
 mod cluster;
 mod fleet_cluster;
 mod fleet_loadgen;
