@@ -448,6 +448,26 @@ mod tests {
     }
 
     #[test]
+    fn gaps_are_filled_with_silence_and_the_last_page_ends_the_stream() {
+        let mut stream = OggOpusStream::new(7, "radio");
+        stream.take();
+        stream.push(&[0xfc, 1]);
+        // A pause of up to FILL_AFTER_FRAMES is the room's own jitter: left alone.
+        stream.keep_time(Duration::from_millis(20 * (1 + FILL_AFTER_FRAMES)));
+        assert_eq!(stream.frames(), 1);
+        // Longer, and the stream catches up to one frame behind the clock.
+        stream.keep_time(Duration::from_millis(1000));
+        assert_eq!(stream.frames(), 49);
+        stream.finish();
+        let bytes = stream.take();
+        let pages = pages(&bytes);
+        assert_eq!(pages.len(), 50);
+        assert_eq!(pages.last().expect("last").0, 50 * FRAME_SAMPLES);
+        let last = bytes.windows(4).rposition(|w| w == b"OggS").expect("page");
+        assert_eq!(bytes[last + 5] & 4, 4, "end of stream");
+    }
+
+    #[test]
     fn the_silence_packet_decodes_to_20_ms_of_silence() {
         let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).expect("decoder");
         let mut pcm = [1.0f32; 960];
