@@ -39,6 +39,9 @@ const PRE_SKIP: u16 = 3840;
 /// silence: more than the room's own jitter, less than a player's buffer.
 const FILL_AFTER_FRAMES: u64 = 3;
 
+/// How often a stream checks whether the room has paused and its gap needs filling.
+const FILL_CHECK: Duration = Duration::from_millis(60);
+
 /// How often a blocked write checks whether the player has been given up on.
 const SLOW_CHECK: Duration = Duration::from_millis(100);
 
@@ -329,7 +332,10 @@ async fn stream_room<S: Transport>(
     }
     let mut ogg = OggOpusStream::new(serial(), room);
     let started = Instant::now();
-    let mut fill = tokio::time::interval(Duration::from_millis(20));
+    // Gaps are filled only once they are longer than FILL_AFTER_FRAMES, so the clock need not
+    // wake the task for every frame: the frames themselves do while the room talks.
+    let mut fill = tokio::time::interval(FILL_CHECK);
+    fill.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::new();
     loop {
         tokio::select! {
@@ -386,12 +392,14 @@ async fn stream_room<S: Transport>(
 }
 
 /// Writes one HTTP chunk.
+///
+/// One write (one system call, one TLS record) for the chunk's size line, bytes and end.
 async fn write_chunk<S: Transport>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
-    stream
-        .write_all(format!("{:x}\r\n", bytes.len()).as_bytes())
-        .await?;
-    stream.write_all(bytes).await?;
-    stream.write_all(b"\r\n").await?;
+    let mut chunk = Vec::with_capacity(bytes.len() + 12);
+    chunk.extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
+    chunk.extend_from_slice(bytes);
+    chunk.extend_from_slice(b"\r\n");
+    stream.write_all(&chunk).await?;
     stream.flush().await
 }
 
