@@ -81,8 +81,8 @@ pub async fn serve<S: Transport>(
     let head_len = head_length(&head_and_body).unwrap_or(head_and_body.len());
     let head = head_and_body[..head_len].to_vec();
     let mut stream = Prefixed::new(head_and_body[head_len..].to_vec(), stream);
-    let membership = match admit(&head, room, peer, context).await {
-        Ok(membership) => membership,
+    let (membership, outbox) = match admit(&head, room, peer, context).await {
+        Ok(admitted) => admitted,
         Err((status, body)) => {
             let mut response = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
@@ -105,7 +105,7 @@ pub async fn serve<S: Transport>(
     }
     info!(%peer, room, "source connected");
     let ended = tokio::select! {
-        ended = ingest(&mut stream, &membership) => ended,
+        ended = ingest(&mut stream, &membership, &outbox) => ended,
         _ = shutdown.changed() => Ok(LeaveReason::ServerShutdown),
     };
     let reason = match ended {
@@ -134,7 +134,7 @@ async fn admit(
     room: &str,
     peer: SocketAddr,
     context: &Arc<Context>,
-) -> Result<Membership, (&'static str, String)> {
+) -> Result<(Membership, Arc<Outbox>), (&'static str, String)> {
     JoinRequest::validate_room_name(room).map_err(|e| ("400 Bad Request", e.to_string()))?;
     let password = http::basic_auth(head).map(|(_, password)| password);
     let (name, role) = match (&context.auth, &context.source_password) {
@@ -193,9 +193,9 @@ async fn admit(
         mode: Some(Mode::Talk),
         role,
         format: AudioFormat::pcm16(48_000),
-        outbox,
+        outbox: outbox.clone(),
     };
-    context.pool.join(room, joiner, gate).map_err(|refused| {
+    let membership = context.pool.join(room, joiner, gate).map_err(|refused| {
         let status = match refused.code() {
             mixer_protocol::ErrorCode::NameTaken => "403 Forbidden",
             mixer_protocol::ErrorCode::Banned => "403 Forbidden",
@@ -213,7 +213,8 @@ async fn admit(
             _ => refused.to_string(),
         };
         (status, message)
-    })
+    })?;
+    Ok((membership, outbox))
 }
 
 /// Compares without stopping at the first difference, so the time taken says nothing about
@@ -231,10 +232,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn ingest<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
     membership: &Membership,
+    outbox: &Outbox,
 ) -> Result<LeaveReason, SourceError> {
     let (frames, queued) = tokio::sync::mpsc::channel(MAX_QUEUED_FRAMES);
     let reading = read_frames(stream, frames);
-    let sending = send_paced(queued, membership);
+    let sending = send_paced(queued, membership, outbox);
     tokio::pin!(reading, sending);
     tokio::select! {
         read = &mut reading => {
@@ -270,10 +272,12 @@ async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
 }
 
 /// Sends the queued frames to the room at their paced times; returns when the queue is closed
-/// and empty (the stream ended), or the room stops taking audio.
+/// and empty (the stream ended), or the room lets the source go (its outbox closes: removed by
+/// a moderator or the operator, the room closed or moved), or stops taking audio.
 async fn send_paced(
     mut queued: tokio::sync::mpsc::Receiver<(Bytes, f32)>,
     membership: &Membership,
+    outbox: &Outbox,
 ) -> LeaveReason {
     let mut pacer = Pacer::default();
     let mut open = true;
@@ -281,6 +285,10 @@ async fn send_paced(
     loop {
         let due = pacer.next_due();
         if !open && due.is_none() {
+            return LeaveReason::Left;
+        }
+        if outbox.closed().is_some() {
+            // The room has already said why the source left.
             return LeaveReason::Left;
         }
         tokio::select! {

@@ -6,9 +6,11 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use mixer_protocol::{ClientMessage, Mode, ServerMessage};
+use futures_util::SinkExt;
+use mixer_protocol::{ClientMessage, Mode, Role, ServerMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::TestServer;
 use crate::common::tone_db;
@@ -195,4 +197,50 @@ async fn sources_without_the_password_or_on_a_server_without_one_are_refused() {
             .starts_with("HTTP/1.1 403")
     );
     open.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moderator_removes_a_source_and_its_connection_is_closed() {
+    let (server, file) = server().await;
+    let (mut moderator, _) =
+        super::join_as(&server, "music", "mod", Mode::Listen, Role::Moderator).await;
+    let mut ffmpeg = ffmpeg_source(&server, "music", 700, 30, PASSWORD);
+    let source_id = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let ServerMessage::ParticipantJoined { participant } =
+                super::next_control(&mut moderator).await
+                && participant.name == "[source]"
+            {
+                return participant.id;
+            }
+        }
+    })
+    .await
+    .expect("the source joins");
+    moderator
+        .send(Message::text(
+            ClientMessage::Remove {
+                participant_id: source_id,
+            }
+            .to_json(),
+        ))
+        .await
+        .expect("send");
+    // ffmpeg would stream for 30 s; the server hangs up on it, and it gives up.
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let Some(status) = ffmpeg.try_wait().expect("wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    if ended.is_err() {
+        let _ = ffmpeg.kill();
+        panic!("ffmpeg still streaming 15 s after its source was removed");
+    }
+    let _ = ffmpeg.wait();
+    server.shutdown().await;
+    let _ = std::fs::remove_file(file);
 }
