@@ -383,8 +383,14 @@ impl RecorderTask {
                 break end;
             }
         };
-        // Stopped by request, the entry is gone already; otherwise it goes now.
-        self.recorders.lock_running().remove(&self.room);
+        // Stopped by request, the entry is gone already (and the room may be recorded anew
+        // meanwhile, under another entry); otherwise this recording's entry goes now.
+        {
+            let mut running = self.recorders.lock_running();
+            if running.get(&self.room).is_some_and(|r| r.file == self.name) {
+                running.remove(&self.room);
+            }
+        }
         ogg.finish();
         let closed = async {
             writer.write_all(&ogg.take()).await?;
