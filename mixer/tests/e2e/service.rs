@@ -5,14 +5,22 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_and_unknown_paths_over_plain_http() {
     let server = TestServer::start(&[]).await;
-    for (path, status) in [("/healthz", "200"), ("/nope", "404"), ("/", "404")] {
+    // `/` without a WebSocket upgrade is the browser client's page.
+    for (path, status) in [
+        ("/healthz", "200"),
+        ("/nope", "404"),
+        ("/", "200"),
+        ("/app/nope.js", "404"),
+    ] {
         let (status_line, body) = http_get(server.addr, path).await;
         assert!(
             status_line.starts_with(&format!("HTTP/1.1 {status}")),
             "{path}: {status_line}"
         );
-        if path == "/healthz" {
-            assert_eq!(body, "ok\n");
+        match path {
+            "/healthz" => assert_eq!(body, "ok\n"),
+            "/" => assert!(body.contains("<!doctype html>"), "{body}"),
+            _ => {}
         }
     }
     server.shutdown().await;
