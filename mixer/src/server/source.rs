@@ -136,6 +136,12 @@ async fn admit(
     context: &Arc<Context>,
 ) -> Result<(Membership, Arc<Outbox>), (&'static str, String)> {
     JoinRequest::validate_room_name(room).map_err(|e| ("400 Bad Request", e.to_string()))?;
+    if is_chunked(head) {
+        return Err((
+            "501 Not Implemented",
+            "chunked request bodies are not taken: send the Ogg stream as the raw body, as Icecast clients do".to_owned(),
+        ));
+    }
     let password = http::basic_auth(head).map(|(_, password)| password);
     let (name, role) = match (&context.auth, &context.source_password) {
         (Some(verifier), _) => {
@@ -215,6 +221,22 @@ async fn admit(
         (status, message)
     })?;
     Ok((membership, outbox))
+}
+
+/// Whether the request's body is sent in HTTP chunks (`Transfer-Encoding: chunked`), which the
+/// Ogg reader does not take apart; Icecast clients send the stream raw.
+fn is_chunked(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    if request.parse(head).is_err() {
+        return false;
+    }
+    request.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            && String::from_utf8_lossy(h.value)
+                .to_ascii_lowercase()
+                .contains("chunked")
+    })
 }
 
 /// Compares without stopping at the first difference, so the time taken says nothing about
@@ -630,5 +652,15 @@ mod tests {
             assert_eq!(pair[1] - pair[0], ms(20));
         }
         assert!(pacer.is_empty() && pacer.next_due().is_none());
+    }
+
+    #[test]
+    fn chunked_bodies_are_recognised() {
+        assert!(is_chunked(
+            b"PUT /r HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"
+        ));
+        assert!(!is_chunked(
+            b"PUT /r HTTP/1.1\r\nContent-Type: audio/ogg\r\n\r\n"
+        ));
     }
 }
