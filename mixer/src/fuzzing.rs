@@ -66,7 +66,12 @@ pub fn http_head(data: &[u8]) {
 
 /// A route that serves something was asked for by the request line itself.
 fn check_route(route: &Route, stream: &[u8]) {
-    let request_line = stream.split(|&b| b == b'\n').next().unwrap_or_default();
+    // HTTP lets empty lines come before the request line (RFC 9112, 2.2), and httparse skips
+    // them.
+    let request_line = stream
+        .split(|&b| b == b'\n')
+        .find(|line| !line.is_empty() && *line != b"\r")
+        .unwrap_or_default();
     let target_is = |path: &[u8]| {
         request_line.strip_prefix(b"GET ").is_some_and(|rest| {
             rest.strip_prefix(path)
