@@ -222,12 +222,26 @@ pub async fn respond_with<S: AsyncWrite + Unpin>(
     content_type: &str,
     body: &str,
 ) -> io::Result<()> {
-    let response = format!(
+    respond_with_headers(stream, status, content_type, "", body.as_bytes()).await
+}
+
+/// Writes a complete HTTP response with the given content type, further header lines
+/// (`extra_headers`: each ending in CRLF) and body, and closes the write side.
+pub async fn respond_with_headers<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: &str,
+    content_type: &str,
+    extra_headers: &str,
+    body: &[u8],
+) -> io::Result<()> {
+    let mut response = format!(
         "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
+         {extra_headers}connection: close\r\n\r\n",
         body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
+    )
+    .into_bytes();
+    response.extend_from_slice(body);
+    stream.write_all(&response).await?;
     stream.shutdown().await
 }
 

@@ -84,16 +84,19 @@ pub async fn serve<S: Transport>(
     let (membership, outbox) = match admit(&head, room, peer, context).await {
         Ok(admitted) => admitted,
         Err((status, body)) => {
-            let mut response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
-                body.len() + 1
-            );
-            if status.starts_with("401") {
-                response.push_str("www-authenticate: Basic realm=\"mixer\"\r\n");
-            }
-            response.push_str(&format!("\r\n{body}\n"));
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            let challenge = if status.starts_with("401") {
+                "www-authenticate: Basic realm=\"mixer\"\r\n"
+            } else {
+                ""
+            };
+            let _ = http::respond_with_headers(
+                &mut stream,
+                status,
+                "text/plain; charset=utf-8",
+                challenge,
+                format!("{body}\n").as_bytes(),
+            )
+            .await;
             return;
         }
     };

@@ -9,7 +9,7 @@
 
 use std::io;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 /// The page's file name: what `GET /` serves.
 pub const INDEX: &str = "index.html";
@@ -75,21 +75,11 @@ pub async fn serve<S: AsyncWrite + Unpin>(stream: &mut S, name: &str) -> io::Res
             &b"not found: the browser client's files are /, /app/app.js, /app/style.css, ...\n"[..],
         ),
     };
-    stream
-        .write_all(head(status, content_type, body.len()).as_bytes())
-        .await?;
-    stream.write_all(body).await?;
-    stream.shutdown().await
-}
-
-/// The response head for an embedded file (or its `404`).
-fn head(status: &str, content_type: &str, length: usize) -> String {
-    format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {length}\r\n\
-         cache-control: no-cache\r\nx-content-type-options: nosniff\r\n\
-         content-security-policy: {CONTENT_SECURITY_POLICY}\r\nreferrer-policy: no-referrer\r\n\
-         connection: close\r\n\r\n"
-    )
+    let headers = format!(
+        "cache-control: no-cache\r\nx-content-type-options: nosniff\r\n\
+         content-security-policy: {CONTENT_SECURITY_POLICY}\r\nreferrer-policy: no-referrer\r\n"
+    );
+    super::http::respond_with_headers(stream, status, content_type, &headers, body).await
 }
 
 #[cfg(test)]
