@@ -37,7 +37,7 @@ fn scratch() -> PathBuf {
 }
 
 /// A server that requires tokens signed with [`SECRET`], and its key file.
-async fn secured(extra: &[&str]) -> TestServer {
+pub(super) async fn secured(extra: &[&str]) -> TestServer {
     let key = scratch().join("secret.key");
     std::fs::write(&key, SECRET).expect("write key");
     let key = key.to_str().expect("utf-8 path").to_owned();
@@ -65,7 +65,7 @@ fn sign(claims: &Claims) -> String {
     Signer::hmac(SECRET).sign(claims).expect("sign")
 }
 
-fn token(identity: &str, role: Role, room: &str) -> String {
+pub(super) fn token(identity: &str, role: Role, room: &str) -> String {
     sign(&claims(identity, role, &[room]))
 }
 

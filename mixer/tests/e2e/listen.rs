@@ -5,7 +5,6 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use mixer::auth::{Claims, Signer, unix_now};
 use mixer_protocol::{Mode, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -79,6 +78,26 @@ pub(super) async fn decode_with_ffmpeg(url: &str, seconds: u32) -> Vec<f32> {
         .collect()
 }
 
+/// ffprobe's view of a stream or file (`target`, a URL or a path): format, codec, channels,
+/// sample rate and duration, one `key=value` a line.
+pub(super) async fn probe(target: &str) -> String {
+    let out = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,channels,sample_rate:format=format_name,duration",
+            "-of",
+            "default=noprint_wrappers=1",
+            target,
+        ],
+        Duration::from_secs(20),
+    )
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The response head of a plain GET (the stream is left unread).
 async fn head_of(server: &TestServer, target: &str) -> String {
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
@@ -122,21 +141,7 @@ async fn ffmpeg_plays_the_room_and_ffprobe_sees_ogg_opus() {
     assert!(lower.contains("icy-name: radio"), "{head}");
     assert!(lower.contains("transfer-encoding: chunked"), "{head}");
 
-    let probe = run(
-        "ffprobe",
-        &[
-            "-v",
-            "error",
-            "-show_entries",
-            "stream=codec_name,sample_rate,channels:format=format_name",
-            "-of",
-            "default=noprint_wrappers=1",
-            &url,
-        ],
-        Duration::from_secs(20),
-    )
-    .await;
-    let probe = String::from_utf8_lossy(&probe);
+    let probe = probe(&url).await;
     for expected in [
         "codec_name=opus",
         "sample_rate=48000",
@@ -189,26 +194,8 @@ async fn a_silent_room_streams_silence_in_real_time_instead_of_stalling() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_keys_wants_a_listener_token_for_the_room() {
-    const SECRET: &[u8] = b"listen test secret, 32 bytes or more";
-    let key = std::env::temp_dir().join(format!("mixer-listen-{}.key", std::process::id()));
-    std::fs::write(&key, SECRET).expect("write key");
-    let server = TestServer::start(&["--auth-key-file", key.to_str().expect("utf-8")]).await;
-    let token = |rooms: &str| {
-        Signer::hmac(SECRET)
-            .sign(&Claims {
-                sub: "radio-fan".into(),
-                name: None,
-                role: Role::Listener,
-                rooms: vec![rooms.into()],
-                can_create_rooms: false,
-                can_list_rooms: false,
-                admin: false,
-                exp: unix_now() + 600,
-                nbf: None,
-                iat: None,
-            })
-            .expect("sign")
-    };
+    let server = super::access::secured(&[]).await;
+    let token = |room: &str| super::access::token("radio-fan", Role::Listener, room);
     let head = head_of(&server, "/listen/radio").await;
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
     let head = head_of(
@@ -226,7 +213,6 @@ async fn a_server_with_keys_wants_a_listener_token_for_the_room() {
     .await;
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     server.shutdown().await;
-    let _ = std::fs::remove_file(key);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,16 +221,7 @@ async fn a_player_that_stops_reading_is_dropped_like_a_slow_client_and_nobody_el
     use mixer_protocol::{LeaveReason, ServerMessage, parse_server_message};
     use tokio_tungstenite::tungstenite::Message;
 
-    // A high mix bitrate fills the stalled player's socket buffers within a second or two.
-    let server = TestServer::start(&[
-        "--opus-bitrate",
-        "510000",
-        "--send-queue-ms",
-        "100",
-        "--slow-client-timeout-ms",
-        "1000",
-    ])
-    .await;
+    let server = TestServer::start(super::SLOW_CLIENT_FLAGS).await;
     let (mut watcher, _) = super::join(&server, "busy", "watcher", Mode::Listen).await;
     let (talker, _) = super::join(&server, "busy", "talker", Mode::Talk).await;
     let talking = tokio::spawn(super::run_client(

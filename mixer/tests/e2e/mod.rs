@@ -38,6 +38,18 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// A server that gives up on a client that stops reading within about a second: a high mix
+/// bitrate fills the stalled client's socket buffers in a second or two, a short send queue
+/// then overflows, and the slow-client timeout is short.
+const SLOW_CLIENT_FLAGS: &[&str] = &[
+    "--opus-bitrate",
+    "510000",
+    "--send-queue-ms",
+    "100",
+    "--slow-client-timeout-ms",
+    "1000",
+];
+
 struct TestServer {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,

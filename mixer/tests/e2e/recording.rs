@@ -3,22 +3,35 @@
 //! the talker at its level for as long as it was recorded, and is closed cleanly when the
 //! server shuts down.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::SinkExt;
 use mixer_protocol::{ClientMessage, ErrorCode, Mode, RecordingEnd, Role, ServerMessage};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::listen::{decode_with_ffmpeg, run};
+use super::listen::{decode_with_ffmpeg, probe};
 use super::{Client, TestServer};
 use crate::common::tone_db;
 
-/// A fresh recording directory for one test.
-fn record_dir(test: &str) -> PathBuf {
+/// A server recording into a fresh directory for `test`, and in its `room` a talker sending
+/// `tone` for `talking` and a moderator listening: (the directory, the server, the talker's
+/// task, the moderator and its id).
+async fn recorded_room(
+    test: &str,
+    room: &str,
+    tone: f32,
+    talking: Duration,
+) -> (PathBuf, TestServer, JoinHandle<super::Heard>, Client, u32) {
     let dir = std::env::temp_dir().join(format!("mixer-rec-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    dir
+    let server = TestServer::start(&["--record-dir", dir.to_str().expect("utf-8")]).await;
+    let (talker, _) = super::join(&server, room, "talker", Mode::Talk).await;
+    let talking = tokio::spawn(super::run_client(talker, Some(tone), talking));
+    let (moderator, moderator_id) =
+        super::join_as(&server, room, "mod", Mode::Listen, Role::Moderator).await;
+    (dir, server, talking, moderator, moderator_id)
 }
 
 /// Reads control messages until a `recording` arrives: (recording, file, by, reason).
@@ -42,25 +55,6 @@ async fn send(ws: &mut Client, message: ClientMessage) {
         .expect("send");
 }
 
-/// ffprobe's view of a file: format, codec, channels, sample rate and duration.
-async fn probe(path: &Path) -> String {
-    let out = run(
-        "ffprobe",
-        &[
-            "-v",
-            "error",
-            "-show_entries",
-            "stream=codec_name,channels,sample_rate:format=format_name,duration",
-            "-of",
-            "default=noprint_wrappers=1",
-            path.to_str().expect("utf-8"),
-        ],
-        Duration::from_secs(20),
-    )
-    .await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn duration_of(probe: &str) -> f64 {
     probe
         .lines()
@@ -71,16 +65,8 @@ fn duration_of(probe: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moderator_records_the_mix_and_the_file_holds_the_talker_for_as_long_as_recorded() {
-    let dir = record_dir("moderator");
-    let server = TestServer::start(&["--record-dir", dir.to_str().expect("utf-8")]).await;
-    let (talker, _) = super::join(&server, "rec", "talker", Mode::Talk).await;
-    let talking = tokio::spawn(super::run_client(
-        talker,
-        Some(500.0),
-        Duration::from_secs(7),
-    ));
-    let (mut moderator, moderator_id) =
-        super::join_as(&server, "rec", "mod", Mode::Listen, Role::Moderator).await;
+    let (dir, server, talking, mut moderator, moderator_id) =
+        recorded_room("moderator", "rec", 500.0, Duration::from_secs(7)).await;
     let (mut speaker, _) = super::join(&server, "rec", "speaker", Mode::Listen).await;
 
     // Only moderators record.
@@ -126,7 +112,7 @@ async fn a_moderator_records_the_mix_and_the_file_holds_the_talker_for_as_long_a
     super::expect_error(&mut moderator, ErrorCode::RecordingUnavailable).await;
 
     let path = dir.join(&file);
-    let probed = probe(&path).await;
+    let probed = probe(path.to_str().expect("utf-8")).await;
     for expected in [
         "format_name=ogg",
         "codec_name=opus",
@@ -159,22 +145,14 @@ async fn a_moderator_records_the_mix_and_the_file_holds_the_talker_for_as_long_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_is_closed_cleanly_at_shutdown_and_refused_without_a_record_dir() {
-    let dir = record_dir("shutdown");
-    let server = TestServer::start(&["--record-dir", dir.to_str().expect("utf-8")]).await;
-    let (talker, _) = super::join(&server, "live", "talker", Mode::Talk).await;
-    let talking = tokio::spawn(super::run_client(
-        talker,
-        Some(800.0),
-        Duration::from_secs(3),
-    ));
-    let (mut moderator, _) =
-        super::join_as(&server, "live", "mod", Mode::Listen, Role::Moderator).await;
+    let (dir, server, talking, mut moderator, _) =
+        recorded_room("shutdown", "live", 800.0, Duration::from_secs(3)).await;
     send(&mut moderator, ClientMessage::Record { recording: true }).await;
     let (_, file, _, _) = next_recording(&mut moderator).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.shutdown().await;
     let _ = talking.await;
-    let probed = probe(&dir.join(&file)).await;
+    let probed = probe(dir.join(&file).to_str().expect("utf-8")).await;
     assert!(probed.contains("codec_name=opus"), "{probed}");
     let seconds = duration_of(&probed);
     assert!((1.5..=3.5).contains(&seconds), "{seconds} s recorded");

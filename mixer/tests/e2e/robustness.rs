@@ -208,16 +208,7 @@ async fn bad_input_gets_typed_errors_and_never_disturbs_the_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_without_hurting_the_room() {
-    // A high mix bitrate fills the stalled client's socket buffers within a second or two.
-    let server = TestServer::start(&[
-        "--opus-bitrate",
-        "510000",
-        "--send-queue-ms",
-        "100",
-        "--slow-client-timeout-ms",
-        "1000",
-    ])
-    .await;
+    let server = TestServer::start(SLOW_CLIENT_FLAGS).await;
     let (mut watcher, _) = join(&server, "busy", "watcher", Mode::Listen).await;
     // The stalled client: a tiny receive buffer, joins, then never reads again.
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
