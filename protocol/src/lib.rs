@@ -3,6 +3,7 @@
 
 pub mod audio;
 pub mod control;
+pub mod link;
 #[doc(hidden)]
 pub mod fuzzing;
 
