@@ -247,6 +247,18 @@ fn read_key(path: &Path) -> Result<KeyMaterial, KeyError> {
     Ok(KeyMaterial::Secret(secret))
 }
 
+/// Reads an HMAC secret (at least [`MIN_SECRET_BYTES`], trailing whitespace dropped): the
+/// fleet's node key, which signs and checks the tokens of node-to-node links.
+pub fn read_secret(path: &Path) -> Result<Vec<u8>, KeyError> {
+    match read_key(path)? {
+        KeyMaterial::Secret(secret) => Ok(secret),
+        KeyMaterial::PublicPem(_) | KeyMaterial::PrivatePem(_) => Err(KeyError::Pem {
+            path: path.display().to_string(),
+            detail: "a node key is a shared secret, not a PEM key; make one with: head -c 32 /dev/urandom | base64".to_owned(),
+        }),
+    }
+}
+
 /// Checks tokens: the server's side of a key.
 #[derive(Clone)]
 pub struct Verifier {

@@ -345,6 +345,24 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub drain_timeout_ms: u64,
 
+    /// The fleet's node key (a shared secret of at least 32 bytes, the same on every node):
+    /// signs and checks node-to-node links (`/link/ROOM`). Without it the node takes no links
+    /// and makes none.
+    #[arg(long, env = "MIXER_NODE_KEY_FILE")]
+    pub node_key_file: Option<PathBuf>,
+
+    /// With --node-key-file: serve a client of a room mixed on another node as an *edge* (one
+    /// link per room to that node carries all of this node's members) instead of redirecting
+    /// it there.
+    #[arg(long, env = "MIXER_EDGE")]
+    pub edge: bool,
+
+    /// With --edge: link through this node (ws://host:port) instead of straight to each
+    /// room's node, making a tree of mixers. Outside a fleet, every room joined here is
+    /// relayed there.
+    #[arg(long, env = "MIXER_EDGE_UPSTREAM")]
+    pub edge_upstream: Option<String>,
+
     /// How long shutdown waits for clients to close, in ms.
     #[arg(long, env = "MIXER_SHUTDOWN_GRACE_MS", default_value_t = 2_000)]
     pub shutdown_grace_ms: u64,
@@ -367,6 +385,14 @@ pub enum ConfigError {
     /// The recording directory cannot be used.
     #[error("--record-dir: {0}")]
     RecordDir(String),
+    /// The link flags cannot work together.
+    #[error("--{flag}: {reason}")]
+    Links {
+        /// The flag at fault.
+        flag: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// A value that must be positive was zero.
     #[error("--{flag} must be greater than zero")]
     Zero {
@@ -546,6 +572,7 @@ impl ServeArgs {
             ..JitterConfig::default()
         };
         let fleet = self.fleet_settings(tls_configured(self))?;
+        let links = self.link_settings(fleet.as_ref())?;
         // Last: the only check that reads files, and the slowest.
         let tls = match (&self.tls_cert, &self.tls_key) {
             (None, None) => None,
@@ -572,6 +599,7 @@ impl ServeArgs {
                 .max(1)
         };
         Ok(ServerConfig {
+            links,
             access,
             settings: Settings {
                 send_queue_frames: frames(self.send_queue_ms),
@@ -617,6 +645,48 @@ impl ServeArgs {
             fleet,
             record_dir,
         })
+    }
+
+    /// Validates the link flags: `None` without --node-key-file.
+    fn link_settings(
+        &self,
+        fleet: Option<&FleetSettings>,
+    ) -> Result<Option<crate::server::edge::LinkSettings>, ConfigError> {
+        let error = |flag, reason: String| ConfigError::Links { flag, reason };
+        let Some(path) = &self.node_key_file else {
+            if self.edge {
+                return Err(error("edge", "needs --node-key-file".into()));
+            }
+            if self.edge_upstream.is_some() {
+                return Err(error("edge-upstream", "needs --node-key-file".into()));
+            }
+            return Ok(None);
+        };
+        if self.edge_upstream.is_some() && !self.edge {
+            return Err(error(
+                "edge-upstream",
+                "only means something with --edge".into(),
+            ));
+        }
+        if self.edge && fleet.is_none() && self.edge_upstream.is_none() {
+            return Err(error(
+                "edge",
+                "outside a fleet (--redis-url) an edge needs --edge-upstream to know where rooms are mixed".into(),
+            ));
+        }
+        if let Some(url) = &self.edge_upstream {
+            crate::server::edge::link_url(url, "room")
+                .map_err(|reason| error("edge-upstream", reason))?;
+        }
+        let key = crate::server::link::LinkKey::from_file(path)
+            .map_err(|e| error("node-key-file", e.to_string()))?;
+        Ok(Some(crate::server::edge::LinkSettings {
+            key: Arc::new(key),
+            node: fleet.map_or_else(|| "standalone".to_owned(), |f| f.node.as_str().to_owned()),
+            edge: self.edge,
+            upstream: self.edge_upstream.clone(),
+            public_url: fleet.map(|f| f.public_url.clone()),
+        }))
     }
 
     /// Validates the fleet flags: `None` without --redis-url, the other fleet flags then being

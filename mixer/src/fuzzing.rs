@@ -94,6 +94,11 @@ fn check_route(route: &Route, stream: &[u8]) {
             expected.extend_from_slice(room.as_bytes());
             assert!(target_is(&expected), "listen route for another request");
         }
+        Route::Link(room) => {
+            let mut expected = mixer_protocol::link::LINK_PATH_PREFIX.as_bytes().to_vec();
+            expected.extend_from_slice(room.as_bytes());
+            assert!(target_is(&expected), "link route for another request");
+        }
         Route::Source(room) => {
             let target = request_line
                 .split(|&b| b == b' ')

@@ -3,9 +3,9 @@
 
 pub mod audio;
 pub mod control;
-pub mod link;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod link;
 
 pub use audio::{
     AUDIO_HEADER_LEN, AudioError, AudioFrame, AudioHeader, AudioLevel, FRAME_MS, FRAME_SAMPLES,

@@ -291,7 +291,10 @@ mod tests {
 
     #[test]
     fn bodies_parse_what_they_encode_and_refuse_the_rest() {
-        assert_eq!(parse_close(&close_body(4307, "redirect")), Ok((4307, "redirect")));
+        assert_eq!(
+            parse_close(&close_body(4307, "redirect")),
+            Ok((4307, "redirect"))
+        );
         assert!(parse_close(&[1]).is_err());
         assert!(parse_close(&[0x10, 0x00, 0xff]).is_err());
         assert_eq!(parse_stream(&[1]), Ok(true));

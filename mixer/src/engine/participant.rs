@@ -110,6 +110,8 @@ pub(super) struct Participant {
     /// The next frame sent starts a new run of frames (the first one, or the first after a
     /// pause in silence): it carries the marker bit.
     pub(super) starts_run: bool,
+    /// Whether it hears the shared stream, as last reported ([`Event::StreamSwitched`]).
+    pub(super) hears_shared: bool,
     /// How the client's audio is coded.
     pub(super) codec: ClientCodec,
     /// This tick's playout, captured while the participant holds a single floor (its
@@ -190,6 +192,7 @@ impl Participant {
             talking: false,
             talk_frames: 0,
             starts_run: true,
+            hears_shared: true,
             codec,
             capture: None,
             replay: None,
@@ -452,7 +455,25 @@ impl Participant {
     /// encoded either by this participant's own encoder or by the shared one. Sharing the room's
     /// numbering makes every shared frame byte-identical for all its listeners (but for the
     /// marker on a newcomer's first frame), so the shell can build it once.
-    pub(super) fn stamp(&mut self, sequence: u16, timestamp: u32, output: Output) {
+    ///
+    /// It also reports (to `events`) when the participant has moved onto or off the shared
+    /// stream since its last stamp: a relay that hands the shared frame on to many listeners
+    /// at once must know who is not to get it, even while their own stream is paused.
+    pub(super) fn stamp(
+        &mut self,
+        sequence: u16,
+        timestamp: u32,
+        output: Output,
+        events: &mut VecDeque<Event>,
+    ) {
+        let hears_shared = self.pcm.is_none() && self.stream().is_none();
+        if hears_shared != self.hears_shared {
+            self.hears_shared = hears_shared;
+            events.push_back(Event::StreamSwitched {
+                participant: self.id,
+                shared: hears_shared,
+            });
+        }
         if self.pending.take().is_some() {
             self.stats.frames_overwritten += 1;
         }

@@ -90,6 +90,17 @@ pub enum Event {
     },
     /// The push-to-talk floor changed hands.
     Floor(FloorChange),
+    /// A participant moved onto (`shared`) or off the shared stream: from now on it hears the
+    /// shared frames, or frames of its own (its mix-minus, a replay, PCM), even while those are
+    /// paused. Every participant starts on the shared stream, so a participant whose first
+    /// frames are its own is reported before its first tick's frames are handed out. A relay
+    /// that passes the shared frame on once for many listeners (an edge node) needs this.
+    StreamSwitched {
+        /// Who.
+        participant: ParticipantId,
+        /// Whether it hears the shared stream now.
+        shared: bool,
+    },
     /// A participant who joined during a transmission and heard it replayed from its start
     /// has caught up: from now on it hears the room live (see [`replay`](super::replay)). Also
     /// reported, once, when such a joiner transmits before catching up: it goes live at once.
@@ -396,6 +407,12 @@ impl Room {
     /// A participant's mode: the one source of truth for it (the shell keeps no copy).
     pub fn mode(&self, id: ParticipantId) -> Option<Mode> {
         self.index.get(&id).map(|&i| self.participants[i].mode)
+    }
+
+    /// Whether a participant hears the shared stream (as last reported by
+    /// [`Event::StreamSwitched`]); `None` if it is not in the room.
+    pub fn hears_shared(&self, id: ParticipantId) -> Option<bool> {
+        Some(self.participants[*self.index.get(&id)?].hears_shared)
     }
 
     /// Whether a participant is muted.

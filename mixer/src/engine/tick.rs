@@ -250,7 +250,7 @@ impl Room {
         };
         for participant in &mut self.participants {
             participant.quiet_ticks = participant.quiet_ticks.saturating_add(1);
-            participant.stamp(self.out_sequence, timestamp, output);
+            participant.stamp(self.out_sequence, timestamp, output, &mut self.events);
         }
         self.out_sequence = self.out_sequence.wrapping_add(1);
         self.out_timestamp = timestamp.wrapping_add(FRAME_SAMPLES as u32);
@@ -514,7 +514,7 @@ impl Room {
                     Some(level) => Output::Frame(level),
                     None => Output::Paused,
                 };
-                participant.stamp(self.out_sequence, timestamp, output);
+                participant.stamp(self.out_sequence, timestamp, output, &mut self.events);
                 continue;
             }
             let output = match participant.stream() {
@@ -531,7 +531,7 @@ impl Room {
                 },
                 None => shared_output,
             };
-            participant.stamp(self.out_sequence, timestamp, output);
+            participant.stamp(self.out_sequence, timestamp, output, &mut self.events);
         }
         self.out_sequence = self.out_sequence.wrapping_add(1);
         self.out_timestamp = timestamp.wrapping_add(FRAME_SAMPLES as u32);

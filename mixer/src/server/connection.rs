@@ -15,7 +15,7 @@ use mixer_protocol::AudioHeader;
 use mixer_protocol::{
     AUDIO_HEADER_LEN, AudioFrame, CONTROL_FLOOD_DROPS_PER_SECOND, ClientMessage, ErrorCode,
     FRAME_SAMPLES, INVALID_MESSAGE_COST, LeaveReason, MAX_AUDIO_FRAME, MAX_CONTROL_MESSAGE,
-    RedirectReason, Role, SAMPLE_RATE, ServerMessage, close_code, parse_client_message,
+    RedirectReason, SAMPLE_RATE, ServerMessage, close_code, parse_client_message,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -30,18 +30,20 @@ use super::Settings;
 use super::address_limit::{AddressLimits, ConnectionPlaces};
 use super::admin;
 use super::budget::{ControlBudget, TokenBucket, Verdict};
+use super::edge::{ATTACH_TIMEOUT, Attached, Edges};
 use super::fleet_rooms::{FleetRooms, LeaseGate, Located, Purpose};
 use super::http::{self, Prefixed, Route};
-use super::membership::{Forwarded, Identity, Joiner, Membership};
+use super::membership::{Forwarded, Identity, Joiner};
 use super::metrics::Metrics;
 use super::mixer_thread::SendError;
 use super::outbox::{Closed, Outbox, Outgoing};
 use super::pool::MixerPool;
 use super::requests::RoomRequest;
 use super::room_fanout::wire;
+use super::seat::Seat;
 use crate::auth::{AuthError, Grant, Verifier};
-use crate::engine::ParticipantId;
 use crate::engine::pcm::PcmRate;
+use mixer_protocol::link::{LinkAttach, LinkIdentity};
 
 type Ws<S> = WebSocketStream<Prefixed<S>>;
 
@@ -75,6 +77,8 @@ pub struct Context {
     pub source_password: Option<Arc<str>>,
     /// Rooms being recorded (`--record-dir`).
     pub recorders: Arc<super::recording::Recorders>,
+    /// Node-to-node links and the rooms this node relays as an edge (`--node-key-file`).
+    pub edges: Option<Arc<super::edge::Edges>>,
 }
 
 /// Serves one accepted connection (after its TLS handshake, on a TLS port) until it ends.
@@ -112,6 +116,10 @@ pub async fn serve<S: Transport>(
         }
         Route::Listen(room) => {
             super::listen::serve(stream, &bytes, &room, peer, &context, shutdown).await;
+            return;
+        }
+        Route::Link(room) => {
+            super::link::serve(stream, bytes, &room, peer, &context, shutdown).await;
             return;
         }
         Route::Source(room) => {
@@ -171,6 +179,14 @@ pub async fn serve<S: Transport>(
     context.metrics.connections.dec();
 }
 
+/// Where a join goes.
+enum Joining {
+    /// The room is mixed here (under this lease gate, in a fleet).
+    Here(Option<Arc<LeaseGate>>),
+    /// The room is mixed elsewhere; this node relays it as an edge.
+    Edge(Arc<Edges>),
+}
+
 /// Why the session loop ended.
 enum End {
     /// The client sent a close frame.
@@ -195,7 +211,7 @@ struct Session {
     places: Option<ConnectionPlaces>,
     context: Arc<Context>,
     outbox: Arc<Outbox>,
-    membership: Option<Membership>,
+    membership: Option<Seat>,
     /// The PCM rate of a `pcm16` client (its frames are checked by size, not as Opus).
     pcm: Option<PcmRate>,
     /// Audio: one second of burst, and 10 % over real time sustained.
@@ -552,10 +568,21 @@ impl Session {
         let Some(fleet) = self.context.fleet.clone() else {
             return Ok(None);
         };
-        match fleet
+        let located = fleet
             .locate(room, purpose, self.context.pool.is_draining())
-            .await
-        {
+            .await;
+        self.answer_located(room, purpose, located)
+    }
+
+    /// Acts on where `room` is: `Ok(Some(gate))` when this node mixes it; otherwise answers the
+    /// client (a `redirect`, `unknown_room` or `fleet_unavailable`) and returns `Err(())`.
+    fn answer_located(
+        &mut self,
+        room: &str,
+        purpose: Purpose,
+        located: Result<Located, super::fleet_rooms::Unavailable>,
+    ) -> Result<Option<Arc<LeaseGate>>, ()> {
+        match located {
             Ok(Located::Here(gate)) => Ok(Some(gate)),
             Ok(Located::Elsewhere { url }) => {
                 self.redirect(room, url, RedirectReason::OtherNode);
@@ -571,6 +598,62 @@ impl Session {
                 }
                 self.send_error(ErrorCode::FleetUnavailable, unavailable.to_string());
                 Err(())
+            }
+        }
+    }
+
+    /// Where `room` is mixed, for a join: here (`Ok(Joining::Here)`, with the lease gate in a
+    /// fleet), or elsewhere with this node as an edge for it. Otherwise the client has been
+    /// answered (a `redirect` or an error) and `Err(())` says so.
+    async fn locate_join(&mut self, room: &str) -> Result<Joining, ()> {
+        let edges = self
+            .context
+            .edges
+            .clone()
+            .filter(|edges| edges.settings().edge);
+        let Some(fleet) = self.context.fleet.clone() else {
+            // Outside a fleet, an edge relays every room to its --edge-upstream.
+            return Ok(match edges {
+                Some(edges) => Joining::Edge(edges),
+                None => Joining::Here(None),
+            });
+        };
+        let located = fleet
+            .locate(room, Purpose::Join, self.context.pool.is_draining())
+            .await;
+        match (located, edges) {
+            (Ok(Located::Elsewhere { .. }), Some(edges)) => Ok(Joining::Edge(edges)),
+            (located, _) => self
+                .answer_located(room, Purpose::Join, located)
+                .map(Joining::Here),
+        }
+    }
+
+    /// Seats the client in a room mixed on another node, through this node's link for the
+    /// room (see [`super::edge`]): the room's node answers with `joined` or an error, which the
+    /// link passes on to the client.
+    async fn join_edge(&mut self, edges: &Arc<Edges>, room: &str, attach: LinkAttach) {
+        let (mut seat, answer) = match edges.attach(room, attach, self.outbox.clone(), 0) {
+            Ok(attached) => attached,
+            Err(error) => return self.refuse_join(ErrorCode::ShuttingDown, error.to_string()),
+        };
+        match tokio::time::timeout(ATTACH_TIMEOUT, answer).await {
+            Ok(Ok(Attached::Seated(id))) => {
+                seat.seated(id);
+                debug!(peer = %self.peer, room, participant = %id, "joined through this edge");
+                self.membership = Some(Seat::Edge(seat));
+            }
+            // The room's error has reached the client already.
+            Ok(Ok(Attached::Refused)) | Ok(Err(_)) => seat.forget(),
+            Err(_) => {
+                seat.leave(LeaveReason::Disconnected);
+                self.refuse_join(
+                    ErrorCode::FleetUnavailable,
+                    format!(
+                        "the node that mixes room {room:?} did not answer this edge within {} s; try again",
+                        ATTACH_TIMEOUT.as_secs()
+                    ),
+                );
             }
         }
     }
@@ -647,8 +730,25 @@ impl Session {
                     .format
                     .pcm_rate()
                     .and_then(|hz| PcmRate::from_hz(hz).ok());
-                let Ok(gate) = self.locate(&request.room, Purpose::Join).await else {
-                    return;
+                let gate = match self.locate_join(&request.room).await {
+                    Ok(Joining::Here(gate)) => gate,
+                    Ok(Joining::Edge(edges)) => {
+                        let attach = LinkAttach {
+                            identity: match identity {
+                                Identity::Token(sub) => LinkIdentity::Token(sub.to_string()),
+                                Identity::Name(key) => LinkIdentity::Name(key.to_string()),
+                            },
+                            name,
+                            role,
+                            mode: request.mode,
+                            format: request.format.clone(),
+                            address: ip,
+                            resume: request.resume.clone(),
+                            rejoin: false,
+                        };
+                        return self.join_edge(&edges, &request.room, attach).await;
+                    }
+                    Err(()) => return,
                 };
                 if let Some(token) = &request.resume {
                     if !self.context.addresses.may_try_resume(ip, now) {
@@ -667,7 +767,7 @@ impl Session {
                         bound,
                         self.outbox.clone(),
                     ) {
-                        Some(membership) => self.membership = Some(membership),
+                        Some(membership) => self.membership = Some(Seat::Local(membership)),
                         None => {
                             self.context.addresses.resume_failed(ip, now);
                             self.refuse_join(
@@ -691,7 +791,7 @@ impl Session {
                 };
                 match self.context.pool.join(&request.room, joiner, gate) {
                     Ok(membership) => {
-                        self.membership = Some(membership);
+                        self.membership = Some(Seat::Local(membership));
                     }
                     Err(refused) => self.refuse_join(refused.code(), refused.to_string()),
                 }
@@ -703,7 +803,6 @@ impl Session {
             ClientMessage::Ping { id } => {
                 self.outbox.push_control(wire(&ServerMessage::Pong { id }));
             }
-            ClientMessage::Chat { text } => self.chat(text, now),
             ClientMessage::CreateRoom(settings) => {
                 match self.grant(None) {
                     Ok(Some(grant)) => {
@@ -781,75 +880,35 @@ impl Session {
                 self.outbox
                     .push_control(wire(&ServerMessage::Rooms { rooms, truncated }));
             }
-            ClientMessage::SetMode { mode } => self.request(now, RoomRequest::SetMode(mode)),
-            ClientMessage::Mute {
-                participant_id,
-                muted,
-            } => self.request(
-                now,
-                RoomRequest::Mute {
-                    target: participant_id.map(ParticipantId),
-                    muted,
-                },
-            ),
-            ClientMessage::MuteRoom { muted } => self.request(now, RoomRequest::MuteRoom { muted }),
-            ClientMessage::FloorRequest { preempt } => {
-                self.request(now, RoomRequest::FloorRequest { preempt })
-            }
-            ClientMessage::FloorRelease => self.request(now, RoomRequest::FloorRelease),
-            ClientMessage::Remove { participant_id } => self.request(
-                now,
-                RoomRequest::Remove {
-                    target: ParticipantId(participant_id),
-                },
-            ),
-            ClientMessage::SetGain {
-                participant_id,
-                gain_db,
-            } => self.request(
-                now,
-                RoomRequest::SetGain {
-                    target: ParticipantId(participant_id),
-                    gain_db,
-                },
-            ),
             ClientMessage::Record { recording } => self.record(recording).await,
+            ClientMessage::Chat { text } => self.chat(text, now),
+            other => {
+                if let Some(request) = RoomRequest::from_client(other, 0) {
+                    self.request(now, request);
+                }
+            }
         }
     }
 
     /// A moderator starts or stops the recording of its room; the room hears of it (with
-    /// `recording`), or the asker gets an error.
+    /// `recording`), or the asker gets an error. On an edge, the room's node decides.
     async fn record(&mut self, recording: bool) {
         let Some(membership) = &self.membership else {
             return self.send_error(ErrorCode::NotJoined, "record needs a join first");
         };
-        let (room, id) = (membership.room().to_owned(), membership.id());
-        if self.context.pool.role_in(&room, id) != Some(Role::Moderator) {
-            return self.send_error(
-                ErrorCode::Forbidden,
-                "only moderators may start or stop a recording",
-            );
-        }
-        let recorders = self.context.recorders.clone();
-        if recording {
-            match recorders.start(&room, Some(id.0), &self.context).await {
-                // Already running: the asker is told the state; the room heard at its start.
-                Ok(started) if started.already => {
-                    self.outbox.push_control(wire(&ServerMessage::Recording {
-                        recording: true,
-                        file: started.file,
-                        by: None,
-                        reason: None,
-                    }));
-                }
-                Ok(_) => {}
-                Err(error) => self.send_error(error.code(), error.to_string()),
+        let (room, id) = match membership {
+            Seat::Edge(seat) => {
+                seat.forward(&ClientMessage::Record { recording });
+                return;
             }
-        } else if recorders.stop(&room, Some(id.0)).is_none() {
-            self.send_error(
-                ErrorCode::RecordingUnavailable,
-                format!("room {room:?} is not being recorded"),
-            );
+            Seat::Local(local) => (local.room().to_owned(), local.id()),
+        };
+        match super::recording::moderator_request(&self.context, &room, id, recording).await {
+            Ok(Some(reply)) => {
+                self.outbox.push_control(wire(&reply));
+            }
+            Ok(None) => {}
+            Err((code, message)) => self.send_error(code, message),
         }
     }
 
@@ -867,9 +926,7 @@ impl Session {
                 "more than 5 chat messages at once or 1 per second; message dropped",
             );
         }
-        let ts_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let ts_ms = super::requests::chat_timestamp();
         self.request(now, RoomRequest::Chat { text, ts_ms });
     }
 
@@ -917,8 +974,7 @@ impl Session {
             );
         }
         let len = bytes.len() as u64;
-        let payload = bytes.slice(AUDIO_HEADER_LEN..);
-        match membership.send_audio(header, payload, now) {
+        match membership.send_audio(header, bytes, now) {
             Forwarded::Queued => {
                 self.context.metrics.audio_frames_in_total.inc();
                 self.context.metrics.audio_bytes_in_total.inc_by(len);

@@ -27,6 +27,9 @@ pub enum Route {
     /// `GET /listen/ROOM`: the room's mix as an Ogg/Opus stream (the room name as given; it is
     /// validated by the listen handler).
     Listen(String),
+    /// `GET /link/ROOM` with a WebSocket upgrade: a node-to-node link from an edge (the room
+    /// name as given; the link handler validates it).
+    Link(String),
     /// `PUT /ROOM` or `SOURCE /ROOM` (Icecast's methods): a source streaming into the room.
     Source(String),
     /// The browser client: `GET /` without an upgrade is its page (`index.html`), `GET
@@ -79,6 +82,14 @@ pub fn access_token(head: &[u8]) -> Option<String> {
             .map(str::to_owned)
     });
     from_query.or_else(|| bearer(request.headers))
+}
+
+/// The token of a request head's `Authorization: Bearer` header, if any (not the query's).
+pub fn bearer_of(head: &[u8]) -> Option<String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    request.parse(head).ok()?;
+    bearer(request.headers)
 }
 
 /// The query string of a request head's target (after `?`), if it has one.
@@ -189,6 +200,9 @@ pub fn route(head: &[u8]) -> Option<Route> {
         ("GET", "/", false) => Route::App(super::web::INDEX.to_owned()),
         ("GET", path, false) if path.starts_with("/app/") => {
             Route::App(path["/app/".len()..].to_owned())
+        }
+        ("GET", path, true) if path.starts_with(mixer_protocol::link::LINK_PATH_PREFIX) => {
+            Route::Link(path[mixer_protocol::link::LINK_PATH_PREFIX.len()..].to_owned())
         }
         ("GET", "/healthz", _) => Route::Health,
         ("GET", "/metrics", _) => Route::Metrics,

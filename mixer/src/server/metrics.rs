@@ -125,6 +125,8 @@ pub struct Metrics {
     registry: Registry,
     /// Open WebSocket connections.
     pub connections: IntGauge,
+    /// Open node-to-node links from edges (see `server::link`).
+    pub links: IntGauge,
     /// Connections accepted (TCP), all routes.
     pub connections_total: IntCounter,
     /// Connections refused at the connection limit, the server's or one address's.
@@ -282,6 +284,10 @@ impl Metrics {
         let metrics = Metrics {
             registry,
             connections: gauge("mixer_connections", "Open WebSocket connections."),
+            links: gauge(
+                "mixer_links",
+                "Open node-to-node links from edge nodes (each carries an edge's members of one room).",
+            ),
             connections_total: counter("mixer_connections_total", "TCP connections accepted."),
             connections_refused_total: counter(
                 "mixer_connections_refused_total",

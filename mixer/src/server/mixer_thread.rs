@@ -519,6 +519,13 @@ impl MixerThread {
         if let Some(member) = slot.members.get_mut(&participant) {
             member.outbox = outbox;
             member.outbox.push_control(wire(&joined));
+            // A session on an edge starts out hearing the shared frames there: say so if this
+            // participant has a stream of its own (the engine reports only switches).
+            if let Some(relay) = member.outbox.relayed()
+                && slot.engine.hears_shared(participant) == Some(false)
+            {
+                relay.hub.stream(relay.session, false);
+            }
             info!(room = %slot.name, %participant, "resumed");
             metrics.resumes_total.inc();
         }
@@ -719,6 +726,7 @@ impl MixerThread {
                     .tick_duration_seconds
                     .observe(start.elapsed().as_secs_f64());
                 slot.drain_events(metrics);
+                slot.flush_relays(metrics);
                 slot.ticked(metrics);
             }
         }

@@ -40,9 +40,12 @@ pub mod admin;
 pub mod budget;
 pub mod connection;
 pub mod directory;
+pub mod edge;
 pub mod fleet_node;
 pub mod fleet_rooms;
 pub mod http;
+pub mod link;
+pub mod link_hub;
 pub mod listen;
 pub mod membership;
 pub mod metrics;
@@ -52,6 +55,7 @@ pub mod pool;
 pub mod recording;
 pub mod requests;
 pub mod room_fanout;
+pub mod seat;
 pub mod source;
 pub mod tls;
 pub mod web;
@@ -151,6 +155,9 @@ pub struct ServerConfig {
     pub fleet: Option<crate::fleet::FleetSettings>,
     /// Where recordings are written (`--record-dir`); `None`: rooms cannot be recorded.
     pub record_dir: Option<std::path::PathBuf>,
+    /// Node-to-node links (`--node-key-file`): taking them, and relaying rooms mixed on other
+    /// nodes as an edge (`--edge`); `None`: no links.
+    pub links: Option<edge::LinkSettings>,
 }
 
 /// The `/healthz` body of an open server on a public address.
@@ -216,6 +223,14 @@ pub async fn serve(
             config.record_dir.clone(),
             stop_rx.clone(),
         )),
+        edges: config.links.clone().map(|settings| {
+            Arc::new(edge::Edges::new(
+                settings,
+                fleet_rooms.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            ))
+        }),
     });
     match (&config.access.verifier, config.access.insecure) {
         (Some(verifier), _) => info!(key = verifier.kind(), "access tokens required"),

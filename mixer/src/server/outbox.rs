@@ -10,6 +10,10 @@
 //! lane, which is also bounded; overflowing it marks the client slow too. Control messages are
 //! [`Utf8Bytes`], so a broadcast queues the same serialised bytes in every member's outbox.
 //!
+//! A participant whose client is on an edge node has a *relaying* outbox ([`Outbox::relay`]):
+//! what is pushed goes, tagged with its session, into the queue of the link to that edge (see
+//! [`super::link_hub`]), which bounds it; the rest of the server treats it like any other.
+//!
 //! The outbox also holds the connection's one error throttle: audio-path errors (raised by the
 //! connection or by the mixer thread) reach the client at most once a second per code.
 
@@ -22,6 +26,10 @@ use bytes::Bytes;
 use mixer_protocol::ErrorCode;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::link_hub::Relay;
+use mixer_protocol::link::LinkKind;
+use mixer_protocol::{ServerMessage, close_code};
 
 /// Control messages that may wait in one outbox before the client is considered slow.
 const CONTROL_CAPACITY: usize = 256;
@@ -77,6 +85,8 @@ pub struct Outbox {
     capacity: usize,
     slow_limit: u32,
     dropped: AtomicU64,
+    /// Set for a participant on an edge node: everything goes to its link instead.
+    relay: Option<Relay>,
 }
 
 impl Outbox {
@@ -95,7 +105,22 @@ impl Outbox {
             capacity: capacity.max(1),
             slow_limit: slow_limit.max(1),
             dropped: AtomicU64::new(0),
+            relay: None,
         }
+    }
+
+    /// An outbox whose items go to a link's hub under the relay's session (a participant whose
+    /// client is on an edge node). It queues nothing itself: the hub bounds the link.
+    pub fn relay(relay: Relay) -> Outbox {
+        Outbox {
+            relay: Some(relay),
+            ..Outbox::new(1, u32::MAX)
+        }
+    }
+
+    /// Where this outbox relays to, if it is a relaying one.
+    pub fn relayed(&self) -> Option<&Relay> {
+        self.relay.as_ref()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -108,6 +133,13 @@ impl Outbox {
 
     /// Queues an audio frame, dropping the oldest one if the queue is full.
     pub fn push_audio(&self, frame: Bytes) -> Pushed {
+        if let Some(relay) = &self.relay {
+            return if self.lock().closed.is_none() && relay.hub.own(relay.session, &frame) {
+                Pushed::Queued
+            } else {
+                Pushed::Closed
+            };
+        }
         let result = {
             let mut state = self.lock();
             if state.closed.is_some() {
@@ -133,6 +165,12 @@ impl Outbox {
     /// Queues a control message; returns false if it was not queued (the outbox is closed, or
     /// its control lane overflowed, which closes it as a slow consumer).
     pub fn push_control(&self, message: Utf8Bytes) -> bool {
+        if let Some(relay) = &self.relay {
+            return self.lock().closed.is_none()
+                && relay
+                    .hub
+                    .send(LinkKind::Send, relay.session, message.as_bytes());
+        }
         let queued = {
             let mut state = self.lock();
             Self::queue_control(&mut state, message)
@@ -153,6 +191,12 @@ impl Outbox {
             let mut state = self.lock();
             if state.closed.is_some() || !state.errors.allow(code, now) {
                 return false;
+            }
+            if let Some(relay) = &self.relay {
+                drop(state);
+                return relay
+                    .hub
+                    .send(LinkKind::Send, relay.session, make().as_bytes());
             }
             Self::queue_control(&mut state, make())
         };
@@ -189,9 +233,28 @@ impl Outbox {
 
     /// Stops accepting items; wakes the writer.
     pub fn close(&self, why: Closed) {
-        {
+        let first = {
             let mut state = self.lock();
+            let first = state.closed.is_none();
             state.closed.get_or_insert(why);
+            first
+        };
+        if let (Some(relay), true) = (&self.relay, first) {
+            // The edge closes its client's connection as a writer here would have.
+            let (code, reason) = match why {
+                Closed::SlowConsumer => {
+                    let message = ServerMessage::error(
+                        ErrorCode::SlowConsumer,
+                        "you read audio too slowly and fell behind; disconnecting",
+                    );
+                    relay
+                        .hub
+                        .send(LinkKind::Send, relay.session, message.to_json().as_bytes());
+                    (close_code::POLICY_VIOLATION, "slow consumer")
+                }
+                Closed::Close { code, reason } => (code, reason),
+            };
+            relay.hub.close_session(relay.session, code, reason);
         }
         self.notify.notify_one();
     }

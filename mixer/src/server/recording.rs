@@ -41,6 +41,7 @@ use super::fleet_rooms::{Located, Purpose};
 use super::listen::OggOpusStream;
 use super::membership::{Identity, Joiner, Membership};
 use super::outbox::{Closed, Outbox, Outgoing};
+use crate::engine::ParticipantId;
 
 /// How long a recording goes on with nobody else in the room (an operator may start one before
 /// anyone joins; a participant may drop and resume).
@@ -469,6 +470,43 @@ impl Others {
         }
         let since = *self.alone_since.get_or_insert(now);
         now.duration_since(since) >= grace
+    }
+}
+
+/// A participant's `record` request: a moderator starts or stops the recording of `room`.
+/// Returns what the asker alone is told (the room hears of a change itself), or the error.
+pub async fn moderator_request(
+    context: &Arc<Context>,
+    room: &str,
+    id: ParticipantId,
+    recording: bool,
+) -> Result<Option<ServerMessage>, (ErrorCode, String)> {
+    if context.pool.role_in(room, id) != Some(Role::Moderator) {
+        return Err((
+            ErrorCode::Forbidden,
+            "only moderators may start or stop a recording".to_owned(),
+        ));
+    }
+    let recorders = context.recorders.clone();
+    if recording {
+        match recorders.start(room, Some(id.0), context).await {
+            // Already running: the asker is told the state; the room heard at its start.
+            Ok(started) if started.already => Ok(Some(ServerMessage::Recording {
+                recording: true,
+                file: started.file,
+                by: None,
+                reason: None,
+            })),
+            Ok(_) => Ok(None),
+            Err(error) => Err((error.code(), error.to_string())),
+        }
+    } else if recorders.stop(room, Some(id.0)).is_none() {
+        Err((
+            ErrorCode::RecordingUnavailable,
+            format!("room {room:?} is not being recorded"),
+        ))
+    } else {
+        Ok(None)
     }
 }
 

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use mixer_protocol::{
-    ErrorCode, FloorEndReason, FloorPolicy, Mode, Role, ServerMessage, close_code,
+    ClientMessage, ErrorCode, FloorEndReason, FloorPolicy, Mode, Role, ServerMessage, close_code,
 };
 use tracing::{info, warn};
 
@@ -61,6 +61,69 @@ pub enum RoomRequest {
         /// In dB.
         gain_db: i32,
     },
+}
+
+impl RoomRequest {
+    /// The request a client's message makes, if it is a room request (`chat` stamped with
+    /// `ts_ms`, already validated by whoever received it).
+    pub fn from_client(message: ClientMessage, ts_ms: u64) -> Option<RoomRequest> {
+        Some(match message {
+            ClientMessage::SetMode { mode } => RoomRequest::SetMode(mode),
+            ClientMessage::Mute {
+                participant_id,
+                muted,
+            } => RoomRequest::Mute {
+                target: participant_id.map(ParticipantId),
+                muted,
+            },
+            ClientMessage::MuteRoom { muted } => RoomRequest::MuteRoom { muted },
+            ClientMessage::FloorRequest { preempt } => RoomRequest::FloorRequest { preempt },
+            ClientMessage::FloorRelease => RoomRequest::FloorRelease,
+            ClientMessage::Remove { participant_id } => RoomRequest::Remove {
+                target: ParticipantId(participant_id),
+            },
+            ClientMessage::SetGain {
+                participant_id,
+                gain_db,
+            } => RoomRequest::SetGain {
+                target: ParticipantId(participant_id),
+                gain_db,
+            },
+            ClientMessage::Chat { text } => RoomRequest::Chat { text, ts_ms },
+            _ => return None,
+        })
+    }
+
+    /// The client message that makes this request (what an edge forwards to the room's owner).
+    pub fn to_client(&self) -> ClientMessage {
+        match self {
+            RoomRequest::Chat { text, .. } => ClientMessage::Chat { text: text.clone() },
+            RoomRequest::SetMode(mode) => ClientMessage::SetMode { mode: *mode },
+            RoomRequest::Mute { target, muted } => ClientMessage::Mute {
+                participant_id: target.map(|t| t.0),
+                muted: *muted,
+            },
+            RoomRequest::MuteRoom { muted } => ClientMessage::MuteRoom { muted: *muted },
+            RoomRequest::FloorRequest { preempt } => {
+                ClientMessage::FloorRequest { preempt: *preempt }
+            }
+            RoomRequest::FloorRelease => ClientMessage::FloorRelease,
+            RoomRequest::Remove { target } => ClientMessage::Remove {
+                participant_id: target.0,
+            },
+            RoomRequest::SetGain { target, gain_db } => ClientMessage::SetGain {
+                participant_id: target.0,
+                gain_db: *gain_db,
+            },
+        }
+    }
+}
+
+/// The time a chat message is stamped with: ms since the Unix epoch.
+pub fn chat_timestamp() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Whether a participant with `role` may use `mode` in a room with `policy`.

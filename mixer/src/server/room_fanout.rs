@@ -5,6 +5,10 @@
 //! holds only what the engine does not know (name, role, format, who muted it, its outbox).
 //! Every message for several members is serialised once and shared ([`Utf8Bytes`] is reference
 //! counted), so a broadcast to a room of 1,000 is one JSON encoding and 1,000 pointer copies.
+//!
+//! Members whose clients are on an edge node relay through their link ([`super::link_hub`]):
+//! a broadcast and the tick's shared frame go to each link **once**, and the edge hands them
+//! to its members, so what this node does per tick does not grow with the listeners on edges.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use mixer_protocol::{
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::warn;
 
+use super::link_hub::HubSet;
 use super::metrics::Metrics;
 use super::outbox::{Outbox, Pushed};
 use super::requests;
@@ -68,6 +73,10 @@ pub struct RoomSlot {
     frames: BytesMut,
     /// In a fleet, the room's lease: the room is mixed only while it is open.
     pub gate: Option<Arc<super::fleet_rooms::LeaseGate>>,
+    /// The links to edges that hear this tick's shared frame, and that frame (marker clear):
+    /// sent by [`RoomSlot::flush_relays`] once the tick's stream switches have gone out.
+    relay_shared: HubSet,
+    relay_frame: Option<Bytes>,
 }
 
 impl RoomSlot {
@@ -82,6 +91,8 @@ impl RoomSlot {
             ticks_since_report: 0,
             frames: BytesMut::new(),
             gate: None,
+            relay_shared: HubSet::default(),
+            relay_frame: None,
         }
     }
 
@@ -92,18 +103,38 @@ impl RoomSlot {
 
     /// Sends `message` to everyone in the room.
     pub fn broadcast_all(&self, message: &ServerMessage) {
-        let json = wire(message);
-        for member in self.members.values() {
-            member.outbox.push_control(json.clone());
-        }
+        self.deliver(None, message);
     }
 
     /// Sends `message` to everyone but `except`.
     pub fn broadcast(&self, except: ParticipantId, message: &ServerMessage) {
+        self.deliver(Some(except), message);
+    }
+
+    /// Sends `message` to every member but `except`: queued in each local member's outbox,
+    /// and once on each link to an edge (leaving out `except`'s session if it is behind it).
+    fn deliver(&self, except: Option<ParticipantId>, message: &ServerMessage) {
         let json = wire(message);
+        let left_out = except
+            .and_then(|id| self.members.get(&id))
+            .and_then(|member| member.outbox.relayed());
+        let mut links = HubSet::default();
         for (id, member) in &self.members {
-            if *id != except {
-                member.outbox.push_control(json.clone());
+            if Some(*id) == except {
+                continue;
+            }
+            match member.outbox.relayed() {
+                None => {
+                    member.outbox.push_control(json.clone());
+                }
+                Some(relay) => {
+                    if links.insert(&relay.hub) {
+                        let skip = left_out
+                            .filter(|l| Arc::ptr_eq(&l.hub, &relay.hub))
+                            .map_or(0, |l| l.session);
+                        relay.hub.broadcast(skip, json.as_bytes());
+                    }
+                }
             }
         }
     }
@@ -185,8 +216,27 @@ impl RoomSlot {
             let Some(member) = self.members.get(&transmit.to) else {
                 continue;
             };
+            let relay = member.outbox.relayed();
+            let to_link = transmit.stream == StreamKind::Shared && relay.is_some();
+            if to_link && self.relay_frame.is_some() {
+                // This link, or another, has the tick's shared frame already.
+                if let Some(relay) = relay {
+                    self.relay_shared.insert(&relay.hub);
+                }
+                continue;
+            }
+            // A link gets the shared frame as a continuing listener would: the far end marks
+            // each of its members' first frames itself.
+            let header = if to_link {
+                AudioHeader {
+                    flags: transmit.header.flags.with_marker(false),
+                    ..transmit.header
+                }
+            } else {
+                transmit.header
+            };
             let cached = (transmit.stream == StreamKind::Shared)
-                .then(|| shared.iter().flatten().find(|(h, _)| *h == transmit.header))
+                .then(|| shared.iter().flatten().find(|(h, _)| *h == header))
                 .flatten()
                 .map(|(_, bytes)| bytes.clone());
             let bytes = match cached {
@@ -198,17 +248,24 @@ impl RoomSlot {
                         // out keeps the block alive until every outbox has sent it.
                         self.frames.reserve(FRAME_BLOCK.max(needed));
                     }
-                    self.frames.put_slice(&transmit.header.to_bytes());
+                    self.frames.put_slice(&header.to_bytes());
                     self.frames.put_slice(transmit.payload);
                     let bytes = self.frames.split().freeze();
                     if transmit.stream == StreamKind::Shared
                         && let Some(free) = shared.iter_mut().find(|s| s.is_none())
                     {
-                        *free = Some((transmit.header, bytes.clone()));
+                        *free = Some((header, bytes.clone()));
                     }
                     bytes
                 }
             };
+            if to_link {
+                if let Some(relay) = relay {
+                    self.relay_shared.insert(&relay.hub);
+                }
+                self.relay_frame = Some(bytes);
+                continue;
+            }
             let len = bytes.len();
             match member.outbox.push_audio(bytes) {
                 Pushed::Queued => {}
@@ -217,6 +274,22 @@ impl RoomSlot {
             }
             metrics.audio_frames_out_total.inc();
             metrics.audio_bytes_out_total.inc_by(len as u64);
+        }
+    }
+
+    /// Sends this tick's shared frame once on every link to an edge that has members hearing
+    /// it. Called after [`RoomSlot::drain_events`], so the edges learn of the tick's stream
+    /// switches first: a talker behind a link whose own stream starts this tick never gets
+    /// this tick's shared frame (its own voice).
+    pub fn flush_relays(&mut self, metrics: &Metrics) {
+        let frame = self.relay_frame.take();
+        for hub in self.relay_shared.drain() {
+            if let Some(frame) = &frame
+                && hub.shared(frame)
+            {
+                metrics.audio_frames_out_total.inc();
+                metrics.audio_bytes_out_total.inc_by(frame.len() as u64);
+            }
         }
     }
 
@@ -241,6 +314,19 @@ impl RoomSlot {
                 Event::TicksSkipped { count } => {
                     metrics.ticks_skipped_total.inc_by(count);
                     warn!(room = %self.name, count, "mixer fell behind; ticks skipped");
+                }
+                Event::StreamSwitched {
+                    participant,
+                    shared,
+                } => {
+                    // Only an edge needs to know: it hands the shared frame on by itself.
+                    if let Some(relay) = self
+                        .members
+                        .get(&participant)
+                        .and_then(|m| m.outbox.relayed())
+                    {
+                        relay.hub.stream(relay.session, shared);
+                    }
                 }
                 Event::CaughtUp { participant } => {
                     self.send_to(participant, &ServerMessage::CaughtUp);
