@@ -509,6 +509,7 @@ impl Metrics {
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(metrics.connections.clone()),
+            Box::new(metrics.links.clone()),
             Box::new(metrics.connections_total.clone()),
             Box::new(metrics.connections_refused_total.clone()),
             Box::new(metrics.rooms.clone()),

@@ -3,6 +3,7 @@
 
 mod access;
 mod browser;
+mod edge;
 mod cluster;
 mod fleet_cluster;
 mod fleet_loadgen;
