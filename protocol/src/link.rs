@@ -46,8 +46,8 @@ pub enum LinkKind {
     Broadcast = 0x82,
     /// Down: close one session's connection (body: close code, u16 big-endian, then the reason).
     Close = 0x83,
-    /// Down: the room's shared frame of this tick, once for every session that hears the shared
-    /// stream (session 0; body: the audio frame, marker bit clear).
+    /// Down: the room's shared frame of this tick, sent once per link for all the sessions that
+    /// hear the shared stream (session 0; body: the audio frame, marker bit clear).
     Shared = 0x84,
     /// Down: one session's own frame (its mix-minus, a replay, or PCM; body: the audio frame).
     Own = 0x85,

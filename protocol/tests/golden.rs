@@ -1,10 +1,15 @@
 //! Golden tests: exact JSON for each message, parsed and serialized, including defaults,
-//! `null` and unknown fields.
+//! `null` and unknown fields; and the exact bytes of the node-to-node link's messages.
 
+use mixer_protocol::link::{
+    LINK_AUDIENCE, LINK_HEADER_LEN, LinkAttach, LinkClaims, LinkDetach, LinkHeader, LinkIdentity,
+    LinkKind, close_body, parse_attach, parse_close, parse_detach, parse_stream,
+};
 use mixer_protocol::{
-    AudioFormat, ClientMessage, ErrorCode, FloorEndReason, FloorInfo, FloorPolicy, JoinRequest,
-    LeaveReason, Mode, ParticipantInfo, Role, RoomSettings, RoomSummary, ServerMessage,
-    control::MAX_RESUME_TOKEN_LEN, parse_client_message, parse_server_message,
+    AudioFormat, AudioFrame, AudioHeader, AudioLevel, ClientMessage, ErrorCode, Flags,
+    FloorEndReason, FloorInfo, FloorPolicy, JoinRequest, LeaveReason, Mode, ParticipantInfo, Role,
+    RoomSettings, RoomSummary, ServerMessage, control::MAX_RESUME_TOKEN_LEN, parse_client_message,
+    parse_server_message,
 };
 
 use crate::support::{
@@ -713,4 +718,193 @@ fn golden_room_info_and_list_rooms() {
         parse_server_message(r#"{"type":"room_info","room":"ch1"}"#).map_err(|e| e.code()),
         Err(ErrorCode::BadMessage)
     );
+}
+
+/// Every link kind's header: the kind's byte, then the session, big-endian.
+#[test]
+fn golden_link_headers() {
+    let cases: [(LinkKind, u32, [u8; LINK_HEADER_LEN]); 10] = [
+        (LinkKind::Attach, 1, [0x01, 0x00, 0x00, 0x00, 0x01]),
+        (
+            LinkKind::Detach,
+            0x0102_0304,
+            [0x02, 0x01, 0x02, 0x03, 0x04],
+        ),
+        (
+            LinkKind::Request,
+            0x00ff_0000,
+            [0x03, 0x00, 0xff, 0x00, 0x00],
+        ),
+        (LinkKind::Audio, u32::MAX, [0x04, 0xff, 0xff, 0xff, 0xff]),
+        (LinkKind::Send, 7, [0x81, 0x00, 0x00, 0x00, 0x07]),
+        (LinkKind::Broadcast, 0, [0x82, 0x00, 0x00, 0x00, 0x00]),
+        (LinkKind::Close, 2, [0x83, 0x00, 0x00, 0x00, 0x02]),
+        (LinkKind::Shared, 0, [0x84, 0x00, 0x00, 0x00, 0x00]),
+        (LinkKind::Own, 0x8000_0000, [0x85, 0x80, 0x00, 0x00, 0x00]),
+        (LinkKind::Stream, 0x0100, [0x86, 0x00, 0x00, 0x01, 0x00]),
+    ];
+    for (kind, session, bytes) in cases {
+        let header = LinkHeader { kind, session };
+        assert_eq!(header.to_bytes(), bytes, "{header:?}");
+        assert_eq!(LinkHeader::parse(&bytes), Ok(header));
+        assert_eq!(header.message(&[]), bytes);
+    }
+    let kinds: Vec<LinkKind> = cases.iter().map(|&(kind, ..)| kind).collect();
+    assert_eq!(kinds, LinkKind::ALL, "a case for every kind, in wire order");
+    assert_eq!(
+        LinkHeader::parse(&[0x01, 0x00, 0x00]).map_err(|e| e.to_string()),
+        Err("a link message of 3 bytes is shorter than its 5-byte header".to_owned())
+    );
+    assert_eq!(
+        LinkHeader::parse(&[0x80, 0x00, 0x00, 0x00, 0x01]).map_err(|e| e.to_string()),
+        Err("unknown link message kind 0x80".to_owned())
+    );
+}
+
+/// An Attach body as serde writes it: every field, then the optional ones left out.
+#[test]
+fn golden_link_attach() {
+    let full = LinkAttach {
+        identity: LinkIdentity::Token("alice".to_owned()),
+        name: "Alice".to_owned(),
+        role: Role::Moderator,
+        mode: Some(Mode::Talk),
+        format: AudioFormat::opus_48k_mono_20ms(),
+        address: "192.0.2.7".parse().expect("an IPv4 address"),
+        resume: Some("3f9c0a5e1b7d4c2a8e6f0b1d2c3a4e5f".to_owned()),
+        rejoin: true,
+    };
+    let json = format!(
+        r#"{{"identity":{{"kind":"token","value":"alice"}},"name":"Alice","role":"moderator","mode":"talk","format":{FORMAT_JSON},"address":"192.0.2.7","resume":"3f9c0a5e1b7d4c2a8e6f0b1d2c3a4e5f","rejoin":true}}"#
+    );
+    assert_eq!(serde_json::to_string(&full).expect("serializes"), json);
+    assert_eq!(parse_attach(json.as_bytes()), Ok(full));
+
+    let minimal = LinkAttach {
+        identity: LinkIdentity::Name("bob".to_owned()),
+        name: "Bob".to_owned(),
+        role: Role::Speaker,
+        mode: None,
+        format: AudioFormat::pcm16(16_000),
+        address: "2001:db8::7".parse().expect("an IPv6 address"),
+        resume: None,
+        rejoin: false,
+    };
+    let json = r#"{"identity":{"kind":"name","value":"bob"},"name":"Bob","role":"speaker","format":{"codec":"pcm16","sample_rate":16000,"channels":1,"frame_ms":20},"address":"2001:db8::7"}"#;
+    assert_eq!(serde_json::to_string(&minimal).expect("serializes"), json);
+    assert_eq!(parse_attach(json.as_bytes()), Ok(minimal.clone()));
+    // Optional fields may be `null` or `false`, and unknown fields are ignored.
+    let explicit = r#"{"identity":{"kind":"name","value":"bob"},"name":"Bob","role":"speaker","mode":null,"format":{"codec":"pcm16","sample_rate":16000,"channels":1,"frame_ms":20},"address":"2001:db8::7","resume":null,"rejoin":false,"future":1}"#;
+    assert_eq!(parse_attach(explicit.as_bytes()), Ok(minimal));
+
+    let missing = parse_attach(br#"{"name":"Bob"}"#).map_err(|e| e.to_string());
+    assert!(
+        missing
+            .as_ref()
+            .is_err_and(|e| e.starts_with("malformed Attach body: missing field `identity`")),
+        "{missing:?}"
+    );
+}
+
+/// A Detach body: the reason, and `suspend` only when it is set.
+#[test]
+fn golden_link_detach() {
+    let suspended = LinkDetach {
+        reason: LeaveReason::Disconnected,
+        suspend: true,
+    };
+    let json = r#"{"reason":"disconnected","suspend":true}"#;
+    assert_eq!(serde_json::to_string(&suspended).expect("serializes"), json);
+    assert_eq!(parse_detach(json.as_bytes()), Ok(suspended));
+
+    let left = LinkDetach {
+        reason: LeaveReason::Left,
+        suspend: false,
+    };
+    assert_eq!(
+        serde_json::to_string(&left).expect("serializes"),
+        r#"{"reason":"left"}"#
+    );
+    assert_eq!(
+        parse_detach(br#"{"reason":"left","suspend":false}"#),
+        Ok(left)
+    );
+    assert!(parse_detach(br#"{"reason":"gone"}"#).is_err());
+}
+
+/// A Close message (the spec's example: session 2, 1008 "removed") and the Stream bodies.
+#[test]
+fn golden_link_close_and_stream() {
+    let close = LinkHeader {
+        kind: LinkKind::Close,
+        session: 2,
+    };
+    let message = close.message(&close_body(1008, "removed"));
+    assert_eq!(
+        message,
+        [
+            0x83, 0x00, 0x00, 0x00, 0x02, 0x03, 0xf0, 0x72, 0x65, 0x6d, 0x6f, 0x76, 0x65, 0x64
+        ]
+    );
+    assert_eq!(
+        parse_close(&message[LINK_HEADER_LEN..]),
+        Ok((1008, "removed"))
+    );
+    // An empty reason is two bytes of code.
+    assert_eq!(close_body(4307, ""), [0x10, 0xd3]);
+    assert_eq!(parse_close(&[0x10, 0xd3]), Ok((4307, "")));
+
+    let stream = LinkHeader {
+        kind: LinkKind::Stream,
+        session: 2,
+    };
+    assert_eq!(stream.message(&[0]), [0x86, 0x00, 0x00, 0x00, 0x02, 0x00]);
+    assert_eq!(parse_stream(&[0]), Ok(false));
+    assert_eq!(parse_stream(&[1]), Ok(true));
+    for bad in [&[][..], &[2], &[0, 0], &[0x31]] {
+        assert!(parse_stream(bad).is_err(), "{bad:?}");
+    }
+}
+
+/// A Shared message (the spec's example): the header, then a whole audio frame, marker clear.
+#[test]
+fn golden_link_shared() {
+    let frame = AudioFrame {
+        header: AudioHeader {
+            flags: Flags::default(),
+            sequence: 1024,
+            timestamp: 0x000f_0000,
+            level: AudioLevel::new(true, 30),
+        },
+        payload: &[0xf8, 0xff, 0xfe],
+    };
+    let header = LinkHeader {
+        kind: LinkKind::Shared,
+        session: 0,
+    };
+    let message = header.message(&frame.to_vec());
+    assert_eq!(
+        message,
+        [
+            0x84, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x04, 0x00, 0x00, 0x0f, 0x00, 0x00, 0x9e,
+            0xf8, 0xff, 0xfe
+        ]
+    );
+    assert_eq!(AudioFrame::parse(&message[LINK_HEADER_LEN..]), Ok(frame));
+}
+
+/// A link token's claims as serde writes them.
+#[test]
+fn golden_link_claims() {
+    let claims = LinkClaims {
+        iss: "mixer-2".to_owned(),
+        aud: LINK_AUDIENCE.to_owned(),
+        room: "standup".to_owned(),
+        hops: 1,
+        iat: 1_767_225_600,
+        exp: 1_767_225_660,
+    };
+    let json = r#"{"iss":"mixer-2","aud":"mixer-link","room":"standup","hops":1,"iat":1767225600,"exp":1767225660}"#;
+    assert_eq!(serde_json::to_string(&claims).expect("serializes"), json);
+    assert_eq!(serde_json::from_str::<LinkClaims>(json).ok(), Some(claims));
 }

@@ -1,13 +1,19 @@
 //! Property tests: JSON round trips of every message type, and parsing and validation never
-//! panic on arbitrary or mutated input.
+//! panic on arbitrary or mutated input; the same for the node-to-node link's messages.
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::net::IpAddr;
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{FileFailurePersistence, TestRunner};
+use strum::VariantArray;
 
+use mixer_protocol::link::{
+    LINK_HEADER_LEN, LinkAttach, LinkClaims, LinkDetach, LinkError, LinkHeader, LinkIdentity,
+    LinkKind, close_body, parse_attach, parse_close, parse_detach, parse_stream,
+};
 use mixer_protocol::{
     AudioFormat, ClientMessage, ControlError, ErrorCode, FloorEndReason, FloorInfo, FloorPolicy,
     JoinRequest, LeaveReason, MAX_CHAT_CHARS, MAX_CONTROL_MESSAGE, MAX_ROOM_LEN, Mode,
@@ -166,6 +172,88 @@ fn arb_reason() -> impl Strategy<Value = LeaveReason> {
         Just(LeaveReason::ServerShutdown),
         Just(LeaveReason::Removed),
     ]
+}
+
+fn arb_link_kind() -> impl Strategy<Value = LinkKind> {
+    prop::sample::select(LinkKind::ALL.as_slice())
+}
+
+fn arb_link_attach() -> impl Strategy<Value = LinkAttach> {
+    let identity = prop_oneof![
+        any::<String>().prop_map(LinkIdentity::Token),
+        any::<String>().prop_map(LinkIdentity::Name),
+    ];
+    (
+        (
+            identity,
+            any::<String>(),
+            arb_role(),
+            proptest::option::of(arb_mode()),
+        ),
+        (
+            arb_format(),
+            any::<IpAddr>(),
+            any::<Option<String>>(),
+            any::<bool>(),
+        ),
+    )
+        .prop_map(
+            |((identity, name, role, mode), (format, address, resume, rejoin))| LinkAttach {
+                identity,
+                name,
+                role,
+                mode,
+                format,
+                address,
+                resume,
+                rejoin,
+            },
+        )
+}
+
+fn arb_link_detach() -> impl Strategy<Value = LinkDetach> {
+    (prop::sample::select(LeaveReason::VARIANTS), any::<bool>())
+        .prop_map(|(reason, suspend)| LinkDetach { reason, suspend })
+}
+
+/// Runs every link parser on `bytes`, as a whole message and as a body, checking each answer
+/// against what the spec allows.
+fn parse_link(bytes: &[u8]) -> Result<(), TestCaseError> {
+    match LinkHeader::parse(bytes) {
+        Ok(header) => {
+            prop_assert!(bytes.len() >= LINK_HEADER_LEN);
+            prop_assert_eq!(&header.to_bytes()[..], &bytes[..LINK_HEADER_LEN]);
+        }
+        Err(LinkError::Short(len)) => {
+            prop_assert!(len < LINK_HEADER_LEN);
+            prop_assert_eq!(len, bytes.len());
+        }
+        Err(LinkError::UnknownKind(byte)) => {
+            prop_assert_eq!(Some(&byte), bytes.first());
+            prop_assert_eq!(LinkKind::from_byte(byte), None);
+        }
+        Err(err) => prop_assert!(false, "a header is never a body error: {}", err),
+    }
+    for body in [bytes, bytes.get(LINK_HEADER_LEN..).unwrap_or_default()] {
+        let errors = [
+            parse_attach(body).err(),
+            parse_detach(body).err(),
+            parse_close(body).err(),
+            parse_stream(body).err(),
+        ];
+        for err in errors.into_iter().flatten() {
+            prop_assert!(matches!(err, LinkError::Body { .. }), "{:?}", err);
+            prop_assert!(!err.to_string().is_empty());
+        }
+        match parse_close(body) {
+            Ok((code, reason)) => {
+                prop_assert_eq!(close_body(code, reason), body);
+            }
+            Err(_) => prop_assert!(body.len() < 2 || std::str::from_utf8(&body[2..]).is_err()),
+        }
+        prop_assert_eq!(parse_stream(body).is_ok(), body == [0] || body == [1]);
+    }
+    Ok(())
 }
 
 fn arb_server() -> impl Strategy<Value = ServerMessage> {
@@ -521,5 +609,98 @@ proptest! {
             }
             Err(err) => prop_assert!(err.to_string().len() < 512, "{}", err),
         }
+    }
+
+    // The node-to-node link.
+
+    #[test]
+    fn link_header_round_trips(
+        kind in arb_link_kind(),
+        session in any::<u32>(),
+        body in proptest::collection::vec(any::<u8>(), 0..32),
+    ) {
+        let header = LinkHeader { kind, session };
+        let message = header.message(&body);
+        prop_assert_eq!(message.len(), LINK_HEADER_LEN + body.len());
+        prop_assert_eq!(message[0], kind as u8);
+        prop_assert_eq!(&message[1..LINK_HEADER_LEN], &session.to_be_bytes()[..]);
+        prop_assert_eq!(LinkHeader::parse(&message), Ok(header));
+        prop_assert_eq!(&message[LINK_HEADER_LEN..], &body[..]);
+        prop_assert_eq!(kind.is_up(), (kind as u8) < 0x80);
+        prop_assert_eq!(LinkKind::from_byte(kind as u8), Some(kind));
+    }
+
+    #[test]
+    fn link_parsers_never_panic(
+        bytes in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            // A known kind's byte first, so the header parses and the rest is a body.
+            (arb_link_kind(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
+                |(kind, mut rest)| { rest.insert(0, kind as u8); rest }
+            ),
+        ],
+    ) {
+        parse_link(&bytes)?;
+    }
+
+    #[test]
+    fn link_json_like_bodies_never_panic(
+        text in concat!(
+            r#"\{("(identity|kind|value|name|role|mode|format|codec|sample_rate|channels|"#,
+            r#"frame_ms|address|resume|rejoin|reason|suspend)":"#,
+            r#"("[a-z0-9:._]{0,12}"|-?[0-9]{1,12}|null|true|false|\[\]|\{\}),?){0,8}\}"#,
+        ),
+    ) {
+        parse_link(text.as_bytes())?;
+    }
+
+    #[test]
+    fn mutated_link_message_never_panics(
+        attach in arb_link_attach(),
+        detach in arb_link_detach(),
+        which in any::<prop::sample::Index>(),
+        index in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let bodies = [
+            serde_json::to_vec(&attach).expect("serializes"),
+            serde_json::to_vec(&detach).expect("serializes"),
+            close_body(1008, "removed"),
+            vec![1],
+        ];
+        let mut body = which.get(&bodies).clone();
+        let i = index.index(body.len());
+        body[i] = byte;
+        parse_link(&body)?;
+    }
+
+    #[test]
+    fn link_attach_round_trips(attach in arb_link_attach()) {
+        let json = serde_json::to_vec(&attach).expect("serializes");
+        prop_assert_eq!(parse_attach(&json), Ok(attach));
+    }
+
+    #[test]
+    fn link_detach_round_trips(detach in arb_link_detach()) {
+        let json = serde_json::to_vec(&detach).expect("serializes");
+        prop_assert_eq!(parse_detach(&json), Ok(detach));
+    }
+
+    #[test]
+    fn link_close_round_trips(code in any::<u16>(), reason in any::<String>()) {
+        let body = close_body(code, &reason);
+        prop_assert_eq!(&body[..2], &code.to_be_bytes()[..]);
+        prop_assert_eq!(parse_close(&body), Ok((code, reason.as_str())));
+    }
+
+    #[test]
+    fn link_claims_round_trip(
+        (iss, aud, room) in (any::<String>(), any::<String>(), any::<String>()),
+        hops in any::<u8>(),
+        (iat, exp) in (any::<u64>(), any::<u64>()),
+    ) {
+        let claims = LinkClaims { iss, aud, room, hops, iat, exp };
+        let json = serde_json::to_string(&claims).expect("serializes");
+        prop_assert_eq!(serde_json::from_str::<LinkClaims>(&json).ok(), Some(claims));
     }
 }

@@ -1,10 +1,16 @@
 //! The spec (README.md) and the code agree: every JSON example in it parses and serializes back,
-//! every message type has an example, and every error code has a row in the error table.
+//! every message type has an example, every error code has a row in the error table, and the
+//! node-to-node link's section names every link kind and shows valid link messages.
 
 use std::collections::BTreeSet;
 
+use mixer_protocol::link::{
+    LINK_AUDIENCE, LINK_HEADER_LEN, LINK_PATH_PREFIX, LinkAttach, LinkClaims, LinkHeader,
+    LinkIdentity, LinkKind, MAX_LINK_HOPS, parse_attach, parse_close, parse_detach, parse_stream,
+};
 use mixer_protocol::{
-    ClientMessage, ErrorCode, ServerMessage, parse_client_message, parse_server_message,
+    AudioFrame, ClientMessage, ErrorCode, ServerMessage, name_key, parse_client_message,
+    parse_server_message,
 };
 
 /// Every JSON example in the spec (README.md) is a valid message that serializes back to
@@ -34,7 +40,8 @@ fn spec_examples_parse() {
         examples.len()
     );
     let mut types = BTreeSet::new();
-    for json in examples {
+    // The link's bodies are checked by `spec_link_examples_parse`.
+    for json in examples.into_iter().filter(|json| !is_link_body(json)) {
         let client = parse_client_message(json).ok().map(|msg| {
             assert_eq!(
                 parse_client_message(&msg.to_json()),
@@ -167,4 +174,194 @@ fn spec_budget_table_matches_the_code() {
             "{name}: the spec and the code disagree on its cost"
         );
     }
+}
+
+/// The spec's section on the node-to-node link, from its heading to the next top-level one.
+fn link_section() -> &'static str {
+    include_str!("../README.md")
+        .split("\n## Node-to-node link (edge nodes)\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Node-to-node link section")
+}
+
+/// Whether `json` is an object without a `"type"` that reads as a link body: an example of the
+/// link's, not a control message.
+fn is_link_body(json: &str) -> bool {
+    let typed = serde_json::from_str::<serde_json::Value>(json)
+        .is_ok_and(|value| value.get("type").is_some());
+    !typed && !link_body_kinds(json).is_empty()
+}
+
+/// The link bodies `json` is, exactly: those it parses as and serializes back to, byte for byte.
+fn link_body_kinds(json: &str) -> Vec<&'static str> {
+    fn exactly<T: serde::Serialize>(parsed: Option<T>, json: &str) -> bool {
+        parsed.is_some_and(|body| serde_json::to_string(&body).expect("serializes") == json)
+    }
+    let mut kinds = Vec::new();
+    if exactly(parse_attach(json.as_bytes()).ok(), json) {
+        kinds.push("attach");
+    }
+    if exactly(parse_detach(json.as_bytes()).ok(), json) {
+        kinds.push("detach");
+    }
+    if exactly(serde_json::from_str::<LinkClaims>(json).ok(), json) {
+        kinds.push("claims");
+    }
+    kinds
+}
+
+/// The link section's table of kinds has one row per [`LinkKind`], giving its byte, its name
+/// and its direction, and no row for a kind the code does not have.
+#[test]
+fn spec_link_section_names_every_kind() {
+    let mut documented = BTreeSet::new();
+    for row in link_section().lines().filter(|l| l.starts_with("| `0x")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (byte, name, direction) = (cells[1], cells[2], cells[3]);
+        let value = u8::from_str_radix(byte.trim_matches('`').trim_start_matches("0x"), 16)
+            .unwrap_or_else(|_| panic!("{row}: not a byte"));
+        let kind = LinkKind::from_byte(value).unwrap_or_else(|| panic!("{row}: no such kind"));
+        assert_eq!(name, format!("{kind:?}"), "{row}");
+        assert_eq!(direction, if kind.is_up() { "up" } else { "down" }, "{row}");
+        assert_eq!(
+            byte,
+            format!("`0x{value:02x}`"),
+            "{row}: write bytes as `0x01`"
+        );
+        assert!(documented.insert(value), "{row}: the kind has two rows");
+    }
+    let all: BTreeSet<u8> = LinkKind::ALL.iter().map(|&kind| kind as u8).collect();
+    assert_eq!(documented, all, "the kinds table and LinkKind::ALL differ");
+}
+
+/// The link section gives the code's constants: the path, the token's audience, the header's
+/// length and the most hops.
+#[test]
+fn spec_link_constants_match_the_code() {
+    let prose = link_section()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    for phrase in [
+        format!("`GET {LINK_PATH_PREFIX}ROOM`"),
+        format!("Always `\"{LINK_AUDIENCE}\"`"),
+        format!("a {LINK_HEADER_LEN}-byte header"),
+        format!("`hops` above {MAX_LINK_HOPS} (`MAX_LINK_HOPS`)"),
+    ] {
+        assert!(
+            prose.contains(&phrase),
+            "the link section should say {phrase}"
+        );
+    }
+}
+
+/// Every link body the link section shows (its JSON blocks, and the objects in backquotes in its
+/// tables' rows but for the Attach table's `identity` templates) is exactly one of the link's
+/// JSON bodies, serialized as the code serializes it; each kind of body has an example, and an
+/// identity by name is the name's key.
+#[test]
+fn spec_link_examples_parse() {
+    let section = link_section();
+    let mut examples: Vec<&str> = section
+        .split("```json\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap_or_default().trim())
+        .collect();
+    examples.extend(
+        section
+            .lines()
+            .filter(|line| line.starts_with("| "))
+            .flat_map(|line| line.split('`').skip(1).step_by(2))
+            .filter(|cell| cell.starts_with("{\"") && !cell.starts_with("{\"type\""))
+            .filter(|cell| !cell.starts_with("{\"kind\"")),
+    );
+    let mut seen = BTreeSet::new();
+    for json in &examples {
+        let kinds = link_body_kinds(json);
+        assert_eq!(kinds.len(), 1, "{json} is read as {kinds:?}");
+        seen.insert(kinds[0]);
+        if let Ok(LinkAttach {
+            identity: LinkIdentity::Name(key),
+            name,
+            ..
+        }) = parse_attach(json.as_bytes())
+        {
+            assert_eq!(
+                key,
+                name_key(&name),
+                "{json}: the identity is the name's key"
+            );
+        }
+    }
+    assert_eq!(seen, BTreeSet::from(["attach", "detach", "claims"]));
+    assert!(
+        examples.len() >= 10,
+        "found only {} examples",
+        examples.len()
+    );
+}
+
+/// Every hex dump in the link section is a valid link message: its annotated lines add up to the
+/// bytes under them, at the offsets they give, and its body is of its kind's form.
+#[test]
+fn spec_link_hex_dumps_are_link_messages() {
+    let mut dumps = 0;
+    for block in link_section().split("```text\n").skip(1) {
+        let block = block.split("```").next().unwrap_or_default();
+        let Some((annotated, bytes)) = block.trim_end().rsplit_once("\n\n") else {
+            continue;
+        };
+        let message = hex(bytes);
+        let mut offset = 0;
+        let mut joined = Vec::new();
+        for line in annotated.lines().skip(1) {
+            let (at, rest) = line.split_once("    ").expect(line);
+            assert_eq!(usize::from_str_radix(at, 16), Ok(offset), "{line}");
+            let field: Vec<u8> = rest
+                .split_whitespace()
+                .map_while(|word| (word.len() == 2).then(|| u8::from_str_radix(word, 16).ok())?)
+                .collect();
+            offset += field.len();
+            joined.extend(field);
+        }
+        assert_eq!(
+            joined, message,
+            "the annotated bytes and the dump differ:\n{block}"
+        );
+        let header = LinkHeader::parse(&message).unwrap_or_else(|e| panic!("{e}:\n{block}"));
+        let body = &message[LINK_HEADER_LEN..];
+        match header.kind {
+            LinkKind::Attach => assert!(parse_attach(body).is_ok(), "{block}"),
+            LinkKind::Detach => assert!(parse_detach(body).is_ok(), "{block}"),
+            LinkKind::Close => assert!(parse_close(body).is_ok(), "{block}"),
+            LinkKind::Stream => assert!(parse_stream(body).is_ok(), "{block}"),
+            LinkKind::Shared | LinkKind::Own | LinkKind::Audio => {
+                let frame = AudioFrame::parse(body).unwrap_or_else(|e| panic!("{e}:\n{block}"));
+                let shared = header.kind == LinkKind::Shared;
+                assert!(
+                    !(shared && frame.header.flags.marker()),
+                    "marker set:\n{block}"
+                );
+            }
+            LinkKind::Request | LinkKind::Send | LinkKind::Broadcast => {
+                assert!(std::str::from_utf8(body).is_ok(), "{block}")
+            }
+        }
+        let session_ok = match header.kind {
+            LinkKind::Shared => header.session == 0,
+            LinkKind::Broadcast => true,
+            _ => header.session != 0,
+        };
+        assert!(session_ok, "session {}:\n{block}", header.session);
+        dumps += 1;
+    }
+    assert!(dumps >= 3, "found only {dumps} hex dumps");
+}
+
+/// Bytes written as two hex digits each, separated by spaces.
+fn hex(text: &str) -> Vec<u8> {
+    text.split_whitespace()
+        .map(|byte| u8::from_str_radix(byte, 16).unwrap_or_else(|_| panic!("{byte}: not hex")))
+        .collect()
 }
