@@ -103,7 +103,10 @@ fn assert_heard(who: &str, got: &Got, present: &[f32], absent: &[f32]) {
     }
     for f in absent {
         let db = tone_db(pcm, *f);
-        assert!(db < -50.0, "{who}: {f} Hz heard ({db:.1} dB), but it must not be");
+        assert!(
+            db < -50.0,
+            "{who}: {f} Hz heard ({db:.1} dB), but it must not be"
+        );
     }
 }
 
@@ -168,7 +171,11 @@ async fn a_room_heard_through_a_tree_of_edges_keeps_mix_minus_exact_and_the_same
     );
     // The owner sent each shared frame once per link, not once per listener behind it.
     let (_, text) = super::http_get(owner.addr, "/metrics").await;
-    assert_eq!(metric(&text, "mixer_links", ""), 1.0, "one link into the owner");
+    assert_eq!(
+        metric(&text, "mixer_links", ""),
+        1.0,
+        "one link into the owner"
+    );
     edge2.shutdown().await;
     edge.shutdown().await;
     owner.shutdown().await;

@@ -3,8 +3,8 @@
 
 mod access;
 mod browser;
-mod edge;
 mod cluster;
+mod edge;
 mod fleet_cluster;
 mod fleet_loadgen;
 mod fleet_measure;
