@@ -59,11 +59,12 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const STABLE_LINK: Duration = Duration::from_secs(5);
 
-/// A link that brings nothing (not even a pong) for this long is given up and made again.
-const LINK_TIMEOUT: Duration = Duration::from_secs(10);
+/// A link that brings nothing (not even a pong) for this long is given up and made again: a
+/// cut network path shows as silence, not as an error.
+const LINK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How often the edge pings its upstream (the upstream answers with a pong).
-const LINK_PING: Duration = Duration::from_secs(2);
+const LINK_PING: Duration = Duration::from_secs(1);
 
 /// Audio messages queued towards the upstream before more are dropped (about a second of 50
 /// talkers).

@@ -53,8 +53,8 @@ pub const LINK_RESUME_WINDOW: Duration = Duration::from_secs(5);
 /// How long a link token is valid.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 
-/// A link that brings nothing (not even a ping) for this long is closed.
-const LINK_TIMEOUT: Duration = Duration::from_secs(10);
+/// A link that brings nothing (not even a ping, sent every second) for this long is closed.
+const LINK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The fleet's node key: signs this node's link tokens, checks other nodes'.
 pub struct LinkKey {
@@ -505,7 +505,7 @@ impl LinkSession {
 /// Sends the hub's messages to the edge as they come, and pings it.
 async fn write_loop<S: Transport>(mut sink: SplitSink<Ws<S>, Message>, hub: Arc<LinkHub>) {
     let mut batch = Vec::new();
-    let mut ping = tokio::time::interval(Duration::from_secs(2));
+    let mut ping = tokio::time::interval(Duration::from_secs(1));
     loop {
         let mut send_ping = false;
         tokio::select! {

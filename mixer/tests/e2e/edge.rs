@@ -5,19 +5,21 @@
 //! very bytes a listener on the owner gets.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use mixer_protocol::{AudioFrame, Mode, ServerMessage, parse_server_message};
 use tokio_tungstenite::tungstenite::Message;
 
+use super::cluster::RedisCut;
 use super::{Client, TestServer, join, metric};
 use crate::common::{Listener, Talker, tone_db};
+use mixer_protocol::FRAME_SAMPLES;
 
 /// The node key the tree's nodes share.
 const NODE_KEY: &[u8] = b"edge test node key, 32 bytes or more";
 
-fn key_file() -> String {
+pub(super) fn key_file() -> String {
     let path = std::env::temp_dir().join(format!("mixer-edge-{}.key", std::process::id()));
     std::fs::write(&path, NODE_KEY).expect("write key");
     path.to_str().expect("utf-8 path").to_owned()
@@ -177,6 +179,188 @@ async fn a_room_heard_through_a_tree_of_edges_keeps_mix_minus_exact_and_the_same
         "one link into the owner"
     );
     edge2.shutdown().await;
+    edge.shutdown().await;
+    owner.shutdown().await;
+}
+
+/// What one member got, with arrival times: decoded frames, and control messages.
+pub(super) struct Timeline {
+    /// Each frame's arrival (since the test's start) and its decoded samples.
+    pub(super) frames: Vec<(Duration, Vec<f32>)>,
+    /// Every control message and its arrival.
+    pub(super) messages: Vec<(Duration, ServerMessage)>,
+    /// When the connection ended, if it did before the end of the run.
+    pub(super) ended: Option<Duration>,
+}
+
+impl Timeline {
+    /// The audio that arrived between `from` and `to`.
+    pub(super) fn pcm(&self, from: Duration, to: Duration) -> Vec<f32> {
+        self.frames
+            .iter()
+            .filter(|(at, _)| *at >= from && *at < to)
+            .flat_map(|(_, pcm)| pcm.iter().copied())
+            .collect()
+    }
+
+    /// When `freq` was first heard again after `after`: the arrival of the first frame of the
+    /// first 200 ms (10 frames) after `after` in which it is louder than -22 dB.
+    pub(super) fn heard_again(&self, after: Duration, freq: f32) -> Option<Duration> {
+        let frames: Vec<&(Duration, Vec<f32>)> =
+            self.frames.iter().filter(|(at, _)| *at > after).collect();
+        frames.windows(10).find_map(|window| {
+            let pcm: Vec<f32> = window.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+            (tone_db(&pcm, freq) > -22.0).then_some(window[0].0)
+        })
+    }
+}
+
+/// Runs a member from `start` until `until`: sends `tone` every 20 ms (if any), decodes what
+/// it gets, keeps every message; stops early (noting when) if its connection ends.
+pub(super) fn timed_member(
+    mut ws: Client,
+    tone: Option<f32>,
+    start: Instant,
+    until: Instant,
+) -> tokio::task::JoinHandle<Timeline> {
+    tokio::spawn(async move {
+        let mut talker = tone.map(|f| Talker::new(f, 0.2));
+        let mut decoder =
+            opus::Decoder::new(48_000, opus::Channels::Mono).expect("an Opus decoder");
+        let mut timeline = Timeline {
+            frames: Vec::new(),
+            messages: Vec::new(),
+            ended: None,
+        };
+        let mut ticker = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    if let Some(t) = talker.as_mut()
+                        && ws.send(Message::binary(t.next_frame(true))).await.is_err()
+                    {
+                        timeline.ended = Some(start.elapsed());
+                        break;
+                    }
+                }
+                message = ws.next() => match message {
+                    Some(Ok(Message::Binary(bytes))) => {
+                        let frame = AudioFrame::parse(&bytes).expect("frame parses");
+                        let mut pcm = vec![0.0; FRAME_SAMPLES];
+                        let n = decoder
+                            .decode_float(frame.payload, &mut pcm, false)
+                            .expect("valid Opus");
+                        pcm.truncate(n);
+                        timeline.frames.push((start.elapsed(), pcm));
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        let message = parse_server_message(text.as_str()).expect("json");
+                        timeline.messages.push((start.elapsed(), message));
+                    }
+                    Some(Ok(_)) => {}
+                    _ => {
+                        timeline.ended = Some(start.elapsed());
+                        break;
+                    }
+                },
+            }
+        }
+        let _ = ws.close(None).await;
+        timeline
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_an_edge_whose_link_is_cut_resume_as_themselves_when_it_heals() {
+    let key = key_file();
+    let owner = TestServer::start(&["--node-key-file", &key]).await;
+    // The edge reaches the owner through a relay the test can cut.
+    let relay = RedisCut::start(owner.addr.port()).await;
+    let upstream = format!("ws://127.0.0.1:{}/", relay.port());
+    let edge = TestServer::start(&[
+        "--node-key-file",
+        &key,
+        "--edge",
+        "--edge-upstream",
+        &upstream,
+    ])
+    .await;
+    let room = "cut";
+    let (talk_owner, _) = join(&owner, room, "talker-owner", Mode::Talk).await;
+    let (listen_owner, _) = join(&owner, room, "listener-owner", Mode::Listen).await;
+    let (talk_edge, id_talk_edge) = join(&edge, room, "talker-edge", Mode::Talk).await;
+    let (listen_edge, id_listen_edge) = join(&edge, room, "listener-edge", Mode::Listen).await;
+    let start = Instant::now();
+    let until = start + Duration::from_secs(11);
+    let members = [
+        timed_member(talk_owner, Some(400.0), start, until),
+        timed_member(listen_owner, None, start, until),
+        timed_member(talk_edge, Some(650.0), start, until),
+        timed_member(listen_edge, None, start, until),
+    ];
+    let (cut_at, heal_at) = (Duration::from_secs(3), Duration::from_secs(5));
+    tokio::time::sleep_until((start + cut_at).into()).await;
+    relay.cut();
+    tokio::time::sleep_until((start + heal_at).into()).await;
+    relay.heal();
+    let mut got = Vec::new();
+    for member in members {
+        got.push(member.await.expect("member task"));
+    }
+    let [talk_owner, listen_owner, talk_edge, listen_edge] =
+        <[Timeline; 4]>::try_from(got).ok().expect("four members");
+    for (who, member) in [
+        ("talker on the owner", &talk_owner),
+        ("listener on the owner", &listen_owner),
+        ("talker on the edge", &talk_edge),
+        ("listener on the edge", &listen_edge),
+    ] {
+        assert_eq!(member.ended, None, "{who}'s connection ended");
+    }
+    // Before the cut, across the link both ways.
+    let before = (Duration::from_secs(1), cut_at);
+    assert!(tone_db(&listen_edge.pcm(before.0, before.1), 400.0) > -22.0);
+    assert!(tone_db(&listen_owner.pcm(before.0, before.1), 650.0) > -22.0);
+    assert!(tone_db(&talk_edge.pcm(before.0, before.1), 650.0) < -50.0);
+    // After the heal, back within a few seconds, both ways.
+    let back_down = listen_edge
+        .heard_again(heal_at, 400.0)
+        .expect("the edge's listener hears the owner's talker again");
+    let back_up = listen_owner
+        .heard_again(heal_at, 650.0)
+        .expect("the owner's listener hears the edge's talker again");
+    eprintln!(
+        "link cut for {:?}: heard again {:?} (down) and {:?} (up) after the heal",
+        heal_at - cut_at,
+        back_down - heal_at,
+        back_up - heal_at
+    );
+    assert!(back_down - heal_at < Duration::from_secs(3));
+    assert!(back_up - heal_at < Duration::from_secs(3));
+    let late = (Duration::from_secs(9), Duration::from_secs(11));
+    assert!(tone_db(&talk_edge.pcm(late.0, late.1), 400.0) > -22.0);
+    assert!(tone_db(&talk_edge.pcm(late.0, late.1), 650.0) < -50.0);
+    // The edge's members came back as themselves: the room never saw them leave.
+    let left: Vec<u32> = talk_owner
+        .messages
+        .iter()
+        .filter_map(|(_, m)| match m {
+            ServerMessage::ParticipantLeft { participant_id, .. } => Some(*participant_id),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !left.contains(&id_talk_edge) && !left.contains(&id_listen_edge),
+        "the room saw the edge's members leave: {left:?}"
+    );
+    assert!(
+        talk_edge.messages.iter().any(|(at, m)| *at > cut_at
+            && matches!(m, ServerMessage::Joined { participant_id, resumed: true, .. } if *participant_id == id_talk_edge)),
+        "the edge's talker was told it resumed"
+    );
     edge.shutdown().await;
     owner.shutdown().await;
 }
