@@ -5,6 +5,7 @@ mod access;
 mod browser;
 mod cluster;
 mod edge;
+mod edge_fleet;
 mod fleet_cluster;
 mod fleet_loadgen;
 mod fleet_measure;
