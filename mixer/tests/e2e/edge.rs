@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use mixer_protocol::{AudioFrame, Mode, ServerMessage, parse_server_message};
+use mixer_protocol::{AudioFrame, ClientMessage, Mode, Role, ServerMessage, parse_server_message};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::cluster::RedisCut;
-use super::{Client, TestServer, join, metric};
+use super::{Client, TestServer, join, join_as, metric};
 use crate::common::{Listener, Talker, tone_db};
 use mixer_protocol::FRAME_SAMPLES;
 
@@ -218,11 +218,24 @@ impl Timeline {
 /// Runs a member from `start` until `until`: sends `tone` every 20 ms (if any), decodes what
 /// it gets, keeps every message; stops early (noting when) if its connection ends.
 pub(super) fn timed_member(
-    mut ws: Client,
+    ws: Client,
     tone: Option<f32>,
     start: Instant,
     until: Instant,
 ) -> tokio::task::JoinHandle<Timeline> {
+    scripted_member(ws, tone, Vec::new(), start, until)
+}
+
+/// [`timed_member`], also sending each message of `script` at its time since `start`.
+pub(super) fn scripted_member(
+    mut ws: Client,
+    tone: Option<f32>,
+    mut script: Vec<(Duration, ClientMessage)>,
+    start: Instant,
+    until: Instant,
+) -> tokio::task::JoinHandle<Timeline> {
+    script.sort_by_key(|(at, _)| *at);
+    script.reverse();
     tokio::spawn(async move {
         let mut talker = tone.map(|f| Talker::new(f, 0.2));
         let mut decoder =
@@ -238,6 +251,11 @@ pub(super) fn timed_member(
                 _ = ticker.tick() => {
                     if Instant::now() >= until {
                         break;
+                    }
+                    while script.last().is_some_and(|(at, _)| start.elapsed() >= *at) {
+                        if let Some((_, message)) = script.pop() {
+                            let _ = ws.send(Message::text(message.to_json())).await;
+                        }
                     }
                     if let Some(t) = talker.as_mut()
                         && ws.send(Message::binary(t.next_frame(true))).await.is_err()
@@ -360,6 +378,142 @@ async fn members_of_an_edge_whose_link_is_cut_resume_as_themselves_when_it_heals
         talk_edge.messages.iter().any(|(at, m)| *at > cut_at
             && matches!(m, ServerMessage::Joined { participant_id, resumed: true, .. } if *participant_id == id_talk_edge)),
         "the edge's talker was told it resumed"
+    );
+    edge.shutdown().await;
+    owner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floor_mute_chat_and_late_joiner_replay_work_for_members_on_an_edge() {
+    let key = key_file();
+    let walkie = ["--floor-policy", "single", "--node-key-file", &key];
+    let owner = TestServer::start(&walkie).await;
+    let mut edge_flags = walkie.to_vec();
+    let upstream = owner.url();
+    edge_flags.extend_from_slice(&["--edge", "--edge-upstream", &upstream]);
+    let edge = TestServer::start(&edge_flags).await;
+    let room = "walkie";
+    // A moderator on the owner; a speaker and a listener on the edge; a late joiner later.
+    let (moderator, id_moderator) =
+        join_as(&owner, room, "moderator", Mode::Listen, Role::Moderator).await;
+    let (speaker, id_speaker) = join_as(&edge, room, "speaker", Mode::Ptt, Role::Speaker).await;
+    let (listener, id_listener) = join(&edge, room, "listener", Mode::Listen).await;
+    let start = Instant::now();
+    let until = start + Duration::from_secs(5);
+    let at = Duration::from_millis;
+    let moderator = scripted_member(
+        moderator,
+        None,
+        vec![
+            (
+                at(1200),
+                ClientMessage::Chat {
+                    text: "hello from the owner".into(),
+                },
+            ),
+            (
+                at(3000),
+                ClientMessage::Mute {
+                    participant_id: Some(id_speaker),
+                    muted: true,
+                },
+            ),
+        ],
+        start,
+        until,
+    );
+    let speaker = scripted_member(
+        speaker,
+        Some(650.0),
+        vec![(at(500), ClientMessage::FloorRequest { preempt: false })],
+        start,
+        until,
+    );
+    let listener = scripted_member(
+        listener,
+        None,
+        vec![(
+            at(1000),
+            ClientMessage::Chat {
+                text: "hello from the edge".into(),
+            },
+        )],
+        start,
+        until,
+    );
+    // Joins at the edge 2 s in, while the speaker holds the floor and talks.
+    tokio::time::sleep_until((start + at(2000)).into()).await;
+    let mut late = super::connect(&edge).await;
+    late.send(super::join_message(room, "late", Mode::Listen))
+        .await
+        .expect("send join");
+    let replay = match super::next_control(&mut late).await {
+        ServerMessage::Joined { replay_ms, .. } => replay_ms,
+        other => panic!("expected joined, got {other:?}"),
+    };
+    let joined_late = start.elapsed();
+    let late = timed_member(late, None, start, until);
+    let (moderator, speaker, listener, late) = (
+        moderator.await.expect("task"),
+        speaker.await.expect("task"),
+        listener.await.expect("task"),
+        late.await.expect("task"),
+    );
+    let has =
+        |t: &Timeline, f: &dyn Fn(&ServerMessage) -> bool| t.messages.iter().any(|(_, m)| f(m));
+    // The floor: granted to the edge's speaker, and everyone on both nodes told.
+    for (who, t) in [
+        ("moderator", &moderator),
+        ("listener", &listener),
+        ("speaker", &speaker),
+    ] {
+        assert!(
+            has(
+                t,
+                &|m| matches!(m, ServerMessage::FloorGranted { participant_id, .. } if *participant_id == id_speaker)
+            ),
+            "{who} was not told of the speaker's floor"
+        );
+        assert!(
+            has(
+                t,
+                &|m| matches!(m, ServerMessage::TalkingStarted { participant_id } if *participant_id == id_speaker)
+            ),
+            "{who} did not see the speaker talking"
+        );
+    }
+    // Heard on both nodes while it holds the floor.
+    assert!(tone_db(&moderator.pcm(at(1000), at(2800)), 650.0) > -22.0);
+    assert!(tone_db(&listener.pcm(at(1000), at(2800)), 650.0) > -22.0);
+    // Chat both ways across the link.
+    assert!(has(
+        &moderator,
+        &|m| matches!(m, ServerMessage::Chat { from, text, .. } if *from == id_listener && text == "hello from the edge")
+    ));
+    assert!(has(
+        &listener,
+        &|m| matches!(m, ServerMessage::Chat { from, text, .. } if *from == id_moderator && text == "hello from the owner")
+    ));
+    // The moderator mutes the speaker: the edge's listener stops hearing it.
+    assert!(has(
+        &listener,
+        &|m| matches!(m, ServerMessage::ParticipantMuted { participant_id, muted: true, by } if *participant_id == id_speaker && *by == Some(id_moderator))
+    ));
+    assert!(tone_db(&listener.pcm(at(3400), at(5000)), 650.0) < -50.0);
+    // The late joiner at the edge heard the transmission replayed from its start, then caught up.
+    assert!(
+        replay.is_some_and(|ms| ms >= 1000),
+        "joined said replay_ms {replay:?}: the transmission began 1.5 s before"
+    );
+    let first_second = late.pcm(joined_late, joined_late + at(1000));
+    assert!(
+        tone_db(&first_second, 650.0) > -22.0,
+        "the late joiner did not hear the transmission ({:.1} dB)",
+        tone_db(&first_second, 650.0)
+    );
+    assert!(
+        has(&late, &|m| matches!(m, ServerMessage::CaughtUp)),
+        "the late joiner never caught up"
     );
     edge.shutdown().await;
     owner.shutdown().await;
