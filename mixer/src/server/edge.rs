@@ -30,7 +30,7 @@ use mixer_protocol::link::{
     LINK_HEADER_LEN, LINK_PATH_PREFIX, LinkAttach, LinkDetach, LinkError, LinkHeader, LinkKind,
     parse_close, parse_stream,
 };
-use mixer_protocol::{AUDIO_HEADER_LEN, AudioHeader, ClientMessage, LeaveReason};
+use mixer_protocol::{AUDIO_HEADER_LEN, AudioHeader, ClientMessage, ErrorCode, LeaveReason};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -269,6 +269,8 @@ struct EdgeState {
     empty_since: Option<Instant>,
     /// Taken out of the registry: the link ends.
     retired: bool,
+    /// The hops the link's token said when it was made.
+    link_hops: u8,
 }
 
 /// A room this node relays: its members and the queues towards its upstream link.
@@ -279,6 +281,10 @@ pub struct EdgeRoom {
     control: mpsc::UnboundedSender<Bytes>,
     audio: mpsc::Sender<Bytes>,
     connected: AtomicBool,
+    /// Told when the link must be made again: a session deeper than its token said arrived,
+    /// so the upstream must see the new depth (and refuse it past the limit: a ring of
+    /// `--edge-upstream` ends there instead of looping).
+    relink: tokio::sync::Notify,
 }
 
 /// What a member's `joined` or `redirect` says that the edge keeps.
@@ -331,7 +337,9 @@ impl EdgeRoom {
                     connected: false,
                     empty_since: None,
                     retired: false,
+                    link_hops: 0,
                 }),
+                relink: tokio::sync::Notify::new(),
                 control,
                 audio,
                 connected: AtomicBool::new(false),
@@ -372,7 +380,11 @@ impl EdgeRoom {
         state.empty_since = None;
         // While the link is down the attach waits: every session is attached when it is up.
         if state.connected {
-            let _ = self.control.send(message);
+            if hops.saturating_add(1) > state.link_hops {
+                self.relink.notify_one();
+            } else {
+                let _ = self.control.send(message);
+            }
         }
         session
     }
@@ -643,10 +655,12 @@ fn attach_message(session: u32, attach: &LinkAttach) -> Bytes {
     )
 }
 
-/// A close reason from the upstream, as one of the server's own (a close frame's reason here
-/// is a `&'static str`); another text becomes a general one.
+/// A close reason from the upstream as the same text with a static lifetime (a close frame's
+/// reason here is a `&'static str`): every reason a node of this server gives (its own texts,
+/// and the error codes an eviction closes with) comes through unchanged; another text becomes
+/// a general one.
 fn static_reason(reason: &str) -> &'static str {
-    const KNOWN: [&str; 10] = [
+    const KNOWN: [&str; 15] = [
         "bye",
         "redirect",
         "removed",
@@ -654,12 +668,18 @@ fn static_reason(reason: &str) -> &'static str {
         "resume failed",
         "slow consumer",
         "server shutting down",
-        "replaced",
-        "lease lost",
         "moved",
+        "join failed",
+        "join timeout",
+        "ping timeout",
+        "control flood",
+        "message too large",
+        "protocol error",
+        "invalid UTF-8",
     ];
     KNOWN
         .into_iter()
+        .chain(ErrorCode::ALL.iter().map(|code| code.as_str()))
         .find(|known| *known == reason)
         .unwrap_or("closed by the room's node")
 }
@@ -836,6 +856,7 @@ async fn connect(room: &EdgeRoom, edges: &Edges) -> Result<LinkStream, String> {
         .key
         .mint(&edges.settings.node, &room.name, hops)
         .map_err(|e| e.to_string())?;
+    room.state().link_hops = hops;
     let mut request = url
         .as_str()
         .into_client_request()
@@ -933,9 +954,45 @@ async fn pump(
                     break Pumped::Dropped;
                 }
             }
+            () = room.relink.notified() => break Pumped::Relink,
             _ = shutdown.changed() => break Pumped::Shutdown,
         }
     };
     let _ = sink.send(Message::Close(None)).await;
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_of_the_room_s_node_come_through_unchanged() {
+        for reason in [
+            "redirect",
+            "room closed",
+            "slow consumer",
+            "server shutting down",
+        ] {
+            assert_eq!(static_reason(reason), reason);
+        }
+        for code in ErrorCode::ALL {
+            assert_eq!(static_reason(code.as_str()), code.as_str());
+        }
+        assert_eq!(static_reason("made up"), "closed by the room's node");
+    }
+
+    #[test]
+    fn link_urls_are_the_node_s_url_and_the_room() {
+        assert_eq!(
+            link_url("ws://10.0.0.1:8080/", "standup").as_deref(),
+            Ok("ws://10.0.0.1:8080/link/standup")
+        );
+        assert_eq!(
+            link_url("ws://10.0.0.1:8080", "a").as_deref(),
+            Ok("ws://10.0.0.1:8080/link/a")
+        );
+        assert!(link_url("wss://10.0.0.1/", "a").is_err());
+        assert!(link_url("http://10.0.0.1/", "a").is_err());
+    }
 }

@@ -191,6 +191,36 @@ impl Cluster {
 }
 
 impl Node {
+    /// A mixer process outside any fleet on loopback `port`, with `extra` flags (a static tree
+    /// of edges, say).
+    pub(super) async fn spawn_plain(id: &str, port: u16, extra: &[&str]) -> Node {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let log =
+            std::env::temp_dir().join(format!("mixer-node-{}-{id}-{port}.log", std::process::id()));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_mixer"))
+            .args(["serve", "--mixer-threads", "1", "--log", "info"])
+            .args(["--listen", &addr.to_string()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn the mixer binary");
+        let mut node = Node {
+            id: id.to_owned(),
+            addr,
+            child: Some(child),
+            log,
+        };
+        assert!(
+            node.until_healthy().await,
+            "{id} did not start:\n{}",
+            node.log()
+        );
+        node
+    }
+
     /// Polls `/healthz` until it answers 200 (at most 10 s), or the process exits.
     pub(super) async fn until_healthy(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);

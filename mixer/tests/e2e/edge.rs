@@ -518,3 +518,61 @@ async fn floor_mute_chat_and_late_joiner_replay_work_for_members_on_an_edge() {
     edge.shutdown().await;
     owner.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_of_edges_refuses_the_join_and_falls_quiet_instead_of_looping() {
+    let key = key_file();
+    // Two edges, each the other's upstream, and no node that mixes anything: a misconfiguration.
+    // The first is started pointing at a port the second then takes.
+    let port_b = super::cluster::free_port();
+    let url_b = format!("ws://127.0.0.1:{port_b}/");
+    let a =
+        TestServer::start(&["--node-key-file", &key, "--edge", "--edge-upstream", &url_b]).await;
+    let url_a = a.url();
+    let b = super::cluster::Node::spawn_plain(
+        "ring-b",
+        port_b,
+        &["--node-key-file", &key, "--edge", "--edge-upstream", &url_a],
+    )
+    .await;
+    let mut ws = super::connect(&a).await;
+    ws.send(super::join_message("ring", "alice", Mode::Listen))
+        .await
+        .expect("send join");
+    // The sessions go round, each time one link deeper, until a link is refused (409); the
+    // join then times out with fleet_unavailable.
+    let refused = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    if let Ok(ServerMessage::Error { code, .. }) = parse_server_message(&text) {
+                        return code;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("an answer within 15 s");
+    assert_eq!(refused, mixer_protocol::ErrorCode::FleetUnavailable);
+    drop(ws);
+    // And the ring falls quiet: no link left open on either node.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, text_a) = super::http_get(a.addr, "/metrics").await;
+        let (_, text_b) = super::http_get(b.addr, "/metrics").await;
+        let open = metric(&text_a, "mixer_links", "") + metric(&text_b, "mixer_links", "");
+        if open == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} links still open on the ring\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.shutdown().await;
+}

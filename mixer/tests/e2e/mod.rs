@@ -6,6 +6,7 @@ mod browser;
 mod cluster;
 mod edge;
 mod edge_fleet;
+mod edge_measure;
 mod fleet_cluster;
 mod fleet_loadgen;
 mod fleet_measure;
