@@ -150,6 +150,15 @@ async fn owner_cost_with_1000_listeners_on_it_or_on_two_edges() {
     let listeners = 1000;
     {
         let owner = spawn("owner", &["--node-key-file", &key]).await;
+        let used = run_town_hall(&[&owner], &[&owner], 1).await;
+        eprintln!(
+            "the talkers and one listener on the owner: owner {:.1} % of a core, {:.0} kB/s written",
+            used[0].0 * 100.0,
+            used[0].1 / 1000.0
+        );
+    }
+    {
+        let owner = spawn("owner", &["--node-key-file", &key]).await;
         let used = run_town_hall(&[&owner], &[&owner], listeners).await;
         eprintln!(
             "{listeners} listeners on the owner: owner {:.1} % of a core, {:.0} kB/s written",
