@@ -10,8 +10,12 @@
 //! fan-out ([`super::room_fanout`]) or the edge's ([`super::edge`]), and the far end hands it to
 //! each of its members: the sender's cost does not grow with the members behind a link.
 //!
-//! The queue is bounded in bytes. A link that does not keep up is closed (the far end
-//! reconnects and its sessions resume), never waited for: the mixer thread never blocks on it.
+//! The queue is bounded in bytes, in two steps, as a client's outbox is: past
+//! [`AUDIO_BACKLOG_BYTES`] queued, new audio is dropped (and counted): audio that late is worth
+//! nothing, and a burst of control (the `joined` of hundreds of sessions, each with the
+//! room's roster) must not cost the link. Past [`HUB_LIMIT_BYTES`] the far end is not reading
+//! at all, and the link is closed (the far end reconnects and its sessions resume). It is never
+//! waited for: the mixer thread never blocks on it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -22,9 +26,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use mixer_protocol::link::{LINK_HEADER_LEN, LinkHeader, LinkKind, close_body};
 use tokio::sync::Notify;
 
-/// Bytes a link's queue may hold before the link is closed as too slow: about two seconds of
-/// a room with a hundred talkers' own frames, or many minutes of a listeners-only room's.
-pub const HUB_LIMIT_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes a link's queue may hold before the link is closed as too slow. A thousand sessions
+/// attaching at once to a room of a thousand is about 40 MB of `joined` (each holds the
+/// roster): that must fit.
+pub const HUB_LIMIT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Bytes queued past which new audio is dropped instead of queued: about a second of a room
+/// with fifty talkers' own frames.
+pub const AUDIO_BACKLOG_BYTES: usize = 512 * 1024;
 
 #[derive(Debug, Default)]
 struct HubState {
@@ -42,6 +51,8 @@ pub struct LinkHub {
     /// Link messages queued, and their bytes (for the metrics and the tests' checks).
     sent_messages: AtomicU64,
     sent_bytes: AtomicU64,
+    /// Audio messages dropped because the queue was backlogged.
+    dropped_audio: AtomicU64,
 }
 
 /// Where a relayed participant's messages go: its link's hub, under its session number.
@@ -68,6 +79,7 @@ impl LinkHub {
             limit,
             sent_messages: AtomicU64::new(0),
             sent_bytes: AtomicU64::new(0),
+            dropped_audio: AtomicU64::new(0),
         }
     }
 
@@ -84,10 +96,16 @@ impl LinkHub {
         message.put_slice(&LinkHeader { kind, session }.to_bytes());
         message.put_slice(parts[0]);
         message.put_slice(parts[1]);
+        let audio = matches!(kind, LinkKind::Shared | LinkKind::Own);
         let queued = {
             let mut state = self.lock();
             if state.closed {
                 return false;
+            }
+            if audio && state.bytes + len > self.limit.min(AUDIO_BACKLOG_BYTES) {
+                // Behind: this frame would arrive too late to be worth sending.
+                self.dropped_audio.fetch_add(1, Ordering::Relaxed);
+                return true;
             }
             if state.bytes + len > self.limit {
                 // The far end is not reading: close rather than grow or block the sender.
@@ -160,6 +178,11 @@ impl LinkHub {
     /// Whether the hub is closed.
     pub fn is_closed(&self) -> bool {
         self.lock().closed
+    }
+
+    /// Audio messages dropped so far because the queue was backlogged.
+    pub fn dropped_audio(&self) -> u64 {
+        self.dropped_audio.load(Ordering::Relaxed)
     }
 
     /// Messages and bytes queued so far.
@@ -239,15 +262,37 @@ mod tests {
     #[test]
     fn a_far_end_that_does_not_read_closes_the_hub_instead_of_growing_it() {
         let hub = LinkHub::new(100);
-        let frame = [0u8; 40];
-        assert!(hub.shared(&frame));
-        assert!(hub.shared(&frame));
+        let message = [b' '; 40];
+        assert!(hub.send(LinkKind::Send, 1, &message));
+        assert!(hub.send(LinkKind::Send, 1, &message));
         // The third would pass the limit: the hub closes and forgets what it held.
-        assert!(!hub.shared(&frame));
+        assert!(!hub.send(LinkKind::Send, 1, &message));
         assert!(hub.is_closed());
         assert!(!hub.send(LinkKind::Send, 1, b"{}"));
         let mut out = Vec::new();
         assert!(hub.drain(&mut out));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_backlogged_link_drops_new_audio_and_keeps_its_control() {
+        let hub = LinkHub::new(HUB_LIMIT_BYTES);
+        let frame = [0u8; 1000];
+        let mut queued = 0;
+        while hub.dropped_audio() == 0 {
+            assert!(hub.shared(&frame));
+            queued += 1;
+        }
+        // The last one went over the backlog and was dropped.
+        assert_eq!(queued - 1, AUDIO_BACKLOG_BYTES / (LINK_HEADER_LEN + 1000));
+        // Control still goes in (a roster burst is not audio), and the link stays open.
+        assert!(hub.send(LinkKind::Send, 1, &[b' '; 100_000]));
+        assert!(!hub.is_closed());
+        let mut out = Vec::new();
+        assert!(!hub.drain(&mut out));
+        assert_eq!(out.len(), queued, "the frames queued, and the control message");
+        // Drained: audio goes in again.
+        assert!(hub.own(1, &frame));
+        assert_eq!(hub.dropped_audio(), 1);
     }
 }

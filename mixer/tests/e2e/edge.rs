@@ -576,3 +576,88 @@ async fn a_ring_of_edges_refuses_the_join_and_falls_quiet_instead_of_looping() {
     }
     a.shutdown().await;
 }
+
+/// The status line a `GET /link/ROOM` upgrade gets, with `token` as its bearer (if any).
+async fn link_status(server: &TestServer, room: &str, token: Option<&str>) -> String {
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "GET /link/{room} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n"
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request.as_bytes()).await.expect("write");
+    // Only the head: an accepted upgrade keeps the connection open.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("an answer within 5 s")
+            .expect("read");
+        if read == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_need_the_node_key_a_token_for_their_room_and_a_bounded_depth() {
+    use mixer::server::link::LinkKey;
+    let key = key_file();
+    let owner = TestServer::start(&["--node-key-file", &key]).await;
+    let ours = LinkKey::new(NODE_KEY);
+    let theirs = LinkKey::new(b"another fleet's node key, 32 bytes long");
+    let token = |key: &LinkKey, room: &str, hops: u8| key.mint("edge-1", room, hops).expect("mint");
+    assert!(
+        link_status(&owner, "r", None).await.contains("401"),
+        "no token"
+    );
+    assert!(
+        link_status(&owner, "r", Some(&token(&theirs, "r", 1)))
+            .await
+            .contains("401"),
+        "another key"
+    );
+    assert!(
+        link_status(&owner, "r", Some(&token(&ours, "other", 1)))
+            .await
+            .contains("401"),
+        "another room's token"
+    );
+    assert!(
+        link_status(&owner, "r", Some(&token(&ours, "r", 9)))
+            .await
+            .contains("409"),
+        "deeper than 8"
+    );
+    assert!(
+        link_status(&owner, "bad room", Some(&token(&ours, "r", 1)))
+            .await
+            .contains("400"),
+        "a room name that cannot be"
+    );
+    assert!(
+        link_status(&owner, "r", Some(&token(&ours, "r", 8)))
+            .await
+            .contains("101"),
+        "the fleet's key, the room, 8 deep"
+    );
+    // A node without a node key takes no links at all.
+    let open = TestServer::start(&[]).await;
+    assert!(
+        link_status(&open, "r", Some(&token(&ours, "r", 1)))
+            .await
+            .contains("403")
+    );
+    open.shutdown().await;
+    owner.shutdown().await;
+}

@@ -15,14 +15,32 @@ use crate::common::tone_db;
 
 /// Joins `room` at the node at `url` (no redirect expected: every node is an edge).
 async fn join_at(url: &str, room: &str, name: &str, mode: Mode) -> (Client, u32) {
+    let (ws, id, _, _) = join_with(url, room, name, mode, None).await;
+    (ws, id)
+}
+
+/// Joins (or resumes, with `resume`) at `url`: the connection, the participant id, whether it
+/// resumed, and its resume token.
+async fn join_with(
+    url: &str,
+    room: &str,
+    name: &str,
+    mode: Mode,
+    resume: Option<String>,
+) -> (Client, u32, bool, Option<String>) {
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .expect("connect");
-    ws.send(join_request(room, name, mode, None))
+    ws.send(join_request(room, name, mode, resume))
         .await
         .expect("send join");
     match next_control(&mut ws).await {
-        ServerMessage::Joined { participant_id, .. } => (ws, participant_id),
+        ServerMessage::Joined {
+            participant_id,
+            resumed,
+            resume_token,
+            ..
+        } => (ws, participant_id, resumed, resume_token),
         other => panic!("{name} at {url}: expected joined, got {other:?}"),
     }
 }
@@ -85,6 +103,9 @@ async fn a_fleet_of_edges_carries_one_room_and_recovers_from_a_killed_edge_and_o
     let (listen_o, _) = join_at(&urls[o], room, "listener-o", Mode::Listen).await;
     let (listen_b, _) = join_at(&urls[b], room, "listener-b", Mode::Listen).await;
     let (listen_c, id_listen_c) = join_at(&urls[c], room, "listener-c", Mode::Listen).await;
+    // A second member of c, whose client comes back at another node when c dies.
+    let (roamer, id_roamer, _, roamer_token) =
+        join_with(&urls[c], room, "roamer", Mode::Listen, None).await;
     let (listen_d, _) = join_at(&d_url, room, "listener-d", Mode::Listen).await;
     drop(first);
     let (f_o, f_b, f_d) = (400.0, 650.0, 1000.0);
@@ -102,6 +123,14 @@ async fn a_fleet_of_edges_carries_one_room_and_recovers_from_a_killed_edge_and_o
     let (kill_edge_at, kill_owner_at) = (Duration::from_secs(4), Duration::from_secs(10));
     tokio::time::sleep_until((start + kill_edge_at).into()).await;
     cluster.nodes[c].kill();
+    drop(roamer);
+    // Its client reconnects at b with its resume token, within the owner's 5 s for a lost link.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (roamer, id_back, resumed, _) =
+        join_with(&urls[b], room, "roamer", Mode::Listen, roamer_token).await;
+    assert!(resumed, "the killed edge's client resumed at another edge");
+    assert_eq!(id_back, id_roamer, "as the same participant");
+    let roamer = timed_member(roamer, None, start, until);
     tokio::time::sleep_until((start + kill_owner_at).into()).await;
     cluster.nodes[o].kill();
     let mut got = Vec::new();
@@ -117,6 +146,12 @@ async fn a_fleet_of_edges_carries_one_room_and_recovers_from_a_killed_edge_and_o
         listen_c,
         listen_d,
     ] = <[Timeline; 7]>::try_from(got).ok().expect("seven members");
+    let roamer = roamer.await.expect("member task");
+    assert_eq!(
+        left_at(&talk_o, id_roamer),
+        None,
+        "the roamer was never released"
+    );
     let report = |cluster: &Cluster| {
         cluster
             .nodes
@@ -126,6 +161,12 @@ async fn a_fleet_of_edges_carries_one_room_and_recovers_from_a_killed_edge_and_o
             .join("\n")
     };
     let everyone = [f_o, f_b, f_d];
+    assert_tones(
+        "the killed edge's client, back at b",
+        &roamer.pcm(kill_edge_at + Duration::from_secs(2), kill_owner_at),
+        &everyone,
+        &[],
+    );
     let before = (Duration::from_secs(1), kill_edge_at);
     let pcm = |t: &Timeline| t.pcm(before.0, before.1);
     assert_tones("talker on the owner", &pcm(&talk_o), &[f_b, f_d], &[f_o]);
