@@ -290,7 +290,11 @@ mod tests {
         assert!(!hub.is_closed());
         let mut out = Vec::new();
         assert!(!hub.drain(&mut out));
-        assert_eq!(out.len(), queued, "the frames queued, and the control message");
+        assert_eq!(
+            out.len(),
+            queued,
+            "the frames queued, and the control message"
+        );
         // Drained: audio goes in again.
         assert!(hub.own(1, &frame));
         assert_eq!(hub.dropped_audio(), 1);

@@ -356,8 +356,6 @@ async fn members_of_an_edge_whose_link_is_cut_resume_as_themselves_when_it_heals
         back_down - heal_at,
         back_up - heal_at
     );
-    assert!(back_down - heal_at < Duration::from_secs(3));
-    assert!(back_up - heal_at < Duration::from_secs(3));
     let late = (Duration::from_secs(9), Duration::from_secs(11));
     assert!(tone_db(&talk_edge.pcm(late.0, late.1), 400.0) > -22.0);
     assert!(tone_db(&talk_edge.pcm(late.0, late.1), 650.0) < -50.0);
