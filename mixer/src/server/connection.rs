@@ -952,6 +952,10 @@ impl Session {
             Err(SendError::Stopped) => {
                 self.send_error(ErrorCode::ShuttingDown, "server is shutting down");
             }
+            Err(SendError::Relinking) => self.send_error(
+                ErrorCode::FleetUnavailable,
+                "this node is reconnecting to the node that mixes your room; the request was not applied, try again in a moment",
+            ),
         }
     }
 

@@ -728,8 +728,12 @@ impl EdgeSeat {
         }
     }
 
-    /// Forwards a room request; the answer comes as the room's messages.
+    /// Forwards a room request; the answer comes as the room's messages. While the link is
+    /// being made again the request cannot go anywhere, and the member is told so.
     pub fn request(&self, request: &RoomRequest) -> Result<(), SendError> {
+        if !self.room.connected.load(Ordering::Relaxed) {
+            return Err(SendError::Relinking);
+        }
         self.forward(&request.to_client());
         Ok(())
     }

@@ -41,6 +41,7 @@ use super::fleet_rooms::{LeaseGate, Located, Purpose};
 use super::http::{self, Prefixed};
 use super::link_hub::{LinkHub, Relay};
 use super::membership::{Identity, Joiner};
+use super::mixer_thread::SendError;
 use super::outbox::Outbox;
 use super::requests::{RoomRequest, chat_timestamp};
 use super::room_fanout::wire;
@@ -483,15 +484,22 @@ impl LinkSession {
                 }
             }
             message => match RoomRequest::from_client(message, chat_timestamp()) {
-                Some(request) => {
-                    if seat.request(request, Instant::now()).is_err() {
-                        self.tell(
-                            session,
-                            ErrorCode::ServerBusy,
-                            "the room's mixer is saturated with requests; this one was not applied, try again",
-                        );
+                Some(request) => match seat.request(request, Instant::now()) {
+                    Ok(()) => {}
+                    Err(SendError::Busy) => self.tell(
+                        session,
+                        ErrorCode::ServerBusy,
+                        "the room's mixer is saturated with requests; this one was not applied, try again",
+                    ),
+                    Err(SendError::Stopped) => {
+                        self.tell(session, ErrorCode::ShuttingDown, "server is shutting down");
                     }
-                }
+                    Err(SendError::Relinking) => self.tell(
+                        session,
+                        ErrorCode::FleetUnavailable,
+                        "the link to the node that mixes the room is being made again; the request was not applied, try again in a moment",
+                    ),
+                },
                 None => self.tell(
                     session,
                     ErrorCode::BadMessage,

@@ -23,10 +23,13 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use super::connection::{Context, Transport};
+use super::edge::{ATTACH_TIMEOUT, Attached, Edges};
 use super::fleet_rooms::{LeaseGate, Located, Purpose};
 use super::http;
 use super::membership::{Identity, Joiner, new_resume_token};
 use super::outbox::{Closed, Outbox, Outgoing};
+use super::seat::Seat;
+use mixer_protocol::link::{LinkAttach, LinkIdentity};
 
 /// Samples in one 20 ms frame at 48 kHz: the granule position's unit is a 48 kHz sample.
 const FRAME_SAMPLES: u64 = 960;
@@ -198,7 +201,7 @@ async fn admit(
     peer: SocketAddr,
     context: &Arc<Context>,
     outbox: Arc<Outbox>,
-) -> Result<super::membership::Membership, Refusal> {
+) -> Result<Seat, Refusal> {
     let status = |status: &'static str, body: String| Refusal::Status(status, body + "\n");
     JoinRequest::validate_room_name(room).map_err(|e| status("400 Bad Request", e.to_string()))?;
     let token = http::access_token(head);
@@ -233,10 +236,18 @@ async fn admit(
             (Identity::Token(Arc::from(grant.identity.as_str())), name)
         }
     };
-    let gate = match http_seat(room, peer, context).await {
-        Ok(gate) => gate,
-        Err(HttpSeatRefused::Status(code, body)) => return Err(status(code, body)),
-        Err(HttpSeatRefused::Elsewhere(url)) => {
+    let edges = context.edges.clone().filter(|edges| edges.settings().edge);
+    let gate = match (http_seat(room, peer, context).await, edges) {
+        // An edge outside a fleet relays every room; in a fleet, those mixed elsewhere.
+        (Ok(None), Some(edges)) if context.fleet.is_none() => {
+            return listen_through_edge(&edges, room, identity, name, peer, outbox).await;
+        }
+        (Err(HttpSeatRefused::Elsewhere(_)), Some(edges)) => {
+            return listen_through_edge(&edges, room, identity, name, peer, outbox).await;
+        }
+        (Ok(gate), _) => gate,
+        (Err(HttpSeatRefused::Status(code, body)), _) => return Err(status(code, body)),
+        (Err(HttpSeatRefused::Elsewhere(url)), None) => {
             return Err(Refusal::Redirect(listen_url(&url, head, room)));
         }
     };
@@ -252,7 +263,65 @@ async fn admit(
     context
         .pool
         .join(room, joiner, gate)
+        .map(Seat::Local)
         .map_err(|refused| status("503 Service Unavailable", refused.to_string()))
+}
+
+/// Seats an HTTP listener of a room mixed on another node through this node's link for it, as
+/// an edge does a WebSocket client: the room's shared frames come once over the link and go to
+/// the player as they came.
+async fn listen_through_edge(
+    edges: &Arc<Edges>,
+    room: &str,
+    identity: Identity,
+    name: String,
+    peer: SocketAddr,
+    outbox: Arc<Outbox>,
+) -> Result<Seat, Refusal> {
+    let attach = LinkAttach {
+        identity: match identity {
+            Identity::Token(sub) => LinkIdentity::Token(sub.to_string()),
+            Identity::Name(key) => LinkIdentity::Name(key.to_string()),
+        },
+        name,
+        role: Role::Listener,
+        mode: Some(Mode::Listen),
+        format: AudioFormat::opus_48k_mono_20ms(),
+        address: peer.ip(),
+        resume: None,
+        rejoin: false,
+    };
+    let unavailable = |why: String| Refusal::Status("503 Service Unavailable", why + "\n");
+    let (mut seat, answer) = edges
+        .attach(room, attach, outbox.clone(), 0)
+        .map_err(|e| unavailable(e.to_string()))?;
+    match tokio::time::timeout(ATTACH_TIMEOUT, answer).await {
+        Ok(Ok(Attached::Seated(id))) => {
+            seat.seated(id);
+            Ok(Seat::Edge(seat))
+        }
+        Ok(Ok(Attached::Refused)) | Ok(Err(_)) => {
+            seat.forget();
+            // The room's refusal went to the outbox: say it to the player.
+            let mut queued = Vec::new();
+            outbox.drain(&mut queued);
+            let why = queued
+                .into_iter()
+                .find_map(|item| match item {
+                    Outgoing::Control(json) => Some(json.to_string()),
+                    Outgoing::Audio(_) => None,
+                })
+                .unwrap_or_else(|| "the room's node refused the listener".to_owned());
+            Err(unavailable(why))
+        }
+        Err(_) => {
+            seat.leave(LeaveReason::Disconnected);
+            Err(unavailable(format!(
+                "the node that mixes room {room:?} did not answer within {} s",
+                ATTACH_TIMEOUT.as_secs()
+            )))
+        }
+    }
 }
 
 /// Why an HTTP client (a player, a source) may not take a seat in a room here.

@@ -201,6 +201,8 @@ pub enum SendError {
     Busy,
     /// The thread has stopped (the server is shutting down).
     Stopped,
+    /// The room is mixed on another node, and this edge's link to it is being made again.
+    Relinking,
 }
 
 /// The sending side of one mixer thread's command channel.

@@ -442,7 +442,7 @@ impl MixerPool {
                         .inc();
                     JoinRefused::Busy
                 }
-                SendError::Stopped => JoinRefused::ShuttingDown,
+                SendError::Stopped | SendError::Relinking => JoinRefused::ShuttingDown,
             });
         }
         registry

@@ -659,3 +659,30 @@ async fn links_need_the_node_key_a_token_for_their_room_and_a_bounded_depth() {
     open.shutdown().await;
     owner.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_listens_at_the_edge_of_an_edge_and_hears_the_room_once_per_link() {
+    let (owner, edge, edge2) = tree().await;
+    let room = "radio";
+    let (talk_owner, _) = join(&owner, room, "talker-owner", Mode::Talk).await;
+    let (talk_edge, _) = join(&edge, room, "talker-edge", Mode::Talk).await;
+    let talkers = tokio::spawn(async move {
+        tokio::join!(
+            member(talk_owner, Some(400.0), Duration::from_secs(9)),
+            member(talk_edge, Some(650.0), Duration::from_secs(9)),
+        )
+    });
+    // ffmpeg plays the room's listen stream at the edge of the edge, two links from the mix.
+    let url = format!("http://{}/listen/{room}", edge2.addr);
+    let pcm = super::listen::decode_with_ffmpeg(&url, 5).await;
+    assert!(pcm.len() >= 4 * 48_000, "{} samples", pcm.len());
+    let heard = &pcm[pcm.len() - 2 * 48_000..];
+    for f in [400.0, 650.0] {
+        let db = tone_db(heard, f);
+        assert!(db > -22.0, "the player did not hear {f} Hz ({db:.1} dB)");
+    }
+    talkers.await.expect("talkers");
+    edge2.shutdown().await;
+    edge.shutdown().await;
+    owner.shutdown().await;
+}
