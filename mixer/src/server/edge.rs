@@ -41,7 +41,7 @@ use tracing::{debug, info, warn};
 
 use super::fleet_rooms::{FleetRooms, Located, Purpose};
 use super::link::LinkKey;
-use super::link_hub::HubSet;
+use super::link_hub::{HubSet, deliver_control};
 use super::membership::Forwarded;
 use super::metrics::Metrics;
 use super::mixer_thread::SendError;
@@ -509,22 +509,8 @@ impl EdgeRoom {
                     .and_then(|s| s.outbox.relayed().cloned());
                 let mut links = HubSet::default();
                 for (id, session) in &state.sessions {
-                    if *id == header.session || !session.seated {
-                        continue;
-                    }
-                    match session.outbox.relayed() {
-                        None => {
-                            session.outbox.push_control(json.clone());
-                        }
-                        Some(relay) => {
-                            if links.insert(&relay.hub) {
-                                let skip = left_out
-                                    .as_ref()
-                                    .filter(|l| Arc::ptr_eq(&l.hub, &relay.hub))
-                                    .map_or(0, |l| l.session);
-                                relay.hub.broadcast(skip, json.as_bytes());
-                            }
-                        }
+                    if *id != header.session && session.seated {
+                        deliver_control(&session.outbox, &json, &mut links, left_out.as_ref());
                     }
                 }
             }

@@ -25,6 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{BufMut, Bytes, BytesMut};
 use mixer_protocol::link::{LINK_HEADER_LEN, LinkHeader, LinkKind, close_body};
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::outbox::Outbox;
 
 /// Bytes a link's queue may hold before the link is closed as too slow. A thousand sessions
 /// attaching at once to a room of a thousand is about 40 MB of `joined` (each holds the
@@ -191,6 +194,30 @@ impl LinkHub {
             self.sent_messages.load(Ordering::Relaxed),
             self.sent_bytes.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// Gives a message for many members to one of them: into its outbox, or, for a member behind a
+/// link, into that link once (the first of its members met does it; `links` remembers), leaving
+/// out `left_out`'s session if it is behind the same link. The far end hands it to the rest.
+pub fn deliver_control(
+    outbox: &Outbox,
+    json: &Utf8Bytes,
+    links: &mut HubSet,
+    left_out: Option<&Relay>,
+) {
+    match outbox.relayed() {
+        None => {
+            outbox.push_control(json.clone());
+        }
+        Some(relay) => {
+            if links.insert(&relay.hub) {
+                let skip = left_out
+                    .filter(|l| Arc::ptr_eq(&l.hub, &relay.hub))
+                    .map_or(0, |l| l.session);
+                relay.hub.broadcast(skip, json.as_bytes());
+            }
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use mixer_protocol::{
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::warn;
 
-use super::link_hub::HubSet;
+use super::link_hub::{HubSet, deliver_control};
 use super::metrics::Metrics;
 use super::outbox::{Outbox, Pushed};
 use super::requests;
@@ -120,21 +120,8 @@ impl RoomSlot {
             .and_then(|member| member.outbox.relayed());
         let mut links = HubSet::default();
         for (id, member) in &self.members {
-            if Some(*id) == except {
-                continue;
-            }
-            match member.outbox.relayed() {
-                None => {
-                    member.outbox.push_control(json.clone());
-                }
-                Some(relay) => {
-                    if links.insert(&relay.hub) {
-                        let skip = left_out
-                            .filter(|l| Arc::ptr_eq(&l.hub, &relay.hub))
-                            .map_or(0, |l| l.session);
-                        relay.hub.broadcast(skip, json.as_bytes());
-                    }
-                }
+            if Some(*id) != except {
+                deliver_control(&member.outbox, &json, &mut links, left_out);
             }
         }
     }

@@ -118,31 +118,17 @@ impl Cluster {
     pub(super) async fn spawn_at(redis_url: &str, id: &str, extra: &[&str]) -> Node {
         for _ in 0..5 {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-            let log = std::env::temp_dir().join(format!(
-                "mixer-fleet-{}-{id}-{}.log",
-                std::process::id(),
-                addr.port()
-            ));
-            let stderr = std::fs::File::create(&log).expect("log file");
             let url = format!("ws://{addr}/");
-            let child = Command::new(env!("CARGO_BIN_EXE_mixer"))
-                .args(["serve", "--mixer-threads", "1", "--log", "info"])
-                .args(["--listen", &addr.to_string()])
-                .args(["--redis-url", redis_url])
-                .args(["--public-url", &url])
-                .args(["--node-id", id])
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .expect("spawn the mixer binary");
-            let mut node = Node {
-                id: id.to_owned(),
-                addr,
-                child: Some(child),
-                log,
-            };
+            let mut args = vec![
+                "--redis-url",
+                redis_url,
+                "--public-url",
+                &url,
+                "--node-id",
+                id,
+            ];
+            args.extend_from_slice(extra);
+            let mut node = Node::launch(id, addr, &args);
             if node.until_healthy().await {
                 return node;
             }
@@ -194,31 +180,38 @@ impl Node {
     /// A mixer process outside any fleet on loopback `port`, with `extra` flags (a static tree
     /// of edges, say).
     pub(super) async fn spawn_plain(id: &str, port: u16, extra: &[&str]) -> Node {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let log =
-            std::env::temp_dir().join(format!("mixer-node-{}-{id}-{port}.log", std::process::id()));
-        let stderr = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_mixer"))
-            .args(["serve", "--mixer-threads", "1", "--log", "info"])
-            .args(["--listen", &addr.to_string()])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn the mixer binary");
-        let mut node = Node {
-            id: id.to_owned(),
-            addr,
-            child: Some(child),
-            log,
-        };
+        let mut node = Node::launch(id, SocketAddr::from((Ipv4Addr::LOCALHOST, port)), extra);
         assert!(
             node.until_healthy().await,
             "{id} did not start:\n{}",
             node.log()
         );
         node
+    }
+
+    /// Starts the `mixer` binary serving on `addr` with `args`, its log in a file of its own.
+    fn launch(id: &str, addr: SocketAddr, args: &[&str]) -> Node {
+        let log = std::env::temp_dir().join(format!(
+            "mixer-node-{}-{id}-{}.log",
+            std::process::id(),
+            addr.port()
+        ));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_mixer"))
+            .args(["serve", "--mixer-threads", "1", "--log", "info"])
+            .args(["--listen", &addr.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn the mixer binary");
+        Node {
+            id: id.to_owned(),
+            addr,
+            child: Some(child),
+            log,
+        }
     }
 
     /// Polls `/healthz` until it answers 200 (at most 10 s), or the process exits.

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::cluster::RedisCut;
 use super::{Client, TestServer, join, join_as, metric};
-use crate::common::{Listener, Talker, tone_db};
+use crate::common::{Talker, tone_db};
 use mixer_protocol::FRAME_SAMPLES;
 
 /// The node key the tree's nodes share.
@@ -29,82 +29,31 @@ pub(super) fn key_file() -> String {
 async fn tree() -> (TestServer, TestServer, TestServer) {
     let key = key_file();
     let owner = TestServer::start(&["--node-key-file", &key]).await;
-    let edge = TestServer::start(&[
-        "--node-key-file",
-        &key,
-        "--edge",
-        "--edge-upstream",
-        &owner.url(),
-    ])
-    .await;
-    let edge2 = TestServer::start(&[
-        "--node-key-file",
-        &key,
-        "--edge",
-        "--edge-upstream",
-        &edge.url(),
-    ])
-    .await;
+    let edge = TestServer::start(&edge_flags(&key, &owner.url())).await;
+    let edge2 = TestServer::start(&edge_flags(&key, &edge.url())).await;
     (owner, edge, edge2)
 }
 
-/// What one member got: its decoded audio, the raw frames by sequence number, and its
-/// control messages.
-#[derive(Default)]
-struct Got {
-    listener: Listener,
-    frames: HashMap<u16, Vec<u8>>,
-    messages: Vec<ServerMessage>,
-}
-
-/// Runs a member for `duration`: sends `tone` (if any) every 20 ms, keeps what it receives.
-async fn member(mut ws: Client, tone: Option<f32>, duration: Duration) -> Got {
-    let mut talker = tone.map(|f| Talker::new(f, 0.2));
-    let mut got = Got::default();
-    let start = tokio::time::Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                if start.elapsed() >= duration {
-                    break;
-                }
-                if let Some(t) = talker.as_mut() {
-                    ws.send(Message::binary(t.next_frame(true))).await.expect("send audio");
-                }
-            }
-            message = ws.next() => match message {
-                Some(Ok(Message::Binary(bytes))) => {
-                    let frame = AudioFrame::parse(&bytes).expect("frame parses");
-                    got.frames.insert(frame.header.sequence, frame.payload.to_vec());
-                    got.listener.receive(frame.header, frame.payload);
-                }
-                Some(Ok(Message::Text(text))) => {
-                    got.messages.push(parse_server_message(text.as_str()).expect("json"));
-                }
-                Some(Ok(_)) => {}
-                other => panic!("connection ended early: {other:?}"),
-            },
-        }
-    }
-    let _ = ws.close(None).await;
-    got
+/// The flags of an edge relaying every room to `upstream`, with the node key in `key`.
+pub(super) fn edge_flags<'a>(key: &'a str, upstream: &'a str) -> [&'a str; 5] {
+    [
+        "--node-key-file",
+        key,
+        "--edge",
+        "--edge-upstream",
+        upstream,
+    ]
 }
 
 /// The last 1.5 s of what a member heard.
-fn tail(got: &Got) -> &[f32] {
-    let pcm = &got.listener.pcm;
-    &pcm[pcm.len().saturating_sub(72_000)..]
-}
-
-fn assert_heard(who: &str, got: &Got, present: &[f32], absent: &[f32]) {
-    let pcm = tail(got);
+fn assert_heard(who: &str, got: &Timeline, present: &[f32], absent: &[f32]) {
+    let pcm = got.pcm_tail(Duration::from_millis(1500));
     for f in present {
-        let db = tone_db(pcm, *f);
+        let db = tone_db(&pcm, *f);
         assert!(db > -22.0, "{who}: {f} Hz not heard ({db:.1} dB)");
     }
     for f in absent {
-        let db = tone_db(pcm, *f);
+        let db = tone_db(&pcm, *f);
         assert!(
             db < -50.0,
             "{who}: {f} Hz heard ({db:.1} dB), but it must not be"
@@ -124,15 +73,17 @@ async fn a_room_heard_through_a_tree_of_edges_keeps_mix_minus_exact_and_the_same
     let (listen1, _) = join(&edge, room, "listener-1", Mode::Listen).await;
     let (listen2, _) = join(&edge2, room, "listener-2", Mode::Listen).await;
     assert_ne!(id1, id2, "one room, one numbering, wherever members are");
-    let run = Duration::from_secs(4);
+    let start = Instant::now();
+    let until = start + Duration::from_secs(4);
     let (t0, t1, t2, l0, l1, l2) = tokio::join!(
-        member(talk0, Some(400.0), run),
-        member(talk1, Some(650.0), run),
-        member(talk2, Some(1000.0), run),
-        member(listen0, None, run),
-        member(listen1, None, run),
-        member(listen2, None, run),
+        timed_member(talk0, Some(400.0), start, until),
+        timed_member(talk1, Some(650.0), start, until),
+        timed_member(talk2, Some(1000.0), start, until),
+        timed_member(listen0, None, start, until),
+        timed_member(listen1, None, start, until),
+        timed_member(listen2, None, start, until),
     );
+    let [t0, t1, t2, l0, l1, l2] = [t0, t1, t2, l0, l1, l2].map(|t| t.expect("member task"));
     let all = [400.0, 650.0, 1000.0];
     assert_heard("talker on the owner", &t0, &[650.0, 1000.0], &[400.0]);
     assert_heard("talker on the edge", &t1, &[400.0, 1000.0], &[650.0]);
@@ -146,9 +97,9 @@ async fn a_room_heard_through_a_tree_of_edges_keeps_mix_minus_exact_and_the_same
     }
     // The listeners two links apart got the same Opus packets under the same sequence numbers.
     let common: Vec<u16> = l0
-        .frames
+        .payloads
         .keys()
-        .filter(|seq| l2.frames.contains_key(seq))
+        .filter(|seq| l2.payloads.contains_key(seq))
         .copied()
         .collect();
     assert!(
@@ -157,13 +108,13 @@ async fn a_room_heard_through_a_tree_of_edges_keeps_mix_minus_exact_and_the_same
         common.len()
     );
     for seq in &common {
-        assert_eq!(l0.frames[seq], l2.frames[seq], "frame {seq} differs");
+        assert_eq!(l0.payloads[seq], l2.payloads[seq], "frame {seq} differs");
     }
     // Every member saw the whole room: each listener's roster names the six.
-    let joined = |got: &Got| {
+    let joined = |got: &Timeline| {
         got.messages
             .iter()
-            .filter(|m| matches!(m, ServerMessage::ParticipantJoined { .. }))
+            .filter(|(_, m)| matches!(m, ServerMessage::ParticipantJoined { .. }))
             .count()
     };
     assert!(
@@ -191,6 +142,8 @@ pub(super) struct Timeline {
     pub(super) messages: Vec<(Duration, ServerMessage)>,
     /// When the connection ended, if it did before the end of the run.
     pub(super) ended: Option<Duration>,
+    /// Each frame's Opus packet, by sequence number.
+    pub(super) payloads: HashMap<u16, Vec<u8>>,
 }
 
 impl Timeline {
@@ -199,6 +152,16 @@ impl Timeline {
         self.frames
             .iter()
             .filter(|(at, _)| *at >= from && *at < to)
+            .flat_map(|(_, pcm)| pcm.iter().copied())
+            .collect()
+    }
+
+    /// The audio of the last `length` of frames.
+    pub(super) fn pcm_tail(&self, length: Duration) -> Vec<f32> {
+        let frames = (length.as_millis() / 20) as usize;
+        let skip = self.frames.len().saturating_sub(frames);
+        self.frames[skip..]
+            .iter()
             .flat_map(|(_, pcm)| pcm.iter().copied())
             .collect()
     }
@@ -244,6 +207,7 @@ pub(super) fn scripted_member(
             frames: Vec::new(),
             messages: Vec::new(),
             ended: None,
+            payloads: HashMap::new(),
         };
         let mut ticker = tokio::time::interval(Duration::from_millis(20));
         loop {
@@ -273,6 +237,7 @@ pub(super) fn scripted_member(
                             .expect("valid Opus");
                         pcm.truncate(n);
                         timeline.frames.push((start.elapsed(), pcm));
+                        timeline.payloads.insert(frame.header.sequence, frame.payload.to_vec());
                     }
                     Some(Ok(Message::Text(text))) => {
                         let message = parse_server_message(text.as_str()).expect("json");
@@ -298,14 +263,7 @@ async fn members_of_an_edge_whose_link_is_cut_resume_as_themselves_when_it_heals
     // The edge reaches the owner through a relay the test can cut.
     let relay = RedisCut::start(owner.addr.port()).await;
     let upstream = format!("ws://127.0.0.1:{}/", relay.port());
-    let edge = TestServer::start(&[
-        "--node-key-file",
-        &key,
-        "--edge",
-        "--edge-upstream",
-        &upstream,
-    ])
-    .await;
+    let edge = TestServer::start(&edge_flags(&key, &upstream)).await;
     let room = "cut";
     let (talk_owner, _) = join(&owner, room, "talker-owner", Mode::Talk).await;
     let (listen_owner, _) = join(&owner, room, "listener-owner", Mode::Listen).await;
@@ -524,15 +482,9 @@ async fn a_ring_of_edges_refuses_the_join_and_falls_quiet_instead_of_looping() {
     // The first is started pointing at a port the second then takes.
     let port_b = super::cluster::free_port();
     let url_b = format!("ws://127.0.0.1:{port_b}/");
-    let a =
-        TestServer::start(&["--node-key-file", &key, "--edge", "--edge-upstream", &url_b]).await;
+    let a = TestServer::start(&edge_flags(&key, &url_b)).await;
     let url_a = a.url();
-    let b = super::cluster::Node::spawn_plain(
-        "ring-b",
-        port_b,
-        &["--node-key-file", &key, "--edge", "--edge-upstream", &url_a],
-    )
-    .await;
+    let b = super::cluster::Node::spawn_plain("ring-b", port_b, &edge_flags(&key, &url_a)).await;
     let mut ws = super::connect(&a).await;
     ws.send(super::join_message("ring", "alice", Mode::Listen))
         .await
@@ -615,40 +567,33 @@ async fn links_need_the_node_key_a_token_for_their_room_and_a_bounded_depth() {
     let ours = LinkKey::new(NODE_KEY);
     let theirs = LinkKey::new(b"another fleet's node key, 32 bytes long");
     let token = |key: &LinkKey, room: &str, hops: u8| key.mint("edge-1", room, hops).expect("mint");
-    assert!(
-        link_status(&owner, "r", None).await.contains("401"),
-        "no token"
-    );
-    assert!(
-        link_status(&owner, "r", Some(&token(&theirs, "r", 1)))
-            .await
-            .contains("401"),
-        "another key"
-    );
-    assert!(
-        link_status(&owner, "r", Some(&token(&ours, "other", 1)))
-            .await
-            .contains("401"),
-        "another room's token"
-    );
-    assert!(
-        link_status(&owner, "r", Some(&token(&ours, "r", 9)))
-            .await
-            .contains("409"),
-        "deeper than 8"
-    );
-    assert!(
-        link_status(&owner, "bad room", Some(&token(&ours, "r", 1)))
-            .await
-            .contains("400"),
-        "a room name that cannot be"
-    );
-    assert!(
-        link_status(&owner, "r", Some(&token(&ours, "r", 8)))
-            .await
-            .contains("101"),
-        "the fleet's key, the room, 8 deep"
-    );
+    let cases = [
+        ("r", None, "401", "no token"),
+        ("r", Some(token(&theirs, "r", 1)), "401", "another key"),
+        (
+            "r",
+            Some(token(&ours, "other", 1)),
+            "401",
+            "another room's token",
+        ),
+        ("r", Some(token(&ours, "r", 9)), "409", "deeper than 8"),
+        (
+            "bad room",
+            Some(token(&ours, "r", 1)),
+            "400",
+            "a room name that cannot be",
+        ),
+        (
+            "r",
+            Some(token(&ours, "r", 8)),
+            "101",
+            "the fleet's key, the room, 8 deep",
+        ),
+    ];
+    for (room, token, expected, case) in cases {
+        let status = link_status(&owner, room, token.as_deref()).await;
+        assert!(status.contains(expected), "{case}: {status}");
+    }
     // A node without a node key takes no links at all.
     let open = TestServer::start(&[]).await;
     assert!(
@@ -666,12 +611,11 @@ async fn a_player_listens_at_the_edge_of_an_edge_and_hears_the_room_once_per_lin
     let room = "radio";
     let (talk_owner, _) = join(&owner, room, "talker-owner", Mode::Talk).await;
     let (talk_edge, _) = join(&edge, room, "talker-edge", Mode::Talk).await;
-    let talkers = tokio::spawn(async move {
-        tokio::join!(
-            member(talk_owner, Some(400.0), Duration::from_secs(9)),
-            member(talk_edge, Some(650.0), Duration::from_secs(9)),
-        )
-    });
+    let until = Instant::now() + Duration::from_secs(9);
+    let talkers = [
+        timed_member(talk_owner, Some(400.0), Instant::now(), until),
+        timed_member(talk_edge, Some(650.0), Instant::now(), until),
+    ];
     // ffmpeg plays the room's listen stream at the edge of the edge, two links from the mix.
     let url = format!("http://{}/listen/{room}", edge2.addr);
     let pcm = super::listen::decode_with_ffmpeg(&url, 5).await;
@@ -681,7 +625,9 @@ async fn a_player_listens_at_the_edge_of_an_edge_and_hears_the_room_once_per_lin
         let db = tone_db(heard, f);
         assert!(db > -22.0, "the player did not hear {f} Hz ({db:.1} dB)");
     }
-    talkers.await.expect("talkers");
+    for talker in talkers {
+        talker.await.expect("talker");
+    }
     edge2.shutdown().await;
     edge.shutdown().await;
     owner.shutdown().await;

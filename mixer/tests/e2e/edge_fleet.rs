@@ -9,7 +9,7 @@ use futures_util::SinkExt;
 use mixer_protocol::{Mode, ServerMessage};
 
 use super::cluster::{Cluster, join_request};
-use super::edge::{Timeline, key_file, timed_member};
+use super::edge::{Timeline, edge_flags, key_file, timed_member};
 use super::{Client, next_control};
 use crate::common::tone_db;
 
@@ -83,18 +83,7 @@ async fn a_fleet_of_edges_carries_one_room_and_recovers_from_a_killed_edge_and_o
     let (b, c) = ((o + 1) % 3, (o + 2) % 3);
     // An edge of the edge b.
     let upstream = urls[b].clone();
-    let d_node = Cluster::spawn(
-        &cluster.redis,
-        "node-3",
-        &[
-            "--node-key-file",
-            &key,
-            "--edge",
-            "--edge-upstream",
-            &upstream,
-        ],
-    )
-    .await;
+    let d_node = Cluster::spawn(&cluster.redis, "node-3", &edge_flags(&key, &upstream)).await;
     let d_url = d_node.url();
     cluster.nodes.push(d_node);
     let (talk_o, _) = join_at(&urls[o], room, "talker-o", Mode::Talk).await;

@@ -15,7 +15,8 @@ use mixer_protocol::{AudioFrame, Mode, ServerMessage, parse_server_message};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::cluster::{Node, free_port};
-use super::edge::key_file;
+use super::edge::{edge_flags, key_file};
+use super::fleet_measure::cpu_of;
 use super::join_message;
 use crate::common::Talker;
 
@@ -29,16 +30,6 @@ async fn spawn(id: &str, extra: &[&str]) -> Node {
     ];
     flags.extend_from_slice(extra);
     Node::spawn_plain(id, free_port(), &flags).await
-}
-
-/// User plus system CPU time of process `pid`.
-fn cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let after = stat.rsplit_once(')').expect("stat format").1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 =
-        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    Duration::from_millis(ticks * 10)
 }
 
 /// The audio a node has sent, in bytes (frames to clients and to links, headers included).
@@ -126,13 +117,13 @@ async fn run_town_hall(nodes: &[&Node], at: &[&Node], listeners: usize) -> Vec<(
     let window = Duration::from_secs(15);
     let mut before = Vec::new();
     for node in nodes {
-        before.push((cpu(pid(node)), audio_bytes_out(node).await));
+        before.push((cpu_of(pid(node)), audio_bytes_out(node).await));
     }
     let frames_before = frames.load(Ordering::Relaxed);
     tokio::time::sleep(window).await;
     let mut after = Vec::new();
     for node in nodes {
-        after.push((cpu(pid(node)), audio_bytes_out(node).await));
+        after.push((cpu_of(pid(node)), audio_bytes_out(node).await));
     }
     let got = frames.load(Ordering::Relaxed) - frames_before;
     let per_listener = got as f64 / listeners as f64 / window.as_secs_f64();
@@ -168,15 +159,8 @@ async fn owner_cost_with_1000_listeners_on_it_or_on_two_edges() {
     {
         let owner = spawn("owner", &["--node-key-file", &key]).await;
         let upstream = owner.url();
-        let edge_flags = [
-            "--node-key-file",
-            &key,
-            "--edge",
-            "--edge-upstream",
-            &upstream,
-        ];
-        let edge_a = spawn("edge-a", &edge_flags).await;
-        let edge_b = spawn("edge-b", &edge_flags).await;
+        let edge_a = spawn("edge-a", &edge_flags(&key, &upstream)).await;
+        let edge_b = spawn("edge-b", &edge_flags(&key, &upstream)).await;
         let used = run_town_hall(&[&owner, &edge_a, &edge_b], &[&edge_a, &edge_b], listeners).await;
         eprintln!(
             "{listeners} listeners on two edges: owner {:.1} % of a core, {:.0} kB/s of audio sent; edges {:.1} % and {:.1} %",
@@ -248,17 +232,9 @@ async fn delay_each_hop_adds() {
     let key = key_file();
     let owner = spawn("owner", &["--node-key-file", &key]).await;
     let up = owner.url();
-    let edge = spawn(
-        "edge",
-        &["--node-key-file", &key, "--edge", "--edge-upstream", &up],
-    )
-    .await;
+    let edge = spawn("edge", &edge_flags(&key, &up)).await;
     let up = edge.url();
-    let edge2 = spawn(
-        "edge2",
-        &["--node-key-file", &key, "--edge", "--edge-upstream", &up],
-    )
-    .await;
+    let edge2 = spawn("edge2", &edge_flags(&key, &up)).await;
     let until = Instant::now() + Duration::from_secs(32);
     tokio::spawn(talker(owner.url(), "hops", "talker", 650.0, until));
     let (at_owner, at_edge, at_edge2) = tokio::join!(

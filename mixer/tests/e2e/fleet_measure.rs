@@ -16,7 +16,7 @@ fn p50_max(mut values: Vec<Duration>) -> (Duration, Duration) {
 }
 
 /// User plus system CPU time of process `pid`.
-fn cpu_of(pid: u32) -> Duration {
+pub(super) fn cpu_of(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
     let after = stat.rsplit_once(')').expect("stat format").1;
     let fields: Vec<&str> = after.split_whitespace().collect();
