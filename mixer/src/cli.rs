@@ -682,7 +682,18 @@ impl ServeArgs {
             .map_err(|e| error("node-key-file", e.to_string()))?;
         Ok(Some(crate::server::edge::LinkSettings {
             key: Arc::new(key),
-            node: fleet.map_or_else(|| "standalone".to_owned(), |f| f.node.as_str().to_owned()),
+            // Outside a fleet a node still needs an id of its own: the room's node tells one
+            // edge's links from another's by it.
+            node: match fleet {
+                Some(fleet) => fleet.node.as_str().to_owned(),
+                None => format!(
+                    "standalone-{}",
+                    crate::server::membership::new_resume_token()
+                        .map_err(|e| error("node-key-file", format!("no random id: {e}")))?
+                        .get(..8)
+                        .unwrap_or_default()
+                ),
+            },
             edge: self.edge,
             upstream: self.edge_upstream.clone(),
             public_url: fleet.map(|f| f.public_url.clone()),

@@ -115,6 +115,36 @@ pub struct Edges {
     metrics: Arc<Metrics>,
     rooms: Mutex<HashMap<String, Arc<EdgeRoom>>>,
     shutdown: watch::Receiver<bool>,
+    /// The links other nodes hold into this one, by (their node, room): see
+    /// [`Edges::take_over_link`].
+    served: Mutex<HashMap<(String, String), ServedLink>>,
+}
+
+/// A link another node holds into this one.
+#[derive(Debug)]
+struct ServedLink {
+    generation: u64,
+    /// Tells the link to end (its edge has made a new one).
+    end: Arc<tokio::sync::Notify>,
+    /// Turns true once the link has ended and its sessions are suspended.
+    ended: watch::Receiver<bool>,
+}
+
+impl ServedTicket {
+    /// The link's sessions are suspended: a newer link of the same edge may resume them.
+    pub fn suspended(&self) {
+        let _ = self.ended.send(true);
+    }
+}
+
+/// A link's place among those this node serves (see [`Edges::take_over_link`]).
+#[derive(Debug)]
+pub struct ServedTicket {
+    key: (String, String),
+    generation: u64,
+    /// Notified when a newer link from the same node for the same room replaces this one.
+    pub end: Arc<tokio::sync::Notify>,
+    ended: watch::Sender<bool>,
 }
 
 impl Edges {
@@ -131,6 +161,53 @@ impl Edges {
             metrics,
             rooms: Mutex::new(HashMap::new()),
             shutdown,
+            served: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Registers a link from `node` for `room`. An edge whose link dropped makes a new one,
+    /// maybe before this node has seen the old one go: the old one is told to end, and this
+    /// waits (at most a second) until its sessions are suspended, so that the new link's
+    /// attaches resume them instead of seating them afresh.
+    pub async fn take_over_link(&self, node: &str, room: &str) -> ServedTicket {
+        static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let key = (node.to_owned(), room.to_owned());
+        let generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
+        let end = Arc::new(tokio::sync::Notify::new());
+        let (ended, ended_rx) = watch::channel(false);
+        let old = self
+            .served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                key.clone(),
+                ServedLink {
+                    generation,
+                    end: end.clone(),
+                    ended: ended_rx,
+                },
+            );
+        if let Some(mut old) = old {
+            old.end.notify_one();
+            let _ = tokio::time::timeout(Duration::from_secs(1), old.ended.wait_for(|e| *e)).await;
+        }
+        ServedTicket {
+            key,
+            generation,
+            end,
+            ended,
+        }
+    }
+
+    /// A served link has ended (and said when its sessions were suspended).
+    pub fn link_ended(&self, ticket: ServedTicket) {
+        ticket.suspended();
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        if served
+            .get(&ticket.key)
+            .is_some_and(|s| s.generation == ticket.generation)
+        {
+            served.remove(&ticket.key);
         }
     }
 
@@ -758,7 +835,11 @@ impl EdgeSeat {
     /// Lets the seat go without telling anyone (the room's node refused it).
     pub fn forget(mut self) {
         self.left = true;
-        self.room.state().sessions.remove(&self.session);
+        let mut state = self.room.state();
+        state.sessions.remove(&self.session);
+        if state.sessions.is_empty() {
+            state.empty_since = Some(Instant::now());
+        }
     }
 
     fn detach(&mut self, detach: LinkDetach) {

@@ -36,7 +36,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{debug, info, warn};
 
 use super::connection::{Context, Transport};
-use super::edge::Edges;
+use super::edge::{Edges, ServedTicket};
 use super::fleet_rooms::{LeaseGate, Located, Purpose};
 use super::http::{self, Prefixed};
 use super::link_hub::{LinkHub, Relay};
@@ -160,7 +160,7 @@ pub async fn serve<S: Transport>(
     context: &Arc<Context>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let Some(key) = context.edges.as_ref().map(|e| e.settings().key.clone()) else {
+    let Some(edges) = context.edges.clone() else {
         let _ = http::respond(
             &mut stream,
             "403 Forbidden",
@@ -175,7 +175,7 @@ pub async fn serve<S: Transport>(
     }
     let claims = http::bearer_of(&head)
         .ok_or(LinkAuthError::Missing)
-        .and_then(|token| key.verify(&token, room));
+        .and_then(|token| edges.settings().key.verify(&token, room));
     let claims = match claims {
         Ok(claims) => claims,
         Err(error) => {
@@ -218,6 +218,7 @@ pub async fn serve<S: Transport>(
         }
     };
     info!(%peer, room, node = %claims.iss, hops = claims.hops, "link from an edge");
+    let ticket = edges.take_over_link(&claims.iss, room).await;
     context.metrics.links.inc();
     LinkSession {
         room: room.to_owned(),
@@ -227,8 +228,9 @@ pub async fn serve<S: Transport>(
         hub: Arc::new(LinkHub::default()),
         seats: HashMap::new(),
     }
-    .run(ws, shutdown)
+    .run(ws, shutdown, &ticket)
     .await;
+    edges.link_ended(ticket);
     context.metrics.links.dec();
     info!(%peer, room, node = %claims.iss, "link ended");
 }
@@ -270,7 +272,12 @@ struct LinkSession {
 }
 
 impl LinkSession {
-    async fn run<S: Transport>(mut self, ws: Ws<S>, mut shutdown: watch::Receiver<bool>) {
+    async fn run<S: Transport>(
+        mut self,
+        ws: Ws<S>,
+        mut shutdown: watch::Receiver<bool>,
+        ticket: &ServedTicket,
+    ) {
         let (sink, mut stream) = ws.split();
         let mut writer = tokio::spawn(write_loop(sink, self.hub.clone()));
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
@@ -297,6 +304,8 @@ impl LinkSession {
                     }
                 }
                 _ = &mut writer => break,
+                // The edge has made a new link for the room (this one's end not seen yet).
+                () = ticket.end.notified() => break,
                 _ = shutdown.changed() => {
                     stopping = true;
                     break;
@@ -320,6 +329,7 @@ impl LinkSession {
                 seat.suspend(LINK_RESUME_WINDOW, None);
             }
         }
+        ticket.suspended();
         self.hub.close();
         if tokio::time::timeout(Duration::from_secs(1), &mut writer)
             .await
