@@ -30,7 +30,7 @@ use super::Settings;
 use super::address_limit::{AddressLimits, ConnectionPlaces};
 use super::admin;
 use super::budget::{ControlBudget, TokenBucket, Verdict};
-use super::edge::{ATTACH_TIMEOUT, Attached, Edges};
+use super::edge::{EdgeJoinError, Edges};
 use super::fleet_rooms::{FleetRooms, LeaseGate, Located, Purpose};
 use super::http::{self, Prefixed, Route};
 use super::membership::{Forwarded, Identity, Joiner};
@@ -43,7 +43,7 @@ use super::room_fanout::wire;
 use super::seat::Seat;
 use crate::auth::{AuthError, Grant, Verifier};
 use crate::engine::pcm::PcmRate;
-use mixer_protocol::link::{LinkAttach, LinkIdentity};
+use mixer_protocol::link::LinkAttach;
 
 type Ws<S> = WebSocketStream<Prefixed<S>>;
 
@@ -79,6 +79,14 @@ pub struct Context {
     pub recorders: Arc<super::recording::Recorders>,
     /// Node-to-node links and the rooms this node relays as an edge (`--node-key-file`).
     pub edges: Option<Arc<super::edge::Edges>>,
+}
+
+impl Context {
+    /// This node's edge rooms, if it relays rooms mixed elsewhere (`--edge`) rather than
+    /// redirecting their clients.
+    pub fn relaying_edges(&self) -> Option<Arc<Edges>> {
+        self.edges.clone().filter(|edges| edges.settings().edge)
+    }
 }
 
 /// Serves one accepted connection (after its TLS handshake, on a TLS port) until it ends.
@@ -606,11 +614,7 @@ impl Session {
     /// fleet), or elsewhere with this node as an edge for it. Otherwise the client has been
     /// answered (a `redirect` or an error) and `Err(())` says so.
     async fn locate_join(&mut self, room: &str) -> Result<Joining, ()> {
-        let edges = self
-            .context
-            .edges
-            .clone()
-            .filter(|edges| edges.settings().edge);
+        let edges = self.context.relaying_edges();
         let Some(fleet) = self.context.fleet.clone() else {
             // Outside a fleet, an edge relays every room to its --edge-upstream.
             return Ok(match edges {
@@ -633,28 +637,14 @@ impl Session {
     /// room (see [`super::edge`]): the room's node answers with `joined` or an error, which the
     /// link passes on to the client.
     async fn join_edge(&mut self, edges: &Arc<Edges>, room: &str, attach: LinkAttach) {
-        let (mut seat, answer) = match edges.attach(room, attach, self.outbox.clone(), 0) {
-            Ok(attached) => attached,
-            Err(error) => return self.refuse_join(ErrorCode::ShuttingDown, error.to_string()),
-        };
-        match tokio::time::timeout(ATTACH_TIMEOUT, answer).await {
-            Ok(Ok(Attached::Seated(id))) => {
-                seat.seated(id);
-                debug!(peer = %self.peer, room, participant = %id, "joined through this edge");
+        match edges.seat(room, attach, self.outbox.clone()).await {
+            Ok(seat) => {
+                debug!(peer = %self.peer, room, participant = %seat.id(), "joined through this edge");
                 self.membership = Some(Seat::Edge(seat));
             }
             // The room's error has reached the client already.
-            Ok(Ok(Attached::Refused)) | Ok(Err(_)) => seat.forget(),
-            Err(_) => {
-                seat.leave(LeaveReason::Disconnected);
-                self.refuse_join(
-                    ErrorCode::FleetUnavailable,
-                    format!(
-                        "the node that mixes room {room:?} did not answer this edge within {} s; try again",
-                        ATTACH_TIMEOUT.as_secs()
-                    ),
-                );
-            }
+            Err(EdgeJoinError::Refused) => {}
+            Err(error) => self.refuse_join(error.code(), error.to_string()),
         }
     }
 
@@ -734,10 +724,7 @@ impl Session {
                     Ok(Joining::Here(gate)) => gate,
                     Ok(Joining::Edge(edges)) => {
                         let attach = LinkAttach {
-                            identity: match identity {
-                                Identity::Token(sub) => LinkIdentity::Token(sub.to_string()),
-                                Identity::Name(key) => LinkIdentity::Name(key.to_string()),
-                            },
+                            identity: identity.to_link(),
                             name,
                             role,
                             mode: request.mode,
@@ -936,26 +923,16 @@ impl Session {
         let Some(membership) = &self.membership else {
             return self.send_error(ErrorCode::NotJoined, "room requests need a join first");
         };
-        match membership.request(request, now) {
-            Ok(()) => {}
-            Err(SendError::Busy) => {
+        if let Err(error) = membership.request(request, now) {
+            if error == SendError::Busy {
                 self.context
                     .metrics
                     .control_refused_total
                     .with_label_values(&["busy"])
                     .inc();
-                self.send_error(
-                    ErrorCode::ServerBusy,
-                    "the room's mixer is saturated with requests; this one was not applied, try again",
-                );
             }
-            Err(SendError::Stopped) => {
-                self.send_error(ErrorCode::ShuttingDown, "server is shutting down");
-            }
-            Err(SendError::Relinking) => self.send_error(
-                ErrorCode::FleetUnavailable,
-                "this node is reconnecting to the node that mixes your room; the request was not applied, try again in a moment",
-            ),
+            let (code, message) = error.refusal();
+            self.send_error(code, message);
         }
     }
 

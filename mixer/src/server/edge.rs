@@ -107,6 +107,33 @@ pub enum EdgeError {
     Stopping,
 }
 
+/// Why a member could not be seated through an edge.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeJoinError {
+    /// This node is shutting down.
+    #[error(transparent)]
+    Stopping(#[from] EdgeError),
+    /// The room's node refused it; its error went to the member's outbox.
+    #[error("the room's node refused the member")]
+    Refused,
+    /// The room's node did not answer in time.
+    #[error(
+        "the node that mixes the room did not answer this edge within {} s; try again",
+        ATTACH_TIMEOUT.as_secs()
+    )]
+    TimedOut,
+}
+
+impl EdgeJoinError {
+    /// The error code a client is told.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            EdgeJoinError::Stopping(_) => ErrorCode::ShuttingDown,
+            EdgeJoinError::Refused | EdgeJoinError::TimedOut => ErrorCode::FleetUnavailable,
+        }
+    }
+}
+
 /// The rooms this node is an edge for.
 #[derive(Debug)]
 pub struct Edges {
@@ -263,6 +290,31 @@ impl Edges {
             },
             answer,
         ))
+    }
+
+    /// Attaches a member of this node's own (a client, a player) to `room` and waits (at most
+    /// [`ATTACH_TIMEOUT`]) for the room's node to seat it.
+    pub async fn seat(
+        self: &Arc<Self>,
+        room: &str,
+        attach: LinkAttach,
+        outbox: Arc<Outbox>,
+    ) -> Result<EdgeSeat, EdgeJoinError> {
+        let (mut seat, answer) = self.attach(room, attach, outbox, 0)?;
+        match tokio::time::timeout(ATTACH_TIMEOUT, answer).await {
+            Ok(Ok(Attached::Seated(id))) => {
+                seat.seated(id);
+                Ok(seat)
+            }
+            Ok(Ok(Attached::Refused)) | Ok(Err(_)) => {
+                seat.forget();
+                Err(EdgeJoinError::Refused)
+            }
+            Err(_) => {
+                seat.leave(LeaveReason::Disconnected);
+                Err(EdgeJoinError::TimedOut)
+            }
+        }
     }
 
     /// Forgets `room` if it still has no member (under the registry's lock, so no attach can
@@ -499,19 +551,17 @@ impl EdgeRoom {
         &self,
         control: &mut mpsc::UnboundedReceiver<Bytes>,
         audio: &mut mpsc::Receiver<Bytes>,
-    ) -> (Vec<Bytes>, u8) {
+    ) -> Vec<Bytes> {
         let mut state = self.state();
         while control.try_recv().is_ok() {}
         while audio.try_recv().is_ok() {}
         let mut messages = Vec::with_capacity(state.sessions.len());
         let mut ids: Vec<u32> = state.sessions.keys().copied().collect();
         ids.sort_unstable();
-        let mut hops = 1;
         for id in ids {
             let Some(session) = state.sessions.get_mut(&id) else {
                 continue;
             };
-            hops = hops.max(session.hops.saturating_add(1));
             if session.seated || session.moving {
                 // Seated before: taken back where it is, or seated afresh by a new owner.
                 session.attach.rejoin = true;
@@ -521,7 +571,7 @@ impl EdgeRoom {
         }
         state.connected = true;
         self.connected.store(true, Ordering::Relaxed);
-        (messages, hops)
+        messages
     }
 
     /// The link dropped: members hear nothing until it is back.
@@ -961,7 +1011,7 @@ async fn pump(
     audio: &mut mpsc::Receiver<Bytes>,
 ) -> Pumped {
     let (mut sink, mut stream) = ws.split();
-    let (attaches, _) = room.connected(control, audio);
+    let attaches = room.connected(control, audio);
     for message in attaches {
         if sink.feed(Message::Binary(message)).await.is_err() {
             return Pumped::Dropped;

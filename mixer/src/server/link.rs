@@ -22,8 +22,8 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use mixer_protocol::link::{
-    LINK_AUDIENCE, LINK_HEADER_LEN, LinkAttach, LinkClaims, LinkHeader, LinkIdentity, LinkKind,
-    MAX_LINK_HOPS, parse_attach, parse_detach,
+    LINK_AUDIENCE, LINK_HEADER_LEN, LinkAttach, LinkClaims, LinkHeader, LinkKind, MAX_LINK_HOPS,
+    parse_attach, parse_detach,
 };
 use mixer_protocol::{
     AUDIO_HEADER_LEN, AudioHeader, ClientMessage, ErrorCode, JoinRequest, LeaveReason,
@@ -41,7 +41,6 @@ use super::fleet_rooms::{LeaseGate, Located, Purpose};
 use super::http::{self, Prefixed};
 use super::link_hub::{LinkHub, Relay};
 use super::membership::{Identity, Joiner};
-use super::mixer_thread::SendError;
 use super::outbox::Outbox;
 use super::requests::{RoomRequest, chat_timestamp};
 use super::room_fanout::wire;
@@ -237,13 +236,16 @@ pub async fn serve<S: Transport>(
 
 /// Where a link's sessions go: this node's own room, or a link further up.
 async fn locate(context: &Arc<Context>, room: &str) -> Result<Upstream, String> {
-    let edges = context.edges.clone();
-    let relay = |why: &str| match &edges {
-        Some(edges) if edges.settings().edge => Ok(Upstream::Relay(edges.clone())),
-        _ => Err(format!("{why}, and this node is not an edge (--edge)")),
+    let relay = |why: &str| match context.relaying_edges() {
+        Some(edges) => Ok(Upstream::Relay(edges)),
+        None => Err(format!("{why}, and this node is not an edge (--edge)")),
     };
     let Some(fleet) = &context.fleet else {
-        return match edges.as_ref().and_then(|e| e.settings().upstream.as_ref()) {
+        return match context
+            .edges
+            .as_ref()
+            .and_then(|e| e.settings().upstream.as_ref())
+        {
             Some(_) => relay("rooms are relayed to --edge-upstream"),
             None => Ok(Upstream::Owner(None)),
         };
@@ -419,10 +421,7 @@ impl LinkSession {
             self.hub.close();
             return;
         }
-        let identity = match &attach.identity {
-            LinkIdentity::Token(sub) => Identity::Token(Arc::from(sub.as_str())),
-            LinkIdentity::Name(key) => Identity::Name(Arc::from(key.as_str())),
-        };
+        let identity = Identity::from_link(&attach.identity);
         let pool = &self.context.pool;
         if let Some(token) = &attach.resume {
             let bound = matches!(identity, Identity::Token(_)).then_some(&identity);
@@ -488,34 +487,26 @@ impl LinkSession {
                     Err((code, message)) => self.tell(session, code, message),
                 }
             }
-            ClientMessage::Chat { text } if validate_chat(&text).is_err() => {
-                if let Err(error) = validate_chat(&text) {
-                    self.tell(session, error.code(), error.to_string());
+            message => {
+                if let ClientMessage::Chat { text } = &message
+                    && let Err(error) = validate_chat(text)
+                {
+                    return self.tell(session, error.code(), error.to_string());
+                }
+                match RoomRequest::from_client(message, chat_timestamp()) {
+                    Some(request) => {
+                        if let Err(error) = seat.request(request, Instant::now()) {
+                            let (code, message) = error.refusal();
+                            self.tell(session, code, message);
+                        }
+                    }
+                    None => self.tell(
+                        session,
+                        ErrorCode::BadMessage,
+                        "only room requests travel over a link",
+                    ),
                 }
             }
-            message => match RoomRequest::from_client(message, chat_timestamp()) {
-                Some(request) => match seat.request(request, Instant::now()) {
-                    Ok(()) => {}
-                    Err(SendError::Busy) => self.tell(
-                        session,
-                        ErrorCode::ServerBusy,
-                        "the room's mixer is saturated with requests; this one was not applied, try again",
-                    ),
-                    Err(SendError::Stopped) => {
-                        self.tell(session, ErrorCode::ShuttingDown, "server is shutting down");
-                    }
-                    Err(SendError::Relinking) => self.tell(
-                        session,
-                        ErrorCode::FleetUnavailable,
-                        "the link to the node that mixes the room is being made again; the request was not applied, try again in a moment",
-                    ),
-                },
-                None => self.tell(
-                    session,
-                    ErrorCode::BadMessage,
-                    "only room requests travel over a link",
-                ),
-            },
         }
     }
 }

@@ -23,13 +23,13 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use super::connection::{Context, Transport};
-use super::edge::{ATTACH_TIMEOUT, Attached, Edges};
+use super::edge::{EdgeJoinError, Edges};
 use super::fleet_rooms::{LeaseGate, Located, Purpose};
 use super::http;
 use super::membership::{Identity, Joiner, new_resume_token};
 use super::outbox::{Closed, Outbox, Outgoing};
 use super::seat::Seat;
-use mixer_protocol::link::{LinkAttach, LinkIdentity};
+use mixer_protocol::link::LinkAttach;
 
 /// Samples in one 20 ms frame at 48 kHz: the granule position's unit is a 48 kHz sample.
 const FRAME_SAMPLES: u64 = 960;
@@ -236,7 +236,7 @@ async fn admit(
             (Identity::Token(Arc::from(grant.identity.as_str())), name)
         }
     };
-    let edges = context.edges.clone().filter(|edges| edges.settings().edge);
+    let edges = context.relaying_edges();
     let gate = match (http_seat(room, peer, context).await, edges) {
         // An edge outside a fleet relays every room; in a fleet, those mixed elsewhere.
         (Ok(None), Some(edges)) if context.fleet.is_none() => {
@@ -279,10 +279,7 @@ async fn listen_through_edge(
     outbox: Arc<Outbox>,
 ) -> Result<Seat, Refusal> {
     let attach = LinkAttach {
-        identity: match identity {
-            Identity::Token(sub) => LinkIdentity::Token(sub.to_string()),
-            Identity::Name(key) => LinkIdentity::Name(key.to_string()),
-        },
+        identity: identity.to_link(),
         name,
         role: Role::Listener,
         mode: Some(Mode::Listen),
@@ -292,16 +289,9 @@ async fn listen_through_edge(
         rejoin: false,
     };
     let unavailable = |why: String| Refusal::Status("503 Service Unavailable", why + "\n");
-    let (mut seat, answer) = edges
-        .attach(room, attach, outbox.clone(), 0)
-        .map_err(|e| unavailable(e.to_string()))?;
-    match tokio::time::timeout(ATTACH_TIMEOUT, answer).await {
-        Ok(Ok(Attached::Seated(id))) => {
-            seat.seated(id);
-            Ok(Seat::Edge(seat))
-        }
-        Ok(Ok(Attached::Refused)) | Ok(Err(_)) => {
-            seat.forget();
+    match edges.seat(room, attach, outbox.clone()).await {
+        Ok(seat) => Ok(Seat::Edge(seat)),
+        Err(EdgeJoinError::Refused) => {
             // The room's refusal went to the outbox: say it to the player.
             let mut queued = Vec::new();
             outbox.drain(&mut queued);
@@ -314,13 +304,7 @@ async fn listen_through_edge(
                 .unwrap_or_else(|| "the room's node refused the listener".to_owned());
             Err(unavailable(why))
         }
-        Err(_) => {
-            seat.leave(LeaveReason::Disconnected);
-            Err(unavailable(format!(
-                "the node that mixes room {room:?} did not answer within {} s",
-                ATTACH_TIMEOUT.as_secs()
-            )))
-        }
+        Err(error) => Err(unavailable(error.to_string())),
     }
 }
 

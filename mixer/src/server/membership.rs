@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use mixer_protocol::link::LinkIdentity;
 use mixer_protocol::{AudioFormat, AudioHeader, LeaveReason, Mode, Role};
 use tracing::debug;
 
@@ -30,6 +31,22 @@ pub enum Identity {
 }
 
 impl Identity {
+    /// The identity as an edge tells the room's node of it (see [`LinkIdentity`]).
+    pub fn to_link(&self) -> LinkIdentity {
+        match self {
+            Identity::Token(sub) => LinkIdentity::Token(sub.to_string()),
+            Identity::Name(key) => LinkIdentity::Name(key.to_string()),
+        }
+    }
+
+    /// The identity an edge vouches for in an attach.
+    pub fn from_link(identity: &LinkIdentity) -> Identity {
+        match identity {
+            LinkIdentity::Token(sub) => Identity::Token(Arc::from(sub.as_str())),
+            LinkIdentity::Name(key) => Identity::Name(Arc::from(key.as_str())),
+        }
+    }
+
     /// The identity as shown to operators: the token's `sub`, or `name:` and the name's key.
     pub fn describe(&self) -> String {
         match self {

@@ -205,6 +205,23 @@ pub enum SendError {
     Relinking,
 }
 
+impl SendError {
+    /// What a participant whose request was not sent is told.
+    pub fn refusal(self) -> (ErrorCode, &'static str) {
+        match self {
+            SendError::Busy => (
+                ErrorCode::ServerBusy,
+                "the room's mixer is saturated with requests; this one was not applied, try again",
+            ),
+            SendError::Stopped => (ErrorCode::ShuttingDown, "server is shutting down"),
+            SendError::Relinking => (
+                ErrorCode::FleetUnavailable,
+                "this node is reconnecting to the node that mixes your room; the request was not applied, try again in a moment",
+            ),
+        }
+    }
+}
+
 /// The sending side of one mixer thread's command channel.
 #[derive(Debug, Clone)]
 pub struct MixerLink {

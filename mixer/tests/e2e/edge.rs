@@ -529,30 +529,13 @@ async fn a_ring_of_edges_refuses_the_join_and_falls_quiet_instead_of_looping() {
 
 /// The status line a `GET /link/ROOM` upgrade gets, with `token` as its bearer (if any).
 async fn link_status(server: &TestServer, room: &str, token: Option<&str>) -> String {
-    let mut stream = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let request = format!(
         "GET /link/{room} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n"
     );
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream.write_all(request.as_bytes()).await.expect("write");
-    // Only the head: an accepted upgrade keeps the connection open.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
-            .await
-            .expect("an answer within 5 s")
-            .expect("read");
-        if read == 0 {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    String::from_utf8_lossy(&head)
+    super::response_head(server.addr, &request)
+        .await
         .lines()
         .next()
         .unwrap_or_default()

@@ -6,8 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use mixer_protocol::{Mode, Role};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
 use super::TestServer;
 use crate::common::tone_db;
@@ -100,24 +99,11 @@ pub(super) async fn probe(target: &str) -> String {
 
 /// The response head of a plain GET (the stream is left unread).
 async fn head_of(server: &TestServer, target: &str) -> String {
-    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    stream
-        .write_all(format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
-            .await
-            .expect("a response in time")
-            .expect("read");
-        if n == 0 {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    String::from_utf8_lossy(&head).into_owned()
+    super::response_head(
+        server.addr,
+        &format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n"),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

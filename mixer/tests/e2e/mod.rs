@@ -129,6 +129,26 @@ where
     )
 }
 
+/// Sends `request` and reads only the response's head, leaving the rest unread (a stream, or an
+/// accepted WebSocket upgrade, keeps the connection open).
+async fn response_head(addr: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 /// Sum of every sample of `name` whose labels contain `labels` (e.g. `mode="talk"`, or "").
 fn metric(text: &str, name: &str, labels: &str) -> f64 {
     text.lines()
