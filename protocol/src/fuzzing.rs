@@ -119,11 +119,24 @@ pub fn control_json(data: &[u8]) {
                 "parsed an oversized message"
             );
             let json = message.to_json();
-            assert_eq!(
-                parse_client_message(&json).as_ref(),
-                Ok(&message),
-                "client message round trip through {json}"
-            );
+            if json.len() > MAX_CONTROL_MESSAGE {
+                // Serialising may escape what the input had raw (a form feed becomes
+                // `\u000c`), so a message near the limit can come back longer than it: then
+                // the parser must refuse it for its size, as it would from a client.
+                assert!(
+                    matches!(
+                        parse_client_message(&json),
+                        Err(ControlError::TooLarge { .. })
+                    ),
+                    "an oversized re-serialisation was not refused for its size: {json}"
+                );
+            } else {
+                assert_eq!(
+                    parse_client_message(&json).as_ref(),
+                    Ok(&message),
+                    "client message round trip through {json}"
+                );
+            }
             assert!(ClientMessage::TYPES.contains(&message.type_name()));
             assert!(message.budget_cost() >= 1, "every message costs something");
             validate_client_message(&message);
