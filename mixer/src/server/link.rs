@@ -285,6 +285,8 @@ impl LinkSession {
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         let mut last_seen = Instant::now();
         let mut stopping = false;
+        // A finished JoinHandle must not be polled again (tokio panics), so its end is noted.
+        let mut writer_done = false;
         loop {
             tokio::select! {
                 message = stream.next() => {
@@ -305,7 +307,10 @@ impl LinkSession {
                         break;
                     }
                 }
-                _ = &mut writer => break,
+                _ = &mut writer => {
+                    writer_done = true;
+                    break;
+                }
                 // The edge has made a new link for the room (this one's end not seen yet).
                 () = ticket.end.notified() => break,
                 _ = shutdown.changed() => {
@@ -333,9 +338,10 @@ impl LinkSession {
         }
         ticket.suspended();
         self.hub.close();
-        if tokio::time::timeout(Duration::from_secs(1), &mut writer)
-            .await
-            .is_err()
+        if !writer_done
+            && tokio::time::timeout(Duration::from_secs(1), &mut writer)
+                .await
+                .is_err()
         {
             writer.abort();
         }

@@ -524,6 +524,9 @@ async fn a_ring_of_edges_refuses_the_join_and_falls_quiet_instead_of_looping() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A link's end once polled a finished writer task again, a panic that left its link
+    // counted forever.
+    assert!(!b.log().contains("panicked"), "{}", b.log());
     a.shutdown().await;
 }
 
