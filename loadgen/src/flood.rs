@@ -103,6 +103,7 @@ pub fn cycle(n: u64, room: &str, name: &str, role: Role, other: u32) -> Vec<Mess
             max_talkers: None,
             normalise: None,
             max_talk_ms: None,
+            frame_ms: None,
         })),
         text(ClientMessage::Ping { id: Some(n) }),
         Message::text("{not json"),

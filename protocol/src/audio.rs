@@ -10,10 +10,74 @@ use crate::control::ErrorCode;
 pub const PROTOCOL_VERSION: u8 = 1;
 /// Sample rate of every Opus stream and of the header timestamp, in Hz.
 pub const SAMPLE_RATE: u32 = 48_000;
-/// Duration of one audio frame in milliseconds.
+/// Duration of one audio frame in milliseconds in a room of the default [`FrameSize`].
 pub const FRAME_MS: u32 = 20;
-/// Samples per channel in one 20 ms frame at 48 kHz; the timestamp step between frames.
+/// Samples per channel in one 20 ms frame at 48 kHz; the timestamp step between frames in a room
+/// of the default [`FrameSize`], and the most any frame holds.
 pub const FRAME_SAMPLES: usize = 960;
+
+/// The duration of every frame in a room: of each packet its clients send and receive, and of
+/// its mix tick. 20 ms is the default; 10 and 5 ms rooms trade more packets (and CPU) per second
+/// for less delay, for musicians and others who play together. Opus codes all three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum FrameSize {
+    /// 20 ms, 960 samples: 50 packets a second.
+    #[default]
+    Ms20,
+    /// 10 ms, 480 samples: 100 packets a second.
+    Ms10,
+    /// 5 ms, 240 samples: 200 packets a second.
+    Ms5,
+}
+
+impl FrameSize {
+    /// Every frame size, longest first.
+    pub const ALL: [FrameSize; 3] = [FrameSize::Ms20, FrameSize::Ms10, FrameSize::Ms5];
+
+    /// The frame size of `ms` milliseconds, if it is one of [`FrameSize::ALL`].
+    pub fn from_ms(ms: u32) -> Option<FrameSize> {
+        FrameSize::ALL.into_iter().find(|f| f.ms() == ms)
+    }
+
+    /// Its duration in milliseconds.
+    pub fn ms(self) -> u32 {
+        match self {
+            FrameSize::Ms20 => 20,
+            FrameSize::Ms10 => 10,
+            FrameSize::Ms5 => 5,
+        }
+    }
+
+    /// Samples per channel in one frame at 48 kHz: the timestamp step between frames.
+    pub fn samples(self) -> usize {
+        self.ms() as usize * (SAMPLE_RATE as usize / 1000)
+    }
+
+    /// Its duration.
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::from(self.ms()))
+    }
+
+    /// Frames in one second.
+    pub fn per_second(self) -> u32 {
+        1000 / self.ms()
+    }
+
+    /// How many of these frames last as long as `duration` (rounded up, at least 1): for tuning
+    /// given in time, kept the same whatever the frame.
+    pub fn frames_in(self, duration: std::time::Duration) -> u32 {
+        let frame = self.duration().as_micros();
+        u32::try_from(duration.as_micros().div_ceil(frame))
+            .unwrap_or(u32::MAX)
+            .max(1)
+    }
+}
+
+impl std::fmt::Display for FrameSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ms", self.ms())
+    }
+}
 /// Largest Opus packet allowed by RFC 6716 section 3.4 (R5), in bytes.
 pub const MAX_OPUS_PACKET: usize = 1275;
 /// Length of the fixed audio header in bytes.

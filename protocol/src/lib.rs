@@ -9,7 +9,7 @@ pub mod link;
 
 pub use audio::{
     AUDIO_HEADER_LEN, AudioError, AudioFrame, AudioHeader, AudioLevel, FRAME_MS, FRAME_SAMPLES,
-    Flags, MAX_AUDIO_FRAME, MAX_OPUS_PACKET, PROTOCOL_VERSION, SAMPLE_RATE,
+    Flags, FrameSize, MAX_AUDIO_FRAME, MAX_OPUS_PACKET, PROTOCOL_VERSION, SAMPLE_RATE,
 };
 pub use control::{
     AccessClaims, AudioFormat, CONTROL_BUDGET_BURST, CONTROL_BUDGET_REFILL_PER_SECOND,

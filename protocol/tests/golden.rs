@@ -622,7 +622,7 @@ fn golden_create_room() {
         }),
     );
     golden_client(
-        r#"{"type":"create_room","room":"ops","floor_policy":"open","max_participants":10,"max_talkers":2,"normalise":true,"max_talk_ms":30000}"#,
+        r#"{"type":"create_room","room":"ops","floor_policy":"open","max_participants":10,"max_talkers":2,"normalise":true,"max_talk_ms":30000,"frame_ms":5}"#,
         ClientMessage::CreateRoom(RoomSettings {
             room: "ops".to_owned(),
             floor_policy: Some(FloorPolicy::Open),
@@ -630,12 +630,13 @@ fn golden_create_room() {
             max_talkers: Some(2),
             normalise: Some(true),
             max_talk_ms: Some(30_000),
+            frame_ms: Some(5),
         }),
     );
     // `null` and unknown fields, as everywhere.
     assert_eq!(
         parse_client_message(
-            r#"{"type":"create_room","room":"ch1","floor_policy":null,"max_participants":null,"max_talkers":null,"normalise":null,"max_talk_ms":null,"colour":"red"}"#
+            r#"{"type":"create_room","room":"ch1","floor_policy":null,"max_participants":null,"max_talkers":null,"normalise":null,"max_talk_ms":null,"frame_ms":null,"colour":"red"}"#
         ),
         Ok(ClientMessage::CreateRoom(settings("ch1")))
     );
@@ -665,7 +666,7 @@ fn golden_room_info_and_list_rooms() {
     );
     // The summary's settings are flattened into the message, next to `participants`.
     golden_server(
-        r#"{"type":"room_info","room":"ch1","floor_policy":"single","max_participants":256,"max_talkers":4,"normalise":false,"max_talk_ms":60000,"participants":3}"#,
+        r#"{"type":"room_info","room":"ch1","floor_policy":"single","max_participants":256,"max_talkers":4,"normalise":false,"max_talk_ms":60000,"frame_ms":20,"participants":3}"#,
         ServerMessage::RoomInfo(summary("ch1", 3)),
     );
     golden_server(
@@ -676,14 +677,14 @@ fn golden_room_info_and_list_rooms() {
         },
     );
     golden_server(
-        r#"{"type":"rooms","rooms":[{"room":"a","floor_policy":"single","max_participants":256,"max_talkers":4,"normalise":false,"max_talk_ms":60000,"participants":0},{"room":"b","floor_policy":"single","max_participants":256,"max_talkers":4,"normalise":false,"max_talk_ms":60000,"participants":2}]}"#,
+        r#"{"type":"rooms","rooms":[{"room":"a","floor_policy":"single","max_participants":256,"max_talkers":4,"normalise":false,"max_talk_ms":60000,"frame_ms":20,"participants":0},{"room":"b","floor_policy":"single","max_participants":256,"max_talkers":4,"normalise":false,"max_talk_ms":60000,"frame_ms":20,"participants":2}]}"#,
         ServerMessage::Rooms {
             rooms: vec![summary("a", 0), summary("b", 2)],
             truncated: false,
         },
     );
     golden_server(
-        r#"{"type":"rooms","rooms":[{"room":"a","floor_policy":"single","max_participants":256,"max_talkers":4,"normalise":false,"max_talk_ms":60000,"participants":0}],"truncated":true}"#,
+        r#"{"type":"rooms","rooms":[{"room":"a","floor_policy":"single","max_participants":256,"max_talkers":4,"normalise":false,"max_talk_ms":60000,"frame_ms":20,"participants":0}],"truncated":true}"#,
         ServerMessage::Rooms {
             rooms: vec![summary("a", 0)],
             truncated: true,

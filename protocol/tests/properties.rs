@@ -91,9 +91,18 @@ fn arb_room_settings() -> impl Strategy<Value = RoomSettings> {
         any::<Option<u32>>(),
         any::<Option<bool>>(),
         any::<Option<u64>>(),
+        any::<Option<u32>>(),
     )
         .prop_map(
-            |(room, floor_policy, max_participants, max_talkers, normalise, max_talk_ms)| {
+            |(
+                room,
+                floor_policy,
+                max_participants,
+                max_talkers,
+                normalise,
+                max_talk_ms,
+                frame_ms,
+            )| {
                 RoomSettings {
                     room,
                     floor_policy,
@@ -101,6 +110,7 @@ fn arb_room_settings() -> impl Strategy<Value = RoomSettings> {
                     max_talkers,
                     normalise,
                     max_talk_ms,
+                    frame_ms,
                 }
             },
         )
@@ -585,7 +595,8 @@ proptest! {
             server_participants.into(),
             1,
         ) && in_range(room.max_talkers.map(u64::from), server_talkers.into(), 1)
-            && in_range(room.max_talk_ms, 3_600_000, 1_000);
+            && in_range(room.max_talk_ms, 3_600_000, 1_000)
+            && room.frame_ms.is_none_or(|ms| [20, 10, 5].contains(&ms));
         let expected = match (name_ok, settings_ok) {
             (false, _) => Err(ErrorCode::InvalidRoom),
             (true, false) => Err(ErrorCode::InvalidSettings),

@@ -61,6 +61,7 @@ pub fn summary(room: &str, participants: u32) -> RoomSummary {
             max_talkers: Some(4),
             normalise: Some(false),
             max_talk_ms: Some(60_000),
+            frame_ms: Some(20),
         },
         participants,
     }

@@ -1,9 +1,9 @@
 //! The checks a server makes on a well-formed message: `join`, `chat` and `create_room`.
 
 use mixer_protocol::{
-    AudioFormat, ClientMessage, ControlError, ErrorCode, FloorPolicy, JoinRequest, MAX_CHAT_CHARS,
-    MAX_CONTROL_MESSAGE, MAX_ROOM_LEN, MAX_TOKEN_LEN, Mode, PCM_RATES, Role, RoomSettings,
-    name_key, normalise_name, parse_client_message, validate_chat,
+    AudioFormat, ClientMessage, ControlError, ErrorCode, FloorPolicy, FrameSize, JoinRequest,
+    MAX_CHAT_CHARS, MAX_CONTROL_MESSAGE, MAX_ROOM_LEN, MAX_TOKEN_LEN, Mode, PCM_RATES, Role,
+    RoomSettings, name_key, normalise_name, parse_client_message, validate_chat,
 };
 
 use crate::support::{join, settings};
@@ -191,8 +191,32 @@ fn validate_format() {
     assert_eq!(err.code(), ErrorCode::UnsupportedFormat);
     assert_eq!(
         err.to_string(),
-        "unsupported audio format: format pcm/44100/2/10 is not supported; use opus/48000/1/20 \
-         or pcm16/R/1/20 with R one of [8000, 16000, 22050, 44100, 48000]"
+        "unsupported audio format: format pcm/44100/2/10 is not supported; use opus/48000/1/F \
+         with F one of 20, 10 or 5 (the room's frame_ms), or pcm16/R/1/20 with R one of \
+         [8000, 16000, 22050, 44100, 48000]"
+    );
+    for frame in FrameSize::ALL {
+        assert_eq!(AudioFormat::opus_48k_mono(frame).validate(), Ok(()));
+        assert_eq!(AudioFormat::opus_48k_mono(frame).frame_size(), Some(frame));
+    }
+    for frame_ms in [0, 2, 15, 40, 60] {
+        let opus = AudioFormat {
+            frame_ms,
+            ..AudioFormat::opus_48k_mono_20ms()
+        };
+        assert_eq!(
+            opus.validate().map_err(|e| e.code()),
+            Err(ErrorCode::UnsupportedFormat)
+        );
+    }
+    // PCM clients have 20 ms frames only.
+    let pcm_10ms = AudioFormat {
+        frame_ms: 10,
+        ..AudioFormat::pcm16(48_000)
+    };
+    assert_eq!(
+        pcm_10ms.validate().map_err(|e| e.code()),
+        Err(ErrorCode::UnsupportedFormat)
     );
     for rate in PCM_RATES {
         assert_eq!(AudioFormat::pcm16(rate).validate(), Ok(()));

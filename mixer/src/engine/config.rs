@@ -2,14 +2,15 @@
 
 use std::time::Duration;
 
-use mixer_protocol::FRAME_MS;
+use mixer_protocol::{FRAME_MS, FrameSize};
 
 use super::codec::EncoderSettings;
 use super::floor::FloorConfig;
 use super::jitter::JitterConfig;
 use super::limiter::LimiterConfig;
 
-/// The duration of one frame and one mix tick.
+/// The duration of one frame and one mix tick in a room of the default frame size (see
+/// [`EngineConfig::frame`] for a room's own).
 pub const FRAME: Duration = Duration::from_millis(FRAME_MS as u64);
 
 /// Ticks a talker keeps its own stream after it stops contributing. While it is silent its own
@@ -68,6 +69,9 @@ pub const MAX_GAIN_DB: f32 = 20.0;
 /// Everything that tunes a room.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// The duration of every frame in the room and of its tick. Set it with
+    /// [`EngineConfig::with_frame`], which keeps the time-based tuning the same in time.
+    pub frame: FrameSize,
     /// How outgoing mixes are encoded.
     pub encoder: EncoderSettings,
     /// Jitter-buffer tuning for every talker.
@@ -103,6 +107,37 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// This configuration for a room of `frame`-long frames: the jitter buffer's tuning given in
+    /// frames (its floor, ceiling, capacity, measurement window and concealment run) is rescaled
+    /// so that it stays the same in time, except the floor, which is one frame whatever its
+    /// length: the shorter the frame, the lower the delay a clean network allows.
+    pub fn with_frame(&self, frame: FrameSize) -> EngineConfig {
+        let old = self.frame;
+        let rescale = |frames: u32| -> u32 {
+            let time = old.duration() * frames;
+            frame.frames_in(time)
+        };
+        let jitter = JitterConfig {
+            frame: frame.duration(),
+            min_delay_frames: self.jitter.min_delay_frames,
+            max_delay_frames: rescale(self.jitter.max_delay_frames),
+            capacity: rescale(self.jitter.capacity as u32) as usize,
+            max_expand_frames: rescale(self.jitter.max_expand_frames),
+            window: rescale(self.jitter.window as u32) as usize,
+            ..self.jitter.clone()
+        };
+        EngineConfig {
+            frame,
+            jitter,
+            ..self.clone()
+        }
+    }
+
+    /// Ticks of this room in 20 ms: 1, 2 or 4. The engine's constants counted in ticks (talking
+    /// hysteresis, loudness and level smoothing) are given for 20 ms ticks and scaled by this.
+    pub fn ticks_per_20ms(&self) -> f32 {
+        (FrameSize::Ms20.samples() / self.frame.samples()) as f32
+    }
     /// The limiter every output stream uses: [`EngineConfig::limiter`], its ceiling lowered to
     /// what the encoder's mode keeps within full scale once decoded
     /// ([`OpusApplication::peak_ceiling`](super::codec::OpusApplication::peak_ceiling)).
@@ -120,6 +155,7 @@ impl EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
+            frame: FrameSize::default(),
             encoder: EncoderSettings::default(),
             jitter: JitterConfig::default(),
             limiter: LimiterConfig::default(),

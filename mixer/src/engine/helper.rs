@@ -110,7 +110,12 @@ impl Helper {
         job.encodes = 0;
         job.half.extend(participants.drain(split..));
         if matches!(work, Work::Encode { .. }) {
-            job.shared_mix.copy_from_slice(shared_mix);
+            if job.shared_mix.len() == shared_mix.len() {
+                job.shared_mix.copy_from_slice(shared_mix);
+            } else {
+                // The first job of a room whose frames are shorter than the default.
+                job.shared_mix = shared_mix.into();
+            }
         }
         let sent = self
             .jobs

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use mixer_protocol::{AudioHeader, AudioLevel, FRAME_SAMPLES, Flags, Mode};
+use mixer_protocol::{AudioHeader, AudioLevel, Flags, Mode};
 
 use super::codec;
 use super::config::{
@@ -60,6 +60,8 @@ pub(super) struct Participant {
     /// The participant's own mix-minus stream; talkers only (listeners always hear the shared
     /// mix, so they never need an encoder of their own).
     pub(super) own: Option<MixStream>,
+    /// Ticks in 20 ms (1, 2 or 4): the talking and normalisation constants are in 20 ms ticks.
+    ticks_per_20ms: u32,
     /// This tick's decoded contribution (valid when `contributing`).
     pub(super) decoded: Box<[f32]>,
     /// Second decode target for merges.
@@ -169,8 +171,8 @@ impl Participant {
                 Mode::Talk | Mode::Ptt => Some(MixStream::new(config)?),
                 Mode::Listen => None,
             },
-            decoded: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
-            scratch: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
+            decoded: vec![0.0; config.frame.samples()].into_boxed_slice(),
+            scratch: vec![0.0; config.frame.samples()].into_boxed_slice(),
             pending: None,
             contributing: false,
             // A newcomer starts on the shared stream; it has no decoder state to keep in step.
@@ -191,6 +193,7 @@ impl Participant {
             auto_gain: 1.0,
             talking: false,
             talk_frames: 0,
+            ticks_per_20ms: config.ticks_per_20ms() as u32,
             starts_run: true,
             hears_shared: true,
             codec,
@@ -252,7 +255,8 @@ impl Participant {
         if normalise && rms > TALK_START_RMS {
             let wanted =
                 (NORMALISE_TARGET_RMS / rms).clamp(1.0 / NORMALISE_MAX_GAIN, NORMALISE_MAX_GAIN);
-            self.auto_gain += (wanted - self.auto_gain) / NORMALISE_FRAMES;
+            self.auto_gain +=
+                (wanted - self.auto_gain) / (NORMALISE_FRAMES * self.ticks_per_20ms as f32);
         }
         let gain = if normalise {
             self.gain * self.auto_gain
@@ -341,11 +345,12 @@ impl Participant {
             return;
         }
         self.talk_frames += 1;
-        let needed = if self.talking {
-            TALK_STOP_FRAMES
-        } else {
-            TALK_START_FRAMES
-        };
+        let needed = self.ticks_per_20ms
+            * if self.talking {
+                TALK_STOP_FRAMES
+            } else {
+                TALK_START_FRAMES
+            };
         if self.talk_frames >= needed {
             self.set_talking(!self.talking, events);
         }

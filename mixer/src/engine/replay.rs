@@ -41,7 +41,7 @@
 
 use std::collections::VecDeque;
 
-use mixer_protocol::FRAME_SAMPLES;
+use mixer_protocol::FrameSize;
 
 use super::codec::{self, CodecError};
 use super::mix;
@@ -52,7 +52,8 @@ use super::{ClientCodec, ParticipantId};
 /// Frames of a run of silence the replay keeps before skipping the rest (40 ms).
 pub const KEEP_SILENT_FRAMES: u32 = 2;
 
-/// Most frames one recording holds: 60 s, the default longest turn.
+/// Most frames one recording holds in a room of 20 ms frames: 60 s, the default longest turn
+/// (rooms of shorter frames hold the same 60 s: see [`Recordings::for_frame`]).
 pub const MAX_RECORDED_FRAMES: usize = 3_000;
 
 /// Most payload bytes one recording holds (about 70 s of 48 kb/s Opus, 11 s of 48 kHz PCM).
@@ -140,13 +141,15 @@ struct Recording {
     live: bool,
     /// Hit a size limit: nothing more is added.
     full: bool,
+    /// Frames it holds at most.
+    max_frames: usize,
 }
 
 impl Recording {
     fn append(&mut self, capture: &Capture, gain: f32) {
         let mut offset = 0;
         for slot in capture.slots.iter().flatten() {
-            if self.slots.len() >= MAX_RECORDED_FRAMES {
+            if self.slots.len() >= self.max_frames {
                 self.full = true;
                 return;
             }
@@ -183,13 +186,34 @@ impl Recording {
 
 /// A room's recordings: the transmission on the air (if any) and earlier ones that a joiner is
 /// still replaying. Oldest first; usually zero or one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Recordings {
     list: VecDeque<Recording>,
     next_id: u64,
+    /// Frames one recording holds at most (60 s).
+    max_frames: usize,
+    /// Samples in one of the room's frames.
+    frame_samples: usize,
+}
+
+impl Default for Recordings {
+    fn default() -> Self {
+        Recordings::for_frame(FrameSize::default())
+    }
 }
 
 impl Recordings {
+    /// No recordings yet, in a room whose frames are `frame` long.
+    pub(crate) fn for_frame(frame: FrameSize) -> Recordings {
+        let twenty_ms_frames = FrameSize::Ms20.samples() / frame.samples();
+        Recordings {
+            list: VecDeque::new(),
+            next_id: 0,
+            max_frames: MAX_RECORDED_FRAMES * twenty_ms_frames,
+            frame_samples: frame.samples(),
+        }
+    }
+
     /// The talker of the transmission on the air (recorded, or past the recording's limits),
     /// if any.
     pub(crate) fn on_air(&self) -> Option<ParticipantId> {
@@ -204,6 +228,7 @@ impl Recordings {
             talker,
             codec,
             slots: Vec::with_capacity(MAX_RECORDED_FRAMES),
+            max_frames: self.max_frames,
             bytes: Vec::with_capacity(64 * 1024),
             live: true,
             full: false,
@@ -235,7 +260,7 @@ impl Recordings {
         if live.slots.len() < MIN_REPLAY_FRAMES {
             return None;
         }
-        Some(Player::new(live.id, live.codec))
+        Some(Player::new(live.id, live.codec, self.frame_samples))
     }
 
     /// Frames of recorded audio from `player`'s position to the live edge (silence included).
@@ -307,7 +332,7 @@ impl ReplayDecoder {
         }
     }
 
-    /// Decodes one slot into `out` (960 samples, gain applied); `false` for silence.
+    /// Decodes one slot into `out` (one frame, gain applied); `false` for silence.
     fn decode(&mut self, recording: &Recording, slot: Slot, out: &mut [f32]) -> bool {
         let gain = match (self, slot) {
             (_, Slot::Silence) => return false,
@@ -366,12 +391,12 @@ pub(crate) struct Player {
 }
 
 impl Player {
-    fn new(recording: u64, codec: ClientCodec) -> Result<Player, ReplayError> {
+    fn new(recording: u64, codec: ClientCodec, samples: usize) -> Result<Player, ReplayError> {
         Ok(Player {
             recording,
             cursor: 0,
             decoder: ReplayDecoder::new(codec)?,
-            scratch: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
+            scratch: vec![0.0; samples].into_boxed_slice(),
             // Silence before the first words is skipped whole.
             silent_run: KEEP_SILENT_FRAMES,
             merge_next: false,
@@ -384,7 +409,7 @@ impl Player {
         self.recording
     }
 
-    /// Renders this tick's 20 ms of replay into `out`: the next recorded frame, skipping
+    /// Renders this tick's frame of replay into `out`: the next recorded frame, skipping
     /// silence and merging every other pair of frames.
     pub(crate) fn next_frame(&mut self, recordings: &Recordings, out: &mut [f32]) -> Step {
         let mut decodes = 0;
@@ -474,6 +499,7 @@ fn codec_rate(codec: ClientCodec) -> Option<PcmRate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mixer_protocol::FRAME_SAMPLES;
 
     fn tone(freq: f32, amplitude: f32, frame: usize) -> Vec<f32> {
         (0..FRAME_SAMPLES)

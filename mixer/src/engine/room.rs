@@ -3,10 +3,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use mixer_protocol::{AudioFrame, AudioHeader, FRAME_SAMPLES, MAX_OPUS_PACKET, Mode};
+use mixer_protocol::{AudioFrame, AudioHeader, MAX_OPUS_PACKET, Mode};
 
 use super::clock::TickClock;
-use super::config::{EngineConfig, FRAME, MAX_GAIN_DB, PRIME_FRAMES};
+use super::config::{EngineConfig, MAX_GAIN_DB, PRIME_FRAMES};
 use super::error::EngineError;
 use super::floor::{Floor, FloorChange, FloorConfig, FloorPolicy, FloorReply};
 use super::helper::Helper;
@@ -176,14 +176,16 @@ impl Room {
     pub fn new(config: EngineConfig, now: Instant) -> Result<Room, EngineError> {
         let capacity = config.max_participants.min(1024);
         Ok(Room {
-            clock: TickClock::new(now, FRAME, config.max_catch_up_ticks),
+            clock: TickClock::new(now, config.frame.duration(), config.max_catch_up_ticks),
             participants: Vec::with_capacity(capacity),
             index: HashMap::with_capacity(capacity),
             departing: Vec::with_capacity(4),
             departed: RoomTotals::default(),
             shared: MixStream::new(&config)?,
             shared_stats: ParticipantStats::default(),
-            shared_history: std::array::from_fn(|_| vec![0.0; FRAME_SAMPLES].into_boxed_slice()),
+            shared_history: std::array::from_fn(|_| {
+                vec![0.0; config.frame.samples()].into_boxed_slice()
+            }),
             shared_history_len: 0,
             shared_ready: false,
             out_sequence: 0,
@@ -194,10 +196,10 @@ impl Room {
             floor: Floor::new(config.floor),
             floor_changes: Vec::with_capacity(2),
             ranking: Vec::with_capacity(capacity),
-            recordings: Recordings::default(),
+            recordings: Recordings::for_frame(config.frame),
             replays: 0,
-            live_voice: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
-            bus: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
+            live_voice: vec![0.0; config.frame.samples()].into_boxed_slice(),
+            bus: vec![0.0; config.frame.samples()].into_boxed_slice(),
             transmit_cursor: 0,
             events: VecDeque::with_capacity(64),
             stats: RoomStats::default(),
@@ -238,7 +240,7 @@ impl Room {
             participant.replay = Some(Box::new(Catchup {
                 player,
                 stream,
-                frame: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
+                frame: vec![0.0; self.config.frame.samples()].into_boxed_slice(),
                 live_ticks: 0,
             }));
             self.replays += 1;
@@ -429,7 +431,7 @@ impl Room {
             .replay
             .as_ref()
             .filter(|c| c.live_ticks == 0)?;
-        Some(FRAME * self.recordings.backlog(&catchup.player) as u32)
+        Some(self.config.frame.duration() * self.recordings.backlog(&catchup.player) as u32)
     }
 
     fn position(&self, id: ParticipantId) -> Result<usize, EngineError> {
@@ -564,6 +566,11 @@ impl Room {
         &self.stats
     }
 
+    /// The duration of the room's frames and ticks.
+    pub fn frame(&self) -> mixer_protocol::FrameSize {
+        self.config.frame
+    }
+
     /// Participants in the room.
     pub fn len(&self) -> usize {
         self.participants.len()
@@ -577,9 +584,10 @@ impl Room {
 
 #[cfg(test)]
 mod tests {
-    use mixer_protocol::{AudioLevel, Flags};
+    use mixer_protocol::{AudioLevel, FRAME_SAMPLES, Flags};
 
     use super::*;
+    use crate::engine::FRAME;
     use crate::engine::pcm::PcmRate;
 
     fn single_floor_room(t0: Instant) -> Room {

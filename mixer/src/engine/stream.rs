@@ -1,6 +1,6 @@
 //! One encoded output stream (limiter, encoder, buffers) and what a tick gives a participant.
 
-use mixer_protocol::{AudioLevel, FRAME_SAMPLES, MAX_OPUS_PACKET};
+use mixer_protocol::{AudioLevel, MAX_OPUS_PACKET};
 
 use super::codec::{CodecError, EncoderSettings};
 use super::config::{EngineConfig, LIMITER_DB_BUCKETS, SILENCE_SETTLE_FRAMES, VOICE_RMS_THRESHOLD};
@@ -50,7 +50,7 @@ impl MixStream {
             bitrate: config.encoder.bitrate,
             voices: 0,
             limiter: Limiter::new(config.stream_limiter()),
-            output: vec![0.0; FRAME_SAMPLES].into_boxed_slice(),
+            output: vec![0.0; config.frame.samples()].into_boxed_slice(),
             encoded: vec![0; MAX_OPUS_PACKET].into_boxed_slice(),
             encoded_len: 0,
             level: AudioLevel::SILENT,

@@ -3,8 +3,6 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use mixer_protocol::FRAME_SAMPLES;
-
 use super::config::{LOUDNESS_TICKS, OWN_STREAM_HANGOVER, PRIME_FRAMES, SELECTED_BONUS};
 use super::floor::FloorPolicy;
 use super::helper::{Helper, Work};
@@ -48,7 +46,7 @@ impl Room {
         // sequence number does not.
         let timestamp = self
             .out_timestamp
-            .wrapping_add((FRAME_SAMPLES as u32).wrapping_mul(skipped as u32));
+            .wrapping_add((self.config.frame.samples() as u32).wrapping_mul(skipped as u32));
         timer.phase(TickPhase::Decode);
         self.pull_all(now);
         self.record_tick();
@@ -155,7 +153,8 @@ impl Room {
             } else {
                 0.0
             };
-            participant.loudness += (power - participant.loudness) / LOUDNESS_TICKS;
+            participant.loudness +=
+                (power - participant.loudness) / (LOUDNESS_TICKS * self.config.ticks_per_20ms());
         }
         let cap = self.config.max_talkers.max(1);
         if contributing > cap {
@@ -253,7 +252,7 @@ impl Room {
             participant.stamp(self.out_sequence, timestamp, output, &mut self.events);
         }
         self.out_sequence = self.out_sequence.wrapping_add(1);
-        self.out_timestamp = timestamp.wrapping_add(FRAME_SAMPLES as u32);
+        self.out_timestamp = timestamp.wrapping_add(self.config.frame.samples() as u32);
         timer.phase(TickPhase::Done);
     }
 
@@ -534,7 +533,7 @@ impl Room {
             participant.stamp(self.out_sequence, timestamp, output, &mut self.events);
         }
         self.out_sequence = self.out_sequence.wrapping_add(1);
-        self.out_timestamp = timestamp.wrapping_add(FRAME_SAMPLES as u32);
+        self.out_timestamp = timestamp.wrapping_add(self.config.frame.samples() as u32);
     }
 
     /// Where to split the participants between this thread and the helper for one phase of
@@ -627,7 +626,7 @@ pub(super) fn encode_half(
 
 #[cfg(test)]
 mod tests {
-    use mixer_protocol::{AudioFrame, AudioHeader, AudioLevel, Flags, Mode};
+    use mixer_protocol::{AudioFrame, AudioHeader, AudioLevel, FRAME_SAMPLES, Flags, Mode};
 
     use super::*;
     use crate::engine::{EngineConfig, FRAME, ParticipantId};

@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use mixer_protocol::AudioHeader;
 use mixer_protocol::{
     AUDIO_HEADER_LEN, AudioFrame, CONTROL_FLOOD_DROPS_PER_SECOND, ClientMessage, ErrorCode,
-    FRAME_SAMPLES, INVALID_MESSAGE_COST, LeaveReason, MAX_AUDIO_FRAME, MAX_CONTROL_MESSAGE,
+    FrameSize, INVALID_MESSAGE_COST, LeaveReason, MAX_AUDIO_FRAME, MAX_CONTROL_MESSAGE,
     RedirectReason, SAMPLE_RATE, ServerMessage, close_code, parse_client_message,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -222,6 +222,8 @@ struct Session {
     membership: Option<Seat>,
     /// The PCM rate of a `pcm16` client (its frames are checked by size, not as Opus).
     pcm: Option<PcmRate>,
+    /// The frame size of the client's format (its room's, once it is seated).
+    frame: FrameSize,
     /// Audio: one second of burst, and 10 % over real time sustained.
     rate: TokenBucket,
     /// Every text message draws on it (see [`budget`]).
@@ -245,8 +247,7 @@ impl Session {
             settings.send_queue_frames,
             settings.slow_client_drops,
         ));
-        // One second of burst, and 10 % over real time sustained (clock drift, catch-up).
-        let frames_per_second = f64::from(SAMPLE_RATE) / FRAME_SAMPLES as f64;
+        let frame = FrameSize::default();
         Session {
             peer,
             unjoined_since: Some(Instant::now()),
@@ -255,7 +256,8 @@ impl Session {
             outbox,
             membership: None,
             pcm: None,
-            rate: TokenBucket::new(frames_per_second, frames_per_second * 1.1),
+            frame,
+            rate: audio_rate(frame),
             budget: ControlBudget::default(),
             chat_rate: TokenBucket::new(5.0, 1.0),
             token,
@@ -720,6 +722,8 @@ impl Session {
                     .format
                     .pcm_rate()
                     .and_then(|hz| PcmRate::from_hz(hz).ok());
+                self.frame = request.format.frame_size().unwrap_or_default();
+                self.rate = audio_rate(self.frame);
                 let gate = match self.locate_join(&request.room).await {
                     Ok(Joining::Here(gate)) => gate,
                     Ok(Joining::Edge(edges)) => {
@@ -998,12 +1002,14 @@ impl Session {
         // Whether this participant may be heard (listen mode, mute, the floor) is the mixer
         // thread's call: the mode can change at any time.
         match opus::packet::get_nb_samples(frame.payload, SAMPLE_RATE) {
-            Ok(n) if n == FRAME_SAMPLES => Ok(frame.header),
+            Ok(n) if n == self.frame.samples() => Ok(frame.header),
             Ok(n) => Err((
                 ErrorCode::InvalidOpus,
                 format!(
-                    "Opus packet holds {n} samples ({} ms); this server takes 20 ms frames ({FRAME_SAMPLES} samples)",
-                    n * 1000 / SAMPLE_RATE as usize
+                    "Opus packet holds {n} samples ({} ms); this room takes {} frames ({} samples)",
+                    n as f64 * 1000.0 / f64::from(SAMPLE_RATE),
+                    self.frame,
+                    self.frame.samples()
                 ),
             )),
             Err(error) => Err((
@@ -1071,4 +1077,11 @@ async fn write_loop<S: Transport>(
         let _ = sink.send(Message::Close(Some(frame))).await;
         return;
     }
+}
+
+/// The audio rate limit of a client sending `frame`-long frames: one second of burst, and 10 %
+/// over real time sustained (clock drift, catch-up).
+fn audio_rate(frame: FrameSize) -> TokenBucket {
+    let frames_per_second = f64::from(frame.per_second());
+    TokenBucket::new(frames_per_second, frames_per_second * 1.1)
 }

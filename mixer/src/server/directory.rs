@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mixer_protocol::{
-    ErrorCode, FloorPolicy, JoinRequest, MAX_LISTED_ROOMS, Mode, Role, RoomSettings, RoomSummary,
+    AudioFormat, ErrorCode, FloorPolicy, FrameSize, JoinRequest, MAX_LISTED_ROOMS, Mode, Role,
+    RoomSettings, RoomSummary,
 };
 
 use super::requests::mode_allowed;
@@ -83,6 +84,20 @@ pub enum JoinRefused {
         "this server is draining (being taken out of service) and takes no new rooms; try another server"
     )]
     Draining,
+    /// The room's frames are not the size the joiner's format asks for.
+    #[error(
+        "room {room:?} has {room_frame} frames and the join asks for {asked} ms; join with \
+         frame_ms {} (an Opus format: PCM clients need a room of 20 ms frames)",
+        room_frame.ms()
+    )]
+    FrameMismatch {
+        /// The room.
+        room: String,
+        /// The room's frame size.
+        room_frame: FrameSize,
+        /// The joiner's `frame_ms`.
+        asked: u32,
+    },
 }
 
 impl JoinRefused {
@@ -97,6 +112,7 @@ impl JoinRefused {
             JoinRefused::Banned { .. } => ErrorCode::Banned,
             JoinRefused::NameTaken { .. } => ErrorCode::NameTaken,
             JoinRefused::Draining => ErrorCode::Draining,
+            JoinRefused::FrameMismatch { .. } => ErrorCode::UnsupportedFormat,
         }
     }
 }
@@ -150,6 +166,8 @@ pub struct RoomConfig {
     pub max_talkers: usize,
     /// Level normalisation.
     pub normalise: bool,
+    /// The duration of its frames and ticks.
+    pub frame: FrameSize,
 }
 
 impl RoomConfig {
@@ -160,17 +178,19 @@ impl RoomConfig {
             max_participants: engine.max_participants,
             max_talkers: engine.max_talkers,
             normalise: engine.normalise,
+            frame: engine.frame,
         }
     }
 
     /// `engine` with these room settings.
     pub fn apply(&self, engine: &EngineConfig) -> EngineConfig {
+        let engine = engine.with_frame(self.frame);
         EngineConfig {
             floor: self.floor,
             max_participants: self.max_participants,
             max_talkers: self.max_talkers,
             normalise: self.normalise,
-            ..engine.clone()
+            ..engine
         }
     }
 
@@ -192,6 +212,9 @@ impl RoomConfig {
         if let Some(ms) = settings.max_talk_ms {
             config.floor.max_talk = Duration::from_millis(ms);
         }
+        if let Some(frame) = settings.frame_ms.and_then(FrameSize::from_ms) {
+            config.frame = frame;
+        }
         config
     }
 
@@ -205,6 +228,7 @@ impl RoomConfig {
                 max_talkers: Some(self.max_talkers as u32),
                 normalise: Some(self.normalise),
                 max_talk_ms: Some(self.floor.max_talk.as_millis() as u64),
+                frame_ms: Some(self.frame.ms()),
             },
             participants: participants as u32,
         }
@@ -282,16 +306,33 @@ impl Directory {
         self.rooms.is_empty()
     }
 
-    /// Takes a seat in `room` for a participant with `role` asking for `mode`, creating the room
-    /// (on the least-loaded mixer thread) if it does not exist.
+    /// Takes a seat in `room` for a participant with `role` asking for `mode` in `format`
+    /// (validated), creating the room (on the least-loaded mixer thread) if it does not exist.
+    /// A room a join creates has the frame size of the joiner's format; a room that exists
+    /// takes only joiners of its frame size.
     pub fn take_seat(
         &mut self,
         room: &str,
         role: Role,
         mode: Option<Mode>,
+        format: &AudioFormat,
         now: Instant,
     ) -> Result<Seat, JoinRefused> {
-        let config = self.rooms.get(room).map_or(self.defaults, |e| e.config);
+        let frame = format.frame_size().unwrap_or_default();
+        let config = self.rooms.get(room).map_or(
+            RoomConfig {
+                frame,
+                ..self.defaults
+            },
+            |e| e.config,
+        );
+        if config.frame != frame {
+            return Err(JoinRefused::FrameMismatch {
+                room: room.to_owned(),
+                room_frame: config.frame,
+                asked: format.frame_ms,
+            });
+        }
         let policy: FloorPolicy = config.floor.policy;
         let mode = JoinRequest::default_mode(mode, role, policy);
         mode_allowed(role, mode, policy).map_err(JoinRefused::ModeNotAllowed)?;
@@ -517,8 +558,66 @@ mod tests {
         Directory::new(threads, max_rooms, RoomConfig::of(&engine))
     }
 
+    fn opus() -> AudioFormat {
+        AudioFormat::opus_48k_mono_20ms()
+    }
+
+    #[test]
+    fn a_room_has_the_frame_size_of_its_creator_and_takes_only_joiners_of_that_size() {
+        let mut d = directory(1, 10, 10);
+        let now = Instant::now();
+        let five = AudioFormat::opus_48k_mono(FrameSize::Ms5);
+        // Made by a join: the joiner's frame size.
+        let seat = d
+            .take_seat("jam", Role::Speaker, None, &five, now)
+            .expect("seat");
+        assert_eq!(seat.config.frame, FrameSize::Ms5);
+        assert_eq!(d.info("jam").expect("room").settings.frame_ms, Some(5));
+        let refused = d
+            .take_seat("jam", Role::Speaker, None, &opus(), now)
+            .expect_err("a 20 ms joiner");
+        assert_eq!(refused.code(), ErrorCode::UnsupportedFormat);
+        assert_eq!(
+            refused.to_string(),
+            "room \"jam\" has 5 ms frames and the join asks for 20 ms; join with frame_ms 5 \
+             (an Opus format: PCM clients need a room of 20 ms frames)"
+        );
+        let pcm = AudioFormat::pcm16(16_000);
+        assert!(d.take_seat("jam", Role::Speaker, None, &pcm, now).is_err());
+        // Made by create_room: its frame_ms, and the engine is tuned for it.
+        let settings = RoomSettings {
+            frame_ms: Some(10),
+            ..RoomSettings::default()
+        };
+        let settings = RoomSettings {
+            room: "band".into(),
+            ..settings
+        };
+        d.create(&settings, 16, now).expect("created");
+        let seat = d
+            .take_seat(
+                "band",
+                Role::Speaker,
+                None,
+                &AudioFormat::opus_48k_mono(FrameSize::Ms10),
+                now,
+            )
+            .expect("a 10 ms joiner");
+        let engine = seat.config.apply(&EngineConfig::default());
+        assert_eq!(engine.frame, FrameSize::Ms10);
+        assert_eq!(engine.jitter.frame, Duration::from_millis(10));
+        assert_eq!(engine.jitter.max_delay_frames, 20, "still 200 ms");
+        assert_eq!(engine.jitter.min_delay_frames, 1, "the floor is one frame");
+        // Rooms made by a join on defaults keep 20 ms.
+        assert_eq!(seat_in(&mut d, "plain").config.frame, FrameSize::Ms20);
+    }
+
+    fn seat_in(d: &mut Directory, room: &str) -> Seat {
+        seat(d, room).expect("seat")
+    }
+
     fn seat(d: &mut Directory, room: &str) -> Result<Seat, JoinRefused> {
-        d.take_seat(room, Role::Speaker, None, Instant::now())
+        d.take_seat(room, Role::Speaker, None, &opus(), Instant::now())
     }
 
     #[test]
@@ -580,16 +679,17 @@ mod tests {
             max_talkers: None,
             normalise: None,
             max_talk_ms: None,
+            frame_ms: None,
         };
         d.create(&settings, 16, now).expect("created");
         let speaker = d
-            .take_seat("ptt", Role::Speaker, None, now)
+            .take_seat("ptt", Role::Speaker, None, &opus(), now)
             .expect("speaker");
         assert_eq!(speaker.mode, Mode::Ptt, "a speaker defaults to ptt here");
-        let refused = d.take_seat("ptt", Role::Speaker, Some(Mode::Talk), now);
+        let refused = d.take_seat("ptt", Role::Speaker, Some(Mode::Talk), &opus(), now);
         assert!(matches!(refused, Err(JoinRefused::ModeNotAllowed(_))));
         let listener = d
-            .take_seat("open", Role::Listener, None, now)
+            .take_seat("open", Role::Listener, None, &opus(), now)
             .expect("listener");
         assert_eq!(listener.mode, Mode::Listen);
         assert_eq!(d.info("ptt").map(|s| s.participants), Some(1));
@@ -606,6 +706,7 @@ mod tests {
             max_talkers: None,
             normalise: None,
             max_talk_ms: None,
+            frame_ms: None,
         };
         let summary = d.create(&settings("empty"), 16, t0).expect("created");
         assert_eq!(summary.settings.max_participants, Some(3));
@@ -616,7 +717,7 @@ mod tests {
                 .code(),
             ErrorCode::RoomExists
         );
-        d.take_seat("joined", Role::Speaker, None, t0)
+        d.take_seat("joined", Role::Speaker, None, &opus(), t0)
             .expect("joined");
         assert_eq!(d.expire(t0 + CREATED_ROOM_TTL - Duration::from_secs(1)), 0);
         assert_eq!(d.expire(t0 + CREATED_ROOM_TTL), 1);
@@ -639,10 +740,11 @@ mod tests {
             max_talkers: None,
             normalise: None,
             max_talk_ms: None,
+            frame_ms: None,
         };
         d.create(&settings, 16, t0).expect("created");
         let later = t0 + Duration::from_secs(50);
-        d.take_seat("ch1", Role::Speaker, None, later)
+        d.take_seat("ch1", Role::Speaker, None, &opus(), later)
             .expect("seat");
         assert!(!d.cancel_seat("ch1", later), "a created room stays");
         let info = d.info("ch1").expect("still there");
@@ -652,7 +754,7 @@ mod tests {
         assert_eq!(d.expire(t0 + CREATED_ROOM_TTL), 0);
         assert_eq!(d.expire(later + CREATED_ROOM_TTL), 1);
         // A room a join made is removed when its refused joiner's seat is given back.
-        d.take_seat("adhoc", Role::Speaker, None, later)
+        d.take_seat("adhoc", Role::Speaker, None, &opus(), later)
             .expect("seat");
         assert!(d.cancel_seat("adhoc", later));
         assert!(d.info("adhoc").is_none());

@@ -31,15 +31,16 @@ use super::outbox::{Closed, Outbox, Outgoing};
 use super::seat::Seat;
 use mixer_protocol::link::LinkAttach;
 
-/// Samples in one 20 ms frame at 48 kHz: the granule position's unit is a 48 kHz sample.
+/// Samples in the 20 ms silence packet (and in a packet whose duration cannot be read) at
+/// 48 kHz: the granule position's unit is a 48 kHz sample.
 const FRAME_SAMPLES: u64 = 960;
 
 /// Samples a player discards at the start of the stream (`pre-skip`): 80 ms, what RFC 7845
 /// recommends when decoding starts in the middle of a stream, which a live mix always is.
 const PRE_SKIP: u16 = 3840;
 
-/// How far (in frames) the stream may fall behind the wall clock before the gap is filled with
-/// silence: more than the room's own jitter, less than a player's buffer.
+/// How far (in 20 ms frames) the stream may fall behind the wall clock before the gap is filled
+/// with silence: more than the room's own jitter, less than a player's buffer.
 const FILL_AFTER_FRAMES: u64 = 3;
 
 /// How often a stream checks whether the room has paused and its gap needs filling.
@@ -48,7 +49,8 @@ const FILL_CHECK: Duration = Duration::from_millis(60);
 /// How often a blocked write checks whether the player has been given up on.
 const SLOW_CHECK: Duration = Duration::from_millis(100);
 
-/// An Ogg/Opus stream of 48 kHz mono 20 ms packets, written page by page into memory.
+/// An Ogg/Opus stream of 48 kHz mono packets (of the room's frame size, and 20 ms of silence
+/// to fill pauses), written page by page into memory.
 ///
 /// Pure: the caller hands it packets and takes the bytes to send.
 pub struct OggOpusStream {
@@ -92,9 +94,12 @@ impl OggOpusStream {
         stream
     }
 
-    /// Adds one 20 ms Opus packet, on a page of its own.
+    /// Adds one Opus packet, on a page of its own.
     pub fn push(&mut self, packet: &[u8]) {
-        self.granule += FRAME_SAMPLES;
+        // The room's packets are checked when they are made; a duration that cannot be read
+        // counts as 20 ms rather than stopping the stream.
+        self.granule +=
+            opus::packet::get_nb_samples(packet, 48_000).map_or(FRAME_SAMPLES, |n| n as u64);
         let _ = self.writer.write_packet(
             packet.to_vec(),
             self.serial,
@@ -119,17 +124,17 @@ impl OggOpusStream {
     /// paused (its mix is silence, which it does not send) for more than a few frames, the
     /// gap is filled with silence packets.
     pub fn keep_time(&mut self, elapsed: Duration) {
-        let due = (elapsed.as_millis() / 20) as u64;
-        if due > self.frames() + FILL_AFTER_FRAMES {
-            while self.frames() + 1 < due {
+        let due = (elapsed.as_micros() * 48 / 1000) as u64;
+        if due > self.granule + FILL_AFTER_FRAMES * FRAME_SAMPLES {
+            while self.granule + FRAME_SAMPLES < due {
                 self.push(silence_packet());
             }
         }
     }
 
-    /// The 20 ms frames in the stream so far.
-    pub fn frames(&self) -> u64 {
-        self.granule / FRAME_SAMPLES
+    /// The 48 kHz samples in the stream so far (its granule position).
+    pub fn samples(&self) -> u64 {
+        self.granule
     }
 
     /// Takes the bytes written since the last call.
@@ -504,7 +509,7 @@ mod tests {
         assert_eq!(audio.len(), 2);
         assert_eq!(audio[0], (960, vec![0xfc, 1, 2, 3]));
         assert_eq!(audio[1].0, 1920);
-        assert_eq!(stream.frames(), 2);
+        assert_eq!(stream.samples(), 2 * FRAME_SAMPLES);
         assert!(stream.take().is_empty());
     }
 
@@ -515,10 +520,10 @@ mod tests {
         stream.push(&[0xfc, 1]);
         // A pause of up to FILL_AFTER_FRAMES is the room's own jitter: left alone.
         stream.keep_time(Duration::from_millis(20 * (1 + FILL_AFTER_FRAMES)));
-        assert_eq!(stream.frames(), 1);
+        assert_eq!(stream.samples(), FRAME_SAMPLES);
         // Longer, and the stream catches up to one frame behind the clock.
         stream.keep_time(Duration::from_millis(1000));
-        assert_eq!(stream.frames(), 49);
+        assert_eq!(stream.samples(), 49 * FRAME_SAMPLES);
         stream.finish();
         let bytes = stream.take();
         let pages = pages(&bytes);

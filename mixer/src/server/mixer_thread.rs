@@ -40,7 +40,7 @@ use super::requests::{self, RoomRequest};
 use super::room_fanout::{Member, RoomSlot, wire};
 use crate::engine::pcm::PcmRate;
 use crate::engine::{
-    ClientCodec, EngineConfig, EngineError, FRAME, ParticipantId, PhaseTimer, Room, TickPhase,
+    ClientCodec, EngineConfig, EngineError, ParticipantId, PhaseTimer, Room, TickPhase,
 };
 
 /// Audio packets one participant may have queued towards its mixer thread.
@@ -597,12 +597,14 @@ impl MixerThread {
             return refuse(&self.metrics, &room, id, &joiner, None);
         }
         if self.rooms[index].is_none() {
-            // Every room on this thread ticks on the same 20 ms grid, so a thread wakes once per
-            // tick for all its rooms rather than once per room: hundreds of quiet rooms cost
-            // one wake-up, not hundreds. A new room waits at most one frame for its first tick.
+            // Every room on this thread ticks on the same grid (20 ms, and 10 or 5 ms for rooms
+            // of shorter frames, which divide it), so a thread wakes once per tick for all its
+            // rooms rather than once per room: hundreds of quiet rooms cost one wake-up, not
+            // hundreds. A new room waits at most one frame for its first tick.
+            let frame = config.frame.duration();
             let since = Instant::now().saturating_duration_since(self.epoch);
-            let slots = since.as_nanos().div_ceil(FRAME.as_nanos()) as u32;
-            let start = self.epoch + FRAME * slots;
+            let slots = since.as_nanos().div_ceil(frame.as_nanos()) as u32;
+            let start = self.epoch + frame * slots;
             match Room::new(config.apply(&self.engine), start) {
                 Ok(engine) => self.rooms[index] = Some(RoomSlot::new(room.clone(), engine)),
                 Err(error) => return refuse(&self.metrics, &room, id, &joiner, Some(error)),
@@ -735,7 +737,7 @@ impl MixerThread {
                 metrics
                     .tick_lateness_seconds
                     .observe(lateness.as_secs_f64());
-                if lateness >= FRAME {
+                if lateness >= slot.engine.frame().duration() {
                     metrics.tick_deadline_misses_total.inc();
                 }
                 slot.engine.handle_timeout_timed(start, &mut self.phases);

@@ -390,9 +390,13 @@ impl MixerPool {
         if let Some(holder) = holder {
             self.take_identity_seat(&mut registry, holder, &joiner)?;
         }
-        let seat = registry
-            .directory
-            .take_seat(room, joiner.role, joiner.mode, Instant::now())?;
+        let seat = registry.directory.take_seat(
+            room,
+            joiner.role,
+            joiner.mode,
+            &joiner.format,
+            Instant::now(),
+        )?;
         shared.metrics.rooms.set(registry.directory.len() as i64);
         let id = match moved {
             // Ids come from each node's own counter, started at a random point in a fleet:

@@ -399,7 +399,7 @@ impl RecorderTask {
             writer.get_ref().sync_all().await
         }
         .await;
-        let seconds = ogg.frames() / 50;
+        let seconds = ogg.samples() / 48_000;
         match closed {
             Ok(()) => {
                 info!(room = %self.room, file = %self.name, seconds, reason = <&str>::from(end), "recording closed")

@@ -37,11 +37,16 @@ impl Tone {
         }
     }
 
-    /// Fills one frame; `on` selects tone or silence (ramped).
+    /// Fills one 20 ms frame; `on` selects tone or silence (ramped).
     pub fn frame(&mut self, on: bool) -> Vec<f32> {
+        self.frame_of(on, FRAME_SAMPLES)
+    }
+
+    /// Fills one frame of `samples`; `on` selects tone or silence (ramped).
+    pub fn frame_of(&mut self, on: bool, samples: usize) -> Vec<f32> {
         let target = if on { 1.0 } else { 0.0 };
         let step = 1.0 / (0.005 * FS);
-        (0..FRAME_SAMPLES)
+        (0..samples)
             .map(|_| {
                 if self.gain < target {
                     self.gain = (self.gain + step).min(target);
@@ -108,10 +113,32 @@ pub struct Talker {
     pub first: bool,
     /// The level byte to send; `None` measures each frame (`AudioLevel::from_rms`).
     pub level: Option<AudioLevel>,
+    /// Samples in each frame it sends.
+    pub samples: usize,
     buf: Vec<u8>,
 }
 
 impl Talker {
+    /// A talker sending frames of `frame` instead of 20 ms. For 10 and 5 ms frames it encodes
+    /// as a low-latency client would (Opus's restricted low-delay mode: 2.5 ms of look-ahead
+    /// instead of VOIP's 6.5 ms).
+    pub fn with_frame(freq: f32, amp: f32, frame: mixer_protocol::FrameSize) -> Talker {
+        let mut talker = Talker::new(freq, amp);
+        if frame != mixer_protocol::FrameSize::Ms20 {
+            talker.encoder =
+                opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::LowDelay)
+                    .expect("encoder");
+            talker
+                .encoder
+                .set_bitrate(opus::Bitrate::Bits(64_000))
+                .expect("bitrate");
+        }
+        Talker {
+            samples: frame.samples(),
+            ..talker
+        }
+    }
+
     pub fn new(freq: f32, amp: f32) -> Talker {
         let mut encoder =
             opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
@@ -128,13 +155,14 @@ impl Talker {
             timestamp: 0,
             first: true,
             level: None,
+            samples: FRAME_SAMPLES,
             buf: vec![0; 1275],
         }
     }
 
-    /// Encodes the next 20 ms (tone on or off) into a complete wire frame.
+    /// Encodes the next frame (tone on or off) into a complete wire frame.
     pub fn next_frame(&mut self, on: bool) -> Vec<u8> {
-        let pcm = self.tone.frame(on);
+        let pcm = self.tone.frame_of(on, self.samples);
         let len = self
             .encoder
             .encode_float(&pcm, &mut self.buf)
@@ -149,7 +177,7 @@ impl Talker {
         };
         self.first = false;
         self.sequence = self.sequence.wrapping_add(1);
-        self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+        self.timestamp = self.timestamp.wrapping_add(self.samples as u32);
         AudioFrame {
             header,
             payload: &self.buf[..len],
@@ -162,12 +190,12 @@ impl Talker {
     /// packet is coded from the state the receiver's decoder is in after the pause.
     pub fn pause(&mut self, frames: u32) {
         for _ in 0..frames {
-            let pcm = self.tone.frame(false);
+            let pcm = self.tone.frame_of(false, self.samples);
             self.encoder
                 .encode_float(&pcm, &mut self.buf)
                 .expect("encode");
         }
-        self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32 * frames);
+        self.timestamp = self.timestamp.wrapping_add(self.samples as u32 * frames);
     }
 }
 
@@ -183,6 +211,8 @@ pub struct Listener {
     /// Pauses in silence, and the frames they covered.
     pub pauses: usize,
     pub paused_frames: usize,
+    /// Samples in each frame the server sends.
+    pub samples: usize,
     last_sequence: Option<u16>,
     buf: Vec<f32>,
 }
@@ -196,6 +226,7 @@ impl Default for Listener {
             sequence_gaps: 0,
             pauses: 0,
             paused_frames: 0,
+            samples: FRAME_SAMPLES,
             last_sequence: None,
             buf: vec![0.0; FRAME_SAMPLES],
         }
@@ -203,6 +234,15 @@ impl Default for Listener {
 }
 
 impl Listener {
+    /// A listener of a room whose frames are `frame` long.
+    pub fn for_frame(frame: mixer_protocol::FrameSize) -> Listener {
+        Listener {
+            samples: frame.samples(),
+            buf: vec![0.0; frame.samples()],
+            ..Listener::default()
+        }
+    }
+
     pub fn receive(&mut self, header: AudioHeader, payload: &[u8]) {
         if let Some(last) = self.last_sequence
             && header.sequence != last.wrapping_add(1)
@@ -212,7 +252,7 @@ impl Listener {
                 self.pauses += 1;
                 self.paused_frames += missing;
                 self.pcm
-                    .resize(self.pcm.len() + missing * FRAME_SAMPLES, 0.0);
+                    .resize(self.pcm.len() + missing * self.samples, 0.0);
             } else {
                 self.sequence_gaps += 1;
             }
@@ -222,7 +262,7 @@ impl Listener {
             .decoder
             .decode_float(payload, &mut self.buf, false)
             .expect("server sent valid Opus");
-        assert_eq!(n, FRAME_SAMPLES, "server frames are 20 ms");
+        assert_eq!(n, self.samples, "server frames are the room's size");
         self.pcm.extend_from_slice(&self.buf);
         self.frames += 1;
     }

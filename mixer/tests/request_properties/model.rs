@@ -74,6 +74,7 @@ impl Room {
                 max_talkers: Some(EngineConfig::default().max_talkers as u32),
                 normalise: Some(EngineConfig::default().normalise),
                 max_talk_ms: Some(self.max_talk_ms),
+                frame_ms: Some(20),
             },
             participants: self.seats,
         }

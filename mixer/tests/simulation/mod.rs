@@ -11,6 +11,7 @@ mod mixing;
 mod network;
 mod silence;
 mod spec;
+mod low_latency;
 mod voice_rooms;
 
 use crate::common;
@@ -23,8 +24,9 @@ use crate::common::{
 };
 use mixer::engine::floor::{FloorChange, FloorConfig, FloorEnd, FloorPolicy, FloorReply};
 use mixer::engine::{EngineConfig, EngineError, Event, ParticipantId, Room};
-use mixer_protocol::{AudioFrame, AudioLevel, FRAME_SAMPLES, Mode};
+use mixer_protocol::{AudioFrame, AudioLevel, FRAME_SAMPLES, FrameSize, Mode};
 
+/// The tick of a room of the default frame size.
 const TICK: Duration = Duration::from_millis(20);
 
 const AMP: f32 = 0.2;
@@ -53,6 +55,8 @@ struct SimTalker {
     active: bool,
     /// Packets the room refused (muted, no floor).
     rejected: u64,
+    /// Time between two sends: the room's frame.
+    period: Duration,
 }
 
 struct SimListener {
@@ -69,6 +73,8 @@ struct Sim {
     listeners: HashMap<ParticipantId, SimListener>,
     /// Every event the room raised, with the virtual time of the tick.
     events: Vec<(Duration, Event)>,
+    /// The room's frame size, which its clients send and receive.
+    frame: FrameSize,
 }
 
 impl Sim {
@@ -78,6 +84,7 @@ impl Sim {
 
     fn with_config(config: EngineConfig) -> Sim {
         let t0 = Instant::now();
+        let frame = config.frame;
         Sim {
             t0,
             now: Duration::ZERO,
@@ -86,6 +93,7 @@ impl Sim {
             talkers: HashMap::new(),
             listeners: HashMap::new(),
             events: Vec::new(),
+            frame,
         }
     }
 
@@ -112,7 +120,7 @@ impl Sim {
         self.talkers.insert(
             id,
             SimTalker {
-                talker: Talker::new(freq, AMP),
+                talker: Talker::with_frame(freq, AMP, self.frame),
                 net: Netem::new(net, u64::from(id.0) * 7919 + 1),
                 pattern,
                 speed: 1.0,
@@ -121,12 +129,13 @@ impl Sim {
                 onsets_sent: Vec::new(),
                 active: true,
                 rejected: 0,
+                period: self.frame.duration(),
             },
         );
         self.listeners.insert(
             id,
             SimListener {
-                listener: Listener::default(),
+                listener: Listener::for_frame(self.frame),
                 first_frame_at: None,
             },
         );
@@ -153,7 +162,7 @@ impl Sim {
         self.listeners.insert(
             id,
             SimListener {
-                listener: Listener::default(),
+                listener: Listener::for_frame(self.frame),
                 first_frame_at: None,
             },
         );
@@ -277,7 +286,7 @@ fn send_one(t: &mut SimTalker, now: Duration) {
         t.talker.pause(1);
     }
     t.frames_sent += 1;
-    t.next_send += TICK.div_f64(t.speed);
+    t.next_send += t.period.div_f64(t.speed);
 }
 
 fn secs(s: f64) -> Duration {

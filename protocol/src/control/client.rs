@@ -187,6 +187,10 @@ pub struct RoomSettings {
     /// Single floor: longest turn, in ms (1,000 to 3,600,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_talk_ms: Option<u64>,
+    /// The duration of every frame in the room, in ms: 20 (the default), 10 or 5. Every client
+    /// of the room sends and receives frames of this size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_ms: Option<u32>,
 }
 
 /// Parses a client's text frame: size, JSON, a known `"type"`, then the message's fields.

@@ -5,12 +5,13 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ControlError, quote_bare};
-use crate::audio::{AUDIO_HEADER_LEN, FRAME_MS, MAX_PCM_PAYLOAD, SAMPLE_RATE};
+use crate::audio::{AUDIO_HEADER_LEN, FRAME_MS, FrameSize, MAX_PCM_PAYLOAD, SAMPLE_RATE};
 
 /// An audio stream format, as requested in `join` and announced in `joined`.
 ///
-/// Two are supported (see [`AudioFormat::validate`]): Opus at 48 kHz, and 16-bit PCM at one of
-/// [`PCM_RATES`] for clients that cannot run Opus; both mono with 20 ms frames.
+/// Two are supported (see [`AudioFormat::validate`]): Opus at 48 kHz, mono, with 20, 10 or 5 ms
+/// frames (the room's [`FrameSize`]), and 16-bit PCM at one of [`PCM_RATES`] for clients that
+/// cannot run Opus, mono with 20 ms frames.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AudioFormat {
     /// Codec name: `"opus"` or `"pcm16"` (case-sensitive).
@@ -19,7 +20,8 @@ pub struct AudioFormat {
     pub sample_rate: u32,
     /// Channel count; only 1 (mono) is supported.
     pub channels: u8,
-    /// Duration of the audio in each packet in ms; only 20 is supported.
+    /// Duration of the audio in each packet in ms: the room's frame size, 20 (the default), 10
+    /// or 5 for Opus; 20 for PCM.
     pub frame_ms: u32,
 }
 
@@ -45,15 +47,31 @@ impl AudioFormat {
         }
     }
 
+    /// Opus, 48 kHz, mono, in packets of `frame`.
+    pub fn opus_48k_mono(frame: FrameSize) -> AudioFormat {
+        AudioFormat {
+            frame_ms: frame.ms(),
+            ..AudioFormat::opus_48k_mono_20ms()
+        }
+    }
+
+    /// The frame size asked for, if it is one a room can have (whatever the codec).
+    pub fn frame_size(&self) -> Option<FrameSize> {
+        FrameSize::from_ms(self.frame_ms)
+    }
+
     /// The PCM sample rate, if this is a `pcm16` format.
     pub fn pcm_rate(&self) -> Option<u32> {
         (self.codec == "pcm16").then_some(self.sample_rate)
     }
 
-    /// Checks that this is a supported format: `opus/48000/1/20`, or `pcm16/R/1/20` with R one
-    /// of [`PCM_RATES`]. The error names what was asked for.
+    /// Checks that this is a supported format: `opus/48000/1/F` with F one of 20, 10 or 5, or
+    /// `pcm16/R/1/20` with R one of [`PCM_RATES`]. The error names what was asked for. (Whether
+    /// the frame size is the room's is checked when the client is seated.)
     pub fn validate(&self) -> Result<(), ControlError> {
-        if *self == AudioFormat::opus_48k_mono_20ms()
+        if self
+            .frame_size()
+            .is_some_and(|frame| *self == AudioFormat::opus_48k_mono(frame))
             || (PCM_RATES.contains(&self.sample_rate)
                 && *self == AudioFormat::pcm16(self.sample_rate))
         {
@@ -61,10 +79,9 @@ impl AudioFormat {
         }
         Err(ControlError::UnsupportedFormat {
             detail: format!(
-                "format {} is not supported; use {} or pcm16/R/1/20 with R one of {:?}",
-                self,
-                AudioFormat::opus_48k_mono_20ms(),
-                PCM_RATES
+                "format {} is not supported; use opus/48000/1/F with F one of 20, 10 or 5 \
+                 (the room's frame_ms), or pcm16/R/1/20 with R one of {:?}",
+                self, PCM_RATES
             ),
         })
     }

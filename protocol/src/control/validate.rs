@@ -5,6 +5,7 @@
 
 use super::client::{JoinRequest, RoomSettings};
 use super::error::{ControlError, quote};
+use crate::audio::FrameSize;
 
 /// Largest text frame the server accepts, in bytes.
 pub const MAX_CONTROL_MESSAGE: usize = 4096;
@@ -110,6 +111,13 @@ impl RoomSettings {
         }
         if let Some(ms) = self.max_talk_ms {
             out_of_range("max_talk_ms", ms, 1_000, 3_600_000)?;
+        }
+        if let Some(ms) = self.frame_ms
+            && FrameSize::from_ms(ms).is_none()
+        {
+            return Err(ControlError::InvalidSettings {
+                detail: format!("frame_ms {ms} is not one of 20, 10 or 5"),
+            });
         }
         Ok(())
     }
