@@ -125,9 +125,12 @@ impl Talker {
     pub fn with_frame(freq: f32, amp: f32, frame: mixer_protocol::FrameSize) -> Talker {
         let mut talker = Talker::new(freq, amp);
         if frame != mixer_protocol::FrameSize::Ms20 {
-            talker.encoder =
-                opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::LowDelay)
-                    .expect("encoder");
+            talker.encoder = opus::Encoder::new(
+                SAMPLE_RATE,
+                opus::Channels::Mono,
+                opus::Application::LowDelay,
+            )
+            .expect("encoder");
             talker
                 .encoder
                 .set_bitrate(opus::Bitrate::Bits(64_000))

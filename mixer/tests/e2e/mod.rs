@@ -13,6 +13,7 @@ mod fleet_measure;
 mod fleet_nodes;
 mod flood;
 mod listen;
+mod low_latency;
 mod mixing;
 mod recording;
 mod robustness;

@@ -51,7 +51,12 @@ fn shorter_frames_keep_mix_minus_exact_and_cut_the_delay() {
                 .filter(|(j, _)| *j != i)
                 .map(|(_, f)| *f)
                 .collect();
-            assert_hears_in_spurts(heard, &others, &[freqs[i]], &format!("talker {i} at {frame}"));
+            assert_hears_in_spurts(
+                heard,
+                &others,
+                &[freqs[i]],
+                &format!("talker {i} at {frame}"),
+            );
         }
         let heard = sim.heard(listener).window(secs(1.0), secs(7.5));
         assert_hears_in_spurts(heard, freqs, &[], &format!("the listener at {frame}"));
@@ -69,7 +74,10 @@ fn shorter_frames_keep_mix_minus_exact_and_cut_the_delay() {
     }
     // In virtual time, so exact for this seed: every halving of the frame takes delay off,
     // and 5 ms frames meet the 12 ms target on a clean network.
-    assert!(medians[1] < medians[0] && medians[2] < medians[1], "{medians:?}");
+    assert!(
+        medians[1] < medians[0] && medians[2] < medians[1],
+        "{medians:?}"
+    );
     assert!(medians[2] <= Duration::from_millis(12), "{medians:?}");
 }
 

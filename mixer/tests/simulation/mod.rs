@@ -7,11 +7,11 @@
 //!
 //! The harness ([`Sim`]) is here; the tests are by topic below.
 
+mod low_latency;
 mod mixing;
 mod network;
 mod silence;
 mod spec;
-mod low_latency;
 mod voice_rooms;
 
 use crate::common;
