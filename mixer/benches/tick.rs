@@ -18,6 +18,9 @@
 //! - `room_tick/N`: a whole [`Room`] tick with N talkers all talking, on a virtual clock: one
 //!   packet into every jitter buffer, `handle_timeout`, and draining every frame with
 //!   `poll_transmit` and `poll_event`. The time shown is per tick.
+//! - `room_20ms_of_audio_by_frame/F`: 20 ms of audio for a room of 10 talkers in frames of F
+//!   (one tick of 20 ms, two of 10 ms, four of 5 ms): what a low-latency room costs against a
+//!   room of 20 ms frames.
 //! - `parallel`: what spawning a scoped thread costs, and a 48-talker tick on one thread and
 //!   split with the room's helper thread (see `EngineConfig::parallel_threshold`).
 //!
@@ -35,10 +38,10 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use mixer::engine::codec::{self, EncoderSettings, OpusApplication};
 use mixer::engine::limiter::{Limiter, LimiterConfig};
 use mixer::engine::mix::{self, accumulate, mix_minus};
-use mixer::engine::{EngineConfig, FRAME, ParticipantId, PhaseTimer, Room, TickPhase};
+use mixer::engine::{EngineConfig, ParticipantId, PhaseTimer, Room, TickPhase};
 use mixer::server::metrics::Metrics;
 use mixer_protocol::{
-    AudioFrame, AudioHeader, AudioLevel, FRAME_SAMPLES, Flags, MAX_OPUS_PACKET, Mode,
+    AudioFrame, AudioHeader, AudioLevel, FRAME_SAMPLES, Flags, FrameSize, MAX_OPUS_PACKET, Mode,
 };
 
 /// Frames of audio pre-encoded per talker (2 s); the benches cycle through them.
@@ -51,14 +54,19 @@ const CLIENT_ENCODER: EncoderSettings = EncoderSettings {
     complexity: 9,
 };
 
-/// One talker's uplink, encoded the way a client would: `(level, packet)` per frame.
+/// One talker's uplink, encoded the way a client would: `(level, packet)` per 20 ms frame.
 fn encode_clip(voice: usize) -> Vec<(AudioLevel, Vec<u8>)> {
+    encode_clip_in(voice, FrameSize::Ms20)
+}
+
+/// [`encode_clip`] in frames of `frame`.
+fn encode_clip_in(voice: usize, frame: FrameSize) -> Vec<(AudioLevel, Vec<u8>)> {
     let mut encoder = CLIENT_ENCODER
         .build()
         .expect("client encoder settings are valid");
     let mut out = vec![0u8; MAX_OPUS_PACKET];
     loadgen::signal::speech_like(voice, CLIP_FRAMES, 0.3)
-        .chunks_exact(FRAME_SAMPLES)
+        .chunks_exact(frame.samples())
         .map(|frame| {
             let len = encoder
                 .encode_float(frame, &mut out)
@@ -193,7 +201,8 @@ fn room_step_with(
     talkers: usize,
     metrics: Option<Metrics>,
 ) -> impl FnMut() -> usize {
-    let clips: Vec<_> = (0..talkers).map(encode_clip).collect();
+    let frame = config.frame;
+    let clips: Vec<_> = (0..talkers).map(|v| encode_clip_in(v, frame)).collect();
     let t0 = Instant::now();
     let mut room = Room::new(config, t0).expect("room");
     for id in 0..talkers {
@@ -212,7 +221,7 @@ fn room_step_with(
             let header = AudioHeader {
                 flags: Flags::default().with_marker(tick == 0),
                 sequence: tick as u16,
-                timestamp: (tick as u32).wrapping_mul(FRAME_SAMPLES as u32),
+                timestamp: (tick as u32).wrapping_mul(frame.samples() as u32),
                 level: *level,
             };
             let frame = AudioFrame { header, payload };
@@ -245,11 +254,11 @@ fn room_step_with(
             black_box(event);
         }
         tick += 1;
-        now += FRAME;
+        now += frame.duration();
         black_box(bytes)
     };
     // Past the start-up: jitter buffers playing, limiters and encoders settled.
-    for _ in 0..100 {
+    for _ in 0..100 * FrameSize::Ms20.samples() / frame.samples() {
         step();
     }
     step
@@ -261,6 +270,24 @@ fn bench_room_tick(c: &mut Criterion) {
         let mut step = room_step(talkers, None);
         group.throughput(Throughput::Elements(talkers as u64));
         group.bench_function(BenchmarkId::from_parameter(talkers), |b| b.iter(&mut step));
+    }
+    group.finish();
+}
+
+/// What 20 ms of audio costs a room of 10 talkers, all talking, at each frame size: one tick of
+/// 20 ms frames, two of 10 ms, four of 5 ms. The ratio to `20ms` is the CPU price of the lower
+/// delay, per participant.
+fn bench_room_tick_by_frame(c: &mut Criterion) {
+    let talkers = 10;
+    let mut group = c.benchmark_group("room_20ms_of_audio_by_frame");
+    group.throughput(Throughput::Elements(talkers as u64));
+    for frame in FrameSize::ALL {
+        let config = EngineConfig::default().with_frame(frame);
+        let mut step = room_step_with(config, talkers, None);
+        let ticks = FrameSize::Ms20.samples() / frame.samples();
+        group.bench_function(format!("{}ms", frame.ms()), |b| {
+            b.iter(|| (0..ticks).map(|_| step()).sum::<usize>())
+        });
     }
     group.finish();
 }
@@ -313,6 +340,6 @@ criterion_group! {
     name = benches;
     config = config();
     targets = bench_opus_decode, bench_opus_encode, bench_mix, bench_room_tick, bench_metrics_overhead,
-        bench_parallel
+        bench_parallel, bench_room_tick_by_frame
 }
 criterion_main!(benches);
