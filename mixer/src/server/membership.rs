@@ -14,7 +14,7 @@ use tracing::debug;
 
 use super::address_limit::ConnectionPlaces;
 use super::directory::Placement;
-use super::mixer_thread::{Command, MAX_IN_FLIGHT, MixerLink, SendError};
+use super::mixer_thread::{Command, InboundAudio, MAX_IN_FLIGHT, MixerLink, SendError};
 use super::outbox::Outbox;
 use super::pool::Shared;
 use super::requests::RoomRequest;
@@ -170,14 +170,14 @@ impl Membership {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Forwarded::Backlogged;
         }
-        let command = Command::Audio {
+        let packet = InboundAudio {
             room: self.placement.key,
             participant: self.id,
             header,
             payload,
             arrival,
         };
-        if !self.link().send(command) {
+        if !self.link().send_audio(packet) {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Forwarded::Stopped;
         }

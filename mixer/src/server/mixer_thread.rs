@@ -9,7 +9,9 @@
 //!
 //! # What keeps the tick on time
 //! - **Audio** is bounded per participant: at most [`MAX_IN_FLIGHT`] packets of one
-//!   participant wait for the thread; the rest are dropped and counted.
+//!   participant wait for the thread; the rest are dropped and counted. Audio does not wake the
+//!   thread: it waits in an inbox (see [`AudioInbox`]) that the thread empties just before it
+//!   ticks, so a room of 200 talkers costs the thread one wake-up per tick, not 10,000 a second.
 //! - **Control** (joins, requests) is bounded per thread: at most [`MAX_CONTROL_QUEUED`] wait;
 //!   beyond that the connection answers `server_busy` and nothing is queued. Each connection's
 //!   control budget (see [`super::budget`]) keeps any one client far below that.
@@ -19,9 +21,9 @@
 //!   tick waits for at most one command.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -88,19 +90,6 @@ pub enum Command {
         participant: ParticipantId,
         /// Why (told to the room).
         reason: LeaveReason,
-    },
-    /// One audio frame, parsed and checked by the connection.
-    Audio {
-        /// Its room.
-        room: RoomKey,
-        /// Whose.
-        participant: ParticipantId,
-        /// Its header.
-        header: AudioHeader,
-        /// Its payload (Opus packet or PCM samples), sharing the received message's memory.
-        payload: Bytes,
-        /// When it arrived.
-        arrival: Instant,
     },
     /// A control request about the room.
     Request {
@@ -222,14 +211,80 @@ impl SendError {
     }
 }
 
-/// The sending side of one mixer thread's command channel.
+/// One audio frame, parsed and checked by the connection, on its way to its room.
+#[derive(Debug)]
+pub struct InboundAudio {
+    /// Its room.
+    pub room: RoomKey,
+    /// Whose.
+    pub participant: ParticipantId,
+    /// Its header.
+    pub header: AudioHeader,
+    /// Its payload (Opus packet or PCM samples), sharing the received message's memory.
+    pub payload: Bytes,
+    /// When it arrived: the jitter buffer times it by this, not by when the thread takes it.
+    pub arrival: Instant,
+}
+
+/// Audio waiting for a mixer thread. The network threads push; the mixer thread takes all of it
+/// at once before it ticks, swapping in its spare (empty) vector, so neither side allocates in
+/// the steady state and the lock is held for a push or a swap. A packet is needed only by its
+/// room's next tick, and is timed by its arrival, so waking the thread for it would buy nothing.
+#[derive(Debug, Default)]
+pub struct AudioInbox {
+    state: Mutex<InboxState>,
+}
+
+#[derive(Debug, Default)]
+struct InboxState {
+    packets: Vec<InboundAudio>,
+    /// The thread has stopped: nothing more is taken.
+    closed: bool,
+}
+
+impl AudioInbox {
+    fn state(&self) -> std::sync::MutexGuard<'_, InboxState> {
+        // A push or a swap cannot leave the vector half-changed.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `packet`; false if the thread has stopped.
+    fn push(&self, packet: InboundAudio) -> bool {
+        let mut state = self.state();
+        if state.closed {
+            return false;
+        }
+        state.packets.push(packet);
+        true
+    }
+
+    /// Swaps everything queued into `into` (which must be empty).
+    fn take_into(&self, into: &mut Vec<InboundAudio>) {
+        std::mem::swap(&mut self.state().packets, into);
+    }
+
+    fn close(&self) {
+        let mut state = self.state();
+        state.closed = true;
+        state.packets.clear();
+    }
+}
+
+/// The sending side of one mixer thread's command channel and audio inbox.
 #[derive(Debug, Clone)]
 pub struct MixerLink {
     sender: mpsc::Sender<Command>,
     control_queued: Arc<AtomicUsize>,
+    audio: Arc<AudioInbox>,
 }
 
 impl MixerLink {
+    /// Queues audio for its room's next tick (bounded per participant by its membership);
+    /// false if the thread has stopped.
+    pub fn send_audio(&self, packet: InboundAudio) -> bool {
+        self.audio.push(packet)
+    }
+
     /// Sends a join or a request, unless [`MAX_CONTROL_QUEUED`] are already waiting.
     pub fn send_control(&self, command: Command) -> Result<(), SendError> {
         if self.control_queued.fetch_add(1, Ordering::AcqRel) >= MAX_CONTROL_QUEUED {
@@ -242,8 +297,7 @@ impl MixerLink {
         })
     }
 
-    /// Sends audio (bounded per participant by its membership), a leave, a resume or shutdown;
-    /// false if the thread has stopped.
+    /// Sends a leave, a resume or shutdown; false if the thread has stopped.
     pub fn send(&self, command: Command) -> bool {
         self.sender.send(command).is_ok()
     }
@@ -261,7 +315,10 @@ pub fn spawn(
 ) -> std::io::Result<(MixerLink, std::thread::JoinHandle<()>)> {
     let (sender, rx) = mpsc::channel();
     let control_queued = Arc::new(AtomicUsize::new(0));
+    let audio = Arc::new(AudioInbox::default());
     let mut thread = MixerThread {
+        audio: audio.clone(),
+        audio_taken: Vec::new(),
         removed,
         rx,
         control_queued: control_queued.clone(),
@@ -278,6 +335,7 @@ pub fn spawn(
         MixerLink {
             sender,
             control_queued,
+            audio,
         },
         handle,
     ))
@@ -288,6 +346,10 @@ struct MixerThread {
     removed: mpsc::Sender<ParticipantId>,
     rx: mpsc::Receiver<Command>,
     control_queued: Arc<AtomicUsize>,
+    /// Audio for this thread's rooms, taken before each round of ticks.
+    audio: Arc<AudioInbox>,
+    /// The vector the inbox's audio is swapped into (empty between rounds, its capacity kept).
+    audio_taken: Vec<InboundAudio>,
     engine: EngineConfig,
     /// Rooms by [`RoomKey`]; `None` for a free slot.
     rooms: Vec<Option<RoomSlot>>,
@@ -299,6 +361,12 @@ struct MixerThread {
 
 impl MixerThread {
     fn run(&mut self) {
+        self.serve();
+        // Audio sent from now on is refused (its connection learns the thread has stopped).
+        self.audio.close();
+    }
+
+    fn serve(&mut self) {
         loop {
             let deadline = self.next_deadline();
             // The mixer threads are the one place that reads the clock for the engine.
@@ -348,13 +416,6 @@ impl MixerThread {
     /// Applies one command; returns false on shutdown.
     fn handle(&mut self, command: Command) -> bool {
         match command {
-            Command::Audio {
-                room,
-                participant,
-                header,
-                payload,
-                arrival,
-            } => self.audio(room, participant, header, &payload, arrival),
             Command::Join(admission) => {
                 self.control_queued.fetch_sub(1, Ordering::AcqRel);
                 self.join(admission);
@@ -713,7 +774,24 @@ impl MixerThread {
         }
     }
 
+    /// Hands the rooms the audio that has arrived since the last round, in arrival order.
+    fn take_audio(&mut self) {
+        let mut taken = std::mem::take(&mut self.audio_taken);
+        self.audio.take_into(&mut taken);
+        for packet in taken.drain(..) {
+            self.audio(
+                packet.room,
+                packet.participant,
+                packet.header,
+                &packet.payload,
+                packet.arrival,
+            );
+        }
+        self.audio_taken = taken;
+    }
+
     fn run_due_ticks(&mut self) {
+        self.take_audio();
         let metrics = &self.metrics;
         let mut ran = false;
         let mut stopped = Vec::new();
@@ -935,11 +1013,41 @@ mod tests {
     }
 
     #[test]
+    fn audio_waits_in_the_inbox_in_order_until_taken_and_is_refused_once_the_thread_stops() {
+        let inbox = AudioInbox::default();
+        let packet = |sequence: u16| InboundAudio {
+            room: RoomKey(0),
+            participant: ParticipantId(1),
+            header: AudioHeader {
+                flags: mixer_protocol::Flags::default(),
+                sequence,
+                timestamp: 0,
+                level: mixer_protocol::AudioLevel::UNKNOWN,
+            },
+            payload: Bytes::from_static(&[0xf8]),
+            arrival: Instant::now(),
+        };
+        assert!(inbox.push(packet(1)) && inbox.push(packet(2)));
+        let mut taken = Vec::with_capacity(8);
+        inbox.take_into(&mut taken);
+        let order: Vec<u16> = taken.iter().map(|p| p.header.sequence).collect();
+        assert_eq!(order, [1, 2]);
+        // The spare vector went in: the next pushes reuse its capacity.
+        taken.clear();
+        let mut again = Vec::new();
+        inbox.take_into(&mut again);
+        assert!(again.is_empty());
+        inbox.close();
+        assert!(!inbox.push(packet(3)), "a stopped thread takes no audio");
+    }
+
+    #[test]
     fn control_is_bounded_per_thread_but_leaves_always_get_through() {
         let (sender, rx) = mpsc::channel();
         let link = MixerLink {
             sender,
             control_queued: Arc::new(AtomicUsize::new(0)),
+            audio: Arc::new(AudioInbox::default()),
         };
         for _ in 0..MAX_CONTROL_QUEUED {
             assert_eq!(link.send_control(request()), Ok(()));
