@@ -32,11 +32,11 @@
 //!   skipped: a loss on an empty buffer costs one concealed frame and no delay.
 //! - **Shedding delay.** The delay is judged in time: each packet played has a slack, its
 //!   transit plus the time it waited here minus the start margin above the window's least
-//!   transit (what all but one or two packets of the window needed). A whole frame of slack
-//!   that lasts a second is surplus, and two packets are merged into one frame. Quiet packets
-//!   are merged early, loud ones only when the surplus or the backlog is large. This keeps the
-//!   delay within a frame of the jitter, absorbs a sender clock faster than ours and drains the
-//!   burst after a TCP stall, so latency never grows without bound.
+//!   transit (what all but one or two packets of the window needed). A whole frame of slack in
+//!   each of the last ten seconds is surplus, and two packets are merged into one frame. Quiet
+//!   packets are merged early, loud ones only when the surplus or the backlog is large. This
+//!   keeps the delay within a frame of the jitter, absorbs a sender clock faster than ours and
+//!   drains the burst after a TCP stall, so latency never grows without bound.
 //!
 //! Decisions worth knowing (each is explained where it is made):
 //!
@@ -86,6 +86,11 @@ const QUIET_LEVEL_DBOV: u8 = 50;
 /// the ups and downs of the estimate and sees only a lasting surplus (a sender clock faster
 /// than ours, a spike leaving the window, or the tail of a burst).
 const SLACK_WINDOW_TICKS: u32 = 50;
+/// Slack windows remembered: delay is surplus only if it was in each of the last ten seconds.
+/// The transit window forgets a spike in about 2.5 s; shedding the delay it needed that soon
+/// made a link whose spikes recur every few seconds (a loaded sender or server) pay a late
+/// packet for each one, then a merge, over and over.
+const SLACK_HISTORY: usize = 10;
 /// Surplus frames at which even loud packets are merged (a lasting backlog in continuous speech).
 const MERGE_FORCE_SURPLUS: u64 = 2;
 /// Instantaneous backlog above the target (in frames) beyond which loud packets are merged at
@@ -244,6 +249,10 @@ pub struct JitterBuffer {
     slack_floor: i64,
     /// Ticks observed in the current slack window.
     slack_ticks: u32,
+    /// Least slack of each of the last slack windows of this talk spurt, µs; `slack_windows`
+    /// of them are filled.
+    slack_history: [i64; SLACK_HISTORY],
+    slack_windows: usize,
     /// Frames of delay found to be surplus, to be shed by merging.
     surplus: u64,
     target_frames: u32,
@@ -360,6 +369,8 @@ impl JitterBuffer {
             expands: 0,
             slack_floor: i64::MAX,
             slack_ticks: 0,
+            slack_history: [0; SLACK_HISTORY],
+            slack_windows: 0,
             surplus: 0,
             target_frames: config.min_delay_frames,
             transit_floor: 0,
@@ -448,6 +459,7 @@ impl JitterBuffer {
             self.playing = true;
             self.expands = 0;
             self.surplus = 0;
+            self.slack_windows = 0;
             self.reset_slack();
         }
         let Some(mut next) = self.next else {
@@ -483,6 +495,11 @@ impl JitterBuffer {
                     || excess > MERGE_FORCE_FRAMES)
             {
                 self.surplus = self.surplus.saturating_sub(1);
+                // Every packet from here on plays a frame earlier.
+                let frame_us = i64::try_from(self.frame_us).unwrap_or(i64::MAX);
+                for slack in &mut self.slack_history {
+                    *slack = slack.saturating_sub(frame_us);
+                }
                 self.reset_slack();
                 self.release(index);
                 self.release(second);
@@ -735,6 +752,7 @@ impl JitterBuffer {
         self.playing = false;
         self.expands = 0;
         self.surplus = 0;
+        self.slack_windows = 0;
         self.slack_floor = i64::MAX;
         self.slack_ticks = 0;
         self.transit_len = 0;
@@ -805,7 +823,8 @@ impl JitterBuffer {
 
     /// Measures the slack of the packet in `index`, played at `now`: how much later than the
     /// playout delay it needs it plays, in µs. At the end of each window of ticks, the whole
-    /// frames of the least slack seen become surplus to shed.
+    /// frames of the least slack seen in the last [`SLACK_HISTORY`] windows become surplus to
+    /// shed.
     ///
     /// The playout delay the packet gets is its relative transit plus the time it waited here;
     /// it is the same for every packet until a merge or expand moves it. The delay needed is the
@@ -835,8 +854,16 @@ impl JitterBuffer {
         self.slack_floor = self.slack_floor.min(slack_us);
         self.slack_ticks += 1;
         if self.slack_ticks >= SLACK_WINDOW_TICKS {
+            self.slack_history.rotate_right(1);
+            self.slack_history[0] = self.slack_floor;
+            self.slack_windows = (self.slack_windows + 1).min(SLACK_HISTORY);
+            let least = self.slack_history[..self.slack_windows]
+                .iter()
+                .copied()
+                .min()
+                .unwrap_or(0);
             let frame_us = i64::try_from(self.frame_us).unwrap_or(i64::MAX);
-            self.surplus = u64::try_from(self.slack_floor / frame_us).unwrap_or(0);
+            self.surplus = u64::try_from(least / frame_us).unwrap_or(0);
             self.reset_slack();
         }
     }
@@ -1483,6 +1510,8 @@ mod tests {
                 run.delay(99),
                 run.concealed
             );
+            // Shown with --nocapture, to compare with the counts above.
+            eprintln!("{summary}");
             assert!(
                 run.delay(99) < Duration::from_millis(10 + 30 + 20),
                 "{summary}"

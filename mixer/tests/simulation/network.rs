@@ -204,6 +204,7 @@ fn jitter_of_30ms_and_2_percent_loss_keep_the_delay_low_without_more_concealment
         percentile(50),
         percentile(99)
     );
+    eprintln!("{summary}");
     assert!(delays.len() >= 290, "{summary}");
     assert!(percentile(99) < Duration::from_millis(70), "{summary}");
     assert!(concealed <= 280, "{summary}");
