@@ -81,11 +81,12 @@ const START_PERCENTILE: usize = 99;
 const SILENT_LEVEL_DBOV: u8 = 60;
 /// A packet this quiet (in -dBov) or quieter, or without voice activity, may be merged away.
 const QUIET_LEVEL_DBOV: u8 = 50;
-/// Ticks over which the least slack of the packets played is observed before deciding that
-/// delay is surplus. Judging the least slack over a second, rather than one packet's, ignores
-/// the ups and downs of the estimate and sees only a lasting surplus (a sender clock faster
-/// than ours, a spike leaving the window, or the tail of a burst).
-const SLACK_WINDOW_TICKS: u32 = 50;
+/// How long the least slack of the packets played is observed before deciding that delay is
+/// surplus (in ticks of the buffer's frame: 50 of 20 ms). Judging the least slack over a
+/// second, rather than one packet's, ignores the ups and downs of the estimate and sees only a
+/// lasting surplus (a sender clock faster than ours, a spike leaving the window, or the tail of
+/// a burst).
+const SLACK_WINDOW: Duration = Duration::from_secs(1);
 /// Slack windows remembered: delay is surplus only if it was in each of the last ten seconds.
 /// The transit window forgets a spike in about 2.5 s; shedding the delay it needed that soon
 /// made a link whose spikes recur every few seconds (a loaded sender or server) pay a late
@@ -853,7 +854,7 @@ impl JitterBuffer {
             .saturating_sub(needed_us);
         self.slack_floor = self.slack_floor.min(slack_us);
         self.slack_ticks += 1;
-        if self.slack_ticks >= SLACK_WINDOW_TICKS {
+        if u128::from(self.slack_ticks) * u128::from(self.frame_us) >= SLACK_WINDOW.as_micros() {
             self.slack_history.rotate_right(1);
             self.slack_history[0] = self.slack_floor;
             self.slack_windows = (self.slack_windows + 1).min(SLACK_HISTORY);

@@ -94,3 +94,51 @@ fn assert_hears_in_spurts(pcm: &[f32], present: &[f32], absent: &[f32], who: &st
         assert!(db < -60.0, "{who} should not hear {f} Hz, got {db:.1} dB");
     }
 }
+
+/// A talker in talk spurts behind 10 ms of latency, 0–30 ms of jitter and `loss` random loss,
+/// heard by a listener, for `seconds`, in a room of `frame`-long frames: the mouth-to-ear delays
+/// (ms, sorted) and the frames the talker's jitter buffer concealed (lost, late or expanded).
+fn impaired(frame: FrameSize, loss: f64, seconds: f64) -> (Vec<f64>, u64, u64) {
+    let mut sim = Sim::with_config(EngineConfig::default().with_frame(frame));
+    let spurt = u64::from(frame.frames_in(Duration::from_millis(700)));
+    let pause = u64::from(frame.frames_in(Duration::from_millis(300)));
+    let net = NetemConfig {
+        latency: Duration::from_millis(10),
+        jitter: Duration::from_millis(30),
+        loss,
+        ..NetemConfig::default()
+    };
+    let talker = sim.add_talker(1, 400.0, net, Pattern::Spurts { on: spurt, off: pause });
+    let listener = sim.add_listener(2);
+    sim.run_until(secs(seconds));
+    let mut delays: Vec<f64> = sim
+        .delays(talker, listener)
+        .into_iter()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    delays.sort_by(f64::total_cmp);
+    let stats = sim.room.participant_stats(talker).expect("stats").jitter;
+    println!("{frame}: {stats:?}");
+    let concealed = stats.lost + stats.late + stats.expanded;
+    (delays, concealed, stats.played)
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+#[test]
+fn jitter_and_loss_at_20_and_10_ms_frames() {
+    for frame in [FrameSize::Ms20, FrameSize::Ms10] {
+        let (delays, concealed, played) = impaired(frame, 0.02, 120.0);
+        println!(
+            "{frame} frames, 0-30 ms jitter, 2 % loss: mouth-to-ear p50 {:.1} ms, p99 {:.1} ms; \
+             {concealed} frames concealed of {} ({:.2} %)",
+            quantile(&delays, 0.5),
+            quantile(&delays, 0.99),
+            concealed + played,
+            100.0 * concealed as f64 / (concealed + played) as f64
+        );
+        assert!(delays.len() > 100, "{frame}: {} onsets", delays.len());
+    }
+}
