@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Reproduces the README's "Capacity" table in one run: the codec-bound limit, then each load
-# scenario stepped upward against a fresh release mixer until a step fails.
+# scenario stepped upward against a fresh release mixer until a step fails, for each encoder
+# setting in ENCODERS. Every step pins the mixer to CPU 1 and loadgen to CPU 0 (taskset), so
+# the mixer's figures are what one core holds.
 #
-#   loadgen/capacity.sh                      # full run, 10 s per step (about 10-15 minutes)
+#   loadgen/capacity.sh                      # full run, 10 s per step (about 20-30 minutes)
 #   QUICK=1 DURATION=3 loadgen/capacity.sh   # smoke test: one small step per scenario
 #
 # A step holds when the mixer missed no tick deadline (mixer_tick_deadline_misses_total, scraped
@@ -25,10 +27,14 @@
 #                      the server pauses silent mixes; loadgen counts paused frames as received
 #                      for the receive rate, so both settings are measured the same way)
 #   MIXER_ARGS=        extra flags for every `mixer serve`
+#   ENCODERS="default janus"   the mixer's encoder settings, each measured with the three load
+#                      scenarios and its own codec-bound limit: `default` (the server's defaults,
+#                      CELT-only 48 kb/s complexity 5) and `janus` (Janus AudioBridge's defaults:
+#                      VOIP, complexity 4, 51 kb/s); idle and silent rooms run with the first
 #   STRICT_VERIFY=1    0: a verified receiver failing only on clipped samples (|x| > 1: Opus
 #                      overshoot past the limiter in a very dense mix) or, in the all-talk
 #                      scenario, on its own tone's isolation counts as verified ("dense")
-#   SKIP_BUILD=0       1: use the binaries already in target/release
+#   SKIP_BUILD=0       1: use the binaries already in target/release (or $CARGO_TARGET_DIR)
 #   OUT=<tmp dir>      where logs, metrics and loadgen's JSON reports are kept
 #
 # Needs Linux (/proc, taskset), curl and python3. Exit code 0 when every scenario ran (whatever
@@ -60,11 +66,13 @@ else
     STEPS_ROOMS=${STEPS_ROOMS:-20 40 60 80 100 120 140 160}
 fi
 
-MIXER=./target/release/mixer
-LOADGEN=./target/release/loadgen
-CODEC_LIMIT=./target/release/examples/codec_limit
-RESULTS=$OUT/results.jsonl
-: >"$RESULTS"
+# Where cargo puts the binaries (CARGO_TARGET_DIR, as cargo itself reads it).
+TARGET=${CARGO_TARGET_DIR:-./target}
+MIXER=$TARGET/release/mixer
+LOADGEN=$TARGET/release/loadgen
+CODEC_LIMIT=$TARGET/release/examples/codec_limit
+RESULTS=
+ENCODERS=${ENCODERS:-default janus}
 CLK_TCK=$(getconf CLK_TCK)
 CPUS=$(nproc)
 
@@ -150,6 +158,10 @@ def step(args):
             "joined": "%d/%d" % (report["joined"], report["clients"]),
             "tick_skips_seen": report["tick_skips"],
         })
+        # loadgen's own cost, to tell whether it (on its core) could generate the load.
+        if report["cpu"].get("loadgen_pct") is not None and int(participants) > 0:
+            rec["loadgen_us_per_client"] = (
+                report["cpu"]["loadgen_pct"] / 100 * 1e6 / int(participants))
         if report["loss_pct"] >= 0.1:
             reasons.append("loss %.2f %%" % report["loss_pct"])
         # Some failures say how dense the mix is, not whether the server kept up: a few samples
@@ -228,20 +240,26 @@ def table(args):
         return "%s / %s ms" % (fmt_ms(r["delay_p50"]), fmt_ms(r["delay_p99"]))
 
     print("### Every step\n")
-    print("| scenario | step | participants | mixer CPU | loadgen CPU | others' CPU | "
-          "tick p50 / p99 | delay p50 / p99 | loss | worst rx | misses | verified | result |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| scenario | step | participants | mixer CPU | loadgen CPU | loadgen per client | "
+          "others' CPU | tick p50 / p99 | delay p50 / p99 | loss | worst rx | misses | verified "
+          "| result |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in recs:
         loss = "" if r.get("loss_pct") is None else "%.3f %%" % r["loss_pct"]
         rx = "" if "loss_pct" not in r else (
             "n/a" if r.get("rx_worst_pct") is None else "%.1f %%" % r["rx_worst_pct"])
         result = "held" if r["passed"] else "FAIL: " + r["reason"]
-        print("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        per_client = r.get("loadgen_us_per_client")
+        per_client = "" if per_client is None else "%.0f µs/s" % per_client
+        print("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             r["scenario"], r["label"], r["participants"], fmt_pct(r.get("mixer_cpu")),
-            fmt_pct(r.get("loadgen_cpu")), fmt_pct(r.get("others_cpu")), ticks(r), delay(r),
+            fmt_pct(r.get("loadgen_cpu")), per_client, fmt_pct(r.get("others_cpu")), ticks(r),
+            delay(r),
             loss, rx,
             r.get("misses", ""), r.get("verified", ""), result))
 
+    print("\nloadgen per client: loadgen's CPU time per simulated client per second of the run "
+          "(its core holds about 1,000,000 µs/s).")
     print("\nothers' CPU: what the rest of the machine used during the step (% of one core); "
           "a step that failed on a few deadline misses while it was high is worth rerunning.")
     print("\n### Capacity%s\n" % (" (QUICK: one small step each, not a capacity)" if quick == "1" else ""))
@@ -427,85 +445,124 @@ case $SEND_SILENCE in
     *) TALK_FLAGS= ;;
 esac
 
-log "codec-bound limit"
-"$CODEC_LIMIT" --json >"$OUT/codec.json"
-log "  $(<"$OUT/codec.json")"
+# The encoder settings measured: each gets the codec-bound limit (codec_limit timing the same
+# settings) and the three load scenarios; idle and silent rooms encode nothing and run once.
+encoder_flags() {
+    case $1 in
+        default) echo "" ;;
+        # Janus AudioBridge's defaults: VOIP, complexity 4, libopus's automatic bitrate, which
+        # for 48 kHz mono 20 ms frames is 60 * 50 + 48,000 = 51,000 b/s.
+        janus) echo "--opus-application voip --opus-complexity 4 --opus-bitrate 51000" ;;
+        *) log "unknown encoder setting $1 (ENCODERS takes default and janus)"; exit 2 ;;
+    esac
+}
+codec_flags() {
+    case $1 in
+        default) echo "" ;;
+        janus) echo "--application voip --complexity 4 --bitrate 51000" ;;
+    esac
+}
 
-# Pin the one-room scenario so "cores used" is exactly one: the mixer on CPU 1, loadgen on 0.
+# Every scenario is pinned so "cores used" is exactly one for the mixer: the mixer (its mixer
+# threads and its network threads) on CPU 1, loadgen on CPU 0.
 if ((CPUS >= 2)); then
     PIN_MIXER=1 PIN_LOADGEN=0
 else
     PIN_MIXER=- PIN_LOADGEN=-
 fi
 
-# --- (a) one room, everyone talking -------------------------------------------------------------
-step_all() {
-    local n=$1
-    run_step all "$n" "$n" "$PIN_LOADGEN" "$PIN_MIXER" \
-        "--mixer-threads 1 --parallel-room-talkers 0 --max-talkers $n $TALK_FLAGS" \
-        --rooms 1 --participants "$n" --talkers "$n" --verify 8 --isolation-db 20 \
-        --max-loss 0.1 --min-rx-rate 98 --require-verified
-}
-log "(a) one room, all talking: ${STEPS_ALL}"
-steps all "$STEPS_ALL" step_all
+for ENCODER in $ENCODERS; do
+    ENC_FLAGS=$(encoder_flags "$ENCODER")
+    RESULTS=$OUT/results-$ENCODER.jsonl
+    : >"$RESULTS"
+    log "== encoder: $ENCODER ${ENC_FLAGS:+($ENC_FLAGS)}"
 
-# --- (b) town hall: one room, 3 talkers, everyone else listening ---------------------------------
-step_townhall() {
-    local n=$1
-    run_step townhall "$n" "$n" - - "$TALK_FLAGS" \
-        --rooms 1 --participants "$n" --talkers 3 --ramp 500 --verify 20 \
-        --max-loss 0.1 --min-rx-rate 98 --require-verified
-}
-log "(b) town hall: ${STEPS_TOWNHALL}"
-steps townhall "$STEPS_TOWNHALL" step_townhall
+    log "codec-bound limit"
+    # shellcheck disable=SC2046 # flag list
+    taskset -c "${PIN_MIXER/-/0}" "$CODEC_LIMIT" $(codec_flags "$ENCODER") --json \
+        >"$OUT/codec-$ENCODER.json"
+    log "  $(<"$OUT/codec-$ENCODER.json")"
 
-# --- (c) rooms of 5, 2 talking --------------------------------------------------------------------
-step_rooms() {
-    local rooms=$1
-    run_step rooms "$rooms" $((rooms * 5)) - - "$TALK_FLAGS" \
-        --rooms "$rooms" --participants 5 --talkers 2 --ramp 500 --verify 40 \
-        --max-loss 0.1 --min-rx-rate 98 --require-verified
-}
-log "(c) rooms of 5: ${STEPS_ROOMS} rooms"
-steps rooms "$STEPS_ROOMS" step_rooms
+    # --- (a) one room, everyone talking ---------------------------------------------------------
+    step_all() {
+        local n=$1
+        run_step all "$n" "$n" "$PIN_LOADGEN" "$PIN_MIXER" \
+            "--mixer-threads 1 --parallel-room-talkers 0 --max-talkers $n $TALK_FLAGS $ENC_FLAGS" \
+            --rooms 1 --participants "$n" --talkers "$n" --verify 8 --isolation-db 20 \
+            --max-loss 0.1 --min-rx-rate 98 --require-verified
+    }
+    log "(a) one room, all talking: ${STEPS_ALL}"
+    steps all "$STEPS_ALL" step_all
 
-# --- (d) idle -------------------------------------------------------------------------------------
-log "(d) idle mixer for ${DURATION} s"
-start_mixer idle -
-t0=$(date +%s.%N)
-c0=$(cpu_ticks "$MIXER_PID")
-sleep "$DURATION"
-c1=$(cpu_ticks "$MIXER_PID")
-t1=$(date +%s.%N)
-stop_mixer
-idle_cpu=$(python3 -c "print(100 * ($c1 - $c0) / $CLK_TCK / ($t1 - $t0))")
-helper idle idle "-" 0 "$idle_cpu" "$RESULTS"
+    # --- (b) town hall: one room, 3 talkers, everyone else listening -----------------------------
+    step_townhall() {
+        local n=$1
+        run_step townhall "$n" "$n" "$PIN_LOADGEN" "$PIN_MIXER" \
+            "--mixer-threads 1 $TALK_FLAGS $ENC_FLAGS" \
+            --rooms 1 --participants "$n" --talkers 3 --ramp 500 --verify 20 \
+            --max-loss 0.1 --min-rx-rate 98 --require-verified
+    }
+    log "(b) town hall: ${STEPS_TOWNHALL}"
+    steps townhall "$STEPS_TOWNHALL" step_townhall
 
-# --- (e) many rooms of one silent listener ----------------------------------------------------------
-# With the server's defaults (downlink DTX, where the build has it) and, for comparison, with
-# --send-silence (a frame every 20 ms to every listener).
-silent_step() {
-    local key=$1 flags=$2
-    run_step "$key" "$SILENT_ROOMS" "$SILENT_ROOMS" - - "$flags" \
-        --rooms "$SILENT_ROOMS" --participants 1 --talkers 0 --ramp 500 --verify 0
-}
-log "(e) $SILENT_ROOMS rooms of one silent listener"
-silent_step silent ""
-log "  silent $SILENT_ROOMS: $(tail -n 1 "$RESULTS" | python3 -c \
-    'import json,sys; r=json.load(sys.stdin); print("mixer CPU %s %%, misses %s" % (r.get("mixer_cpu"), r.get("misses")))')"
-if [[ -n $TALK_FLAGS ]]; then
-    silent_step silent-send "$TALK_FLAGS"
-    log "  silent-send $SILENT_ROOMS: $(tail -n 1 "$RESULTS" | python3 -c \
+    # --- (c) rooms of 5, 2 talking ----------------------------------------------------------------
+    step_rooms() {
+        local rooms=$1
+        run_step rooms "$rooms" $((rooms * 5)) "$PIN_LOADGEN" "$PIN_MIXER" \
+            "--mixer-threads 1 $TALK_FLAGS $ENC_FLAGS" \
+            --rooms "$rooms" --participants 5 --talkers 2 --ramp 500 --verify 40 \
+            --max-loss 0.1 --min-rx-rate 98 --require-verified
+    }
+    log "(c) rooms of 5: ${STEPS_ROOMS} rooms"
+    steps rooms "$STEPS_ROOMS" step_rooms
+
+    if [[ $ENCODER != "${ENCODERS%% *}" ]]; then
+        continue
+    fi
+
+    # --- (d) idle ---------------------------------------------------------------------------------
+    log "(d) idle mixer for ${DURATION} s"
+    start_mixer idle "$PIN_MIXER"
+    t0=$(date +%s.%N)
+    c0=$(cpu_ticks "$MIXER_PID")
+    sleep "$DURATION"
+    c1=$(cpu_ticks "$MIXER_PID")
+    t1=$(date +%s.%N)
+    stop_mixer
+    idle_cpu=$(python3 -c "print(100 * ($c1 - $c0) / $CLK_TCK / ($t1 - $t0))")
+    helper idle idle "-" 0 "$idle_cpu" "$RESULTS"
+
+    # --- (e) many rooms of one silent listener ----------------------------------------------------
+    # With the server's defaults (downlink DTX, where the build has it) and, for comparison, with
+    # --send-silence (a frame every 20 ms to every listener).
+    silent_step() {
+        local key=$1 flags=$2
+        run_step "$key" "$SILENT_ROOMS" "$SILENT_ROOMS" "$PIN_LOADGEN" "$PIN_MIXER" "$flags" \
+            --rooms "$SILENT_ROOMS" --participants 1 --talkers 0 --ramp 500 --verify 0
+    }
+    log "(e) $SILENT_ROOMS rooms of one silent listener"
+    silent_step silent ""
+    log "  silent $SILENT_ROOMS: $(tail -n 1 "$RESULTS" | python3 -c \
         'import json,sys; r=json.load(sys.stdin); print("mixer CPU %s %%, misses %s" % (r.get("mixer_cpu"), r.get("misses")))')"
-fi
+    if [[ -n $TALK_FLAGS ]]; then
+        silent_step silent-send "$TALK_FLAGS"
+        log "  silent-send $SILENT_ROOMS: $(tail -n 1 "$RESULTS" | python3 -c \
+            'import json,sys; r=json.load(sys.stdin); print("mixer CPU %s %%, misses %s" % (r.get("mixer_cpu"), r.get("misses")))')"
+    fi
+done
 
-# --- the table ---------------------------------------------------------------------------------------
+# --- the tables --------------------------------------------------------------------------------------
 {
     echo
     echo "## Capacity run $(date -u +%Y-%m-%d), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo \
         | cut -d: -f2 | sed 's/^ //')), DURATION=$DURATION s per step${TALK_FLAGS:+, talking scenarios with $TALK_FLAGS}"
-    echo
-    helper table "$RESULTS" "$OUT/codec.json" "$QUICK"
+    echo "Every scenario: mixer on CPU $PIN_MIXER, loadgen on CPU $PIN_LOADGEN (taskset)."
+    for ENCODER in $ENCODERS; do
+        echo
+        echo "## Encoder: $ENCODER $(encoder_flags "$ENCODER")"
+        echo
+        helper table "$OUT/results-$ENCODER.jsonl" "$OUT/codec-$ENCODER.json" "$QUICK"
+    done
     echo
     echo "Logs, /metrics scrapes and loadgen reports: $OUT"
 }

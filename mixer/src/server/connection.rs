@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use mixer_protocol::AudioHeader;
 use mixer_protocol::{
     AUDIO_HEADER_LEN, AudioFrame, CONTROL_FLOOD_DROPS_PER_SECOND, ClientMessage, ErrorCode,
@@ -18,11 +17,10 @@ use mixer_protocol::{
     RedirectReason, SAMPLE_RATE, ServerMessage, close_code, parse_client_message,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 use tracing::{debug, info};
 
@@ -36,16 +34,18 @@ use super::http::{self, Prefixed, Route};
 use super::membership::{Forwarded, Identity, Joiner};
 use super::metrics::Metrics;
 use super::mixer_thread::SendError;
-use super::outbox::{Closed, Outbox, Outgoing};
+use super::outbox::{Closed, Outbox};
 use super::pool::MixerPool;
 use super::requests::RoomRequest;
 use super::room_fanout::wire;
 use super::seat::Seat;
+use super::ws_writer::{Duplex, SharedTcp, write_loop};
 use crate::auth::{AuthError, Grant, Verifier};
 use crate::engine::pcm::PcmRate;
 use mixer_protocol::link::LinkAttach;
 
-type Ws<S> = WebSocketStream<Prefixed<S>>;
+/// tungstenite reads the socket; the writer task writes it (see [`super::ws_writer`]).
+type Ws<S> = WebSocketStream<Duplex<Prefixed<S>>>;
 
 /// The byte stream a connection runs over: a TCP socket, or TLS over one. The session code is
 /// generic over it rather than an enum of the two, so plain TCP pays nothing for TLS.
@@ -166,8 +166,14 @@ pub async fn serve<S: Transport>(
         .max_message_size(Some(settings.max_message_bytes))
         .max_frame_size(Some(settings.max_message_bytes));
     let url_token = http::access_token(&bytes);
-    let upgrade =
-        tokio_tungstenite::accept_async_with_config(Prefixed::new(bytes, stream), Some(ws_config));
+    // On plain TCP, audio may be written to the socket by the mixer thread (see ws_writer).
+    let direct = (&stream as &dyn std::any::Any)
+        .downcast_ref::<SharedTcp>()
+        .map(SharedTcp::socket);
+    let upgrade = tokio_tungstenite::accept_async_with_config(
+        Duplex::new(Prefixed::new(bytes, stream)),
+        Some(ws_config),
+    );
     let ws = match tokio::time::timeout(settings.handshake_timeout, upgrade).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(error)) => {
@@ -182,7 +188,7 @@ pub async fn serve<S: Transport>(
     debug!(%peer, "WebSocket connected");
     context.metrics.connections.inc();
     Session::new(peer, context.clone(), places, url_token)
-        .run(ws, shutdown)
+        .run(ws, direct, shutdown)
         .await;
     context.metrics.connections.dec();
 }
@@ -284,9 +290,21 @@ impl Session {
         self.send_error(error.code(), error.to_string());
     }
 
-    async fn run<S: Transport>(mut self, ws: Ws<S>, mut shutdown: watch::Receiver<bool>) {
+    async fn run<S: Transport>(
+        mut self,
+        ws: Ws<S>,
+        direct: Option<Arc<TcpStream>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let settings = self.context.settings.clone();
-        let (sink, mut stream) = ws.split();
+        let mut stream = ws;
+        let sink = stream
+            .get_mut()
+            .hand_over(self.outbox.clone())
+            .expect("a new session's socket has not been handed over yet");
+        if let Some(socket) = direct.filter(|_| settings.direct_sends) {
+            self.outbox.write_directly(socket);
+        }
         let mut writer = tokio::spawn(write_loop(
             sink,
             self.outbox.clone(),
@@ -1025,60 +1043,6 @@ const PING_TIMEOUT: &str = "ping timeout";
 
 /// Bytes tungstenite reads from a client socket at a time (see where it is used).
 const READ_BUFFER_BYTES: usize = 4 * 1024;
-
-async fn write_loop<S: Transport>(
-    mut sink: SplitSink<Ws<S>, Message>,
-    outbox: Arc<Outbox>,
-    ping_interval: Duration,
-) {
-    let mut ping =
-        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    let mut batch = Vec::new();
-    loop {
-        let mut send_ping = false;
-        tokio::select! {
-            _ = outbox.wait() => {}
-            _ = ping.tick() => send_ping = true,
-        }
-        let closed = outbox.drain(&mut batch);
-        if send_ping && sink.feed(Message::Ping(Bytes::new())).await.is_err() {
-            return;
-        }
-        for item in batch.drain(..) {
-            let message = match item {
-                Outgoing::Audio(bytes) => Message::Binary(bytes),
-                Outgoing::Control(text) => Message::Text(text),
-            };
-            if sink.feed(message).await.is_err() {
-                return;
-            }
-        }
-        let (code, reason) = match closed {
-            None => {
-                if sink.flush().await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            Some(Closed::SlowConsumer) => {
-                let message = ServerMessage::error(
-                    ErrorCode::SlowConsumer,
-                    "you read audio too slowly and fell behind; disconnecting",
-                );
-                let _ = sink.feed(Message::Text(wire(&message))).await;
-                (close_code::POLICY_VIOLATION, "slow consumer")
-            }
-            Some(Closed::Close { code, reason }) => (code, reason),
-        };
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        };
-        let _ = sink.send(Message::Close(Some(frame))).await;
-        return;
-    }
-}
-
 /// The audio rate limit of a client sending `frame`-long frames: one second of burst, and 10 %
 /// over real time sustained (clock drift, catch-up).
 fn audio_rate(frame: FrameSize) -> TokenBucket {

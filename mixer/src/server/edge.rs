@@ -47,6 +47,7 @@ use super::metrics::Metrics;
 use super::mixer_thread::SendError;
 use super::outbox::{Closed, Outbox, Pushed};
 use super::requests::RoomRequest;
+use super::ws_writer::WireFrame;
 use crate::engine::ParticipantId;
 
 /// A room's link closes this long after its last member left (a member coming back soon
@@ -666,7 +667,9 @@ impl EdgeRoom {
             LinkKind::Shared => {
                 let sequence = sequence_of(header.kind, &body)?;
                 let mut links = HubSet::default();
-                let mut marked: Option<Bytes> = None;
+                // Framed for the WebSocket once for all this edge's listeners of the frame.
+                let mut plain: Option<WireFrame> = None;
+                let mut marked: Option<WireFrame> = None;
                 for session in state.sessions.values_mut() {
                     if !session.seated || !session.hears_shared {
                         continue;
@@ -680,9 +683,11 @@ impl EdgeRoom {
                     let gap = session.next_sequence != Some(sequence);
                     session.next_sequence = Some(sequence.wrapping_add(1));
                     let frame = if gap {
-                        marked.get_or_insert_with(|| with_marker(&body)).clone()
+                        marked
+                            .get_or_insert_with(|| WireFrame::of(&with_marker(&body)))
+                            .clone()
                     } else {
-                        body.clone()
+                        plain.get_or_insert_with(|| WireFrame::of(&body)).clone()
                     };
                     push_frame(&session.outbox, frame, metrics);
                 }
@@ -693,7 +698,7 @@ impl EdgeRoom {
                     && session.seated
                 {
                     session.next_sequence = Some(sequence.wrapping_add(1));
-                    push_frame(&session.outbox, body, metrics);
+                    push_frame(&session.outbox, WireFrame::of(&body), metrics);
                 }
             }
             LinkKind::Stream => {
@@ -716,7 +721,7 @@ impl EdgeRoom {
     }
 }
 
-fn push_frame(outbox: &Outbox, frame: Bytes, metrics: &Metrics) {
+fn push_frame(outbox: &Outbox, frame: WireFrame, metrics: &Metrics) {
     let len = frame.len();
     match outbox.push_audio(frame) {
         Pushed::Queued => {}

@@ -304,7 +304,7 @@ async fn listen_through_edge(
                 .into_iter()
                 .find_map(|item| match item {
                     Outgoing::Control(json) => Some(json.to_string()),
-                    Outgoing::Audio(_) => None,
+                    Outgoing::Audio(_) | Outgoing::Raw(_) => None,
                 })
                 .unwrap_or_else(|| "the room's node refused the listener".to_owned());
             Err(unavailable(why))
@@ -407,8 +407,8 @@ async fn stream_room<S: Transport>(
         let closed = outbox.drain(&mut batch);
         for item in batch.drain(..) {
             // Roster and other control messages have no place in an audio stream.
-            if let Outgoing::Audio(bytes) = item
-                && let Ok(frame) = AudioFrame::parse(&bytes)
+            if let Outgoing::Audio(wire) = item
+                && let Ok(frame) = AudioFrame::parse(wire.frame())
             {
                 ogg.push(frame.payload);
             }

@@ -24,10 +24,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mixer_protocol::ErrorCode;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::link_hub::Relay;
+use super::ws_writer::WireFrame;
 use mixer_protocol::link::LinkKind;
 use mixer_protocol::{ServerMessage, close_code};
 
@@ -37,10 +39,12 @@ const CONTROL_CAPACITY: usize = 256;
 /// One item for a connection's writer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outgoing {
-    /// A binary audio frame (header + Opus).
-    Audio(Bytes),
+    /// A binary audio frame (header + Opus), framed for the WebSocket once for everyone.
+    Audio(WireFrame),
     /// A JSON control message.
     Control(Utf8Bytes),
+    /// WebSocket frames tungstenite wrote by itself (a pong, a close reply), sent as they are.
+    Raw(Bytes),
 }
 
 /// Why an outbox stopped accepting items.
@@ -70,11 +74,18 @@ pub enum Pushed {
 
 #[derive(Debug)]
 struct State {
-    audio: VecDeque<Bytes>,
-    control: VecDeque<Utf8Bytes>,
+    audio: VecDeque<WireFrame>,
+    /// Control messages and tungstenite's replies, in the order they were queued.
+    control: VecDeque<Outgoing>,
     errors: ErrorThrottle,
     dropped_in_a_row: u32,
     closed: Option<Closed>,
+    /// The client's socket, when the mixer thread may write audio to it directly.
+    socket: Option<std::sync::Arc<TcpStream>>,
+    /// The writer task has drained items and may be writing them: nobody else writes.
+    writing: bool,
+    /// A frame was queued for [`Outbox::flush_deferred`] rather than for the writer.
+    deferred: bool,
 }
 
 /// A bounded, drop-oldest queue with a wake-up for the writer task.
@@ -100,6 +111,9 @@ impl Outbox {
                 errors: ErrorThrottle::default(),
                 dropped_in_a_row: 0,
                 closed: None,
+                socket: None,
+                writing: false,
+                deferred: false,
             }),
             notify: Notify::new(),
             capacity: capacity.max(1),
@@ -132,18 +146,41 @@ impl Outbox {
     }
 
     /// Queues an audio frame, dropping the oldest one if the queue is full.
-    pub fn push_audio(&self, frame: Bytes) -> Pushed {
+    pub fn push_audio(&self, frame: WireFrame) -> Pushed {
+        self.push(frame, false).0
+    }
+
+    /// Like [`Outbox::push_audio`], but when the frame could go straight to the client's socket
+    /// (one was given with [`Outbox::write_directly`], nothing is queued, the writer is idle),
+    /// it is queued without waking the writer and `true` says so: the caller then has
+    /// [`Outbox::flush_deferred`] called (by the network thread's [`DirectSends`] flusher),
+    /// which writes it with no task wake-up.
+    ///
+    /// [`DirectSends`]: super::ws_writer::DirectSends
+    pub fn push_audio_deferred(&self, frame: WireFrame) -> (Pushed, bool) {
+        self.push(frame, true)
+    }
+
+    fn push(&self, frame: WireFrame, defer: bool) -> (Pushed, bool) {
         if let Some(relay) = &self.relay {
-            return if self.lock().closed.is_none() && relay.hub.own(relay.session, &frame) {
-                Pushed::Queued
-            } else {
-                Pushed::Closed
-            };
+            let pushed =
+                if self.lock().closed.is_none() && relay.hub.own(relay.session, frame.frame()) {
+                    Pushed::Queued
+                } else {
+                    Pushed::Closed
+                };
+            return (pushed, false);
         }
-        let result = {
+        let (result, wake) = {
             let mut state = self.lock();
             if state.closed.is_some() {
-                return Pushed::Closed;
+                return (Pushed::Closed, false);
+            }
+            let empty = state.is_empty();
+            if defer && empty && !state.writing && !state.deferred && state.socket.is_some() {
+                state.deferred = true;
+                state.audio.push_back(frame);
+                return (Pushed::Queued, true);
             }
             let mut result = Pushed::Queued;
             if state.audio.len() >= self.capacity {
@@ -156,10 +193,53 @@ impl Outbox {
                 }
             }
             state.audio.push_back(frame);
-            result
+            // The writer drains everything at once: it needs waking only when the queue was
+            // empty (a push onto a non-empty queue follows one that woke it, or one deferred
+            // to the flusher, which wakes it if it cannot write everything itself).
+            (result, empty)
         };
-        self.notify.notify_one();
-        result
+        if wake {
+            self.notify.notify_one();
+        }
+        (result, false)
+    }
+
+    /// Writes the audio queued since a deferred push straight to the socket, without blocking,
+    /// while the writer is idle; whatever the socket does not take (or a control message queued
+    /// meanwhile) is left to the writer, woken for it.
+    pub fn flush_deferred(&self) {
+        let mut state = self.lock();
+        if !std::mem::take(&mut state.deferred) {
+            return;
+        }
+        if let Some(socket) = state.socket.clone() {
+            while !state.writing
+                && state.control.is_empty()
+                && let Some(frame) = state.audio.front()
+            {
+                let bytes = frame.websocket_bytes().clone();
+                match socket.try_write(&bytes) {
+                    Ok(n) if n == bytes.len() => {
+                        state.audio.pop_front();
+                        state.dropped_in_a_row = 0;
+                    }
+                    Ok(n) => {
+                        // The rest of this frame must be the next bytes on the wire: the
+                        // writer sends it first.
+                        state.audio.pop_front();
+                        state.control.push_back(Outgoing::Raw(bytes.slice(n..)));
+                        break;
+                    }
+                    // The socket is full (or failing): the writer takes it from here.
+                    Err(_) => break,
+                }
+            }
+        }
+        let wake = !state.is_empty() && !state.writing;
+        drop(state);
+        if wake {
+            self.notify.notify_one();
+        }
     }
 
     /// Queues a control message; returns false if it was not queued (the outbox is closed, or
@@ -171,11 +251,24 @@ impl Outbox {
                     .hub
                     .send(LinkKind::Send, relay.session, message.as_bytes());
         }
-        let queued = {
+        self.queue(Outgoing::Control(message))
+    }
+
+    /// Queues WebSocket frames already framed (tungstenite's replies) in the control lane;
+    /// returns false if the outbox is closed or its control lane overflowed.
+    pub fn push_raw(&self, frames: Bytes) -> bool {
+        self.queue(Outgoing::Raw(frames))
+    }
+
+    fn queue(&self, item: Outgoing) -> bool {
+        let (queued, wake) = {
             let mut state = self.lock();
-            Self::queue_control(&mut state, message)
+            let wake = state.is_empty();
+            (Self::queue_control(&mut state, item), wake)
         };
-        self.notify.notify_one();
+        if wake {
+            self.notify.notify_one();
+        }
         queued
     }
 
@@ -198,13 +291,13 @@ impl Outbox {
                     .hub
                     .send(LinkKind::Send, relay.session, make().as_bytes());
             }
-            Self::queue_control(&mut state, make())
+            Self::queue_control(&mut state, Outgoing::Control(make()))
         };
         self.notify.notify_one();
         queued
     }
 
-    fn queue_control(state: &mut State, message: Utf8Bytes) -> bool {
+    fn queue_control(state: &mut State, message: Outgoing) -> bool {
         if state.closed.is_some() {
             return false;
         }
@@ -216,11 +309,25 @@ impl Outbox {
         true
     }
 
+    /// Lets [`Outbox::flush_deferred`] write audio frames straight to `socket` while nothing
+    /// else is queued and the writer is idle (the connection's writer reports when it is, with
+    /// [`Outbox::written`]). Set once the WebSocket handshake is done.
+    pub fn write_directly(&self, socket: std::sync::Arc<TcpStream>) {
+        self.lock().socket = Some(socket);
+    }
+
+    /// The writer has written everything it drained: the socket is free.
+    pub fn written(&self) {
+        self.lock().writing = false;
+    }
+
     /// Moves everything queued into `into` (control first, then audio in order) and returns
-    /// whether the outbox has been closed.
+    /// whether the outbox has been closed. The socket is the writer's until
+    /// [`Outbox::written`].
     pub fn drain(&self, into: &mut Vec<Outgoing>) -> Option<Closed> {
         let mut state = self.lock();
-        into.extend(state.control.drain(..).map(Outgoing::Control));
+        state.writing = true;
+        into.extend(state.control.drain(..));
         into.extend(state.audio.drain(..).map(Outgoing::Audio));
         state.dropped_in_a_row = 0;
         state.closed
@@ -270,6 +377,12 @@ impl Outbox {
     }
 }
 
+impl State {
+    fn is_empty(&self) -> bool {
+        self.audio.is_empty() && self.control.is_empty()
+    }
+}
+
 /// Sends each throttled error code at most once per second per connection: audio arrives 50
 /// times a second, and a misbehaving client should be told without the server amplifying its
 /// flood. Most control-message errors answer every message; the budget's own refusal
@@ -300,8 +413,8 @@ impl ErrorThrottle {
 mod tests {
     use super::*;
 
-    fn frame(n: u8) -> Bytes {
-        Bytes::from(vec![n])
+    fn frame(n: u8) -> WireFrame {
+        WireFrame::of(&[n])
     }
 
     #[test]

@@ -359,12 +359,13 @@ impl RecorderTask {
             let closed = self.outbox.drain(&mut batch);
             for item in batch.drain(..) {
                 match item {
-                    Outgoing::Audio(bytes) => {
-                        if let Ok(frame) = AudioFrame::parse(&bytes) {
+                    Outgoing::Audio(wire) => {
+                        if let Ok(frame) = AudioFrame::parse(wire.frame()) {
                             ogg.push(frame.payload);
                         }
                     }
                     Outgoing::Control(text) => others.update(&text),
+                    Outgoing::Raw(_) => {}
                 }
             }
             ogg.keep_time(started.elapsed());

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use mixer_protocol::{
     AUDIO_HEADER_LEN, AudioFormat, AudioHeader, ErrorCode, FloorInfo, Mode, ParticipantInfo, Role,
     ServerMessage,
@@ -26,6 +26,7 @@ use super::link_hub::{HubSet, deliver_control};
 use super::metrics::Metrics;
 use super::outbox::{Outbox, Pushed};
 use super::requests;
+use super::ws_writer::{DirectSends, MAX_HEAD, WireFrame};
 use crate::engine::{Event, ParticipantId, Room, RoomTotals, StreamKind};
 
 /// A message serialised for the wire, ready to be shared by every recipient.
@@ -50,7 +51,7 @@ pub struct Member {
     pub in_flight: Arc<AtomicUsize>,
 }
 
-/// Bytes allocated at a time for the wire form of frames (about 130 Opus frames at 48 kb/s).
+/// Bytes allocated at a time for the wire form of frames (about 120 Opus frames at 48 kb/s).
 const FRAME_BLOCK: usize = 16 * 1024;
 
 /// Ticks between two copies of a room's engine counters into the metrics (one second).
@@ -193,12 +194,21 @@ impl RoomSlot {
         }
     }
 
-    /// Hands this tick's frames to the members' outboxes. A shared frame is written to the wire
-    /// once and every listener of it gets a reference-counted clone of the same bytes.
+    /// Hands this tick's frames to the members' outboxes. A shared frame is framed for the
+    /// WebSocket once ([`WireFrame`]) and every listener of it gets a reference-counted clone of
+    /// the same bytes, which its writer writes as they are.
     pub fn fan_out_frames(&mut self, metrics: &Metrics) {
+        self.fan_out_frames_via(metrics, &mut DirectSends::default());
+    }
+
+    /// [`RoomSlot::fan_out_frames`], with frames that can go straight to a client's socket
+    /// gathered in `sends` for its flusher (the caller submits them).
+    pub fn fan_out_frames_via(&mut self, metrics: &Metrics, sends: &mut DirectSends) {
         // The shared frames of one tick are the same bytes except for the marker bit, set for a
         // listener whose stream resumes after a pause: at most two wire forms, each built once.
-        let mut shared: [Option<(AudioHeader, Bytes)>; 2] = [None, None];
+        let mut shared: [Option<(AudioHeader, WireFrame)>; 2] = [None, None];
+        // Counted here and added to the metrics once per tick, not once per listener.
+        let (mut frames_out, mut bytes_out, mut drops) = (0u64, 0u64, 0u64);
         while let Some(transmit) = self.engine.poll_transmit() {
             let Some(member) = self.members.get(&transmit.to) else {
                 continue;
@@ -225,42 +235,48 @@ impl RoomSlot {
             let cached = (transmit.stream == StreamKind::Shared)
                 .then(|| shared.iter().flatten().find(|(h, _)| *h == header))
                 .flatten()
-                .map(|(_, bytes)| bytes.clone());
-            let bytes = match cached {
-                Some(bytes) => bytes,
+                .map(|(_, frame)| frame.clone());
+            let frame = match cached {
+                Some(frame) => frame,
                 None => {
-                    let needed = AUDIO_HEADER_LEN + transmit.payload.len();
+                    let needed = MAX_HEAD + AUDIO_HEADER_LEN + transmit.payload.len();
                     if self.frames.capacity() < needed {
                         // One allocation holds the next hundred or so frames; each frame handed
                         // out keeps the block alive until every outbox has sent it.
                         self.frames.reserve(FRAME_BLOCK.max(needed));
                     }
-                    self.frames.put_slice(&header.to_bytes());
-                    self.frames.put_slice(transmit.payload);
-                    let bytes = self.frames.split().freeze();
+                    let frame =
+                        WireFrame::build(&mut self.frames, &[&header.to_bytes(), transmit.payload]);
                     if transmit.stream == StreamKind::Shared
                         && let Some(free) = shared.iter_mut().find(|s| s.is_none())
                     {
-                        *free = Some((header, bytes.clone()));
+                        *free = Some((header, frame.clone()));
                     }
-                    bytes
+                    frame
                 }
             };
             if to_link {
                 if let Some(relay) = relay {
                     self.relay_shared.insert(&relay.hub);
                 }
-                self.relay_frame = Some(bytes);
+                self.relay_frame = Some(frame.frame_bytes());
                 continue;
             }
-            let len = bytes.len();
-            match member.outbox.push_audio(bytes) {
+            let len = frame.len();
+            match sends.push(&member.outbox, frame) {
                 Pushed::Queued => {}
-                Pushed::DroppedOldest => metrics.send_queue_drops_total.inc(),
+                Pushed::DroppedOldest => drops += 1,
                 Pushed::Closed => continue,
             }
-            metrics.audio_frames_out_total.inc();
-            metrics.audio_bytes_out_total.inc_by(len as u64);
+            frames_out += 1;
+            bytes_out += len as u64;
+        }
+        if drops > 0 {
+            metrics.send_queue_drops_total.inc_by(drops);
+        }
+        if frames_out > 0 {
+            metrics.audio_frames_out_total.inc_by(frames_out);
+            metrics.audio_bytes_out_total.inc_by(bytes_out);
         }
     }
 

@@ -848,7 +848,7 @@ impl Case {
                         other => panic!("the probe heard {other:?}"),
                     }
                 }
-                Outgoing::Audio(_) => false,
+                Outgoing::Audio(_) | Outgoing::Raw(_) => false,
             });
             if answered {
                 return;

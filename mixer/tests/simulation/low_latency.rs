@@ -108,7 +108,15 @@ fn impaired(frame: FrameSize, loss: f64, seconds: f64) -> (Vec<f64>, u64, u64) {
         loss,
         ..NetemConfig::default()
     };
-    let talker = sim.add_talker(1, 400.0, net, Pattern::Spurts { on: spurt, off: pause });
+    let talker = sim.add_talker(
+        1,
+        400.0,
+        net,
+        Pattern::Spurts {
+            on: spurt,
+            off: pause,
+        },
+    );
     let listener = sim.add_listener(2);
     sim.run_until(secs(seconds));
     let mut delays: Vec<f64> = sim

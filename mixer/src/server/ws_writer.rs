@@ -1,0 +1,609 @@
+//! The write side of a client's WebSocket, without tungstenite: frames are written as bytes.
+//!
+//! A server's WebSocket frames are not masked, so the frame carrying a tick's shared mix is the
+//! same bytes for every listener. The mixer thread builds it once ([`WireFrame`]: frame head,
+//! audio header, Opus) and every listener's writer writes those shared bytes as they are: one
+//! `write` system call per listener per tick, no per-listener copy, serialisation or lock
+//! other than its outbox's.
+//!
+//! With `--direct-sends` (experimental, off by default), on a plain TCP connection
+//! ([`SharedTcp`]) the tick's frames skip the writer tasks: when a
+//! client's writer is idle and its outbox empty, the mixer thread queues the frame without
+//! waking the writer and lists the outbox in its [`DirectSends`]; once per room tick it wakes
+//! the one flusher task of the thread, which writes each listed outbox's frame to its socket
+//! without blocking (`try_write`). A listener then costs one `send` on a network thread and no
+//! task wake-up or poll of its own, and the tick itself does no system call per listener.
+//! What a socket does not take whole (a full send buffer) stays queued for the writer task,
+//! which carries on from there as before.
+//!
+//! tungstenite still reads the connection (and parses what clients send); what it writes by
+//! itself (the pong answering a ping, the close answering a close) goes through a [`Duplex`]
+//! into the connection's outbox, already framed, and the writer sends it in order with the rest.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::ready;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use mixer_protocol::{ErrorCode, ServerMessage, close_code};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+
+use super::outbox::{Closed, Outbox, Outgoing};
+use super::room_fanout::wire;
+
+/// WebSocket opcodes with the FIN bit set (RFC 6455 §5.2): every frame here is a whole message.
+const TEXT: u8 = 0x81;
+const BINARY: u8 = 0x82;
+const CLOSE: u8 = 0x88;
+const PING: u8 = 0x89;
+
+/// The longest frame head a server writes: opcode, 127, a 64-bit length (no mask).
+pub const MAX_HEAD: usize = 10;
+
+/// Writes the head of an unmasked, final frame of `len` payload bytes into `into`.
+pub fn put_head(into: &mut impl BufMut, opcode: u8, len: usize) {
+    into.put_u8(opcode);
+    if len < 126 {
+        into.put_u8(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        into.put_u8(126);
+        into.put_u16(len);
+    } else {
+        into.put_u8(127);
+        into.put_u64(len as u64);
+    }
+}
+
+/// An audio frame (header and payload) as a binary WebSocket frame: built once, shared by
+/// every connection that sends it (cloning is a reference count).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireFrame {
+    /// The whole WebSocket frame.
+    bytes: Bytes,
+    /// Where the audio frame starts in it (after the WebSocket head).
+    head: u8,
+}
+
+impl WireFrame {
+    /// Builds the WebSocket frame of the audio frame `parts` (concatenated) in `into`'s spare
+    /// capacity and splits it off, so a block of `into` holds many frames without allocating.
+    pub fn build(into: &mut BytesMut, parts: &[&[u8]]) -> WireFrame {
+        let len = parts.iter().map(|p| p.len()).sum();
+        let start = into.len();
+        put_head(into, BINARY, len);
+        let head = (into.len() - start) as u8;
+        for part in parts {
+            into.put_slice(part);
+        }
+        WireFrame {
+            bytes: into.split().freeze(),
+            head,
+        }
+    }
+
+    /// The WebSocket frame of `frame` (for frames that arrive one at a time: tests, an edge's
+    /// frame from its upstream link, which it builds once for all its listeners).
+    pub fn of(frame: &[u8]) -> WireFrame {
+        let mut into = BytesMut::with_capacity(MAX_HEAD + frame.len());
+        WireFrame::build(&mut into, &[frame])
+    }
+
+    /// The audio frame: header and payload, without the WebSocket head.
+    pub fn frame(&self) -> &[u8] {
+        &self.bytes[usize::from(self.head)..]
+    }
+
+    /// The audio frame as shared bytes (no copy).
+    pub fn frame_bytes(&self) -> Bytes {
+        self.bytes.slice(usize::from(self.head)..)
+    }
+
+    /// The whole WebSocket frame, as it goes on the wire.
+    pub fn websocket(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The whole WebSocket frame as shared bytes.
+    pub fn websocket_bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Length of the audio frame (what the metrics count as audio bytes out).
+    pub fn len(&self) -> usize {
+        self.bytes.len() - usize::from(self.head)
+    }
+
+    /// Whether the audio frame is empty (never, for a frame the mixer sends).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What tungstenite reads from and writes to: the socket's read half, and for writes the socket
+/// during the handshake, then (once [`Duplex::hand_over`] has given the socket's write half to
+/// the writer) the connection's outbox.
+pub struct Duplex<S> {
+    read: ReadHalf<S>,
+    write: Replies<S>,
+}
+
+enum Replies<S> {
+    /// The handshake's response goes straight to the socket.
+    Socket(WriteHalf<S>),
+    /// Pongs and close replies go to the writer, in order with everything else.
+    Outbox(Arc<Outbox>),
+}
+
+impl<S: AsyncRead + AsyncWrite> Duplex<S> {
+    /// A stream split into its two halves, both used by tungstenite until the handshake is done.
+    pub fn new(stream: S) -> Duplex<S> {
+        let (read, write) = tokio::io::split(stream);
+        Duplex {
+            read,
+            write: Replies::Socket(write),
+        }
+    }
+
+    /// Returns the socket's write half (for [`write_loop`]); from now on what tungstenite
+    /// writes is queued in `outbox`. `None` if it was handed over already.
+    pub fn hand_over(&mut self, outbox: Arc<Outbox>) -> Option<WriteHalf<S>> {
+        match std::mem::replace(&mut self.write, Replies::Outbox(outbox)) {
+            Replies::Socket(half) => Some(half),
+            Replies::Outbox(_) => None,
+        }
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Duplex<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Duplex<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.write {
+            Replies::Socket(half) => Pin::new(half).poll_write(cx, buf),
+            // tungstenite writes whole frames from its buffer, so each write is whole frames
+            // and queuing it as one item keeps them intact and in order.
+            Replies::Outbox(outbox) => {
+                Poll::Ready(if outbox.push_raw(Bytes::copy_from_slice(buf)) {
+                    Ok(buf.len())
+                } else {
+                    Err(io::ErrorKind::BrokenPipe.into())
+                })
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.write {
+            Replies::Socket(half) => Pin::new(half).poll_flush(cx),
+            Replies::Outbox(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.write {
+            Replies::Socket(half) => Pin::new(half).poll_shutdown(cx),
+            // The writer ends the connection (with its own close frame if none was sent).
+            Replies::Outbox(_) => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// A plain TCP connection whose socket the mixer thread may also write to (see the module
+/// docs): reading and writing go through tokio's readiness, as `TcpStream` itself does.
+#[derive(Debug, Clone)]
+pub struct SharedTcp(Arc<TcpStream>);
+
+impl SharedTcp {
+    /// Wraps an accepted connection.
+    pub fn new(stream: TcpStream) -> SharedTcp {
+        SharedTcp(Arc::new(stream))
+    }
+
+    /// The socket, for an outbox to write to directly ([`Outbox::write_directly`]).
+    pub fn socket(&self) -> Arc<TcpStream> {
+        self.0.clone()
+    }
+}
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+/// The outboxes with a frame waiting for the flusher, gathered by a mixer thread over a tick
+/// and handed to its flusher task in one go (see the module docs).
+#[derive(Debug, Default)]
+pub struct DirectSends {
+    /// Gathered during the tick (its capacity is kept from tick to tick).
+    pending: Vec<Arc<Outbox>>,
+    /// Shared with the flusher; `None` without a tokio runtime (no direct sends then).
+    flusher: Option<Arc<Flusher>>,
+}
+
+/// What a mixer thread and its flusher task share.
+#[derive(Debug, Default)]
+struct Flusher {
+    queue: std::sync::Mutex<Vec<Arc<Outbox>>>,
+    wake: tokio::sync::Notify,
+}
+
+impl DirectSends {
+    /// Direct sends flushed by a task on the current tokio runtime; without one (a mixer thread
+    /// started outside a runtime, as some tests do), every frame goes to its writer.
+    pub fn start() -> DirectSends {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return DirectSends::default();
+        };
+        let flusher = Arc::new(Flusher::default());
+        runtime.spawn(flush_loop(Arc::downgrade(&flusher)));
+        DirectSends {
+            pending: Vec::new(),
+            flusher: Some(flusher),
+        }
+    }
+
+    /// Queues `frame` in `outbox`: for the flusher if it can go straight to the socket, else
+    /// for the writer (see [`Outbox::push_audio_deferred`]).
+    pub fn push(&mut self, outbox: &Arc<Outbox>, frame: WireFrame) -> super::outbox::Pushed {
+        if self.flusher.is_none() {
+            return outbox.push_audio(frame);
+        }
+        let (pushed, deferred) = outbox.push_audio_deferred(frame);
+        if deferred {
+            self.pending.push(outbox.clone());
+        }
+        pushed
+    }
+
+    /// Hands what was gathered to the flusher and wakes it (once, however many outboxes).
+    pub fn submit(&mut self) {
+        let Some(flusher) = &self.flusher else {
+            return;
+        };
+        if self.pending.is_empty() {
+            return;
+        }
+        flusher
+            .queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .append(&mut self.pending);
+        flusher.wake.notify_one();
+    }
+}
+
+impl Drop for DirectSends {
+    fn drop(&mut self) {
+        // Lets the flusher see that its mixer thread is gone, and end.
+        if let Some(flusher) = &self.flusher {
+            flusher.wake.notify_one();
+        }
+    }
+}
+
+/// The flusher task: writes every outbox handed to it, until its mixer thread is gone.
+async fn flush_loop(flusher: std::sync::Weak<Flusher>) {
+    let mut batch = Vec::new();
+    loop {
+        let Some(shared) = flusher.upgrade() else {
+            return;
+        };
+        shared.wake.notified().await;
+        // Swapped, not copied: both vectors keep their capacity, so no tick allocates.
+        std::mem::swap(
+            &mut *shared
+                .queue
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            &mut batch,
+        );
+        drop(shared);
+        for outbox in batch.drain(..) {
+            outbox.flush_deferred();
+        }
+    }
+}
+
+/// Appends `item`'s WebSocket frame to `into` (audio and tungstenite's replies are framed
+/// already; a control message gets its head here). Returns whether it was a close frame.
+fn append(into: &mut Vec<u8>, item: &Outgoing) -> bool {
+    match item {
+        Outgoing::Audio(frame) => into.extend_from_slice(frame.websocket()),
+        Outgoing::Control(text) => {
+            put_head(into, TEXT, text.len());
+            into.extend_from_slice(text.as_bytes());
+        }
+        Outgoing::Raw(bytes) => {
+            into.extend_from_slice(bytes);
+            return bytes.first() == Some(&CLOSE);
+        }
+    }
+    false
+}
+
+/// Appends a close frame with `code` and `reason` to `into`.
+fn append_close(into: &mut Vec<u8>, code: u16, reason: &str) {
+    put_head(into, CLOSE, 2 + reason.len());
+    into.extend_from_slice(&code.to_be_bytes());
+    into.extend_from_slice(reason.as_bytes());
+}
+
+/// Drains `outbox` into `sink` until the outbox closes or the socket fails, with a ping every
+/// `ping_interval`. Each wake-up is one write: a lone audio frame (the usual case, one per
+/// tick) is written from the shared bytes themselves; several items are gathered first.
+pub async fn write_loop<W: AsyncWrite + Unpin>(
+    mut sink: W,
+    outbox: Arc<Outbox>,
+    ping_interval: Duration,
+) {
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    let mut batch = Vec::new();
+    let mut gathered = Vec::new();
+    let mut close_sent = false;
+    loop {
+        let mut send_ping = false;
+        tokio::select! {
+            _ = outbox.wait() => {}
+            _ = ping.tick() => send_ping = true,
+        }
+        let closed = outbox.drain(&mut batch);
+        if send_ping {
+            put_head(&mut gathered, PING, 0);
+        }
+        let written = match (batch.as_slice(), gathered.is_empty() && closed.is_none()) {
+            ([Outgoing::Audio(frame)], true) => sink.write_all(frame.websocket()).await,
+            _ => {
+                for item in &batch {
+                    close_sent |= append(&mut gathered, item);
+                }
+                if let Some(why) = closed
+                    && !close_sent
+                {
+                    let (code, reason) = match why {
+                        Closed::SlowConsumer => {
+                            let message = ServerMessage::error(
+                                ErrorCode::SlowConsumer,
+                                "you read audio too slowly and fell behind; disconnecting",
+                            );
+                            append(&mut gathered, &Outgoing::Control(wire(&message)));
+                            (close_code::POLICY_VIOLATION, "slow consumer")
+                        }
+                        Closed::Close { code, reason } => (code, reason),
+                    };
+                    append_close(&mut gathered, code, reason);
+                }
+                sink.write_all(&gathered).await
+            }
+        };
+        batch.clear();
+        gathered.clear();
+        if written.is_err() || sink.flush().await.is_err() || closed.is_some() {
+            return;
+        }
+        // The socket is free again: the mixer thread may write the next frame itself.
+        outbox.written();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_heads_use_the_shortest_length_encoding() {
+        for (len, head) in [
+            (0, vec![BINARY, 0]),
+            (125, vec![BINARY, 125]),
+            (126, vec![BINARY, 126, 0, 126]),
+            (65_535, vec![BINARY, 126, 0xff, 0xff]),
+            (65_536, vec![BINARY, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            let mut into = Vec::new();
+            put_head(&mut into, BINARY, len);
+            assert_eq!(into, head, "length {len}");
+        }
+    }
+
+    #[test]
+    fn a_wire_frame_is_the_head_then_the_frame_and_slices_back_to_it() {
+        let mut block = BytesMut::with_capacity(4096);
+        let header = [1u8; 12];
+        let payload = [7u8; 200];
+        let frame = WireFrame::build(&mut block, &[&header, &payload]);
+        assert_eq!(&frame.websocket()[..4], &[BINARY, 126, 0, 212]);
+        assert_eq!(frame.len(), 212);
+        assert_eq!(&frame.frame()[..12], &header);
+        assert_eq!(frame.frame_bytes().as_ref(), frame.frame());
+        // The block's next frame starts where this one ended, in the same allocation.
+        let next = WireFrame::of(&[9]);
+        assert_eq!(next.websocket(), &[BINARY, 1, 9]);
+    }
+
+    /// What the writer sends parses back, frame by frame, with tungstenite (a client's parser).
+    #[tokio::test]
+    async fn the_writer_s_bytes_are_websocket_frames_a_client_reads() {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::WebSocketStream;
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+
+        let (server, client) = tokio::io::duplex(1 << 16);
+        let outbox = Arc::new(Outbox::new(8, 100));
+        let writer = tokio::spawn(write_loop(server, outbox.clone(), Duration::from_secs(60)));
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let frame = WireFrame::of(&[1, 2, 3]);
+        outbox.push_audio(frame.clone());
+        assert_eq!(
+            client
+                .next()
+                .await
+                .expect("a message")
+                .expect("a valid frame"),
+            Message::Binary(Bytes::from_static(&[1, 2, 3]))
+        );
+        assert!(outbox.push_control("hello".into()));
+        outbox.push_audio(WireFrame::of(&[4; 300]));
+        assert_eq!(
+            client
+                .next()
+                .await
+                .expect("a message")
+                .expect("a valid frame"),
+            Message::Text("hello".into())
+        );
+        assert_eq!(
+            client
+                .next()
+                .await
+                .expect("a message")
+                .expect("a valid frame"),
+            Message::Binary(Bytes::from(vec![4; 300]))
+        );
+        outbox.close(Closed::SlowConsumer);
+        let Message::Text(error) = client
+            .next()
+            .await
+            .expect("a message")
+            .expect("a valid frame")
+        else {
+            panic!("expected the slow_consumer error");
+        };
+        assert!(error.contains("slow_consumer"), "{error}");
+        let Message::Close(Some(close)) = client
+            .next()
+            .await
+            .expect("a message")
+            .expect("a valid frame")
+        else {
+            panic!("expected a close frame");
+        };
+        assert_eq!(u16::from(close.code), close_code::POLICY_VIOLATION);
+        writer.await.expect("the writer ends cleanly");
+    }
+
+    /// On plain TCP the flusher's writes and the writer's interleave only between whole frames,
+    /// in push order; with the writer idle, a frame goes out with no writer involved.
+    #[tokio::test]
+    async fn direct_writes_and_the_writer_keep_frames_whole_and_in_order() {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::WebSocketStream;
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let client = TcpStream::connect(listener.local_addr().expect("its address"));
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let server = SharedTcp::new(accepted.expect("accepted").0);
+        let outbox = Arc::new(Outbox::new(64, 1_000));
+        outbox.write_directly(server.socket());
+        let mut sends = DirectSends::start();
+        let writer = tokio::spawn(write_loop(
+            server.clone(),
+            outbox.clone(),
+            Duration::from_secs(60),
+        ));
+        let mut client =
+            WebSocketStream::from_raw_socket(client.expect("connected"), Role::Client, None).await;
+        // A control message goes through the writer; audio pushed meanwhile queues behind it.
+        assert!(outbox.push_control("hello".into()));
+        for n in 0..40u8 {
+            sends.push(&outbox, WireFrame::of(&[n; 200]));
+            sends.submit();
+            if n % 8 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(
+            client
+                .next()
+                .await
+                .expect("a message")
+                .expect("a valid frame"),
+            Message::Text("hello".into())
+        );
+        for n in 0..40u8 {
+            assert_eq!(
+                client
+                    .next()
+                    .await
+                    .expect("a message")
+                    .expect("a valid frame"),
+                Message::Binary(Bytes::from(vec![n; 200])),
+                "frame {n}"
+            );
+        }
+        // Once the writer has written what it drained, the socket is the mixer's: with the
+        // writer gone, a frame still arrives.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        writer.abort();
+        let _ = writer.await;
+        sends.push(&outbox, WireFrame::of(&[77; 10]));
+        sends.submit();
+        assert_eq!(
+            client
+                .next()
+                .await
+                .expect("a message")
+                .expect("a valid frame"),
+            Message::Binary(Bytes::from(vec![77; 10]))
+        );
+    }
+}
