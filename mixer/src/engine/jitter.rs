@@ -477,6 +477,10 @@ impl JitterBuffer {
         // expanded still plays, which is how the delay grows when packets come later than it.
         while self.expands > 0 && self.held > 0 && self.held_at(next).is_none() {
             self.expands -= 1;
+            // That expand concealed a frame whose sequence number is now passed over: it was
+            // a lost frame, and is counted as one (`lost` counts what never arrived).
+            self.stats.expanded = self.stats.expanded.saturating_sub(1);
+            self.stats.lost += 1;
             next += 1;
             self.next = Some(next);
         }
@@ -1232,7 +1236,8 @@ mod tests {
         );
         assert!(outcomes.contains(&(10, InsertOutcome::Late)));
         let stats = jb.stats();
-        assert_eq!((stats.late, stats.lost, stats.expanded), (1, 0, 1));
+        // Frame 10 was concealed and passed over (lost); its packet, when it came, was late.
+        assert_eq!((stats.late, stats.lost, stats.expanded), (1, 1, 0));
         assert_eq!(stats.played, 29, "packets 0..30 without 10");
     }
 
@@ -1315,7 +1320,8 @@ mod tests {
             ]
         );
         let stats = jb.stats();
-        assert_eq!((stats.expanded, stats.lost, stats.underruns), (2, 0, 0));
+        // The two expands turned out to stand in for lost frames, and are counted as such.
+        assert_eq!((stats.expanded, stats.lost, stats.underruns), (0, 2, 0));
     }
 
     #[test]
