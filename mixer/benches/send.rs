@@ -14,12 +14,9 @@
 //!   run): each writer feeds the frame to its tungstenite sink (split from the stream, behind a
 //!   `BiLock`), which frames it and copies it into its own buffer, then flushes.
 //!
-//! - `send_socket/{direct,writer}/N`: the same over N real loopback TCP connections, with the
-//!   system calls: `direct` is the server's plain-TCP path (one flusher task, woken once per
-//!   tick, writes every idle listener's frame to its socket: no wake-up per listener), `writer`
-//!   leaves every write to the writer tasks (as on TLS, and as every connection did before). Each tick also
-//!   reads every frame on the client side (the same cost in both), so the difference between
-//!   the two is what the direct path saves; the kernel's loopback delivery is in both.
+//! - `send_socket/writer/N`: the server's writer over N real loopback TCP connections, with the
+//!   system calls. Each tick also reads every frame on the client side, so the kernel's loopback
+//!   delivery and the client's reads are in the figure too.
 //!
 //! criterion's `thrpt` counts listeners: `1 / thrpt` is the cost per listener per tick.
 
@@ -34,7 +31,7 @@ use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::{SinkExt, StreamExt};
 use mixer::server::outbox::{Outbox, Outgoing};
-use mixer::server::ws_writer::{DirectSends, SharedTcp, WireFrame, write_loop};
+use mixer::server::ws_writer::{WireFrame, write_loop};
 use tokio::io::AsyncWrite;
 use tokio::runtime::Runtime;
 use tokio_tungstenite::WebSocketStream;
@@ -154,13 +151,12 @@ impl TownHall {
 struct SocketHall {
     outboxes: Vec<Arc<Outbox>>,
     clients: Vec<std::net::TcpStream>,
-    sends: DirectSends,
     block: BytesMut,
     buffer: Vec<u8>,
 }
 
 impl SocketHall {
-    fn new(runtime: &Runtime, listeners: usize, direct: bool) -> SocketHall {
+    fn new(runtime: &Runtime, listeners: usize) -> SocketHall {
         let mut outboxes = Vec::with_capacity(listeners);
         let mut clients = Vec::with_capacity(listeners);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
@@ -172,12 +168,8 @@ impl SocketHall {
             server.set_nonblocking(true).expect("non-blocking server");
             server.set_nodelay(true).expect("nodelay");
             let outbox = Arc::new(Outbox::new(10, 250));
-            let server = runtime.block_on(async {
-                SharedTcp::new(tokio::net::TcpStream::from_std(server).expect("register"))
-            });
-            if direct {
-                outbox.write_directly(server.socket());
-            }
+            let server = runtime
+                .block_on(async { tokio::net::TcpStream::from_std(server).expect("register") });
             runtime.spawn(write_loop(
                 server,
                 outbox.clone(),
@@ -186,15 +178,9 @@ impl SocketHall {
             outboxes.push(outbox);
             clients.push(client);
         }
-        let sends = if direct {
-            runtime.block_on(async { DirectSends::start() })
-        } else {
-            DirectSends::default()
-        };
         SocketHall {
             outboxes,
             clients,
-            sends,
             block: BytesMut::new(),
             buffer: vec![0; 64 * 1024],
         }
@@ -209,9 +195,8 @@ impl SocketHall {
         let frame = WireFrame::build(&mut self.block, &[&FRAME[..12], &FRAME[12..]]);
         let expected = frame.websocket().len();
         for outbox in &self.outboxes {
-            self.sends.push(outbox, frame.clone());
+            outbox.push_audio(frame.clone());
         }
-        self.sends.submit();
         for client in &mut self.clients {
             let mut got = 0;
             while got < expected {
@@ -234,28 +219,26 @@ fn bench_send_socket(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(4));
     let listeners = 1_000;
     group.throughput(Throughput::Elements(listeners as u64));
-    for (name, direct) in [("direct", true), ("writer", false)] {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime");
-        let mut hall = SocketHall::new(&runtime, listeners, direct);
-        group.bench_function(BenchmarkId::new(name, listeners), |b| {
-            b.iter_custom(|ticks| {
-                runtime.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..ticks {
-                        hall.tick().await;
-                    }
-                    start.elapsed()
-                })
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    let mut hall = SocketHall::new(&runtime, listeners);
+    group.bench_function(BenchmarkId::new("writer", listeners), |b| {
+        b.iter_custom(|ticks| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..ticks {
+                    hall.tick().await;
+                }
+                start.elapsed()
             })
-        });
-        for outbox in &hall.outboxes {
-            outbox.close(mixer::server::outbox::Closed::SlowConsumer);
-        }
-        drop(runtime);
+        })
+    });
+    for outbox in &hall.outboxes {
+        outbox.close(mixer::server::outbox::Closed::SlowConsumer);
     }
+    drop(runtime);
     group.finish();
 }
 

@@ -279,11 +279,6 @@ pub struct ServeArgs {
     #[arg(long, env = "MIXER_SOCKET_SEND_BUFFER", default_value_t = 32_768)]
     pub socket_send_buffer: usize,
 
-    /// Experimental: on plain TCP, write each tick's frames to idle clients' sockets from one
-    /// flusher task per mixer thread, instead of waking every client's writer task.
-    #[arg(long, env = "MIXER_DIRECT_SENDS")]
-    pub direct_sends: bool,
-
     /// How often the server sends WebSocket pings, in ms.
     #[arg(long, env = "MIXER_PING_INTERVAL_MS", default_value_t = 10_000)]
     pub ping_interval_ms: u64,
@@ -618,7 +613,6 @@ impl ServeArgs {
                 max_connections_per_address: self.max_connections_per_address,
                 socket_send_buffer: (self.socket_send_buffer > 0)
                     .then_some(self.socket_send_buffer),
-                direct_sends: self.direct_sends,
                 shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
                 resume_window: Duration::from_millis(self.resume_window_ms),
                 unjoined_timeout: Duration::from_millis(self.unjoined_timeout_ms),

@@ -17,7 +17,6 @@ use mixer_protocol::{
     RedirectReason, SAMPLE_RATE, ServerMessage, close_code, parse_client_message,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
@@ -39,7 +38,7 @@ use super::pool::MixerPool;
 use super::requests::RoomRequest;
 use super::room_fanout::wire;
 use super::seat::Seat;
-use super::ws_writer::{Duplex, SharedTcp, write_loop};
+use super::ws_writer::{Duplex, write_loop};
 use crate::auth::{AuthError, Grant, Verifier};
 use crate::engine::pcm::PcmRate;
 use mixer_protocol::link::LinkAttach;
@@ -166,10 +165,6 @@ pub async fn serve<S: Transport>(
         .max_message_size(Some(settings.max_message_bytes))
         .max_frame_size(Some(settings.max_message_bytes));
     let url_token = http::access_token(&bytes);
-    // On plain TCP, audio may be written to the socket by the mixer thread (see ws_writer).
-    let direct = (&stream as &dyn std::any::Any)
-        .downcast_ref::<SharedTcp>()
-        .map(SharedTcp::socket);
     let upgrade = tokio_tungstenite::accept_async_with_config(
         Duplex::new(Prefixed::new(bytes, stream)),
         Some(ws_config),
@@ -188,7 +183,7 @@ pub async fn serve<S: Transport>(
     debug!(%peer, "WebSocket connected");
     context.metrics.connections.inc();
     Session::new(peer, context.clone(), places, url_token)
-        .run(ws, direct, shutdown)
+        .run(ws, shutdown)
         .await;
     context.metrics.connections.dec();
 }
@@ -290,21 +285,13 @@ impl Session {
         self.send_error(error.code(), error.to_string());
     }
 
-    async fn run<S: Transport>(
-        mut self,
-        ws: Ws<S>,
-        direct: Option<Arc<TcpStream>>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn run<S: Transport>(mut self, ws: Ws<S>, mut shutdown: watch::Receiver<bool>) {
         let settings = self.context.settings.clone();
         let mut stream = ws;
         let sink = stream
             .get_mut()
             .hand_over(self.outbox.clone())
             .expect("a new session's socket has not been handed over yet");
-        if let Some(socket) = direct.filter(|_| settings.direct_sends) {
-            self.outbox.write_directly(socket);
-        }
         let mut writer = tokio::spawn(write_loop(
             sink,
             self.outbox.clone(),

@@ -40,7 +40,6 @@ use super::metrics::Metrics;
 use super::outbox::{Closed, Outbox};
 use super::requests::{self, RoomRequest};
 use super::room_fanout::{Member, RoomSlot, wire};
-use super::ws_writer::DirectSends;
 use crate::engine::pcm::PcmRate;
 use crate::engine::{
     ClientCodec, EngineConfig, EngineError, ParticipantId, PhaseTimer, Room, TickPhase,
@@ -328,7 +327,6 @@ pub fn spawn(
         metrics,
         phases: PhaseClock::new(),
         epoch: Instant::now(),
-        sends: DirectSends::start(),
     };
     let handle = std::thread::Builder::new()
         .name(name)
@@ -359,8 +357,6 @@ struct MixerThread {
     phases: PhaseClock,
     /// Origin of this thread's shared tick grid.
     epoch: Instant,
-    /// Frames for the flusher task to write straight to clients' sockets.
-    sends: DirectSends,
 }
 
 impl MixerThread {
@@ -824,9 +820,7 @@ impl MixerThread {
                 }
                 slot.engine.handle_timeout_timed(start, &mut self.phases);
                 metrics.ticks_total.inc();
-                slot.fan_out_frames_via(metrics, &mut self.sends);
-                // The flusher starts on this room's frames while the thread goes on.
-                self.sends.submit();
+                slot.fan_out_frames(metrics);
                 metrics
                     .tick_duration_seconds
                     .observe(start.elapsed().as_secs_f64());

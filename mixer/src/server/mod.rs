@@ -99,9 +99,6 @@ pub struct Settings {
     /// sits in a kernel buffer is audio the drop-oldest queue cannot drop: a small buffer keeps a
     /// slow client's backlog, and so its latency, bounded.
     pub socket_send_buffer: Option<usize>,
-    /// On plain TCP, whether a tick's frames go to idle clients' sockets through one flusher
-    /// task per mixer thread instead of waking each client's writer (see [`ws_writer`]).
-    pub direct_sends: bool,
     /// How long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
     /// How long a participant whose connection dropped is kept for resuming (zero: not kept).
@@ -123,7 +120,6 @@ impl Default for Settings {
             max_connections: 10_000,
             max_connections_per_address: 100,
             socket_send_buffer: Some(32 * 1024),
-            direct_sends: false,
             shutdown_grace: Duration::from_secs(2),
             resume_window: Duration::from_secs(30),
             unjoined_timeout: Duration::from_secs(60),
@@ -318,11 +314,7 @@ pub async fn serve(
                 connections.spawn(async move {
                     // The TLS handshake runs here, in the connection's task, not in this loop.
                     match tls {
-                        // Plain TCP: the mixer threads may write audio to the socket directly.
-                        None => {
-                            let stream = ws_writer::SharedTcp::new(stream);
-                            connection::serve(stream, peer, places, context, stop).await;
-                        }
+                        None => connection::serve(stream, peer, places, context, stop).await,
                         Some(tls) => {
                             if let Some(stream) = tls.accept(stream, peer, handshake_timeout).await {
                                 connection::serve(stream, peer, places, context, stop).await;

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mixer_protocol::ErrorCode;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -80,12 +79,6 @@ struct State {
     errors: ErrorThrottle,
     dropped_in_a_row: u32,
     closed: Option<Closed>,
-    /// The client's socket, when the mixer thread may write audio to it directly.
-    socket: Option<std::sync::Arc<TcpStream>>,
-    /// The writer task has drained items and may be writing them: nobody else writes.
-    writing: bool,
-    /// A frame was queued for [`Outbox::flush_deferred`] rather than for the writer.
-    deferred: bool,
 }
 
 /// A bounded, drop-oldest queue with a wake-up for the writer task.
@@ -111,9 +104,6 @@ impl Outbox {
                 errors: ErrorThrottle::default(),
                 dropped_in_a_row: 0,
                 closed: None,
-                socket: None,
-                writing: false,
-                deferred: false,
             }),
             notify: Notify::new(),
             capacity: capacity.max(1),
@@ -147,41 +137,19 @@ impl Outbox {
 
     /// Queues an audio frame, dropping the oldest one if the queue is full.
     pub fn push_audio(&self, frame: WireFrame) -> Pushed {
-        self.push(frame, false).0
-    }
-
-    /// Like [`Outbox::push_audio`], but when the frame could go straight to the client's socket
-    /// (one was given with [`Outbox::write_directly`], nothing is queued, the writer is idle),
-    /// it is queued without waking the writer and `true` says so: the caller then has
-    /// [`Outbox::flush_deferred`] called (by the network thread's [`DirectSends`] flusher),
-    /// which writes it with no task wake-up.
-    ///
-    /// [`DirectSends`]: super::ws_writer::DirectSends
-    pub fn push_audio_deferred(&self, frame: WireFrame) -> (Pushed, bool) {
-        self.push(frame, true)
-    }
-
-    fn push(&self, frame: WireFrame, defer: bool) -> (Pushed, bool) {
         if let Some(relay) = &self.relay {
-            let pushed =
-                if self.lock().closed.is_none() && relay.hub.own(relay.session, frame.frame()) {
-                    Pushed::Queued
-                } else {
-                    Pushed::Closed
-                };
-            return (pushed, false);
+            return if self.lock().closed.is_none() && relay.hub.own(relay.session, frame.frame()) {
+                Pushed::Queued
+            } else {
+                Pushed::Closed
+            };
         }
         let (result, wake) = {
             let mut state = self.lock();
             if state.closed.is_some() {
-                return (Pushed::Closed, false);
+                return Pushed::Closed;
             }
             let empty = state.is_empty();
-            if defer && empty && !state.writing && !state.deferred && state.socket.is_some() {
-                state.deferred = true;
-                state.audio.push_back(frame);
-                return (Pushed::Queued, true);
-            }
             let mut result = Pushed::Queued;
             if state.audio.len() >= self.capacity {
                 state.audio.pop_front();
@@ -194,52 +162,13 @@ impl Outbox {
             }
             state.audio.push_back(frame);
             // The writer drains everything at once: it needs waking only when the queue was
-            // empty (a push onto a non-empty queue follows one that woke it, or one deferred
-            // to the flusher, which wakes it if it cannot write everything itself).
+            // empty (a push onto a non-empty queue follows one that woke it).
             (result, empty)
         };
         if wake {
             self.notify.notify_one();
         }
-        (result, false)
-    }
-
-    /// Writes the audio queued since a deferred push straight to the socket, without blocking,
-    /// while the writer is idle; whatever the socket does not take (or a control message queued
-    /// meanwhile) is left to the writer, woken for it.
-    pub fn flush_deferred(&self) {
-        let mut state = self.lock();
-        if !std::mem::take(&mut state.deferred) {
-            return;
-        }
-        if let Some(socket) = state.socket.clone() {
-            while !state.writing
-                && state.control.is_empty()
-                && let Some(frame) = state.audio.front()
-            {
-                let bytes = frame.websocket_bytes().clone();
-                match socket.try_write(&bytes) {
-                    Ok(n) if n == bytes.len() => {
-                        state.audio.pop_front();
-                        state.dropped_in_a_row = 0;
-                    }
-                    Ok(n) => {
-                        // The rest of this frame must be the next bytes on the wire: the
-                        // writer sends it first.
-                        state.audio.pop_front();
-                        state.control.push_back(Outgoing::Raw(bytes.slice(n..)));
-                        break;
-                    }
-                    // The socket is full (or failing): the writer takes it from here.
-                    Err(_) => break,
-                }
-            }
-        }
-        let wake = !state.is_empty() && !state.writing;
-        drop(state);
-        if wake {
-            self.notify.notify_one();
-        }
+        result
     }
 
     /// Queues a control message; returns false if it was not queued (the outbox is closed, or
@@ -309,24 +238,10 @@ impl Outbox {
         true
     }
 
-    /// Lets [`Outbox::flush_deferred`] write audio frames straight to `socket` while nothing
-    /// else is queued and the writer is idle (the connection's writer reports when it is, with
-    /// [`Outbox::written`]). Set once the WebSocket handshake is done.
-    pub fn write_directly(&self, socket: std::sync::Arc<TcpStream>) {
-        self.lock().socket = Some(socket);
-    }
-
-    /// The writer has written everything it drained: the socket is free.
-    pub fn written(&self) {
-        self.lock().writing = false;
-    }
-
     /// Moves everything queued into `into` (control first, then audio in order) and returns
-    /// whether the outbox has been closed. The socket is the writer's until
-    /// [`Outbox::written`].
+    /// whether the outbox has been closed.
     pub fn drain(&self, into: &mut Vec<Outgoing>) -> Option<Closed> {
         let mut state = self.lock();
-        state.writing = true;
         into.extend(state.control.drain(..));
         into.extend(state.audio.drain(..).map(Outgoing::Audio));
         state.dropped_in_a_row = 0;

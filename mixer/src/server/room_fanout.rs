@@ -26,7 +26,7 @@ use super::link_hub::{HubSet, deliver_control};
 use super::metrics::Metrics;
 use super::outbox::{Outbox, Pushed};
 use super::requests;
-use super::ws_writer::{DirectSends, MAX_HEAD, WireFrame};
+use super::ws_writer::{MAX_HEAD, WireFrame};
 use crate::engine::{Event, ParticipantId, Room, RoomTotals, StreamKind};
 
 /// A message serialised for the wire, ready to be shared by every recipient.
@@ -198,12 +198,6 @@ impl RoomSlot {
     /// WebSocket once ([`WireFrame`]) and every listener of it gets a reference-counted clone of
     /// the same bytes, which its writer writes as they are.
     pub fn fan_out_frames(&mut self, metrics: &Metrics) {
-        self.fan_out_frames_via(metrics, &mut DirectSends::default());
-    }
-
-    /// [`RoomSlot::fan_out_frames`], with frames that can go straight to a client's socket
-    /// gathered in `sends` for its flusher (the caller submits them).
-    pub fn fan_out_frames_via(&mut self, metrics: &Metrics, sends: &mut DirectSends) {
         // The shared frames of one tick are the same bytes except for the marker bit, set for a
         // listener whose stream resumes after a pause: at most two wire forms, each built once.
         let mut shared: [Option<(AudioHeader, WireFrame)>; 2] = [None, None];
@@ -263,7 +257,7 @@ impl RoomSlot {
                 continue;
             }
             let len = frame.len();
-            match sends.push(&member.outbox, frame) {
+            match member.outbox.push_audio(frame) {
                 Pushed::Queued => {}
                 Pushed::DroppedOldest => drops += 1,
                 Pushed::Closed => continue,

@@ -6,16 +6,6 @@
 //! `write` system call per listener per tick, no per-listener copy, serialisation or lock
 //! other than its outbox's.
 //!
-//! With `--direct-sends` (experimental, off by default), on a plain TCP connection
-//! ([`SharedTcp`]) the tick's frames skip the writer tasks: when a
-//! client's writer is idle and its outbox empty, the mixer thread queues the frame without
-//! waking the writer and lists the outbox in its [`DirectSends`]; once per room tick it wakes
-//! the one flusher task of the thread, which writes each listed outbox's frame to its socket
-//! without blocking (`try_write`). A listener then costs one `send` on a network thread and no
-//! task wake-up or poll of its own, and the tick itself does no system call per listener.
-//! What a socket does not take whole (a full send buffer) stays queued for the writer task,
-//! which carries on from there as before.
-//!
 //! tungstenite still reads the connection (and parses what clients send); what it writes by
 //! itself (the pong answering a ping, the close answering a close) goes through a [`Duplex`]
 //! into the connection's outbox, already framed, and the writer sends it in order with the rest.
@@ -23,14 +13,12 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::ready;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use mixer_protocol::{ErrorCode, ServerMessage, close_code};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 
 use super::outbox::{Closed, Outbox, Outgoing};
 use super::room_fanout::wire;
@@ -204,161 +192,6 @@ impl<S: AsyncWrite> AsyncWrite for Duplex<S> {
     }
 }
 
-/// A plain TCP connection whose socket the mixer thread may also write to (see the module
-/// docs): reading and writing go through tokio's readiness, as `TcpStream` itself does.
-#[derive(Debug, Clone)]
-pub struct SharedTcp(Arc<TcpStream>);
-
-impl SharedTcp {
-    /// Wraps an accepted connection.
-    pub fn new(stream: TcpStream) -> SharedTcp {
-        SharedTcp(Arc::new(stream))
-    }
-
-    /// The socket, for an outbox to write to directly ([`Outbox::write_directly`]).
-    pub fn socket(&self) -> Arc<TcpStream> {
-        self.0.clone()
-    }
-}
-
-impl AsyncRead for SharedTcp {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-}
-
-impl AsyncWrite for SharedTcp {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
-    }
-}
-
-/// The outboxes with a frame waiting for the flusher, gathered by a mixer thread over a tick
-/// and handed to its flusher task in one go (see the module docs).
-#[derive(Debug, Default)]
-pub struct DirectSends {
-    /// Gathered during the tick (its capacity is kept from tick to tick).
-    pending: Vec<Arc<Outbox>>,
-    /// Shared with the flusher; `None` without a tokio runtime (no direct sends then).
-    flusher: Option<Arc<Flusher>>,
-}
-
-/// What a mixer thread and its flusher task share.
-#[derive(Debug, Default)]
-struct Flusher {
-    queue: std::sync::Mutex<Vec<Arc<Outbox>>>,
-    wake: tokio::sync::Notify,
-}
-
-impl DirectSends {
-    /// Direct sends flushed by a task on the current tokio runtime; without one (a mixer thread
-    /// started outside a runtime, as some tests do), every frame goes to its writer.
-    pub fn start() -> DirectSends {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return DirectSends::default();
-        };
-        let flusher = Arc::new(Flusher::default());
-        runtime.spawn(flush_loop(Arc::downgrade(&flusher)));
-        DirectSends {
-            pending: Vec::new(),
-            flusher: Some(flusher),
-        }
-    }
-
-    /// Queues `frame` in `outbox`: for the flusher if it can go straight to the socket, else
-    /// for the writer (see [`Outbox::push_audio_deferred`]).
-    pub fn push(&mut self, outbox: &Arc<Outbox>, frame: WireFrame) -> super::outbox::Pushed {
-        if self.flusher.is_none() {
-            return outbox.push_audio(frame);
-        }
-        let (pushed, deferred) = outbox.push_audio_deferred(frame);
-        if deferred {
-            self.pending.push(outbox.clone());
-        }
-        pushed
-    }
-
-    /// Hands what was gathered to the flusher and wakes it (once, however many outboxes).
-    pub fn submit(&mut self) {
-        let Some(flusher) = &self.flusher else {
-            return;
-        };
-        if self.pending.is_empty() {
-            return;
-        }
-        flusher
-            .queue
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .append(&mut self.pending);
-        flusher.wake.notify_one();
-    }
-}
-
-impl Drop for DirectSends {
-    fn drop(&mut self) {
-        // Lets the flusher see that its mixer thread is gone, and end.
-        if let Some(flusher) = &self.flusher {
-            flusher.wake.notify_one();
-        }
-    }
-}
-
-/// The flusher task: writes every outbox handed to it, until its mixer thread is gone.
-async fn flush_loop(flusher: std::sync::Weak<Flusher>) {
-    let mut batch = Vec::new();
-    loop {
-        let Some(shared) = flusher.upgrade() else {
-            return;
-        };
-        shared.wake.notified().await;
-        // Swapped, not copied: both vectors keep their capacity, so no tick allocates.
-        std::mem::swap(
-            &mut *shared
-                .queue
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-            &mut batch,
-        );
-        drop(shared);
-        for outbox in batch.drain(..) {
-            outbox.flush_deferred();
-        }
-    }
-}
-
 /// Appends `item`'s WebSocket frame to `into` (audio and tungstenite's replies are framed
 /// already; a control message gets its head here). Returns whether it was a close frame.
 fn append(into: &mut Vec<u8>, item: &Outgoing) -> bool {
@@ -436,8 +269,6 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
         if written.is_err() || sink.flush().await.is_err() || closed.is_some() {
             return;
         }
-        // The socket is free again: the mixer thread may write the next frame itself.
-        outbox.written();
     }
 }
 
@@ -535,75 +366,5 @@ mod tests {
         };
         assert_eq!(u16::from(close.code), close_code::POLICY_VIOLATION);
         writer.await.expect("the writer ends cleanly");
-    }
-
-    /// On plain TCP the flusher's writes and the writer's interleave only between whole frames,
-    /// in push order; with the writer idle, a frame goes out with no writer involved.
-    #[tokio::test]
-    async fn direct_writes_and_the_writer_keep_frames_whole_and_in_order() {
-        use futures_util::StreamExt;
-        use tokio_tungstenite::WebSocketStream;
-        use tokio_tungstenite::tungstenite::Message;
-        use tokio_tungstenite::tungstenite::protocol::Role;
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a port");
-        let client = TcpStream::connect(listener.local_addr().expect("its address"));
-        let (client, accepted) = tokio::join!(client, listener.accept());
-        let server = SharedTcp::new(accepted.expect("accepted").0);
-        let outbox = Arc::new(Outbox::new(64, 1_000));
-        outbox.write_directly(server.socket());
-        let mut sends = DirectSends::start();
-        let writer = tokio::spawn(write_loop(
-            server.clone(),
-            outbox.clone(),
-            Duration::from_secs(60),
-        ));
-        let mut client =
-            WebSocketStream::from_raw_socket(client.expect("connected"), Role::Client, None).await;
-        // A control message goes through the writer; audio pushed meanwhile queues behind it.
-        assert!(outbox.push_control("hello".into()));
-        for n in 0..40u8 {
-            sends.push(&outbox, WireFrame::of(&[n; 200]));
-            sends.submit();
-            if n % 8 == 0 {
-                tokio::task::yield_now().await;
-            }
-        }
-        assert_eq!(
-            client
-                .next()
-                .await
-                .expect("a message")
-                .expect("a valid frame"),
-            Message::Text("hello".into())
-        );
-        for n in 0..40u8 {
-            assert_eq!(
-                client
-                    .next()
-                    .await
-                    .expect("a message")
-                    .expect("a valid frame"),
-                Message::Binary(Bytes::from(vec![n; 200])),
-                "frame {n}"
-            );
-        }
-        // Once the writer has written what it drained, the socket is the mixer's: with the
-        // writer gone, a frame still arrives.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        writer.abort();
-        let _ = writer.await;
-        sends.push(&outbox, WireFrame::of(&[77; 10]));
-        sends.submit();
-        assert_eq!(
-            client
-                .next()
-                .await
-                .expect("a message")
-                .expect("a valid frame"),
-            Message::Binary(Bytes::from(vec![77; 10]))
-        );
     }
 }
