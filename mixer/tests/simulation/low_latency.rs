@@ -126,7 +126,6 @@ fn impaired(frame: FrameSize, loss: f64, seconds: f64) -> (Vec<f64>, u64, u64) {
         .collect();
     delays.sort_by(f64::total_cmp);
     let stats = sim.room.participant_stats(talker).expect("stats").jitter;
-    println!("{frame}: {stats:?}");
     let concealed = stats.lost + stats.late + stats.expanded;
     (delays, concealed, stats.played)
 }
