@@ -214,6 +214,24 @@ impl SocketHall {
     }
 }
 
+/// How long `ticks` calls of `tick` take on `runtime` (for criterion's `iter_custom`).
+fn timed(runtime: &tokio::runtime::Runtime, ticks: u64, mut tick: impl AsyncFnMut()) -> Duration {
+    runtime.block_on(async {
+        let start = Instant::now();
+        for _ in 0..ticks {
+            tick().await;
+        }
+        start.elapsed()
+    })
+}
+
+/// Closes every outbox, so their writer tasks end before the runtime is dropped.
+fn close_all(outboxes: &[Arc<Outbox>]) {
+    for outbox in outboxes {
+        outbox.close(mixer::server::outbox::Closed::SlowConsumer);
+    }
+}
+
 fn bench_send_socket(c: &mut Criterion) {
     let mut group = c.benchmark_group("send_socket");
     group.measurement_time(Duration::from_secs(4));
@@ -225,19 +243,9 @@ fn bench_send_socket(c: &mut Criterion) {
         .expect("a current-thread runtime");
     let mut hall = SocketHall::new(&runtime, listeners);
     group.bench_function(BenchmarkId::new("writer", listeners), |b| {
-        b.iter_custom(|ticks| {
-            runtime.block_on(async {
-                let start = Instant::now();
-                for _ in 0..ticks {
-                    hall.tick().await;
-                }
-                start.elapsed()
-            })
-        })
+        b.iter_custom(|ticks| timed(&runtime, ticks, async || hall.tick().await))
     });
-    for outbox in &hall.outboxes {
-        outbox.close(mixer::server::outbox::Closed::SlowConsumer);
-    }
+    close_all(&hall.outboxes);
     drop(runtime);
     group.finish();
 }
@@ -260,19 +268,9 @@ fn bench_send_path(c: &mut Criterion) {
                 }
             });
             group.bench_function(BenchmarkId::new(name, listeners), |b| {
-                b.iter_custom(|ticks| {
-                    runtime.block_on(async {
-                        let start = Instant::now();
-                        for _ in 0..ticks {
-                            hall.tick().await;
-                        }
-                        start.elapsed()
-                    })
-                })
+                b.iter_custom(|ticks| timed(&runtime, ticks, async || hall.tick().await))
             });
-            for outbox in &hall.outboxes {
-                outbox.close(mixer::server::outbox::Closed::SlowConsumer);
-            }
+            close_all(&hall.outboxes);
             drop(runtime);
         }
     }

@@ -208,8 +208,8 @@ pub struct JitterStats {
     /// in-band FEC.
     pub fec_recovered: u64,
     /// Concealed frames on an empty buffer (no sequence number consumed). When a later packet
-    /// comes before the missing one, the frame stood in for it; it is not counted again in
-    /// `lost`.
+    /// comes before the missing one, the frame stood in for it and is counted in `lost`
+    /// instead (once: it is not concealed again).
     pub expanded: u64,
     /// Merges (each sheds one frame of delay).
     pub merged: u64,
@@ -758,8 +758,7 @@ impl JitterBuffer {
         self.expands = 0;
         self.surplus = 0;
         self.slack_windows = 0;
-        self.slack_floor = i64::MAX;
-        self.slack_ticks = 0;
+        self.reset_slack();
         self.transit_len = 0;
         self.transit_pos = 0;
         self.transit_floor = 0;

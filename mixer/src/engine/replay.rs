@@ -141,15 +141,14 @@ struct Recording {
     live: bool,
     /// Hit a size limit: nothing more is added.
     full: bool,
-    /// Frames it holds at most.
-    max_frames: usize,
 }
 
 impl Recording {
-    fn append(&mut self, capture: &Capture, gain: f32) {
+    /// Adds what `capture` holds, up to `max_frames` frames in all.
+    fn append(&mut self, capture: &Capture, gain: f32, max_frames: usize) {
         let mut offset = 0;
         for slot in capture.slots.iter().flatten() {
-            if self.slots.len() >= self.max_frames {
+            if self.slots.len() >= max_frames {
                 self.full = true;
                 return;
             }
@@ -190,10 +189,8 @@ impl Recording {
 pub(crate) struct Recordings {
     list: VecDeque<Recording>,
     next_id: u64,
-    /// Frames one recording holds at most (60 s).
-    max_frames: usize,
-    /// Samples in one of the room's frames.
-    frame_samples: usize,
+    /// The room's frame size.
+    frame: FrameSize,
 }
 
 impl Default for Recordings {
@@ -205,13 +202,16 @@ impl Default for Recordings {
 impl Recordings {
     /// No recordings yet, in a room whose frames are `frame` long.
     pub(crate) fn for_frame(frame: FrameSize) -> Recordings {
-        let twenty_ms_frames = FrameSize::Ms20.samples() / frame.samples();
         Recordings {
             list: VecDeque::new(),
             next_id: 0,
-            max_frames: MAX_RECORDED_FRAMES * twenty_ms_frames,
-            frame_samples: frame.samples(),
+            frame,
         }
+    }
+
+    /// Frames one recording holds at most: the same 60 s whatever the frame size.
+    fn max_frames(&self) -> usize {
+        MAX_RECORDED_FRAMES * (FrameSize::Ms20.samples() / self.frame.samples())
     }
 
     /// The talker of the transmission on the air (recorded, or past the recording's limits),
@@ -228,7 +228,6 @@ impl Recordings {
             talker,
             codec,
             slots: Vec::with_capacity(MAX_RECORDED_FRAMES),
-            max_frames: self.max_frames,
             bytes: Vec::with_capacity(64 * 1024),
             live: true,
             full: false,
@@ -246,8 +245,9 @@ impl Recordings {
     /// Adds one tick of the live transmission (captured from its talker, heard at `gain`),
     /// and clears the capture.
     pub(crate) fn append(&mut self, capture: &mut Capture, gain: f32) {
+        let max_frames = self.max_frames();
         if let Some(last) = self.list.back_mut().filter(|r| r.live && !r.full) {
-            last.append(capture, gain);
+            last.append(capture, gain, max_frames);
         }
         capture.clear();
     }
@@ -260,7 +260,7 @@ impl Recordings {
         if live.slots.len() < MIN_REPLAY_FRAMES {
             return None;
         }
-        Some(Player::new(live.id, live.codec, self.frame_samples))
+        Some(Player::new(live.id, live.codec, self.frame.samples()))
     }
 
     /// Frames of recorded audio from `player`'s position to the live edge (silence included).

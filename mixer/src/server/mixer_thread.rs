@@ -526,14 +526,14 @@ impl MixerThread {
         }
     }
 
-    fn audio(
-        &mut self,
-        room: RoomKey,
-        participant: ParticipantId,
-        header: AudioHeader,
-        payload: &[u8],
-        arrival: Instant,
-    ) {
+    fn audio(&mut self, packet: &InboundAudio) {
+        let InboundAudio {
+            room,
+            participant,
+            header,
+            ref payload,
+            arrival,
+        } = *packet;
         let metrics = &*self.metrics;
         let Some(slot) = slot_mut(&mut self.rooms, room) else {
             return;
@@ -779,13 +779,7 @@ impl MixerThread {
         let mut taken = std::mem::take(&mut self.audio_taken);
         self.audio.take_into(&mut taken);
         for packet in taken.drain(..) {
-            self.audio(
-                packet.room,
-                packet.participant,
-                packet.header,
-                &packet.payload,
-                packet.arrival,
-            );
+            self.audio(&packet);
         }
         self.audio_taken = taken;
     }

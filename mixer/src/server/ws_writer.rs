@@ -318,50 +318,32 @@ mod tests {
         let outbox = Arc::new(Outbox::new(8, 100));
         let writer = tokio::spawn(write_loop(server, outbox.clone(), Duration::from_secs(60)));
         let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
-        let frame = WireFrame::of(&[1, 2, 3]);
-        outbox.push_audio(frame.clone());
-        assert_eq!(
+        async fn next(client: &mut WebSocketStream<tokio::io::DuplexStream>) -> Message {
             client
                 .next()
                 .await
                 .expect("a message")
-                .expect("a valid frame"),
+                .expect("a valid frame")
+        }
+        let frame = WireFrame::of(&[1, 2, 3]);
+        outbox.push_audio(frame.clone());
+        assert_eq!(
+            next(&mut client).await,
             Message::Binary(Bytes::from_static(&[1, 2, 3]))
         );
         assert!(outbox.push_control("hello".into()));
         outbox.push_audio(WireFrame::of(&[4; 300]));
+        assert_eq!(next(&mut client).await, Message::Text("hello".into()));
         assert_eq!(
-            client
-                .next()
-                .await
-                .expect("a message")
-                .expect("a valid frame"),
-            Message::Text("hello".into())
-        );
-        assert_eq!(
-            client
-                .next()
-                .await
-                .expect("a message")
-                .expect("a valid frame"),
+            next(&mut client).await,
             Message::Binary(Bytes::from(vec![4; 300]))
         );
         outbox.close(Closed::SlowConsumer);
-        let Message::Text(error) = client
-            .next()
-            .await
-            .expect("a message")
-            .expect("a valid frame")
-        else {
+        let Message::Text(error) = next(&mut client).await else {
             panic!("expected the slow_consumer error");
         };
         assert!(error.contains("slow_consumer"), "{error}");
-        let Message::Close(Some(close)) = client
-            .next()
-            .await
-            .expect("a message")
-            .expect("a valid frame")
-        else {
+        let Message::Close(Some(close)) = next(&mut client).await else {
             panic!("expected a close frame");
         };
         assert_eq!(u16::from(close.code), close_code::POLICY_VIOLATION);

@@ -5,15 +5,6 @@ use super::*;
 use crate::common::onsets;
 use mixer_protocol::{FrameSize, RoomSettings};
 
-/// A join of `room` whose format asks for `frame`-long frames.
-fn join_with_frame(room: &str, name: &str, frame: FrameSize) -> Message {
-    let request = JoinRequest {
-        format: AudioFormat::opus_48k_mono(frame),
-        ..join_request_as(room, name, Mode::Talk, Role::Speaker)
-    };
-    Message::text(ClientMessage::Join(request).to_json())
-}
-
 /// Runs a client of a room of `frame`-long frames for `duration`: sends its tone (if any)
 /// every frame, in spurts of `spurt` on and `spurt` off (or all the time without), and decodes
 /// everything it receives. Returns what it heard, the send times of its spurts' first frames
@@ -77,19 +68,10 @@ async fn run_framed(
     (listener, onsets_sent, arrivals)
 }
 
-/// Joins `room` with `frame`-long frames and waits for `joined`, checking its format.
+/// Joins `room` as a talker with `frame`-long frames, checking that `joined` confirms them.
 async fn join_framed(server: &TestServer, room: &str, name: &str, frame: FrameSize) -> Client {
-    let mut ws = connect(server).await;
-    ws.send(join_with_frame(room, name, frame))
-        .await
-        .expect("send join");
-    match next_control(&mut ws).await {
-        ServerMessage::Joined { format, .. } => {
-            assert_eq!(format.frame_ms, frame.ms());
-            ws
-        }
-        other => panic!("expected joined, got {other:?}"),
-    }
+    let format = AudioFormat::opus_48k_mono(frame);
+    join_in(server, room, name, Mode::Talk, format).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,28 +92,19 @@ async fn a_room_of_5_ms_frames_mixes_its_talkers_in_5_ms_frames_and_turns_away_o
     .await;
     assert!(refusal.contains("frame_ms 5"), "{refusal}");
     // create_room sets a room's frame size, and room_info tells it.
-    let created = ask(
-        &mut late,
+    let create = |room: &str, frame_ms: u32| {
         ClientMessage::CreateRoom(RoomSettings {
-            room: "band".into(),
-            frame_ms: Some(10),
+            room: room.into(),
+            frame_ms: Some(frame_ms),
             ..RoomSettings::default()
-        }),
-    )
-    .await;
+        })
+    };
+    let created = ask(&mut late, create("band", 10)).await;
     assert!(
         matches!(&created, ServerMessage::RoomInfo(s) if s.settings.frame_ms == Some(10)),
         "{created:?}"
     );
-    let refused = ask(
-        &mut late,
-        ClientMessage::CreateRoom(RoomSettings {
-            room: "odd".into(),
-            frame_ms: Some(15),
-            ..RoomSettings::default()
-        }),
-    )
-    .await;
+    let refused = ask(&mut late, create("odd", 15)).await;
     assert!(
         matches!(
             refused,

@@ -246,19 +246,34 @@ async fn expect_left(ws: &mut Client) -> (u32, LeaveReason) {
 }
 
 async fn join(server: &TestServer, room: &str, name: &str, mode: Mode) -> (Client, u32) {
+    join_in(server, room, name, mode, AudioFormat::opus_48k_mono_20ms()).await
+}
+
+/// [`join`] in `format`, which `joined` must confirm.
+async fn join_in(
+    server: &TestServer,
+    room: &str,
+    name: &str,
+    mode: Mode,
+    format: AudioFormat,
+) -> (Client, u32) {
     let mut ws = connect(server).await;
-    ws.send(join_message(room, name, mode))
+    let request = JoinRequest {
+        format: format.clone(),
+        ..join_request_as(room, name, mode, Role::Speaker)
+    };
+    ws.send(Message::text(ClientMessage::Join(request).to_json()))
         .await
         .expect("send join");
     match next_control(&mut ws).await {
         ServerMessage::Joined {
             participant_id,
             room: joined_room,
-            format,
+            format: joined_format,
             ..
         } => {
             assert_eq!(joined_room, room);
-            assert_eq!(format, AudioFormat::opus_48k_mono_20ms());
+            assert_eq!(joined_format, format);
             (ws, participant_id)
         }
         other => panic!("expected joined, got {other:?}"),
