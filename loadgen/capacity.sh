@@ -34,6 +34,9 @@
 #   STRICT_VERIFY=1    0: a verified receiver failing only on clipped samples (|x| > 1: Opus
 #                      overshoot past the limiter in a very dense mix) or, in the all-talk
 #                      scenario, on its own tone's isolation counts as verified ("dense")
+#   RERUN_MISSES=1     a step that failed on tick deadline misses alone is run once more (a
+#                      shared machine's host stalls a core now and then); the step holds only if
+#                      that run holds, and the table shows both runs. 0: never run again
 #   SKIP_BUILD=0       1: use the binaries already in target/release (or $CARGO_TARGET_DIR)
 #   OUT=<tmp dir>      where logs, metrics and loadgen's JSON reports are kept
 #
@@ -51,6 +54,7 @@ SILENT_ROOMS=${SILENT_ROOMS:-500}
 SEND_SILENCE=${SEND_SILENCE:-0}
 MIXER_ARGS=${MIXER_ARGS:-}
 SKIP_BUILD=${SKIP_BUILD:-0}
+RERUN_MISSES=${RERUN_MISSES:-1}
 STRICT_VERIFY=${STRICT_VERIFY:-1}
 OUT=${OUT:-$(mktemp -d -t capacity.XXXXXX)}
 mkdir -p "$OUT"
@@ -60,11 +64,19 @@ if [[ $QUICK == 1 ]]; then
     STEPS_TOWNHALL=${STEPS_TOWNHALL:-100}
     STEPS_ROOMS=${STEPS_ROOMS:-10}
     SILENT_ROOMS=${SILENT_ROOMS_QUICK:-50}
-else
-    STEPS_ALL=${STEPS_ALL:-60 80 100 120 140 160 180 200}
-    STEPS_TOWNHALL=${STEPS_TOWNHALL:-500 1000 1500 2000 2500 3000 3500 4000}
-    STEPS_ROOMS=${STEPS_ROOMS:-20 40 60 80 100 120 140 160}
 fi
+STEPS_TOWNHALL=${STEPS_TOWNHALL:-500 1000 1500 2000 2500 3000 3500 4000}
+
+# steps_for SCENARIO ENCODER: the step list (STEPS_ALL / STEPS_ROOMS when set). Janus's VOIP
+# encoder costs about 3x the default's, so its steps are finer and lower.
+steps_for() {
+    case $1/$2 in
+        all/janus) echo "${STEPS_ALL:-50 60 70 80 90 100 110 120}" ;;
+        all/*) echo "${STEPS_ALL:-60 80 100 120 140 160 180 200}" ;;
+        rooms/janus) echo "${STEPS_ROOMS:-10 15 20 25 30 35 40 50}" ;;
+        rooms/*) echo "${STEPS_ROOMS:-20 30 40 50 60 70 80 100}" ;;
+    esac
+}
 
 # Where cargo puts the binaries (CARGO_TARGET_DIR, as cargo itself reads it).
 TARGET=${CARGO_TARGET_DIR:-./target}
@@ -138,6 +150,7 @@ def step(args):
     skipped = int(ma["skipped"] - mb["skipped"])
     p50, p99, ticks = tick_quantiles(before, after)
     rec = {"scenario": scenario, "label": label, "participants": int(participants),
+           "attempt": int(os.environ.get("ATTEMPT") or 1),
            "misses": misses, "skipped": skipped, "ticks": ticks,
            "tick_p50": p50, "tick_p99": p99, "loadgen_rc": int(rc)}
     reasons = []
@@ -249,6 +262,8 @@ def table(args):
         rx = "" if "loss_pct" not in r else (
             "n/a" if r.get("rx_worst_pct") is None else "%.1f %%" % r["rx_worst_pct"])
         result = "held" if r["passed"] else "FAIL: " + r["reason"]
+        if r.get("attempt", 1) > 1:
+            result += " (run again)"
         per_client = r.get("loadgen_us_per_client")
         per_client = "" if per_client is None else "%.0f µs/s" % per_client
         print("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
@@ -263,15 +278,40 @@ def table(args):
     print("\nothers' CPU: what the rest of the machine used during the step (% of one core); "
           "a step that failed on a few deadline misses while it was high is worth rerunning.")
     print("\n### Capacity%s\n" % (" (QUICK: one small step each, not a capacity)" if quick == "1" else ""))
-    print("| scenario | largest that held | mixer CPU | loadgen CPU | tick p50 / p99 | "
-          "delay p50 / p99 | next step up |")
-    print("|---|---|---|---|---|---|---|")
-    try:
-        c = json.load(open(codec_path))
-        print("| codec-bound limit (decode %.1f + encode %.1f µs) | %d participants per core "
-              "| | | | | |" % (c["decode_us"], c["encode_us"], c["per_core"]))
-    except (OSError, ValueError):
-        print("| codec-bound limit | (codec_limit failed) | | | | | |")
+    print("| scenario | largest that held | share of codec bound (hot / at scale) | mixer CPU "
+          "| loadgen CPU | tick p50 / p99 | delay p50 / p99 | next step up |")
+    print("|---|---|---|---|---|---|---|---|")
+    def load_codec(path):
+        try:
+            return json.load(open(path))
+        except (OSError, ValueError):
+            return None
+    hot = load_codec(codec_path)
+    scale = {key: load_codec(codec_path.replace(".json", "-%s.json" % key))
+             for key in ("all", "rooms")}
+    for label, c in [("hot: 1 decoder and encoder, 3-voice mix", hot),
+                     ("at scale, all talking: 160 states, 159-voice mix", scale["all"]),
+                     ("at scale, rooms of 5: 200 states, 2-voice mix", scale["rooms"])]:
+        if c is None:
+            print("| codec-bound limit (%s) | (codec_limit failed) | | | | | | |" % label)
+            continue
+        print("| codec-bound limit (%s; decode %.1f + encode %.1f µs) | %d participants per "
+              "core | | | | | | |" % (label, c["decode_us"], c["encode_us"], c["per_core"]))
+    def codec_bound(c, key):
+        """Participants one core could serve in scenario `key` if codecs were all it ran."""
+        if c is None:
+            return None
+        if key == "all":  # one decode and one encode each
+            return c["per_core"]
+        if key == "rooms":  # per room of 5: 2 decodes, 2 mix-minus encodes and 1 shared
+            return 20000.0 / ((2 * c["decode_us"] + 3 * c["encode_us"]) / 5)
+        return None  # town hall: a fixed 3 decodes and 4 encodes; the send path bounds it
+    def share(r, key):
+        hb, sb = codec_bound(hot, key), codec_bound(scale.get(key), key)
+        if hb is None:
+            return "— (send-bound)"
+        return "%.2f / %s" % (r["participants"] / hb,
+                              "—" if sb is None else "%.2f" % (r["participants"] / sb))
     names = [("all", "one room, all talking"), ("townhall", "one room, 3 talkers (town hall)"),
              ("rooms", "rooms of 5, 2 talking")]
     for key, name in names:
@@ -279,7 +319,9 @@ def table(args):
         if not steps:
             continue
         held = [r for r in steps if r["passed"]]
-        failed = [r for r in steps if not r["passed"]]
+        # Stepping stops at the first step that failed (run again, when it failed on deadline
+        # misses alone), so only the last record can be the step that did not hold.
+        failed = [steps[-1]] if not steps[-1]["passed"] else []
         best = held[-1] if held else None
         def size(r):
             if key == "rooms":
@@ -288,22 +330,23 @@ def table(args):
         nxt = ("%s: %s" % (size(failed[0]), failed[0].get("reason_short", failed[0]["reason"]))
                if failed else "— (all %d steps held)" % len(steps))
         if best is None:
-            print("| %s | none (first step, %s, failed) | | | | | %s |" % (
+            print("| %s | none (first step, %s, failed) | | | | | | %s |" % (
                 name, size(steps[0]), nxt))
             continue
-        print("| %s | %s | %s | %s | %s | %s | %s |" % (
-            name, size(best), fmt_pct(best.get("mixer_cpu")), fmt_pct(best.get("loadgen_cpu")),
-            ticks(best), delay(best), nxt))
+        print("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            name, size(best) + (" (run again)" if best.get("attempt", 1) > 1 else ""),
+            share(best, key), fmt_pct(best.get("mixer_cpu")),
+            fmt_pct(best.get("loadgen_cpu")), ticks(best), delay(best), nxt))
     for r in recs:
         if r["scenario"] == "idle":
-            print("| idle, no rooms | — | %s | | | | |" % fmt_pct(r["mixer_cpu"]))
+            print("| idle, no rooms | — | | %s | | | | |" % fmt_pct(r["mixer_cpu"]))
     for r in recs:
         if r["scenario"].startswith("silent"):
             name = "%s rooms of one silent listener" % format(r["participants"], ",")
             if r["scenario"] == "silent-send":
                 name += " (`--send-silence`)"
             note = r["reason"]
-            print("| %s | — | %s | %s | %s | | %s |" % (
+            print("| %s | — | | %s | %s | %s | | %s |" % (
                 name, fmt_pct(r.get("mixer_cpu")), fmt_pct(r.get("loadgen_cpu")), ticks(r), note))
 
 {"step": step, "idle": idle, "table": table}[sys.argv[1]](sys.argv[2:])
@@ -393,7 +436,7 @@ VERDICT=
 run_step() {
     local scenario=$1 label=$2 participants=$3 lg_cpu=$4 mx_cpu=$5 mixer_flags=$6
     shift 6
-    local name="$scenario-$label"
+    local name="$scenario-$label${ATTEMPT:+-run$ATTEMPT}"
     # shellcheck disable=SC2086 # flag list
     start_mixer "$name" "$mx_cpu" $mixer_flags
     scrape "$OUT/metrics-$name-before.txt"
@@ -427,6 +470,14 @@ steps() {
         "$fn" "$step"
         log "  $scenario $step: $VERDICT  $(tail -n 1 "$RESULTS" | python3 -c \
             'import json,sys; print(json.load(sys.stdin)["reason"])')"
+        # A shared machine's host can stall a core for 20 ms now and then; a step that failed
+        # on deadline misses alone is run once more, and both runs are in the table.
+        if [[ $VERDICT == FAIL && $RERUN_MISSES == 1 ]] && tail -n 1 "$RESULTS" | python3 -c \
+            'import json,re,sys; sys.exit(0 if re.fullmatch(r"\d+ miss(es)?", json.load(sys.stdin)["reason_short"]) else 1)'; then
+            ATTEMPT=2 "$fn" "$step"
+            log "  $scenario $step run again: $VERDICT  $(tail -n 1 "$RESULTS" | python3 -c \
+                'import json,sys; print(json.load(sys.stdin)["reason"])')"
+        fi
         [[ $VERDICT == PASS ]] || break
     done
 }
@@ -482,6 +533,15 @@ for ENCODER in $ENCODERS; do
     taskset -c "${PIN_MIXER/-/0}" "$CODEC_LIMIT" $(codec_flags "$ENCODER") --json \
         >"$OUT/codec-$ENCODER.json"
     log "  $(<"$OUT/codec-$ENCODER.json")"
+    # The same codec at a room's scale: many decoder and encoder states cycled through (out of
+    # the CPU's caches, as in the server) and, for all-talk, mixes of many voices.
+    # shellcheck disable=SC2046 # flag list
+    taskset -c "${PIN_MIXER/-/0}" "$CODEC_LIMIT" $(codec_flags "$ENCODER") --json \
+        --states 160 --voices 159 >"$OUT/codec-$ENCODER-all.json"
+    # shellcheck disable=SC2046 # flag list
+    taskset -c "${PIN_MIXER/-/0}" "$CODEC_LIMIT" $(codec_flags "$ENCODER") --json \
+        --states 200 --voices 2 >"$OUT/codec-$ENCODER-rooms.json"
+    log "  at scale: $(<"$OUT/codec-$ENCODER-all.json") $(<"$OUT/codec-$ENCODER-rooms.json")"
 
     # --- (a) one room, everyone talking ---------------------------------------------------------
     step_all() {
@@ -491,8 +551,8 @@ for ENCODER in $ENCODERS; do
             --rooms 1 --participants "$n" --talkers "$n" --verify 8 --isolation-db 20 \
             --max-loss 0.1 --min-rx-rate 98 --require-verified
     }
-    log "(a) one room, all talking: ${STEPS_ALL}"
-    steps all "$STEPS_ALL" step_all
+    log "(a) one room, all talking: $(steps_for all "$ENCODER")"
+    steps all "$(steps_for all "$ENCODER")" step_all
 
     # --- (b) town hall: one room, 3 talkers, everyone else listening -----------------------------
     step_townhall() {
@@ -513,8 +573,8 @@ for ENCODER in $ENCODERS; do
             --rooms "$rooms" --participants 5 --talkers 2 --ramp 500 --verify 40 \
             --max-loss 0.1 --min-rx-rate 98 --require-verified
     }
-    log "(c) rooms of 5: ${STEPS_ROOMS} rooms"
-    steps rooms "$STEPS_ROOMS" step_rooms
+    log "(c) rooms of 5: $(steps_for rooms "$ENCODER") rooms"
+    steps rooms "$(steps_for rooms "$ENCODER")" step_rooms
 
     if [[ $ENCODER != "${ENCODERS%% *}" ]]; then
         continue

@@ -16,6 +16,13 @@
 //!
 //! The limit ignores mixing, limiting, jitter buffers and all I/O, so a real server holds less;
 //! it is the ceiling the README's capacity table compares against.
+//!
+//! By default one decoder and one encoder are timed over and over, so their state stays in the
+//! CPU's caches, and the mix is three voices. A server with a room of 120 talkers cycles through
+//! 120 decoders and 120 encoders every tick and encodes mixes of 119 voices. `--states N` cycles
+//! through N decoders and N encoders (one decode and one encode each per round of N), and
+//! `--voices V` mixes V voices (scaled to the same peak, as the server's limiter would), so the
+//! codec's own cost at a room's scale can be told apart from the server's overhead.
 
 use std::hint::black_box;
 use std::process::ExitCode;
@@ -45,16 +52,21 @@ struct Options {
     rounds: usize,
     /// Decodes (and encodes) per round.
     iterations: usize,
+    /// Decoder and encoder states cycled through (1: one of each, always in cache).
+    states: usize,
+    /// Voices summed into the encoded mix.
+    voices: usize,
     /// Print one JSON line instead of the human summary.
     json: bool,
 }
 
 const USAGE: &str = "usage: codec_limit [--application voip|audio|lowdelay] [--bitrate N] \
-[--complexity N] [--rounds N] [--iterations N] [--json]
+[--complexity N] [--rounds N] [--iterations N] [--states N] [--voices N] [--json]
 
 Times one Opus decode (client uplink: VOIP 32 kb/s) and one encode (the server's mix settings;
 default: the mixer's defaults) of a 20 ms frame, and prints participants per core =
-20 ms / (decode + encode).";
+20 ms / (decode + encode). --states N cycles through N decoders and N encoders (default 1);
+--voices V encodes mixes of V voices (default 3).";
 
 fn main() -> ExitCode {
     match run() {
@@ -78,21 +90,28 @@ fn run() -> anyhow::Result<()> {
         .context("checking the encoder settings")?;
 
     let packets = client_packets()?;
-    let mix = three_voice_mix();
-    let mut decoder = codec::decoder().context("building the decoder")?;
-    let mut encoder = options
-        .encoder
-        .build()
-        .context("building the mix encoder")?;
+    let mix = voice_mix(options.voices);
+    let mut decoders = (0..options.states)
+        .map(|_| codec::decoder().context("building a decoder"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut encoders = (0..options.states)
+        .map(|_| options.encoder.build().context("building a mix encoder"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
-    // One untimed round warms caches, the CPU's clock and both codecs' state.
-    time_round(&mut decoder, &mut encoder, &packets, &mix, CLIP_FRAMES)?;
+    // One untimed round warms the CPU's clock and every codec's state.
+    time_round(
+        &mut decoders,
+        &mut encoders,
+        &packets,
+        &mix,
+        CLIP_FRAMES.max(options.states),
+    )?;
     let mut decode_us = Vec::with_capacity(options.rounds);
     let mut encode_us = Vec::with_capacity(options.rounds);
     for _ in 0..options.rounds {
         let (decode, encode) = time_round(
-            &mut decoder,
-            &mut encoder,
+            &mut decoders,
+            &mut encoders,
             &packets,
             &mix,
             options.iterations,
@@ -114,6 +133,8 @@ fn run() -> anyhow::Result<()> {
                 "application": options.encoder.application.to_string(),
                 "bitrate": options.encoder.bitrate,
                 "complexity": options.encoder.complexity,
+                "states": options.states,
+                "voices": options.voices,
             })
         );
     } else {
@@ -123,8 +144,9 @@ fn run() -> anyhow::Result<()> {
             complexity,
         } = options.encoder;
         println!(
-            "codec-bound limit, median of {} rounds of {} frames each",
-            options.rounds, options.iterations
+            "codec-bound limit, median of {} rounds of {} frames each, {} decoder and encoder \
+             state(s), mixes of {} voices",
+            options.rounds, options.iterations, options.states, options.voices
         );
         println!(
             "decode  {decode:7.1} µs  client uplink: {} {} b/s complexity {}",
@@ -146,6 +168,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> anyhow::Result<Option<O
         encoder: EncoderSettings::default(),
         rounds: 7,
         iterations: 2_000,
+        states: 1,
+        voices: 3,
         json: false,
     };
     while let Some(arg) = args.next() {
@@ -173,6 +197,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> anyhow::Result<Option<O
             }
             "--rounds" => options.rounds = positive(&value()?, "--rounds")?,
             "--iterations" => options.iterations = positive(&value()?, "--iterations")?,
+            "--states" => options.states = positive(&value()?, "--states")?,
+            "--voices" => options.voices = positive(&value()?, "--voices")?,
             "--json" => options.json = true,
             "-h" | "--help" => return Ok(None),
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
@@ -189,12 +215,13 @@ fn positive(text: &str, flag: &str) -> anyhow::Result<usize> {
     }
 }
 
-/// Times `iterations` decodes, then as many encodes; returns the mean µs of each.
+/// Times `iterations` decodes, then as many encodes, each taking the next of the states in
+/// turn; returns the mean µs of each.
 ///
 /// The only place this program reads the clock.
 fn time_round(
-    decoder: &mut opus::Decoder,
-    encoder: &mut opus::Encoder,
+    decoders: &mut [opus::Decoder],
+    encoders: &mut [opus::Encoder],
     packets: &[Vec<u8>],
     mix: &[f32],
     iterations: usize,
@@ -203,8 +230,10 @@ fn time_round(
     let mut out = vec![0u8; MAX_OPUS_PACKET];
 
     let start = Instant::now();
-    for packet in packets.iter().cycle().take(iterations) {
-        let n = decoder
+    // Packet i goes to decoder i % states, so each decoder still sees a continuous stream
+    // when the clip's length is a multiple of the states, and a plausible one otherwise.
+    for (i, packet) in packets.iter().cycle().take(iterations).enumerate() {
+        let n = decoders[i % decoders.len()]
             .decode_float(black_box(packet), &mut pcm, false)
             .context("decoding a client packet")?;
         black_box((n, &pcm));
@@ -212,8 +241,9 @@ fn time_round(
     let decode = start.elapsed();
 
     let start = Instant::now();
-    for frame in mix.chunks_exact(FRAME_SAMPLES).cycle().take(iterations) {
-        let n = encoder
+    let frames = mix.chunks_exact(FRAME_SAMPLES).cycle().take(iterations);
+    for (i, frame) in frames.enumerate() {
+        let n = encoders[i % encoders.len()]
             .encode_float(black_box(frame), &mut out)
             .context("encoding a mix frame")?;
         black_box((n, &out));
@@ -241,14 +271,20 @@ fn client_packets() -> anyhow::Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-/// What a participant in a small room hears: three voices summed (peaking near 0.9).
-fn three_voice_mix() -> Vec<f32> {
+/// What a participant hears: `voices` voices summed, then scaled so the mix peaks near 0.9
+/// (three voices of 0.3 already do; a denser mix is brought down as the limiter would).
+fn voice_mix(voices: usize) -> Vec<f32> {
     let mut mix = loadgen::signal::speech_like(1, CLIP_FRAMES, 0.3);
-    for voice in [2, 3] {
+    for voice in 2..=voices {
         accumulate(
             &mut mix,
             &loadgen::signal::speech_like(voice, CLIP_FRAMES, 0.3),
         );
+    }
+    let peak = mix.iter().fold(0.0f32, |peak, s| peak.max(s.abs()));
+    if peak > 0.9 {
+        let gain = 0.9 / peak;
+        mix.iter_mut().for_each(|s| *s *= gain);
     }
     mix
 }

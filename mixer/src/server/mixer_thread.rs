@@ -327,6 +327,7 @@ pub fn spawn(
         metrics,
         phases: PhaseClock::new(),
         epoch: Instant::now(),
+        rooms_by_phase: [0; GRID_PHASES],
     };
     let handle = std::thread::Builder::new()
         .name(name)
@@ -357,6 +358,35 @@ struct MixerThread {
     phases: PhaseClock,
     /// Origin of this thread's shared tick grid.
     epoch: Instant,
+    /// How many of this thread's rooms tick in each phase of the grid.
+    rooms_by_phase: [usize; GRID_PHASES],
+}
+
+/// How many phases a mixer thread's tick grid has per frame.
+///
+/// Rooms on one thread share a grid so that one wake-up serves many rooms (hundreds of quiet
+/// rooms cost a few wake-ups per frame, not hundreds). With a single phase, though, every room
+/// is due at the same instant and the thread runs all their ticks back to back: with 60 busy
+/// rooms of 5 the last one started 12 ms after its deadline, and any other work on the core
+/// pushed it past a whole frame (measured: 10,100 deadline misses at 60 rooms on one core, while
+/// the core still had time to spare). Each new room takes the phase with the fewest rooms, so
+/// the work is spread over the frame and a room waits at most for its own phase's share.
+const GRID_PHASES: usize = 4;
+
+/// The phase of the grid with the fewest rooms (the earliest of equals).
+fn quietest_phase(rooms_by_phase: &[usize; GRID_PHASES]) -> usize {
+    (0..GRID_PHASES)
+        .min_by_key(|&phase| rooms_by_phase[phase])
+        .unwrap_or(0)
+}
+
+/// A new room's first tick: the first instant at or after `now` on the grid of `frame` that
+/// starts at `epoch`, shifted by `phase` quarters of a frame. A room waits at most one frame.
+fn first_tick(epoch: Instant, now: Instant, frame: std::time::Duration, phase: usize) -> Instant {
+    let origin = epoch + frame * phase as u32 / GRID_PHASES as u32;
+    let since = now.saturating_duration_since(origin);
+    let frames = since.as_nanos().div_ceil(frame.as_nanos()) as u32;
+    origin + frame * frames
 }
 
 impl MixerThread {
@@ -659,15 +689,16 @@ impl MixerThread {
         }
         if self.rooms[index].is_none() {
             // Every room on this thread ticks on the same grid (20 ms, and 10 or 5 ms for rooms
-            // of shorter frames, which divide it), so a thread wakes once per tick for all its
-            // rooms rather than once per room: hundreds of quiet rooms cost one wake-up, not
-            // hundreds. A new room waits at most one frame for its first tick.
-            let frame = config.frame.duration();
-            let since = Instant::now().saturating_duration_since(self.epoch);
-            let slots = since.as_nanos().div_ceil(frame.as_nanos()) as u32;
-            let start = self.epoch + frame * slots;
+            // of shorter frames, which divide it) in one of its phases (see GRID_PHASES).
+            let phase = quietest_phase(&self.rooms_by_phase);
+            let start = first_tick(self.epoch, Instant::now(), config.frame.duration(), phase);
             match Room::new(config.apply(&self.engine), start) {
-                Ok(engine) => self.rooms[index] = Some(RoomSlot::new(room.clone(), engine)),
+                Ok(engine) => {
+                    let mut slot = RoomSlot::new(room.clone(), engine);
+                    slot.phase = phase;
+                    self.rooms[index] = Some(slot);
+                    self.rooms_by_phase[phase] += 1;
+                }
                 Err(error) => return refuse(&self.metrics, &room, id, &joiner, Some(error)),
             }
         }
@@ -687,7 +718,7 @@ impl MixerThread {
         if let Err(error) = slot.engine.add_participant_with(id, mode, codec) {
             refuse(metrics, &room, id, &joiner, Some(error));
             if slot.members.is_empty() {
-                self.rooms[index] = None;
+                self.close_room(index);
             }
             return;
         }
@@ -770,7 +801,14 @@ impl MixerThread {
         if slot.members.is_empty() {
             slot.report(metrics);
             debug!(room = %slot.name, "room closed");
-            self.rooms[room.0 as usize] = None;
+            self.close_room(room.0 as usize);
+        }
+    }
+
+    /// Frees a room's slot and its place in the grid's phases.
+    fn close_room(&mut self, index: usize) {
+        if let Some(slot) = self.rooms.get_mut(index).and_then(Option::take) {
+            self.rooms_by_phase[slot.phase] -= 1;
         }
     }
 
@@ -1003,6 +1041,46 @@ mod tests {
             participant: ParticipantId(1),
             request: RoomRequest::FloorRelease,
             at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn new_rooms_spread_over_the_grid_phases_and_start_within_a_frame_on_their_phase() {
+        let mut rooms_by_phase = [0; GRID_PHASES];
+        let mut phases = Vec::new();
+        for _ in 0..6 {
+            let phase = quietest_phase(&rooms_by_phase);
+            rooms_by_phase[phase] += 1;
+            phases.push(phase);
+        }
+        assert_eq!(phases, [0, 1, 2, 3, 0, 1]);
+        rooms_by_phase[2] -= 1;
+        assert_eq!(
+            quietest_phase(&rooms_by_phase),
+            2,
+            "a freed phase is taken first"
+        );
+
+        let epoch = Instant::now();
+        let ms = std::time::Duration::from_millis;
+        let frame = ms(20);
+        // Phase 1 of a 20 ms grid is 5 ms into each frame.
+        assert_eq!(first_tick(epoch, epoch, frame, 1), epoch + ms(5));
+        assert_eq!(first_tick(epoch, epoch + ms(5), frame, 1), epoch + ms(5));
+        assert_eq!(first_tick(epoch, epoch + ms(6), frame, 1), epoch + ms(25));
+        assert_eq!(first_tick(epoch, epoch + ms(41), frame, 0), epoch + ms(60));
+        // A 5 ms room's phases are 1.25 ms apart.
+        let five = ms(5);
+        assert_eq!(
+            first_tick(epoch, epoch + ms(12), five, 3),
+            epoch + ms(13) + std::time::Duration::from_micros(750)
+        );
+        for phase in 0..GRID_PHASES {
+            for now in [0, 3, 19, 20, 21, 999] {
+                let now = epoch + ms(now);
+                let start = first_tick(epoch, now, frame, phase);
+                assert!(start >= now && start - now < frame, "phase {phase}");
+            }
         }
     }
 

@@ -78,6 +78,8 @@ pub struct RoomSlot {
     /// sent by [`RoomSlot::flush_relays`] once the tick's stream switches have gone out.
     relay_shared: HubSet,
     relay_frame: Option<Bytes>,
+    /// The phase of its mixer thread's tick grid the room ticks in (set by the thread).
+    pub phase: usize,
 }
 
 impl RoomSlot {
@@ -94,6 +96,7 @@ impl RoomSlot {
             gate: None,
             relay_shared: HubSet::default(),
             relay_frame: None,
+            phase: 0,
         }
     }
 
