@@ -140,6 +140,11 @@ def fmt_ms(x):
 def step(args):
     """Summarises one loadgen run; prints PASS or FAIL and appends a record to the results."""
     scenario, label, participants, report_path, before, after, rc, strict, cpu, results = args
+    pauses_path = report_path.replace("report-", "pauses-").replace(".json", ".txt")
+    try:
+        pauses = [float(l) for l in open(pauses_path) if l.strip()]
+    except (OSError, ValueError):
+        pauses = []
     try:
         report = json.load(open(report_path))
     except (OSError, ValueError):
@@ -151,6 +156,7 @@ def step(args):
     p50, p99, ticks = tick_quantiles(before, after)
     rec = {"scenario": scenario, "label": label, "participants": int(participants),
            "attempt": int(os.environ.get("ATTEMPT") or 1),
+           "pauses": len(pauses), "longest_pause_ms": max(pauses, default=0.0),
            "misses": misses, "skipped": skipped, "ticks": ticks,
            "tick_p50": p50, "tick_p99": p99, "loadgen_rc": int(rc)}
     reasons = []
@@ -214,6 +220,9 @@ def step(args):
             reasons.append("loadgen exit %s" % rc)
     if misses > 0:
         reasons.insert(0, "%d miss%s" % (misses, "" if misses == 1 else "es"))
+        if pauses:
+            rec["paused_note"] = "machine paused %d× (longest %.0f ms)" % (
+                len(pauses), max(pauses))
     if not scraped:
         reasons.insert(0, "no /metrics after the run (mixer died?)")
     # Everything else the machine ran meanwhile (builds, other tests), % of one core: busy
@@ -229,6 +238,8 @@ def step(args):
     if rec.get("verify_problem"):
         rec["reason"] += " (first: %s)" % rec["verify_problem"]
     rec["reason_short"] = ", ".join(reasons)
+    if rec.get("paused_note"):
+        rec["reason"] += "; " + rec["paused_note"]
     with open(results, "a") as f:
         f.write(json.dumps(rec) + "\n")
     print("PASS" if rec["passed"] else "FAIL")
@@ -254,9 +265,9 @@ def table(args):
 
     print("### Every step\n")
     print("| scenario | step | participants | mixer CPU | loadgen CPU | loadgen per client | "
-          "others' CPU | tick p50 / p99 | delay p50 / p99 | loss | worst rx | misses | verified "
-          "| result |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "others' CPU | tick p50 / p99 | delay p50 / p99 | loss | worst rx | misses | machine "
+          "pauses ≥ 20 ms | verified | result |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in recs:
         loss = "" if r.get("loss_pct") is None else "%.3f %%" % r["loss_pct"]
         rx = "" if "loss_pct" not in r else (
@@ -266,17 +277,22 @@ def table(args):
             result += " (run again)"
         per_client = r.get("loadgen_us_per_client")
         per_client = "" if per_client is None else "%.0f µs/s" % per_client
-        print("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        pauses = "" if "pauses" not in r else (
+            "%d (%.0f ms)" % (r["pauses"], r["longest_pause_ms"]) if r["pauses"] else "0")
+        print("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             r["scenario"], r["label"], r["participants"], fmt_pct(r.get("mixer_cpu")),
             fmt_pct(r.get("loadgen_cpu")), per_client, fmt_pct(r.get("others_cpu")), ticks(r),
             delay(r),
             loss, rx,
-            r.get("misses", ""), r.get("verified", ""), result))
+            r.get("misses", ""), pauses, r.get("verified", ""), result))
 
     print("\nloadgen per client: loadgen's CPU time per simulated client per second of the run "
           "(its core holds about 1,000,000 µs/s).")
     print("\nothers' CPU: what the rest of the machine used during the step (% of one core); "
           "a step that failed on a few deadline misses while it was high is worth rerunning.")
+    print("\nmachine pauses: gaps of 20 ms or more seen by a 1 ms sleep loop on loadgen's core "
+          "during the step (the host descheduling the whole VM); each costs every room a "
+          "deadline miss.")
     print("\n### Capacity%s\n" % (" (QUICK: one small step each, not a capacity)" if quick == "1" else ""))
     print("| scenario | largest that held | share of codec bound (hot / at scale) | mixer CPU "
           "| loadgen CPU | tick p50 / p99 | delay p50 / p99 | next step up |")
@@ -352,6 +368,24 @@ def table(args):
 {"step": step, "idle": idle, "table": table}[sys.argv[1]](sys.argv[2:])
 PY
 helper() { python3 "$HELPER" "$@"; }
+
+# A probe for pauses of the whole machine (a virtual machine's host descheduling it): it sleeps
+# 1 ms at a time and writes down every gap of 20 ms or more. On this project's VMs both vCPUs
+# stop together now and then (seen: 34 ms on both at the same instant, about once a minute),
+# and a pause of a frame costs every room a deadline miss whatever the mixer does. It runs on
+# loadgen's core, where it costs about 1 % and does not disturb the mixer.
+PAUSE_PROBE=$OUT/pause_probe.py
+cat >"$PAUSE_PROBE" <<'PY'
+import sys, time
+out = open(sys.argv[1], "w", buffering=1)
+last = time.monotonic()
+while True:
+    time.sleep(0.001)
+    now = time.monotonic()
+    if now - last >= 0.020:
+        out.write("%.1f\n" % ((now - last) * 1000))
+    last = now
+PY
 
 # --- mixer lifecycle --------------------------------------------------------------------------
 MIXER_PID=
@@ -446,12 +480,20 @@ run_step() {
         cmd=(taskset -c "$lg_cpu" "${cmd[@]}")
     fi
     log "  $scenario $label: ${cmd[*]}"
-    local rc=0 before after
+    local rc=0 before after probe
+    local -a probe_cmd=(python3 "$PAUSE_PROBE" "$OUT/pauses-$name.txt")
+    if [[ $lg_cpu != - ]]; then
+        probe_cmd=(taskset -c "$lg_cpu" "${probe_cmd[@]}")
+    fi
+    "${probe_cmd[@]}" </dev/null &
+    probe=$!
     # The whole machine's CPU time over the run, to see how much went to other programs.
     before="$(busy_ticks) $(cpu_ticks "$MIXER_PID") $(now)"
     "${cmd[@]}" >"$OUT/loadgen-$name.txt" 2>&1 </dev/null || rc=$?
     after="$(busy_ticks) $(cpu_ticks "$MIXER_PID") $(now)"
     scrape "$OUT/metrics-$name-after.txt"
+    kill "$probe" 2>/dev/null || true
+    wait "$probe" 2>/dev/null || true
     stop_mixer
     VERDICT=$(helper step "$scenario" "$label" "$participants" "$OUT/report-$name.json" \
         "$OUT/metrics-$name-before.txt" "$OUT/metrics-$name-after.txt" "$rc" "$STRICT_VERIFY" \

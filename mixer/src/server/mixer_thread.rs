@@ -858,6 +858,7 @@ impl MixerThread {
                     .observe(start.elapsed().as_secs_f64());
                 slot.drain_events(metrics);
                 slot.flush_relays(metrics);
+                slot.wake_quiet();
                 slot.ticked(metrics);
             }
         }

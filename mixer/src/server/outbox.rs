@@ -79,6 +79,9 @@ struct State {
     errors: ErrorThrottle,
     dropped_in_a_row: u32,
     closed: Option<Closed>,
+    /// Something was queued quietly ([`Outbox::push_control_quietly`]) onto an empty queue and
+    /// the writer has not been woken for it yet.
+    wake_pending: bool,
 }
 
 /// A bounded, drop-oldest queue with a wake-up for the writer task.
@@ -104,6 +107,7 @@ impl Outbox {
                 errors: ErrorThrottle::default(),
                 dropped_in_a_row: 0,
                 closed: None,
+                wake_pending: false,
             }),
             notify: Notify::new(),
             capacity: capacity.max(1),
@@ -137,17 +141,32 @@ impl Outbox {
 
     /// Queues an audio frame, dropping the oldest one if the queue is full.
     pub fn push_audio(&self, frame: WireFrame) -> Pushed {
+        let (result, wake) = self.push_audio_unwoken(frame);
+        if wake {
+            self.notify.notify_one();
+        }
+        result
+    }
+
+    /// Queues an audio frame as [`Outbox::push_audio`] does, but leaves waking the writer to
+    /// the caller: true means call [`Outbox::wake`]. A tick's fan-out wakes every writer after
+    /// its last push, so the network threads do not preempt the mixer thread in the middle of
+    /// it (on a shared core, waking them as it went let them write to a thousand listeners
+    /// while the tick waited, and the next tick started late).
+    pub fn push_audio_unwoken(&self, frame: WireFrame) -> (Pushed, bool) {
         if let Some(relay) = &self.relay {
-            return if self.lock().closed.is_none() && relay.hub.own(relay.session, frame.frame()) {
-                Pushed::Queued
-            } else {
-                Pushed::Closed
-            };
+            let pushed =
+                if self.lock().closed.is_none() && relay.hub.own(relay.session, frame.frame()) {
+                    Pushed::Queued
+                } else {
+                    Pushed::Closed
+                };
+            return (pushed, false);
         }
         let (result, wake) = {
             let mut state = self.lock();
             if state.closed.is_some() {
-                return Pushed::Closed;
+                return (Pushed::Closed, false);
             }
             let empty = state.is_empty();
             let mut result = Pushed::Queued;
@@ -162,13 +181,17 @@ impl Outbox {
             }
             state.audio.push_back(frame);
             // The writer drains everything at once: it needs waking only when the queue was
-            // empty (a push onto a non-empty queue follows one that woke it).
-            (result, empty)
+            // empty (a push onto a non-empty queue follows one that woke it), or when what is
+            // queued was queued quietly.
+            let wake = empty || std::mem::take(&mut state.wake_pending);
+            (result, wake)
         };
-        if wake {
-            self.notify.notify_one();
-        }
-        result
+        (result, wake)
+    }
+
+    /// Wakes the writer (after [`Outbox::push_audio_unwoken`] said to).
+    pub fn wake(&self) {
+        self.notify.notify_one();
     }
 
     /// Queues a control message; returns false if it was not queued (the outbox is closed, or
@@ -189,10 +212,37 @@ impl Outbox {
         self.queue(Outgoing::Raw(frames))
     }
 
+    /// Queues a control message without waking the writer, so that messages broadcast between
+    /// two ticks (a burst of joins tells everyone of each) go out together with the next audio
+    /// frame in one write, instead of costing every member a wake-up and a write each. The
+    /// caller must call [`Outbox::wake_pending`] soon (a room does after its next tick, at most
+    /// one frame later); a push that wakes the writer meanwhile takes it along. Returns false
+    /// if it was not queued, as [`Outbox::push_control`].
+    pub fn push_control_quietly(&self, message: Utf8Bytes) -> bool {
+        if self.relay.is_some() {
+            return self.push_control(message);
+        }
+        let mut state = self.lock();
+        let empty = state.is_empty();
+        let queued = Self::queue_control(&mut state, Outgoing::Control(message));
+        if queued && empty {
+            state.wake_pending = true;
+        }
+        queued
+    }
+
+    /// Wakes the writer for what was queued quietly, if nothing has woken it since.
+    pub fn wake_pending(&self) {
+        let wake = std::mem::take(&mut self.lock().wake_pending);
+        if wake {
+            self.notify.notify_one();
+        }
+    }
+
     fn queue(&self, item: Outgoing) -> bool {
         let (queued, wake) = {
             let mut state = self.lock();
-            let wake = state.is_empty();
+            let wake = state.is_empty() || std::mem::take(&mut state.wake_pending);
             (Self::queue_control(&mut state, item), wake)
         };
         if wake {
@@ -245,6 +295,7 @@ impl Outbox {
         into.extend(state.control.drain(..));
         into.extend(state.audio.drain(..).map(Outgoing::Audio));
         state.dropped_in_a_row = 0;
+        state.wake_pending = false;
         state.closed
     }
 
@@ -389,6 +440,51 @@ mod tests {
         let mut out = Vec::new();
         outbox.drain(&mut out);
         assert_eq!(out.len(), 3);
+    }
+
+    /// Whether the writer has been woken since the last call (takes the wake-up).
+    fn woken(outbox: &Outbox) -> bool {
+        let mut wait = std::pin::pin!(outbox.wait());
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        wait.as_mut().poll(&mut context).is_ready()
+    }
+
+    #[test]
+    fn quiet_control_waits_for_the_next_wake_and_is_never_left_without_one() {
+        let outbox = Outbox::new(4, 100);
+        // Quietly queued messages wake nobody...
+        assert!(outbox.push_control_quietly("joined 1".into()));
+        assert!(outbox.push_control_quietly("joined 2".into()));
+        assert!(!woken(&outbox));
+        // ...until the room's tick: the audio frame pushed onto the non-empty queue wakes the
+        // writer (a push onto a non-empty queue normally would not), and takes the messages.
+        outbox.push_audio(frame(1));
+        assert!(woken(&outbox));
+        outbox.wake_pending();
+        assert!(!woken(&outbox), "one wake-up for the lot");
+        let mut out = Vec::new();
+        outbox.drain(&mut out);
+        assert_eq!(out.len(), 3);
+
+        // A tick with no frame for this member (a silent mix): the room's wake_pending call
+        // wakes it.
+        assert!(outbox.push_control_quietly("left 2".into()));
+        assert!(!woken(&outbox));
+        outbox.wake_pending();
+        assert!(woken(&outbox));
+        outbox.drain(&mut out);
+
+        // Onto a queue the writer was already woken for, nothing more is pending.
+        outbox.push_audio(frame(2));
+        assert!(woken(&outbox));
+        assert!(outbox.push_control_quietly("joined 3".into()));
+        outbox.wake_pending();
+        assert!(!woken(&outbox));
+        // An ordinary control push after a quiet one wakes the writer.
+        outbox.drain(&mut out);
+        assert!(outbox.push_control_quietly("joined 4".into()));
+        assert!(outbox.push_control("error".into()));
+        assert!(woken(&outbox));
     }
 
     #[test]

@@ -80,6 +80,10 @@ pub struct RoomSlot {
     relay_frame: Option<Bytes>,
     /// The phase of its mixer thread's tick grid the room ticks in (set by the thread).
     pub phase: usize,
+    /// A broadcast was queued quietly since the last [`RoomSlot::wake_quiet`].
+    quiet_pending: std::cell::Cell<bool>,
+    /// The outboxes a fan-out has queued frames in and must wake (kept for its capacity).
+    to_wake: Vec<Arc<Outbox>>,
 }
 
 impl RoomSlot {
@@ -97,6 +101,8 @@ impl RoomSlot {
             relay_shared: HubSet::default(),
             relay_frame: None,
             phase: 0,
+            quiet_pending: std::cell::Cell::new(false),
+            to_wake: Vec::new(),
         }
     }
 
@@ -124,8 +130,28 @@ impl RoomSlot {
             .and_then(|member| member.outbox.relayed());
         let mut links = HubSet::default();
         for (id, member) in &self.members {
-            if Some(*id) != except {
+            if Some(*id) == except {
+                continue;
+            }
+            if member.outbox.relayed().is_none() {
+                // Woken after the room's next tick (see `wake_quiet`), with its audio frame.
+                member.outbox.push_control_quietly(json.clone());
+            } else {
                 deliver_control(&member.outbox, &json, &mut links, left_out);
+            }
+        }
+        self.quiet_pending.set(true);
+    }
+
+    /// Wakes the writers of members that were sent a broadcast quietly since the room's last
+    /// tick and have not been woken since (a member whose mix was silent this tick got no
+    /// frame to take the broadcast along). Called by the mixer thread after every tick, so a
+    /// broadcast waits at most one frame: a burst of joins between two ticks then costs every
+    /// member one wake-up and one write, not one per join.
+    pub fn wake_quiet(&self) {
+        if self.quiet_pending.take() {
+            for member in self.members.values() {
+                member.outbox.wake_pending();
             }
         }
     }
@@ -260,13 +286,21 @@ impl RoomSlot {
                 continue;
             }
             let len = frame.len();
-            match member.outbox.push_audio(frame) {
+            let (pushed, wake) = member.outbox.push_audio_unwoken(frame);
+            if wake {
+                self.to_wake.push(member.outbox.clone());
+            }
+            match pushed {
                 Pushed::Queued => {}
                 Pushed::DroppedOldest => drops += 1,
                 Pushed::Closed => continue,
             }
             frames_out += 1;
             bytes_out += len as u64;
+        }
+        // Every writer woken once the tick's frames are all queued (see push_audio_unwoken).
+        for outbox in self.to_wake.drain(..) {
+            outbox.wake();
         }
         if drops > 0 {
             metrics.send_queue_drops_total.inc_by(drops);
