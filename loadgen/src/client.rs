@@ -900,6 +900,7 @@ fn receive(
             }
             Next::Continue
         }
+        Some(Ok(Message::Text(text))) if !may_matter(text.as_str()) => Next::Continue,
         Some(Ok(Message::Text(text))) => match parse_server_message(text.as_str()) {
             Ok(ServerMessage::Error { code, message }) => {
                 ctx.live.error();
@@ -938,6 +939,20 @@ fn receive(
     }
 }
 
+/// Whether a control message received during the run may be one the client acts on (`error`,
+/// `redirect`). Everything else (the roster, talking events) is only counted by the server's
+/// side, so it is not parsed: every member of a room of N hears of every join, so a ramp of N
+/// clients brings N²/2 such messages, and parsing each cost a town hall of 3,000 listeners more
+/// than loadgen's core (the ramp stalled and its clients were closed as slow consumers). The
+/// server writes the `type` first; a message that does not start that way is parsed in full.
+fn may_matter(text: &str) -> bool {
+    const PREFIX: &str = "{\"type\":\"";
+    match text.strip_prefix(PREFIX) {
+        Some(rest) => rest.starts_with("error\"") || rest.starts_with("redirect\""),
+        None => true,
+    }
+}
+
 /// Whether a frame `ahead` sequence numbers past the previous one, its timestamp `step` samples
 /// later, shows skipped mix ticks: a pause advances both together, so only a timestamp step
 /// beyond 960 per sequence step is a skip.
@@ -967,6 +982,24 @@ fn cover_before(per_second: &mut Vec<u32>, arrival: f64, frames: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_errors_redirects_and_unexpected_layouts_are_parsed_during_the_run() {
+        // The server's serialiser writes the type first, as the fast path expects.
+        let error = ServerMessage::error(mixer_protocol::ErrorCode::RateLimited, "slow down");
+        assert!(error.to_json().starts_with(r#"{"type":"error""#));
+        assert!(may_matter(&error.to_json()));
+        assert!(!may_matter(
+            r#"{"type":"participant_joined","participant":{"id":3,"name":"Cy","mode":"listen","role":"listener"}}"#
+        ));
+        assert!(!may_matter(r#"{"type":"talking_started","participant_id":3}"#));
+        assert!(may_matter(
+            r#"{"type":"redirect","room":"r","url":"ws://b/","reason":"moved"}"#
+        ));
+        // Not the server's layout: parsed in full rather than guessed at.
+        assert!(may_matter(r#"{ "type": "participant_joined" }"#));
+        assert!(may_matter(r#"{"participant_id":3,"type":"error"}"#));
+    }
 
     #[test]
     fn only_timestamp_steps_beyond_the_sequence_step_are_tick_skips() {
