@@ -537,6 +537,7 @@ pub async fn run_client(plan: ClientPlan, ctx: Arc<RunContext>) -> ClientOutcome
     let link = Link::Up {
         ws: joined.ws,
         url: joined.url,
+        token: joined.resume_token,
     };
     if let Some(Link::Up { mut ws, .. }) = run_session(&plan, &ctx, link, now, &mut out).await {
         ctx.live.connected.fetch_sub(1, Ordering::Relaxed);
@@ -556,6 +557,9 @@ enum Link<'a> {
         ws: Box<Ws>,
         /// The node's URL.
         url: String,
+        /// The resume token of this join: a dropped connection comes back with it as the same
+        /// participant (the server keeps the seat for a while).
+        token: Option<String>,
     },
     /// The session broke; the client is rejoining.
     Down(Rejoining<'a>),
@@ -672,14 +676,14 @@ async fn run_session<'a>(
                     );
                     flushed = counts;
                 }
-                if let (Some((at, reason)), Link::Up { url, .. }) = (&send_failed, &link)
+                if let (Some((at, reason)), Link::Up { url, token, .. }) = (&send_failed, &link)
                     && now >= *at + SEND_FAILED_GRACE
                 {
                     Next::Rejoin {
                         cause: ReconnectCause::Dropped,
                         reason: reason.clone(),
                         url: join::next_url(plan, url).to_owned(),
-                        resume: None,
+                        resume: token.clone(),
                     }
                 } else if let Some(s) = sender.as_mut() {
                     // The talker keeps its schedule through a break: frames due while it
@@ -708,10 +712,10 @@ async fn run_session<'a>(
             }
             event = link_event(&mut link) => match event {
                 LinkEvent::Message(message) => {
-                    let Link::Up { url, .. } = &link else {
+                    let Link::Up { url, token, .. } = &link else {
                         unreachable!("messages come only from a link that is up")
                     };
-                    receive(plan, ctx, url, message, &mut stream, out)
+                    receive(plan, ctx, url, token.as_deref(), message, &mut stream, out)
                 }
                 LinkEvent::Rejoined(Ok(joined)) => {
                     let now = Instant::now();
@@ -731,7 +735,11 @@ async fn run_session<'a>(
                         s.first_of_spurt = true;
                     }
                     ctx.live.connected.fetch_add(1, Ordering::Relaxed);
-                    link = Link::Up { ws: joined.ws, url: joined.url };
+                    link = Link::Up {
+                        ws: joined.ws,
+                        url: joined.url,
+                        token: joined.resume_token,
+                    };
                     Next::Continue
                 }
                 LinkEvent::Rejoined(Err(e)) => {
@@ -831,21 +839,24 @@ async fn send_all(ws: &mut Ws, frames: Vec<Vec<u8>>) -> Result<(), WsError> {
     ws.flush().await
 }
 
-/// Takes in one message of the connection to `url`.
+/// Takes in one message of the connection to `url`, joined with resume token `token`.
 fn receive(
     plan: &ClientPlan,
     ctx: &RunContext,
     url: &str,
+    token: Option<&str>,
     message: Option<Result<Message, WsError>>,
     stream: &mut Stream,
     out: &mut ClientOutcome,
 ) -> Next {
-    // A dropped connection's node may be gone: the next URL of the client's list.
+    // A dropped connection's node may be gone: the next URL of the client's list. The client
+    // asks to come back as itself; a node that does not hold its seat answers `resume_failed`
+    // and the rejoin joins afresh.
     let dropped = |reason: String| Next::Rejoin {
         cause: ReconnectCause::Dropped,
         reason,
         url: join::next_url(plan, url).to_owned(),
-        resume: None,
+        resume: token.map(str::to_owned),
     };
     match message {
         Some(Ok(Message::Binary(bytes))) => {
@@ -992,7 +1003,9 @@ mod tests {
         assert!(!may_matter(
             r#"{"type":"participant_joined","participant":{"id":3,"name":"Cy","mode":"listen","role":"listener"}}"#
         ));
-        assert!(!may_matter(r#"{"type":"talking_started","participant_id":3}"#));
+        assert!(!may_matter(
+            r#"{"type":"talking_started","participant_id":3}"#
+        ));
         assert!(may_matter(
             r#"{"type":"redirect","room":"r","url":"ws://b/","reason":"moved"}"#
         ));

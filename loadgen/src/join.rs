@@ -43,6 +43,8 @@ pub struct Joined {
     pub url: String,
     /// The server answered that it resumed the client as the same participant.
     pub resumed: bool,
+    /// The token to resume as the same participant after a dropped connection.
+    pub resume_token: Option<String>,
     /// Redirects followed on the way, over every attempt.
     pub redirects: u32,
     /// Connections tried (1 when the first one joined).
@@ -123,11 +125,13 @@ pub(crate) async fn connect_and_join(
     connector: &Connector,
 ) -> Result<Joined, AttemptError> {
     let mut redirects = 0;
-    let (ws, url, resumed) = follow(plan, connector, &plan.url, None, &mut redirects).await?;
+    let (ws, url, resumed, resume_token) =
+        follow(plan, connector, &plan.url, None, &mut redirects).await?;
     Ok(Joined {
         ws,
         url,
         resumed,
+        resume_token,
         redirects,
         attempts: 1,
     })
@@ -155,11 +159,12 @@ pub(crate) async fn rejoin(
         let timeout = attempt_timeout.min(deadline.saturating_duration_since(Instant::now()));
         let attempt = follow(plan, connector, &url, resume.clone(), &mut redirects);
         let error = match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok((ws, url, resumed))) => {
+            Ok(Ok((ws, url, resumed, resume_token))) => {
                 return Ok(Joined {
                     ws,
                     url,
                     resumed,
+                    resume_token,
                     redirects,
                     attempts,
                 });
@@ -204,19 +209,23 @@ pub fn next_url<'a>(plan: &'a ClientPlan, url: &str) -> &'a str {
 }
 
 /// One attempt: connects at `url` and joins, following redirects (counted in `redirects`) to
-/// the node that mixes the room. Returns the connection, the URL it joined at and whether the
-/// server resumed it.
+/// the node that mixes the room. Returns the connection, the URL it joined at, whether the
+/// server resumed it and its resume token.
 async fn follow(
     plan: &ClientPlan,
     connector: &Connector,
     url: &str,
     resume: Option<String>,
     redirects: &mut u32,
-) -> Result<(Box<Ws>, String, bool), AttemptError> {
+) -> Result<(Box<Ws>, String, bool, Option<String>), AttemptError> {
     let (mut url, mut resume) = (url.to_owned(), resume);
     for _ in 0..=MAX_REDIRECTS {
         match join_at(plan, connector, &url, resume.clone()).await? {
-            Answer::Joined { ws, resumed } => return Ok((ws, url, resumed)),
+            Answer::Joined {
+                ws,
+                resumed,
+                resume_token,
+            } => return Ok((ws, url, resumed, resume_token)),
             Answer::Redirect { to, resume_token } => {
                 *redirects += 1;
                 url = to;
@@ -239,6 +248,8 @@ enum Answer {
         ws: Box<Ws>,
         /// The server resumed the participant.
         resumed: bool,
+        /// Its token for resuming after a dropped connection.
+        resume_token: Option<String>,
     },
     /// Sent elsewhere.
     Redirect {
@@ -273,10 +284,15 @@ async fn join_at(
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => match parse_server_message(text.as_str()) {
-                Ok(ServerMessage::Joined { resumed, .. }) => {
+                Ok(ServerMessage::Joined {
+                    resumed,
+                    resume_token,
+                    ..
+                }) => {
                     return Ok(Answer::Joined {
                         ws: Box::new(ws),
                         resumed,
+                        resume_token,
                     });
                 }
                 Ok(ServerMessage::Redirect {
