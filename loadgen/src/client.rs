@@ -76,6 +76,8 @@ pub struct RunContext {
     pub join_timeout: Duration,
     /// Jitter samples start this long after a client's join.
     pub warmup: Duration,
+    /// When the reconnect storm drops its clients, if there is one.
+    pub storm_at: Option<Instant>,
 }
 
 impl RunContext {
@@ -109,6 +111,8 @@ pub struct ClientPlan {
     pub start_at: Instant,
     /// Keep received packets for verification.
     pub record: bool,
+    /// The reconnect storm drops this client.
+    pub stormed: bool,
 }
 
 /// One received packet kept for verification.
@@ -230,6 +234,8 @@ pub enum ReconnectCause {
     OtherNode,
     /// No redirect: the connection failed or ended, or the node went away (close 1001).
     Dropped,
+    /// The reconnect storm (`--storm-at`): loadgen cut the connection itself.
+    Storm,
 }
 
 impl ReconnectCause {
@@ -240,6 +246,7 @@ impl ReconnectCause {
             ReconnectCause::LeaseLost => "lease_lost",
             ReconnectCause::OtherNode => "other_node",
             ReconnectCause::Dropped => "dropped",
+            ReconnectCause::Storm => "storm",
         }
     }
 }
@@ -645,6 +652,8 @@ async fn run_session<'a>(
     // a frame being sent, and the redirect still waits to be read. Reading decides, or the
     // grace runs out.
     let mut send_failed: Option<(Instant, String)> = None;
+    // The storm cuts this client's connection once, if it is one of those it takes.
+    let mut storm_at = ctx.storm_at.filter(|_| plan.stormed);
     let sleep = tokio::time::sleep_until(joined);
     tokio::pin!(sleep);
     loop {
@@ -657,6 +666,9 @@ async fn run_session<'a>(
         }
         if let Some((at, _)) = &send_failed {
             wake = wake.min(*at + SEND_FAILED_GRACE);
+        }
+        if let Some(at) = storm_at {
+            wake = wake.min(at);
         }
         if sleep.deadline() != wake {
             sleep.as_mut().reset(wake);
@@ -676,7 +688,21 @@ async fn run_session<'a>(
                     );
                     flushed = counts;
                 }
-                if let (Some((at, reason)), Link::Up { url, token, .. }) = (&send_failed, &link)
+                if storm_at.is_some_and(|at| now >= at) {
+                    storm_at = None;
+                    match &link {
+                        // Back at the same node at once, as a client whose network came back.
+                        Link::Up { url, token, .. } => Next::Rejoin {
+                            cause: ReconnectCause::Storm,
+                            reason: "storm: connection cut by loadgen".into(),
+                            url: url.clone(),
+                            resume: token.clone(),
+                        },
+                        // Already rejoining: the storm has nothing to cut.
+                        Link::Down(_) => Next::Continue,
+                    }
+                } else if let (Some((at, reason)), Link::Up { url, token, .. }) =
+                    (&send_failed, &link)
                     && now >= *at + SEND_FAILED_GRACE
                 {
                     Next::Rejoin {
@@ -784,11 +810,11 @@ async fn run_session<'a>(
                     gave_up: false,
                     first_packet: out.recording.len(),
                 });
-                if cause == ReconnectCause::Dropped {
-                    ctx.live.error();
-                } else {
+                match cause {
+                    ReconnectCause::Dropped => ctx.live.error(),
+                    ReconnectCause::Storm => {}
                     // The mid-session redirect itself: followed, so counted with the others.
-                    out.redirects += 1;
+                    _ => out.redirects += 1,
                 }
                 ctx.live.connected.fetch_sub(1, Ordering::Relaxed);
                 ctx.live.reconnections.fetch_add(1, Ordering::Relaxed);
@@ -804,15 +830,24 @@ async fn run_session<'a>(
                     ctx.join_timeout,
                     now + REJOIN_WINDOW,
                 );
-                if let Link::Up { mut ws, .. } =
-                    std::mem::replace(&mut link, Link::Down(Box::pin(rejoining)))
-                {
-                    // The server closes after a redirect anyway; closing from this side too, in
-                    // the background, keeps the talker on its schedule meanwhile.
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(Duration::from_millis(500), (*ws).close(None))
-                            .await;
-                    });
+                match (
+                    std::mem::replace(&mut link, Link::Down(Box::pin(rejoining))),
+                    cause,
+                ) {
+                    // Cut with no WebSocket close, so the server holds the seat for a resume
+                    // as for a network that failed (the socket's FIN still tells it at once,
+                    // rather than its ping timeout). Dropped here.
+                    (Link::Up { .. }, ReconnectCause::Storm) => {}
+                    (Link::Up { mut ws, .. }, _) => {
+                        // The server closes after a redirect anyway; closing from this side
+                        // too, in the background, keeps the talker on its schedule meanwhile.
+                        tokio::spawn(async move {
+                            let _ =
+                                tokio::time::timeout(Duration::from_millis(500), (*ws).close(None))
+                                    .await;
+                        });
+                    }
+                    (Link::Down(_), _) => {}
                 }
             }
         }

@@ -176,6 +176,21 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_FLOOD_RATE", default_value_t = 0)]
     pub flood_rate: u32,
 
+    /// A reconnect storm: this many seconds after the ramp, `--storm-fraction` of the clients
+    /// drop their connections at once (no close frame, as a network cut would) and rejoin at
+    /// once, resuming with their tokens. The report says how long until each heard audio again.
+    #[arg(long, env = "LOADGEN_STORM_AT")]
+    pub storm_at: Option<f64>,
+
+    /// Percentage of the clients a `--storm-at` storm drops.
+    #[arg(long, env = "LOADGEN_STORM_FRACTION", default_value_t = 50.0)]
+    pub storm_fraction: f64,
+
+    /// Gate: the longest a stormed client may take from its drop to its first audio frame on
+    /// the new connection, in ms (a client never heard again fails it).
+    #[arg(long, env = "LOADGEN_MAX_STORM_RECOVERY")]
+    pub max_storm_recovery: Option<f64>,
+
     /// For a server with access tokens: the signing key (the mixer's HMAC secret, or the
     /// Ed25519 private key whose public key the mixer holds). Each client gets a token of its
     /// own, with its own identity, in its connection URL.
@@ -224,6 +239,8 @@ pub struct Gates {
     pub max_p99_jitter_ms: Option<f64>,
     /// Largest p99 join time, ms.
     pub max_p99_join_ms: Option<f64>,
+    /// Longest a stormed client may take to hear audio again, ms.
+    pub max_storm_recovery_ms: Option<f64>,
     /// Smallest receive rate of the worst client, percent of 50/s.
     pub min_rx_rate_pct: Option<f64>,
     /// Most errors (failed joins, disconnects, server error messages).
@@ -239,6 +256,7 @@ impl Gates {
             || self.max_p99_delay_ms.is_some()
             || self.max_p99_jitter_ms.is_some()
             || self.max_p99_join_ms.is_some()
+            || self.max_storm_recovery_ms.is_some()
             || self.min_rx_rate_pct.is_some()
             || self.max_errors.is_some()
             || self.require_verified
@@ -305,8 +323,29 @@ pub struct Scenario {
     pub flooders: usize,
     /// Messages per second per flooder (`None`: as fast as possible).
     pub flood_rate: Option<u32>,
+    /// A reconnect storm during the run, if any.
+    pub storm: Option<Storm>,
     /// The key that signs each client's access token, for a server that requires them.
     pub auth_key_file: Option<std::path::PathBuf>,
+}
+
+/// A reconnect storm: a share of the clients drop their connections at the same instant.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Storm {
+    /// When, counted from the end of the ramp.
+    pub after_ramp: Duration,
+    /// Share of the clients dropped, 0 to 1.
+    pub fraction: f64,
+}
+
+impl Storm {
+    /// Whether client `index` is one of those dropped: a fixed spread over the clients (by a
+    /// multiplicative hash of the index), so every room loses about the same share and a run
+    /// is repeatable.
+    pub fn takes(&self, index: usize) -> bool {
+        let spread = (index as u32).wrapping_mul(0x9E37_79B9);
+        f64::from(spread) / f64::from(u32::MAX) < self.fraction
+    }
 }
 
 /// How `--find-max` grows the load.
@@ -368,6 +407,19 @@ pub enum ScenarioError {
         "--find-max needs at least one gate (--max-loss, --max-p99-delay, --require-verified, ...)"
     )]
     FindMaxWithoutGates,
+    /// A storm that would not happen within the measured time.
+    #[error(
+        "--storm-at {at} must be within the measured time after the ramp (0 to --duration {duration}, exclusive)"
+    )]
+    StormOutsideRun {
+        /// --storm-at.
+        at: f64,
+        /// --duration.
+        duration: f64,
+    },
+    /// The storm gate without a storm.
+    #[error("--max-storm-recovery needs --storm-at")]
+    StormGateWithoutStorm,
 }
 
 impl Args {
@@ -431,12 +483,30 @@ impl Args {
             max_p99_delay_ms: self.max_p99_delay,
             max_p99_jitter_ms: self.max_p99_jitter,
             max_p99_join_ms: self.max_p99_join,
+            max_storm_recovery_ms: self.max_storm_recovery,
             min_rx_rate_pct: self.min_rx_rate,
             max_errors: self.max_errors,
             require_verified: self.require_verified,
         };
         if self.find_max && !gates.any() {
             return Err(ScenarioError::FindMaxWithoutGates);
+        }
+        if !(0.0..=100.0).contains(&self.storm_fraction) {
+            return Err(ScenarioError::Percent {
+                flag: "storm-fraction",
+                value: self.storm_fraction,
+            });
+        }
+        if let Some(at) = self.storm_at
+            && !(at >= 0.0 && at < self.duration)
+        {
+            return Err(ScenarioError::StormOutsideRun {
+                at,
+                duration: self.duration,
+            });
+        }
+        if self.max_storm_recovery.is_some() && self.storm_at.is_none() {
+            return Err(ScenarioError::StormGateWithoutStorm);
         }
         Ok(Scenario {
             urls: self.url.clone(),
@@ -474,6 +544,10 @@ impl Args {
             }),
             flooders: self.flooders,
             flood_rate: (self.flood_rate > 0).then_some(self.flood_rate),
+            storm: self.storm_at.map(|at| Storm {
+                after_ramp: Duration::from_secs_f64(at),
+                fraction: self.storm_fraction / 100.0,
+            }),
             auth_key_file: self.auth_key_file.clone(),
         })
     }
@@ -522,6 +596,38 @@ mod tests {
         assert_eq!(s.urls.len(), 2);
         assert!((s.impairment.loss - 0.05).abs() < 1e-12);
         assert!(s.gates.any());
+    }
+
+    #[test]
+    fn a_storm_takes_its_share_of_the_clients_and_must_fall_inside_the_run() {
+        let s = parse(&["--storm-at", "2", "--storm-fraction", "30"])
+            .to_scenario()
+            .expect("valid");
+        let storm = s.storm.expect("a storm");
+        assert_eq!(storm.after_ramp, Duration::from_secs(2));
+        let taken = (0..1000).filter(|&i| storm.takes(i)).count();
+        assert!((250..=350).contains(&taken), "30 % of 1000 took {taken}");
+        // Spread over the rooms, not the first clients: every block of ten loses some.
+        assert!((0..100).all(|block| (0..10).any(|k| storm.takes(block * 10 + k))));
+        let all = Storm {
+            fraction: 1.0,
+            ..storm
+        };
+        assert!((0..1000).all(|i| all.takes(i)));
+
+        let err = parse(&["--storm-at", "9", "--duration", "5"])
+            .to_scenario()
+            .expect_err("after the end");
+        assert!(err.to_string().contains("--storm-at 9"), "{err}");
+        let err = parse(&["--storm-at", "1", "--storm-fraction", "150"])
+            .to_scenario()
+            .expect_err("not a percentage");
+        assert!(err.to_string().contains("--storm-fraction"), "{err}");
+        let err = parse(&["--max-storm-recovery", "500"])
+            .to_scenario()
+            .expect_err("no storm");
+        assert_eq!(err, ScenarioError::StormGateWithoutStorm);
+        assert!(parse(&[]).to_scenario().expect("valid").storm.is_none());
     }
 
     #[test]

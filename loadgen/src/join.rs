@@ -389,6 +389,7 @@ mod tests {
             room_name: "r".into(),
             start_at: Instant::now(),
             record: false,
+            stormed: false,
         };
         assert_eq!(next_url(&plan, "ws://a/"), "ws://b/");
         assert_eq!(next_url(&plan, "ws://c/"), "ws://a/");

@@ -50,7 +50,7 @@ use client::{ClientOutcome, ClientPlan, ReconnectCause, RunContext, run_client};
 use config::Signal;
 use report::{
     ClientReconnections, CpuUse, EXPECTED_FPS, Percentiles, ReconnectionReport, Reconnections,
-    Round, RxRate, Verification,
+    Round, RxRate, StormReport, Verification,
 };
 use signal::Source;
 use stats::{Live, micros_histogram};
@@ -198,6 +198,7 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
         seed: scenario.seed,
         join_timeout: scenario.join_timeout,
         warmup: scenario.warmup,
+        storm_at: scenario.storm.map(|storm| epoch + ramp + storm.after_ramp),
     });
     let cpu_start = (
         cpu::cpu_seconds(None),
@@ -243,6 +244,7 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
                 room_name: scenario.room_name(round, room),
                 start_at: epoch + Duration::from_secs_f64(index as f64 / scenario.ramp_per_sec),
                 record: verified.contains(&(room, slot)),
+                stormed: scenario.storm.is_some_and(|storm| storm.takes(index)),
             };
             tasks.push(tokio::spawn(run_client(plan, ctx.clone())));
         }
@@ -335,6 +337,9 @@ fn analyse(
         micros_histogram(),
         micros_histogram(),
     );
+    let storm = scenario
+        .storm
+        .map(|storm| storm_report(&outcomes, storm, end - scenario.duration.as_secs_f64()));
     for o in &outcomes {
         count_reconnections(o, &mut reconnections, &mut gap, &mut rejoin);
         if let Some(ms) = o.join_ms {
@@ -463,6 +468,7 @@ fn analyse(
             ..reconnections
         },
         reconnect_gap_ms: Percentiles::from_micros(&gap),
+        storm,
         join_ms: Percentiles::from_micros(&join),
         rx_rate,
         frames_received: received,
@@ -512,6 +518,7 @@ fn count_reconnections(
             ReconnectCause::LeaseLost => &mut into.lease_lost,
             ReconnectCause::OtherNode => &mut into.other_node,
             ReconnectCause::Dropped => &mut into.dropped,
+            ReconnectCause::Storm => &mut into.storm,
         } += 1;
         into.resumed += u64::from(r.resumed);
         into.gave_up += u64::from(r.gave_up);
@@ -539,6 +546,39 @@ fn count_reconnections(
         frames_unsent: o.unsent,
         reconnections: reports,
     });
+}
+
+/// What the reconnect storm did: who it cut, who came back, and how long until each heard audio
+/// again. `ramp_end` is when the ramp ended (seconds since the epoch); the storm came
+/// `storm.after_ramp` later.
+fn storm_report(outcomes: &[ClientOutcome], storm: config::Storm, ramp_end: f64) -> StormReport {
+    let at = ramp_end + storm.after_ramp.as_secs_f64();
+    let mut recovery = micros_histogram();
+    let mut report = StormReport {
+        at_secs: at,
+        ..StormReport::default()
+    };
+    let cuts = outcomes.iter().flat_map(|o| {
+        o.reconnections
+            .iter()
+            .filter(|r| r.cause == ReconnectCause::Storm)
+    });
+    for r in cuts {
+        report.clients += 1;
+        report.rejoined += u64::from(r.rejoined_at.is_some());
+        report.resumed += u64::from(r.resumed);
+        match r.first_frame_at {
+            Some(heard) => {
+                report.heard_again += 1;
+                let ms = (heard - r.broke_at) * 1000.0;
+                let _ = recovery.record((ms * 1000.0).max(1.0) as u64);
+                report.all_heard_again_ms = Some(report.all_heard_again_ms.unwrap_or(0.0).max(ms));
+            }
+            None => report.never_heard_again += 1,
+        }
+    }
+    report.recovery_ms = Percentiles::from_micros(&recovery);
+    report
 }
 
 /// Prints a progress line about once a second while stderr is a terminal.

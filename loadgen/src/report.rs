@@ -84,7 +84,7 @@ pub struct Verification {
 /// all clients. See [`crate::join`] for how clients rejoin.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Reconnections {
-    /// Breaks in all: the sum of the four causes.
+    /// Breaks in all: the sum of the causes below.
     pub total: u64,
     /// A `redirect` with reason `moved` (a draining node handed the room on): resumed at the
     /// new node with the redirect's token.
@@ -96,6 +96,9 @@ pub struct Reconnections {
     /// No redirect: the connection dropped (or the node closed it going away). Rejoined at the
     /// next `--url`. Also counted as errors.
     pub dropped: u64,
+    /// Cut by the reconnect storm (`--storm-at`) and rejoined at the same node. Not errors:
+    /// loadgen did it.
+    pub storm: u64,
     /// Breaks after which the server resumed the client as the same participant.
     pub resumed: u64,
     /// Breaks after which the client gave up (also in `disconnects`).
@@ -197,6 +200,8 @@ pub struct Report {
     /// the first after (for breaks with a frame on both sides). A gap is reported here, not
     /// counted as loss or against the receive rate.
     pub reconnect_gap_ms: Percentiles,
+    /// What the reconnect storm did, when the run had one (`--storm-at`).
+    pub storm: Option<StormReport>,
     /// Connect plus join time.
     pub join_ms: Percentiles,
     /// Receive rate.
@@ -236,6 +241,27 @@ pub struct Report {
     pub gates: Vec<GateVerdict>,
     /// Whether every gate held.
     pub passed: bool,
+}
+
+/// The reconnect storm: the clients it cut, and how long until each heard audio again.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StormReport {
+    /// When it came, seconds since the start of the run.
+    pub at_secs: f64,
+    /// Clients whose connection it cut.
+    pub clients: u64,
+    /// Of those, joined again within the run.
+    pub rejoined: u64,
+    /// Of those, resumed by the server as the same participant (with their tokens).
+    pub resumed: u64,
+    /// Of those, that received an audio frame on the new connection.
+    pub heard_again: u64,
+    /// Cut clients that received no audio frame again before the end of the run.
+    pub never_heard_again: u64,
+    /// From the cut to the first audio frame on the new connection, per client.
+    pub recovery_ms: Percentiles,
+    /// When the last of them heard audio again, ms after its cut (`None` if none did).
+    pub all_heard_again_ms: Option<f64>,
 }
 
 impl Report {
@@ -305,6 +331,16 @@ impl Report {
             gates.max_errors.map(|e| e as f64),
             Some(self.errors() as f64),
             "errors",
+        );
+        // Every cut client must have heard audio again, within the limit.
+        max(
+            "--max-storm-recovery",
+            gates.max_storm_recovery_ms,
+            self.storm
+                .as_ref()
+                .filter(|s| s.clients > 0 && s.never_heard_again == 0)
+                .and_then(|s| s.all_heard_again_ms),
+            "slowest storm recovery ms",
         );
         if let Some(limit) = gates.min_rx_rate_pct {
             let value = (self.rx_rate.clients > 0)
@@ -454,6 +490,11 @@ impl Report {
             } else {
                 String::new()
             };
+            let other = if rc.storm > 0 {
+                format!("{other}, storm {}", rc.storm)
+            } else {
+                other
+            };
             let _ = writeln!(
                 s,
                 "reconnections  {} by {} clients (moved {}, lease_lost {}, dropped {}{other}); {} resumed, {} gave up; {} talker frames unsent",
@@ -468,6 +509,19 @@ impl Report {
             );
             let _ = writeln!(s, "  rejoin       {}", p(&rc.rejoin_ms));
             let _ = writeln!(s, "  audio gap    {}", p(&self.reconnect_gap_ms));
+        }
+        if let Some(storm) = &self.storm {
+            let _ = writeln!(
+                s,
+                "storm          {} clients cut at {:.1} s: {} rejoined ({} resumed), {} heard audio again, {} never did",
+                storm.clients,
+                storm.at_secs,
+                storm.rejoined,
+                storm.resumed,
+                storm.heard_again,
+                storm.never_heard_again
+            );
+            let _ = writeln!(s, "  heard again  {}", p(&storm.recovery_ms));
         }
         let _ = writeln!(s, "disconnects    {}", counts(&self.disconnects));
         let _ = writeln!(s, "server errors  {}", counts(&self.server_errors));
@@ -624,6 +678,7 @@ mod tests {
             redirects: 0,
             reconnections: Reconnections::default(),
             reconnect_gap_ms: Percentiles::default(),
+            storm: None,
             join_ms: percentiles(5.0),
             rx_rate: RxRate {
                 expected: 50.0,
@@ -665,7 +720,45 @@ mod tests {
             min_rx_rate_pct: Some(95.0),
             max_errors: Some(0),
             require_verified: true,
+            max_storm_recovery_ms: None,
         }
+    }
+
+    #[test]
+    fn the_storm_gate_needs_every_cut_client_heard_again_within_its_limit() {
+        let gates = Gates {
+            max_storm_recovery_ms: Some(1000.0),
+            ..Gates::default()
+        };
+        let verdict = |storm: StormReport| {
+            let report = Report {
+                storm: Some(storm),
+                ..healthy()
+            };
+            report.gate_verdicts(&gates)
+        };
+        let back = StormReport {
+            clients: 4,
+            rejoined: 4,
+            resumed: 4,
+            heard_again: 4,
+            all_heard_again_ms: Some(420.0),
+            ..StormReport::default()
+        };
+        assert!(verdict(back.clone()).iter().all(|g| g.passed));
+        let slow = StormReport {
+            all_heard_again_ms: Some(1500.0),
+            ..back.clone()
+        };
+        assert!(!verdict(slow)[0].passed);
+        // One who never heard audio again fails it, however fast the others were.
+        let lost = StormReport {
+            heard_again: 3,
+            never_heard_again: 1,
+            ..back
+        };
+        let gate = &verdict(lost)[0];
+        assert!(!gate.passed && gate.value == "n/a", "{gate:?}");
     }
 
     #[test]

@@ -714,3 +714,55 @@ async fn clients_whose_node_drops_them_rejoin_at_the_next_url() {
     assert_eq!(report.verification.passed, 8, "{table}");
     assert!(report.disconnects.is_empty(), "{table}");
 }
+
+/// A reconnect storm: half the clients have their connections cut at once (no close frame) and
+/// come straight back with their resume tokens. Each is resumed as itself, hears audio again
+/// within the gate, and every receiver still verifies; the cuts are not errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_is_resumed_and_everyone_hears_audio_again() {
+    let mixer = start_mixer().await;
+    let scenario = scenario(
+        mixer.addr,
+        &[
+            "--duration",
+            "6",
+            "--storm-at",
+            "2.5",
+            "--storm-fraction",
+            "50",
+            "--max-storm-recovery",
+            "2000",
+        ],
+    );
+    let storm = scenario.storm.expect("a storm");
+    let cut = (0..scenario.clients()).filter(|&i| storm.takes(i)).count() as u64;
+    assert!(
+        (2..=6).contains(&cut),
+        "the 50 % spread over 8 clients cut {cut}"
+    );
+    let report = loadgen::run(&scenario).await.expect("run");
+    let table = report.render();
+    assert!(
+        report.passed,
+        "{:?}\n{table}",
+        report.violations(&scenario.gates)
+    );
+    let s = report.storm.as_ref().expect("the storm's report");
+    assert_eq!(s.clients, cut, "{table}");
+    assert_eq!(
+        (s.rejoined, s.resumed, s.heard_again, s.never_heard_again),
+        (cut, cut, cut, 0),
+        "{table}"
+    );
+    assert!(s.recovery_ms.max < 2000.0, "{table}");
+    let rc = &report.reconnections;
+    assert_eq!((rc.storm, rc.dropped, rc.total), (cut, 0, cut), "{table}");
+    assert_eq!(report.errors(), 0, "{table}");
+    assert_eq!(report.verification.passed, 8, "{table}");
+    assert!(
+        table.contains(&format!("storm          {cut} clients cut")),
+        "{table}"
+    );
+    let json = serde_json::to_string(&report).expect("json");
+    assert!(json.contains("\"all_heard_again_ms\""), "{json}");
+}
