@@ -139,8 +139,8 @@ def fmt_ms(x):
 
 def step(args):
     """Summarises one loadgen run; prints PASS or FAIL and appends a record to the results."""
-    scenario, label, participants, report_path, before, after, rc, strict, cpu, results = args
-    pauses_path = report_path.replace("report-", "pauses-").replace(".json", ".txt")
+    (scenario, label, participants, report_path, before, after, rc, strict, cpu, results,
+     pauses_path) = args
     try:
         pauses = [float(l) for l in open(pauses_path) if l.strip()]
     except (OSError, ValueError):
@@ -497,7 +497,7 @@ run_step() {
     stop_mixer
     VERDICT=$(helper step "$scenario" "$label" "$participants" "$OUT/report-$name.json" \
         "$OUT/metrics-$name-before.txt" "$OUT/metrics-$name-after.txt" "$rc" "$STRICT_VERIFY" \
-        "$before $after" "$RESULTS")
+        "$before $after" "$RESULTS" "$OUT/pauses-$name.txt")
 }
 
 # steps SCENARIO "STEP LIST" FUNCTION: runs FUNCTION STEP for each step until one fails.

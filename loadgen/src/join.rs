@@ -124,17 +124,7 @@ pub(crate) async fn connect_and_join(
     plan: &ClientPlan,
     connector: &Connector,
 ) -> Result<Joined, AttemptError> {
-    let mut redirects = 0;
-    let (ws, url, resumed, resume_token) =
-        follow(plan, connector, &plan.url, None, &mut redirects).await?;
-    Ok(Joined {
-        ws,
-        url,
-        resumed,
-        resume_token,
-        redirects,
-        attempts: 1,
-    })
+    follow(plan, connector, &plan.url, None, &mut 0).await
 }
 
 /// Gets a client whose session broke back into its room: starts at `url` (resuming with
@@ -159,16 +149,7 @@ pub(crate) async fn rejoin(
         let timeout = attempt_timeout.min(deadline.saturating_duration_since(Instant::now()));
         let attempt = follow(plan, connector, &url, resume.clone(), &mut redirects);
         let error = match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok((ws, url, resumed, resume_token))) => {
-                return Ok(Joined {
-                    ws,
-                    url,
-                    resumed,
-                    resume_token,
-                    redirects,
-                    attempts,
-                });
-            }
+            Ok(Ok(joined)) => return Ok(Joined { attempts, ..joined }),
             Ok(Err(e)) => e,
             Err(_) => AttemptError::TimedOut(timeout),
         };
@@ -208,16 +189,15 @@ pub fn next_url<'a>(plan: &'a ClientPlan, url: &str) -> &'a str {
     }
 }
 
-/// One attempt: connects at `url` and joins, following redirects (counted in `redirects`) to
-/// the node that mixes the room. Returns the connection, the URL it joined at, whether the
-/// server resumed it and its resume token.
+/// One attempt: connects at `url` and joins, following redirects (counted in `redirects`, over
+/// every attempt) to the node that mixes the room. The join it returns counts one attempt.
 async fn follow(
     plan: &ClientPlan,
     connector: &Connector,
     url: &str,
     resume: Option<String>,
     redirects: &mut u32,
-) -> Result<(Box<Ws>, String, bool, Option<String>), AttemptError> {
+) -> Result<Joined, AttemptError> {
     let (mut url, mut resume) = (url.to_owned(), resume);
     for _ in 0..=MAX_REDIRECTS {
         match join_at(plan, connector, &url, resume.clone()).await? {
@@ -225,7 +205,16 @@ async fn follow(
                 ws,
                 resumed,
                 resume_token,
-            } => return Ok((ws, url, resumed, resume_token)),
+            } => {
+                return Ok(Joined {
+                    ws,
+                    url,
+                    resumed,
+                    resume_token,
+                    redirects: *redirects,
+                    attempts: 1,
+                });
+            }
             Answer::Redirect { to, resume_token } => {
                 *redirects += 1;
                 url = to;
