@@ -28,8 +28,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use mixer_protocol::{
-    AudioFormat, AudioFrame, AudioHeader, ClientMessage, FRAME_SAMPLES, Flags, JoinRequest, Mode,
-    RedirectReason, Role, ServerMessage, close_code, parse_server_message,
+    AudioFormat, AudioFrame, AudioHeader, ClientMessage, FRAME_SAMPLES, Flags, FloorEndReason,
+    JoinRequest, Mode, RedirectReason, Role, ServerMessage, close_code, parse_server_message,
 };
 use serde::Serialize;
 use tokio::time::Instant;
@@ -109,6 +109,14 @@ pub struct ClientPlan {
     pub room_name: String,
     /// When to connect.
     pub start_at: Instant,
+    /// Stretches it spends out of its room (churn, or stages that ramp down and up again): it
+    /// leaves at the first instant and joins again, afresh, at the second.
+    pub away: Vec<(Instant, Instant)>,
+    /// When it leaves for good, if before the end of the run (a stage ramping down).
+    pub leave_at: Option<Instant>,
+    /// Its talker talks push-to-talk: joins in `ptt` mode and asks for the floor before each
+    /// spurt.
+    pub ptt: bool,
     /// Keep received packets for verification.
     pub record: bool,
     /// The reconnect storm drops this client.
@@ -178,6 +186,31 @@ pub struct ClientOutcome {
     pub sent: u64,
     /// Talker: packets the impairment dropped.
     pub impaired_drops: u64,
+    /// When it left for good before the end of the run (a stage ramping down), seconds since
+    /// the epoch.
+    pub left_at: Option<f64>,
+    /// Push-to-talk: its floor requests and what became of them.
+    pub floor: FloorStats,
+    /// Its jitter estimate once a second after its warm-up, µs.
+    pub jitter_us: Vec<u64>,
+    /// The node it was last joined at.
+    pub node: Option<String>,
+}
+
+/// A push-to-talk talker's floor requests (one per talk spurt) and their answers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FloorStats {
+    /// `floor_request`s sent.
+    pub requests: u64,
+    /// Granted.
+    pub granted: u64,
+    /// Denied: someone else held the floor.
+    pub denied: u64,
+    /// Taken away by the server before the talker let go (longest turn, silence, a
+    /// moderator).
+    pub revoked: u64,
+    /// From each request to its grant, ms.
+    pub grant_ms: Vec<f64>,
 }
 
 impl ClientOutcome {
@@ -236,6 +269,9 @@ pub enum ReconnectCause {
     Dropped,
     /// The reconnect storm (`--storm-at`): loadgen cut the connection itself.
     Storm,
+    /// Planned: the client left (churn, or a stage ramping down) and joined again later as a
+    /// new participant.
+    Churn,
 }
 
 impl ReconnectCause {
@@ -247,6 +283,7 @@ impl ReconnectCause {
             ReconnectCause::OtherNode => "other_node",
             ReconnectCause::Dropped => "dropped",
             ReconnectCause::Storm => "storm",
+            ReconnectCause::Churn => "churn",
         }
     }
 }
@@ -272,6 +309,9 @@ pub struct Reconnection {
     pub broke_at: f64,
     /// Arrival of the last audio frame on the connection that broke, if any came.
     pub last_frame_at: Option<f64>,
+    /// When the client started to join again: at once after a break, or at the end of its time
+    /// away (churn).
+    pub returns_at: f64,
     /// When the client was joined again; `None` if it never was (it gave up, or the run ended).
     pub rejoined_at: Option<f64>,
     /// Arrival of the first audio frame on the new connection.
@@ -295,9 +335,9 @@ impl Reconnection {
         Some((self.first_frame_at? - self.last_frame_at?) * 1000.0)
     }
 
-    /// From the break to being joined again, ms.
+    /// From the break (or the end of a planned time away) to being joined again, ms.
     pub fn rejoin_ms(&self) -> Option<f64> {
-        Some((self.rejoined_at? - self.broke_at) * 1000.0)
+        Some((self.rejoined_at? - self.returns_at) * 1000.0)
     }
 
     /// The time the client was out of its room, for a run ending at `end`: from the last frame
@@ -330,6 +370,25 @@ struct Sender {
     in_loss: bool,
     held: Option<Vec<u8>>,
     pending: Vec<(Instant, Vec<u8>)>,
+    /// Out of the room by plan (churn): frames due are neither sent nor missed.
+    away: bool,
+    /// Push-to-talk: where its floor stands.
+    floor: Floor,
+    /// Push-to-talk: floor requests and releases to send before the next frames.
+    control: Vec<ClientMessage>,
+}
+
+/// A push-to-talk talker's hold on the floor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Floor {
+    /// Not talking (or talking freely: not push-to-talk).
+    Idle,
+    /// Asked at this instant, no answer yet: nothing is sent.
+    Asked(Instant),
+    /// Granted: sending.
+    Held,
+    /// Denied or taken away for the rest of this spurt: nothing is sent.
+    Lost,
 }
 
 impl Sender {
@@ -353,7 +412,15 @@ impl Sender {
             in_loss: false,
             held: None,
             pending: Vec::new(),
+            away: false,
+            floor: Floor::Idle,
+            control: Vec::new(),
         }
+    }
+
+    /// Whether this frame may go out: always, but for a push-to-talk talker without the floor.
+    fn has_floor(&self, ptt: bool) -> bool {
+        !ptt || self.floor == Floor::Held
     }
 
     fn frames_for(&mut self, mean: Duration) -> u64 {
@@ -365,7 +432,7 @@ impl Sender {
     /// frame (if the impairment lets it through) for its due time. While not `connected` the
     /// frame is only counted: the audio goes on (position, sequence, timestamp), as a real
     /// client's capture would, but nothing is recorded as said.
-    fn generate(&mut self, ctx: &RunContext, out: &mut ClientOutcome, connected: bool) {
+    fn generate(&mut self, ctx: &RunContext, out: &mut ClientOutcome, connected: bool, ptt: bool) {
         let scheduled = self.next;
         self.next += FRAME;
         if ctx.pattern == TalkPattern::Spurts {
@@ -381,18 +448,36 @@ impl Sender {
                     self.position = 0;
                     self.first_of_spurt = true;
                 }
+                if ptt && connected {
+                    // The button: pressed at a spurt's start, let go at its end.
+                    match (self.talking, self.floor) {
+                        (true, _) => {
+                            self.floor = Floor::Asked(scheduled);
+                            self.control
+                                .push(ClientMessage::FloorRequest { preempt: false });
+                            out.floor.requests += 1;
+                        }
+                        (false, Floor::Held) => {
+                            self.floor = Floor::Idle;
+                            self.control.push(ClientMessage::FloorRelease);
+                        }
+                        (false, _) => self.floor = Floor::Idle,
+                    }
+                }
             }
             self.frames_left -= 1;
         }
         let timestamp = self.timestamp;
         self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
-        if !self.talking {
+        if !self.talking || (connected && !self.has_floor(ptt)) {
             return;
         }
         if !connected {
             self.position = (self.position + 1) % self.source.packets.len();
             self.sequence = self.sequence.wrapping_add(1);
-            out.unsent += 1;
+            if !self.away {
+                out.unsent += 1;
+            }
             return;
         }
         let at = ctx.secs(scheduled);
@@ -462,22 +547,58 @@ impl Sender {
         due
     }
 
-    /// The connection broke: frames queued by the impairment will not be sent.
-    fn lose_pending(&mut self, out: &mut ClientOutcome) {
+    /// The connection broke (or the client left, `planned`): frames queued by the impairment
+    /// will not be sent, and count as unsent unless the client meant to leave.
+    fn lose_pending(&mut self, out: &mut ClientOutcome, planned: bool) {
         let lost = self.pending.len() as u64 + u64::from(self.held.is_some());
         self.pending.clear();
         self.held = None;
         out.sent -= lost;
-        out.unsent += lost;
+        if !planned {
+            out.unsent += lost;
+        }
+        // A new connection is a new participant (or a resumed one that lost its floor): a
+        // push-to-talk talker waits for its next spurt to ask again.
+        self.floor = Floor::Idle;
+        self.control.clear();
+    }
+
+    /// Takes in the server's answer about the floor.
+    fn on_floor(&mut self, event: FloorEvent, out: &mut ClientOutcome, now: Instant) {
+        match (event, self.floor) {
+            (FloorEvent::Granted, Floor::Asked(at)) => {
+                self.floor = Floor::Held;
+                out.floor.granted += 1;
+                out.floor
+                    .grant_ms
+                    .push(now.saturating_duration_since(at).as_secs_f64() * 1000.0);
+            }
+            (FloorEvent::Denied, Floor::Asked(_)) => {
+                self.floor = Floor::Lost;
+                out.floor.denied += 1;
+            }
+            (FloorEvent::Revoked, Floor::Held) => {
+                self.floor = Floor::Lost;
+                out.floor.revoked += 1;
+            }
+            // Granted after the spurt ended (or after a denial): the button is up already,
+            // so the floor goes straight back rather than blocking the channel.
+            (FloorEvent::Granted, _) => {
+                out.floor.granted += 1;
+                self.control.push(ClientMessage::FloorRelease);
+            }
+            // Late answers (the spurt already ended) change nothing.
+            _ => {}
+        }
     }
 }
 
 /// The `join` a loadgen client sends (resuming with `resume`, if given).
 pub(crate) fn join_message(plan: &ClientPlan, resume: Option<String>) -> Message {
-    let mode = if plan.source.is_some() {
-        Mode::Talk
-    } else {
-        Mode::Listen
+    let mode = match (&plan.source, plan.ptt) {
+        (Some(_), true) => Mode::Ptt,
+        (Some(_), false) => Mode::Talk,
+        (None, _) => Mode::Listen,
     };
     let name = format!("lg-{}-{}", plan.room, plan.slot);
     let request = JoinRequest {
@@ -537,6 +658,7 @@ pub async fn run_client(plan: ClientPlan, ctx: Arc<RunContext>) -> ClientOutcome
         }
     };
     out.redirects = joined.redirects;
+    out.node = Some(joined.url.clone());
     let now = Instant::now();
     out.joined_at = Some(ctx.secs(now));
     out.join_ms = Some((now - started).as_secs_f64() * 1000.0);
@@ -545,6 +667,7 @@ pub async fn run_client(plan: ClientPlan, ctx: Arc<RunContext>) -> ClientOutcome
         ws: joined.ws,
         url: joined.url,
         token: joined.resume_token,
+        me: joined.participant_id,
     };
     if let Some(Link::Up { mut ws, .. }) = run_session(&plan, &ctx, link, now, &mut out).await {
         ctx.live.connected.fetch_sub(1, Ordering::Relaxed);
@@ -567,6 +690,8 @@ enum Link<'a> {
         /// The resume token of this join: a dropped connection comes back with it as the same
         /// participant (the server keeps the seat for a while).
         token: Option<String>,
+        /// Its participant id on this connection.
+        me: u32,
     },
     /// The session broke; the client is rejoining.
     Down(Rejoining<'a>),
@@ -614,17 +739,32 @@ impl Stream {
     }
 }
 
+/// What the server said of a push-to-talk talker's floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FloorEvent {
+    /// `floor_granted` to it.
+    Granted,
+    /// `floor_denied`.
+    Denied,
+    /// `floor_released` of it, for another reason than its own release.
+    Revoked,
+}
+
 /// What a message on the connection means for the session.
 enum Next {
     /// Carry on.
     Continue,
-    /// The session broke (`reason`): rejoin, starting at `url` (resuming with `resume`).
+    /// The session broke (`reason`): rejoin, starting at `url` (resuming with `resume`), at
+    /// once or (planned: churn) at `back`.
     Rejoin {
         cause: ReconnectCause,
         reason: String,
         url: String,
         resume: Option<String>,
+        back: Option<Instant>,
     },
+    /// News of the floor.
+    Floor(FloorEvent),
     /// The connection ended for good (the server's verdict on this client, not a node going
     /// away): it counts as disconnected.
     Stop(String),
@@ -654,10 +794,16 @@ async fn run_session<'a>(
     let mut send_failed: Option<(Instant, String)> = None;
     // The storm cuts this client's connection once, if it is one of those it takes.
     let mut storm_at = ctx.storm_at.filter(|_| plan.stormed);
+    // This client's end: the run's, or its leave when a stage ramps down before it.
+    let end = plan.leave_at.map_or(ctx.end, |leave| leave.min(ctx.end));
+    let mut aways = plan.away.iter().copied().peekable();
     let sleep = tokio::time::sleep_until(joined);
     tokio::pin!(sleep);
     loop {
-        let mut wake = ctx.end.min(next_flush);
+        let mut wake = end.min(next_flush);
+        if let (Some(&(at, _)), Link::Up { .. }) = (aways.peek(), &link) {
+            wake = wake.min(at);
+        }
         if let Some(s) = &sender {
             wake = wake.min(s.next);
             if let Some(due) = s.next_due() {
@@ -676,19 +822,34 @@ async fn run_session<'a>(
         let next = tokio::select! {
             () = &mut sleep => {
                 let now = Instant::now();
-                if now >= ctx.end {
+                if now >= end {
                     break;
                 }
                 if now >= next_flush {
                     next_flush += Duration::from_secs(1);
                     let counts = FrameCounts::of(&out.seq);
-                    ctx.live.flush(
-                        counts.since(flushed),
-                        if now >= warm_from { Some(stream.jitter.millis()) } else { None },
-                    );
+                    let jitter = (now >= warm_from).then(|| stream.jitter.millis());
+                    if let Some(ms) = jitter {
+                        out.jitter_us.push((ms * 1000.0).max(1.0) as u64);
+                    }
+                    ctx.live.flush(counts.since(flushed), jitter);
                     flushed = counts;
                 }
-                if storm_at.is_some_and(|at| now >= at) {
+                let away_now = aways.next_if(|&(at, _)| now >= at);
+                if let Some((_, back)) = away_now {
+                    match &link {
+                        // Leaves, and comes back later as a new participant at the same node.
+                        Link::Up { url, .. } => Next::Rejoin {
+                            cause: ReconnectCause::Churn,
+                            reason: "churn: left as planned".into(),
+                            url: url.clone(),
+                            resume: None,
+                            back: Some(back),
+                        },
+                        // Rejoining after a break already: this time away is skipped.
+                        Link::Down(_) => Next::Continue,
+                    }
+                } else if storm_at.is_some_and(|at| now >= at) {
                     storm_at = None;
                     match &link {
                         // Back at the same node at once, as a client whose network came back.
@@ -697,6 +858,7 @@ async fn run_session<'a>(
                             reason: "storm: connection cut by loadgen".into(),
                             url: url.clone(),
                             resume: token.clone(),
+                            back: None,
                         },
                         // Already rejoining: the storm has nothing to cut.
                         Link::Down(_) => Next::Continue,
@@ -710,18 +872,20 @@ async fn run_session<'a>(
                         reason: reason.clone(),
                         url: join::next_url(plan, url).to_owned(),
                         resume: token.clone(),
+                        back: None,
                     }
                 } else if let Some(s) = sender.as_mut() {
                     // The talker keeps its schedule through a break: frames due while it
                     // cannot send are not sent, only counted.
                     let connected = matches!(link, Link::Up { .. }) && send_failed.is_none();
                     while s.next <= now {
-                        s.generate(ctx, out, connected);
+                        s.generate(ctx, out, connected, plan.ptt);
                     }
                     let due = s.take_due(now);
+                    let control = std::mem::take(&mut s.control);
                     match &mut link {
-                        Link::Up { ws, .. } if connected && !due.is_empty() => {
-                            if let Err(e) = send_all(ws, due).await {
+                        Link::Up { ws, .. } if connected && !(due.is_empty() && control.is_empty()) => {
+                            if let Err(e) = send_all(ws, control, due).await {
                                 send_failed = Some((now, format!("send failed: {e}")));
                             }
                         }
@@ -738,10 +902,11 @@ async fn run_session<'a>(
             }
             event = link_event(&mut link) => match event {
                 LinkEvent::Message(message) => {
-                    let Link::Up { url, token, .. } = &link else {
+                    let Link::Up { url, token, me, .. } = &link else {
                         unreachable!("messages come only from a link that is up")
                     };
-                    receive(plan, ctx, url, token.as_deref(), message, &mut stream, out)
+                    let on = Connection { url, token: token.as_deref(), me: *me };
+                    receive(plan, ctx, &on, message, &mut stream, out)
                 }
                 LinkEvent::Rejoined(Ok(joined)) => {
                     let now = Instant::now();
@@ -753,18 +918,21 @@ async fn run_session<'a>(
                         r.first_packet = out.recording.len();
                     }
                     out.redirects += joined.redirects;
+                    out.node = Some(joined.url.clone());
                     out.seq.restart();
                     stream = Stream::new(now);
                     if let Some(s) = sender.as_mut() {
                         // The first frame on the new connection starts a spurt: the server's
                         // jitter buffer takes it as a stream (re)starting, not as loss.
                         s.first_of_spurt = true;
+                        s.away = false;
                     }
                     ctx.live.connected.fetch_add(1, Ordering::Relaxed);
                     link = Link::Up {
                         ws: joined.ws,
                         url: joined.url,
                         token: joined.resume_token,
+                        me: joined.participant_id,
                     };
                     Next::Continue
                 }
@@ -784,6 +952,11 @@ async fn run_session<'a>(
         };
         match next {
             Next::Continue => {}
+            Next::Floor(event) => {
+                if let Some(s) = sender.as_mut() {
+                    s.on_floor(event, out, Instant::now());
+                }
+            }
             Next::Stop(reason) => {
                 out.disconnect = Some(reason);
                 ctx.live.connected.fetch_sub(1, Ordering::Relaxed);
@@ -795,12 +968,14 @@ async fn run_session<'a>(
                 reason,
                 url,
                 resume,
+                back,
             } => {
                 let now = Instant::now();
                 out.reconnections.push(Reconnection {
                     cause,
                     reason,
                     broke_at: ctx.secs(now),
+                    returns_at: ctx.secs(back.unwrap_or(now)),
                     last_frame_at: stream.last_arrival,
                     rejoined_at: None,
                     first_frame_at: None,
@@ -812,7 +987,7 @@ async fn run_session<'a>(
                 });
                 match cause {
                     ReconnectCause::Dropped => ctx.live.error(),
-                    ReconnectCause::Storm => {}
+                    ReconnectCause::Storm | ReconnectCause::Churn => {}
                     // The mid-session redirect itself: followed, so counted with the others.
                     _ => out.redirects += 1,
                 }
@@ -820,16 +995,15 @@ async fn run_session<'a>(
                 ctx.live.reconnections.fetch_add(1, Ordering::Relaxed);
                 send_failed = None;
                 if let Some(s) = sender.as_mut() {
-                    s.lose_pending(out);
+                    s.lose_pending(out, back.is_some());
+                    s.away = back.is_some();
                 }
-                let rejoining = join::rejoin(
-                    plan,
-                    &ctx.connector,
-                    url,
-                    resume,
-                    ctx.join_timeout,
-                    now + REJOIN_WINDOW,
-                );
+                let (connector, timeout) = (&ctx.connector, ctx.join_timeout);
+                let rejoining = async move {
+                    let from = back.unwrap_or(now);
+                    tokio::time::sleep_until(from).await;
+                    join::rejoin(plan, connector, url, resume, timeout, from + REJOIN_WINDOW).await
+                };
                 match (
                     std::mem::replace(&mut link, Link::Down(Box::pin(rejoining))),
                     cause,
@@ -854,8 +1028,11 @@ async fn run_session<'a>(
     }
     // Frames before a pause are encoded silence: a stream whose last frame had no voice activity
     // is paused until the end, not cut off.
+    if end < ctx.end {
+        out.left_at = Some(ctx.secs(end));
+    }
     if let (Link::Up { .. }, Some((arrival, false))) = (&link, stream.last_frame) {
-        let end = ctx.secs(ctx.end);
+        let end = ctx.secs(end);
         let paused = ((end - arrival) / FRAME_SECS).max(0.0) as u64;
         for k in 1..=paused {
             count_at(&mut out.per_second, arrival + FRAME_SECS * k as f64);
@@ -866,24 +1043,41 @@ async fn run_session<'a>(
     Some(link)
 }
 
-/// Feeds `frames` to the connection and flushes once.
-async fn send_all(ws: &mut Ws, frames: Vec<Vec<u8>>) -> Result<(), WsError> {
+/// Feeds `control` messages, then `frames`, to the connection and flushes once.
+async fn send_all(
+    ws: &mut Ws,
+    control: Vec<ClientMessage>,
+    frames: Vec<Vec<u8>>,
+) -> Result<(), WsError> {
+    for message in control {
+        ws.feed(Message::text(message.to_json())).await?;
+    }
     for frame in frames {
         ws.feed(Message::binary(frame)).await?;
     }
     ws.flush().await
 }
 
-/// Takes in one message of the connection to `url`, joined with resume token `token`.
+/// The connection a message came on, as [`receive`] needs it.
+struct Connection<'a> {
+    /// The node's URL.
+    url: &'a str,
+    /// The join's resume token.
+    token: Option<&'a str>,
+    /// The client's participant id on it.
+    me: u32,
+}
+
+/// Takes in one message of connection `on`.
 fn receive(
     plan: &ClientPlan,
     ctx: &RunContext,
-    url: &str,
-    token: Option<&str>,
+    on: &Connection<'_>,
     message: Option<Result<Message, WsError>>,
     stream: &mut Stream,
     out: &mut ClientOutcome,
 ) -> Next {
+    let (url, token) = (on.url, on.token);
     // A dropped connection's node may be gone: the next URL of the client's list. The client
     // asks to come back as itself; a node that does not hold its seat answers `resume_failed`
     // and the rejoin joins afresh.
@@ -892,6 +1086,7 @@ fn receive(
         reason,
         url: join::next_url(plan, url).to_owned(),
         resume: token.map(str::to_owned),
+        back: None,
     };
     match message {
         Some(Ok(Message::Binary(bytes))) => {
@@ -946,7 +1141,7 @@ fn receive(
             }
             Next::Continue
         }
-        Some(Ok(Message::Text(text))) if !may_matter(text.as_str()) => Next::Continue,
+        Some(Ok(Message::Text(text))) if !may_matter(text.as_str(), plan.ptt) => Next::Continue,
         Some(Ok(Message::Text(text))) => match parse_server_message(text.as_str()) {
             Ok(ServerMessage::Error { code, message }) => {
                 ctx.live.error();
@@ -966,7 +1161,19 @@ fn receive(
                 reason: format!("redirect ({}) to {url}", reason.as_str()),
                 url,
                 resume: resume_token,
+                back: None,
             },
+            Ok(ServerMessage::FloorGranted { participant_id, .. }) if participant_id == on.me => {
+                Next::Floor(FloorEvent::Granted)
+            }
+            Ok(ServerMessage::FloorDenied { .. }) => Next::Floor(FloorEvent::Denied),
+            Ok(ServerMessage::FloorReleased {
+                participant_id,
+                reason,
+                ..
+            }) if participant_id == on.me && reason != FloorEndReason::Released => {
+                Next::Floor(FloorEvent::Revoked)
+            }
             _ => Next::Continue,
         },
         Some(Ok(Message::Close(frame))) => {
@@ -986,15 +1193,19 @@ fn receive(
 }
 
 /// Whether a control message received during the run may be one the client acts on (`error`,
-/// `redirect`). Everything else (the roster, talking events) is only counted by the server's
+/// `redirect`, and for a push-to-talk client the floor's messages). Everything else (the roster, talking events) is only counted by the server's
 /// side, so it is not parsed: every member of a room of N hears of every join, so a ramp of N
 /// clients brings N²/2 such messages, and parsing each cost a town hall of 3,000 listeners more
 /// than loadgen's core (the ramp stalled and its clients were closed as slow consumers). The
 /// server writes the `type` first; a message that does not start that way is parsed in full.
-fn may_matter(text: &str) -> bool {
+fn may_matter(text: &str, ptt: bool) -> bool {
     const PREFIX: &str = "{\"type\":\"";
     match text.strip_prefix(PREFIX) {
-        Some(rest) => rest.starts_with("error\"") || rest.starts_with("redirect\""),
+        Some(rest) => {
+            rest.starts_with("error\"")
+                || rest.starts_with("redirect\"")
+                || (ptt && rest.starts_with("floor_"))
+        }
         None => true,
     }
 }
@@ -1034,19 +1245,24 @@ mod tests {
         // The server's serialiser writes the type first, as the fast path expects.
         let error = ServerMessage::error(mixer_protocol::ErrorCode::RateLimited, "slow down");
         assert!(error.to_json().starts_with(r#"{"type":"error""#));
-        assert!(may_matter(&error.to_json()));
+        assert!(may_matter(&error.to_json(), false));
         assert!(!may_matter(
-            r#"{"type":"participant_joined","participant":{"id":3,"name":"Cy","mode":"listen","role":"listener"}}"#
+            r#"{"type":"participant_joined","participant":{"id":3,"name":"Cy","mode":"listen","role":"listener"}}"#,
+            true
         ));
+        let granted = r#"{"type":"floor_granted","participant_id":3}"#;
+        assert!(may_matter(granted, true) && !may_matter(granted, false));
         assert!(!may_matter(
-            r#"{"type":"talking_started","participant_id":3}"#
+            r#"{"type":"talking_started","participant_id":3}"#,
+            false
         ));
         assert!(may_matter(
-            r#"{"type":"redirect","room":"r","url":"ws://b/","reason":"moved"}"#
+            r#"{"type":"redirect","room":"r","url":"ws://b/","reason":"moved"}"#,
+            false
         ));
         // Not the server's layout: parsed in full rather than guessed at.
-        assert!(may_matter(r#"{ "type": "participant_joined" }"#));
-        assert!(may_matter(r#"{"participant_id":3,"type":"error"}"#));
+        assert!(may_matter(r#"{ "type": "participant_joined" }"#, false));
+        assert!(may_matter(r#"{"participant_id":3,"type":"error"}"#, false));
     }
 
     #[test]

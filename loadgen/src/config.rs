@@ -196,16 +196,39 @@ pub struct Args {
     /// own, with its own identity, in its connection URL.
     #[arg(long, env = "LOADGEN_AUTH_KEY_FILE")]
     pub auth_key_file: Option<std::path::PathBuf>,
+
+    /// Run the scenario in this TOML file: several client groups, each with its own rooms,
+    /// talk pattern, impairment, stages and churn, plus the gates (see loadgen/README.md). The
+    /// flags that describe where and how to run (`--url`, `--json`, `--seed`, `--verify`, ...)
+    /// still apply and override the file's `[run]` values; the flags that shape the load
+    /// (`--rooms`, `--talkers`, ...) belong in the file and are refused with it.
+    #[arg(long, env = "LOADGEN_SCENARIO")]
+    pub scenario: Option<PathBuf>,
+
+    /// Run only this generator's share of the load, `i/n` (0 <= i < n): whole rooms, those whose
+    /// number counted over all groups leaves remainder `i` divided by `n`. Run the same scenario
+    /// with `--shard 0/n` to `--shard n-1/n` on n machines, then `loadgen merge` their JSON.
+    #[arg(long, env = "LOADGEN_SHARD")]
+    pub shard: Option<Shard>,
 }
 
 /// How talkers talk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TalkPattern {
     /// Always sending: the 1 s tone-burst signal back to back.
     Continuous,
     /// Talk spurts and pauses with exponentially distributed lengths; silent periods not sent.
     Spurts,
+}
+
+/// Whether the flag with clap id `id` was given, on the command line or in the environment,
+/// rather than left at its default (a scenario file's value then gives way to it).
+pub fn given(matches: &clap::ArgMatches, id: &str) -> bool {
+    matches!(
+        matches.value_source(id),
+        Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+    )
 }
 
 /// Network impairment applied by each talker before sending.
@@ -327,13 +350,27 @@ pub struct Scenario {
     pub storm: Option<Storm>,
     /// The key that signs each client's access token, for a server that requires them.
     pub auth_key_file: Option<std::path::PathBuf>,
+    /// The group's name (`main` for a run from flags); part of its room names in a file's run.
+    pub group: String,
+    /// How the number of clients moves over the run. From flags: a ramp at `ramp_per_sec`,
+    /// then a hold of `duration`.
+    pub stages: Vec<Stage>,
+    /// Clients leaving and coming back while the load holds.
+    pub churn: Option<Churn>,
+    /// Talkers talk push-to-talk in rooms of this floor policy (`None`: they talk freely).
+    pub ptt: Option<mixer_protocol::FloorPolicy>,
+    /// This generator's share of the rooms, when the load comes from several machines.
+    pub shard: Option<Shard>,
+    /// The number of this group's first room counted over all groups (shards split rooms by
+    /// it).
+    pub first_room: usize,
 }
 
 /// A reconnect storm: a share of the clients drop their connections at the same instant.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Storm {
-    /// When, counted from the end of the ramp.
-    pub after_ramp: Duration,
+    /// When, counted from the start of the run.
+    pub at: Duration,
     /// Share of the clients dropped, 0 to 1.
     pub fraction: f64,
 }
@@ -348,6 +385,59 @@ impl Storm {
     }
 }
 
+/// One stage of a group's load: the number of clients moves in a straight line from where the
+/// previous stage left it (0 before the first) to `to` over `over`. A stage whose `to` equals
+/// the count before it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Stage {
+    /// Clients at the end of the stage.
+    pub to: usize,
+    /// How long the stage lasts.
+    pub over: Duration,
+}
+
+/// Churn: while the load holds, clients leave and come back, as people drop out of and into
+/// real rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Churn {
+    /// Leaves per second over the group (each followed by a join of the same client).
+    pub per_second: f64,
+    /// How long a client that left stays away before it joins again (as a new participant).
+    pub away: Duration,
+}
+
+/// This generator's share of a scenario run from several machines: the rooms whose number
+/// (counted over all groups) leaves remainder `index` divided by `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Shard {
+    /// Which share, from 0.
+    pub index: usize,
+    /// Shares in all.
+    pub count: usize,
+}
+
+impl Shard {
+    /// Whether room `room` (counted over all groups) is in this share.
+    pub fn has(&self, room: usize) -> bool {
+        room % self.count == self.index
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Shard, String> {
+        let bad = || format!("{text:?} is not a share i/n with 0 <= i < n (e.g. 0/2)");
+        let (index, count) = text.split_once('/').ok_or_else(bad)?;
+        let index: usize = index.trim().parse().map_err(|_| bad())?;
+        let count: usize = count.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
 /// How `--find-max` grows the load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct FindMax {
@@ -358,9 +448,49 @@ pub struct FindMax {
 }
 
 impl Scenario {
-    /// Simulated clients in total.
+    /// Simulated clients in total (in all shards).
     pub fn clients(&self) -> usize {
         self.rooms * self.participants
+    }
+
+    /// The stages of a run from flags: `clients` join at `per_sec`, then the load holds for
+    /// `hold`.
+    pub fn flag_stages(clients: usize, per_sec: f64, hold: Duration) -> Vec<Stage> {
+        vec![
+            Stage {
+                to: clients,
+                over: Duration::from_secs_f64(clients as f64 / per_sec),
+            },
+            Stage {
+                to: clients,
+                over: hold,
+            },
+        ]
+    }
+
+    /// How long the run lasts: all its stages.
+    pub fn length(&self) -> Duration {
+        self.stages.iter().map(|stage| stage.over).sum()
+    }
+
+    /// The same scenario with `rooms` rooms (a `--find-max` round): a run from flags ramps
+    /// them in at the same rate, so its stages and storm move with the longer ramp.
+    pub fn with_rooms(&self, rooms: usize) -> Scenario {
+        let mut this = self.clone();
+        this.rooms = rooms;
+        let old_ramp = self.stages.first().map_or(Duration::ZERO, |s| s.over);
+        this.stages = Scenario::flag_stages(this.clients(), this.ramp_per_sec, this.duration);
+        let new_ramp = this.stages[0].over;
+        if let Some(storm) = this.storm.as_mut() {
+            storm.at = storm.at.saturating_sub(old_ramp) + new_ramp;
+        }
+        this
+    }
+
+    /// Whether room `room` of this group is this generator's to run.
+    pub fn runs_room(&self, room: usize) -> bool {
+        self.shard
+            .is_none_or(|shard| shard.has(self.first_room + room))
     }
 
     /// The name of room `room` (the round number keeps `--find-max` rounds apart).
@@ -508,6 +638,11 @@ impl Args {
         if self.max_storm_recovery.is_some() && self.storm_at.is_none() {
             return Err(ScenarioError::StormGateWithoutStorm);
         }
+        let stages = Scenario::flag_stages(
+            self.rooms * self.participants,
+            self.ramp,
+            Duration::from_secs_f64(self.duration),
+        );
         Ok(Scenario {
             urls: self.url.clone(),
             rooms: self.rooms,
@@ -545,10 +680,16 @@ impl Args {
             flooders: self.flooders,
             flood_rate: (self.flood_rate > 0).then_some(self.flood_rate),
             storm: self.storm_at.map(|at| Storm {
-                after_ramp: Duration::from_secs_f64(at),
+                at: stages[0].over + Duration::from_secs_f64(at),
                 fraction: self.storm_fraction / 100.0,
             }),
             auth_key_file: self.auth_key_file.clone(),
+            group: "main".to_owned(),
+            stages,
+            churn: None,
+            ptt: None,
+            shard: self.shard,
+            first_room: 0,
         })
     }
 }
@@ -604,7 +745,8 @@ mod tests {
             .to_scenario()
             .expect("valid");
         let storm = s.storm.expect("a storm");
-        assert_eq!(storm.after_ramp, Duration::from_secs(2));
+        // Two seconds after the ramp of 4 clients at 200 a second.
+        assert_eq!(storm.at, Duration::from_millis(2020));
         let taken = (0..1000).filter(|&i| storm.takes(i)).count();
         assert!((250..=350).contains(&taken), "30 % of 1000 took {taken}");
         // Spread over the rooms, not the first clients: every block of ten loses some.

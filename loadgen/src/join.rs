@@ -45,6 +45,8 @@ pub struct Joined {
     pub resumed: bool,
     /// The token to resume as the same participant after a dropped connection.
     pub resume_token: Option<String>,
+    /// Its participant id in the room (push-to-talk clients know their floor grants by it).
+    pub participant_id: u32,
     /// Redirects followed on the way, over every attempt.
     pub redirects: u32,
     /// Connections tried (1 when the first one joined).
@@ -116,6 +118,50 @@ impl AttemptError {
             | AttemptError::RedirectLoop(_) => Retry::Next,
         }
     }
+}
+
+/// Creates a room with `settings` at `url` (which carries the token, if any) on a connection of
+/// its own: done once the server answers `room_info`, or says the room exists (left from an
+/// earlier run, still with the settings loadgen gave it).
+///
+/// # Errors
+///
+/// No connection, or any other answer than those two (the server's create limit, a token
+/// that may not create rooms).
+pub(crate) async fn create_room(
+    connector: &Connector,
+    url: &str,
+    settings: mixer_protocol::RoomSettings,
+) -> Result<(), AttemptError> {
+    let (mut ws, _) = connector
+        .websocket(url, None)
+        .await
+        .map_err(|e| AttemptError::Connect(e.to_string()))?;
+    ws.send(Message::text(
+        mixer_protocol::ClientMessage::CreateRoom(settings).to_json(),
+    ))
+    .await
+    .map_err(|e| AttemptError::Lost(format!("sending create_room: {e}")))?;
+    let answer = loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => match parse_server_message(text.as_str()) {
+                Ok(ServerMessage::RoomInfo(_)) => break Ok(()),
+                Ok(ServerMessage::Error {
+                    code: ErrorCode::RoomExists,
+                    ..
+                }) => break Ok(()),
+                Ok(ServerMessage::Error { code, message }) => {
+                    break Err(AttemptError::Refused { code, message });
+                }
+                _ => {}
+            },
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break Err(AttemptError::Lost(e.to_string())),
+            None => break Err(AttemptError::Lost("connection closed".into())),
+        }
+    };
+    let _ = ws.close(None).await;
+    answer
 }
 
 /// Connects and joins at the plan's URL, following redirects: a client's first join. No retry:
@@ -205,12 +251,14 @@ async fn follow(
                 ws,
                 resumed,
                 resume_token,
+                participant_id,
             } => {
                 return Ok(Joined {
                     ws,
                     url,
                     resumed,
                     resume_token,
+                    participant_id,
                     redirects: *redirects,
                     attempts: 1,
                 });
@@ -239,6 +287,8 @@ enum Answer {
         resumed: bool,
         /// Its token for resuming after a dropped connection.
         resume_token: Option<String>,
+        /// Its participant id.
+        participant_id: u32,
     },
     /// Sent elsewhere.
     Redirect {
@@ -276,12 +326,14 @@ async fn join_at(
                 Ok(ServerMessage::Joined {
                     resumed,
                     resume_token,
+                    participant_id,
                     ..
                 }) => {
                     return Ok(Answer::Joined {
                         ws: Box::new(ws),
                         resumed,
                         resume_token,
+                        participant_id,
                     });
                 }
                 Ok(ServerMessage::Redirect {
@@ -377,6 +429,9 @@ mod tests {
             access_token: None,
             room_name: "r".into(),
             start_at: Instant::now(),
+            away: Vec::new(),
+            leave_at: None,
+            ptt: false,
             record: false,
             stormed: false,
         };

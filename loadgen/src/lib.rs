@@ -29,6 +29,8 @@ pub mod flood;
 pub mod join;
 pub mod report;
 pub mod rng;
+pub mod scenario_file;
+pub mod schedule;
 pub mod signal;
 pub mod stats;
 pub mod verify;
@@ -49,8 +51,8 @@ pub use report::{Capacity, Report};
 use client::{ClientOutcome, ClientPlan, ReconnectCause, RunContext, run_client};
 use config::Signal;
 use report::{
-    ClientReconnections, CpuUse, EXPECTED_FPS, Percentiles, ReconnectionReport, Reconnections,
-    Round, RxRate, StormReport, Verification,
+    ClientReconnections, CpuUse, EXPECTED_FPS, NodeReport, Percentiles, PttReport,
+    ReconnectionReport, Reconnections, Round, RxRate, StormReport, Verification,
 };
 use signal::Source;
 use stats::{Live, micros_histogram};
@@ -77,8 +79,7 @@ pub async fn find_max(
         max_clients: None,
     };
     for round in 0..search.max_rounds {
-        let mut this = scenario.clone();
-        this.rooms = scenario.rooms + round * search.step;
+        let this = scenario.with_rooms(scenario.rooms + round * search.step);
         let report = run_round(&this, round).await?;
         let violations = report.violations(&this.gates);
         let passed = violations.is_empty();
@@ -170,22 +171,155 @@ fn verified_set(scenario: &Scenario) -> Vec<(usize, usize)> {
 }
 
 async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> {
-    let prepared = {
-        let scenario = scenario.clone();
-        tokio::task::spawn_blocking(move || prepare_sources(&scenario))
-            .await
-            .context("preparing the talkers' audio")??
-    };
-    let verified = verified_set(scenario);
-    let clients = scenario.clients();
-    let live = Arc::new(Live::default());
-    let epoch = Instant::now() + Duration::from_millis(100);
-    let ramp = Duration::from_secs_f64(clients as f64 / scenario.ramp_per_sec);
-    let end = epoch + ramp + scenario.duration;
+    run_groups(std::slice::from_ref(scenario), round).await
+}
+
+/// Runs a scenario file's groups at once, on one clock, and reports on them together (with
+/// each group's own report inside when there are several).
+pub async fn run_scenario(groups: &[Scenario]) -> anyhow::Result<Report> {
+    run_groups(groups, 0).await
+}
+
+/// One group's clients under way.
+struct Launched {
+    tasks: Vec<tokio::task::JoinHandle<ClientOutcome>>,
+    flooders: Vec<tokio::task::JoinHandle<flood::FloodOutcome>>,
+    /// When its flooders start.
+    flood_from: Instant,
+    /// When its last stage ends.
+    end: Instant,
+}
+
+async fn run_groups(groups: &[Scenario], round: usize) -> anyhow::Result<Report> {
+    let first = groups
+        .first()
+        .context("a scenario needs at least one group")?;
+    let mut prepared = Vec::with_capacity(groups.len());
+    for group in groups {
+        let group = group.clone();
+        prepared.push(
+            tokio::task::spawn_blocking(move || prepare_sources(&group))
+                .await
+                .context("preparing the talkers' audio")??,
+        );
+    }
     // Built once per run: a TLS configuration (and the trust store read for it) is shared by
     // every client.
-    let connector = connect::Connector::for_urls(&scenario.urls, scenario.ca_file.as_deref())
+    let connector = connect::Connector::for_urls(&first.urls, first.ca_file.as_deref())
         .context("setting up TLS for wss:// URLs")?;
+    let mint = first
+        .auth_key_file
+        .as_deref()
+        .map(auth::TokenMint::from_file)
+        .transpose()?;
+    for group in groups {
+        if group.ptt == Some(mixer_protocol::FloorPolicy::Single) {
+            create_single_floor_rooms(group, round, &connector, mint.as_ref()).await?;
+        }
+    }
+    let clients: usize = groups
+        .iter()
+        .map(|g| (0..g.rooms).filter(|&r| g.runs_room(r)).count() * g.participants)
+        .sum();
+    let live = Arc::new(Live::default());
+    let epoch = Instant::now() + Duration::from_millis(100);
+    let cpu_start = (
+        cpu::cpu_seconds(None),
+        first.mixer_pid.and_then(|p| cpu::cpu_seconds(Some(p))),
+    );
+    let wall_start = Instant::now();
+    let progress = tokio::spawn(progress(live.clone(), clients, epoch));
+    let mut launched = Vec::with_capacity(groups.len());
+    for (group, sources) in groups.iter().zip(&prepared) {
+        launched.push(launch_group(
+            group,
+            round,
+            sources,
+            epoch,
+            &live,
+            &connector,
+            mint.as_ref(),
+        )?);
+    }
+    let mut reports = Vec::with_capacity(groups.len());
+    let mut finished = Vec::with_capacity(groups.len());
+    for launch in launched {
+        let mut outcomes = Vec::with_capacity(launch.tasks.len());
+        for task in launch.tasks {
+            outcomes.push(task.await.context("a client task panicked")?);
+        }
+        let mut flood = (!launch.flooders.is_empty()).then(flood::FloodReport::default);
+        for task in launch.flooders {
+            let outcome = task.await.context("a flooder task panicked")?;
+            if let Some(flood) = flood.as_mut() {
+                flood.add(outcome);
+            }
+        }
+        if let Some(flood) = flood.as_mut() {
+            let seconds = (launch.end - launch.flood_from).as_secs_f64();
+            flood.per_second = flood.sent as f64 / seconds.max(1e-9);
+        }
+        finished.push((outcomes, flood, (launch.end - epoch).as_secs_f64()));
+    }
+    let wall = wall_start.elapsed().as_secs_f64();
+    let cpu_pct = |start: Option<f64>, pid: Option<u32>| {
+        Some(100.0 * (cpu::cpu_seconds(pid)? - start?) / wall)
+    };
+    let cpu = CpuUse {
+        wall_secs: wall,
+        loadgen_pct: cpu_pct(cpu_start.0, None),
+        mixer_pct: first
+            .mixer_pid
+            .and_then(|pid| cpu_pct(cpu_start.1, Some(pid))),
+    };
+    progress.abort();
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    for ((group, sources), (outcomes, flood, end_secs)) in groups.iter().zip(prepared).zip(finished)
+    {
+        let group = group.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            let verified = verified_set(&group);
+            let mut report = analyse(&group, outcomes, &sources, &verified, end_secs, cpu);
+            report.flood = flood;
+            report
+        })
+        .await
+        .context("analysing the run")?;
+        reports.push(report);
+    }
+    combine(reports)
+}
+
+/// The run's report from its groups' (the one group's own, for a single group).
+fn combine(mut reports: Vec<Report>) -> anyhow::Result<Report> {
+    if reports.len() == 1 {
+        return Ok(reports.remove(0));
+    }
+    let mut whole = merge_groups(&reports)?;
+    whole.groups = reports;
+    Ok(whole)
+}
+
+/// TEMPORARY until the merge module lands.
+fn merge_groups(_reports: &[Report]) -> anyhow::Result<Report> {
+    anyhow::bail!("several groups need the merge module")
+}
+
+/// Starts one group's clients (and flooders) on the run's clock.
+fn launch_group(
+    scenario: &Scenario,
+    round: usize,
+    prepared: &RoomSources,
+    epoch: Instant,
+    live: &Arc<Live>,
+    connector: &connect::Connector,
+    mint: Option<&auth::TokenMint>,
+) -> anyhow::Result<Launched> {
+    let verified = verified_set(scenario);
+    let end = epoch + scenario.length();
+    let ramp = scenario.stages.first().map_or(Duration::ZERO, |s| s.over);
     let ctx = Arc::new(RunContext {
         connector: connector.clone(),
         epoch,
@@ -198,27 +332,15 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
         seed: scenario.seed,
         join_timeout: scenario.join_timeout,
         warmup: scenario.warmup,
-        storm_at: scenario.storm.map(|storm| epoch + ramp + storm.after_ramp),
+        storm_at: scenario.storm.map(|storm| epoch + storm.at),
     });
-    let cpu_start = (
-        cpu::cpu_seconds(None),
-        scenario.mixer_pid.and_then(|p| cpu::cpu_seconds(Some(p))),
-    );
-    let wall_start = Instant::now();
-    let progress = tokio::spawn(progress(live.clone(), clients, epoch));
-    let mint = scenario
-        .auth_key_file
-        .as_deref()
-        .map(auth::TokenMint::from_file)
-        .transpose()?;
     // Each client's own token, when the server requires them.
     let token_for = |room: usize, identity: &str, role: Role| -> anyhow::Result<Option<String>> {
-        mint.as_ref()
-            .map(|mint| {
-                let name = scenario.room_name(round, room);
-                mint.mint(identity, &[name.as_str()], role)
-            })
-            .transpose()
+        mint.map(|mint| {
+            let name = scenario.room_name(round, room);
+            mint.mint(identity, &[name.as_str()], role)
+        })
+        .transpose()
     };
     let url_for = |room: usize, identity: &str, role: Role| -> anyhow::Result<String> {
         let url = &scenario.urls[room % scenario.urls.len()];
@@ -227,22 +349,43 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
             Some(token) => auth::with_token(url, &token),
         })
     };
+    let presences = schedule::presences(
+        &scenario.stages,
+        scenario.clients(),
+        scenario.churn,
+        scenario.seed,
+    );
+    let at = |offset: Duration| epoch + offset;
     let urls = Arc::new(scenario.urls.clone());
-    let mut tasks = Vec::with_capacity(clients);
+    let mut tasks = Vec::with_capacity(scenario.clients());
     for (room, room_sources) in prepared.iter().enumerate() {
+        if !scenario.runs_room(room) {
+            continue;
+        }
         for slot in 0..scenario.participants {
             let index = room * scenario.participants + slot;
+            let Some(presence) = presences[index].clone() else {
+                continue;
+            };
+            let source = room_sources.get(slot).map(|(_, source)| source.clone());
             let plan = ClientPlan {
                 index,
                 room,
                 slot,
-                source: room_sources.get(slot).map(|(_, source)| source.clone()),
+                ptt: scenario.ptt.is_some() && source.is_some(),
+                source,
                 url: scenario.urls[room % scenario.urls.len()].clone(),
                 urls: urls.clone(),
                 // Listeners join as speakers in listen mode, as without tokens.
                 access_token: token_for(room, &format!("lg-{room}-{slot}"), Role::Speaker)?,
                 room_name: scenario.room_name(round, room),
-                start_at: epoch + Duration::from_secs_f64(index as f64 / scenario.ramp_per_sec),
+                start_at: at(presence.join),
+                away: presence
+                    .away
+                    .iter()
+                    .map(|&(from, to)| (at(from), at(to)))
+                    .collect(),
+                leave_at: presence.leave.map(at),
                 record: verified.contains(&(room, slot)),
                 stormed: scenario.storm.is_some_and(|storm| storm.takes(index)),
             };
@@ -250,7 +393,9 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
         }
     }
     // Flooders start once the ramp is a third done, so they meet a room already talking.
-    let flooders: Vec<_> = (0..scenario.flooders)
+    let flood_from = epoch + ramp / 3;
+    let flooders = (0..scenario.flooders)
+        .filter(|n| scenario.runs_room(n % scenario.rooms))
         .map(|n| {
             let room = n % scenario.rooms;
             Ok(tokio::spawn(flood::run_flooder(
@@ -259,57 +404,61 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
                 scenario.room_name(round, room),
                 format!("flood-{n}"),
                 scenario.flood_rate,
-                epoch + ramp / 3,
+                flood_from,
                 end,
             )))
         })
         .collect::<anyhow::Result<_>>()?;
-    let mut outcomes = Vec::with_capacity(clients);
-    for task in tasks {
-        outcomes.push(task.await.context("a client task panicked")?);
-    }
-    let mut flood = (!flooders.is_empty()).then(flood::FloodReport::default);
-    for task in flooders {
-        let outcome = task.await.context("a flooder task panicked")?;
-        if let Some(flood) = flood.as_mut() {
-            flood.add(outcome);
-        }
-    }
-    if let Some(flood) = flood.as_mut() {
-        let seconds = (end - (epoch + ramp / 3)).as_secs_f64();
-        flood.per_second = flood.sent as f64 / seconds.max(1e-9);
-    }
-    let wall = wall_start.elapsed().as_secs_f64();
-    let cpu_pct = |start: Option<f64>, pid: Option<u32>| {
-        Some(100.0 * (cpu::cpu_seconds(pid)? - start?) / wall)
-    };
-    let cpu = CpuUse {
-        wall_secs: wall,
-        loadgen_pct: cpu_pct(cpu_start.0, None),
-        mixer_pct: scenario
-            .mixer_pid
-            .and_then(|pid| cpu_pct(cpu_start.1, Some(pid))),
-    };
-    progress.abort();
-    if std::io::stderr().is_terminal() {
-        eprintln!();
-    }
-    let jitter = live
-        .jitter_total
-        .lock()
-        .map(|h| Percentiles::from_micros(&h))
-        .unwrap_or_default();
-    let end_secs = (end - epoch).as_secs_f64();
-    let scenario = scenario.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut report = analyse(
-            &scenario, outcomes, &prepared, &verified, end_secs, jitter, cpu,
-        );
-        report.flood = flood;
-        report
+    Ok(Launched {
+        tasks,
+        flooders,
+        flood_from,
+        end,
     })
-    .await
-    .context("analysing the run")
+}
+
+/// Creates a push-to-talk group's rooms with the single-floor policy before anyone joins (a
+/// room created by a join takes the open policy). The server limits `create_room` per address
+/// (a few at once, then one per 10 s), so a run from one machine can create only a few such
+/// rooms; the error then says so.
+async fn create_single_floor_rooms(
+    scenario: &Scenario,
+    round: usize,
+    connector: &connect::Connector,
+    mint: Option<&auth::TokenMint>,
+) -> anyhow::Result<()> {
+    for room in (0..scenario.rooms).filter(|&r| scenario.runs_room(r)) {
+        let name = scenario.room_name(round, room);
+        let url = &scenario.urls[room % scenario.urls.len()];
+        let url = match mint {
+            Some(mint) => auth::with_token(
+                url,
+                &mint.mint(
+                    &format!("lg-create-{room}"),
+                    &[name.as_str()],
+                    Role::Moderator,
+                )?,
+            ),
+            None => url.clone(),
+        };
+        let settings = mixer_protocol::RoomSettings {
+            room: name.clone(),
+            floor_policy: Some(mixer_protocol::FloorPolicy::Single),
+            max_participants: None,
+            max_talkers: None,
+            normalise: None,
+            max_talk_ms: None,
+            frame_ms: None,
+        };
+        tokio::time::timeout(
+            scenario.join_timeout,
+            join::create_room(connector, &url, settings),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("creating room {name}: no answer in time"))?
+        .with_context(|| format!("creating single-floor room {name}"))?;
+    }
+    Ok(())
 }
 
 fn analyse(
@@ -318,7 +467,6 @@ fn analyse(
     prepared: &RoomSources,
     verified: &[(usize, usize)],
     end: f64,
-    jitter_ms: Percentiles,
     cpu: CpuUse,
 ) -> Report {
     let ready = verify::room_ready_times(&outcomes);
@@ -337,11 +485,17 @@ fn analyse(
         micros_histogram(),
         micros_histogram(),
     );
-    let storm = scenario
-        .storm
-        .map(|storm| storm_report(&outcomes, storm, end - scenario.duration.as_secs_f64()));
+    let storm = scenario.storm.map(|storm| storm_report(&outcomes, storm));
+    let mut jitter = micros_histogram();
+    let mut nodes: BTreeMap<String, NodeReport> = BTreeMap::new();
     for o in &outcomes {
-        count_reconnections(o, &mut reconnections, &mut gap, &mut rejoin);
+        for &us in &o.jitter_us {
+            let _ = jitter.record(us);
+        }
+        if let Some(url) = &o.node {
+            nodes.entry(url.clone()).or_default().add(o);
+        }
+        count_reconnections(o, &mut reconnections, &mut gap, &mut rejoin, &mut join);
         if let Some(ms) = o.join_ms {
             let _ = join.record((ms * 1000.0).max(1.0) as u64);
         }
@@ -371,7 +525,7 @@ fn analyse(
         // gap, reported apart.
         if let (Some(_), Some(ready)) = (o.joined_at, ready.get(&o.room)) {
             let first = (ready + scenario.warmup.as_secs_f64()).ceil() as usize;
-            let last = end.floor() as usize;
+            let last = o.left_at.unwrap_or(end).min(end).floor() as usize;
             let outages: Vec<(f64, f64)> = o
                 .reconnections
                 .iter()
@@ -426,7 +580,7 @@ fn analyse(
             })
             .collect(),
     };
-    let settings = VerifySettings {
+    let run_settings = VerifySettings {
         warmup: scenario.warmup.as_secs_f64(),
         end,
         heard_db: scenario.heard_db,
@@ -439,6 +593,11 @@ fn analyse(
     for key in verified {
         let Some(o) = by_index.get(key) else { continue };
         let room_ready = ready.get(&o.room).copied().unwrap_or(0.0);
+        // A receiver that left before the end is checked up to its leave.
+        let settings = VerifySettings {
+            end: o.left_at.unwrap_or(end).min(end),
+            ..run_settings.clone()
+        };
         let verdict = verify::verify_receiver(o, room_ready, &talkers, &settings);
         for d in &verdict.delays_ms {
             let _ = delay.record((d * 1000.0).max(1.0) as u64);
@@ -480,7 +639,7 @@ fn analyse(
             100.0 * lost as f64 / (received + lost) as f64
         },
         tick_skips: skips,
-        jitter_ms,
+        jitter_ms: Percentiles::from_micros(&jitter),
         delay_ms: Percentiles::from_micros(&delay),
         verification,
         disconnects,
@@ -489,6 +648,9 @@ fn analyse(
         packets_impaired: impaired,
         cpu,
         flood: None,
+        ptt: ptt_report(&outcomes, scenario),
+        nodes: nodes.into_values().collect(),
+        groups: Vec::new(),
         gates: Vec::new(),
         passed: true,
     };
@@ -504,6 +666,7 @@ fn count_reconnections(
     into: &mut Reconnections,
     gap: &mut hdrhistogram::Histogram<u64>,
     rejoin: &mut hdrhistogram::Histogram<u64>,
+    join: &mut hdrhistogram::Histogram<u64>,
 ) {
     if o.reconnections.is_empty() {
         return;
@@ -519,10 +682,17 @@ fn count_reconnections(
             ReconnectCause::OtherNode => &mut into.other_node,
             ReconnectCause::Dropped => &mut into.dropped,
             ReconnectCause::Storm => &mut into.storm,
+            ReconnectCause::Churn => &mut into.churn,
         } += 1;
         into.resumed += u64::from(r.resumed);
         into.gave_up += u64::from(r.gave_up);
-        if let Some(ms) = r.gap_ms() {
+        // A planned leave's gap is the time away, and its rejoin a join like any other
+        // (counted with the joins): neither says how the server recovers from a break.
+        if r.cause == ReconnectCause::Churn {
+            if let Some(ms) = r.rejoin_ms() {
+                let _ = join.record((ms * 1000.0).max(1.0) as u64);
+            }
+        } else if let Some(ms) = r.gap_ms() {
             let _ = gap.record((ms * 1000.0).max(1.0) as u64);
         }
         if let Some(ms) = r.rejoin_ms() {
@@ -548,11 +718,28 @@ fn count_reconnections(
     });
 }
 
+/// What a push-to-talk group's floor requests came to (`None` for a group that talks freely).
+fn ptt_report(outcomes: &[ClientOutcome], scenario: &Scenario) -> Option<PttReport> {
+    scenario.ptt?;
+    let mut grant = micros_histogram();
+    let mut report = PttReport::default();
+    for o in outcomes {
+        report.requests += o.floor.requests;
+        report.granted += o.floor.granted;
+        report.denied += o.floor.denied;
+        report.revoked += o.floor.revoked;
+        for ms in &o.floor.grant_ms {
+            let _ = grant.record((ms * 1000.0).max(1.0) as u64);
+        }
+    }
+    report.grant_ms = Percentiles::from_micros(&grant);
+    Some(report)
+}
+
 /// What the reconnect storm did: who it cut, who came back, and how long until each heard audio
-/// again. `ramp_end` is when the ramp ended (seconds since the epoch); the storm came
-/// `storm.after_ramp` later.
-fn storm_report(outcomes: &[ClientOutcome], storm: config::Storm, ramp_end: f64) -> StormReport {
-    let at = ramp_end + storm.after_ramp.as_secs_f64();
+/// again.
+fn storm_report(outcomes: &[ClientOutcome], storm: config::Storm) -> StormReport {
+    let at = storm.at.as_secs_f64();
     let mut recovery = micros_histogram();
     let mut report = StormReport {
         at_secs: at,

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use loadgen::{Args, Scenario};
 
 /// Every gate held.
@@ -16,15 +16,30 @@ const VIOLATED: u8 = 1;
 const SETUP: u8 = 2;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let scenario = match args.to_scenario() {
-        Ok(s) => s,
+    let matches = Args::command().get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    // A scenario file's groups, or the one group the flags describe.
+    let groups = match &args.scenario {
+        Some(path) => {
+            loadgen::scenario_file::load(path, &args, |id| loadgen::config::given(&matches, id))
+                .map_err(anyhow::Error::from)
+        }
+        None => args
+            .to_scenario()
+            .map(|s| vec![s])
+            .map_err(anyhow::Error::from),
+    };
+    let groups = match groups {
+        Ok(groups) => groups,
         Err(e) => {
             eprintln!("loadgen: {e}");
             return ExitCode::from(SETUP);
         }
     };
-    match execute(&scenario, args.json.as_deref()) {
+    match execute(&groups, args.json.as_deref()) {
         Ok(true) => ExitCode::from(OK),
         Ok(false) => ExitCode::from(VIOLATED),
         Err(e) => {
@@ -35,14 +50,16 @@ fn main() -> ExitCode {
 }
 
 /// Runs and reports; `Ok(passed)`. A capacity search passes when at least one round held.
-fn execute(scenario: &Scenario, json_path: Option<&Path>) -> anyhow::Result<bool> {
+fn execute(groups: &[Scenario], json_path: Option<&Path>) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("loadgen")
         .build()
         .context("starting the tokio runtime")?;
     let (json, passed) = runtime.block_on(async {
-        if scenario.find_max.is_some() {
+        if let [scenario] = groups
+            && scenario.find_max.is_some()
+        {
             let capacity = loadgen::find_max(scenario, |round| {
                 eprintln!(
                     "round: {} rooms, {} clients: {}",
@@ -56,7 +73,7 @@ fn execute(scenario: &Scenario, json_path: Option<&Path>) -> anyhow::Result<bool
             let json = serde_json::to_string_pretty(&capacity)?;
             anyhow::Ok((json, capacity.max_rooms.is_some()))
         } else {
-            let report = loadgen::run(scenario).await?;
+            let report = loadgen::run_scenario(groups).await?;
             print!("{}", report.render());
             let json = serde_json::to_string_pretty(&report)?;
             anyhow::Ok((json, report.passed))

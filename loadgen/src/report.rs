@@ -99,6 +99,10 @@ pub struct Reconnections {
     /// Cut by the reconnect storm (`--storm-at`) and rejoined at the same node. Not errors:
     /// loadgen did it.
     pub storm: u64,
+    /// Planned leaves (churn, or stages ramping down and up again), each followed by a fresh
+    /// join after the time away. Not errors.
+    #[serde(default)]
+    pub churn: u64,
     /// Breaks after which the server resumed the client as the same participant.
     pub resumed: u64,
     /// Breaks after which the client gave up (also in `disconnects`).
@@ -237,10 +241,77 @@ pub struct Report {
     pub cpu: CpuUse,
     /// What the control-flooding clients did (`--flooders`), if any ran.
     pub flood: Option<crate::flood::FloodReport>,
+    /// What push-to-talk talkers' floor requests came to, for a push-to-talk group.
+    #[serde(default)]
+    pub ptt: Option<PttReport>,
+    /// Per node (the URL each client was last joined at): how its clients fared.
+    #[serde(default)]
+    pub nodes: Vec<NodeReport>,
+    /// Each group's own report, for a scenario file with several groups (empty otherwise: the
+    /// report is the one group's).
+    #[serde(default)]
+    pub groups: Vec<Report>,
     /// Gate verdicts.
     pub gates: Vec<GateVerdict>,
     /// Whether every gate held.
     pub passed: bool,
+}
+
+/// Push-to-talk: the talkers' floor requests (one per talk spurt) and their answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PttReport {
+    /// `floor_request`s sent.
+    pub requests: u64,
+    /// Granted.
+    pub granted: u64,
+    /// Denied: someone else held the floor (single-floor rooms).
+    pub denied: u64,
+    /// Taken away by the server before the talker let go.
+    pub revoked: u64,
+    /// From a request to its grant.
+    pub grant_ms: Percentiles,
+}
+
+/// One node's share of the run: the clients last joined at it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct NodeReport {
+    /// Its URL.
+    pub url: String,
+    /// Clients last joined at it.
+    pub clients: usize,
+    /// Audio frames they received.
+    pub frames_received: u64,
+    /// Frames missing from its sequence numbers (dropped from a slow client's queue).
+    pub frames_lost: u64,
+    /// `frames_lost` over frames sent, percent.
+    pub loss_pct: f64,
+    /// Their reconnections (any cause).
+    pub reconnections: u64,
+    /// Server `error` messages they got.
+    pub server_errors: u64,
+    /// Of them, clients whose connection ended early.
+    pub disconnects: u64,
+}
+
+impl NodeReport {
+    /// Adds one client last joined at this node.
+    pub fn add(&mut self, o: &crate::client::ClientOutcome) {
+        if let Some(url) = &o.node {
+            self.url.clone_from(url);
+        }
+        self.clients += 1;
+        self.frames_received += o.seq.received;
+        self.frames_lost += o.seq.lost;
+        let sent = self.frames_received + self.frames_lost;
+        self.loss_pct = if sent == 0 {
+            0.0
+        } else {
+            100.0 * self.frames_lost as f64 / sent as f64
+        };
+        self.reconnections += o.reconnections.len() as u64;
+        self.server_errors += o.server_errors.len() as u64;
+        self.disconnects += u64::from(o.disconnect.is_some());
+    }
 }
 
 /// The reconnect storm: the clients it cut, and how long until each heard audio again.
@@ -495,6 +566,11 @@ impl Report {
             } else {
                 other
             };
+            let other = if rc.churn > 0 {
+                format!("{other}, churn {}", rc.churn)
+            } else {
+                other
+            };
             let _ = writeln!(
                 s,
                 "reconnections  {} by {} clients (moved {}, lease_lost {}, dropped {}{other}); {} resumed, {} gave up; {} talker frames unsent",
@@ -507,8 +583,10 @@ impl Report {
                 rc.gave_up,
                 rc.frames_unsent
             );
-            let _ = writeln!(s, "  rejoin       {}", p(&rc.rejoin_ms));
-            let _ = writeln!(s, "  audio gap    {}", p(&self.reconnect_gap_ms));
+            if rc.total > rc.churn {
+                let _ = writeln!(s, "  rejoin       {}", p(&rc.rejoin_ms));
+                let _ = writeln!(s, "  audio gap    {}", p(&self.reconnect_gap_ms));
+            }
         }
         if let Some(storm) = &self.storm {
             let _ = writeln!(
@@ -522,6 +600,14 @@ impl Report {
                 storm.never_heard_again
             );
             let _ = writeln!(s, "  heard again  {}", p(&storm.recovery_ms));
+        }
+        if let Some(ptt) = &self.ptt {
+            let _ = writeln!(
+                s,
+                "floor          {} requests: {} granted, {} denied (busy), {} taken away",
+                ptt.requests, ptt.granted, ptt.denied, ptt.revoked
+            );
+            let _ = writeln!(s, "  granted in   {}", p(&ptt.grant_ms));
         }
         let _ = writeln!(s, "disconnects    {}", counts(&self.disconnects));
         let _ = writeln!(s, "server errors  {}", counts(&self.server_errors));
@@ -705,6 +791,9 @@ mod tests {
             packets_sent: 1000,
             packets_impaired: 0,
             flood: None,
+            ptt: None,
+            nodes: Vec::new(),
+            groups: Vec::new(),
             cpu: CpuUse::default(),
             gates: Vec::new(),
             passed: true,

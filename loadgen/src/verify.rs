@@ -1067,6 +1067,7 @@ mod tests {
             cause: crate::client::ReconnectCause::Moved,
             reason: "redirect (moved)".into(),
             broke_at: arrival(broke - 1) + 0.01,
+            returns_at: arrival(broke - 1) + 0.01,
             last_frame_at: Some(arrival(broke - 1)),
             rejoined_at: Some(arrival(back) - 0.03),
             first_frame_at: Some(arrival(back)),
