@@ -117,10 +117,42 @@ pub struct ClientPlan {
     /// Its talker talks push-to-talk: joins in `ptt` mode and asks for the floor before each
     /// spurt.
     pub ptt: bool,
+    /// A moderator: joins as one (listening) and mutes the room's talkers in turn.
+    pub moderate: Option<Moderate>,
+    /// Its room has a moderator: its talker listens for being muted.
+    pub moderated: bool,
     /// Keep received packets for verification.
     pub record: bool,
     /// The reconnect storm drops this client.
     pub stormed: bool,
+}
+
+/// What a moderating client does: every `every`, it mutes the next of its room's talkers (the
+/// first `talkers` slots, by their names) and unmutes it `hold` later.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Moderate {
+    /// Between two mutes.
+    pub every: Duration,
+    /// How long each mute lasts.
+    pub hold: Duration,
+    /// The room's talkers: slots `0..talkers`.
+    pub talkers: usize,
+}
+
+/// A moderator's mutes and unmutes, and a talker's experience of them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModerationStats {
+    /// Moderator: `mute`s sent (muted: true).
+    pub mutes: u64,
+    /// Moderator: unmutes sent.
+    pub unmutes: u64,
+    /// Moderator: `participant_muted` seen for its own mutes and unmutes (the server carried
+    /// them out).
+    pub confirmed: u64,
+    /// Talker: times it was told it was muted.
+    pub muted: u64,
+    /// Talker: seconds (since the epoch) it spent muted, as (from, to).
+    pub muted_spans: Vec<(f64, f64)>,
 }
 
 /// One received packet kept for verification.
@@ -191,6 +223,8 @@ pub struct ClientOutcome {
     pub left_at: Option<f64>,
     /// Push-to-talk: its floor requests and what became of them.
     pub floor: FloorStats,
+    /// Moderation: mutes it sent, or suffered.
+    pub moderation: ModerationStats,
     /// Its jitter estimate once a second after its warm-up, µs.
     pub jitter_us: Vec<u64>,
     /// The node it was last joined at.
@@ -376,6 +410,9 @@ struct Sender {
     floor: Floor,
     /// Push-to-talk: floor requests and releases to send before the next frames.
     control: Vec<ClientMessage>,
+    /// A moderator muted it: it goes on sending (as a client does), but nobody should hear
+    /// it, so nothing is recorded as said.
+    muted: bool,
 }
 
 /// A push-to-talk talker's hold on the floor.
@@ -415,6 +452,7 @@ impl Sender {
             away: false,
             floor: Floor::Idle,
             control: Vec::new(),
+            muted: false,
         }
     }
 
@@ -483,14 +521,16 @@ impl Sender {
         let at = ctx.secs(scheduled);
         // The frame holds the 20 ms of audio captured before it is sent.
         let mouth = at - FRAME.as_secs_f64();
-        match out.talking.last_mut() {
-            Some((_, to)) if (*to - mouth).abs() < 1e-6 => *to = at,
-            _ => out.talking.push((mouth, at)),
-        }
         let position = self.position;
         self.position = (self.position + 1) % self.source.packets.len();
-        if self.source.freq.is_some() && position.is_multiple_of(PERIOD_FRAMES) {
-            out.onsets.push(mouth);
+        if !self.muted {
+            match out.talking.last_mut() {
+                Some((_, to)) if (*to - mouth).abs() < 1e-6 => *to = at,
+                _ => out.talking.push((mouth, at)),
+            }
+            if self.source.freq.is_some() && position.is_multiple_of(PERIOD_FRAMES) {
+                out.onsets.push(mouth);
+            }
         }
         let header = AudioHeader {
             flags: Flags::default().with_marker(self.first_of_spurt),
@@ -601,9 +641,14 @@ pub(crate) fn join_message(plan: &ClientPlan, resume: Option<String>) -> Message
         (None, _) => Mode::Listen,
     };
     let name = format!("lg-{}-{}", plan.room, plan.slot);
+    let role = if plan.moderate.is_some() {
+        Role::Moderator
+    } else {
+        Role::default()
+    };
     let request = JoinRequest {
         resume,
-        ..join_request(&plan.room_name, &name, mode, Role::default())
+        ..join_request(&plan.room_name, &name, mode, role)
     };
     Message::text(ClientMessage::Join(request).to_json())
 }
@@ -669,7 +714,8 @@ pub async fn run_client(plan: ClientPlan, ctx: Arc<RunContext>) -> ClientOutcome
         token: joined.resume_token,
         me: joined.participant_id,
     };
-    if let Some(Link::Up { mut ws, .. }) = run_session(&plan, &ctx, link, now, &mut out).await {
+    let session = run_session(&plan, &ctx, link, joined.others, now, &mut out).await;
+    if let Some(Link::Up { mut ws, .. }) = session {
         ctx.live.connected.fetch_sub(1, Ordering::Relaxed);
         let _ = tokio::time::timeout(Duration::from_millis(500), (*ws).close(None)).await;
     }
@@ -765,6 +811,10 @@ enum Next {
     },
     /// News of the floor.
     Floor(FloorEvent),
+    /// This client was muted (`true`) or unmuted by a moderator.
+    Muted(bool),
+    /// News of the room's members, for a moderator.
+    Roster(RosterChange),
     /// The connection ended for good (the server's verdict on this client, not a node going
     /// away): it counts as disconnected.
     Stop(String),
@@ -776,6 +826,7 @@ async fn run_session<'a>(
     plan: &'a ClientPlan,
     ctx: &'a RunContext,
     mut link: Link<'a>,
+    others: Vec<(u32, String)>,
     joined: Instant,
     out: &mut ClientOutcome,
 ) -> Option<Link<'a>> {
@@ -783,6 +834,7 @@ async fn run_session<'a>(
         .source
         .as_ref()
         .map(|source| Sender::new(source.clone(), ctx, plan.index, joined));
+    let mut moderator = plan.moderate.map(|m| Moderator::new(m, joined, others));
     let warm_from = joined + ctx.warmup;
     let mut stream = Stream::new(joined);
     let mut flushed = FrameCounts::default();
@@ -815,6 +867,9 @@ async fn run_session<'a>(
         }
         if let Some(at) = storm_at {
             wake = wake.min(at);
+        }
+        if let (Some(m), Link::Up { .. }) = (&moderator, &link) {
+            wake = wake.min(m.next_due());
         }
         if sleep.deadline() != wake {
             sleep.as_mut().reset(wake);
@@ -874,6 +929,16 @@ async fn run_session<'a>(
                         resume: token.clone(),
                         back: None,
                     }
+                } else if let (Some(m), Link::Up { ws, .. }) = (moderator.as_mut(), &mut link)
+                    && now >= m.next_due()
+                {
+                    let message = m.act(now, out);
+                    if let Some(message) = message
+                        && let Err(e) = ws.send(Message::text(message.to_json())).await
+                    {
+                        send_failed = Some((now, format!("send failed: {e}")));
+                    }
+                    Next::Continue
                 } else if let Some(s) = sender.as_mut() {
                     // The talker keeps its schedule through a break: frames due while it
                     // cannot send are not sent, only counted.
@@ -928,6 +993,9 @@ async fn run_session<'a>(
                         s.away = false;
                     }
                     ctx.live.connected.fetch_add(1, Ordering::Relaxed);
+                    if let Some(m) = moderator.as_mut() {
+                        m.rejoined(now, joined.others);
+                    }
                     link = Link::Up {
                         ws: joined.ws,
                         url: joined.url,
@@ -955,6 +1023,29 @@ async fn run_session<'a>(
             Next::Floor(event) => {
                 if let Some(s) = sender.as_mut() {
                     s.on_floor(event, out, Instant::now());
+                }
+            }
+            Next::Muted(muted) => {
+                let at = ctx.secs(Instant::now());
+                let stats = &mut out.moderation;
+                match (muted, sender.as_mut()) {
+                    (true, Some(s)) if !s.muted => {
+                        s.muted = true;
+                        stats.muted += 1;
+                        stats.muted_spans.push((at, ctx.secs(end)));
+                    }
+                    (false, Some(s)) if s.muted => {
+                        s.muted = false;
+                        if let Some(span) = stats.muted_spans.last_mut() {
+                            span.1 = at;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Next::Roster(change) => {
+                if let Some(m) = moderator.as_mut() {
+                    m.roster(change, out);
                 }
             }
             Next::Stop(reason) => {
@@ -1141,7 +1232,9 @@ fn receive(
             }
             Next::Continue
         }
-        Some(Ok(Message::Text(text))) if !may_matter(text.as_str(), plan.ptt) => Next::Continue,
+        Some(Ok(Message::Text(text))) if !may_matter(text.as_str(), interests(plan)) => {
+            Next::Continue
+        }
         Some(Ok(Message::Text(text))) => match parse_server_message(text.as_str()) {
             Ok(ServerMessage::Error { code, message }) => {
                 ctx.live.error();
@@ -1167,6 +1260,25 @@ fn receive(
                 Next::Floor(FloorEvent::Granted)
             }
             Ok(ServerMessage::FloorDenied { .. }) => Next::Floor(FloorEvent::Denied),
+            Ok(ServerMessage::ParticipantMuted {
+                participant_id,
+                muted,
+                by,
+            }) => {
+                if participant_id == on.me {
+                    Next::Muted(muted)
+                } else if by == Some(on.me) {
+                    Next::Roster(RosterChange::Confirmed)
+                } else {
+                    Next::Continue
+                }
+            }
+            Ok(ServerMessage::ParticipantJoined { participant }) => {
+                Next::Roster(RosterChange::Joined(participant.id, participant.name))
+            }
+            Ok(ServerMessage::ParticipantLeft { participant_id, .. }) => {
+                Next::Roster(RosterChange::Left(participant_id))
+            }
             Ok(ServerMessage::FloorReleased {
                 participant_id,
                 reason,
@@ -1198,15 +1310,135 @@ fn receive(
 /// clients brings N²/2 such messages, and parsing each cost a town hall of 3,000 listeners more
 /// than loadgen's core (the ramp stalled and its clients were closed as slow consumers). The
 /// server writes the `type` first; a message that does not start that way is parsed in full.
-fn may_matter(text: &str, ptt: bool) -> bool {
+fn may_matter(text: &str, extra: &[&str]) -> bool {
     const PREFIX: &str = "{\"type\":\"";
     match text.strip_prefix(PREFIX) {
         Some(rest) => {
             rest.starts_with("error\"")
                 || rest.starts_with("redirect\"")
-                || (ptt && rest.starts_with("floor_"))
+                || extra.iter().any(|prefix| rest.starts_with(prefix))
         }
         None => true,
+    }
+}
+
+/// The message types (by prefix) a client acts on beyond errors and redirects: the floor's for
+/// a push-to-talk talker, its own muting for a moderated talker, the roster for a moderator.
+fn interests(plan: &ClientPlan) -> &'static [&'static str] {
+    match (plan.moderate.is_some(), plan.ptt, plan.moderated) {
+        (true, _, _) => &["participant_"],
+        (false, true, true) => &["floor_", "participant_muted"],
+        (false, true, false) => &["floor_"],
+        (false, false, true) => &["participant_muted"],
+        (false, false, false) => &[],
+    }
+}
+
+/// A change in the room's membership, as a moderator tracks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RosterChange {
+    /// Someone joined: id and name.
+    Joined(u32, String),
+    /// Someone left.
+    Left(u32),
+    /// The server carried out one of this moderator's mutes or unmutes.
+    Confirmed,
+}
+
+/// A moderating client's state: the room's talkers by id, and its next mute or unmute.
+struct Moderator {
+    plan: Moderate,
+    /// Talkers in the room: participant id → slot.
+    talkers: std::collections::BTreeMap<u32, usize>,
+    next_mute: Instant,
+    /// The talker muted now, and when to unmute it.
+    unmute: Option<(Instant, u32)>,
+    /// Mutes so far: picks the next talker in turn.
+    turn: usize,
+}
+
+impl Moderator {
+    fn new(plan: Moderate, joined: Instant, others: Vec<(u32, String)>) -> Moderator {
+        let mut moderator = Moderator {
+            plan,
+            talkers: std::collections::BTreeMap::new(),
+            next_mute: joined + plan.every,
+            unmute: None,
+            turn: 0,
+        };
+        for (id, name) in others {
+            moderator.note(id, &name);
+        }
+        moderator
+    }
+
+    /// Adds `id` if its name (`lg-<room>-<slot>`) is one of the room's talkers'.
+    fn note(&mut self, id: u32, name: &str) {
+        let slot = name
+            .rsplit('-')
+            .next()
+            .and_then(|s| s.parse::<usize>().ok());
+        if let Some(slot) = slot.filter(|&slot| slot < self.plan.talkers) {
+            self.talkers.insert(id, slot);
+        }
+    }
+
+    fn next_due(&self) -> Instant {
+        self.unmute
+            .map_or(self.next_mute, |(at, _)| at.min(self.next_mute))
+    }
+
+    /// The mute or unmute due at `now`, if any.
+    fn act(&mut self, now: Instant, out: &mut ClientOutcome) -> Option<ClientMessage> {
+        if let Some((at, id)) = self.unmute
+            && now >= at
+        {
+            self.unmute = None;
+            out.moderation.unmutes += 1;
+            return Some(ClientMessage::Mute {
+                participant_id: Some(id),
+                muted: false,
+            });
+        }
+        if now < self.next_mute {
+            return None;
+        }
+        self.next_mute += self.plan.every;
+        // One mute at a time: a turn that comes while the last is still on is skipped.
+        if self.unmute.is_some() || self.talkers.is_empty() {
+            return None;
+        }
+        let mut by_slot: Vec<(usize, u32)> = self.talkers.iter().map(|(&id, &s)| (s, id)).collect();
+        by_slot.sort_unstable();
+        let (_, id) = by_slot[self.turn % by_slot.len()];
+        self.turn += 1;
+        self.unmute = Some((now + self.plan.hold, id));
+        out.moderation.mutes += 1;
+        Some(ClientMessage::Mute {
+            participant_id: Some(id),
+            muted: true,
+        })
+    }
+
+    fn roster(&mut self, change: RosterChange, out: &mut ClientOutcome) {
+        match change {
+            RosterChange::Joined(id, name) => self.note(id, &name),
+            RosterChange::Left(id) => {
+                self.talkers.remove(&id);
+            }
+            RosterChange::Confirmed => out.moderation.confirmed += 1,
+        }
+    }
+
+    /// Back on a new connection: the room as it is now; a mute under way was lost with the
+    /// old participant.
+    fn rejoined(&mut self, now: Instant, others: Vec<(u32, String)>) {
+        self.talkers.clear();
+        self.unmute = None;
+        self.next_mute = now + self.plan.every;
+        for (id, name) in others {
+            self.note(id, &name);
+        }
     }
 }
 
@@ -1245,24 +1477,24 @@ mod tests {
         // The server's serialiser writes the type first, as the fast path expects.
         let error = ServerMessage::error(mixer_protocol::ErrorCode::RateLimited, "slow down");
         assert!(error.to_json().starts_with(r#"{"type":"error""#));
-        assert!(may_matter(&error.to_json(), false));
+        assert!(may_matter(&error.to_json(), &[]));
         assert!(!may_matter(
             r#"{"type":"participant_joined","participant":{"id":3,"name":"Cy","mode":"listen","role":"listener"}}"#,
-            true
+            &["floor_"]
         ));
         let granted = r#"{"type":"floor_granted","participant_id":3}"#;
-        assert!(may_matter(granted, true) && !may_matter(granted, false));
+        assert!(may_matter(granted, &["floor_"]) && !may_matter(granted, &[]));
         assert!(!may_matter(
             r#"{"type":"talking_started","participant_id":3}"#,
-            false
+            &["participant_"]
         ));
         assert!(may_matter(
             r#"{"type":"redirect","room":"r","url":"ws://b/","reason":"moved"}"#,
-            false
+            &[]
         ));
         // Not the server's layout: parsed in full rather than guessed at.
-        assert!(may_matter(r#"{ "type": "participant_joined" }"#, false));
-        assert!(may_matter(r#"{"participant_id":3,"type":"error"}"#, false));
+        assert!(may_matter(r#"{ "type": "participant_joined" }"#, &[]));
+        assert!(may_matter(r#"{"participant_id":3,"type":"error"}"#, &[]));
     }
 
     #[test]

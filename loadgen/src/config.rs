@@ -210,6 +210,12 @@ pub struct Args {
     /// with `--shard 0/n` to `--shard n-1/n` on n machines, then `loadgen merge` their JSON.
     #[arg(long, env = "LOADGEN_SHARD")]
     pub shard: Option<Shard>,
+
+    /// With `--scenario`: scale every group's load by this factor (its rooms, or the
+    /// participants of a one-room group, its stages' client counts and its churn rate), keeping
+    /// its timing, e.g. 0.1 to smoke-test a big scenario on a laptop.
+    #[arg(long, env = "LOADGEN_SCALE", default_value_t = 1.0)]
+    pub scale: f64,
 }
 
 /// How talkers talk.
@@ -359,6 +365,8 @@ pub struct Scenario {
     pub churn: Option<Churn>,
     /// Talkers talk push-to-talk in rooms of this floor policy (`None`: they talk freely).
     pub ptt: Option<mixer_protocol::FloorPolicy>,
+    /// Moderators in each room, muting its talkers in turn.
+    pub moderators: Option<Moderators>,
     /// This generator's share of the rooms, when the load comes from several machines.
     pub shard: Option<Shard>,
     /// The number of this group's first room counted over all groups (shards split rooms by
@@ -404,6 +412,18 @@ pub struct Churn {
     pub per_second: f64,
     /// How long a client that left stays away before it joins again (as a new participant).
     pub away: Duration,
+}
+
+/// Moderators in every room of a group: the room's last `per_room` participants join as
+/// moderators (listening) and mute the room's talkers in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Moderators {
+    /// Moderators per room.
+    pub per_room: usize,
+    /// Between two mutes by one moderator.
+    pub every: Duration,
+    /// How long each mute lasts.
+    pub hold: Duration,
 }
 
 /// This generator's share of a scenario run from several machines: the rooms whose number
@@ -688,6 +708,7 @@ impl Args {
             stages,
             churn: None,
             ptt: None,
+            moderators: None,
             shard: self.shard,
             first_room: 0,
         })

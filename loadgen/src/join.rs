@@ -47,6 +47,9 @@ pub struct Joined {
     pub resume_token: Option<String>,
     /// Its participant id in the room (push-to-talk clients know their floor grants by it).
     pub participant_id: u32,
+    /// A moderating client's view of the room at its join: the others' ids and names (empty
+    /// for every other client, which has no use for it).
+    pub others: Vec<(u32, String)>,
     /// Redirects followed on the way, over every attempt.
     pub redirects: u32,
     /// Connections tried (1 when the first one joined).
@@ -252,6 +255,7 @@ async fn follow(
                 resumed,
                 resume_token,
                 participant_id,
+                others,
             } => {
                 return Ok(Joined {
                     ws,
@@ -259,6 +263,7 @@ async fn follow(
                     resumed,
                     resume_token,
                     participant_id,
+                    others,
                     redirects: *redirects,
                     attempts: 1,
                 });
@@ -289,6 +294,8 @@ enum Answer {
         resume_token: Option<String>,
         /// Its participant id.
         participant_id: u32,
+        /// The others in the room, for a moderating client.
+        others: Vec<(u32, String)>,
     },
     /// Sent elsewhere.
     Redirect {
@@ -327,13 +334,19 @@ async fn join_at(
                     resumed,
                     resume_token,
                     participant_id,
+                    participants,
                     ..
                 }) => {
+                    let others = match plan.moderate {
+                        Some(_) => participants.into_iter().map(|p| (p.id, p.name)).collect(),
+                        None => Vec::new(),
+                    };
                     return Ok(Answer::Joined {
                         ws: Box::new(ws),
                         resumed,
                         resume_token,
                         participant_id,
+                        others,
                     });
                 }
                 Ok(ServerMessage::Redirect {
@@ -432,6 +445,8 @@ mod tests {
             away: Vec::new(),
             leave_at: None,
             ptt: false,
+            moderate: None,
+            moderated: false,
             record: false,
             stormed: false,
         };

@@ -51,8 +51,8 @@ pub use report::{Capacity, Report};
 use client::{ClientOutcome, ClientPlan, ReconnectCause, RunContext, run_client};
 use config::Signal;
 use report::{
-    ClientReconnections, CpuUse, EXPECTED_FPS, NodeReport, Percentiles, PttReport,
-    ReconnectionReport, Reconnections, Round, RxRate, StormReport, Verification,
+    ClientReconnections, CpuUse, EXPECTED_FPS, ModerationReport, NodeReport, Percentiles,
+    PttReport, ReconnectionReport, Reconnections, Round, RxRate, StormReport, Verification,
 };
 use signal::Source;
 use stats::{Live, micros_histogram};
@@ -349,6 +349,10 @@ fn launch_group(
             Some(token) => auth::with_token(url, &token),
         })
     };
+    let role_of = |slot: usize| match scenario.moderators {
+        Some(m) if slot >= scenario.participants - m.per_room => Role::Moderator,
+        _ => Role::Speaker,
+    };
     let presences = schedule::presences(
         &scenario.stages,
         scenario.clients(),
@@ -373,11 +377,20 @@ fn launch_group(
                 room,
                 slot,
                 ptt: scenario.ptt.is_some() && source.is_some(),
+                moderate: scenario
+                    .moderators
+                    .filter(|m| slot >= scenario.participants - m.per_room)
+                    .map(|m| client::Moderate {
+                        every: m.every,
+                        hold: m.hold,
+                        talkers: scenario.talkers,
+                    }),
+                moderated: scenario.moderators.is_some(),
                 source,
                 url: scenario.urls[room % scenario.urls.len()].clone(),
                 urls: urls.clone(),
                 // Listeners join as speakers in listen mode, as without tokens.
-                access_token: token_for(room, &format!("lg-{room}-{slot}"), Role::Speaker)?,
+                access_token: token_for(room, &format!("lg-{room}-{slot}"), role_of(slot))?,
                 room_name: scenario.room_name(round, room),
                 start_at: at(presence.join),
                 away: presence
@@ -649,6 +662,7 @@ fn analyse(
         cpu,
         flood: None,
         ptt: ptt_report(&outcomes, scenario),
+        moderation: scenario.moderators.map(|_| moderation_report(&outcomes)),
         nodes: nodes.into_values().collect(),
         groups: Vec::new(),
         gates: Vec::new(),
@@ -716,6 +730,20 @@ fn count_reconnections(
         frames_unsent: o.unsent,
         reconnections: reports,
     });
+}
+
+/// What a group's moderators did, and how its talkers fared under them.
+fn moderation_report(outcomes: &[ClientOutcome]) -> ModerationReport {
+    let mut report = ModerationReport::default();
+    for o in outcomes {
+        let m = &o.moderation;
+        report.mutes += m.mutes;
+        report.unmutes += m.unmutes;
+        report.confirmed += m.confirmed;
+        report.talkers_muted += m.muted;
+        report.muted_secs += m.muted_spans.iter().map(|(a, b)| b - a).sum::<f64>();
+    }
+    report
 }
 
 /// What a push-to-talk group's floor requests came to (`None` for a group that talks freely).

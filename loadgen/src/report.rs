@@ -244,6 +244,9 @@ pub struct Report {
     /// What push-to-talk talkers' floor requests came to, for a push-to-talk group.
     #[serde(default)]
     pub ptt: Option<PttReport>,
+    /// What the moderators did, for a group with moderators.
+    #[serde(default)]
+    pub moderation: Option<ModerationReport>,
     /// Per node (the URL each client was last joined at): how its clients fared.
     #[serde(default)]
     pub nodes: Vec<NodeReport>,
@@ -270,6 +273,22 @@ pub struct PttReport {
     pub revoked: u64,
     /// From a request to its grant.
     pub grant_ms: Percentiles,
+}
+
+/// Moderators muting talkers in turn, and the talkers' side of it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ModerationReport {
+    /// `mute`s the moderators sent.
+    pub mutes: u64,
+    /// Unmutes they sent.
+    pub unmutes: u64,
+    /// `participant_muted` the moderators saw for their own mutes and unmutes.
+    pub confirmed: u64,
+    /// Times a talker was told it was muted.
+    pub talkers_muted: u64,
+    /// Seconds talkers spent muted, over all talkers (not judged by verification: nobody
+    /// should hear them then).
+    pub muted_secs: f64,
 }
 
 /// One node's share of the run: the clients last joined at it.
@@ -609,6 +628,13 @@ impl Report {
             );
             let _ = writeln!(s, "  granted in   {}", p(&ptt.grant_ms));
         }
+        if let Some(m) = &self.moderation {
+            let _ = writeln!(
+                s,
+                "moderation     {} mutes and {} unmutes sent, {} carried out; talkers muted {} times, {:.1} s in all",
+                m.mutes, m.unmutes, m.confirmed, m.talkers_muted, m.muted_secs
+            );
+        }
         let _ = writeln!(s, "disconnects    {}", counts(&self.disconnects));
         let _ = writeln!(s, "server errors  {}", counts(&self.server_errors));
         if sc.impairment.is_active() {
@@ -792,6 +818,7 @@ mod tests {
             packets_impaired: 0,
             flood: None,
             ptt: None,
+            moderation: None,
             nodes: Vec::new(),
             groups: Vec::new(),
             cpu: CpuUse::default(),

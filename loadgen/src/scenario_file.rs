@@ -175,6 +175,8 @@ struct GroupSection {
     ptt: Option<FloorPolicy>,
     #[serde(default)]
     impairment: ImpairmentSection,
+    /// Moderators in each room, muting its talkers in turn.
+    moderators: Option<ModeratorsSection>,
     wav: Option<PathBuf>,
     /// Receivers of this group to verify (default: the run's `verify`).
     verify: Option<usize>,
@@ -194,6 +196,30 @@ struct ImpairmentSection {
     loss_burst: f64,
     #[serde(default)]
     reorder: f64,
+}
+
+/// A group's moderators: the last `per_room` participants of each room.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModeratorsSection {
+    #[serde(default = "one")]
+    per_room: usize,
+    #[serde(default = "default_mute_every_ms")]
+    every_ms: u64,
+    #[serde(default = "default_mute_ms")]
+    mute_ms: u64,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_mute_every_ms() -> u64 {
+    10_000
+}
+
+fn default_mute_ms() -> u64 {
+    3000
 }
 
 /// One stage: to `to` clients over `secs`; without `to`, a hold.
@@ -336,18 +362,25 @@ pub fn parse(
         }
     };
     base.storm = storm;
+    if !(args.scale.is_finite() && args.scale > 0.0) {
+        return Err(ScenarioError::NotPositive {
+            flag: "scale",
+            value: args.scale,
+        }
+        .into());
+    }
     let mut scenarios: Vec<Scenario> = Vec::with_capacity(file.groups.len());
     let mut first_room = 0;
     for (index, group) in file.groups.iter().enumerate() {
         if scenarios.iter().any(|s| s.group == group.name) {
             return Err(FileError::DuplicateGroup(group.name.clone()));
         }
-        let scenario = group_scenario(&base, group, index, first_room).map_err(|problem| {
-            FileError::Group {
+        let scenario = group_scenario(&base, group, index, first_room)
+            .map(|scenario| scaled(scenario, args.scale))
+            .map_err(|problem| FileError::Group {
                 group: group.name.clone(),
                 problem,
-            }
-        })?;
+            })?;
         first_room += scenario.rooms;
         scenarios.push(scenario);
     }
@@ -418,6 +451,29 @@ fn group_scenario(
             "push-to-talk talkers press the button for each spurt: set talk = \"spurts\"".into(),
         );
     }
+    let moderators = match &group.moderators {
+        None => None,
+        Some(m) => {
+            if m.per_room == 0 || group.talkers + m.per_room > group.participants {
+                return Err(format!(
+                    "moderators.per_room ({}) must be at least 1 and fit beside the talkers \
+                     ({}) in participants ({})",
+                    m.per_room, group.talkers, group.participants
+                ));
+            }
+            if m.every_ms == 0 || m.mute_ms == 0 || m.mute_ms >= m.every_ms {
+                return Err(format!(
+                    "moderators: mute_ms ({}) must be greater than zero and below every_ms ({})",
+                    m.mute_ms, m.every_ms
+                ));
+            }
+            Some(crate::config::Moderators {
+                per_room: m.per_room,
+                every: Duration::from_millis(m.every_ms),
+                hold: Duration::from_millis(m.mute_ms),
+            })
+        }
+    };
     let clients = group.rooms * group.participants;
     let stages = stages(&group.stages, clients)?;
     let churn = match &group.churn {
@@ -470,9 +526,37 @@ fn group_scenario(
         stages,
         churn,
         ptt: group.ptt,
+        moderators,
         first_room,
         ..base.clone()
     })
+}
+
+/// `scenario` with its load scaled by `factor` (`--scale`): its rooms (a one-room group: its
+/// participants, keeping its talkers and at least one listener slot), its stages' client
+/// counts in proportion, and its churn rate; its timing and talkers per room stay.
+fn scaled(mut scenario: Scenario, factor: f64) -> Scenario {
+    if factor == 1.0 {
+        return scenario;
+    }
+    let before = scenario.clients();
+    let rooms = (scenario.rooms as f64 * factor).round() as usize;
+    if rooms >= 1 {
+        scenario.rooms = rooms;
+    } else {
+        scenario.rooms = 1;
+        let participants = (before as f64 * factor).round() as usize;
+        scenario.participants = participants.max(scenario.talkers + 1).min(before);
+    }
+    let after = scenario.clients();
+    for stage in &mut scenario.stages {
+        // Exact at the peak, so the stages still reach every client.
+        stage.to = (stage.to * after).div_ceil(before.max(1)).min(after);
+    }
+    if let Some(churn) = scenario.churn.as_mut() {
+        churn.per_second *= after as f64 / before.max(1) as f64;
+    }
+    scenario
 }
 
 /// A group's stages, checked: positive lengths, and a peak of exactly its `clients` (a
@@ -610,6 +694,25 @@ mod tests {
         assert!(!groups[1].runs_room(0));
         let err = load_with(TWO_GROUPS, &["--rooms", "3"]).expect_err("shape flag");
         assert!(err.to_string().contains("--rooms"), "{err}");
+    }
+
+    #[test]
+    fn scale_shrinks_the_rooms_or_a_one_room_group_and_keeps_the_timing() {
+        let groups = load_with(TWO_GROUPS, &["--scale", "0.5"]).expect("valid");
+        let (talk, ptt) = (&groups[0], &groups[1]);
+        assert_eq!((talk.rooms, talk.participants), (1, 4));
+        assert_eq!(
+            talk.stages.iter().map(|s| s.to).collect::<Vec<_>>(),
+            vec![4, 4, 0]
+        );
+        assert_eq!(talk.length(), Duration::from_secs(26));
+        assert!((talk.churn.expect("churn").per_second - 0.25).abs() < 1e-12);
+        // One room of five talkers: half of it would be 2.5 clients; it keeps its talkers and
+        // one more slot, never more than it had.
+        assert_eq!((ptt.rooms, ptt.participants), (1, 5));
+        assert_eq!(ptt.stages.iter().map(|s| s.to).max(), Some(5));
+        let err = load_with(TWO_GROUPS, &["--scale", "0"]).expect_err("zero");
+        assert!(err.to_string().contains("--scale"), "{err}");
     }
 
     #[test]

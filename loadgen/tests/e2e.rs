@@ -766,3 +766,89 @@ async fn a_reconnect_storm_is_resumed_and_everyone_hears_audio_again() {
     let json = serde_json::to_string(&report).expect("json");
     assert!(json.contains("\"all_heard_again_ms\""), "{json}");
 }
+
+/// Runs the worked scenario file `name` (loadgen/scenarios/) at `scale` against a real mixer
+/// that admits any number of connections from one address, as the README tells load testers
+/// to run it.
+async fn run_worked_scenario(name: &str, scale: &str) -> Report {
+    use clap::{CommandFactory, FromArgMatches};
+    let mixer = start_mixer_with(&["--max-connections-per-address", "0"]).await;
+    let path = format!("{}/scenarios/{name}", env!("CARGO_MANIFEST_DIR"));
+    let url = format!("ws://{}/", mixer.addr);
+    let argv = [
+        "loadgen",
+        "--scenario",
+        &path,
+        "--url",
+        &url,
+        "--scale",
+        scale,
+    ];
+    let matches = Args::command()
+        .try_get_matches_from(argv)
+        .expect("flags parse");
+    let args = Args::from_arg_matches(&matches).expect("flags parse");
+    let groups = loadgen::scenario_file::load(std::path::Path::new(&path), &args, |id| {
+        loadgen::config::given(&matches, id)
+    })
+    .expect("the worked scenario is valid");
+    let report = loadgen::run_scenario(&groups).await.expect("run");
+    assert!(
+        report.passed,
+        "{name}: {:?}\n{}",
+        report.violations(&groups[0].gates),
+        report.render()
+    );
+    report
+}
+
+/// The README's conversation rooms, small: people leave and come back while the load holds,
+/// each as a new participant heard again, and the stages ramp everyone out at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worked_scenario_conversation_rooms_with_churn() {
+    let report = run_worked_scenario("conversation.toml", "0.2").await;
+    let table = report.render();
+    assert_eq!(report.clients, 20, "{table}");
+    let rc = &report.reconnections;
+    // Scaled to a fifth, the file's leave a second becomes 0.2 a second: about 8 over the
+    // 40 s hold, fewer those that would end after it (this seed gives 3).
+    assert!(rc.churn >= 2, "{table}");
+    assert_eq!((rc.dropped, rc.gave_up), (0, 0), "{table}");
+    assert_eq!(report.verification.failed, 0, "{table}");
+    assert!(report.verification.passed >= 10, "{table}");
+    assert!(table.contains(", churn "), "{table}");
+}
+
+/// The README's town hall, small: half the listeners cut at once come back resumed, and every
+/// one of them hears the stage again within the file's gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worked_scenario_town_hall_with_a_reconnect_storm() {
+    let report = run_worked_scenario("townhall.toml", "0.2").await;
+    let table = report.render();
+    assert_eq!(report.clients, 50, "{table}");
+    let storm = report.storm.as_ref().expect("the storm's report");
+    assert!(storm.clients >= 15, "{table}");
+    assert_eq!(
+        (storm.resumed, storm.heard_again, storm.never_heard_again),
+        (storm.clients, storm.clients, 0),
+        "{table}"
+    );
+    assert_eq!(report.verification.failed, 0, "{table}");
+}
+
+/// The README's push-to-talk fleet, small: in the single-floor channel presses while someone
+/// talks are denied, in the open channels every press is granted, and every receiver hears
+/// the talkers that held the floor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worked_scenario_push_to_talk_fleet() {
+    let report = run_worked_scenario("ptt-fleet.toml", "0.2").await;
+    let table = report.render();
+    assert_eq!(report.groups.len(), 2, "{table}");
+    let floor = |group: &Report| group.ptt.clone().expect("a push-to-talk group");
+    let (dispatch, crew) = (floor(&report.groups[0]), floor(&report.groups[1]));
+    assert!(dispatch.granted > 0 && dispatch.denied > 0, "{table}");
+    assert!(crew.granted > 0, "{table}");
+    assert_eq!(crew.denied, 0, "{table}");
+    assert_eq!(report.verification.failed, 0, "{table}");
+    assert!(report.verification.passed >= 10, "{table}");
+}
