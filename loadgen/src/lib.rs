@@ -16,6 +16,8 @@
 //! - [`stats`]: sequence-gap and jitter kernels, live counters.
 //! - [`verify`]: decoding and checking sampled receivers after the run.
 //! - [`report`]: [`Report`], gate verdicts, the summary table.
+//! - [`histogram`]: the sparse µs histograms a report carries next to its percentiles.
+//! - [`merge`]: one report from the reports of several load generators (`loadgen merge`).
 //!
 //! [`run`] runs one scenario; [`find_max`] grows the load round by round until a gate breaks.
 #![forbid(unsafe_code)]
@@ -26,7 +28,9 @@ pub mod config;
 pub mod connect;
 pub mod cpu;
 pub mod flood;
+pub mod histogram;
 pub mod join;
+pub mod merge;
 pub mod report;
 pub mod rng;
 pub mod signal;
@@ -44,13 +48,14 @@ use mixer_protocol::Role;
 use tokio::time::Instant;
 
 pub use config::{Args, Gates, Scenario, ScenarioError};
+pub use merge::{MergeError, merge};
 pub use report::{Capacity, Report};
 
 use client::{ClientOutcome, ClientPlan, ReconnectCause, RunContext, run_client};
 use config::Signal;
 use report::{
-    ClientReconnections, CpuUse, EXPECTED_FPS, Percentiles, ReconnectionReport, Reconnections,
-    Round, RxRate, StormReport, Verification,
+    ClientReconnections, CpuUse, EXPECTED_FPS, Histograms, Percentiles, ReconnectionReport,
+    Reconnections, Round, RxRate, StormReport, Verification,
 };
 use signal::Source;
 use stats::{Live, micros_histogram};
@@ -297,8 +302,8 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
     let jitter = live
         .jitter_total
         .lock()
-        .map(|h| Percentiles::from_micros(&h))
-        .unwrap_or_default();
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| micros_histogram());
     let end_secs = (end - epoch).as_secs_f64();
     let scenario = scenario.clone();
     tokio::task::spawn_blocking(move || {
@@ -318,7 +323,7 @@ fn analyse(
     prepared: &RoomSources,
     verified: &[(usize, usize)],
     end: f64,
-    jitter_ms: Percentiles,
+    jitter: hdrhistogram::Histogram<u64>,
     cpu: CpuUse,
 ) -> Report {
     let ready = verify::room_ready_times(&outcomes);
@@ -337,9 +342,14 @@ fn analyse(
         micros_histogram(),
         micros_histogram(),
     );
-    let storm = scenario
-        .storm
-        .map(|storm| storm_report(&outcomes, storm, end - scenario.duration.as_secs_f64()));
+    let (storm, storm_recovery) = match scenario.storm {
+        Some(storm) => {
+            let (report, recovery) =
+                storm_report(&outcomes, storm, end - scenario.duration.as_secs_f64());
+            (Some(report), recovery)
+        }
+        None => (None, micros_histogram()),
+    };
     for o in &outcomes {
         count_reconnections(o, &mut reconnections, &mut gap, &mut rejoin);
         if let Some(ms) = o.join_ms {
@@ -474,14 +484,18 @@ fn analyse(
         frames_received: received,
         frames_lost: lost,
         frames_paused: paused,
-        loss_pct: if received + lost == 0 {
-            0.0
-        } else {
-            100.0 * lost as f64 / (received + lost) as f64
-        },
+        loss_pct: report::loss_pct(received, lost),
         tick_skips: skips,
-        jitter_ms,
+        jitter_ms: Percentiles::from_micros(&jitter),
         delay_ms: Percentiles::from_micros(&delay),
+        histograms: Histograms {
+            join_us: (&join).into(),
+            jitter_us: (&jitter).into(),
+            delay_us: (&delay).into(),
+            reconnect_gap_us: (&gap).into(),
+            rejoin_us: (&rejoin).into(),
+            storm_recovery_us: (&storm_recovery).into(),
+        },
         verification,
         disconnects,
         server_errors,
@@ -550,8 +564,13 @@ fn count_reconnections(
 
 /// What the reconnect storm did: who it cut, who came back, and how long until each heard audio
 /// again. `ramp_end` is when the ramp ended (seconds since the epoch); the storm came
-/// `storm.after_ramp` later.
-fn storm_report(outcomes: &[ClientOutcome], storm: config::Storm, ramp_end: f64) -> StormReport {
+/// `storm.after_ramp` later. Also returns the recovery times' histogram (µs), which the report
+/// keeps for merging.
+fn storm_report(
+    outcomes: &[ClientOutcome],
+    storm: config::Storm,
+    ramp_end: f64,
+) -> (StormReport, hdrhistogram::Histogram<u64>) {
     let at = ramp_end + storm.after_ramp.as_secs_f64();
     let mut recovery = micros_histogram();
     let mut report = StormReport {
@@ -578,7 +597,7 @@ fn storm_report(outcomes: &[ClientOutcome], storm: config::Storm, ramp_end: f64)
         }
     }
     report.recovery_ms = Percentiles::from_micros(&recovery);
-    report
+    (report, recovery)
 }
 
 /// Prints a progress line about once a second while stderr is a terminal.
