@@ -1,5 +1,6 @@
 //! Command-line flags and the validated [`Scenario`] they become.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -210,6 +211,12 @@ pub struct Args {
     /// own, with its own identity, in its connection URL.
     #[arg(long, env = "LOADGEN_AUTH_KEY_FILE")]
     pub auth_key_file: Option<std::path::PathBuf>,
+
+    /// Serve loadgen's own Prometheus metrics (clients connected, frames received, lost and
+    /// paused, errors, reconnections) on `GET /metrics` at this address, e.g. 0.0.0.0:9400, so a
+    /// run can be watched next to the mixer.
+    #[arg(long, env = "LOADGEN_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// What loadgen can do besides a load run.
@@ -689,6 +696,17 @@ mod tests {
         assert!(Args::try_parse_from(["loadgen", "merge"]).is_err());
         assert!(Args::try_parse_from(["loadgen", "--rooms", "3", "merge", "a.json"]).is_err());
         assert!(Args::try_parse_from(["loadgen", "merge", "a.json", "--rooms", "3"]).is_err());
+    }
+
+    #[test]
+    fn metrics_listen_takes_a_socket_address() {
+        let args = parse(&["--metrics-listen", "127.0.0.1:9400"]);
+        assert_eq!(
+            args.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9400)))
+        );
+        assert!(Args::try_parse_from(["loadgen", "--metrics-listen", "localhost"]).is_err());
+        assert_eq!(parse(&[]).metrics_listen, None);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! - [`report`]: [`Report`], gate verdicts, the summary table.
 //! - [`histogram`]: the sparse µs histograms a report carries next to its percentiles.
 //! - [`merge`]: one report from the reports of several load generators (`loadgen merge`).
+//! - [`exporter`]: loadgen's own Prometheus endpoint (`--metrics-listen`).
 //!
 //! [`run`] runs one scenario; [`find_max`] grows the load round by round until a gate breaks.
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod connect;
 pub mod cpu;
+pub mod exporter;
 pub mod flood;
 pub mod histogram;
 pub mod join;

@@ -22,6 +22,8 @@ fn main() -> ExitCode {
     if let Some(Command::Merge(merge)) = &args.command {
         return exit_code(merge_reports(merge));
     }
+    // TODO(lead): serve `loadgen::exporter::serve` on `args.metrics_listen` with the run's
+    // `Live`, which `run_round` creates; the flag is parsed but not served until then.
     let scenario = match args.to_scenario() {
         Ok(s) => s,
         Err(e) => {
