@@ -31,7 +31,7 @@ use mixer_protocol::{
     AudioFormat, AudioFrame, AudioHeader, ClientMessage, FRAME_SAMPLES, Flags, FloorEndReason,
     JoinRequest, Mode, RedirectReason, Role, ServerMessage, close_code, parse_server_message,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -290,7 +290,7 @@ pub struct Segment {
 }
 
 /// Why a client's session broke.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReconnectCause {
     /// A `redirect` with reason `moved`: the node drained and handed the room to another.

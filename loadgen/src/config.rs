@@ -1,10 +1,11 @@
 //! Command-line flags and the validated [`Scenario`] they become.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
-use serde::Serialize;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 /// Load generator for the mixer: joins simulated talkers and listeners, and checks what they hear.
 ///
@@ -12,9 +13,23 @@ use serde::Serialize;
 /// check that the right talkers are heard, their own voice and other rooms are not, and how long
 /// audio takes from mouth to ear. Exit code: 0 all gates held, 1 a gate was violated, 2 usage or
 /// setup error.
+///
+/// `loadgen merge` combines the reports of load generators that ran on several machines.
+// A run takes flags only and `merge` takes its own: `args_conflicts_with_subcommands` keeps the
+// two apart, so every run's command line parses as it did before `merge` existed.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "loadgen", version, about, long_about)]
+#[command(
+    name = "loadgen",
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
+    /// Something else than a load run (`merge`); `None` runs the load the flags describe.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Mixer WebSocket URL, ws:// or wss://; repeat (or separate with commas) for several
     /// servers. Rooms are spread over them round-robin (all members of a room on the same server).
     #[arg(
@@ -216,10 +231,40 @@ pub struct Args {
     /// its timing, e.g. 0.1 to smoke-test a big scenario on a laptop.
     #[arg(long, env = "LOADGEN_SCALE", default_value_t = 1.0)]
     pub scale: f64,
+
+    /// Serve loadgen's own Prometheus metrics (clients connected, frames received, lost and
+    /// paused, errors, reconnections) on `GET /metrics` at this address, e.g. 0.0.0.0:9400, so a
+    /// run can be watched next to the mixer.
+    #[arg(long, env = "LOADGEN_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// What loadgen can do besides a load run.
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum Command {
+    /// Merge the reports of load generators that ran one scenario together, one per machine.
+    ///
+    /// Each report is one written by `--json` for a share of the rooms (`--shard i/n`); the
+    /// merged report sums the counts, recomputes the percentiles from the merged histograms and
+    /// judges the gates again. Exit code: 0 all gates held, 1 a gate was violated, 2 unreadable
+    /// or mismatched reports.
+    Merge(MergeArgs),
+}
+
+/// The flags of `loadgen merge`.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct MergeArgs {
+    /// The reports to merge, as written by `loadgen --json`.
+    #[arg(required = true, value_name = "REPORT")]
+    pub reports: Vec<PathBuf>,
+
+    /// Write the merged report as JSON to this file.
+    #[arg(long, env = "LOADGEN_MERGE_JSON")]
+    pub json: Option<PathBuf>,
 }
 
 /// How talkers talk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TalkPattern {
     /// Always sending: the 1 s tone-burst signal back to back.
@@ -238,7 +283,7 @@ pub fn given(matches: &clap::ArgMatches, id: &str) -> bool {
 }
 
 /// Network impairment applied by each talker before sending.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Impairment {
     /// Extra delay, uniform in `[0, jitter]`.
     pub jitter: Duration,
@@ -258,7 +303,7 @@ impl Impairment {
 }
 
 /// Service-level gates: a report that violates one makes the exit code 1.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Gates {
     /// Largest loss of server frames, percent.
     pub max_loss_pct: Option<f64>,
@@ -293,7 +338,7 @@ impl Gates {
 }
 
 /// Audio every talker sends.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Signal {
     /// A tone per talker from the frequency grid.
     Tones,
@@ -302,7 +347,7 @@ pub enum Signal {
 }
 
 /// A validated load scenario: everything [`crate::run`] needs.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scenario {
     /// Mixer URLs; room `r` goes to `urls[r % urls.len()]`.
     pub urls: Vec<String>,
@@ -375,7 +420,7 @@ pub struct Scenario {
 }
 
 /// A reconnect storm: a share of the clients drop their connections at the same instant.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Storm {
     /// When, counted from the start of the run.
     pub at: Duration,
@@ -396,7 +441,7 @@ impl Storm {
 /// One stage of a group's load: the number of clients moves in a straight line from where the
 /// previous stage left it (0 before the first) to `to` over `over`. A stage whose `to` equals
 /// the count before it holds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Stage {
     /// Clients at the end of the stage.
     pub to: usize,
@@ -406,7 +451,7 @@ pub struct Stage {
 
 /// Churn: while the load holds, clients leave and come back, as people drop out of and into
 /// real rooms.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Churn {
     /// Leaves per second over the group (each followed by a join of the same client).
     pub per_second: f64,
@@ -416,7 +461,7 @@ pub struct Churn {
 
 /// Moderators in every room of a group: the room's last `per_room` participants join as
 /// moderators (listening) and mute the room's talkers in turn.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Moderators {
     /// Moderators per room.
     pub per_room: usize,
@@ -428,7 +473,7 @@ pub struct Moderators {
 
 /// This generator's share of a scenario run from several machines: the rooms whose number
 /// (counted over all groups) leaves remainder `index` divided by `count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shard {
     /// Which share, from 0.
     pub index: usize,
@@ -459,7 +504,7 @@ impl std::str::FromStr for Shard {
 }
 
 /// How `--find-max` grows the load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FindMax {
     /// Rooms added per round.
     pub step: usize,
@@ -791,6 +836,40 @@ mod tests {
             .expect_err("no storm");
         assert_eq!(err, ScenarioError::StormGateWithoutStorm);
         assert!(parse(&[]).to_scenario().expect("valid").storm.is_none());
+    }
+
+    #[test]
+    fn merge_is_a_subcommand_and_a_run_still_takes_its_flags_alone() {
+        let args = parse(&["merge", "a.json", "b.json", "--json", "all.json"]);
+        assert_eq!(
+            args.command,
+            Some(Command::Merge(MergeArgs {
+                reports: vec!["a.json".into(), "b.json".into()],
+                json: Some("all.json".into()),
+            }))
+        );
+        // The run's flags, as before there was a subcommand.
+        let run = parse(&["--rooms", "3", "--json", "run.json"]);
+        assert_eq!(run.command, None);
+        assert_eq!(run.rooms, 3);
+        assert_eq!(run.json.as_deref(), Some(std::path::Path::new("run.json")));
+        // A room prefix that happens to be `merge` is still a value, not the subcommand.
+        assert_eq!(parse(&["--room-prefix", "merge"]).room_prefix, "merge");
+        // Nothing to merge, or run flags mixed with `merge`, are usage errors.
+        assert!(Args::try_parse_from(["loadgen", "merge"]).is_err());
+        assert!(Args::try_parse_from(["loadgen", "--rooms", "3", "merge", "a.json"]).is_err());
+        assert!(Args::try_parse_from(["loadgen", "merge", "a.json", "--rooms", "3"]).is_err());
+    }
+
+    #[test]
+    fn metrics_listen_takes_a_socket_address() {
+        let args = parse(&["--metrics-listen", "127.0.0.1:9400"]);
+        assert_eq!(
+            args.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9400)))
+        );
+        assert!(Args::try_parse_from(["loadgen", "--metrics-listen", "localhost"]).is_err());
+        assert_eq!(parse(&[]).metrics_listen, None);
     }
 
     #[test]

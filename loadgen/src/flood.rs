@@ -11,14 +11,14 @@ use futures_util::{SinkExt, StreamExt};
 use mixer_protocol::{
     ClientMessage, Mode, Role, RoomSettings, ServerMessage, parse_server_message,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::connect::{Connector, Ws};
 
 /// What the flooders did, summed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FloodReport {
     /// Flooding clients.
     pub clients: usize,

@@ -16,6 +16,9 @@
 //! - [`stats`]: sequence-gap and jitter kernels, live counters.
 //! - [`verify`]: decoding and checking sampled receivers after the run.
 //! - [`report`]: [`Report`], gate verdicts, the summary table.
+//! - [`histogram`]: the sparse µs histograms a report carries next to its percentiles.
+//! - [`merge`]: one report from the reports of several load generators (`loadgen merge`).
+//! - [`exporter`]: loadgen's own Prometheus endpoint (`--metrics-listen`).
 //!
 //! [`run`] runs one scenario; [`find_max`] grows the load round by round until a gate breaks.
 #![forbid(unsafe_code)]
@@ -25,8 +28,11 @@ pub mod client;
 pub mod config;
 pub mod connect;
 pub mod cpu;
+pub mod exporter;
 pub mod flood;
+pub mod histogram;
 pub mod join;
+pub mod merge;
 pub mod report;
 pub mod rng;
 pub mod scenario_file;
@@ -46,13 +52,15 @@ use mixer_protocol::Role;
 use tokio::time::Instant;
 
 pub use config::{Args, Gates, Scenario, ScenarioError};
+pub use merge::{MergeError, merge};
 pub use report::{Capacity, Report};
 
 use client::{ClientOutcome, ClientPlan, ReconnectCause, RunContext, run_client};
 use config::Signal;
 use report::{
-    ClientReconnections, CpuUse, EXPECTED_FPS, ModerationReport, NodeReport, Percentiles,
-    PttReport, ReconnectionReport, Reconnections, Round, RxRate, StormReport, Verification,
+    ClientReconnections, CpuUse, EXPECTED_FPS, Histograms, ModerationReport, NodeReport,
+    Percentiles, PttReport, ReconnectionReport, Reconnections, Round, RxRate, StormReport,
+    Verification,
 };
 use signal::Source;
 use stats::{Live, micros_histogram};
@@ -297,14 +305,9 @@ fn combine(mut reports: Vec<Report>) -> anyhow::Result<Report> {
     if reports.len() == 1 {
         return Ok(reports.remove(0));
     }
-    let mut whole = merge_groups(&reports)?;
+    let mut whole = merge::merge_groups(&reports)?;
     whole.groups = reports;
     Ok(whole)
-}
-
-/// TEMPORARY until the merge module lands.
-fn merge_groups(_reports: &[Report]) -> anyhow::Result<Report> {
-    anyhow::bail!("several groups need the merge module")
 }
 
 /// Starts one group's clients (and flooders) on the run's clock.
@@ -498,7 +501,13 @@ fn analyse(
         micros_histogram(),
         micros_histogram(),
     );
-    let storm = scenario.storm.map(|storm| storm_report(&outcomes, storm));
+    let (storm, storm_recovery) = match scenario.storm {
+        Some(storm) => {
+            let (report, recovery) = storm_report(&outcomes, storm);
+            (Some(report), recovery)
+        }
+        None => (None, micros_histogram()),
+    };
     let mut jitter = micros_histogram();
     let mut nodes: BTreeMap<String, NodeReport> = BTreeMap::new();
     for o in &outcomes {
@@ -646,14 +655,18 @@ fn analyse(
         frames_received: received,
         frames_lost: lost,
         frames_paused: paused,
-        loss_pct: if received + lost == 0 {
-            0.0
-        } else {
-            100.0 * lost as f64 / (received + lost) as f64
-        },
+        loss_pct: report::loss_pct(received, lost),
         tick_skips: skips,
         jitter_ms: Percentiles::from_micros(&jitter),
         delay_ms: Percentiles::from_micros(&delay),
+        histograms: Histograms {
+            join_us: (&join).into(),
+            jitter_us: (&jitter).into(),
+            delay_us: (&delay).into(),
+            reconnect_gap_us: (&gap).into(),
+            rejoin_us: (&rejoin).into(),
+            storm_recovery_us: (&storm_recovery).into(),
+        },
         verification,
         disconnects,
         server_errors,
@@ -761,12 +774,16 @@ fn ptt_report(outcomes: &[ClientOutcome], scenario: &Scenario) -> Option<PttRepo
         }
     }
     report.grant_ms = Percentiles::from_micros(&grant);
+    report.grant_us = (&grant).into();
     Some(report)
 }
 
 /// What the reconnect storm did: who it cut, who came back, and how long until each heard audio
-/// again.
-fn storm_report(outcomes: &[ClientOutcome], storm: config::Storm) -> StormReport {
+/// again. Also returns the recovery times' histogram (µs), which the report keeps for merging.
+fn storm_report(
+    outcomes: &[ClientOutcome],
+    storm: config::Storm,
+) -> (StormReport, hdrhistogram::Histogram<u64>) {
     let at = storm.at.as_secs_f64();
     let mut recovery = micros_histogram();
     let mut report = StormReport {
@@ -793,7 +810,7 @@ fn storm_report(outcomes: &[ClientOutcome], storm: config::Storm) -> StormReport
         }
     }
     report.recovery_ms = Percentiles::from_micros(&recovery);
-    report
+    (report, recovery)
 }
 
 /// Prints a progress line about once a second while stderr is a terminal.

@@ -1,12 +1,14 @@
 //! The `loadgen` binary: parses flags, runs the scenario (or the capacity search), prints the
-//! summary, writes the JSON report, and maps the outcome to an exit code.
+//! summary, writes the JSON report, and maps the outcome to an exit code. `loadgen merge` reads
+//! the reports of several machines' runs instead and does the same with their merged report.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
-use loadgen::{Args, Scenario};
+use loadgen::config::{Command, MergeArgs};
+use loadgen::{Args, Report, Scenario};
 
 /// Every gate held.
 const OK: u8 = 0;
@@ -21,6 +23,9 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => e.exit(),
     };
+    if let Some(Command::Merge(merge)) = &args.command {
+        return exit_code(merge_reports(merge));
+    }
     // A scenario file's groups, or the one group the flags describe.
     let groups = match &args.scenario {
         Some(path) => {
@@ -39,7 +44,13 @@ fn main() -> ExitCode {
             return ExitCode::from(SETUP);
         }
     };
-    match execute(&groups, args.json.as_deref()) {
+    exit_code(execute(&groups, args.json.as_deref()))
+}
+
+/// 0 when every gate held, 1 when one was violated, 2 (with the error printed) when there was no
+/// verdict to give.
+fn exit_code(outcome: anyhow::Result<bool>) -> ExitCode {
+    match outcome {
         Ok(true) => ExitCode::from(OK),
         Ok(false) => ExitCode::from(VIOLATED),
         Err(e) => {
@@ -47,6 +58,42 @@ fn main() -> ExitCode {
             ExitCode::from(SETUP)
         }
     }
+}
+
+/// `loadgen merge`: reads the reports, merges them, prints the summary and writes the merged
+/// JSON if asked; `Ok(passed)`.
+fn merge_reports(args: &MergeArgs) -> anyhow::Result<bool> {
+    let reports = args
+        .reports
+        .iter()
+        .map(|path| read_report(path))
+        .collect::<anyhow::Result<Vec<Report>>>()?;
+    let merged = loadgen::merge(&reports).map_err(|e| {
+        let file = e.report().and_then(|i| args.reports.get(i));
+        let context = match file {
+            Some(path) => format!("cannot merge {}", path.display()),
+            None => "cannot merge".to_owned(),
+        };
+        anyhow::Error::new(e).context(context)
+    })?;
+    print!("{}", merged.render());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&merged)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(merged.passed)
+}
+
+fn read_report(path: &Path) -> anyhow::Result<Report> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a loadgen run report (one written by `loadgen --json`, with \
+             `histograms`; capacity searches and older reports cannot be merged)",
+            path.display()
+        )
+    })
 }
 
 /// Runs and reports; `Ok(passed)`. A capacity search passes when at least one round held.

@@ -4,16 +4,17 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Gates, Scenario};
+use crate::histogram::SparseHistogram;
 use crate::verify::ReceiverVerdict;
 
 /// Expected receive rate: one frame per 20 ms.
 pub const EXPECTED_FPS: f64 = 50.0;
 
 /// Percentiles of a distribution, in ms.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
     /// Samples.
     pub count: u64,
@@ -46,7 +47,7 @@ impl Percentiles {
 
 /// Receive rate per client over the measured seconds, in frames per second. Frames paused in
 /// silence (downlink DTX) count as covered: a stream that pauses is not choppy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RxRate {
     /// What the server should send: 50 frames/s.
     pub expected: f64,
@@ -63,8 +64,38 @@ pub struct RxRate {
     pub silent: usize,
 }
 
+/// The µs histograms behind a report's percentiles, kept so that the reports of several load
+/// generators can be merged into exact percentiles (see [`crate::merge`]). Each holds the same
+/// samples as the percentiles named in its doc line.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Histograms {
+    /// `join_ms`: connect plus join time.
+    pub join_us: SparseHistogram,
+    /// `jitter_ms`: interarrival jitter, once a second per client.
+    pub jitter_us: SparseHistogram,
+    /// `delay_ms`: mouth-to-ear delay at verified receivers.
+    pub delay_us: SparseHistogram,
+    /// `reconnect_gap_ms`: each reconnection's audio gap.
+    pub reconnect_gap_us: SparseHistogram,
+    /// `reconnections.rejoin_ms`: from a break to being joined again.
+    pub rejoin_us: SparseHistogram,
+    /// `storm.recovery_ms`: from a storm's cut to the first audio frame again (empty without a
+    /// storm).
+    pub storm_recovery_us: SparseHistogram,
+}
+
+/// Frames lost over frames the server sent (received + lost), percent; 0 when nothing was sent.
+pub fn loss_pct(received: u64, lost: u64) -> f64 {
+    let sent = received.saturating_add(lost);
+    if sent == 0 {
+        0.0
+    } else {
+        100.0 * lost as f64 / sent as f64
+    }
+}
+
 /// Verification results.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Verification {
     /// Receivers verified.
     pub receivers: usize,
@@ -82,7 +113,7 @@ pub struct Verification {
 
 /// Sessions that broke mid-run and were rejoined (a fleet moving rooms, nodes going away), over
 /// all clients. See [`crate::join`] for how clients rejoin.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reconnections {
     /// Breaks in all: the sum of the causes below.
     pub total: u64,
@@ -118,7 +149,7 @@ pub struct Reconnections {
 }
 
 /// One client's reconnections.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClientReconnections {
     /// Room index.
     pub room: usize,
@@ -131,7 +162,7 @@ pub struct ClientReconnections {
 }
 
 /// One reconnection of one client.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReconnectionReport {
     /// Why the session broke.
     pub cause: crate::client::ReconnectCause,
@@ -154,7 +185,7 @@ pub struct ReconnectionReport {
 }
 
 /// CPU use over the run, in percent of one core.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct CpuUse {
     /// Wall time measured, seconds.
     pub wall_secs: f64,
@@ -165,7 +196,7 @@ pub struct CpuUse {
 }
 
 /// One gate's verdict.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateVerdict {
     /// The flag.
     pub gate: String,
@@ -180,7 +211,7 @@ pub struct GateVerdict {
 }
 
 /// Everything one run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// The scenario run.
     pub scenario: Scenario,
@@ -227,6 +258,9 @@ pub struct Report {
     pub jitter_ms: Percentiles,
     /// Mouth-to-ear delay of tone onsets at verified receivers.
     pub delay_ms: Percentiles,
+    /// The histograms the percentiles above were computed from, so that reports can be merged
+    /// ([`crate::merge`]).
+    pub histograms: Histograms,
     /// Verification of sampled receivers.
     pub verification: Verification,
     /// Connections that ended early: reason → count.
@@ -261,7 +295,7 @@ pub struct Report {
 }
 
 /// Push-to-talk: the talkers' floor requests (one per talk spurt) and their answers.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PttReport {
     /// `floor_request`s sent.
     pub requests: u64,
@@ -273,10 +307,13 @@ pub struct PttReport {
     pub revoked: u64,
     /// From a request to its grant.
     pub grant_ms: Percentiles,
+    /// The same, as a histogram of µs, for merging.
+    #[serde(default)]
+    pub grant_us: crate::histogram::SparseHistogram,
 }
 
 /// Moderators muting talkers in turn, and the talkers' side of it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModerationReport {
     /// `mute`s the moderators sent.
     pub mutes: u64,
@@ -292,7 +329,7 @@ pub struct ModerationReport {
 }
 
 /// One node's share of the run: the clients last joined at it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeReport {
     /// Its URL.
     pub url: String,
@@ -334,7 +371,7 @@ impl NodeReport {
 }
 
 /// The reconnect storm: the clients it cut, and how long until each heard audio again.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StormReport {
     /// When it came, seconds since the start of the run.
     pub at_secs: f64,
@@ -359,10 +396,13 @@ impl Report {
     /// messages. A redirect mid-session is the fleet at work, not an error; a connection that
     /// dropped is a fault a user would have heard, even if the client got back.
     pub fn errors(&self) -> u64 {
-        self.join_failures.values().sum::<u64>()
-            + self.disconnects.values().sum::<u64>()
-            + self.server_errors.values().sum::<u64>()
-            + self.reconnections.dropped
+        // Saturating: a report read from a file (`loadgen merge`) may hold any numbers.
+        self.join_failures
+            .values()
+            .chain(self.disconnects.values())
+            .chain(self.server_errors.values())
+            .chain([&self.reconnections.dropped])
+            .fold(0u64, |total, n| total.saturating_add(*n))
     }
 
     /// The verdict on each gate that is set.
@@ -447,7 +487,7 @@ impl Report {
                     ),
                     Some(_) => format!(
                         "{} of {} clients never joined (--min-rx-rate {limit})",
-                        self.clients - self.joined,
+                        self.clients.saturating_sub(self.joined),
                         self.clients
                     ),
                     None if self.rx_rate.silent > 0 => format!(
@@ -533,7 +573,7 @@ impl Report {
             "loss           {:.3}% ({} of {} frames sent); server tick skips {}",
             self.loss_pct,
             self.frames_lost,
-            self.frames_received + self.frames_lost,
+            self.frames_received.saturating_add(self.frames_lost),
             self.tick_skips
         );
         let _ = writeln!(s, "jitter         {}", p(&self.jitter_ms));
@@ -689,7 +729,7 @@ impl Report {
 }
 
 /// One round of a capacity search.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Round {
     /// Rooms in this round.
     pub rooms: usize,
@@ -704,7 +744,7 @@ pub struct Round {
 }
 
 /// The result of `--find-max`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Capacity {
     /// Rounds run, in order.
     pub rounds: Vec<Round>,
@@ -764,6 +804,7 @@ mod tests {
 
     use super::*;
     use crate::config::Args;
+    use crate::verify::ReceiverRole;
 
     fn percentiles(p99: f64) -> Percentiles {
         Percentiles {
@@ -807,6 +848,7 @@ mod tests {
             tick_skips: 0,
             jitter_ms: percentiles(1.0),
             delay_ms: percentiles(60.0),
+            histograms: Histograms::default(),
             verification: Verification {
                 receivers: 4,
                 passed: 4,
@@ -875,6 +917,74 @@ mod tests {
         };
         let gate = &verdict(lost)[0];
         assert!(!gate.passed && gate.value == "n/a", "{gate:?}");
+    }
+
+    /// The report's JSON keeps every key it had before reports could be merged (capacity.sh and
+    /// other tools read them) and reads back into the same report.
+    #[test]
+    fn the_json_keeps_its_keys_and_reads_back_as_written() {
+        let mut report = healthy();
+        report.verification.details.push(ReceiverVerdict {
+            room: 1,
+            slot: 3,
+            role: ReceiverRole::Listener,
+            passed: true,
+            problems: Vec::new(),
+            heard: vec![(0, 700.0, -14.5)],
+            own_db: None,
+            worst_leak_db: Some(-80.0),
+            clipped_samples: 0,
+            window_secs: 3.5,
+            connections: 1,
+            delays_ms: Vec::new(),
+        });
+        report.storm = Some(StormReport::default());
+        let json = serde_json::to_value(&report).expect("serializes");
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        let mut expected = vec![
+            "scenario",
+            "clients",
+            "talkers",
+            "listeners",
+            "joined",
+            "join_failures",
+            "redirects",
+            "reconnections",
+            "reconnect_gap_ms",
+            "storm",
+            "join_ms",
+            "rx_rate",
+            "frames_received",
+            "frames_lost",
+            "frames_paused",
+            "loss_pct",
+            "tick_skips",
+            "jitter_ms",
+            "delay_ms",
+            "verification",
+            "disconnects",
+            "server_errors",
+            "packets_sent",
+            "packets_impaired",
+            "cpu",
+            "flood",
+            "gates",
+            "passed",
+            // Added for merging.
+            "histograms",
+        ];
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
+        assert_eq!(json["verification"]["details"][0]["role"], "listener");
+        assert_eq!(json["histograms"]["delay_us"], serde_json::json!([]));
+        let back: Report = serde_json::from_value(json.clone()).expect("reads back");
+        assert_eq!(serde_json::to_value(&back).expect("serializes"), json);
     }
 
     #[test]

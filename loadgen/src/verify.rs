@@ -24,7 +24,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use mixer_protocol::{FRAME_SAMPLES, SAMPLE_RATE};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client::ClientOutcome;
 use crate::signal::{
@@ -85,14 +85,14 @@ pub struct VerifySettings {
 }
 
 /// The verdict on one verified receiver.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReceiverVerdict {
     /// Room index.
     pub room: usize,
     /// Index within the room.
     pub slot: usize,
-    /// `talker` or `listener`.
-    pub role: &'static str,
+    /// Whether it talked or only listened.
+    pub role: ReceiverRole,
     /// Whether every check passed.
     pub passed: bool,
     /// Human-readable failures.
@@ -113,6 +113,33 @@ pub struct ReceiverVerdict {
     /// Mouth-to-ear delays measured at this receiver, ms.
     #[serde(skip)]
     pub delays_ms: Vec<f64>,
+}
+
+/// What a verified receiver was in its room. Serialized as `talker` or `listener`, the
+/// strings reports have always carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiverRole {
+    /// It talked (and so must not hear itself).
+    Talker,
+    /// It joined in listen mode.
+    Listener,
+}
+
+impl ReceiverRole {
+    /// Its name in reports and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiverRole::Talker => "talker",
+            ReceiverRole::Listener => "listener",
+        }
+    }
+}
+
+impl std::fmt::Display for ReceiverRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One talker as verification sees it: slot, tone, source and what it did.
@@ -340,9 +367,9 @@ pub fn verify_receiver(
     settings: &VerifySettings,
 ) -> ReceiverVerdict {
     let role = if receiver.talker {
-        "talker"
+        ReceiverRole::Talker
     } else {
-        "listener"
+        ReceiverRole::Listener
     };
     let mut verdict = ReceiverVerdict {
         room: receiver.room,

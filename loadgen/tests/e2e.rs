@@ -119,6 +119,46 @@ async fn small_run_against_the_real_mixer_passes_every_gate() {
     assert!(json.contains("\"verification\""));
 }
 
+/// Two load generators running the same scenario at once, each against a mixer of its own (as
+/// two machines would), give reports that merge into one: counts summed, percentiles those of
+/// every sample, and the gates judged on the whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_of_two_load_generators_merge_into_one() {
+    let (one, two) = (start_mixer().await, start_mixer().await);
+    let (a, b) = (scenario(one.addr, &[]), scenario(two.addr, &[]));
+    let (ra, rb) = tokio::join!(loadgen::run(&a), loadgen::run(&b));
+    let (ra, rb) = (ra.expect("run one"), rb.expect("run two"));
+    for report in [&ra, &rb] {
+        // The histograms hold exactly the samples the percentiles were computed from.
+        let h = &report.histograms;
+        assert_eq!(h.delay_us.len(), report.delay_ms.count);
+        assert_eq!(h.join_us.len(), report.join_ms.count);
+        assert_eq!(h.jitter_us.len(), report.jitter_ms.count);
+        assert!(report.delay_ms.count > 0 && report.join_ms.count == 8);
+    }
+    // As `loadgen merge` gets them: written as JSON, read back.
+    let read_back = |report: &Report| -> Report {
+        serde_json::from_str(&serde_json::to_string(report).expect("json")).expect("parses")
+    };
+    let merged = loadgen::merge(&[read_back(&ra), read_back(&rb)]).expect("mergeable");
+    let table = merged.render();
+    assert!(merged.passed, "{table}");
+    assert_eq!((merged.clients, merged.joined), (16, 16), "{table}");
+    assert_eq!(merged.verification.receivers, 16, "{table}");
+    assert_eq!(
+        merged.frames_received,
+        ra.frames_received + rb.frames_received
+    );
+    let mut delays = ra.histograms.delay_us.to_histogram().expect("fits");
+    rb.histograms.delay_us.add_to(&mut delays).expect("fits");
+    assert_eq!(
+        merged.delay_ms,
+        loadgen::report::Percentiles::from_micros(&delays)
+    );
+    assert_eq!(merged.delay_ms.count, ra.delay_ms.count + rb.delay_ms.count);
+    assert_eq!(merged.scenario, a);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flooders_sending_every_control_type_cost_the_rooms_nothing() {
     // Flooders and real clients share 127.0.0.1 here; the per-address limits (joins among
