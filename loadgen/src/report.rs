@@ -978,6 +978,11 @@ mod tests {
             "passed",
             // Added for merging.
             "histograms",
+            // Added for scenario files: push-to-talk, moderation, nodes, groups.
+            "ptt",
+            "moderation",
+            "nodes",
+            "groups",
         ];
         expected.sort_unstable();
         assert_eq!(keys, expected);
