@@ -107,6 +107,13 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_JSON")]
     pub json: Option<PathBuf>,
 
+    /// Write the report as one self-contained HTML page to this file: the summary, the gates,
+    /// charts of the run second by second (clients, frames, loss, jitter, delay, and each
+    /// `ws://` mixer's tick time and CPU from its /metrics) and every verified receiver. With
+    /// `--find-max`, the last round's report.
+    #[arg(long, env = "LOADGEN_HTML")]
+    pub html: Option<PathBuf>,
+
     /// Gate: largest acceptable loss of server frames, in percent.
     #[arg(long, env = "LOADGEN_MAX_LOSS")]
     pub max_loss: Option<f64>,

@@ -16,6 +16,9 @@
 //! - [`stats`]: sequence-gap and jitter kernels, live counters.
 //! - [`verify`]: decoding and checking sampled receivers after the run.
 //! - [`report`]: [`Report`], gate verdicts, the summary table.
+//! - [`timeline`]: the run second by second (clients' counters, mixers' scraped metrics, delays
+//!   over time), sampled while it runs; it also draws the progress line.
+//! - [`html`]: the report as one self-contained HTML page with SVG charts.
 //!
 //! [`run`] runs one scenario; [`find_max`] grows the load round by round until a gate breaks.
 #![forbid(unsafe_code)]
@@ -26,17 +29,18 @@ pub mod config;
 pub mod connect;
 pub mod cpu;
 pub mod flood;
+pub mod html;
 pub mod join;
 pub mod report;
 pub mod rng;
 pub mod signal;
 pub mod stats;
+pub mod timeline;
 pub mod verify;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -205,7 +209,15 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
         scenario.mixer_pid.and_then(|p| cpu::cpu_seconds(Some(p))),
     );
     let wall_start = Instant::now();
-    let progress = tokio::spawn(progress(live.clone(), clients, epoch));
+    let (stop_sampler, sampler_stopped) = tokio::sync::oneshot::channel();
+    let sampler = tokio::spawn(timeline::run_sampler(
+        live.clone(),
+        timeline::metrics_targets(&scenario.urls),
+        epoch,
+        clients,
+        std::io::stderr().is_terminal(),
+        sampler_stopped,
+    ));
     let mint = scenario
         .auth_key_file
         .as_deref()
@@ -290,7 +302,8 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
             .mixer_pid
             .and_then(|pid| cpu_pct(cpu_start.1, Some(pid))),
     };
-    progress.abort();
+    let _ = stop_sampler.send(());
+    let samples = sampler.await.context("the sampler task panicked")?;
     if std::io::stderr().is_terminal() {
         eprintln!();
     }
@@ -306,6 +319,7 @@ async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> 
             &scenario, outcomes, &prepared, &verified, end_secs, jitter, cpu,
         );
         report.flood = flood;
+        report.timeline.samples = samples;
         report
     })
     .await
@@ -440,8 +454,8 @@ fn analyse(
         let Some(o) = by_index.get(key) else { continue };
         let room_ready = ready.get(&o.room).copied().unwrap_or(0.0);
         let verdict = verify::verify_receiver(o, room_ready, &talkers, &settings);
-        for d in &verdict.delays_ms {
-            let _ = delay.record((d * 1000.0).max(1.0) as u64);
+        for (_, ms) in &verdict.delays {
+            let _ = delay.record((ms * 1000.0).max(1.0) as u64);
         }
         verification.receivers += 1;
         if verdict.passed {
@@ -455,6 +469,12 @@ fn analyse(
             .extend(verdict.problems.iter().cloned());
         verification.details.push(verdict);
     }
+    // The samples are the sampler's; analysis adds what verification placed in time.
+    let timeline = timeline::Timeline {
+        samples: Vec::new(),
+        delay: timeline::delay_series(&verification.details, 1.0),
+        delay_distribution: timeline::delay_distribution(&verification.details),
+    };
     let mut report = Report {
         scenario: scenario.clone(),
         clients: outcomes.len(),
@@ -488,6 +508,7 @@ fn analyse(
         packets_sent: sent,
         packets_impaired: impaired,
         cpu,
+        timeline,
         flood: None,
         gates: Vec::new(),
         passed: true,
@@ -579,50 +600,4 @@ fn storm_report(outcomes: &[ClientOutcome], storm: config::Storm, ramp_end: f64)
     }
     report.recovery_ms = Percentiles::from_micros(&recovery);
     report
-}
-
-/// Prints a progress line about once a second while stderr is a terminal.
-async fn progress(live: Arc<Live>, clients: usize, epoch: Instant) {
-    if !std::io::stderr().is_terminal() {
-        return;
-    }
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let (mut last_frames, mut last_lost, mut last_paused) = (0, 0, 0);
-    loop {
-        ticker.tick().await;
-        let frames = live.frames.load(Ordering::Relaxed);
-        let lost = live.lost.load(Ordering::Relaxed);
-        let paused = live.paused.load(Ordering::Relaxed);
-        let connected = live.connected.load(Ordering::Relaxed);
-        let errors = live.errors.load(Ordering::Relaxed);
-        let reconnects = match live.reconnections.load(Ordering::Relaxed) {
-            0 => String::new(),
-            n => format!("  reconnections {n}"),
-        };
-        let p99 = live
-            .jitter
-            .lock()
-            .map(|mut h| {
-                let v = h.value_at_quantile(0.99) as f64 / 1000.0;
-                h.reset();
-                v
-            })
-            .unwrap_or(0.0);
-        let (df, dl, dp) = (frames - last_frames, lost - last_lost, paused - last_paused);
-        (last_frames, last_lost, last_paused) = (frames, lost, paused);
-        let loss = if df + dl == 0 {
-            0.0
-        } else {
-            100.0 * dl as f64 / (df + dl) as f64
-        };
-        let per_client = if connected == 0 {
-            0.0
-        } else {
-            df as f64 / connected as f64
-        };
-        eprint!(
-            "\r\x1b[2K[{:>5.0}s] connected {connected}/{clients}  rx {df} f/s ({per_client:.1}/client)  paused {dp} f/s  loss {loss:.2}%  jitter p99 {p99:.1} ms  errors {errors}{reconnects}",
-            epoch.elapsed().as_secs_f64()
-        );
-    }
 }

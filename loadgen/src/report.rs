@@ -235,6 +235,9 @@ pub struct Report {
     pub packets_impaired: u64,
     /// CPU use.
     pub cpu: CpuUse,
+    /// The run over time: per-second samples of the clients and the mixers, and the
+    /// mouth-to-ear delay over time and its distribution, for charts (`--html`).
+    pub timeline: crate::timeline::Timeline,
     /// What the control-flooding clients did (`--flooders`), if any ran.
     pub flood: Option<crate::flood::FloodReport>,
     /// Gate verdicts.
@@ -647,7 +650,7 @@ impl Capacity {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use clap::Parser;
 
     use super::*;
@@ -663,8 +666,9 @@ mod tests {
         }
     }
 
-    /// A report of a healthy small run, to be spoiled one field at a time.
-    fn healthy() -> Report {
+    /// A report of a healthy small run, to be spoiled one field at a time (also by
+    /// [`crate::html`]'s tests).
+    pub(crate) fn healthy() -> Report {
         let scenario = Args::parse_from(["loadgen"])
             .to_scenario()
             .expect("default scenario");
@@ -706,6 +710,7 @@ mod tests {
             packets_impaired: 0,
             flood: None,
             cpu: CpuUse::default(),
+            timeline: crate::timeline::Timeline::default(),
             gates: Vec::new(),
             passed: true,
         }
