@@ -16,8 +16,8 @@ use chart::{Bar, LineChart, Series};
 use crate::report::{Percentiles, Report};
 use crate::timeline::Sample;
 
-/// Line colours, in the order series are drawn (distinct for the colour-blind as far as five
-/// colours can be: blue, orange, green, purple, red).
+/// Line colours. A chart's measured series start with blue and orange, the pair most readers
+/// tell apart (colour-blind ones included); green, purple and red follow.
 const BLUE: &str = "#2563eb";
 const ORANGE: &str = "#ea580c";
 const GREEN: &str = "#16a34a";
@@ -290,8 +290,12 @@ fn summary(page: &mut String, r: &Report) {
         "CPU",
         format!(
             "loadgen {} of one core; mixer {} (over {} s)",
-            opt(r.cpu.loadgen_pct, 0, "%"),
-            opt(r.cpu.mixer_pct, 0, "%"),
+            r.cpu
+                .loadgen_pct
+                .map_or("n/a".to_owned(), |v| format!("{}%", num(v, 0))),
+            r.cpu
+                .mixer_pct
+                .map_or("n/a".to_owned(), |v| format!("{}%", num(v, 0))),
             num(r.cpu.wall_secs, 1)
         ),
     ));
@@ -543,6 +547,35 @@ fn servers(page: &mut String, samples: &[Sample]) {
     }
 }
 
+/// What a receiver heard, a line per talker; after reconnections, grouped by connection.
+fn heard_by_connection(d: &crate::verify::ReceiverVerdict) -> String {
+    // The levels come once per connection checked, each talker once in each: a slot seen
+    // again starts the next connection.
+    let mut groups: Vec<Vec<String>> = vec![Vec::new()];
+    let mut slots = Vec::new();
+    for (slot, hz, db) in &d.heard {
+        if slots.contains(slot) {
+            groups.push(Vec::new());
+            slots.clear();
+        }
+        slots.push(*slot);
+        groups.last_mut().expect("never empty").push(format!(
+            "talker {slot} ({} Hz) {}",
+            num(f64::from(*hz), 0),
+            opt(Some(*db), 1, " dB")
+        ));
+    }
+    if groups.len() == 1 {
+        return groups.concat().join("<br>");
+    }
+    groups
+        .iter()
+        .enumerate()
+        .map(|(i, lines)| format!("<i>connection {}</i><br>{}", i + 1, lines.join("<br>")))
+        .collect::<Vec<_>>()
+        .join("<br>")
+}
+
 /// One row per verified receiver: what it heard and what was wrong.
 fn verification(page: &mut String, r: &Report) {
     let details = &r.verification.details;
@@ -556,17 +589,7 @@ fn verification(page: &mut String, r: &Report) {
          <th>Own voice</th><th>Worst leak</th><th>Problems</th></tr>\n",
     );
     for d in details {
-        let heard: Vec<String> = d
-            .heard
-            .iter()
-            .map(|(slot, hz, db)| {
-                format!(
-                    "talker {slot} ({} Hz) {}",
-                    num(f64::from(*hz), 0),
-                    opt(Some(*db), 1, " dB")
-                )
-            })
-            .collect();
+        let heard = heard_by_connection(d);
         let problems = if d.problems.is_empty() {
             String::new()
         } else {
@@ -587,7 +610,7 @@ fn verification(page: &mut String, r: &Report) {
             d.slot,
             escape(d.role),
             if d.passed { "passed" } else { "FAILED" },
-            heard.join("<br>"),
+            heard,
             opt(d.own_db, 1, " dB"),
             opt(d.worst_leak_db, 1, " dB"),
         );
@@ -776,6 +799,22 @@ mod tests {
         assert!(html.contains("http://&lt;evil&gt;/metrics"));
         assert!(html.contains("<tr class=\"bad\"><td><code>--max-loss</code>"));
         assert!(html.contains("talker 0 (700 Hz) -12.5 dB<br>talker 1 (823 Hz) —"));
+    }
+
+    #[test]
+    fn levels_heard_after_a_reconnection_are_grouped_by_connection() {
+        let mut d = receiver(true, Vec::new());
+        assert_eq!(
+            heard_by_connection(&d),
+            "talker 0 (700 Hz) -12.5 dB<br>talker 1 (823 Hz) —"
+        );
+        d.heard = vec![(0, 700.0, -12.0), (1, 823.0, -13.0), (0, 700.0, -14.0)];
+        d.connections = 2;
+        assert_eq!(
+            heard_by_connection(&d),
+            "<i>connection 1</i><br>talker 0 (700 Hz) -12.0 dB<br>talker 1 (823 Hz) -13.0 dB\
+             <br><i>connection 2</i><br>talker 0 (700 Hz) -14.0 dB"
+        );
     }
 
     #[test]

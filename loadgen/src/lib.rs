@@ -472,7 +472,7 @@ fn analyse(
     // The samples are the sampler's; analysis adds what verification placed in time.
     let timeline = timeline::Timeline {
         samples: Vec::new(),
-        delay: timeline::delay_series(&verification.details, 1.0),
+        delay: timeline::delay_series(&verification.details, timeline::DELAY_SERIES_SECS),
         delay_distribution: timeline::delay_distribution(&verification.details),
     };
     let mut report = Report {

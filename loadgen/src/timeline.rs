@@ -20,11 +20,15 @@ use tokio::time::Instant;
 
 use crate::stats::Live;
 use crate::verify::ReceiverVerdict;
-use prometheus::MixerMetrics;
+use prometheus::{CpuRate, MixerMetrics};
 use scrape::ScrapeError;
 
 /// The width of the buckets [`delay_distribution`] counts delays in, ms.
 pub const DELAY_BUCKET_MS: f64 = 10.0;
+
+/// The time buckets of the report's [`delay_series`], seconds: one point a second, as the
+/// samples, and each talker's tone has one onset a second.
+pub const DELAY_SERIES_SECS: f64 = 1.0;
 
 /// What the run looked like over time.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -75,7 +79,8 @@ pub struct ServerSample {
     pub tick_p50_ms: Option<f64>,
     /// p99 room tick time since the previous scrape, ms (interpolated in its bucket).
     pub tick_p99_ms: Option<f64>,
-    /// The mixer process's CPU use since the previous scrape, percent of one core.
+    /// The mixer process's CPU use, percent of one core, over the last 10 s (its counter
+    /// counts whole seconds, see [`prometheus::CpuRate`]); `None` in the first 5 s.
     pub cpu_pct: Option<f64>,
     /// Participants in its rooms, all modes.
     pub participants: Option<f64>,
@@ -172,10 +177,11 @@ struct Totals {
     paused: u64,
 }
 
-/// One scrape target and its last successful scrape.
+/// One scrape target: its last successful scrape, and its CPU counter's recent history.
 struct Server {
     target: String,
-    last: Option<(Instant, MixerMetrics)>,
+    last: Option<MixerMetrics>,
+    cpu: CpuRate,
     warned: bool,
 }
 
@@ -207,6 +213,7 @@ impl Sampler {
                 .map(|target| Server {
                     target,
                     last: None,
+                    cpu: CpuRate::default(),
                     warned: false,
                 })
                 .collect(),
@@ -280,13 +287,14 @@ impl Sampler {
         for (server, scraped) in self.servers.iter_mut().zip(scrapes) {
             match scraped {
                 Ok(metrics) => {
+                    let mut sample = metrics.compare(server.last.as_ref(), &server.target);
                     // Timed from when the scrapes started, together: the CPU rate is over the
                     // sampling interval, whatever each response's own latency.
-                    let earlier = server.last.as_ref();
-                    let elapsed =
-                        earlier.map_or(0.0, |(t, _)| now.duration_since(*t).as_secs_f64());
-                    out.push(metrics.compare(earlier.map(|(_, m)| m), elapsed, &server.target));
-                    server.last = Some((now, metrics));
+                    sample.cpu_pct = metrics
+                        .cpu_seconds
+                        .and_then(|cpu| server.cpu.push(signed_secs(now, self.epoch), cpu));
+                    out.push(sample);
+                    server.last = Some(metrics);
                 }
                 Err(error) => {
                     if !server.warned {

@@ -2,8 +2,8 @@
 //! with gaps where a value is missing) and a bar chart (a distribution). No crate and no
 //! script: the page must open offline, years later, exactly as written.
 //!
-//! Every number written into the SVG goes through [`coord`], so a non-finite value can never
-//! reach the file (a browser drops an element with `NaN` in it, silently).
+//! Every number written into the SVG goes through one formatting function, so a non-finite
+//! value can never reach the file (a browser drops an element with `NaN` in it, silently).
 
 use std::fmt::Write as _;
 

@@ -4,7 +4,10 @@
 //!
 //! Scrapes are compared in pairs: counters and histograms only mean something as the growth
 //! between two scrapes, so [`MixerMetrics::compare`] turns two of them into one
-//! [`ServerSample`].
+//! [`ServerSample`]. CPU is the exception: its counter counts whole seconds, so [`CpuRate`]
+//! takes it over a sliding window instead.
+
+use std::collections::VecDeque;
 
 use crate::timeline::ServerSample;
 
@@ -14,6 +17,12 @@ pub const TICK_HISTOGRAM: &str = "mixer_tick_duration_seconds";
 pub const CPU_COUNTER: &str = "process_cpu_seconds_total";
 /// The mixer's participants gauge, one series per mode.
 pub const PARTICIPANTS_GAUGE: &str = "mixer_participants";
+
+/// The window [`CpuRate`] measures over, seconds.
+pub const CPU_WINDOW_SECS: f64 = 10.0;
+/// The shortest window [`CpuRate`] gives a rate for, seconds: a whole-second counter is then
+/// off by at most 20 points.
+pub const CPU_MIN_SPAN_SECS: f64 = 5.0;
 
 /// The longest excerpt of a bad line an error quotes: the text comes from the peer.
 const QUOTE_CHARS: usize = 80;
@@ -324,33 +333,66 @@ impl MixerMetrics {
         Ok(metrics)
     }
 
-    /// The sample of one server from two scrapes `elapsed_secs` apart: tick times and CPU from
-    /// the growth between them, participants as of `self` (the later one). Without `earlier`
-    /// (the first scrape) only the participants are known.
-    pub fn compare(
-        &self,
-        earlier: Option<&MixerMetrics>,
-        elapsed_secs: f64,
-        target: &str,
-    ) -> ServerSample {
+    /// The sample of one server from two consecutive scrapes: tick times from the growth
+    /// between them, participants as of `self` (the later one). Without `earlier` (the first
+    /// scrape) only the participants are known. The CPU is left to [`CpuRate`].
+    pub fn compare(&self, earlier: Option<&MixerMetrics>, target: &str) -> ServerSample {
         let finite = |v: f64| v.is_finite().then_some(v);
         let ticks = earlier
             .and_then(|e| Some((self.tick.as_ref()?, e.tick.as_ref()?)))
             .and_then(|(now, before)| now.since(before));
         let ms = |v: Option<f64>| v.map(|s| s * 1000.0).and_then(finite);
-        let cpu_pct = earlier
-            .and_then(|e| Some((self.cpu_seconds?, e.cpu_seconds?)))
-            .filter(|(now, before)| now >= before && elapsed_secs > 0.0)
-            .and_then(|(now, before)| finite(100.0 * (now - before) / elapsed_secs));
         ServerSample {
             target: target.to_owned(),
             up: true,
             tick_mean_ms: ms(ticks.as_ref().and_then(Histogram::mean)),
             tick_p50_ms: ms(ticks.as_ref().and_then(|t| t.quantile(0.5))),
             tick_p99_ms: ms(ticks.as_ref().and_then(|t| t.quantile(0.99))),
-            cpu_pct,
+            cpu_pct: None,
             participants: self.participants.and_then(finite),
         }
+    }
+}
+
+/// A process's CPU use from its CPU-seconds counter, over a sliding window of scrapes.
+///
+/// The mixer's `process_cpu_seconds_total` comes from the prometheus crate's process
+/// collector, which counts whole seconds (`(utime + stime) / CLK_TCK` in integers): from one
+/// second to the next it reads 0 or 100 %. Over a window of [`CPU_WINDOW_SECS`] the counter's
+/// truncation is at most one second, 10 points; no rate is given before the window spans
+/// [`CPU_MIN_SPAN_SECS`]. A finer counter is only smoothed.
+#[derive(Debug, Clone, Default)]
+pub struct CpuRate {
+    /// (seconds since the epoch, counter), oldest first.
+    history: VecDeque<(f64, f64)>,
+}
+
+impl CpuRate {
+    /// Adds a scrape's counter at `at_secs`; returns the CPU use over the window, percent of
+    /// one core. A counter that went down (the process restarted) starts the window afresh.
+    pub fn push(&mut self, at_secs: f64, cpu_seconds: f64) -> Option<f64> {
+        if !(at_secs.is_finite() && cpu_seconds.is_finite()) {
+            return None;
+        }
+        if self
+            .history
+            .back()
+            .is_some_and(|&(at, cpu)| cpu_seconds < cpu || at_secs <= at)
+        {
+            self.history.clear();
+        }
+        self.history.push_back((at_secs, cpu_seconds));
+        // The front is the newest scrape at least a window old (or the oldest there is).
+        while self
+            .history
+            .get(1)
+            .is_some_and(|&(at, _)| at_secs - at >= CPU_WINDOW_SECS)
+        {
+            self.history.pop_front();
+        }
+        let &(since, from) = self.history.front()?;
+        let span = at_secs - since;
+        (span >= CPU_MIN_SPAN_SECS).then(|| 100.0 * (cpu_seconds - from) / span)
     }
 }
 
@@ -467,31 +509,61 @@ process_cpu_seconds_total{node="node-a"} 12.5
     }
 
     #[test]
-    fn two_scrapes_give_tick_times_and_cpu_from_their_difference() {
+    fn two_scrapes_give_tick_times_from_their_difference() {
         let before = MixerMetrics::parse(EXPOSITION).expect("parses");
-        // A second later: 100 more ticks, all in (0.25, 0.5] ms, and 0.3 s more CPU.
+        // A second later: 100 more ticks, all in (0.25, 0.5] ms.
         let later = EXPOSITION
             .replace("le=\"0.0005\"} 90", "le=\"0.0005\"} 190")
             .replace("le=\"+Inf\"} 100", "le=\"+Inf\"} 200")
             .replace("_count{node=\"node-a\"} 100", "_count{node=\"node-a\"} 200")
-            .replace("_sum{node=\"node-a\"} 0.025", "_sum{node=\"node-a\"} 0.065")
-            .replace("} 12.5", "} 12.8");
+            .replace("_sum{node=\"node-a\"} 0.025", "_sum{node=\"node-a\"} 0.065");
         let after = MixerMetrics::parse(&later).expect("parses");
-        let sample = after.compare(Some(&before), 1.0, "http://h:1/metrics");
+        let sample = after.compare(Some(&before), "http://h:1/metrics");
         assert!(sample.up);
         assert_eq!(sample.target, "http://h:1/metrics");
         let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
         assert!(close(sample.tick_p50_ms, 0.375), "{sample:?}");
         assert!(close(sample.tick_p99_ms, 0.4975), "{sample:?}");
         assert!(close(sample.tick_mean_ms, 0.4), "{sample:?}");
-        assert!(close(sample.cpu_pct, 30.0), "{sample:?}");
         assert_eq!(sample.participants, Some(10.0));
         // The first scrape alone knows only the participants; a restart (counts going down)
         // gives no tick times rather than negative ones.
-        let first = before.compare(None, 1.0, "t");
-        assert_eq!((first.tick_p50_ms, first.cpu_pct), (None, None));
-        let restarted = before.compare(Some(&after), 1.0, "t");
-        assert_eq!((restarted.tick_p99_ms, restarted.cpu_pct), (None, None));
+        let first = before.compare(None, "t");
+        assert_eq!((first.tick_p50_ms, first.participants), (None, Some(10.0)));
+        let restarted = before.compare(Some(&after), "t");
+        assert_eq!(restarted.tick_p99_ms, None);
+    }
+
+    #[test]
+    fn cpu_from_a_whole_second_counter_is_taken_over_the_window() {
+        // 35 % of a core, as the process collector shows it: whole seconds, truncated.
+        let counter = |t: f64| (0.35 * t + 0.2).floor();
+        let mut rate = CpuRate::default();
+        for step in 0..=30 {
+            // Scrapes about a second apart, as the sampler takes them.
+            let t = f64::from(step) * 1.001;
+            let pct = rate.push(t, counter(t));
+            match t {
+                t if t < CPU_MIN_SPAN_SECS => assert_eq!(pct, None, "at {t}"),
+                t if t < CPU_WINDOW_SECS => {
+                    let pct = pct.expect("a rate");
+                    assert!((pct - 35.0).abs() <= 20.0, "{pct} at {t}");
+                }
+                t => {
+                    let pct = pct.expect("a rate");
+                    assert!((pct - 35.0).abs() <= 10.0, "{pct} at {t}");
+                }
+            }
+        }
+        // A restart (the counter went down) starts over.
+        assert_eq!(rate.push(31.0, 0.0), None);
+        assert_eq!(rate.push(f64::NAN, 1.0), None);
+        let mut fine = CpuRate::default();
+        let last = (0..=12).fold(None, |_, s| fine.push(f64::from(s), 0.5 * f64::from(s)));
+        assert!(
+            last.is_some_and(|pct| (pct - 50.0).abs() < 1e-9),
+            "{last:?}"
+        );
     }
 
     /// One source of truth: the names and format read here are the ones the mixer renders.
@@ -509,7 +581,7 @@ process_cpu_seconds_total{node="node-a"} 12.5
         let tick = after.tick.as_ref().expect("the tick histogram");
         assert_eq!(tick.count, 4.0);
         assert_eq!(tick.buckets.last(), Some(&(f64::INFINITY, 4.0)));
-        let sample = after.compare(Some(&before), 1.0, "t");
+        let sample = after.compare(Some(&before), "t");
         // Two of four ticks in (0.1, 0.25] ms: the median is that bucket's top; the slowest in
         // (2.5, 5] ms.
         let p50 = sample.tick_p50_ms.expect("ticks");
