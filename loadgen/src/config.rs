@@ -122,6 +122,13 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_JSON")]
     pub json: Option<PathBuf>,
 
+    /// Write the report as one self-contained HTML page to this file: the summary, the gates,
+    /// charts of the run second by second (clients, frames, loss, jitter, delay, and each
+    /// `ws://` mixer's tick time and CPU from its /metrics) and every verified receiver. With
+    /// `--find-max`, the last round's report.
+    #[arg(long, env = "LOADGEN_HTML")]
+    pub html: Option<PathBuf>,
+
     /// Gate: largest acceptable loss of server frames, in percent.
     #[arg(long, env = "LOADGEN_MAX_LOSS")]
     pub max_loss: Option<f64>,
@@ -261,6 +268,10 @@ pub struct MergeArgs {
     /// Write the merged report as JSON to this file.
     #[arg(long, env = "LOADGEN_MERGE_JSON")]
     pub json: Option<PathBuf>,
+
+    /// Write the merged report as one self-contained HTML page to this file.
+    #[arg(long, env = "LOADGEN_MERGE_HTML")]
+    pub html: Option<PathBuf>,
 }
 
 /// How talkers talk.
@@ -840,12 +851,15 @@ mod tests {
 
     #[test]
     fn merge_is_a_subcommand_and_a_run_still_takes_its_flags_alone() {
-        let args = parse(&["merge", "a.json", "b.json", "--json", "all.json"]);
+        let args = parse(&[
+            "merge", "a.json", "b.json", "--json", "all.json", "--html", "all.html",
+        ]);
         assert_eq!(
             args.command,
             Some(Command::Merge(MergeArgs {
                 reports: vec!["a.json".into(), "b.json".into()],
                 json: Some("all.json".into()),
+                html: Some("all.html".into()),
             }))
         );
         // The run's flags, as before there was a subcommand.

@@ -19,6 +19,9 @@
 //! - [`histogram`]: the sparse µs histograms a report carries next to its percentiles.
 //! - [`merge`]: one report from the reports of several load generators (`loadgen merge`).
 //! - [`exporter`]: loadgen's own Prometheus endpoint (`--metrics-listen`).
+//! - [`timeline`]: the run second by second (clients' counters, mixers' scraped metrics, delays
+//!   over time), sampled while it runs; it also draws the progress line.
+//! - [`html`]: the report as one self-contained HTML page with SVG charts.
 //!
 //! [`run`] runs one scenario; [`find_max`] grows the load round by round until a gate breaks.
 #![forbid(unsafe_code)]
@@ -31,6 +34,7 @@ pub mod cpu;
 pub mod exporter;
 pub mod flood;
 pub mod histogram;
+pub mod html;
 pub mod join;
 pub mod merge;
 pub mod report;
@@ -39,12 +43,12 @@ pub mod scenario_file;
 pub mod schedule;
 pub mod signal;
 pub mod stats;
+pub mod timeline;
 pub mod verify;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -68,13 +72,22 @@ use verify::{Talkers, VerifySettings};
 
 /// Runs one scenario and reports what it measured, with the verdict of its gates.
 pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
-    run_round(scenario, 0).await
+    run_groups(std::slice::from_ref(scenario), 0, Arc::default()).await
 }
 
 /// Capacity search: runs `scenario`, then again with `step` more rooms each round, until a gate
 /// is violated or `max_rounds` have run. `on_round` sees each round as it finishes.
 pub async fn find_max(
     scenario: &Scenario,
+    on_round: impl FnMut(&Round),
+) -> anyhow::Result<Capacity> {
+    find_max_with(scenario, &Arc::default(), on_round).await
+}
+
+/// [`find_max`], counting into `live` (which `--metrics-listen` serves) over every round.
+pub async fn find_max_with(
+    scenario: &Scenario,
+    live: &Arc<Live>,
     mut on_round: impl FnMut(&Round),
 ) -> anyhow::Result<Capacity> {
     let search = scenario.find_max.unwrap_or(config::FindMax {
@@ -88,7 +101,7 @@ pub async fn find_max(
     };
     for round in 0..search.max_rounds {
         let this = scenario.with_rooms(scenario.rooms + round * search.step);
-        let report = run_round(&this, round).await?;
+        let report = run_groups(std::slice::from_ref(&this), round, live.clone()).await?;
         let violations = report.violations(&this.gates);
         let passed = violations.is_empty();
         if passed {
@@ -178,14 +191,15 @@ fn verified_set(scenario: &Scenario) -> Vec<(usize, usize)> {
     out
 }
 
-async fn run_round(scenario: &Scenario, round: usize) -> anyhow::Result<Report> {
-    run_groups(std::slice::from_ref(scenario), round).await
-}
-
 /// Runs a scenario file's groups at once, on one clock, and reports on them together (with
 /// each group's own report inside when there are several).
 pub async fn run_scenario(groups: &[Scenario]) -> anyhow::Result<Report> {
-    run_groups(groups, 0).await
+    run_groups(groups, 0, Arc::default()).await
+}
+
+/// [`run_scenario`], counting into `live` (which `--metrics-listen` serves).
+pub async fn run_scenario_with(groups: &[Scenario], live: Arc<Live>) -> anyhow::Result<Report> {
+    run_groups(groups, 0, live).await
 }
 
 /// One group's clients under way.
@@ -198,7 +212,7 @@ struct Launched {
     end: Instant,
 }
 
-async fn run_groups(groups: &[Scenario], round: usize) -> anyhow::Result<Report> {
+async fn run_groups(groups: &[Scenario], round: usize, live: Arc<Live>) -> anyhow::Result<Report> {
     let first = groups
         .first()
         .context("a scenario needs at least one group")?;
@@ -229,14 +243,22 @@ async fn run_groups(groups: &[Scenario], round: usize) -> anyhow::Result<Report>
         .iter()
         .map(|g| (0..g.rooms).filter(|&r| g.runs_room(r)).count() * g.participants)
         .sum();
-    let live = Arc::new(Live::default());
     let epoch = Instant::now() + Duration::from_millis(100);
     let cpu_start = (
         cpu::cpu_seconds(None),
         first.mixer_pid.and_then(|p| cpu::cpu_seconds(Some(p))),
     );
     let wall_start = Instant::now();
-    let progress = tokio::spawn(progress(live.clone(), clients, epoch));
+    // Every group's URLs: a scenario file's groups all run against the run's.
+    let (stop_sampler, sampler_stopped) = tokio::sync::oneshot::channel();
+    let sampler = tokio::spawn(timeline::run_sampler(
+        live.clone(),
+        timeline::metrics_targets(&first.urls),
+        epoch,
+        clients,
+        std::io::stderr().is_terminal(),
+        sampler_stopped,
+    ));
     let mut launched = Vec::with_capacity(groups.len());
     for (group, sources) in groups.iter().zip(&prepared) {
         launched.push(launch_group(
@@ -280,7 +302,8 @@ async fn run_groups(groups: &[Scenario], round: usize) -> anyhow::Result<Report>
             .mixer_pid
             .and_then(|pid| cpu_pct(cpu_start.1, Some(pid))),
     };
-    progress.abort();
+    let _ = stop_sampler.send(());
+    let samples = sampler.await.context("the sampler task panicked")?;
     if std::io::stderr().is_terminal() {
         eprintln!();
     }
@@ -297,7 +320,9 @@ async fn run_groups(groups: &[Scenario], round: usize) -> anyhow::Result<Report>
         .context("analysing the run")?;
         reports.push(report);
     }
-    combine(reports)
+    let mut report = combine(reports)?;
+    report.timeline.samples = samples;
+    Ok(report)
 }
 
 /// The run's report from its groups' (the one group's own, for a single group).
@@ -621,8 +646,8 @@ fn analyse(
             ..run_settings.clone()
         };
         let verdict = verify::verify_receiver(o, room_ready, &talkers, &settings);
-        for d in &verdict.delays_ms {
-            let _ = delay.record((d * 1000.0).max(1.0) as u64);
+        for (_, ms) in &verdict.delays {
+            let _ = delay.record((ms * 1000.0).max(1.0) as u64);
         }
         verification.receivers += 1;
         if verdict.passed {
@@ -636,6 +661,12 @@ fn analyse(
             .extend(verdict.problems.iter().cloned());
         verification.details.push(verdict);
     }
+    // The samples are the sampler's; analysis adds what verification placed in time.
+    let timeline = timeline::Timeline {
+        samples: Vec::new(),
+        delay: timeline::delay_series(&verification.details, timeline::DELAY_SERIES_SECS),
+        delay_distribution: timeline::delay_distribution(&verification.details),
+    };
     let mut report = Report {
         scenario: scenario.clone(),
         clients: outcomes.len(),
@@ -673,6 +704,7 @@ fn analyse(
         packets_sent: sent,
         packets_impaired: impaired,
         cpu,
+        timeline,
         flood: None,
         ptt: ptt_report(&outcomes, scenario),
         moderation: scenario.moderators.map(|_| moderation_report(&outcomes)),
@@ -811,50 +843,4 @@ fn storm_report(
     }
     report.recovery_ms = Percentiles::from_micros(&recovery);
     (report, recovery)
-}
-
-/// Prints a progress line about once a second while stderr is a terminal.
-async fn progress(live: Arc<Live>, clients: usize, epoch: Instant) {
-    if !std::io::stderr().is_terminal() {
-        return;
-    }
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let (mut last_frames, mut last_lost, mut last_paused) = (0, 0, 0);
-    loop {
-        ticker.tick().await;
-        let frames = live.frames.load(Ordering::Relaxed);
-        let lost = live.lost.load(Ordering::Relaxed);
-        let paused = live.paused.load(Ordering::Relaxed);
-        let connected = live.connected.load(Ordering::Relaxed);
-        let errors = live.errors.load(Ordering::Relaxed);
-        let reconnects = match live.reconnections.load(Ordering::Relaxed) {
-            0 => String::new(),
-            n => format!("  reconnections {n}"),
-        };
-        let p99 = live
-            .jitter
-            .lock()
-            .map(|mut h| {
-                let v = h.value_at_quantile(0.99) as f64 / 1000.0;
-                h.reset();
-                v
-            })
-            .unwrap_or(0.0);
-        let (df, dl, dp) = (frames - last_frames, lost - last_lost, paused - last_paused);
-        (last_frames, last_lost, last_paused) = (frames, lost, paused);
-        let loss = if df + dl == 0 {
-            0.0
-        } else {
-            100.0 * dl as f64 / (df + dl) as f64
-        };
-        let per_client = if connected == 0 {
-            0.0
-        } else {
-            df as f64 / connected as f64
-        };
-        eprint!(
-            "\r\x1b[2K[{:>5.0}s] connected {connected}/{clients}  rx {df} f/s ({per_client:.1}/client)  paused {dp} f/s  loss {loss:.2}%  jitter p99 {p99:.1} ms  errors {errors}{reconnects}",
-            epoch.elapsed().as_secs_f64()
-        );
-    }
 }

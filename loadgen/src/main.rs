@@ -1,13 +1,16 @@
-//! The `loadgen` binary: parses flags, runs the scenario (or the capacity search), prints the
-//! summary, writes the JSON report, and maps the outcome to an exit code. `loadgen merge` reads
-//! the reports of several machines' runs instead and does the same with their merged report.
+//! The `loadgen` binary: parses flags (and a scenario file), runs the load (or the capacity
+//! search), prints the summary, writes the JSON and HTML reports, and maps the outcome to an exit
+//! code. `loadgen merge` reads the reports of several machines' runs instead and does the same
+//! with their merged report.
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
 use loadgen::config::{Command, MergeArgs};
+use loadgen::stats::Live;
 use loadgen::{Args, Report, Scenario};
 
 /// Every gate held.
@@ -44,7 +47,7 @@ fn main() -> ExitCode {
             return ExitCode::from(SETUP);
         }
     };
-    exit_code(execute(&groups, args.json.as_deref()))
+    exit_code(execute(&groups, &args))
 }
 
 /// 0 when every gate held, 1 when one was violated, 2 (with the error printed) when there was no
@@ -61,7 +64,7 @@ fn exit_code(outcome: anyhow::Result<bool>) -> ExitCode {
 }
 
 /// `loadgen merge`: reads the reports, merges them, prints the summary and writes the merged
-/// JSON if asked; `Ok(passed)`.
+/// JSON and HTML if asked; `Ok(passed)`.
 fn merge_reports(args: &MergeArgs) -> anyhow::Result<bool> {
     let reports = args
         .reports
@@ -78,8 +81,10 @@ fn merge_reports(args: &MergeArgs) -> anyhow::Result<bool> {
     })?;
     print!("{}", merged.render());
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&merged)?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        write(path, &serde_json::to_string_pretty(&merged)?)?;
+    }
+    if let Some(path) = &args.html {
+        write(path, &loadgen::html::render(&merged))?;
     }
     Ok(merged.passed)
 }
@@ -96,18 +101,30 @@ fn read_report(path: &Path) -> anyhow::Result<Report> {
     })
 }
 
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
 /// Runs and reports; `Ok(passed)`. A capacity search passes when at least one round held.
-fn execute(groups: &[Scenario], json_path: Option<&Path>) -> anyhow::Result<bool> {
+fn execute(groups: &[Scenario], args: &Args) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("loadgen")
         .build()
         .context("starting the tokio runtime")?;
-    let (json, passed) = runtime.block_on(async {
+    let (json, html, passed) = runtime.block_on(async {
+        // Live counters outlive a round, so `--metrics-listen` serves the whole search.
+        let live = Arc::new(Live::default());
+        if let Some(address) = args.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding --metrics-listen {address}"))?;
+            tokio::spawn(loadgen::exporter::serve(listener, live.clone()));
+        }
         if let [scenario] = groups
             && scenario.find_max.is_some()
         {
-            let capacity = loadgen::find_max(scenario, |round| {
+            let capacity = loadgen::find_max_with(scenario, &live, |round| {
                 eprintln!(
                     "round: {} rooms, {} clients: {}",
                     round.rooms,
@@ -118,17 +135,27 @@ fn execute(groups: &[Scenario], json_path: Option<&Path>) -> anyhow::Result<bool
             .await?;
             print!("{}", capacity.render());
             let json = serde_json::to_string_pretty(&capacity)?;
-            anyhow::Ok((json, capacity.max_rooms.is_some()))
+            // The page charts one run: the last round, the one that found the limit.
+            let html = capacity
+                .rounds
+                .last()
+                .filter(|_| args.html.is_some())
+                .map(|round| loadgen::html::render(&round.report));
+            anyhow::Ok((json, html, capacity.max_rooms.is_some()))
         } else {
-            let report = loadgen::run_scenario(groups).await?;
+            let report = loadgen::run_scenario_with(groups, live).await?;
             print!("{}", report.render());
             let json = serde_json::to_string_pretty(&report)?;
-            anyhow::Ok((json, report.passed))
+            let html = args.html.as_ref().map(|_| loadgen::html::render(&report));
+            anyhow::Ok((json, html, report.passed))
         }
     })?;
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
-    if let Some(path) = json_path {
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(path) = &args.json {
+        write(path, &json)?;
+    }
+    if let (Some(path), Some(html)) = (&args.html, html) {
+        write(path, &html)?;
     }
     Ok(passed)
 }

@@ -20,6 +20,7 @@ use crate::report::{
     Report, RxRate, StormReport, Verification,
 };
 use crate::stats::micros_histogram;
+use crate::timeline::{DelayBucket, DelayPoint, Sample, Timeline};
 
 /// Scenario fields that legitimately differ between the shards of one run, left out when the
 /// reports' scenarios are compared: each machine drives its own mixer URLs and may watch its own
@@ -229,6 +230,7 @@ fn combine(reports: &[Report], scenario: Scenario) -> Result<Report, MergeError>
                 .reduce(f64::max),
         },
         flood: merged_flood(reports),
+        timeline: merged_timeline(reports),
         ptt: merged_ptt(reports),
         moderation: merged_moderation(reports),
         nodes: merged_nodes(reports),
@@ -452,6 +454,76 @@ fn merged_storm(reports: &[Report], recovery: &Histogram<u64>) -> Option<StormRe
     })
 }
 
+/// The reports' timelines as one: the samples of the same second added up (the shards started
+/// together, each counting from its own start), the delay buckets merged from their
+/// histograms, the delay distribution summed. A second's jitter p99 is the worst report's
+/// (those are percentiles of a second's samples, which are not kept), and each mixer is
+/// charted once, from the first report that scraped it.
+fn merged_timeline(reports: &[Report]) -> Timeline {
+    let mut samples: Vec<Sample> = Vec::new();
+    for timeline in reports.iter().map(|r| &r.timeline) {
+        for (k, sample) in timeline.samples.iter().enumerate() {
+            if samples.len() <= k {
+                samples.push(Sample {
+                    at_secs: sample.at_secs,
+                    ..Sample::default()
+                });
+            }
+            let into = &mut samples[k];
+            into.connected = into.connected.saturating_add(sample.connected);
+            into.frames_per_sec += sample.frames_per_sec;
+            into.lost_per_sec += sample.lost_per_sec;
+            into.paused_per_sec += sample.paused_per_sec;
+            let sent = into.frames_per_sec + into.lost_per_sec;
+            into.loss_pct = if sent > 0.0 {
+                100.0 * into.lost_per_sec / sent
+            } else {
+                0.0
+            };
+            into.jitter_p99_ms = into.jitter_p99_ms.max(sample.jitter_p99_ms);
+            into.errors = into.errors.saturating_add(sample.errors);
+            into.reconnections = into.reconnections.saturating_add(sample.reconnections);
+            for server in &sample.servers {
+                if !into.servers.iter().any(|s| s.target == server.target) {
+                    into.servers.push(server.clone());
+                }
+            }
+        }
+    }
+    let mut delay: BTreeMap<u64, (f64, Histogram<u64>)> = BTreeMap::new();
+    let mut distribution: BTreeMap<u64, DelayBucket> = BTreeMap::new();
+    for timeline in reports.iter().map(|r| &r.timeline) {
+        for point in &timeline.delay {
+            let (_, histogram) = delay
+                .entry(point.at_secs.to_bits())
+                .or_insert_with(|| (point.at_secs, micros_histogram()));
+            // Out-of-range values were never recorded by loadgen; a chart leaves them out.
+            let _ = point.histogram.add_to(histogram);
+        }
+        for bucket in &timeline.delay_distribution {
+            let into = distribution
+                .entry(bucket.from_ms.to_bits())
+                .or_insert(DelayBucket {
+                    count: 0,
+                    ..*bucket
+                });
+            into.count = into.count.saturating_add(bucket.count);
+        }
+    }
+    let mut delay: Vec<DelayPoint> = delay
+        .into_values()
+        .map(|(at, histogram)| DelayPoint::from_histogram(at, &histogram))
+        .collect();
+    delay.sort_by(|a, b| a.at_secs.total_cmp(&b.at_secs));
+    let mut delay_distribution: Vec<DelayBucket> = distribution.into_values().collect();
+    delay_distribution.sort_by(|a, b| a.from_ms.total_cmp(&b.from_ms));
+    Timeline {
+        samples,
+        delay,
+        delay_distribution,
+    }
+}
+
 /// Every report's floor requests together, the grant times from the merged histograms.
 fn merged_ptt(reports: &[Report]) -> Option<PttReport> {
     let ptts: Vec<&PttReport> = reports.iter().filter_map(|r| r.ptt.as_ref()).collect();
@@ -610,6 +682,7 @@ mod tests {
                 loadgen_pct: Some(20.0),
                 mixer_pct: None,
             },
+            timeline: Timeline::default(),
             flood: None,
             ptt: None,
             moderation: None,

@@ -273,6 +273,9 @@ pub struct Report {
     pub packets_impaired: u64,
     /// CPU use.
     pub cpu: CpuUse,
+    /// The run over time: per-second samples of the clients and the mixers, and the
+    /// mouth-to-ear delay over time and its distribution, for charts (`--html`).
+    pub timeline: crate::timeline::Timeline,
     /// What the control-flooding clients did (`--flooders`), if any ran.
     pub flood: Option<crate::flood::FloodReport>,
     /// What push-to-talk talkers' floor requests came to, for a push-to-talk group.
@@ -799,7 +802,7 @@ impl Capacity {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use clap::Parser;
 
     use super::*;
@@ -816,8 +819,9 @@ mod tests {
         }
     }
 
-    /// A report of a healthy small run, to be spoiled one field at a time.
-    fn healthy() -> Report {
+    /// A report of a healthy small run, to be spoiled one field at a time (also by
+    /// [`crate::html`]'s tests).
+    pub(crate) fn healthy() -> Report {
         let scenario = Args::parse_from(["loadgen"])
             .to_scenario()
             .expect("default scenario");
@@ -864,6 +868,7 @@ mod tests {
             nodes: Vec::new(),
             groups: Vec::new(),
             cpu: CpuUse::default(),
+            timeline: crate::timeline::Timeline::default(),
             gates: Vec::new(),
             passed: true,
         }
@@ -936,7 +941,7 @@ mod tests {
             clipped_samples: 0,
             window_secs: 3.5,
             connections: 1,
-            delays_ms: Vec::new(),
+            delays: Vec::new(),
         });
         report.storm = Some(StormReport::default());
         let json = serde_json::to_value(&report).expect("serializes");
@@ -983,6 +988,8 @@ mod tests {
             "moderation",
             "nodes",
             "groups",
+            // Added for the HTML report.
+            "timeline",
         ];
         expected.sort_unstable();
         assert_eq!(keys, expected);

@@ -1,5 +1,5 @@
 //! The cheap per-frame measurements every receiver makes, and the shared live counters the
-//! progress line reads.
+//! timeline's sampler reads (for the report's charts and the progress line).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,7 +129,7 @@ impl FrameCounts {
     }
 }
 
-/// Counters every client adds to about once a second, read by the progress line.
+/// Counters every client adds to about once a second, read by [`crate::timeline::run_sampler`].
 #[derive(Debug)]
 pub struct Live {
     /// Clients currently joined.
@@ -145,7 +145,7 @@ pub struct Live {
     /// Sessions that broke mid-run (a redirect, or a dropped connection) and were rejoined or
     /// are being rejoined.
     pub reconnections: AtomicU64,
-    /// Jitter samples (µs) since the progress line last read them.
+    /// Jitter samples (µs) since the sampler last read (and reset) them.
     pub jitter: Mutex<Histogram<u64>>,
     /// All jitter samples (µs) of the run, one per client per second after its warm-up.
     pub jitter_total: Mutex<Histogram<u64>>,

@@ -110,9 +110,11 @@ pub struct ReceiverVerdict {
     /// Connections whose audio was checked, each on its own: 1, or more after reconnections
     /// (only those with [`MIN_CONNECTION_SECS`] in the window).
     pub connections: usize,
-    /// Mouth-to-ear delays measured at this receiver, ms.
+    /// Mouth-to-ear delays measured at this receiver: (when the onset left the talker's mouth,
+    /// seconds since the epoch; the delay, ms). The time places each delay on the report's
+    /// timeline ([`crate::timeline::delay_series`]).
     #[serde(skip)]
-    pub delays_ms: Vec<f64>,
+    pub delays: Vec<(f64, f64)>,
 }
 
 /// What a verified receiver was in its room. Serialized as `talker` or `listener`, the
@@ -383,7 +385,7 @@ pub fn verify_receiver(
         clipped_samples: 0,
         window_secs: 0.0,
         connections: 0,
-        delays_ms: Vec::new(),
+        delays: Vec::new(),
     };
     let who = format!(
         "room {}, receiver {} ({role})",
@@ -711,10 +713,11 @@ fn check_connection(
             if index == 0 {
                 continue;
             }
-            let delay = ear - outcome.onsets[index - 1];
+            let mouth = outcome.onsets[index - 1];
+            let delay = ear - mouth;
             // Onsets come every second at most; a match further back is ambiguous.
             if delay < 0.9 {
-                verdict.delays_ms.push(delay * 1000.0);
+                verdict.delays.push((mouth, delay * 1000.0));
             }
         }
     }
@@ -914,13 +917,24 @@ mod tests {
         assert!(verdict.passed, "{:?}", verdict.problems);
         // Onsets at 2.5 s, then 5.5, 6.5 and 7.5 s after the pause (the one at 1.5 s is too
         // close to the window's start): all at the same delay, so the pause kept the timeline.
-        assert!(verdict.delays_ms.len() >= 4, "{:?}", verdict.delays_ms);
+        assert!(verdict.delays.len() >= 4, "{:?}", verdict.delays);
         let (min, max) = verdict
-            .delays_ms
+            .delays
             .iter()
-            .fold((f64::MAX, f64::MIN), |(a, b), d| (a.min(*d), b.max(*d)));
-        assert!(min > 50.0 && max < 80.0, "{:?}", verdict.delays_ms);
-        assert!(max - min < 3.0, "{:?}", verdict.delays_ms);
+            .fold((f64::MAX, f64::MIN), |(a, b), (_, d)| {
+                (a.min(*d), b.max(*d))
+            });
+        assert!(min > 50.0 && max < 80.0, "{:?}", verdict.delays);
+        assert!(max - min < 3.0, "{:?}", verdict.delays);
+        // Each delay is placed at the onset it timed, as it left the talker's mouth.
+        assert!(
+            verdict
+                .delays
+                .iter()
+                .all(|(at, _)| talker.onsets.contains(at)),
+            "{:?}",
+            verdict.delays
+        );
     }
 
     #[test]
@@ -1147,11 +1161,11 @@ mod tests {
         assert!(verdict.passed, "{:?}", verdict.problems);
         assert_eq!(verdict.connections, 2);
         // Onsets on both connections, none timed while the audio came back (1 s settle).
-        assert!(verdict.delays_ms.len() >= 4, "{:?}", verdict.delays_ms);
+        assert!(verdict.delays.len() >= 4, "{:?}", verdict.delays);
         assert!(
-            verdict.delays_ms.iter().all(|d| *d > 50.0 && *d < 80.0),
+            verdict.delays.iter().all(|(_, d)| *d > 50.0 && *d < 80.0),
             "{:?}",
-            verdict.delays_ms
+            verdict.delays
         );
     }
 

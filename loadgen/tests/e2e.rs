@@ -117,6 +117,19 @@ async fn small_run_against_the_real_mixer_passes_every_gate() {
     // The JSON report serializes.
     let json = serde_json::to_string(&report).expect("json");
     assert!(json.contains("\"verification\""));
+    // The sampler scraped the mixer's /metrics on its public port, and verification placed
+    // its delays in time: the HTML report has something to chart.
+    let timeline = &report.timeline;
+    assert!(
+        timeline.samples.iter().any(|s| s
+            .servers
+            .first()
+            .is_some_and(|m| m.up && m.participants.is_some())),
+        "{:?}",
+        timeline.samples
+    );
+    assert!(!timeline.delay.is_empty() && !timeline.delay_distribution.is_empty());
+    assert!(loadgen::html::render(&report).contains("<span class=\"verdict\">PASS</span>"));
 }
 
 /// Two load generators running the same scenario at once, each against a mixer of its own (as
