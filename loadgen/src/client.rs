@@ -950,7 +950,7 @@ async fn run_session<'a>(
                     let control = std::mem::take(&mut s.control);
                     match &mut link {
                         Link::Up { ws, .. } if connected && !(due.is_empty() && control.is_empty()) => {
-                            if let Err(e) = send_all(ws, control, due).await {
+                            if let Err(e) = send_all(ws, due, control).await {
                                 send_failed = Some((now, format!("send failed: {e}")));
                             }
                         }
@@ -1134,17 +1134,20 @@ async fn run_session<'a>(
     Some(link)
 }
 
-/// Feeds `control` messages, then `frames`, to the connection and flushes once.
+/// Feeds `frames`, then `control` messages, to the connection and flushes once. Frames first:
+/// they were captured before the button went up, so a `floor_release` must not overtake them
+/// (the server drops push-to-talk audio that arrives without the floor, with `no_floor`). A
+/// `floor_request` never has frames of its own spurt beside it: those wait for the grant.
 async fn send_all(
     ws: &mut Ws,
-    control: Vec<ClientMessage>,
     frames: Vec<Vec<u8>>,
+    control: Vec<ClientMessage>,
 ) -> Result<(), WsError> {
-    for message in control {
-        ws.feed(Message::text(message.to_json())).await?;
-    }
     for frame in frames {
         ws.feed(Message::binary(frame)).await?;
+    }
+    for message in control {
+        ws.feed(Message::text(message.to_json())).await?;
     }
     ws.flush().await
 }

@@ -79,19 +79,23 @@ pub fn render(report: &Report) -> String {
     let _ = write!(
         page,
         "<header class=\"{class}\"><h1>loadgen report <span class=\"verdict\">{verdict}</span></h1>\
-         <p>{} clients ({} talkers, {} listeners) in {} rooms against {}; {} s after a ramp at \
-         {}/s; {}.</p></header>\n<main>\n",
+         <p>{} clients ({} talkers, {} listeners) in {} rooms{} against {}, over {} s; {}.</p>\
+         </header>\n<main>\n",
         report.clients,
         report.talkers,
         report.listeners,
         sc.rooms,
+        match report.groups.len() {
+            0 => String::new(),
+            n => format!(" in {n} groups"),
+        },
         escape(&sc.urls.join(", ")),
-        num(sc.duration.as_secs_f64(), 1),
-        num(sc.ramp_per_sec, 0),
+        num(run_length(report), 1),
         gate_summary(report),
         class = if report.passed { "pass" } else { "fail" },
     );
     summary(&mut page, report);
+    groups_and_nodes(&mut page, report);
     gates(&mut page, report);
     errors(&mut page, report);
     charts(&mut page, report);
@@ -104,6 +108,88 @@ pub fn render(report: &Report) -> String {
         env!("CARGO_PKG_VERSION")
     );
     page
+}
+
+/// How long the run lasted, seconds: its longest group's stages.
+fn run_length(report: &Report) -> f64 {
+    std::iter::once(&report.scenario)
+        .chain(report.groups.iter().map(|g| &g.scenario))
+        .map(|s| s.length().as_secs_f64())
+        .fold(0.0, f64::max)
+}
+
+/// One row per group (a scenario file's) and per node (when clients were on several).
+fn groups_and_nodes(page: &mut String, r: &Report) {
+    if !r.groups.is_empty() {
+        page.push_str(
+            "<h2>Groups</h2>\n<table>\n<tr><th>Group</th><th>Clients</th><th>Rooms</th>\
+             <th>Joined</th><th>Rx /s</th><th>Loss</th><th>Delay p50 / p99</th>\
+             <th>Verified</th><th>Churn</th><th>Floor</th><th>Moderation</th></tr>\n",
+        );
+        for g in &r.groups {
+            let floor = g.ptt.as_ref().map_or(String::new(), |f| {
+                format!(
+                    "{} asked, {} granted, {} denied; grant p99 {} ms",
+                    f.requests,
+                    f.granted,
+                    f.denied,
+                    num(f.grant_ms.p99, 1)
+                )
+            });
+            let moderation = g.moderation.as_ref().map_or(String::new(), |m| {
+                format!(
+                    "{} mutes, {} carried out; {} s muted",
+                    m.mutes,
+                    m.confirmed,
+                    num(m.muted_secs, 1)
+                )
+            });
+            let _ = writeln!(
+                page,
+                "<tr class=\"{}\"><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+                 <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}%</td>\
+                 <td class=\"num\">{} / {} ms</td><td class=\"num\">{}/{}</td>\
+                 <td class=\"num\">{}</td><td>{floor}</td><td>{moderation}</td></tr>",
+                if g.verification.failed == 0 {
+                    "ok"
+                } else {
+                    "bad"
+                },
+                escape(&g.scenario.group),
+                g.clients,
+                g.scenario.rooms,
+                g.joined,
+                num(g.rx_rate.mean, 2),
+                num(g.loss_pct, 3),
+                num(g.delay_ms.p50, 1),
+                num(g.delay_ms.p99, 1),
+                g.verification.passed,
+                g.verification.receivers,
+                g.reconnections.churn,
+            );
+        }
+        page.push_str("</table>\n");
+    }
+    if r.nodes.len() > 1 {
+        page.push_str(
+            "<h2>Nodes</h2>\n<table>\n<tr><th>Node</th><th>Clients</th><th>Loss</th>\
+             <th>Reconnections</th><th>Server errors</th><th>Disconnects</th></tr>\n",
+        );
+        for n in &r.nodes {
+            let _ = writeln!(
+                page,
+                "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}%</td>\
+                 <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                escape(&n.url),
+                n.clients,
+                num(n.loss_pct, 3),
+                n.reconnections,
+                n.server_errors,
+                n.disconnects
+            );
+        }
+        page.push_str("</table>\n");
+    }
 }
 
 /// Escapes `text` for HTML text and attribute values.
@@ -237,8 +323,8 @@ fn summary(page: &mut String, r: &Report) {
         rows.push((
             "Reconnections",
             format!(
-                "{} by {} clients (moved {}, lease_lost {}, other_node {}, dropped {}, storm {}); \
-                 {} resumed, {} gave up; rejoin {}",
+                "{} by {} clients (moved {}, lease_lost {}, other_node {}, dropped {}, storm {}, \
+                 churn {}); {} resumed, {} gave up; rejoin {}",
                 rc.total,
                 rc.clients,
                 rc.moved,
@@ -246,6 +332,7 @@ fn summary(page: &mut String, r: &Report) {
                 rc.other_node,
                 rc.dropped,
                 rc.storm,
+                rc.churn,
                 rc.resumed,
                 rc.gave_up,
                 percentiles(&rc.rejoin_ms)
@@ -272,6 +359,32 @@ fn summary(page: &mut String, r: &Report) {
                 "{}; all heard again after {}",
                 percentiles(&storm.recovery_ms),
                 opt(storm.all_heard_again_ms, 1, " ms")
+            ),
+        ));
+    }
+    if let Some(f) = &r.ptt {
+        rows.push((
+            "Push-to-talk",
+            format!(
+                "{} floor requests: {} granted, {} denied (busy), {} taken away; granted in {}",
+                f.requests,
+                f.granted,
+                f.denied,
+                f.revoked,
+                percentiles(&f.grant_ms)
+            ),
+        ));
+    }
+    if let Some(m) = &r.moderation {
+        rows.push((
+            "Moderation",
+            format!(
+                "{} mutes and {} unmutes sent, {} carried out; talkers muted {} times, {} s in all",
+                m.mutes,
+                m.unmutes,
+                m.confirmed,
+                m.talkers_muted,
+                num(m.muted_secs, 1)
             ),
         ));
     }

@@ -554,6 +554,30 @@ impl Report {
             "clients        {} ({} talkers, {} listeners) in {} rooms; {} joined",
             self.clients, self.talkers, self.listeners, sc.rooms, self.joined
         );
+        for g in &self.groups {
+            let _ = writeln!(
+                s,
+                "  group {:<8} {} clients in {} rooms, {} joined: rx {:.2}/s, loss {:.3}%, delay p99 {:.1} ms, verified {}/{}",
+                g.scenario.group,
+                g.clients,
+                g.scenario.rooms,
+                g.joined,
+                g.rx_rate.mean,
+                g.loss_pct,
+                g.delay_ms.p99,
+                g.verification.passed,
+                g.verification.receivers
+            );
+        }
+        if self.nodes.len() > 1 {
+            for n in &self.nodes {
+                let _ = writeln!(
+                    s,
+                    "  node {} {} clients: loss {:.3}%, {} reconnections, {} server errors, {} disconnects",
+                    n.url, n.clients, n.loss_pct, n.reconnections, n.server_errors, n.disconnects
+                );
+            }
+        }
         let _ = writeln!(s, "join time      {}", p(&self.join_ms));
         let r = &self.rx_rate;
         let silent = if r.silent > 0 {

@@ -861,7 +861,20 @@ async fn run_worked_scenario(name: &str, scale: &str) -> Report {
 async fn worked_scenario_conversation_rooms_with_churn() {
     let report = run_worked_scenario("conversation.toml", "0.2").await;
     let table = report.render();
-    assert_eq!(report.clients, 20, "{table}");
+    // 4 conversation rooms of 5 and one panel room of 5.
+    assert_eq!((report.clients, report.groups.len()), (25, 2), "{table}");
+    let moderation = report.groups[1]
+        .moderation
+        .clone()
+        .expect("the panel's moderators");
+    assert!(moderation.mutes >= 3, "{table}");
+    // Every mute and unmute carried out and heard by its talker, but perhaps the last, sent as
+    // the run ended.
+    assert!(
+        moderation.confirmed + 1 >= moderation.mutes + moderation.unmutes,
+        "{table}"
+    );
+    assert!(moderation.talkers_muted + 1 >= moderation.mutes, "{table}");
     let rc = &report.reconnections;
     // Scaled to a fifth, the file's leave a second becomes 0.2 a second: about 8 over the
     // 40 s hold, fewer those that would end after it (this seed gives 3).
