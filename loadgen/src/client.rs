@@ -621,6 +621,9 @@ impl Sender {
                 self.floor = Floor::Lost;
                 out.floor.revoked += 1;
             }
+            // Granted again while held: the server's answer to a press that overtook the
+            // grant of the one before (asking while holding keeps the turn).
+            (FloorEvent::Granted, Floor::Held) => {}
             // Granted after the spurt ended (or after a denial): the button is up already,
             // so the floor goes straight back rather than blocking the channel.
             (FloorEvent::Granted, _) => {

@@ -544,6 +544,22 @@ impl Scenario {
         ]
     }
 
+    /// How many clients the stages call for `secs` into the run (a straight line through each
+    /// stage; 0 before the first and after the last).
+    pub fn target_at(&self, secs: f64) -> f64 {
+        let (mut start, mut level) = (0.0, 0.0);
+        for stage in &self.stages {
+            let over = stage.over.as_secs_f64();
+            let to = stage.to as f64;
+            if secs < start + over {
+                let done = ((secs - start) / over).clamp(0.0, 1.0);
+                return level + (to - level) * done;
+            }
+            (start, level) = (start + over, to);
+        }
+        0.0
+    }
+
     /// How long the run lasts: all its stages.
     pub fn length(&self) -> Duration {
         self.stages.iter().map(|stage| stage.over).sum()

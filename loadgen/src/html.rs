@@ -502,10 +502,30 @@ fn charts(page: &mut String, r: &Report) {
     let gates = &r.scenario.gates;
     let mut figures = Vec::new();
 
-    let planned = r.clients as f64;
+    // What the stages call for, each group's share of it where this report ran only some of
+    // its rooms (`--shard`).
+    let parts: Vec<&Report> = if r.groups.is_empty() {
+        vec![r]
+    } else {
+        r.groups.iter().collect()
+    };
+    let planned = |at: f64| {
+        parts
+            .iter()
+            .map(|g| {
+                let share = g.clients as f64 / g.scenario.clients().max(1) as f64;
+                g.scenario.target_at(at) * share
+            })
+            .sum::<f64>()
+    };
     let mut clients = vec![
         over_samples("connected", BLUE, samples, |s| Some(s.connected as f64)),
-        reference("planned", GREY, samples, planned),
+        Series {
+            dashed: true,
+            ..over_samples("planned (stages)", GREY, samples, |s| {
+                Some(planned(s.at_secs))
+            })
+        },
     ];
     if samples
         .iter()

@@ -125,6 +125,7 @@ fn add_churn(out: &mut [Option<Presence>], stages: &[Stage], churn: Churn, seed:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)
@@ -196,6 +197,23 @@ mod tests {
         let first = presences[0].as_ref().expect("joined");
         assert!(first.away.is_empty());
         assert_eq!(first.leave, Some(secs(14.0)));
+    }
+
+    #[test]
+    fn the_target_follows_the_stages_as_the_presences_do() {
+        let mut scenario = crate::config::Args::parse_from(["loadgen"])
+            .to_scenario()
+            .expect("valid");
+        scenario.stages = vec![stage(40, 4.0), stage(40, 2.0), stage(10, 3.0)];
+        for (t, expected) in [
+            (0.0, 0.0),
+            (1.0, 10.0),
+            (5.0, 40.0),
+            (7.5, 25.0),
+            (9.5, 0.0),
+        ] {
+            assert!((scenario.target_at(t) - expected).abs() < 1e-9, "at {t} s");
+        }
     }
 
     #[test]

@@ -462,6 +462,11 @@ impl MixerThread {
                 at,
             } => {
                 self.control_queued.fetch_sub(1, Ordering::AcqRel);
+                // Audio that came before the request on its connection goes in first: a
+                // push-to-talk client's last frames and its `floor_release` leave together,
+                // and the release must not overtake them (they would be dropped as sent
+                // without the floor). Requests are few, so the inbox is swapped rarely.
+                self.take_audio();
                 self.request(room, participant, request, at);
             }
             Command::Resume {

@@ -2,6 +2,47 @@
 
 use super::*;
 
+/// A push-to-talk client's last frames and its `floor_release` leave in one write, as a
+/// walkie-talkie's do when the button goes up: the frames are the holder's and are mixed, and
+/// nothing is refused as sent without the floor. (The server takes audio in just before each
+/// tick and requests at once, so the release used to overtake the frames queued for the tick.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_frames_before_a_floor_release_keep_the_floor() {
+    let server = TestServer::start(&["--floor-policy", "single"]).await;
+    let (mut ws, id) = join_as(&server, "channel-9", "alpha", Mode::Ptt, Role::Speaker).await;
+    let mut talker = Talker::new(TONES[0], 0.2);
+    for _ in 0..5 {
+        let granted = ask(&mut ws, ClientMessage::FloorRequest { preempt: false }).await;
+        assert!(
+            matches!(granted, ServerMessage::FloorGranted { participant_id, .. } if participant_id == id),
+            "{granted:?}"
+        );
+        for _ in 0..3 {
+            ws.feed(Message::binary(talker.next_frame(true)))
+                .await
+                .expect("feed audio");
+        }
+        ws.feed(Message::text(ClientMessage::FloorRelease.to_json()))
+            .await
+            .expect("feed release");
+        ws.flush().await.expect("flush");
+        let seen = drain_control(&mut ws, Duration::from_millis(150)).await;
+        assert!(
+            seen.iter()
+                .all(|m| !matches!(m, ServerMessage::Error { .. })),
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&ServerMessage::FloorReleased {
+                participant_id: id,
+                reason: mixer_protocol::FloorEndReason::Released,
+                by: None
+            }),
+            "{seen:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_to_talk_with_a_single_floor_over_real_sockets() {
     let server =
