@@ -152,6 +152,9 @@ pub fn merge(reports: &[Report]) -> Result<Report, MergeError> {
         groups.push(combine(&shards, group.scenario.clone())?);
     }
     let mut whole = merge_groups(&groups)?;
+    // The clients' and mixers' samples are the whole run's (the groups share one clock and
+    // one set of counters), kept at the top only.
+    whole.timeline.samples = merged_timeline(reports).samples;
     whole.groups = groups;
     Ok(whole)
 }
@@ -708,6 +711,59 @@ mod tests {
             .iter()
             .find(|g| g.gate == name)
             .unwrap_or_else(|| panic!("no {name} verdict in {:?}", report.gates))
+    }
+
+    #[test]
+    fn a_scenario_file_merges_group_by_group_and_keeps_the_whole_runs_timeline() {
+        let sc = scenario(&["--max-loss", "1"]);
+        let (talk, panel) = (
+            Scenario {
+                group: "talk".into(),
+                ..sc.clone()
+            },
+            Scenario {
+                group: "panel".into(),
+                ..sc.clone()
+            },
+        );
+        let machine = |delay: u64| {
+            let groups = vec![
+                shard(&talk, 4, [1], [delay], (1000, 0)),
+                shard(&panel, 2, [1], [delay + 5], (500, 0)),
+            ];
+            let mut whole = merge_groups(&groups).expect("groups add up");
+            whole.groups = groups;
+            whole.timeline.samples = vec![Sample {
+                at_secs: 1.0,
+                connected: 6,
+                frames_per_sec: 300.0,
+                ..Sample::default()
+            }];
+            whole
+        };
+        let merged = merge(&[machine(60), machine(80)]).expect("merges");
+        assert_eq!(merged.clients, 12);
+        assert_eq!(merged.groups.len(), 2);
+        assert_eq!(
+            (
+                merged.groups[0].scenario.group.as_str(),
+                merged.groups[0].clients
+            ),
+            ("talk", 8)
+        );
+        assert_eq!(merged.groups[1].delay_ms.count, 2);
+        // The samples of the whole run survive the merge of its groups, added up.
+        let samples = &merged.timeline.samples;
+        assert_eq!(samples.len(), 1);
+        assert_eq!(
+            (samples[0].connected, samples[0].frames_per_sec),
+            (12, 600.0)
+        );
+        // A report with other groups is not the same run.
+        let mut other = machine(60);
+        other.groups.pop();
+        let err = merge(&[machine(60), other]).expect_err("different groups");
+        assert!(err.to_string().contains("groups"), "{err}");
     }
 
     #[test]
