@@ -121,6 +121,8 @@ pub struct ClientPlan {
     pub moderate: Option<Moderate>,
     /// Its room has a moderator: its talker listens for being muted.
     pub moderated: bool,
+    /// It sends and receives 16-bit PCM at this rate instead of Opus.
+    pub pcm_rate: Option<u32>,
     /// Keep received packets for verification.
     pub record: bool,
     /// The reconnect storm drops this client.
@@ -229,6 +231,8 @@ pub struct ClientOutcome {
     pub jitter_us: Vec<u64>,
     /// The node it was last joined at.
     pub node: Option<String>,
+    /// It received 16-bit PCM at this rate, not Opus (verification decodes accordingly).
+    pub pcm_rate: Option<u32>,
 }
 
 /// A push-to-talk talker's floor requests (one per talk spurt) and their answers.
@@ -649,9 +653,13 @@ pub(crate) fn join_message(plan: &ClientPlan, resume: Option<String>) -> Message
     } else {
         Role::default()
     };
+    let plain = join_request(&plan.room_name, &name, mode, role);
     let request = JoinRequest {
         resume,
-        ..join_request(&plan.room_name, &name, mode, role)
+        format: plan
+            .pcm_rate
+            .map_or(plain.format.clone(), AudioFormat::pcm16),
+        ..plain
     };
     Message::text(ClientMessage::Join(request).to_json())
 }
@@ -687,6 +695,7 @@ pub async fn run_client(plan: ClientPlan, ctx: Arc<RunContext>) -> ClientOutcome
         room: plan.room,
         slot: plan.slot,
         talker: plan.source.is_some(),
+        pcm_rate: plan.pcm_rate,
         ..ClientOutcome::default()
     };
     tokio::time::sleep_until(plan.start_at).await;

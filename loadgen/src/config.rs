@@ -423,6 +423,9 @@ pub struct Scenario {
     pub ptt: Option<mixer_protocol::FloorPolicy>,
     /// Moderators in each room, muting its talkers in turn.
     pub moderators: Option<Moderators>,
+    /// The group's clients send and receive 16-bit PCM at this rate instead of Opus.
+    #[serde(default)]
+    pub pcm_rate: Option<u32>,
     /// This generator's share of the rooms, when the load comes from several machines.
     pub shard: Option<Shard>,
     /// The number of this group's first room counted over all groups (shards split rooms by
@@ -781,6 +784,7 @@ impl Args {
             churn: None,
             ptt: None,
             moderators: None,
+            pcm_rate: None,
             shard: self.shard,
             first_room: 0,
         })

@@ -447,6 +447,7 @@ mod tests {
             ptt: false,
             moderate: None,
             moderated: false,
+            pcm_rate: None,
             record: false,
             stormed: false,
         };

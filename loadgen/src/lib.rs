@@ -146,7 +146,7 @@ fn prepare_sources(scenario: &Scenario) -> anyhow::Result<RoomSources> {
                 })
                 .collect();
             let flat: Vec<f32> = freqs.iter().flatten().copied().collect();
-            let sources = signal::tone_sources(&flat)?;
+            let sources = signal::tone_sources_for(&flat, scenario.pcm_rate)?;
             let lookup = |f: f32| {
                 sources
                     .iter()
@@ -405,6 +405,7 @@ fn launch_group(
                 room,
                 slot,
                 ptt: scenario.ptt.is_some() && source.is_some(),
+                pcm_rate: scenario.pcm_rate,
                 moderate: scenario
                     .moderators
                     .filter(|m| slot >= scenario.participants - m.per_room)

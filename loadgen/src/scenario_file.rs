@@ -177,6 +177,10 @@ struct GroupSection {
     impairment: ImpairmentSection,
     /// Moderators in each room, muting its talkers in turn.
     moderators: Option<ModeratorsSection>,
+    /// The clients send and receive 16-bit PCM at this rate instead of Opus.
+    pcm_rate: Option<u32>,
+    /// This group's isolation requirement, dB (default: the run's `--isolation-db`).
+    isolation_db: Option<f64>,
     wav: Option<PathBuf>,
     /// Receivers of this group to verify (default: the run's `verify`).
     verify: Option<usize>,
@@ -474,6 +478,17 @@ fn group_scenario(
             })
         }
     };
+    if let Some(rate) = group.pcm_rate {
+        if !mixer_protocol::PCM_RATES.contains(&rate) {
+            return Err(format!(
+                "pcm_rate {rate} is not one the mixer takes ({:?})",
+                mixer_protocol::PCM_RATES
+            ));
+        }
+        if group.wav.is_some() {
+            return Err("pcm_rate clients send tones; leave wav out".into());
+        }
+    }
     let clients = group.rooms * group.participants;
     let stages = stages(&group.stages, clients)?;
     let churn = match &group.churn {
@@ -527,6 +542,8 @@ fn group_scenario(
         churn,
         ptt: group.ptt,
         moderators,
+        pcm_rate: group.pcm_rate,
+        isolation_db: group.isolation_db.unwrap_or(base.isolation_db),
         first_room,
         ..base.clone()
     })
@@ -750,6 +767,12 @@ mod tests {
         )
         .expect_err("storm gate without storm");
         assert!(err.to_string().contains("storm"), "{err}");
+        let err = load_with(&group("pcm_rate = 12000"), &[]).expect_err("no such rate");
+        assert!(err.to_string().contains("pcm_rate 12000"), "{err}");
+        assert_eq!(
+            load_with(&group("pcm_rate = 8000"), &[]).expect("valid")[0].pcm_rate,
+            Some(8000)
+        );
         let err = load_with(&group("name2 = 1"), &[]).expect_err("unknown group key");
         assert!(err.to_string().contains("name2"), "{err}");
     }

@@ -156,6 +156,51 @@ fn encode(pcm: &[f32], warm: bool) -> Result<(Vec<Bytes>, Vec<AudioLevel>), Sign
     Ok((packets, levels))
 }
 
+/// `pcm` at `from` Hz resampled to `to` Hz by linear interpolation, as a loop (the last input
+/// sample interpolates towards the first). Good enough for the tone grid (at most 3.5 kHz, under
+/// every PCM rate's Nyquist frequency) and cheap: done once per source, and once per verified
+/// PCM receiver after the run.
+pub fn resample_linear(pcm: &[f32], from: u32, to: u32) -> Vec<f32> {
+    if pcm.is_empty() || from == to {
+        return pcm.to_vec();
+    }
+    let len = (pcm.len() as u64 * u64::from(to) / u64::from(from)) as usize;
+    let step = f64::from(from) / f64::from(to);
+    (0..len)
+        .map(|n| {
+            let x = n as f64 * step;
+            let i = x.floor() as usize;
+            let frac = (x - i as f64) as f32;
+            let a = pcm[i % pcm.len()];
+            let b = pcm[(i + 1) % pcm.len()];
+            a + (b - a) * frac
+        })
+        .collect()
+}
+
+/// 16-bit little-endian samples of `pcm` (clamped to full scale).
+pub fn to_pcm16(pcm: &[f32]) -> Vec<u8> {
+    pcm.iter()
+        .flat_map(|x| ((x.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes())
+        .collect()
+}
+
+/// The tone source for `freq` as a PCM client at `rate` sends it: the same period, resampled,
+/// 20 ms of 16-bit samples a packet, with the same levels and onset calibration as the Opus
+/// source (the onset is judged after the receiver's audio is brought back to 48 kHz).
+pub fn pcm_tone_source(freq: f32, rate: u32) -> Result<Source, SignalError> {
+    let opus = tone_source(freq)?;
+    let period = resample_linear(&tone_period(freq), SAMPLE_RATE, rate);
+    let frame = (rate / 50) as usize;
+    Ok(Source {
+        packets: period
+            .chunks_exact(frame)
+            .map(|chunk| Bytes::from(to_pcm16(chunk)))
+            .collect(),
+        ..opus
+    })
+}
+
 /// Pre-encodes the tone source for `freq`.
 pub fn tone_source(freq: f32) -> Result<Source, SignalError> {
     let period = tone_period(freq);
@@ -386,10 +431,22 @@ pub fn onsets(samples: &[f32], freq: f32, level: f32) -> Vec<f64> {
 
 /// Builds the sources for a run: one per distinct tone, shared by `Arc`.
 pub fn tone_sources(freqs: &[f32]) -> Result<Vec<(f32, Arc<Source>)>, SignalError> {
+    tone_sources_for(freqs, None)
+}
+
+/// [`tone_sources`] for clients that send Opus (`pcm_rate` `None`) or 16-bit PCM at a rate.
+pub fn tone_sources_for(
+    freqs: &[f32],
+    pcm_rate: Option<u32>,
+) -> Result<Vec<(f32, Arc<Source>)>, SignalError> {
     let mut out: Vec<(f32, Arc<Source>)> = Vec::new();
     for &f in freqs {
         if !out.iter().any(|(g, _)| *g == f) {
-            out.push((f, Arc::new(tone_source(f)?)));
+            let source = match pcm_rate {
+                None => tone_source(f)?,
+                Some(rate) => pcm_tone_source(f, rate)?,
+            };
+            out.push((f, Arc::new(source)));
         }
     }
     Ok(out)

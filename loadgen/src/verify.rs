@@ -229,6 +229,46 @@ impl Timeline {
     }
 }
 
+/// A PCM client's frames brought to 48 kHz, one at a time, continuing each from the last.
+#[derive(Debug, Default)]
+struct PcmFrames {
+    /// The previous frame's last sample.
+    last: f32,
+}
+
+impl PcmFrames {
+    /// Writes the 960 samples at 48 kHz of one 20 ms frame of 16-bit little-endian samples at
+    /// `rate` into `out`; `None` for a payload that is not 20 ms at that rate.
+    fn frame(&mut self, payload: &[u8], rate: u32, out: &mut [f32]) -> Option<usize> {
+        let samples = (rate / 50) as usize;
+        if payload.len() != 2 * samples || samples == 0 || out.len() < FRAME_SAMPLES {
+            return None;
+        }
+        let input: Vec<f32> = payload
+            .chunks_exact(2)
+            .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+            .collect();
+        // Output sample n sits at input position (n + 1)·samples/960 − 1, so the frame's last
+        // output is its last input and its first leans on the previous frame's last.
+        for (n, slot) in out[..FRAME_SAMPLES].iter_mut().enumerate() {
+            let at = (n + 1) as f64 * samples as f64 / FRAME_SAMPLES as f64 - 1.0;
+            let below = at.floor();
+            let frac = (at - below) as f32;
+            let sample = |i: f64| {
+                if i < 0.0 {
+                    self.last
+                } else {
+                    input[(i as usize).min(samples - 1)]
+                }
+            };
+            let (a, b) = (sample(below), sample(below + 1.0));
+            *slot = a + (b - a) * frac;
+        }
+        self.last = input[samples - 1];
+        Some(FRAME_SAMPLES)
+    }
+}
+
 /// Decodes a receiver's recording into a [`Timeline`] up to `end` (seconds since the epoch):
 /// silence for pauses, concealment for loss, and each connection on its own (see
 /// [`Timeline::segments`]) with silence for the outage between them.
@@ -254,6 +294,7 @@ pub fn decode(out: &ClientOutcome, end: f64, problems: &mut Vec<String>) -> Time
             return timeline;
         };
         let start = timeline.arrivals.len();
+        let mut pcm = PcmFrames::default();
         // Sequence, arrival and voice activity of the last frame in order, on this connection:
         // a new node's sequence numbers and timestamps start afresh, so they are compared only
         // within a connection.
@@ -283,9 +324,15 @@ pub fn decode(out: &ClientOutcome, end: f64, problems: &mut Vec<String>) -> Time
                             timeline.pause(arrival, packet.arrival, gap);
                         }
                     } else {
-                        // Conceal short losses so the timeline stays true.
+                        // Conceal short losses so the timeline stays true (PCM: silence).
                         for k in 1..=gap.min(MAX_CONCEAL) {
-                            let n = decoder.decode_float(&[], &mut buf, false).unwrap_or(0);
+                            let n = match out.pcm_rate {
+                                None => decoder.decode_float(&[], &mut buf, false).unwrap_or(0),
+                                Some(_) => {
+                                    buf[..FRAME_SAMPLES].fill(0.0);
+                                    FRAME_SAMPLES
+                                }
+                            };
                             let at = (arrival + FRAME_SECS * k as f64).min(packet.arrival);
                             timeline.push(&buf[..n], at, FrameKind::Concealed);
                         }
@@ -293,9 +340,13 @@ pub fn decode(out: &ClientOutcome, end: f64, problems: &mut Vec<String>) -> Time
                 }
             }
             last = Some((packet.sequence, packet.arrival, packet.voice_activity));
-            match decoder.decode_float(&packet.payload, &mut buf, false) {
-                Ok(n) => timeline.push(&buf[..n], packet.arrival, FrameKind::Received),
-                Err(_) => {
+            let decoded = match out.pcm_rate {
+                None => decoder.decode_float(&packet.payload, &mut buf, false).ok(),
+                Some(rate) => pcm.frame(&packet.payload, rate, &mut buf),
+            };
+            match decoded {
+                Some(n) => timeline.push(&buf[..n], packet.arrival, FrameKind::Received),
+                None => {
                     bad += 1;
                     timeline.push(&[], packet.arrival, FrameKind::Received);
                 }
@@ -858,6 +909,44 @@ mod tests {
             seq.record(p.sequence, p.marker);
         }
         seq
+    }
+
+    #[test]
+    fn pcm_frames_come_back_to_48_khz_with_their_tone_and_level() {
+        use crate::signal::{hann, peak_level, resample_linear, to_pcm16, tone_period};
+        // A second of the 1 kHz tone period as a PCM client at each rate sends it, read back
+        // frame by frame: the tone is where it was, at its level (within 1 dB).
+        for rate in mixer_protocol::PCM_RATES {
+            let period = tone_period(1000.0);
+            let sent = resample_linear(&period, SAMPLE_RATE, rate);
+            let mut frames = PcmFrames::default();
+            let mut back = Vec::new();
+            let mut buf = vec![0.0f32; FRAME_SAMPLES];
+            for chunk in sent.chunks_exact((rate / 50) as usize) {
+                let n = frames
+                    .frame(&to_pcm16(chunk), rate, &mut buf)
+                    .expect("20 ms");
+                back.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(back.len(), period.len(), "{rate} Hz");
+            let block = hann(crate::signal::LEVEL_BLOCK);
+            let want = db(peak_level(&period, &block, 1000.0));
+            let got = db(peak_level(&back, &block, 1000.0));
+            assert!(
+                (got - want).abs() < 1.0,
+                "{rate} Hz: {got:.1} dB, sent {want:.1} dB"
+            );
+            assert!(
+                db(peak_level(&back, &block, 1460.0)) < want - 40.0,
+                "{rate} Hz"
+            );
+        }
+        // Not 20 ms at the rate: refused, not misread.
+        let mut buf = vec![0.0f32; FRAME_SAMPLES];
+        assert_eq!(
+            PcmFrames::default().frame(&[0; 100], 16_000, &mut buf),
+            None
+        );
     }
 
     #[test]

@@ -861,8 +861,11 @@ async fn run_worked_scenario(name: &str, scale: &str) -> Report {
 async fn worked_scenario_conversation_rooms_with_churn() {
     let report = run_worked_scenario("conversation.toml", "0.2").await;
     let table = report.render();
-    // 4 conversation rooms of 5 and one panel room of 5.
-    assert_eq!((report.clients, report.groups.len()), (25, 2), "{table}");
+    // 4 conversation rooms of 5, one panel room of 5, one room of 4 PCM devices.
+    assert_eq!((report.clients, report.groups.len()), (29, 3), "{table}");
+    let pcm = &report.groups[2];
+    assert_eq!(pcm.scenario.pcm_rate, Some(16_000), "{table}");
+    assert_eq!(pcm.verification.passed, 4, "{table}");
     let moderation = report.groups[1]
         .moderation
         .clone()
