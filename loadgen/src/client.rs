@@ -617,9 +617,12 @@ impl Sender {
                     .grant_ms
                     .push(now.saturating_duration_since(at).as_secs_f64() * 1000.0);
             }
-            (FloorEvent::Denied, Floor::Asked(_)) => {
-                self.floor = Floor::Lost;
+            (FloorEvent::Denied, floor) => {
+                // Counted even when it comes after the spurt ended, so requests add up.
                 out.floor.denied += 1;
+                if matches!(floor, Floor::Asked(_)) {
+                    self.floor = Floor::Lost;
+                }
             }
             (FloorEvent::Revoked, Floor::Held) => {
                 self.floor = Floor::Lost;
@@ -857,7 +860,8 @@ async fn run_session<'a>(
     // grace runs out.
     let mut send_failed: Option<(Instant, String)> = None;
     // The storm cuts this client's connection once, if it is one of those it takes.
-    let mut storm_at = ctx.storm_at.filter(|_| plan.stormed);
+    // A client that joins after the storm (a group starting late) was not there to be cut.
+    let mut storm_at = ctx.storm_at.filter(|&at| plan.stormed && at >= joined);
     // This client's end: the run's, or its leave when a stage ramps down before it.
     let end = plan.leave_at.map_or(ctx.end, |leave| leave.min(ctx.end));
     let mut aways = plan.away.iter().copied().peekable();
@@ -1003,6 +1007,13 @@ async fn run_session<'a>(
                         // jitter buffer takes it as a stream (re)starting, not as loss.
                         s.first_of_spurt = true;
                         s.away = false;
+                        // A new participant starts unmuted (a resumed one keeps its state).
+                        if s.muted && !joined.resumed {
+                            s.muted = false;
+                            if let Some(span) = out.moderation.muted_spans.last_mut() {
+                                span.1 = ctx.secs(now);
+                            }
+                        }
                     }
                     ctx.live.connected.fetch_add(1, Ordering::Relaxed);
                     if let Some(m) = moderator.as_mut() {
@@ -1440,19 +1451,28 @@ impl Moderator {
             RosterChange::Joined(id, name) => self.note(id, &name),
             RosterChange::Left(id) => {
                 self.talkers.remove(&id);
+                // Nobody left to unmute: the talker comes back (if it does) unmuted.
+                if self.unmute.is_some_and(|(_, muted)| muted == id) {
+                    self.unmute = None;
+                }
             }
             RosterChange::Confirmed => out.moderation.confirmed += 1,
         }
     }
 
-    /// Back on a new connection: the room as it is now; a mute under way was lost with the
-    /// old participant.
+    /// Back on a new connection: the room as it is now. A mute under way is still undone, if
+    /// its talker is still there (the server keeps a mute when its moderator goes).
     fn rejoined(&mut self, now: Instant, others: Vec<(u32, String)>) {
         self.talkers.clear();
-        self.unmute = None;
         self.next_mute = now + self.plan.every;
         for (id, name) in others {
             self.note(id, &name);
+        }
+        if self
+            .unmute
+            .is_some_and(|(_, id)| !self.talkers.contains_key(&id))
+        {
+            self.unmute = None;
         }
     }
 }

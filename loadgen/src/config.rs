@@ -645,6 +645,9 @@ pub enum ScenarioError {
     /// The storm gate without a storm.
     #[error("--max-storm-recovery needs --storm-at")]
     StormGateWithoutStorm,
+    /// `--scale` without a scenario file to scale.
+    #[error("--scale scales a scenario file's groups (--scenario); scale flags' runs with --rooms")]
+    ScaleWithoutScenario,
 }
 
 impl Args {
@@ -732,6 +735,9 @@ impl Args {
         }
         if self.max_storm_recovery.is_some() && self.storm_at.is_none() {
             return Err(ScenarioError::StormGateWithoutStorm);
+        }
+        if self.scale != 1.0 && self.scenario.is_none() {
+            return Err(ScenarioError::ScaleWithoutScenario);
         }
         let stages = Scenario::flag_stages(
             self.rooms * self.participants,
@@ -866,6 +872,10 @@ mod tests {
             .to_scenario()
             .expect_err("no storm");
         assert_eq!(err, ScenarioError::StormGateWithoutStorm);
+        let err = parse(&["--scale", "0.5"])
+            .to_scenario()
+            .expect_err("no file");
+        assert_eq!(err, ScenarioError::ScaleWithoutScenario);
         assert!(parse(&[]).to_scenario().expect("valid").storm.is_none());
     }
 

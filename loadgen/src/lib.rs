@@ -752,11 +752,13 @@ fn count_reconnections(
             if let Some(ms) = r.rejoin_ms() {
                 let _ = join.record((ms * 1000.0).max(1.0) as u64);
             }
-        } else if let Some(ms) = r.gap_ms() {
-            let _ = gap.record((ms * 1000.0).max(1.0) as u64);
-        }
-        if let Some(ms) = r.rejoin_ms() {
-            let _ = rejoin.record((ms * 1000.0).max(1.0) as u64);
+        } else {
+            if let Some(ms) = r.gap_ms() {
+                let _ = gap.record((ms * 1000.0).max(1.0) as u64);
+            }
+            if let Some(ms) = r.rejoin_ms() {
+                let _ = rejoin.record((ms * 1000.0).max(1.0) as u64);
+            }
         }
         reports.push(ReconnectionReport {
             cause: r.cause,

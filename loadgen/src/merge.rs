@@ -169,7 +169,11 @@ pub fn merge_groups(groups: &[Report]) -> Result<Report, MergeError> {
         rooms: groups.iter().map(|g| g.scenario.rooms).sum(),
         ..first.scenario.clone()
     };
-    combine(groups, scenario)
+    let mut whole = combine(groups, scenario)?;
+    // One process ran every group: each group's report carries the same CPU figures, which a
+    // sum would count once per group.
+    whole.cpu = first.cpu;
+    Ok(whole)
 }
 
 /// Adds `reports` up under `scenario`, judging its gates.
@@ -752,6 +756,10 @@ mod tests {
             ("talk", 8)
         );
         assert_eq!(merged.groups[1].delay_ms.count, 2);
+        // Each machine's one process ran both its groups: its CPU counts once, the machines'
+        // add up.
+        assert_eq!(machine(60).cpu.loadgen_pct, Some(20.0));
+        assert_eq!(merged.cpu.loadgen_pct, Some(40.0));
         // The samples of the whole run survive the merge of its groups, added up.
         let samples = &merged.timeline.samples;
         assert_eq!(samples.len(), 1);

@@ -332,6 +332,8 @@ pub fn parse(
         flags.max_storm_recovery
     };
     flags.max_storm_recovery = None;
+    // The file's groups are scaled below, one by one.
+    flags.scale = 1.0;
     let base = flags.to_scenario()?;
     let mut base = Scenario {
         gates: crate::config::Gates {
@@ -455,6 +457,15 @@ fn group_scenario(
             "push-to-talk talkers press the button for each spurt: set talk = \"spurts\"".into(),
         );
     }
+    if group.ptt.is_some() && (impairment.jitter_ms > 0 || impairment.reorder > 0.0) {
+        // A frame delayed or held back past the spurt's end would reach the server after the
+        // talker's floor_release, and be refused as sent without the floor.
+        return Err(
+            "push-to-talk talkers take loss impairment only (no jitter_ms or reorder): a frame \
+             held back past the button's release would arrive without the floor"
+                .into(),
+        );
+    }
     let moderators = match &group.moderators {
         None => None,
         Some(m) => {
@@ -563,7 +574,9 @@ fn scaled(mut scenario: Scenario, factor: f64) -> Scenario {
     } else {
         scenario.rooms = 1;
         let participants = (before as f64 * factor).round() as usize;
-        scenario.participants = participants.max(scenario.talkers + 1).min(before);
+        // The talkers, and the moderators or else one listener slot, still fit.
+        let kept = scenario.talkers + scenario.moderators.map_or(1, |m| m.per_room);
+        scenario.participants = participants.max(kept).min(before);
     }
     let after = scenario.clients();
     for stage in &mut scenario.stages {
@@ -767,6 +780,12 @@ mod tests {
         )
         .expect_err("storm gate without storm");
         assert!(err.to_string().contains("storm"), "{err}");
+        let err = load_with(
+            &group("ptt = \"open\"\ntalk = \"spurts\"\nimpairment = { jitter_ms = 20 }"),
+            &[],
+        )
+        .expect_err("push-to-talk with jitter");
+        assert!(err.to_string().contains("loss impairment only"), "{err}");
         let err = load_with(&group("pcm_rate = 12000"), &[]).expect_err("no such rate");
         assert!(err.to_string().contains("pcm_rate 12000"), "{err}");
         assert_eq!(

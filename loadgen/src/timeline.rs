@@ -211,11 +211,14 @@ struct Sampler {
     clients: usize,
     progress: bool,
     last: (Instant, Totals),
+    /// Errors and reconnections already counted when the sampler started (`live` outlives a
+    /// `--find-max` round, for `--metrics-listen`): each run's samples count its own.
+    base: (u64, u64),
     samples: Vec<Sample>,
 }
 
 impl Sampler {
-    /// A sampler whose counters start from zero at `start`.
+    /// A sampler whose counters start from what `live` holds at `start`.
     fn new(
         live: Arc<Live>,
         targets: Vec<String>,
@@ -225,7 +228,6 @@ impl Sampler {
         start: Instant,
     ) -> Sampler {
         Sampler {
-            live,
             servers: targets
                 .into_iter()
                 .map(|target| Server {
@@ -238,8 +240,20 @@ impl Sampler {
             epoch,
             clients,
             progress,
-            last: (start, Totals::default()),
+            last: (
+                start,
+                Totals {
+                    frames: live.frames.load(Ordering::Relaxed),
+                    lost: live.lost.load(Ordering::Relaxed),
+                    paused: live.paused.load(Ordering::Relaxed),
+                },
+            ),
+            base: (
+                live.errors.load(Ordering::Relaxed),
+                live.reconnections.load(Ordering::Relaxed),
+            ),
             samples: Vec::new(),
+            live,
         }
     }
 
@@ -252,8 +266,14 @@ impl Sampler {
             paused: live.paused.load(Ordering::Relaxed),
         };
         let connected = live.connected.load(Ordering::Relaxed);
-        let errors = live.errors.load(Ordering::Relaxed);
-        let reconnections = live.reconnections.load(Ordering::Relaxed);
+        let errors = live
+            .errors
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.base.0);
+        let reconnections = live
+            .reconnections
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.base.1);
         let jitter_p99_ms = live
             .jitter
             .lock()
