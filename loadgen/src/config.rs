@@ -307,6 +307,32 @@ pub struct Impairment {
 }
 
 impl Impairment {
+    /// From the numbers as flags and scenario files give them: jitter in ms, the rest in
+    /// percent. A percentage outside 0..=100 is refused with its name (`loss`, `loss_burst`,
+    /// `reorder`) and value, for the caller to word as its flag or key.
+    pub fn from_percent(
+        jitter_ms: u64,
+        loss: f64,
+        loss_burst: f64,
+        reorder: f64,
+    ) -> Result<Impairment, (&'static str, f64)> {
+        for (name, value) in [
+            ("loss", loss),
+            ("loss_burst", loss_burst),
+            ("reorder", reorder),
+        ] {
+            if !(0.0..=100.0).contains(&value) {
+                return Err((name, value));
+            }
+        }
+        Ok(Impairment {
+            jitter: Duration::from_millis(jitter_ms),
+            loss: loss / 100.0,
+            loss_burst: loss_burst / 100.0,
+            reorder: reorder / 100.0,
+        })
+    }
+
     /// Whether any impairment is configured.
     pub fn is_active(&self) -> bool {
         !self.jitter.is_zero() || self.loss > 0.0 || self.loss_burst > 0.0 || self.reorder > 0.0
@@ -680,15 +706,16 @@ impl Args {
                 participants: self.participants,
             });
         }
-        for (flag, value) in [
-            ("loss", self.loss),
-            ("loss-burst", self.loss_burst),
-            ("reorder", self.reorder),
-        ] {
-            if !(0.0..=100.0).contains(&value) {
-                return Err(ScenarioError::Percent { flag, value });
-            }
-        }
+        let impairment =
+            Impairment::from_percent(self.jitter_ms, self.loss, self.loss_burst, self.reorder)
+                .map_err(|(name, value)| ScenarioError::Percent {
+                    flag: if name == "loss_burst" {
+                        "loss-burst"
+                    } else {
+                        name
+                    },
+                    value,
+                })?;
         for url in &self.url {
             if !(url.starts_with("ws://") || url.starts_with("wss://")) {
                 return Err(ScenarioError::Url(url.clone()));
@@ -755,12 +782,7 @@ impl Args {
             duration: Duration::from_secs_f64(self.duration),
             ramp_per_sec: self.ramp,
             seed: self.seed,
-            impairment: Impairment {
-                jitter: Duration::from_millis(self.jitter_ms),
-                loss: self.loss / 100.0,
-                loss_burst: self.loss_burst / 100.0,
-                reorder: self.reorder / 100.0,
-            },
+            impairment,
             signal: match &self.wav {
                 Some(path) => Signal::Wav(path.clone()),
                 None => Signal::Tones,

@@ -435,17 +435,15 @@ fn group_scenario(
         ));
     }
     let impairment = &group.impairment;
-    for (key, value) in [
-        ("loss", impairment.loss),
-        ("loss_burst", impairment.loss_burst),
-        ("reorder", impairment.reorder),
-    ] {
-        if !(0.0..=100.0).contains(&value) {
-            return Err(format!(
-                "impairment.{key} is a percentage within 0..=100 (got {value})"
-            ));
-        }
-    }
+    let impaired = Impairment::from_percent(
+        impairment.jitter_ms,
+        impairment.loss,
+        impairment.loss_burst,
+        impairment.reorder,
+    )
+    .map_err(|(key, value)| {
+        format!("impairment.{key} is a percentage within 0..=100 (got {value})")
+    })?;
     let pattern = group.talk.unwrap_or(TalkPattern::Continuous);
     let talk_on = Duration::from_millis(group.talk_on_ms.unwrap_or(2000));
     let talk_off = Duration::from_millis(group.talk_off_ms.unwrap_or(1500));
@@ -536,12 +534,7 @@ fn group_scenario(
         talk_off,
         duration: length,
         seed: base.seed.wrapping_add(index as u64),
-        impairment: Impairment {
-            jitter: Duration::from_millis(impairment.jitter_ms),
-            loss: impairment.loss / 100.0,
-            loss_burst: impairment.loss_burst / 100.0,
-            reorder: impairment.reorder / 100.0,
-        },
+        impairment: impaired,
         signal: match &group.wav {
             Some(path) => Signal::Wav(path.clone()),
             None => Signal::Tones,

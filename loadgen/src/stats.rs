@@ -145,10 +145,9 @@ pub struct Live {
     /// Sessions that broke mid-run (a redirect, or a dropped connection) and were rejoined or
     /// are being rejoined.
     pub reconnections: AtomicU64,
-    /// Jitter samples (µs) since the sampler last read (and reset) them.
+    /// Jitter samples (µs) since the sampler last read (and reset) them. (The run's jitter
+    /// percentiles come from each client's own samples, so that each group has its own.)
     pub jitter: Mutex<Histogram<u64>>,
-    /// All jitter samples (µs) of the run, one per client per second after its warm-up.
-    pub jitter_total: Mutex<Histogram<u64>>,
 }
 
 impl Default for Live {
@@ -161,7 +160,6 @@ impl Default for Live {
             errors: AtomicU64::new(0),
             reconnections: AtomicU64::new(0),
             jitter: Mutex::new(micros_histogram()),
-            jitter_total: Mutex::new(micros_histogram()),
         }
     }
 }
@@ -175,10 +173,8 @@ impl Live {
         self.paused.fetch_add(counts.paused, Ordering::Relaxed);
         if let Some(ms) = jitter_ms {
             let micros = (ms * 1000.0).max(1.0) as u64;
-            for histogram in [&self.jitter, &self.jitter_total] {
-                if let Ok(mut histogram) = histogram.lock() {
-                    let _ = histogram.record(micros);
-                }
+            if let Ok(mut histogram) = self.jitter.lock() {
+                let _ = histogram.record(micros);
             }
         }
     }
