@@ -193,6 +193,10 @@ pub(crate) async fn rejoin(
 ) -> Result<Joined, AttemptError> {
     let (mut url, mut resume) = (url, resume);
     let (mut redirects, mut attempts) = (0, 0);
+    // A resume refused right after a cut may only have come before the server noticed the old
+    // connection was gone (it suspends the seat when it does): the first refusal is tried again
+    // after a pause, still resuming; a second joins afresh.
+    let mut resume_refused = false;
     loop {
         attempts += 1;
         let timeout = attempt_timeout.min(deadline.saturating_duration_since(Instant::now()));
@@ -202,8 +206,19 @@ pub(crate) async fn rejoin(
             Ok(Err(e)) => e,
             Err(_) => AttemptError::TimedOut(timeout),
         };
+        let refused_resume = matches!(
+            &error,
+            AttemptError::Refused {
+                code: ErrorCode::ResumeFailed,
+                ..
+            }
+        );
         let pause = match error.retry(resume.is_some()) {
             Retry::GiveUp => return Err(error),
+            Retry::WithoutResume if refused_resume && !resume_refused => {
+                resume_refused = true;
+                RETRY_EVERY
+            }
             Retry::WithoutResume => {
                 resume = None;
                 Duration::ZERO
